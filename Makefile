@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch first, pinned to the CPU build, so that no CUDA wheel is pulled in.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test,text,export]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/sonodistill demo --out runs/demo
+
+test: install
+	$(PY) -m pytest -q --timeout=900 tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(VENV)/bin/sonodistill bench data
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from sonodistill.cli import main
+
+sys.exit(main())

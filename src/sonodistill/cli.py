@@ -1,0 +1,57 @@
+"""The `sonodistill` command. Each command group lives in `sonodistill.commands.<group>` and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sonodistill import __version__
+from sonodistill.errors import SonoDistillError
+
+# Modules under sonodistill.commands, each with `register(subparsers) -> None`.
+COMMAND_MODULES = [
+    "data",
+    "models",
+    "train",
+    "demo",
+    "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonodistill",
+        description="Ultrasound image and video models from few labels, by knowledge distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"sonodistill {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"sonodistill.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command group not written yet must not break the others
+            if exc.name and exc.name.startswith("sonodistill.commands"):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except SonoDistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""One table type for every dataset: a row per item with its file(s), label(s), group and extras."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.errors import ManifestError
+
+Modality = Literal["video", "image"]
+
+REQUIRED_COLUMNS = ("path", "group")
+OPTIONAL_COLUMNS = ("label", "mask", "text", "split", "target")
+
+
+@dataclass
+class Manifest:
+    """A validated table of items.
+
+    Columns: `path` (absolute file path), `group` (patient/subject id used for leakage-free splits),
+    `label` (class name, one of `classes`; absent for unlabelled sets), optional `mask` (path),
+    `text` (report text), `split`, `target` (regression value) and any adapter-specific extras.
+    """
+
+    table: pd.DataFrame
+    classes: list[str] = field(default_factory=list)
+    modality: Modality = "video"
+    name: str = "manifest"
+
+    def __post_init__(self) -> None:
+        self.table = self.table.reset_index(drop=True)
+        self.validate(check_files=False)
+
+    # -- basic access -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table["path"].astype(str).tolist()
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.table["group"].astype(str).to_numpy()
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.table.columns and bool(self.classes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class indices (int64, shape [N]) in the order of `classes`."""
+        if not self.has_labels:
+            raise ManifestError(f"manifest '{self.name}' has no labels")
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[str(v)] for v in self.table["label"]], dtype=np.int64)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "Manifest":
+        """A new manifest with the given row positions (keeps classes, so indices stay stable)."""
+        return Manifest(self.table.iloc[np.asarray(rows)].copy(), list(self.classes), self.modality, self.name)
+
+    def where(self, mask: Iterable[bool]) -> "Manifest":
+        return self.subset(np.flatnonzero(np.asarray(list(mask), dtype=bool)))
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self, check_files: bool = True) -> None:
+        """Raise ManifestError naming the first bad row: missing columns/files, unknown labels, empty classes."""
+        t = self.table
+        for col in REQUIRED_COLUMNS:
+            if col not in t.columns:
+                raise ManifestError(f"manifest '{self.name}' lacks required column '{col}'")
+        if len(t) == 0:
+            raise ManifestError(f"manifest '{self.name}' has no rows")
+        if self.modality not in ("video", "image"):
+            raise ManifestError(f"manifest '{self.name}': modality must be 'video' or 'image', got {self.modality!r}")
+        for i, (p, g) in enumerate(zip(t["path"], t["group"])):
+            if not isinstance(p, str) or not p:
+                raise ManifestError(f"empty or non-text path {p!r}", row=i)
+            if pd.isna(g) or str(g) == "":
+                raise ManifestError(f"missing group for {p}", row=i)
+        if "label" in t.columns and self.classes:
+            known = set(self.classes)
+            for i, v in enumerate(t["label"]):
+                if pd.isna(v) or str(v) not in known:
+                    raise ManifestError(f"unknown label {v!r} for {t['path'].iloc[i]} (classes: {self.classes})", row=i)
+            if len(set(self.classes)) != len(self.classes):
+                raise ManifestError(f"duplicate class names in {self.classes}")
+        if check_files:
+            for col in ("path", "mask"):
+                if col not in t.columns:
+                    continue
+                for i, p in enumerate(t[col]):
+                    if col == "mask" and (pd.isna(p) or p == ""):
+                        continue
+                    if not Path(str(p)).is_file():
+                        raise ManifestError(f"{col} file not found: {p}", row=i)
+
+    def check_classes_nonempty(self) -> None:
+        """Raise when a declared class has no item (training on it would be meaningless)."""
+        if not self.has_labels:
+            return
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        empty = [c for c, n in zip(self.classes, counts) if n == 0]
+        if empty:
+            raise ManifestError(f"manifest '{self.name}': class(es) {empty} have no items")
+
+    # -- summaries ----------------------------------------------------------------------------
+    def class_counts(self) -> dict[str, int]:
+        if not self.has_labels:
+            return {}
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    # -- persistence --------------------------------------------------------------------------
+    def to_csv(self, path: str | Path) -> None:
+        """Write the table plus a one-line header comment with classes and modality."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"# sonodistill-manifest name={self.name} modality={self.modality} classes={'|'.join(self.classes)}\n")
+            self.table.to_csv(f, index=False)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> "Manifest":
+        """Read a file written by `to_csv` (relative paths resolved against the CSV's folder)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"manifest file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        meta: dict[str, str] = {}
+        if first.startswith("# sonodistill-manifest"):
+            for tok in first.strip().split()[2:]:
+                k, _, v = tok.partition("=")
+                meta[k] = v
+        table = pd.read_csv(path, comment=None, skiprows=1 if meta else 0, dtype={"group": str, "label": str})
+        table["path"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in table["path"]]
+        if "mask" in table.columns:
+            table["mask"] = [
+                "" if pd.isna(p) or p == "" else (str((path.parent / p).resolve()) if not Path(p).is_absolute() else p)
+                for p in table["mask"]
+            ]
+        classes = [c for c in meta.get("classes", "").split("|") if c]
+        return cls(table, classes, meta.get("modality", "video"), meta.get("name", path.stem))  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""sonodistill.explain"""
