@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "train",
     "demo",
     "bench",
+    "bedside",
 ]
 
 

@@ -1,0 +1,253 @@
+"""`sonodistill predict | export | explain | serve | realtime`: using a trained model at the bedside."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sonodistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- predict
+def _predict(args: argparse.Namespace) -> int:
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_many
+
+    model = load_model(args.model, members=args.members, threads=args.threads)
+    options = PredictOptions(stride=args.stride, clip_mode=args.clip_mode, batch_size=args.batch_size,
+                             mask_dir=Path(args.mask_dir) if args.mask_dir else None)
+    payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip)
+    text = json.dumps(payload, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out} ({len(payload['results'])} result(s))", file=sys.stderr)
+    else:
+        print(text)
+    failed = [r["input"] for r in payload["results"] if "error" in r]
+    if failed:
+        print(f"error: {len(failed)} input(s) could not be read: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------- export
+def _export(args: argparse.Namespace) -> int:
+    from sonodistill.serve.export import export_model
+
+    folder = export_model(args.run_dir, args.out, args.format, args.opset, args.members)
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    print(f"exported {args.run_dir} -> {folder}/ ({meta['file']}, sonodistill-model.json, MODEL_CARD.md); "
+          f"members {meta['members']}; max |diff| vs PyTorch {meta['max_abs_diff_vs_torch']:.1e}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- explain
+def _class_index(classes: list[str], target: str | None) -> int | None:
+    if target is None:
+        return None
+    if target in classes:
+        return classes.index(target)
+    if target.isdigit() and int(target) < len(classes):
+        return int(target)
+    raise ConfigError(f"--target {target!r} is not a class name or index; classes: {classes}")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sonodistill.explain.gradcam import grad_cam
+    from sonodistill.explain.overlay import overlay, write_gif, write_strip
+    from sonodistill.serve.loading import load_run, recipe_explainers
+    from sonodistill.serve.predict import PredictOptions, clip_heatmaps, predict_prepared, prepare, read_input
+
+    model = load_run(args.run_dir, members=args.members)
+    if model.task != "classification":
+        raise ConfigError(f"explain: {args.run_dir} is a {model.task} model; heat maps are for classifiers")
+    available = {"gradcam": grad_cam, **recipe_explainers(str(model.recipe))}
+    methods = args.method or list(available)
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
+                          f"{sorted(available)}")
+    item = prepare(model, read_input(args.input), str(args.input))
+    result = predict_prepared(model, item, PredictOptions(stride=args.stride))
+    target = _class_index(model.classes, args.target)
+    target = model.classes.index(result["prediction"]) if target is None else target
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / Path(args.input).stem
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, str]] = {}
+    for name in methods:
+        t0 = time.perf_counter()
+        cam = clip_heatmaps(model, item.clip, target, available[name], stride=args.stride)
+        rgb = overlay(item.clip, cam)
+        files[name] = {"strip": str(write_strip(rgb, out / f"{name}_strip.png", args.max_strip_frames)),
+                       "gif": str(write_gif(rgb, out / f"{name}.gif", item.fps)),
+                       "maps": str(out / f"{name}_maps.npy")}
+        np.save(out / f"{name}_maps.npy", cam.astype(np.float16))
+        log.info("%s: %d frames in %.1f s", name, cam.shape[0], time.perf_counter() - t0)
+    summary = {"input": str(args.input), "model": model.describe(), "prediction": result["prediction"],
+               "probabilities": result["probabilities"], "target_class": model.classes[target],
+               "methods": files, "frames": int(item.clip.shape[0])}
+    (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"prediction {result['prediction']}; heat maps for class {model.classes[target]!r} in {out}/: "
+          + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- serve
+def _serve(args: argparse.Namespace) -> int:
+    from sonodistill.serve.app import make_server
+    from sonodistill.serve.loading import load_model
+
+    model = load_model(args.model, members=args.members, threads=args.threads)
+    server = make_server(model, args.host, args.port, int(args.max_upload_mb * 1024 * 1024),
+                         explain=not args.no_heatmaps)
+    host, port = server.server_address[:2]
+    print(f"review page: http://{host}:{port}/  (Ctrl+C to stop)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- realtime
+def random_run(config: str, num_classes: int, out: Path) -> Path:
+    """A run directory with a randomly initialised model of `config` (for timing only: same speed as trained)."""
+    import pandas as pd
+    import torch
+
+    from sonodistill.config import load_config, packaged_config
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.recipes.base import build_classifier
+    from sonodistill.recipes.trainer import save_weights
+
+    path = Path(config) if Path(config).suffix in (".yaml", ".yml") else packaged_config(config)
+    cfg = load_config(path, [f"name={out.name}", f"out_dir={out.parent}"])
+    classes = [f"class{i}" for i in range(num_classes)]
+    table = pd.DataFrame({"path": [f"untrained/{c}" for c in classes], "group": classes, "label": classes})
+    cfg.save(out / "config.yaml")
+    Manifest(table, classes, "video", "untrained").to_csv(out / "manifest.csv")
+    torch.manual_seed(0)
+    save_weights(build_classifier(cfg, num_classes), out / "fold_0" / "model.safetensors")
+    return out
+
+
+def _realtime(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from sonodistill.serve.export import export_model
+    from sonodistill.serve.loading import EXPORT_META, load_export, load_run, read_export_meta
+    from sonodistill.serve.stream import benchmark
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in ("onnx", "torch")]
+    if bad or not backends:
+        raise ConfigError(f"--backends: choose from onnx,torch; got {args.backends!r}")
+    with tempfile.TemporaryDirectory(prefix="sonodistill-realtime-") as tmp:
+        source = Path(args.model)
+        if args.random_init:
+            source = random_run(args.model, args.num_classes, Path(tmp) / "untrained")
+        models = {}
+        if (source / EXPORT_META).is_file():
+            meta = read_export_meta(source)
+            if "onnx" in backends:
+                models["onnx"] = load_export(source, threads=args.threads)
+            run_dir = Path(meta.get("source_run") or "")
+            if "torch" in backends and (run_dir / "config.yaml").is_file():
+                torch.set_num_threads(args.threads)
+                models["torch"] = load_run(run_dir, members=args.members)
+            elif "torch" in backends:
+                log.warning("torch backend skipped: the export's source run %s is not available", run_dir)
+        else:
+            if "onnx" in backends:
+                folder = export_model(source, Path(tmp) / "onnx", "onnx", members=args.members)
+                models["onnx"] = load_export(folder, threads=args.threads)
+            if "torch" in backends:
+                torch.set_num_threads(args.threads)
+                models["torch"] = load_run(source, members=args.members)
+        report = benchmark(models, args.video, repeats=args.repeats, stride=args.stride)
+    report["machine"] = {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                         "torch": torch.__version__, "threads": args.threads, "random_init": args.random_init,
+                         "model": args.model}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for name, r in report["backends"].items():
+        print(f"{name:6s} {r['frames']} frames ({r['video_duration_s']:.2f} s of video), {r['windows']} windows: "
+              f"{r['processing_s_median']:.3f} s end to end (median of {args.repeats}), real-time factor "
+              f"{r['real_time_factor']:.3f}, first result after {r['first_result_s_median']:.3f} s, "
+              f"{r['window_ms_median']:.1f} ms per window")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parsers
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict files (video, DICOM, images, folders) with a run or an export")
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory or export folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="mp4/avi/DICOM/PNG/JPEG files or folders of them")
+    p.add_argument("--out", help="write the JSON here (default: stdout)")
+    p.add_argument("--stride", type=int, help="window step in frames for video models (default T/2)")
+    p.add_argument("--clip-mode", choices=["windows", "uniform"], default="windows",
+                   help="clip probabilities: mean over windows, or T frames sampled uniformly (as in CV evaluation)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows or frames per forward pass")
+    p.add_argument("--members", choices=["auto", "final", "folds"], default="auto",
+                   help="run directory: final/ model, fold ensemble, or final when present (auto)")
+    p.add_argument("--mask-dir", help="segmentation models: write mask PNGs here (default: inline in the JSON)")
+    p.add_argument("--folder-as-clip", action="store_true", help="a folder of images is the frames of one clip")
+    p.add_argument("--threads", type=int, help="CPU threads for inference")
+    p.set_defaults(func=_predict)
+
+    e = sub.add_parser("export", help="export a run's inference model to ONNX or TorchScript (+ model card)")
+    e.add_argument("run_dir")
+    e.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    e.add_argument("--out", help="export folder (default RUN_DIR/export-FORMAT)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    e.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
+    e.set_defaults(func=_export)
+
+    x = sub.add_parser("explain", help="heat maps (Grad-CAM and the recipe's explainers) for one input")
+    x.add_argument("run_dir")
+    x.add_argument("input")
+    x.add_argument("--out", help="output folder (default RUN_DIR/explain/INPUT_STEM)")
+    x.add_argument("--target", help="class name or index to explain (default: the predicted class)")
+    x.add_argument("--method", action="append", help="explainer (repeatable; default: all available)")
+    x.add_argument("--stride", type=int, help="window step in frames (default T: non-overlapping windows)")
+    x.add_argument("--max-strip-frames", type=int, default=16, help="frames in the PNG strip")
+    x.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
+    x.set_defaults(func=_explain)
+
+    s = sub.add_parser("serve", help="local browser review page: upload a clip, see prediction and heat map")
+    s.add_argument("model", metavar="RUN_OR_MODEL")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--max-upload-mb", type=float, default=200.0)
+    s.add_argument("--no-heatmaps", action="store_true", help="skip Grad-CAM (faster answers)")
+    s.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
+    s.add_argument("--threads", type=int, help="CPU threads for inference")
+    s.set_defaults(func=_serve)
+
+    r = sub.add_parser("realtime", help="streaming benchmark: ONNX Runtime vs PyTorch eager on a video file")
+    r.add_argument("model", metavar="RUN_OR_MODEL",
+                   help="run directory or export folder (with --random-init: a config name or YAML)")
+    r.add_argument("video")
+    r.add_argument("--json", help="write the timing report here")
+    r.add_argument("--threads", type=int, default=2, help="intra-op threads (ONNX Runtime and torch)")
+    r.add_argument("--stride", type=int, help="window step in frames (default T/2)")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--backends", default="onnx,torch")
+    r.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
+    r.add_argument("--random-init", action="store_true",
+                   help="time an untrained model built from the config named by RUN_OR_MODEL (speed only)")
+    r.add_argument("--num-classes", type=int, default=4, help="with --random-init")
+    r.set_defaults(func=_realtime)

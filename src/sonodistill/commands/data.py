@@ -1,0 +1,127 @@
+"""`sonodistill data probe | inspect | preview | crop-check | synth`: look at data before training on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sonodistill.errors import DataError
+
+_PROGRESS_MIN_FILES = 10  # show a progress bar (stderr) from this many files on
+
+
+def _fmt_fps(fps: float | None) -> str:
+    return "none" if fps is None else f"{fps:.3f}".rstrip("0").rstrip(".")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sonodistill.data.readers import probe_file
+
+    failed = 0
+    bar = tqdm(args.files, desc="probe", unit="file", file=sys.stderr,
+               disable=len(args.files) < _PROGRESS_MIN_FILES or args.no_progress)
+    for path in bar:
+        try:
+            r = probe_file(path)
+        except DataError as exc:
+            failed += 1
+            line = f"{path}\terror: {exc.cause}"
+        else:
+            line = (f"{path}\tframes={r.frames}\theight={r.height}\twidth={r.width}\t"
+                    f"channels={r.channels}\tfps={_fmt_fps(r.fps)}")
+        tqdm.write(line, file=sys.stdout)
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _adapter_options(args: argparse.Namespace) -> dict:
+    return {"target": args.target} if getattr(args, "target", None) else {}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from sonodistill.data.adapters import load_adapter
+    from sonodistill.data.splits import inspect_report
+
+    manifest = load_adapter(args.adapter, args.root, **_adapter_options(args))
+    print(inspect_report(manifest, n_splits=args.folds, seed=args.seed))
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from sonodistill.data.adapters import load_adapter
+    from sonodistill.data.preprocess import PreprocessConfig
+    from sonodistill.data.preview import write_contact_sheet
+
+    manifest = load_adapter(args.adapter, args.root, **_adapter_options(args))
+    path = write_contact_sheet(manifest, args.out, PreprocessConfig(size=args.size), n=args.n, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _crop_check(args: argparse.Namespace) -> int:
+    from sonodistill.data.preprocess import PreprocessConfig
+    from sonodistill.data.preview import write_crop_check
+
+    cfg = PreprocessConfig(size=args.size)
+    failed = 0
+    for path in args.files:
+        try:
+            print(write_crop_check(path, args.out, cfg))
+        except DataError as exc:
+            failed += 1
+            print(f"{path}\terror: {exc.cause}")
+    return 1 if failed else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from sonodistill.data.synthetic import write_dataset
+
+    print(write_dataset(args.preset, args.out, args.n, seed=args.seed, frames=args.frames, size=args.size))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="probe files, inspect data sets, preview preprocessing, write synthetic data")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+    pr = dsub.add_parser("probe", help="decode files completely; print frames, size, channels, fps or the error")
+    pr.add_argument("files", nargs="+", metavar="FILE")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_probe)
+
+    ins = dsub.add_parser("inspect", help="class counts, groups and a grouped k-fold split report of a data set")
+    ins.add_argument("adapter", help="lus-blues | pocus-frames | hc18 | busi | folder | csv")
+    ins.add_argument("root", help="the data set folder (or CSV for 'csv')")
+    ins.add_argument("--target", help="adapter target, e.g. severity | severity3 | b_lines for lus-blues")
+    ins.add_argument("--folds", type=int, default=5)
+    ins.add_argument("--seed", type=int, default=0)
+    ins.set_defaults(func=_inspect)
+
+    pv = dsub.add_parser("preview", help="PNG contact sheet of preprocessed clips with their labels")
+    pv.add_argument("adapter")
+    pv.add_argument("root")
+    pv.add_argument("--out", required=True, help="output folder")
+    pv.add_argument("--n", type=int, default=16, help="number of clips (drawn at random)")
+    pv.add_argument("--size", type=int, default=112, help="preprocessed side in pixels")
+    pv.add_argument("--target")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.set_defaults(func=_preview)
+
+    cc = dsub.add_parser("crop-check", help="PNG per file: region outline on the first frame | preprocessed frame")
+    cc.add_argument("files", nargs="+", metavar="FILE")
+    cc.add_argument("--out", required=True, help="output folder (writes OUT/<stem>_crop.png)")
+    cc.add_argument("--size", type=int, default=112)
+    cc.set_defaults(func=_crop_check)
+
+    sy = dsub.add_parser("synth", help="write a synthetic data set (videos/images, masks, manifest.csv)")
+    sy.add_argument("preset")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("-n", type=int, required=True, help="number of items")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--frames", type=int, default=32)
+    sy.add_argument("--size", type=int, default=128)
+    sy.set_defaults(func=_synth)

@@ -1,0 +1,91 @@
+"""`sonodistill train RECIPE --data ADAPTER:ROOT --folds K` and `sonodistill eval RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from sonodistill.config import load_config, packaged_config
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by commands that start a run (train, demo, benchmarks)."""
+    p.add_argument("--config", help="YAML config file, or the name of a packaged config (see configs/)")
+    p.add_argument("--data", help="ADAPTER:ROOT (lus-blues, pocus-frames, hc18, busi, folder, csv) or synthetic:PRESET")
+    p.add_argument("--target", help="adapter target, e.g. severity | severity3 | b_lines for lus-blues")
+    p.add_argument("--folds", type=int, help="number of grouped, stratified folds")
+    p.add_argument("--fold", type=int, help="run only this fold (0-based)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--backbone")
+    p.add_argument("--name", help="run name: the run directory is OUT/NAME")
+    p.add_argument("--out", help="parent folder of run directories (default runs/)")
+    p.add_argument("--devices", type=int, help="number of devices/processes (Lightning)")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
+    p.add_argument("--accelerator", help="cpu | gpu | auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set optim.lr=0.01 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, recipe: str):
+    path = None
+    if args.config:
+        path = Path(args.config) if Path(args.config).suffix in (".yaml", ".yml") else packaged_config(args.config)
+    overrides = [f"recipe={recipe}"]
+    mapping = {"data": "data.spec", "target": "data.target", "folds": "train.folds", "fold": "train.fold",
+               "epochs": "train.epochs", "backbone": "model.backbone", "name": "name", "out": "out_dir",
+               "devices": "train.devices", "strategy": "train.strategy", "accelerator": "train.accelerator"}
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    overrides += args.overrides
+    cfg = load_config(path, overrides)
+    if args.name is None:
+        cfg.name = f"{recipe}-{cfg.data.spec.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sonodistill.evaluation.crossval import run_crossval
+
+    cfg = config_from_args(args, args.recipe)
+    t0 = time.perf_counter()
+    if args.ablation:
+        from sonodistill.errors import ConfigError
+        from sonodistill.evaluation.ablation import run_ablation
+
+        if args.recipe != "dualdistill":
+            raise ConfigError("--ablation is defined for the dualdistill recipe (SD / RGSD / AGSD on or off)")
+        table = run_ablation(cfg, resume=args.resume)
+        print(table.read_text())
+        print(f"ablation runs under {cfg.run_dir} (wall time {time.perf_counter() - t0:.0f} s)")
+        return 0
+    summary = run_crossval(cfg, resume=args.resume)
+    print((cfg.run_dir / "report.md").read_text())
+    print(f"run directory: {cfg.run_dir}  (wall time {time.perf_counter() - t0:.0f} s)")
+    return 0 if summary is not None else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sonodistill.evaluation.crossval import report_from_run_dir
+
+    report_from_run_dir(args.run_dir)
+    print((Path(args.run_dir) / "report.md").read_text())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from sonodistill.recipes import RECIPES
+
+    p = sub.add_parser("train", help="train a recipe with grouped k-fold cross-validation")
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    add_run_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT/NAME")
+    p.add_argument("--ablation", action="store_true",
+                   help="dualdistill: run the 8 SD/RGSD/AGSD on-off rows of Table 1 on the same folds")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="rebuild the report (tables, plots) from a run directory alone")
+    e.add_argument("run_dir")
+    e.set_defaults(func=_eval)

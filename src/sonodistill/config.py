@@ -1,0 +1,219 @@
+"""Typed run configuration: dataclasses loaded from YAML, any field overridable as `section.field=value`."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sonodistill.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data, and how clips are turned into tensors."""
+
+    spec: str = "synthetic:carotid"       # ADAPTER:ROOT, or synthetic:PRESET
+    target: str | None = None             # adapter target, e.g. lus-blues 'severity' or 'severity3'
+    size: int = 112                       # frame side after crop + resize + pad
+    num_frames: int = 16                  # T frames per clip
+    sampling: str = "uniform"             # train-time frame sampling: uniform | random | stride
+    crop_region: bool = True
+    remove_overlay: bool = True
+    batch_size: int = 8
+    num_workers: int = 0
+    cache_dir: str | None = None          # None: SONODISTILL_CACHE or ~/.cache/sonodistill
+    augment: bool = True
+    synthetic_n: int = 120                # items generated for synthetic:PRESET
+    synthetic_frames: int = 16
+    synthetic_size: int = 96
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet10_3d"
+    width: float = 0.25                   # width multiplier (CPU-sized variants < 1)
+    norm: str = "batch"
+    dropout: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"                   # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 0
+    schedule: str = "cosine"              # cosine | step | constant
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    grad_clip: float | None = 5.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    folds: int = 5
+    fold: int | None = None               # run only this fold (0-based)
+    final: bool = False                   # after CV, also train one model on all items -> RUN/final/
+    devices: int = 1
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    limit_train_batches: float | int = 1.0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    recipe: str = "supervised"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recipe_options: dict[str, Any] = field(default_factory=dict)  # method-specific (e.g. dualdistill alpha/beta)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        last: Exception | None = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as exc:
+                last = exc
+        raise ConfigError(f"{where}: cannot interpret {value!r} as {tp}") from last
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        if isinstance(value, bool) and tp is not str:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = hints[f.name]
+        v = values[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}.{f.name}: expected a mapping")
+            kwargs[f.name] = _build(tp, v, f"{where}.{f.name}")
+        else:
+            kwargs[f.name] = _coerce(v, tp, f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested dicts, checking every field name and type."""
+    return _build(RunConfig, values or {}, "config")
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict; returns a new dict."""
+    out = copy.deepcopy(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Load YAML (optional) over `base`, apply overrides, validate, return a RunConfig."""
+    values: dict[str, Any] = copy.deepcopy(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        values = _merge(values, loaded)
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a YAML shipped in sonodistill/configs (e.g. 'supervised-cpu')."""
+    p = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not p.is_file():
+        avail = sorted(x.stem for x in p.parent.glob("*.yaml"))
+        raise ConfigError(f"no packaged config '{name}'; available: {avail}")
+    return p

@@ -1,0 +1,426 @@
+"""Adapters: turn each supported data set layout into a validated `Manifest`.
+
+`load_adapter("lus-blues")` finds the data under `SONODISTILL_DATA` (or `../shared/data`);
+`load_adapter("csv", "my.csv")` and `load_adapter("folder", "dir/")` read user data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.errors import ConfigError, ManifestError
+from sonodistill.paths import dataset_root
+
+from .manifest import Manifest, Modality
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif", ".dcm"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+AdapterFn = Callable[..., Manifest]
+ADAPTERS: dict[str, AdapterFn] = {}
+# Adapters whose data ships in the shared data folder (root may be omitted for these).
+SHARED_DATASETS = ("lus-blues", "pocus-frames", "hc18", "busi")
+
+
+def register_adapter(name: str) -> Callable[[AdapterFn], AdapterFn]:
+    """Decorator adding `fn(root: Path, **options) -> Manifest` to `ADAPTERS` under `name`."""
+
+    def wrap(fn: AdapterFn) -> AdapterFn:
+        ADAPTERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """Split "name[:root]" (e.g. "lus-blues:../shared/data/lus-blues") into (name, root or None)."""
+    name, sep, root = spec.partition(":")
+    name = name.strip()
+    if name not in ADAPTERS:
+        raise ConfigError(f"unknown data set '{name}' in spec {spec!r}; known: {sorted(ADAPTERS)}")
+    root = root.strip()
+    if sep and not root:
+        raise ConfigError(f"empty root after ':' in data spec {spec!r}")
+    return name, (root or None)
+
+
+def load_adapter(name: str, root: str | Path | None = None, **options: object) -> Manifest:
+    """Build the manifest of data set `name` from `root` (default: the shared data folder); files are checked."""
+    if name not in ADAPTERS:
+        raise ConfigError(f"unknown data set adapter '{name}'; known: {sorted(ADAPTERS)}")
+    if root is None:
+        if name not in SHARED_DATASETS:
+            raise ConfigError(f"adapter '{name}' needs a root (a folder or CSV file), e.g. '{name}:/path/to/data'")
+        found = dataset_root(name)
+        if found is None:
+            raise ConfigError(
+                f"data set '{name}' not found: set SONODISTILL_DATA to the folder holding '{name}/' "
+                f"or place shared/data beside the checkout, or pass a root ('{name}:/path/to/{name}')"
+            )
+        root = found
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ConfigError(f"root of data set '{name}' does not exist: {root}")
+    manifest = ADAPTERS[name](root.resolve(), **options)
+    manifest.validate(check_files=True)
+    manifest.check_classes_nonempty()
+    return manifest
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _read_table(path: Path, **kwargs: object) -> pd.DataFrame:
+    if not path.is_file():
+        raise ManifestError(f"table not found: {path}")
+    return pd.read_csv(path, **kwargs)  # type: ignore[arg-type]
+
+
+def _text(values: pd.Series) -> list[str]:
+    """Strings with missing values as ''."""
+    return ["" if pd.isna(v) else str(v).strip() for v in values]
+
+
+def _reject_options(name: str, options: dict[str, object]) -> None:
+    if options:
+        raise ConfigError(f"adapter '{name}' got unknown option(s) {sorted(options)}")
+
+
+def connected_groups(*keys: np.ndarray | list[str]) -> np.ndarray:
+    """Group name per row such that rows sharing any key value (of any key column) share a group.
+
+    E.g. keys = (source_video, patient_id): a source video spanning two patient ids merges them.
+    The name is the sorted, '+'-joined set of the last key's values in the component.
+    """
+    cols = [np.asarray(k).astype(str) for k in keys]
+    n = len(cols[0])
+    parent: dict[tuple[int, str], tuple[int, str]] = {}
+
+    def find(x: tuple[int, str]) -> tuple[int, str]:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r in range(n):
+        nodes = [(j, c[r]) for j, c in enumerate(cols)]
+        root = find(nodes[0])
+        for other in nodes[1:]:
+            o = find(other)
+            if o != root:
+                parent[o] = root
+    comp_names: dict[tuple[int, str], set[str]] = {}
+    for r in range(n):
+        comp_names.setdefault(find((0, cols[0][r])), set()).add(cols[-1][r])
+    return np.array(["+".join(sorted(comp_names[find((0, cols[0][r]))])) for r in range(n)], dtype=object)
+
+
+# -- lus-blues ------------------------------------------------------------------------------------
+_SEVERITY3 = {0: "0", 1: "1-2", 2: "1-2", 3: "3"}
+LUS_TARGETS = {
+    "severity": ["0", "1", "2", "3"],
+    "severity3": ["0", "1-2", "3"],
+    "b_lines": ["no", "yes"],
+    "a_lines": ["no", "yes"],
+}
+
+
+@register_adapter("lus-blues")
+def lus_blues(root: Path, target: str = "severity", **options: object) -> Manifest:
+    """COVID-BLUES lung videos: label from `target` (severity | severity3 | b_lines | a_lines), group = patient."""
+    _reject_options("lus-blues", options)
+    if target not in LUS_TARGETS:
+        raise ConfigError(f"lus-blues: unknown target '{target}'; choose one of {sorted(LUS_TARGETS)}")
+    t = _read_table(root / "labels.csv")
+    score = t["severity_score"]
+    if target in ("severity", "severity3"):
+        bad = np.flatnonzero(score.isna().to_numpy() | ~score.isin([0, 1, 2, 3]).to_numpy())
+        if len(bad):
+            raise ManifestError(f"lus-blues: severity_score {score.iloc[bad[0]]!r} not in 0..3", row=int(bad[0]))
+        ints = score.astype(int)
+        label = ints.astype(str) if target == "severity" else ints.map(_SEVERITY3)
+    else:
+        label = t[target].astype(str).str.strip().str.lower()
+    table = pd.DataFrame(
+        {
+            "path": [str(root / f) for f in t["file"]],
+            "group": t["patient_id"].astype(str).to_numpy(),
+            "label": label.to_numpy(),
+            "text": _text(t["comments"]),
+        }
+    )
+    for col in ("patient_id", "bluepoint", "repeat", "n_frames", "fps", "comments", "a_lines", "b_lines",
+                "severity_score", "cov_test"):
+        if col in t.columns:
+            table[col] = t[col].to_numpy()
+    return Manifest(table, list(LUS_TARGETS[target]), "video", f"lus-blues/{target}")
+
+
+# -- pocus-frames ---------------------------------------------------------------------------------
+POCUS_CLASSES = ["covid", "pneumonia", "regular"]
+_POCUS_FINDINGS = {
+    "Effusion": "effusion",
+    "Consolidations": "consolidations",
+    "B-lines": "finding_b_lines",
+    "A-lines": "finding_a_lines",
+    "Pleural line irregularities": "pleural_irregularities",
+    "Air bronchogram": "air_bronchogram",
+    "Healthy": "healthy",
+}
+_POCUS_COMMENTS = ("Comments first medical doctor (MD1)", "MD2", "MD3")
+
+
+def pocus_source_key(name: str) -> str:
+    """sources.csv names a source without its extension: "Cov-Atlas+(44).gif" -> "Cov-Atlas+(44)"."""
+    return os.path.splitext(str(name))[0].strip()
+
+
+@register_adapter("pocus-frames")
+def pocus_frames(root: Path, **options: object) -> Manifest:
+    """POCUS lung frames: label covid/pneumonia/regular; group = patient ids merged through shared source videos."""
+    _reject_options("pocus-frames", options)
+    t = _read_table(root / "frames.csv", dtype={"patient_id": str, "source_video": str})
+    groups = connected_groups(t["source_video"].to_numpy(), t["patient_id"].to_numpy())
+    table = pd.DataFrame(
+        {"path": [str(root / p) for p in t["path"]], "group": groups, "label": t["label"].astype(str).to_numpy()}
+    )
+    for col in ("source_video", "frame_index", "patient_id", "probe", "source_type", "license"):
+        if col in t.columns:
+            table[col] = t[col].to_numpy()
+    table["text"] = ""
+    sources_path = root / "sources.csv"
+    if sources_path.is_file():
+        s = _read_table(sources_path)
+        s["_key"] = s["Filename"].map(pocus_source_key)
+        dup = s["_key"].duplicated()
+        if dup.any():
+            raise ManifestError(f"{sources_path}: duplicate Filename {s['Filename'][dup].iloc[0]!r}", row=int(np.flatnonzero(dup)[0]))
+        s = s.set_index("_key")
+        keys = table["source_video"].map(pocus_source_key)
+        matched = keys.isin(s.index)
+        n_src = table["source_video"].nunique()
+        n_match = table.loc[matched, "source_video"].nunique()
+        log.info("pocus-frames: %d of %d source videos matched in sources.csv", n_match, n_src)
+        if n_match < n_src:
+            missing = sorted(set(table.loc[~matched, "source_video"]))
+            log.warning("pocus-frames: no sources.csv row for %d source(s), e.g. %s", len(missing), missing[:3])
+        for src, dst in _POCUS_FINDINGS.items():
+            if src in s.columns:
+                table[dst] = keys.map(s[src]).astype(float).to_numpy()
+        comments = [c for c in _POCUS_COMMENTS if c in s.columns]
+        joined = s[comments].apply(lambda r: "; ".join(v for v in _text(r) if v), axis=1) if comments else None
+        if joined is not None:
+            table["text"] = keys.map(joined).fillna("").astype(str).to_numpy()
+        if "Comments from web site" in s.columns:
+            table["web_comments"] = keys.map(s["Comments from web site"]).fillna("").astype(str).to_numpy()
+        table["source_matched"] = matched.to_numpy()
+    return Manifest(table, list(POCUS_CLASSES), "image", "pocus-frames")
+
+
+# -- hc18 -----------------------------------------------------------------------------------------
+@register_adapter("hc18")
+def hc18(root: Path, **options: object) -> Manifest:
+    """HC18 fetal head images with filled-ellipse masks; target = head circumference (mm); group = subject."""
+    _reject_options("hc18", options)
+    t = _read_table(root / "metadata.csv", dtype={"subject_id": str})
+    table = pd.DataFrame(
+        {
+            "path": [str(root / p) for p in t["image"]],
+            "group": t["subject_id"].astype(str).to_numpy(),
+            "mask": [str(root / p) for p in t["mask"]],
+            "target": t["hc_mm"].astype(float).to_numpy(),
+            "pixel_size_mm": t["pixel_size_mm"].astype(float).to_numpy(),
+        }
+    )
+    for col in ("subject_id", "width", "height"):
+        if col in t.columns:
+            table[col] = t[col].to_numpy()
+    return Manifest(table, [], "image", "hc18")
+
+
+# -- busi -----------------------------------------------------------------------------------------
+BUSI_CLASSES = ["benign", "malignant", "normal"]
+
+
+@register_adapter("busi")
+def busi(root: Path, **options: object) -> Manifest:
+    """BUSI breast images with lesion masks; no patient ids were released, so each image is its own group."""
+    _reject_options("busi", options)
+    t = _read_table(root / "metadata.csv")
+    table = pd.DataFrame(
+        {
+            "path": [str(root / p) for p in t["image"]],
+            "group": [Path(p).stem for p in t["image"]],
+            "label": t["label"].astype(str).to_numpy(),
+            "mask": [str(root / p) for p in t["mask"]],
+        }
+    )
+    for col in ("original_busi_name", "n_lesion_masks"):
+        if col in t.columns:
+            table[col] = t[col].to_numpy()
+    return Manifest(table, list(BUSI_CLASSES), "image", "busi")
+
+
+# -- generic: folder per class ---------------------------------------------------------------------
+def modality_of(paths: list[str]) -> Modality:
+    """'video' or 'image' from file extensions; a mix (or an unknown extension) is an error naming a file."""
+    kinds: dict[str, str] = {}
+    for p in paths:
+        ext = Path(p).suffix.lower()
+        if ext in VIDEO_EXTENSIONS:
+            kinds.setdefault("video", p)
+        elif ext in IMAGE_EXTENSIONS:
+            kinds.setdefault("image", p)
+        else:
+            raise ManifestError(f"unsupported file extension '{ext}': {p}")
+    if len(kinds) != 1:
+        raise ManifestError(
+            f"mixed videos and images (e.g. {kinds.get('video')} and {kinds.get('image')}); "
+            "put them in separate data sets"
+        )
+    return next(iter(kinds))  # type: ignore[return-value]
+
+
+@register_adapter("folder")
+def folder(root: Path, group_regex: str | None = None, **options: object) -> Manifest:
+    """One sub-folder per class holding videos or images; group = file stem, or `group_regex`'s first group.
+
+    Example: group_regex=r"^(patient_\\d+)_" groups "patient_3_L1.mp4" and "patient_3_R2.mp4" together.
+    """
+    _reject_options("folder", options)
+    if not root.is_dir():
+        raise ConfigError(f"folder adapter: root must be a folder with one sub-folder per class: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ManifestError(f"folder adapter: no class sub-folders in {root}")
+    rows: list[tuple[str, str]] = []
+    for c in classes:
+        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ManifestError(f"folder adapter: class folder '{c}' is empty: {root / c}")
+        rows += [(str(p), c) for p in files]
+    paths = [p for p, _ in rows]
+    modality = modality_of(paths)
+    if group_regex is None:
+        groups = [Path(p).stem for p in paths]
+    else:
+        rx = re.compile(group_regex)
+        groups = []
+        for i, p in enumerate(paths):
+            m = rx.search(Path(p).name)
+            if m is None:
+                raise ManifestError(f"group_regex {group_regex!r} does not match file name {Path(p).name!r}", row=i)
+            groups.append(m.group(1) if m.groups() else m.group(0))
+    table = pd.DataFrame({"path": paths, "group": groups, "label": [c for _, c in rows]})
+    return Manifest(table, classes, modality, root.name)
+
+
+# -- generic: user CSV ------------------------------------------------------------------------------
+def _csv_header(path: Path) -> dict[str, str]:
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    meta: dict[str, str] = {}
+    if first.startswith("# sonodistill-manifest"):
+        for tok in first.strip().split()[2:]:
+            k, _, v = tok.partition("=")
+            meta[k] = v
+    return meta
+
+
+def _resolve(base: Path, value: object, row: int, col: str) -> str:
+    if pd.isna(value) or str(value).strip() == "":  # type: ignore[arg-type]
+        raise ManifestError(f"empty {col}", row=row)
+    p = Path(str(value).strip()).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+@register_adapter("csv")
+def csv_manifest(
+    root: Path,
+    path_col: str = "path",
+    label_col: str | None = "label",
+    group_col: str | None = "group",
+    mask_col: str | None = None,
+    text_col: str | None = None,
+    target_col: str | None = None,
+    classes: list[str] | str | None = None,
+    modality: str | None = None,
+    **options: object,
+) -> Manifest:
+    """A user CSV (or a file from `Manifest.to_csv`): declared columns, relative paths against the CSV's folder.
+
+    `group_col=None` makes every row its own group (only correct when items are independent);
+    `classes` (list or "a|b|c") fixes the class order, else the header comment or the sorted labels.
+    """
+    _reject_options("csv", options)
+    if not root.is_file():
+        raise ConfigError(f"csv adapter: root must be a CSV file: {root}")
+    meta = _csv_header(root)
+    t = pd.read_csv(root, skiprows=1 if meta else 0, dtype=str, keep_default_na=False, na_values=[""])
+    if len(t) == 0:
+        raise ManifestError(f"{root}: no rows")
+
+    def need(col: str | None, what: str) -> None:
+        if col is not None and col not in t.columns:
+            raise ManifestError(f"{root}: {what} column '{col}' not found (columns: {list(t.columns)})")
+
+    need(path_col, "path")
+    need(group_col, "group")
+    need(mask_col, "mask")
+    need(text_col, "text")
+    need(target_col, "target")
+    mask_col = mask_col or ("mask" if meta and "mask" in t.columns else None)
+    text_col = text_col or ("text" if meta and "text" in t.columns else None)
+    target_col = target_col or ("target" if meta and "target" in t.columns else None)
+    if label_col is not None and label_col not in t.columns:
+        if label_col != "label" or classes:
+            need(label_col, "label")
+        label_col = None  # default 'label' absent: an unlabelled set
+
+    base = root.parent
+    out = pd.DataFrame({"path": [_resolve(base, v, i, path_col) for i, v in enumerate(t[path_col])]})
+    if group_col is None:
+        out["group"] = [Path(p).stem for p in out["path"]]
+    else:
+        for i, g in enumerate(t[group_col]):
+            if pd.isna(g) or str(g).strip() == "":
+                raise ManifestError(f"empty group ('{group_col}') for {out['path'].iloc[i]}", row=i)
+        out["group"] = t[group_col].astype(str).str.strip().to_numpy()
+    declared: list[str] = []
+    if label_col is not None:
+        for i, v in enumerate(t[label_col]):
+            if pd.isna(v) or str(v).strip() == "":
+                raise ManifestError(f"empty label ('{label_col}') for {out['path'].iloc[i]}", row=i)
+        out["label"] = t[label_col].astype(str).str.strip().to_numpy()
+        if isinstance(classes, str):
+            declared = [c for c in classes.split("|") if c]
+        elif classes:
+            declared = [str(c) for c in classes]
+        else:
+            declared = [c for c in meta.get("classes", "").split("|") if c] or sorted(set(out["label"]))
+    if mask_col is not None:
+        out["mask"] = ["" if pd.isna(v) or str(v).strip() == "" else _resolve(base, v, i, mask_col)
+                       for i, v in enumerate(t[mask_col])]
+    if text_col is not None:
+        out["text"] = _text(t[text_col])
+    if target_col is not None:
+        try:
+            out["target"] = pd.to_numeric(t[target_col]).astype(float).to_numpy()
+        except ValueError as exc:
+            raise ManifestError(f"{root}: target column '{target_col}' is not numeric: {exc}") from exc
+    used = {path_col, label_col, group_col, mask_col, text_col, target_col}
+    for col in t.columns:
+        if col not in used and col not in out.columns:
+            out[col] = t[col].to_numpy()
+    mod = modality or meta.get("modality") or modality_of(list(out["path"]))
+    if mod not in ("video", "image"):
+        raise ConfigError(f"csv adapter: modality must be 'video' or 'image', got {mod!r}")
+    return Manifest(out, declared, mod, meta.get("name", root.stem))  # type: ignore[arg-type]

@@ -1,0 +1,258 @@
+"""Ultrasound augmentations on float tensors `C x H x W` (frames) or `C x T x H x W` (clips), intensities in [0, 1].
+
+No colour jitter: gain, gamma, multiplicative speckle, blur, cutout and geometric crops/flips only. Geometric
+transforms draw one set of parameters per call, shared by every frame of a clip and by the mask
+(`H x W` or `1 x H x W`, resampled with nearest neighbour). Every transform takes an optional
+`torch.Generator`; without one it uses torch's global RNG, which a DataLoader seeds per worker
+(a fixed generator would be copied into every worker and repeat the same draws there).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _check(x: Tensor) -> None:
+    if x.ndim not in (3, 4) or not x.is_floating_point():
+        raise ValueError(f"augmentations expect a float tensor C x H x W or C x T x H x W, got {tuple(x.shape)} {x.dtype}")
+
+
+def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _coin(p: float, g: torch.Generator | None) -> bool:
+    return p >= 1.0 or (p > 0.0 and float(torch.rand((), generator=g)) < p)
+
+
+def _resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    """Resize the last two dims of any-rank tensor x."""
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    if mode == "nearest":
+        out = F.interpolate(flat, size=size, mode="nearest")
+    else:
+        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.reshape(*lead, *size)
+
+
+class Transform:
+    """Base: `__call__(x, mask=None)` returns x, or (x, mask) when a mask is given."""
+
+    def __init__(self, p: float = 1.0, generator: torch.Generator | None = None) -> None:
+        self.p = p
+        self.generator = generator
+
+    def __call__(self, x: Tensor, mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        _check(x)
+        if _coin(self.p, self.generator):
+            x, mask = self.apply(x, mask)
+        return x if mask is None else (x, mask)
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+
+class Compose:
+    """Apply transforms in order, threading the mask through."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: Tensor, mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        for t in self.transforms:
+            out = t(x, mask)
+            x, mask = out if isinstance(out, tuple) else (out, None)
+        return x if mask is None else (x, mask)
+
+    def __repr__(self) -> str:
+        return f"Compose({[type(t).__name__ for t in self.transforms]})"
+
+
+class RandomResizedCrop(Transform):
+    """Crop a random area fraction in `scale` with aspect ratio in `ratio`, resize to `size` (same box for all frames)."""
+
+    def __init__(self, size: int | tuple[int, int], scale: tuple[float, float] = (0.5, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.ratio = scale, ratio
+
+    def box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop, torchvision's sampling rule (10 tries, then centre crop)."""
+        g = self.generator
+        area = h * w
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * _uniform(*self.scale, g)
+            ar = math.exp(_uniform(*log_r, g))
+            cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (), generator=g))
+                left = int(torch.randint(0, w - cw + 1, (), generator=g))
+                return top, left, ch, cw
+        s = min(h, w)
+        return (h - s) // 2, (w - s) // 2, s, s
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        t, l, ch, cw = self.box(*x.shape[-2:])
+        x = _resize(x[..., t:t + ch, l:l + cw], self.size, "bilinear")
+        if mask is not None:
+            mask = _resize(mask[..., t:t + ch, l:l + cw].float(), self.size, "nearest").to(mask.dtype)
+        return x, mask
+
+
+class Resize(Transform):
+    """Deterministic resize of the last two dims to `size` (mask: nearest)."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        super().__init__(1.0, None)
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if tuple(x.shape[-2:]) != self.size:
+            x = _resize(x, self.size, "bilinear")
+            if mask is not None:
+                mask = _resize(mask.float(), self.size, "nearest").to(mask.dtype)
+        return x, mask
+
+
+class HorizontalFlip(Transform):
+    """Mirror left-right with probability p (image and mask)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return x.flip(-1), (None if mask is None else mask.flip(-1))
+
+
+class Gain(Transform):
+    """Multiply intensities by a factor drawn in `gain` (overall receiver gain), clamped to [0, 1]."""
+
+    def __init__(self, gain: tuple[float, float] = (0.8, 1.25), p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.gain = gain
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return (x * _uniform(*self.gain, self.generator)).clamp(0.0, 1.0), mask
+
+
+class Gamma(Transform):
+    """x ** gamma with gamma drawn log-uniformly in `gamma` (input clamped to [0, 1] first)."""
+
+    def __init__(self, gamma: tuple[float, float] = (0.7, 1.5), p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.gamma = gamma
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        gm = math.exp(_uniform(math.log(self.gamma[0]), math.log(self.gamma[1]), self.generator))
+        return x.clamp(0.0, 1.0).pow(gm), mask
+
+
+class SpeckleNoise(Transform):
+    """Multiplicative noise x * (1 + sigma * n), n ~ N(0, 1) per pixel, sigma drawn in `sigma`; clamped to [0, 1]."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.05, 0.2), p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.sigma = sigma
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        s = _uniform(*self.sigma, self.generator)
+        noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        return (x * (1.0 + s * noise)).clamp(0.0, 1.0), mask
+
+
+def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalised 1-D Gaussian, radius ceil(3 sigma)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+class GaussianBlur(Transform):
+    """Separable Gaussian blur of every frame, sigma (pixels) drawn in `sigma`, reflect padding."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 1.5), p: float = 0.5,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.sigma = sigma
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        k = gaussian_kernel1d(_uniform(*self.sigma, self.generator), x.dtype).to(x.device)
+        r = len(k) // 2
+        h, w = x.shape[-2:]
+        flat = x.reshape(-1, 1, h, w)
+        mode = "reflect" if r < min(h, w) else "replicate"
+        flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+        flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+        return flat.reshape(x.shape), mask
+
+
+class Cutout(Transform):
+    """Zero `holes` rectangles with sides up to `max_frac` of the image (same place in every frame); mask untouched."""
+
+    def __init__(self, holes: int = 1, max_frac: float = 0.3, p: float = 0.5,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        self.holes, self.max_frac = holes, max_frac
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        g = self.generator
+        h, w = x.shape[-2:]
+        x = x.clone()
+        for _ in range(self.holes):
+            ch = max(1, int(round(_uniform(0.1, 1.0, g) * self.max_frac * h)))
+            cw = max(1, int(round(_uniform(0.1, 1.0, g) * self.max_frac * w)))
+            top = int(torch.randint(0, h - ch + 1, (), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (), generator=g))
+            x[..., top:top + ch, left:left + cw] = 0.0
+        return x, mask
+
+
+# -- builders ---------------------------------------------------------------------------------------
+def weak_augment(size: int, generator: torch.Generator | None = None) -> Compose:
+    """Mild: large crops, flips, small gain changes (e.g. the teacher view in FixMatch-style training)."""
+    return Compose([
+        RandomResizedCrop(size, scale=(0.8, 1.0), generator=generator),
+        HorizontalFlip(0.5, generator=generator),
+        Gain((0.9, 1.1), generator=generator),
+    ])
+
+
+def strong_augment(size: int, generator: torch.Generator | None = None) -> Compose:
+    """Strong: smaller crops, gain, gamma, speckle, blur and cutout (student view / self-supervised views)."""
+    return Compose([
+        RandomResizedCrop(size, scale=(0.3, 1.0), generator=generator),
+        HorizontalFlip(0.5, generator=generator),
+        Gain((0.7, 1.4), p=0.8, generator=generator),
+        Gamma((0.6, 1.6), p=0.8, generator=generator),
+        SpeckleNoise((0.05, 0.25), p=0.5, generator=generator),
+        GaussianBlur((0.1, 1.5), p=0.5, generator=generator),
+        Cutout(1, 0.3, p=0.5, generator=generator),
+    ])
+
+
+def video_train_augment(size: int, generator: torch.Generator | None = None) -> Compose:
+    """Clip training: one crop/flip for all frames, gain/gamma, light speckle."""
+    return Compose([
+        RandomResizedCrop(size, scale=(0.6, 1.0), generator=generator),
+        HorizontalFlip(0.5, generator=generator),
+        Gain((0.8, 1.25), p=0.8, generator=generator),
+        Gamma((0.7, 1.4), p=0.5, generator=generator),
+        SpeckleNoise((0.02, 0.1), p=0.3, generator=generator),
+    ])
+
+
+RandomHorizontalFlip = HorizontalFlip

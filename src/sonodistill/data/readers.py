@@ -1,0 +1,347 @@
+"""Read ultrasound files into uint8 arrays: videos (PyAV), DICOM (pydicom), images and masks (Pillow).
+
+Every failure (missing, empty, truncated, corrupt or unsupported file) raises `DataError(path, cause)`.
+DICOM patient-identifying values never appear in errors, warnings or reprs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sonodistill.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+# Tags whose values must never reach a message (values are redacted if a library echoes them).
+_PHI_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs", "OtherPatientNames",
+    "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "IssuerOfPatientID", "PatientSex",
+    "PatientAge", "AccessionNumber", "ReferringPhysicianName", "InstitutionName", "StudyID", "MedicalRecordLocator",
+)
+
+
+@dataclass
+class Video:
+    """A decoded clip: `frames` uint8 T x H x W (grayscale) or T x H x W x 3, frame rate if known."""
+
+    frames: np.ndarray
+    fps: float | None
+    source: str
+
+    def __repr__(self) -> str:  # never dump pixels
+        return f"Video(frames={self.frames.dtype}{list(self.frames.shape)}, fps={self.fps}, source={self.source!r})"
+
+
+@dataclass
+class ProbeResult:
+    """What a complete decode of one file gave: frame count, size, channels (1 or 3) and fps."""
+
+    path: str
+    frames: int
+    height: int
+    width: int
+    channels: int
+    fps: float | None
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of `... x 3` uint8 RGB -> `...` uint8 (rounded)."""
+    if rgb.ndim < 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
+    out = rgb.astype(np.float32) @ _LUMA
+    return np.clip(np.rint(out, out=out), 0, 255).astype(np.uint8)
+
+
+def _check_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(path, "file not found")
+    if not p.is_file():
+        raise DataError(path, "not a regular file")
+    if p.stat().st_size == 0:
+        raise DataError(path, "empty file (0 bytes)")
+    return p
+
+
+def _is_dicom(p: Path) -> bool:
+    if p.suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    with open(p, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+# -- video ------------------------------------------------------------------------------------------
+# 8-bit luma-plane formats: their gray image is plane 0, expanded from limited range (16..235) unless full range.
+# Bit-identical to `frame.to_ndarray(format="gray")` (swscale), without a conversion pass (tests check all values).
+_LUMA_PLANE_FORMATS = frozenset(
+    {"gray", "nv12", "nv21"}
+    | {f"yuv{s}p" for s in ("420", "422", "444", "410", "411", "440")}
+    | {f"yuvj{s}p" for s in ("420", "422", "444", "440")}
+)
+_LIMITED_TO_FULL = np.clip(np.rint((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def _gray_into(frame, out: np.ndarray) -> None:
+    """Write the ITU-R 601 gray image of a decoded frame into `out` (H x W uint8)."""
+    name = frame.format.name
+    if name not in _LUMA_PLANE_FORMATS:
+        out[...] = frame.to_ndarray(format="gray")
+        return
+    plane = frame.planes[0]
+    h, w, stride = out.shape[0], out.shape[1], plane.line_size
+    luma = np.frombuffer(plane, np.uint8, count=h * stride).reshape(h, stride)[:, :w]
+    if name == "gray" or name.startswith("yuvj") or frame.color_range == _FULL_RANGE:
+        out[...] = luma
+    else:
+        np.take(_LIMITED_TO_FULL, luma, out=out, mode="clip")
+
+
+def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float | None, str]:
+    """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name)."""
+    import av
+
+    p = _check_file(path)
+    try:
+        container = av.open(str(p))
+    except av.FFmpegError as exc:
+        raise DataError(path, f"cannot open as video: {exc.strerror or exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise DataError(path, "no video stream in file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        expected = int(stream.frames or 0)
+        ctx = stream.codec_context
+        h, w = int(ctx.height), int(ctx.width)
+        if h <= 0 or w <= 0:
+            raise DataError(path, f"video stream has invalid size {w}x{h}")
+        tail = (h, w) if grayscale else (h, w, 3)
+        buf = np.empty((max(expected, 16),) + tail, dtype=np.uint8)
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                if n == buf.shape[0]:
+                    buf = np.concatenate([buf, np.empty_like(buf)])
+                if frame.height != h or frame.width != w:
+                    raise DataError(path, f"frame {n} is {frame.width}x{frame.height}, the stream {w}x{h}")
+                if grayscale:
+                    _gray_into(frame, buf[n])
+                else:
+                    buf[n] = frame.to_ndarray(format="rgb24")
+                n += 1
+        except av.FFmpegError as exc:
+            raise DataError(path, f"video decode failed after {n} frame(s): {exc.strerror or exc}") from exc
+        rate = stream.average_rate or stream.guessed_rate
+        pix_fmt = stream.format.name if stream.format is not None else ""
+    if n == 0:
+        raise DataError(path, "no decodable video frames")
+    if expected and n < expected:
+        raise DataError(path, f"truncated or corrupt: decoded {n} of {expected} frames")
+    fps = float(rate) if rate else None
+    return (buf if n == buf.shape[0] else buf[:n].copy()), fps, pix_fmt
+
+
+def read_video(path: str | Path, grayscale: bool = True) -> Video:
+    """Decode a video (mp4/avi/mov/gif/... via PyAV) into uint8 T x H x W (or T x H x W x 3) plus fps."""
+    frames, fps, _ = _decode_video(path, grayscale)
+    return Video(frames, fps, str(path))
+
+
+# -- DICOM ------------------------------------------------------------------------------------------
+def _redactor(ds) -> list[str]:
+    values = []
+    for kw in _PHI_KEYWORDS:
+        try:
+            elem = ds.data_element(kw)
+        except Exception:  # noqa: BLE001 - a malformed element must not break error reporting
+            continue
+        if elem is None or elem.value in (None, ""):
+            continue
+        vals = elem.value if isinstance(elem.value, (list, tuple)) or type(elem.value).__name__ == "MultiValue" else [elem.value]
+        for v in vals:
+            s = str(v)
+            if len(s) >= 2:
+                values.extend({s, s.replace("^", " ")})
+    return sorted(values, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "<redacted>")
+    return text
+
+
+def _dicom_fps(ds) -> float | None:
+    for kw, to_fps in (("FrameTime", lambda v: 1000.0 / v), ("CineRate", float), ("RecommendedDisplayFrameRate", float)):
+        v = ds.get(kw)
+        try:
+            v = float(v) if v is not None and str(v).strip() != "" else None
+        except (TypeError, ValueError):
+            v = None
+        if v and v > 0:
+            return float(to_fps(v))
+    return None
+
+
+def _mono_to_uint8(arr: np.ndarray, ds) -> np.ndarray:
+    """Monochrome pixels of any integer depth -> uint8 over the BitsStored range; MONOCHROME1 inverted."""
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"unsupported monochrome pixel type {arr.dtype}")
+        bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        arr = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        arr = 255 - arr
+    return arr
+
+
+def _dicom_pixels(ds, grayscale: bool) -> np.ndarray:
+    """Decoded pixels as T x H x W (or T x H x W x 3) uint8."""
+    from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None:
+        raise ValueError("no Transfer Syntax UID in the file meta information")
+    arr, meta = get_decoder(tsyntax).as_array(ds, as_rgb=False)
+    photometric = str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+    spp = int(meta.get("samples_per_pixel", ds.get("SamplesPerPixel", 1)) or 1)
+    if arr.ndim == (2 if spp == 1 else 3):  # a single frame: add T
+        arr = arr[None]
+    if photometric.startswith("MONOCHROME"):
+        return _mono_to_uint8(arr, ds)
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        if rgb.dtype != np.uint8:  # 16-bit LUT entries span 0..65535: keep the high byte
+            rgb = (rgb >> 8).astype(np.uint8)
+        return rgb_to_gray(rgb) if grayscale else rgb
+    if photometric in ("YBR_FULL", "YBR_FULL_422"):
+        if grayscale:  # Y of YBR_FULL is the ITU-R 601 luma already
+            return np.ascontiguousarray(arr[..., 0])
+        return convert_color_space(arr, photometric, "RGB", per_frame=True)
+    if photometric == "RGB":
+        if arr.dtype != np.uint8:
+            raise ValueError(f"unsupported RGB pixel type {arr.dtype}")
+        return rgb_to_gray(arr) if grayscale else arr
+    raise NotImplementedError(f"unsupported photometric interpretation {photometric!r}")
+
+
+def read_dicom(path: str | Path, grayscale: bool = True) -> Video:
+    """Decode a single- or multi-frame DICOM into uint8 T x H x W (or T x H x W x 3) plus fps.
+
+    Colour (RGB, YBR, PALETTE COLOR applied) is kept with grayscale=False; monochrome stays T x H x W.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = _check_file(path)
+    try:
+        ds = pydicom.dcmread(str(p))
+    except InvalidDicomError as exc:
+        raise DataError(path, "not a DICOM file (no 'DICM' preamble or unreadable header)") from exc
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from exc
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(path, "DICOM file has no pixel data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        secrets = _redactor(ds)
+        try:
+            frames = _dicom_pixels(ds, grayscale)
+            fps = _dicom_fps(ds)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - third-party decoders raise many types; re-raised as DataError
+            raise DataError(path, _redact(f"DICOM pixel decode failed: {type(exc).__name__}: {exc}", secrets)) from None
+    for w in caught:  # re-issue library warnings with identifying values removed
+        warnings.warn(_redact(str(w.message), secrets), w.category, stacklevel=2)
+    if frames.ndim not in (3, 4) or frames.shape[0] == 0:
+        raise DataError(path, f"unexpected decoded pixel shape {frames.shape}")
+    return Video(np.ascontiguousarray(frames), fps, str(path))
+
+
+# -- images and masks -------------------------------------------------------------------------------
+def _open_image(path: str | Path):
+    from PIL import Image, UnidentifiedImageError
+
+    p = _check_file(path)
+    try:
+        img = Image.open(p)
+        img.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise DataError(path, f"not a readable image: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt data
+        raise DataError(path, f"image decode failed: {exc}") from exc
+    return img
+
+
+def _image_array(img, path: str | Path) -> np.ndarray:
+    """Pillow image -> H x W or H x W x 3 uint8 in its native colour (alpha dropped)."""
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode == "LA":
+        return np.asarray(img)[..., 0].copy()
+    if mode.startswith("I"):
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(path, f"unsupported integer image range [{arr.min()}, {arr.max()}] in mode {mode}")
+        return (arr >> 8).astype(np.uint8) if mode.startswith("I;16") or arr.max() > 255 else arr.astype(np.uint8)
+    if mode == "F":
+        raise DataError(path, "unsupported image mode F (32-bit float)")
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(path: str | Path, grayscale: bool = True) -> np.ndarray:
+    """Read PNG/JPEG/BMP/TIFF (Pillow): H x W uint8, or with grayscale=False H x W x 3 for colour files."""
+    with _open_image(path) as img:
+        arr = _image_array(img, path)
+    if grayscale and arr.ndim == 3:
+        arr = rgb_to_gray(arr)
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask image: H x W uint8 in {0, 1} (nonzero -> 1; >= 128 -> 1 for lossy JPEG)."""
+    with _open_image(path) as img:
+        lossy = img.format == "JPEG"
+        arr = _image_array(img, path)
+    if arr.ndim == 3:
+        arr = arr.max(axis=-1)
+    return (arr >= (128 if lossy else 1)).astype(np.uint8)
+
+
+# -- dispatch ---------------------------------------------------------------------------------------
+def read_clip(path: str | Path, grayscale: bool = True) -> Video:
+    """Read any supported file as a clip: DICOM ('DICM' at byte 128 or .dcm), image (T=1) or video."""
+    p = _check_file(path)
+    if _is_dicom(p):
+        return read_dicom(path, grayscale)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return Video(read_image(path, grayscale)[None], None, str(path))
+    return read_video(path, grayscale)
+
+
+def probe_file(path: str | Path) -> ProbeResult:
+    """Decode a file completely and report frames, height, width, channels (1 or 3) and fps."""
+    p = _check_file(path)
+    if not _is_dicom(p) and p.suffix.lower() not in IMAGE_EXTENSIONS:
+        frames, fps, pix_fmt = _decode_video(path, grayscale=True)  # gray decode is faster; colour from pix_fmt
+        channels = 1 if pix_fmt.startswith(("gray", "y8", "ya")) else 3
+    else:
+        clip = read_clip(path, grayscale=False)
+        frames, fps = clip.frames, clip.fps
+        channels = 3 if frames.ndim == 4 else 1
+    return ProbeResult(str(path), int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2]), channels, fps)

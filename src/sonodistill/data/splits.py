@@ -1,0 +1,155 @@
+"""Leakage-free splits: grouped (and label-stratified) k-fold, group-wise subsampling, a leakage check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from sonodistill.errors import ConfigError, LeakageError
+
+from .manifest import Manifest
+
+
+@dataclass
+class Fold:
+    """One cross-validation fold: row positions (int64) of the training and test items."""
+
+    index: int
+    train: np.ndarray
+    test: np.ndarray
+
+
+def check_no_leakage(manifest: Manifest, train_idx: np.ndarray, test_idx: np.ndarray) -> None:
+    """Raise LeakageError when a group (patient/subject) has rows on both sides, naming the first few."""
+    groups = manifest.groups
+    shared = sorted(set(groups[np.asarray(train_idx, dtype=np.int64)]) & set(groups[np.asarray(test_idx, dtype=np.int64)]))
+    if shared:
+        shown = ", ".join(repr(g) for g in shared[:5])
+        more = f" (and {len(shared) - 5} more)" if len(shared) > 5 else ""
+        raise LeakageError(
+            f"manifest '{manifest.name}': {len(shared)} group(s) on both sides of the split: {shown}{more}"
+        )
+
+
+def _check_fold_feasible(manifest: Manifest, n_splits: int) -> None:
+    if n_splits < 2:
+        raise ConfigError(f"n_splits must be >= 2, got {n_splits}")
+    groups = manifest.groups
+    n_groups = len(set(groups))
+    if n_splits > n_groups:
+        raise ConfigError(
+            f"manifest '{manifest.name}': n_splits={n_splits} exceeds the number of groups ({n_groups}); "
+            "every fold needs at least one group in its test set"
+        )
+    if manifest.has_labels:
+        labels = manifest.labels
+        for k, c in enumerate(manifest.classes):
+            n = len(set(groups[labels == k]))
+            if n < n_splits:
+                raise ConfigError(
+                    f"manifest '{manifest.name}': class '{c}' occurs in only {n} group(s), fewer than "
+                    f"n_splits={n_splits}; some test folds would lack it (use fewer folds or merge classes)"
+                )
+
+
+def grouped_kfold(manifest: Manifest, n_splits: int = 5, seed: int = 0) -> list[Fold]:
+    """K folds with no group on both sides; stratified by label (StratifiedGroupKFold) when labelled."""
+    _check_fold_feasible(manifest, n_splits)
+    x = np.zeros(len(manifest))
+    groups = manifest.groups
+    if manifest.has_labels:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(x, manifest.labels, groups)
+    else:
+        # GroupKFold balances fold sizes; shuffle the group order with the seed first for seed-dependence.
+        rng = np.random.default_rng(seed)
+        uniq = np.unique(groups)
+        perm = {g: i for i, g in enumerate(rng.permutation(uniq))}
+        shuffled = np.array([perm[g] for g in groups])
+        parts = GroupKFold(n_splits=n_splits).split(x, groups=shuffled)
+    folds = []
+    for i, (train, test) in enumerate(parts):
+        fold = Fold(i, np.sort(train).astype(np.int64), np.sort(test).astype(np.int64))
+        check_no_leakage(manifest, fold.train, fold.test)
+        folds.append(fold)
+    return folds
+
+
+def grouped_fraction(manifest: Manifest, rows: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """A seeded choice of whole groups among `rows` covering about `fraction` of them (sorted row positions).
+
+    Stratified by label when labelled (each group counts under its most frequent label): every class present
+    keeps at least one group. Used e.g. to keep 10 % of the training rows labelled.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise ConfigError("grouped_fraction: no rows to choose from")
+    if fraction == 1.0:
+        return np.sort(rows)
+    rng = np.random.default_rng(seed)
+    groups = manifest.groups[rows]
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    if manifest.has_labels:
+        labels = manifest.labels[rows]
+        counts = np.zeros((len(uniq), len(manifest.classes)), dtype=np.int64)
+        np.add.at(counts, (inverse, labels), 1)
+        stratum = counts.argmax(axis=1)
+    else:
+        stratum = np.zeros(len(uniq), dtype=np.int64)
+    chosen: list[int] = []
+    for s in np.unique(stratum):
+        members = rng.permutation(np.flatnonzero(stratum == s))
+        target = fraction * sizes[members].sum()
+        total = 0
+        for g in members:
+            # take a group if it brings the stratum's row count closer to the target (always take the first)
+            if total == 0 or abs(total + sizes[g] - target) < abs(total - target):
+                chosen.append(int(g))
+                total += int(sizes[g])
+    keep = np.isin(inverse, np.array(chosen, dtype=np.int64))
+    return np.sort(rows[keep])
+
+
+def _stats(values: np.ndarray) -> str:
+    return f"min {int(values.min())} / median {float(np.median(values)):g} / max {int(values.max())}"
+
+
+def inspect_report(manifest: Manifest, n_splits: int = 5, seed: int = 0) -> str:
+    """Markdown summary: class counts, groups and items per group, per-fold class counts, leakage check result."""
+    lines = [f"# {manifest.name}", "", f"- items: {len(manifest)} ({manifest.modality})"]
+    groups = manifest.groups
+    _, per_group = np.unique(groups, return_counts=True)
+    lines.append(f"- groups: {len(per_group)}; items per group: {_stats(per_group)}")
+    if manifest.has_labels:
+        counts = manifest.class_counts()
+        lines.append("- classes: " + ", ".join(f"{c}: {n}" for c, n in counts.items()))
+        labels = manifest.labels
+        lines.append(
+            "- groups per class: "
+            + ", ".join(f"{c}: {len(set(groups[labels == k]))}" for k, c in enumerate(manifest.classes))
+        )
+    else:
+        lines.append("- classes: none (unlabelled)")
+    for extra in ("mask", "target", "text"):
+        if extra in manifest.table.columns:
+            col = manifest.table[extra]
+            filled = int((col.astype(str).str.len() > 0).sum()) if col.dtype != float else int(col.notna().sum())
+            lines.append(f"- {extra}: {filled} of {len(manifest)} rows")
+    folds = grouped_kfold(manifest, n_splits=n_splits, seed=seed)
+    lines += ["", f"## {n_splits}-fold grouped split (seed {seed})", ""]
+    header = ["fold", "train items", "test items", "test groups"]
+    if manifest.has_labels:
+        header += [f"test '{c}'" for c in manifest.classes]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for f in folds:
+        row = [str(f.index), str(len(f.train)), str(len(f.test)), str(len(set(groups[f.test])))]
+        if manifest.has_labels:
+            row += [str(n) for n in np.bincount(manifest.labels[f.test], minlength=len(manifest.classes))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Leakage check: passed ({n_splits} folds, no group on both sides of any fold)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""Cross-validation runner: grouped stratified folds, one fit per fold, report from the run directory alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.config import RunConfig, load_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError, SonoDistillError
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.csv"
+
+
+def make_folds(manifest: Manifest, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped, stratified folds; each checked for leakage."""
+    from sonodistill.data.splits import check_no_leakage, grouped_kfold
+
+    folds = grouped_kfold(manifest, n_splits=n_folds, seed=seed)
+    for f in folds:
+        check_no_leakage(manifest, f.train, f.test)
+    return [(f.train, f.test) for f in folds]
+
+
+def save_folds(run_dir: Path, manifest: Manifest, folds: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    data = [{"fold": k, "train": tr.tolist(), "test": te.tolist(),
+             "test_groups": sorted(set(manifest.groups[te].tolist()))} for k, (tr, te) in enumerate(folds)]
+    (run_dir / "folds.json").write_text(json.dumps(data))
+
+
+def load_folds(run_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    data = json.loads((run_dir / "folds.json").read_text())
+    return [(np.asarray(d["train"], dtype=np.int64), np.asarray(d["test"], dtype=np.int64)) for d in data]
+
+
+def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None,
+                 **trainer_overrides: Any) -> dict[str, Any]:
+    """Train every fold (or `cfg.train.fold` only), write predictions and the report; returns the summary.
+
+    With `resume`, folds whose predictions exist are kept and an unfinished fold restarts from its last checkpoint.
+    """
+    from sonodistill.evaluation.report import write_cv_report
+    from sonodistill.recipes import get_recipe
+    from sonodistill.recipes.data import load_manifest
+    from sonodistill.recipes.trainer import fit_fold
+
+    run_dir = cfg.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if (run_dir / PREDICTIONS).exists() or (run_dir / "config.yaml").exists():
+            raise SonoDistillError(f"run directory {run_dir} already holds a run: pass --resume to continue it, "
+                                   "or choose another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = manifest if manifest is not None else load_manifest(cfg.data)
+    manifest.validate(check_files=True)
+    if manifest.has_labels:
+        manifest.check_classes_nonempty()
+    if resume and (run_dir / "config.yaml").exists():
+        saved = load_config(run_dir / "config.yaml")
+        if saved.to_dict() | {"train": None} != cfg.to_dict() | {"train": None}:
+            log.warning("resuming with a config that differs from the saved one; the saved one is kept in "
+                        "config.yaml, differences: see config.resumed.yaml")
+            cfg.save(run_dir / "config.resumed.yaml")
+    else:
+        cfg.save(run_dir / "config.yaml")
+    manifest.to_csv(run_dir / "manifest.csv")
+    from sonodistill.recipes import get_recipe
+
+    runner = getattr(get_recipe(cfg.recipe), "run_experiment", None)
+    if runner is not None:  # pretraining and multi-stage recipes run their own protocol
+        return runner(cfg, manifest, resume=resume, **trainer_overrides)
+    if resume and (run_dir / "folds.json").exists():
+        folds = load_folds(run_dir)
+    else:
+        if cfg.train.folds < 2:
+            raise ConfigError("train.folds must be >= 2 for cross-validation")
+        folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
+        save_folds(run_dir, manifest, folds)
+
+    recipe_cls = get_recipe(cfg.recipe)
+    if getattr(recipe_cls, "task", "classification") != "classification":
+        from sonodistill.evaluation.segmentation_cv import run_segmentation_cv
+
+        return run_segmentation_cv(cfg, manifest, folds, resume=resume, **trainer_overrides)
+
+    wanted = range(len(folds)) if cfg.train.fold is None else [cfg.train.fold]
+    frames: list[pd.DataFrame] = []
+    times: dict[int, float] = {}
+    for k in wanted:
+        fold_dir = run_dir / f"fold_{k}"
+        pred_file = fold_dir / PREDICTIONS
+        if resume and pred_file.exists():
+            log.info("fold %d already complete, kept", k)
+            frames.append(pd.read_csv(pred_file))
+            continue
+        train_rows, test_rows = folds[k]
+        t0 = time.perf_counter()
+        pred = fit_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
+        times[k] = time.perf_counter() - t0
+        pred.to_csv(pred_file, index=False)
+        frames.append(pred)
+        log.info("fold %d done in %.1f s", k, times[k])
+    if cfg.train.final and cfg.train.fold is None:
+        train_final_model(cfg, manifest, resume, **trainer_overrides)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.to_csv(run_dir / PREDICTIONS, index=False)
+    timing_file = run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    timing.update({str(k): v for k, v in times.items()})
+    timing_file.write_text(json.dumps(timing, indent=1))
+    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+
+
+def train_final_model(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> Path:
+    """Train one model on every item (no test fold) into RUN/final/: the model to deploy after CV."""
+    from sonodistill.recipes.trainer import fit_fold
+
+    final_dir = cfg.run_dir / "final"
+    if resume and (final_dir / "model.safetensors").is_file() and (final_dir / "done").is_file():
+        return final_dir
+    rows = np.arange(len(manifest))
+    fit_fold(cfg, manifest, rows, rows[:0], fold=len(load_folds(cfg.run_dir)), fold_dir=final_dir,
+             resume=resume, **trainer_overrides)
+    (final_dir / "done").write_text("trained on all items; no held-out estimate: see the CV report\n")
+    return final_dir
+
+
+def report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """Rebuild the report from a run directory alone (config.yaml, manifest.csv, predictions.csv)."""
+    from sonodistill.evaluation.report import write_cv_report
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "manifest.csv", PREDICTIONS):
+        if not (run_dir / name).is_file():
+            raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    manifest = Manifest.from_csv(run_dir / "manifest.csv")
+    predictions = pd.read_csv(run_dir / PREDICTIONS)
+    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")

@@ -1,0 +1,147 @@
+"""Head circumference (HC18) from a segmentation mask, and the geometry that maps model-resolution masks back.
+
+The ellipse is fitted by **second moments of the filled region**: the largest connected component of the mask
+(holes filled) is treated as a uniform filled ellipse, whose covariance of pixel centres is `R diag(a^2/4, b^2/4) R^T`
+in physical units, so the semi-axes are `a = 2 sqrt(l1)`, `b = 2 sqrt(l2)` from the covariance eigenvalues
+`l1 >= l2`. HC is Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` in mm. Pixel spacing may differ per
+axis (resize factors after preprocessing), which the covariance handles exactly: `Cov_mm = S Cov_px S`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+__all__ = [
+    "Ellipse",
+    "ramanujan_perimeter",
+    "largest_component",
+    "fit_ellipse_moments",
+    "head_circumference_mm",
+    "PreprocessGeometry",
+    "preprocess_geometry",
+]
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    """Centre (y, x), semi-axes a >= b and the major axis' angle (radians, from the x axis), in spacing units."""
+
+    center: tuple[float, float]
+    a: float
+    b: float
+    angle: float
+
+    @property
+    def perimeter(self) -> float:
+        return ramanujan_perimeter(self.a, self.b)
+
+
+def ramanujan_perimeter(a: float, b: float) -> float:
+    """Ellipse perimeter from semi-axes a, b (Ramanujan's first approximation; relative error < 4e-4 at b/a = 0.5)."""
+    return math.pi * (3.0 * (a + b) - math.sqrt((3.0 * a + b) * (a + 3.0 * b)))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Bool H x W: the largest 8-connected component of a binary mask, holes filled (all False if empty)."""
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2:
+        raise ValueError(f"expected an H x W mask, got shape {mask.shape}")
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+
+
+def _spacing(spacing: float | Sequence[float]) -> tuple[float, float]:
+    if isinstance(spacing, (int, float, np.floating)):
+        sy = sx = float(spacing)
+    else:
+        sy, sx = (float(s) for s in spacing)
+    if not (sy > 0 and sx > 0 and math.isfinite(sy) and math.isfinite(sx)):
+        raise ValueError(f"pixel spacing must be positive and finite, got {spacing}")
+    return sy, sx
+
+
+def fit_ellipse_moments(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> Ellipse | None:
+    """Ellipse of the largest component of an H x W mask by second moments, in units of `spacing` ((sy, sx) or one
+    value per pixel). None when the mask is empty."""
+    sy, sx = _spacing(spacing)
+    region = largest_component(mask)
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        return None
+    y = ys.astype(np.float64) * sy
+    x = xs.astype(np.float64) * sx
+    cy, cx = float(y.mean()), float(x.mean())
+    cov = np.cov(np.stack([x - cx, y - cy]), bias=True)
+    evals, evecs = np.linalg.eigh(cov)  # ascending
+    l2, l1 = max(float(evals[0]), 0.0), max(float(evals[1]), 0.0)
+    major = evecs[:, 1]
+    return Ellipse((cy, cx), 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), float(math.atan2(major[1], major[0])))
+
+
+def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float]) -> float:
+    """HC in mm of an H x W head mask whose pixels measure `pixel_size_mm` ((sy, sx) mm, or one value); NaN if empty.
+
+    For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor)."""
+    ellipse = fit_ellipse_moments(mask, pixel_size_mm)
+    return math.nan if ellipse is None else ellipse.perimeter
+
+
+@dataclass(frozen=True)
+class PreprocessGeometry:
+    """Where a preprocessed `size x size` image came from: original H x W, crop box, resized nh x nw at (top, left)."""
+
+    height: int
+    width: int
+    crop: tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open) in the original image
+    size: int
+    nh: int
+    nw: int
+    top: int
+    left: int
+
+    def mm_per_pixel(self, pixel_size_mm: float) -> tuple[float, float]:
+        """(sy, sx) mm per model-resolution pixel for an original pixel of `pixel_size_mm`."""
+        y0, y1, x0, x1 = self.crop
+        return pixel_size_mm * (y1 - y0) / self.nh, pixel_size_mm * (x1 - x0) / self.nw
+
+    def to_original(self, probs: torch.Tensor | np.ndarray) -> np.ndarray:
+        """`K x size x size` class probabilities -> int64 `H x W` label map in the original image (argmax after
+        bilinear resampling of the un-padded part back to the crop; outside the crop: class 0)."""
+        p = torch.as_tensor(np.asarray(probs) if not isinstance(probs, torch.Tensor) else probs).float()
+        if p.dim() != 3 or p.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"expected K x {self.size} x {self.size} probabilities, got {tuple(p.shape)}")
+        y0, y1, x0, x1 = self.crop
+        inner = p[:, self.top:self.top + self.nh, self.left:self.left + self.nw]
+        if (self.nh, self.nw) != (y1 - y0, x1 - x0):
+            inner = F.interpolate(inner[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+        out = np.zeros((self.height, self.width), dtype=np.int64)
+        out[y0:y1, x0:x1] = inner.argmax(dim=0).numpy()
+        return out
+
+
+def preprocess_geometry(image_path: str | Path, cfg: "object") -> PreprocessGeometry:
+    """The crop/resize/pad geometry that `preprocess_clip(read_clip(image_path), cfg)` applies (cfg: PreprocessConfig)."""
+    from sonodistill.data.cache import crop_box
+    from sonodistill.data.readers import read_clip
+
+    frames = read_clip(image_path, grayscale=True).frames
+    h_full, w_full = frames.shape[1:3]
+    y0, y1, x0, x1 = crop_box(frames, cfg)  # type: ignore[arg-type]
+    h, w = y1 - y0, x1 - x0
+    size = int(cfg.size)  # type: ignore[attr-defined]
+    scale = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    return PreprocessGeometry(int(h_full), int(w_full), (int(y0), int(y1), int(x0), int(x1)), size, nh, nw,
+                              (size - nh) // 2, (size - nw) // 2)

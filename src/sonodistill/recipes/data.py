@@ -1,0 +1,95 @@
+"""From a DataConfig to a Manifest and DataLoaders for one fold (deterministic, resumable order)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sonodistill.config import DataConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SONODISTILL_CACHE", Path.home() / ".cache" / "sonodistill"))
+
+
+def load_manifest(data: DataConfig) -> Manifest:
+    """Resolve `data.spec`: 'synthetic:PRESET' generates (once, cached by parameters) or 'ADAPTER:ROOT' loads."""
+    if data.spec.startswith("synthetic:"):
+        return synthetic_manifest(data.spec.split(":", 1)[1], data.synthetic_n, data.synthetic_frames,
+                                  data.synthetic_size, Path(data.cache_dir) if data.cache_dir else default_cache_dir())
+    from sonodistill.data.adapters import load_adapter, parse_data_spec
+
+    name, root = parse_data_spec(data.spec)
+    options = {"target": data.target} if data.target else {}
+    return load_adapter(name, root, **options)
+
+
+def synthetic_manifest(preset: str, n: int, frames: int, size: int, cache_root: Path, seed: int = 0) -> Manifest:
+    """Generate a simulator data set once per parameter set under the cache folder and load its manifest."""
+    from sonodistill.data.synthetic import write_dataset
+
+    key = hashlib.sha1(json.dumps([preset, n, frames, size, seed]).encode()).hexdigest()[:12]
+    out = cache_root / "synthetic" / f"{preset}-{key}"
+    csv = out / "manifest.csv"
+    if not (out / ".complete").is_file():
+        csv = write_dataset(preset, out, n=n, seed=seed, frames=frames, size=size)
+        (out / ".complete").write_text("ok")
+    return Manifest.from_csv(csv)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the same order after a resume as without one."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) -> Dataset:
+    """ClipDataset for video manifests, FrameDataset for image manifests; augmentation on training sets only."""
+    from sonodistill.data import augment as aug
+    from sonodistill.data.cache import ClipCache
+    from sonodistill.data.datasets import ClipDataset, FrameDataset
+    from sonodistill.data.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(size=data.size, crop_region=data.crop_region, remove_overlay=data.remove_overlay)
+    cache = ClipCache(Path(data.cache_dir) / "clips" if data.cache_dir else default_cache_dir() / "clips")
+    if manifest.modality == "video":
+        transform = aug.video_train_augment(data.size) if (train and data.augment) else None
+        return ClipDataset(manifest, pre, num_frames=data.num_frames,
+                           sampling=data.sampling if train else "uniform", cache=cache, augment=transform, seed=seed)
+    if manifest.modality == "image":
+        transform = aug.weak_augment(data.size) if (train and data.augment) else None
+        return FrameDataset(manifest, pre, cache=cache, augment=transform)
+    raise ConfigError(f"unsupported modality {manifest.modality!r}")
+
+
+def make_loader(dataset: Dataset, data: DataConfig, train: bool, seed: int) -> DataLoader:
+    sampler = EpochSeededSampler(len(dataset), seed, shuffle=train)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=data.num_workers,
+                      drop_last=train and len(dataset) > data.batch_size,  # type: ignore[arg-type]
+                      persistent_workers=data.num_workers > 0, pin_memory=False)
+
+
+def fold_arrays(manifest: Manifest, rows: np.ndarray) -> Manifest:
+    return manifest.subset(rows)

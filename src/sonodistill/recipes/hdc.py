@@ -1,0 +1,67 @@
+"""HDC (Le et al., CVPR workshops 2025): a dual-decoder student and an EMA teacher with multi-level noise.
+
+- Student: `DualDecoderUNet`, one encoder, D1 (clean features) and D2 (feature noise + dropout).
+- Teacher: EMA of the student's encoder + D1 (parameters and BatchNorm buffers), eval mode, weak view.
+- Noise levels: weak augmentation (teacher input), strong intensity augmentation on top of it (student input),
+  feature perturbation (D2 input).
+- Loss: `sup(D1) + sup_d2 * sup(D2)` (Dice + CE, labelled images) `+ w(t) * HDCLoss`, where HDCLoss =
+  lambda_cg * correlation guidance (student vs teacher encoder features) + lambda_mi * (-I(D1; D2))
+  + lambda_pc * MSE(student D1, teacher D1) on the unlabelled images, w(t) the sigmoid ramp-up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sonodistill.config import RunConfig
+from sonodistill.losses.consistency import HDCLoss
+from sonodistill.models.segmentation import DualDecoderUNet
+from sonodistill.recipes.semi_supervised import (
+    Batch,
+    SemiSupervisedSegmentationRecipe,
+    _TeacherMixin,
+    slice_outputs,
+    unet_kwargs,
+)
+
+
+class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
+    """HDC; inference model = encoder + D1 (no D2, no perturbation, no teacher)."""
+
+    OPTIONS = {
+        "ema_momentum": 0.99,
+        "lambda_cg": 1.0,
+        "lambda_mi": 1.0,
+        "lambda_pc": 1.0,
+        "cg_layers": None,          # encoder levels used by correlation guidance (None: all)
+        "pc_threshold": None,       # teacher confidence threshold of the pixel consistency (None: every pixel)
+        "feature_noise": 0.3,       # D2 input: f * (1 + U(-a, a)) ...
+        "feature_dropout": 0.5,     # ... then channel dropout
+        "sup_d2": 1.0,              # weight of D2's supervised loss
+    }
+
+    def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
+        super().__init__(cfg, num_classes, steps_per_epoch)
+        self.make_teacher()
+        o = self.options
+        self.hdc_loss = HDCLoss(o["lambda_cg"], o["lambda_mi"], o["lambda_pc"], o["cg_layers"], o["pc_threshold"])
+
+    def build_student(self) -> nn.Module:
+        return DualDecoderUNet(feature_noise=float(self.options["feature_noise"]),
+                               feature_dropout=float(self.options["feature_dropout"]),
+                               **unet_kwargs(self.cfg, self.options))
+
+    def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert unlabelled is not None
+        n = labelled["x"].shape[0]
+        out = self.student(torch.cat([labelled["x"], unlabelled["x_strong"]]), dual=True)
+        assert out.logits2 is not None
+        sup1, parts = self.supervised(out.logits1[:n], labelled["mask"], "sup")
+        sup2, parts2 = self.supervised(out.logits2[:n], labelled["mask"], "sup_d2")
+        parts.update(parts2)
+        teacher = self.teacher_outputs(unlabelled["x_weak"])
+        w = self.consistency_weight()
+        unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w)
+        parts.update({k if k in ("weight", "unsup", "unsup_unweighted") else f"hdc/{k}": v for k, v in uparts.items()})
+        return sup1 + float(self.options["sup_d2"]) * sup2 + unsup, parts

@@ -1,0 +1,286 @@
+"""Semi-supervised segmentation: ONE LightningModule base and the baselines as `compute_loss` variants.
+
+Batches come from `data/two_stream.py`: {"labelled": {"x", "mask"}, "unlabelled": {"x_weak", "x_strong"} | None}
+with images `B x 1 x S x S` and masks `B x 1 x S x S` in {0, 1}. Methods:
+
+- `SupervisedSegmentationRecipe` (`seg_supervised`): Dice + CE on the labelled images only.
+- `MeanTeacherRecipe` (`mean_teacher`): + w(t) * MSE(softmax student(strong), softmax EMA-teacher(weak)).
+- `FixMatchRecipe` (`fixmatch`): + w(t) * CE(student(strong), argmax student(weak)) where confident.
+- `CrossPseudoSupervisionRecipe` (`cps`): two networks, + w(t) * CPS(net A(weak), net B(weak)).
+- HDC (`recipes/hdc.py`).
+
+w(t) = `consistency` * `sigmoid_rampup(step, rampup_fraction * total_steps)`. Every option lives in
+`cfg.recipe_options` (see `COMMON_OPTIONS` and each class' `OPTIONS`); unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+
+from sonodistill.config import ModelConfig, RunConfig
+from sonodistill.errors import ConfigError
+from sonodistill.losses.consistency import (
+    CrossPseudoSupervisionLoss,
+    DiceCELoss,
+    FixMatchPseudoLabelLoss,
+    PixelConsistencyLoss,
+)
+from sonodistill.losses.ema import EMATeacher
+from sonodistill.models.segmentation import SegOutputs, SingleDecoderUNet
+from sonodistill.recipes.base import build_optimizer, check_finite
+from sonodistill.recipes.schedules import sigmoid_rampup
+
+Batch = dict[str, torch.Tensor]
+
+# Options read by the data / evaluation side (segmentation_cv.py) and shared by every method.
+COMMON_OPTIONS: dict[str, Any] = {
+    "labelled_fraction": 0.1,       # grouped, seeded fraction of each fold's training rows that keeps its masks
+    "labelled_bs": None,            # labelled items per batch (default: half of data.batch_size, at least 1)
+    "iterations_per_epoch": None,   # default: one pass over the unlabelled stream
+    "consistency": 1.0,             # weight of the unsupervised term after ramp-up
+    "rampup_fraction": 0.4,         # sigmoid ramp-up over this fraction of all training steps
+    "channels": [16, 32, 64, 128, 256],  # U-Net encoder widths before `model.width`
+    "overlays": 4,                  # overlay PNGs written per fold
+    "save_masks": False,            # also write predicted masks (PNG, original resolution) per fold
+}
+
+
+class EncoderD1(nn.Module):
+    """Encoder + main decoder of a U-Net as a module returning `SegOutputs` (the mean-teacher view of a student).
+
+    Holds references to (does not copy) the student's modules, so its parameter names are `encoder.*`,
+    `decoder1.*` and an `EMATeacher` built from it can be updated from it by name."""
+
+    def __init__(self, net: SingleDecoderUNet) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+        self.decoder1 = net.decoder1
+
+    def forward(self, x: torch.Tensor) -> SegOutputs:
+        features = self.encoder(x)
+        logits, decoded = self.decoder1(features)
+        return SegOutputs(logits, None, features, decoded)
+
+
+def unet_kwargs(cfg: RunConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """U-Net constructor arguments from the config (`model.backbone` must be 'unet' or left at its default)."""
+    if cfg.model.backbone not in ("unet", ModelConfig().backbone):
+        raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet (got {cfg.model.backbone!r})")
+    return {"in_channels": 1, "num_classes": 2, "channels": tuple(int(c) for c in options["channels"]),
+            "width": float(cfg.model.width)}
+
+
+def slice_outputs(out: SegOutputs, start: int) -> SegOutputs:
+    """The items `start:` of every tensor in a `SegOutputs` (e.g. the unlabelled part of a joint forward)."""
+    return SegOutputs(out.logits1[start:], None if out.logits2 is None else out.logits2[start:],
+                      [f[start:] for f in out.features], [f[start:] for f in out.decoder_features])
+
+
+class SemiSupervisedSegmentationRecipe(L.LightningModule):
+    """Base of every semi-supervised segmentation method; subclasses set `OPTIONS` and override `compute_loss`.
+
+    `self.student` is the trained network; `inference_model()` is its encoder + D1 (`SegmentationNet`).
+    """
+
+    task: ClassVar[str] = "segmentation"
+    uses_unlabelled: ClassVar[bool] = True
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
+        super().__init__()
+        if num_classes != 2:
+            raise ConfigError(f"segmentation recipes segment one structure (2 classes), got num_classes={num_classes}")
+        self.cfg = cfg
+        self.options = self.resolve_options(cfg.recipe_options)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.total_steps = max(1, cfg.train.epochs * self.steps_per_epoch)
+        self.rampup_steps = float(self.options["rampup_fraction"]) * self.total_steps
+        self.sup_loss = DiceCELoss()
+        self.student = self.build_student()
+
+    # -- configuration ----------------------------------------------------------------------------
+    @classmethod
+    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """COMMON_OPTIONS + this method's OPTIONS, overridden by `given`; unknown keys raise ConfigError."""
+        defaults = {**COMMON_OPTIONS, **cls.OPTIONS}
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ConfigError(f"recipe_options: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(defaults)}")
+        options = {**defaults, **given}
+        frac = float(options["labelled_fraction"])
+        if not 0.0 < frac <= 1.0:
+            raise ConfigError(f"recipe_options.labelled_fraction must be in (0, 1], got {frac}")
+        if not 0.0 <= float(options["rampup_fraction"]) <= 1.0:
+            raise ConfigError(f"recipe_options.rampup_fraction must be in [0, 1], got {options['rampup_fraction']}")
+        return options
+
+    def build_student(self) -> nn.Module:
+        return SingleDecoderUNet(**unet_kwargs(self.cfg, self.options))
+
+    def inference_model(self) -> nn.Module:
+        """Encoder + D1 only: what is saved, exported and evaluated (`B x 1 x S x S` -> `B x 2 x S x S` logits)."""
+        return self.student.inference_model()
+
+    def consistency_weight(self) -> float:
+        """w(t) = consistency * sigmoid_rampup(global_step, rampup_fraction * total_steps)."""
+        return float(self.options["consistency"]) * sigmoid_rampup(int(self.global_step), self.rampup_steps)
+
+    # -- the part methods override ----------------------------------------------------------------
+    def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Supervised Dice + CE of the student's D1 on the labelled images. Returns (loss, parts)."""
+        out = self.student(labelled["x"])
+        return self.supervised(out.logits1, labelled["mask"])
+
+    def supervised(self, logits: torch.Tensor, mask: torch.Tensor, prefix: str = "sup") -> tuple[torch.Tensor, dict]:
+        loss, parts = self.sup_loss(logits, mask.round().long())
+        return loss, {prefix: loss.detach(), **{f"{prefix}/{k}": v for k, v in parts.items()}}
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inference_model()(x)
+
+    def training_step(self, batch: dict[str, Batch | None], batch_idx: int) -> torch.Tensor:
+        labelled, unlabelled = batch["labelled"], batch.get("unlabelled")
+        if labelled is None:
+            raise ValueError("training batch holds no labelled items")
+        if self.uses_unlabelled and unlabelled is None:
+            raise ValueError(f"{type(self).__name__} needs unlabelled items in every batch (labelled_bs < batch_size)")
+        loss, parts = self.compute_loss(labelled, unlabelled if self.uses_unlabelled else None)
+        check_finite(int(self.global_step), {"loss": loss, **parts})
+        bs = int(labelled["x"].shape[0]) + (0 if unlabelled is None else int(unlabelled["x_weak"].shape[0]))
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v.detach().float(), on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+
+
+class SupervisedSegmentationRecipe(SemiSupervisedSegmentationRecipe):
+    """Supervised-only baseline: Dice + CE on the labelled part; unlabelled images are not loaded."""
+
+    uses_unlabelled = False
+
+
+class _TeacherMixin:
+    """An EMA teacher of the student's encoder + D1: parameters AND normalisation buffers averaged, eval mode.
+
+    Momentum m_t = min(1 - 1 / (t + 1), ema_momentum) (the mean-teacher warm-up), applied after every optimiser step."""
+
+    teacher: EMATeacher
+
+    def make_teacher(self) -> None:
+        self.teacher = EMATeacher(EncoderD1(self.student), buffers="ema")  # type: ignore[attr-defined]
+
+    def ema_momentum(self, step: int) -> float:
+        return min(1.0 - 1.0 / (step + 1.0), float(self.options["ema_momentum"]))  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor) -> SegOutputs:
+        self.teacher.eval()
+        return self.teacher(x)
+
+    def update_teacher(self, step: int) -> float:
+        """EMA step after optimiser step number `step` (0-based); returns the momentum used."""
+        momentum = self.ema_momentum(step)
+        self.teacher.update(EncoderD1(self.student), momentum)  # type: ignore[attr-defined]
+        return momentum
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step already counts this batch's optimiser step
+        self.update_teacher(max(0, int(self.global_step) - 1))  # type: ignore[attr-defined]
+
+
+class MeanTeacherRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
+    """Mean Teacher (Tarvainen & Valpola 2017) for segmentation: student(strong view) vs EMA teacher(weak view)."""
+
+    OPTIONS = {"ema_momentum": 0.99}
+
+    def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
+        super().__init__(cfg, num_classes, steps_per_epoch)
+        self.make_teacher()
+        self.consistency_loss = PixelConsistencyLoss()
+
+    def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert unlabelled is not None
+        n = labelled["x"].shape[0]
+        out = self.student(torch.cat([labelled["x"], unlabelled["x_strong"]]))
+        sup, parts = self.supervised(out.logits1[:n], labelled["mask"])
+        teacher = self.teacher_outputs(unlabelled["x_weak"])
+        cons, cparts = self.consistency_loss(out.logits1[n:], teacher.logits1)
+        w = self.consistency_weight()
+        parts.update({"unsup": cons.detach(), "unsup/mask_ratio": cparts["mask_ratio"],
+                      "weight": torch.tensor(w, device=sup.device)})
+        return sup + w * cons, parts
+
+
+class FixMatchRecipe(SemiSupervisedSegmentationRecipe):
+    """FixMatch-style: confident argmax of the student's own weak-view prediction supervises its strong view."""
+
+    OPTIONS = {"threshold": 0.95}
+
+    def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
+        super().__init__(cfg, num_classes, steps_per_epoch)
+        self.pseudo_loss = FixMatchPseudoLabelLoss(float(self.options["threshold"]))
+
+    def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert unlabelled is not None
+        n = labelled["x"].shape[0]
+        out = self.student(torch.cat([labelled["x"], unlabelled["x_strong"]]))
+        sup, parts = self.supervised(out.logits1[:n], labelled["mask"])
+        with torch.no_grad():  # pseudo-labels from the same network on the weak view (train mode, as in FixMatch)
+            weak = self.student(unlabelled["x_weak"]).logits1
+        pseudo, pparts = self.pseudo_loss(out.logits1[n:], weak)
+        w = self.consistency_weight()
+        parts.update({"unsup": pseudo.detach(), "unsup/mask_ratio": pparts["mask_ratio"],
+                      "weight": torch.tensor(w, device=sup.device)})
+        return sup + w * pseudo, parts
+
+
+class CrossPseudoSupervisionRecipe(SemiSupervisedSegmentationRecipe):
+    """CPS (Chen et al. 2021): two differently initialised U-Nets supervise each other with hard pseudo-labels.
+    The inference model is network A (`student`)."""
+
+    OPTIONS = {"consistency": 1.5}
+
+    def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
+        super().__init__(cfg, num_classes, steps_per_epoch)
+        self.student_b = self.build_student()  # different random initialisation
+        self.cps_loss = CrossPseudoSupervisionLoss()
+
+    def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert unlabelled is not None
+        n = labelled["x"].shape[0]
+        x = torch.cat([labelled["x"], unlabelled["x_weak"]])
+        a, b = self.student(x).logits1, self.student_b(x).logits1
+        sup_a, parts = self.supervised(a[:n], labelled["mask"], "sup")
+        sup_b, parts_b = self.supervised(b[:n], labelled["mask"], "sup_b")
+        parts.update(parts_b)
+        cps, cparts = self.cps_loss(a[n:], b[n:])
+        w = self.consistency_weight()
+        parts.update({"unsup": cps.detach(), "weight": torch.tensor(w, device=cps.device)})
+        return sup_a + sup_b + w * cps, parts
+
+
+def total_steps(epochs: int, iterations: int) -> int:
+    return max(1, int(epochs) * int(iterations))
+
+
+def labelled_batch_size(options: dict[str, Any], batch_size: int) -> int:
+    """`labelled_bs` option, or half of the batch (at least 1)."""
+    lbs = options.get("labelled_bs")
+    lbs = max(1, math.ceil(batch_size / 2)) if lbs is None else int(lbs)
+    if not 1 <= lbs <= batch_size:
+        raise ConfigError(f"recipe_options.labelled_bs must be in 1..data.batch_size={batch_size}, got {lbs}")
+    return lbs

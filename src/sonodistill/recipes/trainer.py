@@ -1,0 +1,141 @@
+"""Fit one fold with Lightning: run directory, checkpoints (Lightning for resume, safetensors for weights), logs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from safetensors.torch import load_file, save_file
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import CheckpointError
+from sonodistill.recipes import get_recipe
+from sonodistill.recipes.data import build_dataset, make_loader
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+
+
+class SaveInferenceWeights(Callback):
+    """After every epoch, write the inference model's weights as safetensors (atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            save_weights(pl_module.inference_model(), self.path)  # type: ignore[operator]
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write a model's state_dict as safetensors via a temporary file and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load safetensors weights strictly; any missing/unexpected/mismatched key is an error naming the file."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights not found: {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own types for damaged files
+        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{path}: does not match the model: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    return model
+
+
+def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback] | None = None,
+                  **overrides: Any) -> L.Trainer:
+    """A Lightning Trainer configured from the run config; checkpoints and logs under `fold_dir`."""
+    # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
+    ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                           save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
+    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS)] + list(extra_callbacks or [])
+    kwargs: dict[str, Any] = dict(
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        precision=cfg.train.precision,
+        default_root_dir=str(fold_dir),
+        logger=[CSVLogger(str(fold_dir), name="logs", version=""), TensorBoardLogger(str(fold_dir), name="tb", version="")],
+        callbacks=callbacks,
+        limit_train_batches=cfg.train.limit_train_batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        enable_model_summary=False,
+        deterministic=False,
+        use_distributed_sampler=True,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_rows: np.ndarray, fold: int,
+             fold_dir: Path, resume: bool = False, extra_callbacks: list[Callback] | None = None,
+             **trainer_overrides: Any) -> pd.DataFrame:
+    """Train on `train_rows`, predict `test_rows`; returns one row per test item (fold, index, group, y_true, prob_*)."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed = cfg.train.seed + fold
+    L.seed_everything(seed, workers=True, verbose=False)
+    train_set = build_dataset(manifest.subset(train_rows), cfg.data, train=True, seed=seed)
+    train_loader = make_loader(train_set, cfg.data, train=True, seed=seed)
+    n_batches = len(train_loader)
+    if isinstance(cfg.train.limit_train_batches, int) and not isinstance(cfg.train.limit_train_batches, bool):
+        n_batches = min(n_batches, cfg.train.limit_train_batches)
+    elif isinstance(cfg.train.limit_train_batches, float) and cfg.train.limit_train_batches < 1.0:
+        n_batches = max(1, int(n_batches * cfg.train.limit_train_batches))
+    steps_per_epoch = max(1, n_batches // max(1, cfg.train.devices))
+    recipe = get_recipe(cfg.recipe)(cfg, num_classes=len(manifest.classes), steps_per_epoch=steps_per_epoch)
+    trainer = build_trainer(cfg, fold_dir, extra_callbacks, **trainer_overrides)
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if resume and last.is_file():
+        log.info("fold %d: resuming from %s", fold, last)
+        ckpt_path = str(last)
+    trainer.fit(recipe, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+    if len(test_rows) == 0:  # a final model trained on everything: nothing held out to predict
+        return pd.DataFrame()
+    test_set = build_dataset(manifest.subset(test_rows), cfg.data, train=False, seed=seed)
+    test_loader = make_loader(test_set, cfg.data, train=False, seed=seed)
+    return predict_rows(trainer, recipe, test_loader, manifest, test_rows, fold)
+
+
+def predict_rows(trainer: L.Trainer, recipe: L.LightningModule, loader: Any, manifest: Manifest,
+                 rows: np.ndarray, fold: int) -> pd.DataFrame:
+    """Predict class probabilities for the given manifest rows, as a predictions table."""
+    outputs = trainer.predict(recipe, dataloaders=loader)
+    if not outputs:
+        return pd.DataFrame()
+    index = torch.cat([o["index"] for o in outputs]).numpy()
+    probs = torch.cat([o["probs"] for o in outputs]).numpy()
+    order = np.argsort(index)
+    index, probs = index[order], probs[order]
+    original = np.asarray(rows)[index]
+    frame = pd.DataFrame({
+        "fold": fold,
+        "index": original,
+        "path": [manifest.table["path"].iloc[i] for i in original],
+        "group": manifest.groups[original],
+        "y_true": manifest.labels[original],
+    })
+    for k, c in enumerate(manifest.classes):
+        frame[f"prob_{c}"] = probs[:, k]
+    return frame

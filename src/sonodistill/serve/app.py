@@ -1,0 +1,393 @@
+"""`sonodistill serve`: a local review page (standard-library HTTP server) for one model.
+
+POST /api/predict with the raw file as body and `X-File-Extension: .mp4` (the page sends only the extension:
+file names never leave the browser, and are never used as paths). Uploads are limited in size (413) and
+type (extension AND content sniffing, 415), written under a fresh `tempfile.TemporaryDirectory` with a
+generated name and deleted before the response is sent. DICOM metadata is never read into the response.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import ipaddress
+import json
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from sonodistill.errors import SonoDistillError
+from sonodistill.serve.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD = 200 * 1024 * 1024
+MAX_GIF_FRAMES = 150
+_CHUNK = 1 << 20
+DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read and dropped, so the client sees the answer
+
+# extension -> content types it may hold (by magic bytes)
+EXTENSION_TYPES: dict[str, set[str]] = {
+    ".mp4": {"mp4"}, ".m4v": {"mp4"}, ".mov": {"mp4"}, ".avi": {"avi"}, ".mkv": {"matroska"},
+    ".webm": {"matroska"}, ".dcm": {"dicom"}, ".dicom": {"dicom"}, ".png": {"png"}, ".jpg": {"jpeg"},
+    ".jpeg": {"jpeg"}, ".bmp": {"bmp"}, ".tif": {"tiff"}, ".tiff": {"tiff"},
+}
+
+
+def sniff_type(head: bytes) -> str | None:
+    """Content type from the first bytes of a file (at least 132 for DICOM), or None when unknown."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    return None
+
+
+class UploadRejected(Exception):
+    """An upload refused before analysis: carries the HTTP status and a message safe to show."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------- analysis
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def score_plot_svg(per_frame: list[list[float]], classes: list[str], fps: float | None,
+                   width: int = 640, height: int = 220) -> str:
+    """Inline SVG: one line per class, probability (0..1) against frame index (seconds in the axis label)."""
+    p = np.asarray(per_frame, dtype=np.float64)
+    n = p.shape[0]
+    left, right, top, bottom = 40, 130, 10, 30
+    pw, ph = width - left - right, height - top - bottom
+
+    def xy(i: int, v: float) -> str:
+        x = left + (pw * i / max(n - 1, 1))
+        return f"{x:.1f},{top + ph * (1.0 - v):.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="per-frame class probabilities">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>']
+    for v in (0.0, 0.5, 1.0):
+        y = top + ph * (1 - v)
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v:.1f}</text>')
+    unit = f"frame (of {n}; {n / fps:.1f} s at {fps:g} fps)" if fps else f"frame (of {n})"
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle">'
+                 f"{html.escape(unit)}</text>")
+    for k, c in enumerate(classes):
+        color = PALETTE[k % len(PALETTE)]
+        if n == 1:
+            parts.append(f'<circle cx="{left + pw / 2:.1f}" cy="{top + ph * (1 - p[0, k]):.1f}" r="3" fill="{color}"/>')
+        else:
+            pts = " ".join(xy(i, float(p[i, k])) for i in range(n))
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
+        ly = top + 14 * (k + 1)
+        parts.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 26}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="3"/>')
+        parts.append(f'<text x="{left + pw + 30}" y="{ly}" font-size="11">{html.escape(str(c))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _gif_frames(n: int) -> np.ndarray:
+    return np.unique(np.rint(np.linspace(0, n - 1, min(n, MAX_GIF_FRAMES))).astype(np.int64))
+
+
+def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: bool = True) -> dict[str, Any]:
+    """Prediction, score plot (SVG) and the clip as a GIF (Grad-CAM overlay when possible) for one file."""
+    from sonodistill.explain.overlay import gif_bytes, overlay
+    from sonodistill.serve.predict import PredictOptions, clip_heatmaps, predict_prepared, prepare, read_input
+
+    t0 = time.perf_counter()
+    item = prepare(model, read_input(path), display_name)
+    result = predict_prepared(model, item, PredictOptions())
+    out: dict[str, Any] = {"result": result, "plot_svg": None, "gif": None, "heatmap": None, "note": None}
+    if "per_frame" in result:
+        out["plot_svg"] = score_plot_svg(result["per_frame"], model.classes, item.fps)
+    idx = _gif_frames(item.clip.shape[0])
+    frames = item.clip[idx]
+    can_explain = explain and model.task == "classification" and bool(model.members)
+    if can_explain:
+        target = model.classes.index(result["prediction"])
+        cam = clip_heatmaps(model, item.clip, target)
+        frames = overlay(item.clip, cam)[idx]
+        out["heatmap"] = f"Grad-CAM for class '{result['prediction']}' (last backbone stage)"
+    elif explain:
+        out["note"] = ("no heat map: Grad-CAM needs a classifier served from a run directory "
+                       f"(this is a {model.task} model, backend {model.backend})")
+    fps = (item.fps or 10.0) * len(idx) / item.clip.shape[0]
+    out["gif"] = "data:image/gif;base64," + base64.b64encode(gif_bytes(frames, fps)).decode("ascii")
+    out["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- HTTP
+class ReviewServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer holding the model, the limits and a lock that serialises inference."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], model: LoadedModel, max_upload: int = DEFAULT_MAX_UPLOAD,
+                 tmp_root: str | Path | None = None, explain: bool = True) -> None:
+        super().__init__(address, ReviewHandler)
+        self.model = model
+        self.max_upload = int(max_upload)
+        self.tmp_root = str(tmp_root) if tmp_root is not None else None
+        self.explain = explain
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {"task": m.task, "classes": m.classes, "backend": m.backend, "members": m.member_names,
+                "source": Path(m.source).name, "input_kind": m.input_kind, "max_upload_bytes": self.max_upload,
+                "extensions": sorted(EXTENSION_TYPES), "heatmaps": bool(self.explain and m.members)}
+
+
+class ReviewHandler(BaseHTTPRequestHandler):
+    server: ReviewServer
+    server_version = "sonodistill-review"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # -- logging: method, path without query, status; never headers, bodies or file names ----------
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.info("%s %s %s", self.command, urlsplit(self.path).path, int(code) if str(code).isdigit() else code)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+        log.warning("request error %s", args[0] if args and isinstance(args[0], int) else "")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("http: %s", self.command)
+
+    # -- responses ----------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if content_type.startswith("text/html"):
+            self.send_header("Content-Security-Policy",
+                             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json; charset=utf-8", close)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        path = urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            self._send(200, INDEX_HTML.encode("utf-8"), "text/html; charset=utf-8")
+        elif path == "/app.js":
+            self._send(200, APP_JS.encode("utf-8"), "text/javascript; charset=utf-8")
+        elif path == "/api/info":
+            self._json(200, self.server.info())
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if urlsplit(self.path).path != "/api/predict":
+            self._json(404, {"error": "not found"}, close=True)
+            return
+        try:
+            payload = self._handle_upload()
+        except UploadRejected as exc:
+            self._json(int(exc.status), {"error": exc.message}, close=True)
+            return
+        self._json(200, payload)
+
+    # -- the upload ---------------------------------------------------------------------------
+    def _handle_upload(self) -> dict[str, Any]:
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.strip().isdigit():
+            raise UploadRejected(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        length = int(length_text)
+        if length > self.server.max_upload:
+            self._discard(length)
+            raise UploadRejected(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                 f"upload of {length} bytes exceeds the limit of {self.server.max_upload} bytes")
+        if length == 0:
+            raise UploadRejected(HTTPStatus.BAD_REQUEST, "empty upload")
+        ext = (self.headers.get("X-File-Extension") or "").strip().lower()
+        if not ext.startswith("."):
+            ext = "." + ext
+        if ext not in EXTENSION_TYPES:
+            self._discard(length)
+            raise UploadRejected(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                                 f"unsupported file type; allowed extensions: {', '.join(sorted(EXTENSION_TYPES))}")
+        with tempfile.TemporaryDirectory(prefix="sonodistill-upload-", dir=self.server.tmp_root) as tmp:
+            path = Path(tmp) / (secrets.token_hex(8) + ext)  # generated name: the client's name is never used
+            head = self._receive(path, length)
+            kind = sniff_type(head)
+            if kind not in EXTENSION_TYPES[ext]:
+                raise UploadRejected(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                                     f"content does not match the extension {ext} "
+                                     f"(detected: {kind or 'unknown'})")
+            with self.server.lock:
+                try:
+                    out = analyse_file(self.server.model, path, "upload" + ext, self.server.explain)
+                except SonoDistillError as exc:
+                    message = str(exc).replace(str(path), "upload" + ext).replace(tmp, "")
+                    raise UploadRejected(HTTPStatus.UNPROCESSABLE_ENTITY, message) from None
+        out["model"] = self.server.info()
+        return out
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body (up to DRAIN_LIMIT), so closing the socket does not reset the answer."""
+        remaining = length if length <= DRAIN_LIMIT else 0
+        while remaining > 0:
+            chunk = self.rfile.read(min(_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+
+    def _receive(self, path: Path, length: int) -> bytes:
+        """Copy exactly `length` body bytes to `path`; returns the first 132 bytes."""
+        remaining = length
+        head = b""
+        with open(path, "wb") as f:
+            while remaining > 0:
+                chunk = self.rfile.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise UploadRejected(HTTPStatus.BAD_REQUEST, "upload ended before Content-Length bytes")
+                if len(head) < 132:
+                    head += chunk[: 132 - len(head)]
+                f.write(chunk)
+                remaining -= len(chunk)
+        return head
+
+
+def make_server(model: LoadedModel, host: str = "127.0.0.1", port: int = 8765,
+                max_upload: int = DEFAULT_MAX_UPLOAD, tmp_root: str | Path | None = None,
+                explain: bool = True) -> ReviewServer:
+    """A ready (not yet serving) review server; port 0 picks a free port (see `server.server_address`)."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning("serving on %s: reachable from other machines; uploads are not authenticated", host)
+    return ReviewServer((host, port), model, max_upload, tmp_root, explain)
+
+
+# ------------------------------------------------------------------------------------------- the page
+INDEX_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sonodistill review</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font-family: system-ui, sans-serif; margin: 1.5rem; max-width: 1100px; color: #222; }
+ header p { color: #555; margin-top: 0; }
+ .warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: .4rem .8rem; }
+ #drop { border: 2px dashed #999; padding: 1rem; margin: 1rem 0; }
+ #status { margin: .5rem 0; min-height: 1.2em; }
+ #status.error { color: #b00020; font-weight: bold; }
+ .grid { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+ table { border-collapse: collapse; } td, th { padding: .2rem .6rem; text-align: left; }
+ .bar { background: #1f77b4; height: .8rem; display: inline-block; }
+ #overlay img { width: 336px; image-rendering: pixelated; border: 1px solid #ccc; }
+ #prediction-class { font-size: 1.4rem; font-weight: bold; }
+</style></head>
+<body>
+<header><h1>sonodistill review</h1>
+<p id="model-info">loading model information...</p>
+<p class="warn">Research use only: not a medical device. Files are analysed on this computer and deleted
+after each answer; patient data in DICOM headers is never shown.</p></header>
+<div id="drop">
+ <input type="file" id="file" accept=".mp4,.m4v,.mov,.avi,.mkv,.webm,.dcm,.dicom,.png,.jpg,.jpeg,.bmp,.tif,.tiff">
+ <button id="analyse" type="button">Analyse</button>
+</div>
+<div id="status" role="status"></div>
+<section id="results" hidden>
+ <div class="grid">
+  <div><h2>Prediction</h2><div id="prediction"><div id="prediction-class"></div><table id="probabilities"></table></div>
+   <div id="findings-block" hidden><h3>Findings</h3><ul id="findings"></ul></div>
+   <div id="description-block" hidden><h3>Description</h3><p id="description"></p></div></div>
+  <div id="overlay"><h2>Clip</h2><img alt="clip with heat map overlay"><p id="heatmap-note"></p></div>
+ </div>
+ <h2>Score per frame</h2><div id="plot"></div>
+ <details><summary>Raw JSON</summary><pre id="raw"></pre></details>
+</section>
+<script src="/app.js"></script>
+</body></html>
+"""
+
+APP_JS = """'use strict';
+let info = null;
+const $ = (id) => document.getElementById(id);
+function status(text, error) { const s = $('status'); s.textContent = text; s.className = error ? 'error' : ''; }
+fetch('/api/info').then(r => r.json()).then(j => {
+  info = j;
+  $('model-info').textContent = `Model: ${j.source} (${j.task}, ${j.backend}, ${j.members.length} member(s)); ` +
+    `classes: ${j.classes.join(', ')}; uploads up to ${Math.round(j.max_upload_bytes / 1048576)} MB.`;
+});
+function extensionOf(name) { const i = name.lastIndexOf('.'); return i >= 0 ? name.slice(i).toLowerCase() : ''; }
+function show(payload) {
+  const r = payload.result;
+  $('results').hidden = false;
+  $('prediction-class').textContent = r.prediction !== undefined ? r.prediction : '';
+  const table = $('probabilities'); table.replaceChildren();
+  for (const [c, p] of Object.entries(r.probabilities || {})) {
+    const tr = table.insertRow(); tr.insertCell().textContent = c;
+    const cell = tr.insertCell(); const bar = document.createElement('span');
+    bar.className = 'bar'; bar.style.width = `${Math.round(p * 150)}px`; cell.append(bar);
+    tr.insertCell().textContent = p.toFixed(3);
+  }
+  const findings = r.findings || [];
+  $('findings-block').hidden = findings.length === 0; $('findings').replaceChildren();
+  for (const f of findings) { const li = document.createElement('li');
+    li.textContent = typeof f === 'string' ? f : JSON.stringify(f); $('findings').append(li); }
+  $('description-block').hidden = !r.description; $('description').textContent = r.description || '';
+  $('plot').innerHTML = payload.plot_svg || '<p>no per-frame scores for this model</p>';
+  const img = $('overlay').querySelector('img');
+  if (payload.gif) { img.src = payload.gif; img.hidden = false; } else { img.hidden = true; }
+  $('heatmap-note').textContent = payload.heatmap || payload.note || '';
+  $('raw').textContent = JSON.stringify(r, null, 1);
+}
+async function analyse() {
+  const file = $('file').files[0];
+  if (!file) { status('Choose a file first.', true); return; }
+  const ext = extensionOf(file.name);
+  if (info && !info.extensions.includes(ext)) { status(`Unsupported file type "${ext}".`, true); return; }
+  if (info && file.size > info.max_upload_bytes) { status('File too large.', true); return; }
+  status('Analysing...', false); $('analyse').disabled = true;
+  try {
+    const resp = await fetch('/api/predict', { method: 'POST', body: file,
+      headers: { 'X-File-Extension': ext, 'Content-Type': 'application/octet-stream' } });
+    const payload = await resp.json();
+    if (!resp.ok) { status(`Error ${resp.status}: ${payload.error}`, true); return; }
+    show(payload); status(`Done in ${payload.elapsed_s} s.`, false);
+  } catch (e) { status(`Request failed: ${e}`, true); }
+  finally { $('analyse').disabled = false; }
+}
+$('analyse').addEventListener('click', analyse);
+"""

@@ -1,0 +1,318 @@
+"""Load a servable model from a run directory or an export folder; the model-kind registry.
+
+A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification").
+Each task is a *model kind*: how its inference model is built and how a prediction is turned into JSON.
+Other recipes extend this with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from sonodistill.config import RunConfig, load_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.data.preprocess import PreprocessConfig
+from sonodistill.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from sonodistill.serve.predict import PreparedInput, PredictOptions
+
+log = logging.getLogger(__name__)
+
+EXPORT_META = "sonodistill-model.json"
+WEIGHTS = "model.safetensors"
+InputKind = Literal["video", "frame"]
+
+
+# ------------------------------------------------------------------------------------------- registry
+@dataclass
+class ModelKind:
+    """One task's serving behaviour.
+
+    predict: `(model, prepared_input, options) -> dict` (JSON-ready) for one input file.
+    build: `(cfg, manifest) -> nn.Module` inference model with the run's architecture (weights loaded after);
+        None: the recipe class must define `build_inference_model(cfg, manifest)`.
+    """
+
+    task: str
+    predict: Callable[["LoadedModel", "PreparedInput", "PredictOptions"], dict[str, Any]]
+    build: Callable[[RunConfig, Manifest], nn.Module] | None = None
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
+                        build: Callable[[RunConfig, Manifest], nn.Module] | None = None) -> None:
+    """Register (or replace) how models of `task` are built and how their predictions become JSON."""
+    _KINDS[task] = ModelKind(task, predict, build)
+
+
+def get_model_kind(task: str) -> ModelKind:
+    """The registered kind for `task` (the built-in kinds are registered by `sonodistill.serve.predict`)."""
+    importlib.import_module("sonodistill.serve.predict")  # registers classification and segmentation
+    if task not in _KINDS:
+        raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
+                          "A recipe adds one with sonodistill.serve.loading.register_model_kind(...)")
+    return _KINDS[task]
+
+
+def recipe_task(recipe: str) -> str:
+    """Task of a recipe: its class attribute `task`, default 'classification' (imports the recipe module)."""
+    from sonodistill.recipes import get_recipe
+
+    return str(getattr(get_recipe(recipe), "task", "classification"))
+
+
+def recipe_explainers(recipe: str) -> dict[str, Callable[..., torch.Tensor]]:
+    """The recipe module's `EXPLAINERS` (name -> callable or 'module:function'), resolved; {} when absent."""
+    from sonodistill.recipes import RECIPES
+
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
+    module = importlib.import_module(RECIPES[recipe].partition(":")[0])
+    found: dict[str, Any] = dict(getattr(module, "EXPLAINERS", {}) or {})
+    out: dict[str, Callable[..., torch.Tensor]] = {}
+    for name, fn in found.items():
+        if isinstance(fn, str):
+            mod, _, attr = fn.partition(":")
+            fn = getattr(importlib.import_module(mod), attr)
+        if not callable(fn):
+            raise ConfigError(f"recipe {recipe!r}: EXPLAINERS[{name!r}] is not callable")
+        out[str(name)] = fn
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runners
+class ProbabilityEnsemble(nn.Module):
+    """Mean of the members' softmax over dim 1: `B x ...` -> `B x K [x H x W]` probabilities.
+
+    One member: its softmax. This is also the module that `sonodistill export` writes.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("ProbabilityEnsemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.members[0](x).float(), dim=1)
+        for m in self.members[1:]:
+            probs = probs + torch.softmax(m(x).float(), dim=1)
+        return probs / len(self.members)
+
+
+class TorchRunner:
+    """Runs a ProbabilityEnsemble in eval mode without gradients (float32 numpy in and out)."""
+
+    backend = "torch"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+class OnnxRunner:
+    """ONNX Runtime CPU session; `threads` sets intra_op_num_threads (None: ONNX Runtime's default)."""
+
+    backend = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class TorchScriptRunner(TorchRunner):
+    backend = "torchscript"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(torch.jit.load(str(path), map_location="cpu"))
+
+
+# ------------------------------------------------------------------------------------------- the model
+@dataclass
+class LoadedModel:
+    """A model ready for `serve.predict`: how to preprocess, what it outputs, and a runner.
+
+    runner: float32 `B x C x T x H x W` (video) or `B x C x H x W` (frame) -> probabilities `B x K [x H x W]`.
+    members: the torch inference models (empty for an export folder: no Grad-CAM there).
+    """
+
+    task: str
+    classes: list[str]
+    preprocess: PreprocessConfig
+    num_frames: int
+    input_kind: InputKind
+    runner: Callable[[np.ndarray], np.ndarray]
+    source: str
+    backend: str
+    member_names: list[str]
+    members: list[nn.Module] = field(default_factory=list)
+    cfg: RunConfig | None = None
+    run_dir: Path | None = None
+    recipe: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Without batch: `1 x T x S x S` (video) or `1 x S x S` (frame)."""
+        s = int(self.preprocess.size)
+        return (1, self.num_frames, s, s) if self.input_kind == "video" else (1, s, s)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Run the model on a float32 batch; probabilities (ensemble mean of softmax)."""
+        return self.runner(x)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (what predict/serve print as "model")."""
+        return {"source": self.source, "task": self.task, "backend": self.backend, "members": self.member_names,
+                "classes": self.classes, "input_kind": self.input_kind, "input_shape": list(self.input_shape),
+                "preprocessing": asdict(self.preprocess), "recipe": self.recipe}
+
+
+def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
+    """The preprocessing training used, from the run's DataConfig (same as recipes.data.build_dataset)."""
+    return PreprocessConfig(size=cfg.data.size, crop_region=cfg.data.crop_region, remove_overlay=cfg.data.remove_overlay)
+
+
+def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
+    """Folders whose model.safetensors are served: 'auto' = final/ if present else every fold_k/; or 'final'/'folds'."""
+    if members not in ("auto", "final", "folds"):
+        raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
+    final = run_dir / "final"
+    if members in ("auto", "final") and (final / WEIGHTS).is_file():
+        return [final]
+    if members == "final":
+        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS} (train with --set train.final=true)")
+    folds = sorted((p for p in run_dir.glob("fold_*") if (p / WEIGHTS).is_file() and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    if not folds:
+        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS} and no fold_<k>/{WEIGHTS}: nothing to serve")
+    return folds
+
+
+def build_inference_model(cfg: RunConfig, manifest: Manifest, task: str) -> nn.Module:
+    """An untrained inference model with the run's architecture: recipe hook first, else the kind's builder."""
+    from sonodistill.recipes import get_recipe
+
+    hook = getattr(get_recipe(cfg.recipe), "build_inference_model", None)
+    if hook is not None:
+        return hook(cfg, manifest)
+    kind = get_model_kind(task)
+    if kind.build is None:
+        raise ConfigError(f"task {task!r}: recipe {cfg.recipe!r} defines no build_inference_model(cfg, manifest) "
+                          "and no builder is registered with register_model_kind")
+    return kind.build(cfg, manifest)
+
+
+def input_kind_of(model: nn.Module) -> InputKind:
+    """'video' when the model (or its backbone) declares kind 'video', else 'frame'."""
+    backbone = getattr(model, "backbone", None)
+    kind = getattr(backbone, "kind", None) or getattr(model, "kind", None) or "frame"
+    return "video" if kind == "video" else "frame"
+
+
+def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
+    """Load a run directory: config.yaml + manifest.csv + final/ (or every fold_k/) weights, strictly."""
+    from sonodistill.recipes.trainer import load_weights
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "manifest.csv"):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{run_dir} is not a run directory: {name} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    manifest = Manifest.from_csv(run_dir / "manifest.csv")
+    task = recipe_task(cfg.recipe)
+    get_model_kind(task)  # fail early for an unknown task
+    dirs = member_dirs(run_dir, members)
+    models = []
+    for d in dirs:
+        m = build_inference_model(cfg, manifest, task)
+        try:
+            load_weights(m, d / WEIGHTS)
+        except RuntimeError as exc:  # torch reports shape mismatches as RuntimeError
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+            raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: {first[0].strip()}") from exc
+        models.append(m.eval())
+    ensemble = ProbabilityEnsemble(models).eval()
+    kind = input_kind_of(models[0])
+    log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(d.name for d in dirs))
+    return LoadedModel(task=task, classes=list(manifest.classes), preprocess=preprocess_config(cfg),
+                       num_frames=int(cfg.data.num_frames) if kind == "video" else 1, input_kind=kind,
+                       runner=TorchRunner(ensemble), source=str(run_dir), backend="torch",
+                       member_names=[d.name for d in dirs], members=models, cfg=cfg, run_dir=run_dir,
+                       recipe=cfg.recipe)
+
+
+def read_export_meta(folder: str | Path) -> dict[str, Any]:
+    """The export folder's sonodistill-model.json, checked for the fields `load_export` needs."""
+    path = Path(folder) / EXPORT_META
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {EXPORT_META}: not an export folder")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    missing = [k for k in ("task", "classes", "preprocessing", "input_kind", "input_shape", "format", "file")
+               if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {missing}")
+    return meta
+
+
+def load_export(folder: str | Path, threads: int | None = None) -> LoadedModel:
+    """Load an export folder (model.onnx via ONNX Runtime, or model.pt via TorchScript)."""
+    folder = Path(folder)
+    meta = read_export_meta(folder)
+    file = folder / str(meta["file"])
+    if not file.is_file():
+        raise CheckpointError(f"{folder}: {meta['file']} named in {EXPORT_META} is missing")
+    if meta["format"] == "onnx":
+        runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(file, threads)
+    elif meta["format"] == "torchscript":
+        runner = TorchScriptRunner(file)
+    else:
+        raise CheckpointError(f"{folder}: unknown export format {meta['format']!r}")
+    shape = list(meta["input_shape"])
+    pre = PreprocessConfig(**meta["preprocessing"])
+    kind: InputKind = "video" if meta["input_kind"] == "video" else "frame"
+    get_model_kind(str(meta["task"]))
+    return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
+                       num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
+                       source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
+                       recipe=meta.get("recipe"), extra={"export": meta})
+
+
+def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:
+    """A run directory (has config.yaml) or an export folder (has sonodistill-model.json)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{path}: not a folder (expected a run directory or an export folder)")
+    if (p / EXPORT_META).is_file():
+        return load_export(p, threads)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return load_run(p, members)

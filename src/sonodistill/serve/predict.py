@@ -1,0 +1,347 @@
+"""Predictions for files: the training preprocessing, sliding windows for video classifiers, masks for
+segmentation models, and per-clip heat maps. Registers the built-in model kinds.
+
+Video classifiers: windows of T consecutive (preprocessed) frames, starting every `stride` frames, the last
+window ending at the last frame; a frame's score is the mean over the windows that contain it; the clip's
+probabilities are the mean over windows (clip_mode 'windows') or the model on T frames sampled uniformly
+over the whole clip, exactly the cross-validation input (clip_mode 'uniform').
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
+from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, Video, read_clip, read_image
+from sonodistill.errors import ConfigError, DataError, SonoDistillError
+from sonodistill.serve.loading import LoadedModel, get_model_kind, register_model_kind
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
+SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS + DICOM_EXTENSIONS + IMAGE_EXTENSIONS
+CLIP_MODES = ("windows", "uniform")
+
+
+@dataclass
+class PredictOptions:
+    """stride: window step in frames (None: T // 2); batch_size: windows per forward pass;
+    mask_dir: segmentation masks are written there as PNG (None: inline `data:image/png;base64` URIs)."""
+
+    stride: int | None = None
+    clip_mode: str = "windows"
+    batch_size: int = 8
+    mask_dir: Path | None = None
+    decimals: int = 6
+
+    def __post_init__(self) -> None:
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.stride is not None and self.stride < 1:
+            raise ConfigError(f"stride must be >= 1, got {self.stride}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PreparedInput:
+    """One input: display name, raw uint8 `T x H x W` frames, preprocessed uint8 `T x S x S` clip, fps."""
+
+    name: str
+    frames: np.ndarray
+    clip: np.ndarray
+    fps: float | None
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _is_dicom_file(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def expand_inputs(inputs: list[str | Path], folder_as_clip: bool = False) -> list[Path]:
+    """Files to predict: files as given; folders -> their supported files (sorted, not recursive).
+
+    With folder_as_clip, a folder stays one input (its images are the frames of one clip).
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise DataError(p, "file not found")
+        if p.is_dir() and not folder_as_clip:
+            found = [f for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")
+                     and (f.suffix.lower() in SUPPORTED_EXTENSIONS or (not f.suffix and _is_dicom_file(f)))]
+            if not found:
+                raise DataError(p, f"folder has no supported files ({', '.join(SUPPORTED_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def read_folder_clip(folder: Path) -> Video:
+    """Images of a folder (sorted by name) as the frames of one clip: uint8 `T x H x W`."""
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise DataError(folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) to use as frames")
+    frames = [read_image(f) for f in files]
+    for f, a in zip(files, frames):
+        if a.shape != frames[0].shape:
+            raise DataError(f, f"frame size {a.shape} differs from the first frame's {frames[0].shape}")
+    return Video(np.stack(frames), None, str(folder))
+
+
+def read_input(path: str | Path) -> Video:
+    """A file via readers.read_clip (grayscale), or a folder of images as one clip."""
+    p = Path(path)
+    return read_folder_clip(p) if p.is_dir() else read_clip(p, grayscale=True)
+
+
+def prepare(model: LoadedModel, video: Video, name: str) -> PreparedInput:
+    """Apply the run's preprocessing (crop, overlay removal, resize) to a decoded clip."""
+    frames = np.ascontiguousarray(video.frames)
+    clip = preprocess_clip(frames, model.preprocess)
+    return PreparedInput(name, frames, clip, video.fps)
+
+
+# ------------------------------------------------------------------------------------------- windows
+def window_starts(n: int, length: int, stride: int) -> list[int]:
+    """Starts of windows of `length` frames every `stride`, plus one ending at the last frame; [0] if n <= length."""
+    if n <= length:
+        return [0]
+    starts = list(range(0, n - length + 1, stride))
+    if starts[-1] != n - length:
+        starts.append(n - length)
+    return starts
+
+
+def window_indices(n: int, length: int, start: int) -> np.ndarray:
+    """Frame indices of one window; a clip shorter than `length` is stretched (nearest neighbour)."""
+    if n < length:
+        return sample_frame_indices(n, length, "uniform")
+    return np.arange(start, start + length)
+
+
+def _to_input(model: LoadedModel, clip: np.ndarray) -> np.ndarray:
+    """uint8 `B x T x S x S` (video) or `B x S x S` (frame) -> float32 model input with C = 1."""
+    return normalise(clip, model.preprocess)[:, None]
+
+
+def _run_batches(model: LoadedModel, items: list[np.ndarray], batch_size: int) -> np.ndarray:
+    outs = []
+    for i in range(0, len(items), batch_size):
+        outs.append(model.probabilities(_to_input(model, np.stack(items[i : i + batch_size]))))
+    return np.concatenate(outs)
+
+
+def default_stride(model: LoadedModel) -> int:
+    return max(1, model.num_frames // 2)
+
+
+def frame_scores(n: int, length: int, starts: list[int], window_probs: np.ndarray) -> np.ndarray:
+    """Per-frame scores `n x K`: mean of the probabilities of every window that contains the frame."""
+    total = np.zeros((n, window_probs.shape[1]), dtype=np.float64)
+    count = np.zeros(n, dtype=np.float64)
+    for s, p in zip(starts, window_probs):
+        idx = np.unique(window_indices(n, length, s))
+        total[idx] += p
+        count[idx] += 1
+    return total / np.maximum(count, 1)[:, None]
+
+
+# ------------------------------------------------------------------------------------------- kinds
+def _r(a: Any, decimals: int) -> Any:
+    return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
+
+
+def classify(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
+    """Class probabilities of a clip (or image), per-window and per-frame scores."""
+    clip = item.clip
+    n, k = clip.shape[0], len(model.classes)
+    out: dict[str, Any] = {}
+    if model.input_kind == "video":
+        t = model.num_frames
+        stride = options.stride or default_stride(model)
+        starts = window_starts(n, t, stride)
+        wp = _run_batches(model, [clip[window_indices(n, t, s)] for s in starts], options.batch_size)
+        per_frame = frame_scores(n, t, starts, wp)
+        if options.clip_mode == "uniform":
+            probs = _run_batches(model, [clip[sample_frame_indices(n, t, "uniform")]], 1)[0]
+        else:
+            probs = wp.mean(axis=0)
+        out["windows"] = {"length": t, "stride": stride, "starts": starts,
+                          "probabilities": _r(wp, options.decimals)}
+    else:
+        per_frame = _run_batches(model, list(clip), options.batch_size)
+        probs = per_frame.mean(axis=0)
+    if probs.shape != (k,):
+        raise SonoDistillError(f"model output has shape {probs.shape}, expected {k} class probabilities")
+    out.update({
+        "prediction": model.classes[int(np.argmax(probs))],
+        "probabilities": dict(zip(model.classes, _r(probs, options.decimals))),
+        "clip_mode": options.clip_mode if model.input_kind == "video" else "mean-of-frames",
+        "per_frame": _r(per_frame, options.decimals),
+    })
+    return out
+
+
+def unpreprocess_mask(mask: np.ndarray, frames: np.ndarray, model: LoadedModel) -> np.ndarray:
+    """A `S x S` label map in model geometry -> `H x W` in the original frame (inverse crop + resize_pad)."""
+    from PIL import Image
+
+    from sonodistill.data.cache import crop_box
+
+    s = int(model.preprocess.size)
+    y0, y1, x0, x1 = crop_box(frames, model.preprocess)
+    h, w = y1 - y0, x1 - x0
+    scale = s / max(h, w)
+    nh, nw = max(1, min(s, round(h * scale))), max(1, min(s, round(w * scale)))
+    top, left = (s - nh) // 2, (s - nw) // 2
+    inner = Image.fromarray(np.ascontiguousarray(mask[top : top + nh, left : left + nw], dtype=np.uint8))
+    full = np.zeros(frames.shape[1:3], dtype=np.uint8)
+    full[y0:y1, x0:x1] = np.asarray(inner.resize((w, h), Image.NEAREST))
+    return full
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
+    """Per-frame label masks (argmax over classes) in the original geometry, as PNG files or data URIs.
+
+    PNG values: 0/255 for two classes (background/foreground), else the class index.
+    """
+    clip = item.clip
+    probs = _run_batches(model, list(clip), options.batch_size)  # n x K x S x S
+    if probs.ndim != 4:
+        raise SonoDistillError(f"segmentation model output has shape {probs.shape}, expected N x K x H x W")
+    k = probs.shape[1]
+    classes = model.classes if len(model.classes) == k else [str(i) for i in range(k)]
+    masks = []
+    for i, p in enumerate(probs):
+        label = unpreprocess_mask(p.argmax(axis=0).astype(np.uint8), item.frames, model)
+        fractions = np.bincount(label.ravel(), minlength=k)[:k] / label.size
+        png = _png((label * 255).astype(np.uint8) if k == 2 else label)
+        entry: dict[str, Any] = {"frame": i, "area_fraction": dict(zip(classes, _r(fractions, options.decimals)))}
+        if options.mask_dir is not None:
+            target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
+            if target.exists():
+                raise SonoDistillError(f"{target} exists already (two inputs with the same name?): not overwritten")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+            entry["png"] = str(target)
+        else:
+            entry["png"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        masks.append(entry)
+    return {"classes_in_mask": classes, "masks": masks}
+
+
+def _build_classifier(cfg: Any, manifest: Any) -> torch.nn.Module:
+    from sonodistill.recipes.base import build_classifier
+
+    return build_classifier(cfg, len(manifest.classes))
+
+
+register_model_kind("classification", classify, build=_build_classifier)
+register_model_kind("segmentation", segment, build=None)  # the segmentation recipe provides the network
+
+
+# ------------------------------------------------------------------------------------------- entry points
+def predict_prepared(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
+    """The model kind's prediction plus the input's frame count, fps and duration."""
+    n = int(item.frames.shape[0])
+    result: dict[str, Any] = {"input": item.name, "task": model.task, "frames": n, "fps": item.fps,
+                              "duration_s": (n / item.fps) if item.fps else None}
+    result.update(get_model_kind(model.task).predict(model, item, options))
+    return result
+
+
+def predict_file(model: LoadedModel, path: str | Path, options: PredictOptions | None = None,
+                 name: str | None = None) -> dict[str, Any]:
+    """Read, preprocess and predict one file (or a folder of frames)."""
+    options = options or PredictOptions()
+    item = prepare(model, read_input(path), name or str(path))
+    return predict_prepared(model, item, options)
+
+
+def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictOptions | None = None,
+                 folder_as_clip: bool = False) -> dict[str, Any]:
+    """{"model": ..., "results": [...]}; an unreadable file gives {"input", "error"} and the others go on."""
+    options = options or PredictOptions()
+    results = []
+    for p in expand_inputs(inputs, folder_as_clip):
+        try:
+            results.append(predict_file(model, p, options))
+        except DataError as exc:
+            log.error("%s", exc)
+            results.append({"input": str(p), "error": str(exc)})
+    return {"model": model.describe(), "results": results}
+
+
+# ------------------------------------------------------------------------------------------- heat maps
+def _raw_maps(explainer: Callable[..., torch.Tensor], member: torch.nn.Module, x: torch.Tensor,
+              target: int) -> torch.Tensor:
+    """Call an explainer, asking for unscaled maps when it supports `normalize`."""
+    if "normalize" in inspect.signature(explainer).parameters:
+        return explainer(member, x, target, normalize=False)
+    return explainer(member, x, target)
+
+
+def clip_heatmaps(model: LoadedModel, clip: np.ndarray, target: int,
+                  explainer: Callable[..., torch.Tensor] | None = None, stride: int | None = None,
+                  batch_size: int = 4) -> np.ndarray:
+    """Heat maps for every frame of a preprocessed uint8 `n x S x S` clip: float32 `n x S x S` in [0, 1].
+
+    Video models: windows of T frames every `stride` (default T, i.e. non-overlapping; the last ends at the
+    clip's end), frames in several windows averaged. Each member's clip map is divided by its maximum over
+    the clip (so frames compare within the clip), then members are averaged.
+    """
+    from sonodistill.explain.gradcam import grad_cam
+
+    if not model.members:
+        raise ConfigError(f"{model.source}: heat maps need the torch model of a run directory, not an export")
+    explainer = explainer or grad_cam
+    n = clip.shape[0]
+    if model.input_kind == "video":
+        t = model.num_frames
+        starts = window_starts(n, t, stride or t)
+        windows = [window_indices(n, t, s) for s in starts]
+    else:
+        windows = [np.array([i]) for i in range(n)]
+    maps = []
+    for member in model.members:
+        total = np.zeros(clip.shape, dtype=np.float64)
+        count = np.zeros(n, dtype=np.float64)
+        for i in range(0, len(windows), batch_size):
+            idx = windows[i : i + batch_size]
+            x = torch.from_numpy(_to_input(model, np.stack([clip[w] for w in idx])))
+            if model.input_kind == "frame":
+                x = x[:, :, 0]  # B x 1 x 1 x S x S -> B x 1 x S x S
+            cam = _raw_maps(explainer, member, x, target).detach().float().numpy()  # B x T x S x S (T=1: frame)
+            for w, c in zip(idx, cam):
+                uniq, first = np.unique(w, return_index=True)  # stretched short clips repeat frames
+                total[uniq] += c[first]
+                count[uniq] += 1
+        clip_map = total / np.maximum(count, 1)[:, None, None]
+        peak = clip_map.max()
+        maps.append(clip_map / peak if peak > 0 else clip_map)
+    return np.mean(maps, axis=0).astype(np.float32)

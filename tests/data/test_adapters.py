@@ -1,0 +1,201 @@
+"""Adapters: real data counts (from the data README), grouping rules, folder and CSV user data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sonodistill.data.adapters import ADAPTERS, connected_groups, load_adapter, parse_data_spec, pocus_source_key
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError, ManifestError
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# -- spec parsing and registry -----------------------------------------------------------------
+def test_registry_has_all_adapters():
+    assert {"lus-blues", "pocus-frames", "hc18", "busi", "folder", "csv"} <= set(ADAPTERS)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("lus-blues:../shared/data/lus-blues", ("lus-blues", "../shared/data/lus-blues")),
+        ("hc18", ("hc18", None)),
+        ("csv:/abs/with:colon.csv", ("csv", "/abs/with:colon.csv")),
+    ],
+)
+def test_parse_data_spec(spec, expected):
+    assert parse_data_spec(spec) == expected
+
+
+def test_parse_data_spec_unknown_name():
+    with pytest.raises(ConfigError, match="unknown data set 'nope'"):
+        parse_data_spec("nope:/x")
+
+
+def test_missing_shared_root_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SONODISTILL_DATA", str(tmp_path))  # exists, but holds no data sets
+    monkeypatch.setattr("sonodistill.data.adapters.dataset_root", lambda name: None)
+    with pytest.raises(ConfigError, match="SONODISTILL_DATA"):
+        load_adapter("lus-blues")
+    with pytest.raises(ConfigError, match="needs a root"):
+        load_adapter("folder")
+
+
+# -- connected-component grouping --------------------------------------------------------------
+def test_connected_groups_merges_patients_sharing_a_source():
+    # v1 spans p1 and p2 -> one group; p2 also has v2 -> same group; v3/p3 separate.
+    src = ["v1", "v1", "v2", "v3", "v4"]
+    pat = ["p1", "p2", "p2", "p3", "p1"]
+    g = connected_groups(src, pat)
+    assert g[0] == g[1] == g[2] == g[4] == "p1+p2"
+    assert g[3] == "p3"
+
+
+def test_pocus_source_key():
+    assert pocus_source_key("Cov-Atlas+(44).gif") == "Cov-Atlas+(44)"
+    assert pocus_source_key("Cov_Oliviera_2020_Fig15A.jpg") == "Cov_Oliviera_2020_Fig15A"
+
+
+def test_pocus_adapter_merges_groups_on_a_fake_layout(tmp_path):
+    rows = [
+        ("frames/covid/a.gif_frame0.jpg", "covid", "a.gif", 0, "p1"),
+        ("frames/covid/a.gif_frame1.jpg", "covid", "a.gif", 1, "p2"),  # same source, other patient id
+        ("frames/regular/b.mp4_frame0.jpg", "regular", "b.mp4", 0, "p2"),
+        ("frames/pneumonia/c.mp4_frame0.jpg", "pneumonia", "c.mp4", 0, "p3"),
+    ]
+    for p, *_ in rows:
+        _touch(tmp_path / p)
+    pd.DataFrame(rows, columns=["path", "label", "source_video", "frame_index", "patient_id"]).to_csv(
+        tmp_path / "frames.csv", index=False
+    )
+    pd.DataFrame(
+        {"Filename": ["a", "c"], "Comments first medical doctor (MD1)": ["B-lines", ""], "MD2": ["", "consolidation"],
+         "Effusion": [1, 0]}
+    ).to_csv(tmp_path / "sources.csv", index=False)
+    m = load_adapter("pocus-frames", tmp_path)
+    assert list(m.groups) == ["p1+p2", "p1+p2", "p1+p2", "p3"]
+    assert list(m.table["text"]) == ["B-lines", "B-lines", "", "consolidation"]
+    assert list(m.table["source_matched"]) == [True, True, False, True]
+    assert m.table["effusion"].iloc[0] == 1.0 and np.isnan(m.table["effusion"].iloc[2])
+
+
+# -- real data ------------------------------------------------------------------------------------
+def test_lus_blues_counts(shared_data):
+    m = load_adapter("lus-blues", shared_data / "lus-blues")
+    assert m.modality == "video" and len(m) == 287
+    assert m.class_counts() == {"0": 101, "1": 75, "2": 69, "3": 42}
+    assert len(set(m.groups)) == 50
+    for col in ("bluepoint", "n_frames", "fps", "comments", "a_lines", "b_lines", "severity_score", "cov_test"):
+        assert col in m.table.columns
+    # severity 3 merges the middle classes; b_lines is yes/no (counts from labels.csv)
+    assert load_adapter("lus-blues", target="severity3").class_counts() == {"0": 101, "1-2": 144, "3": 42}
+    assert load_adapter("lus-blues", target="b_lines").class_counts() == {"no": 107, "yes": 180}
+    with pytest.raises(ConfigError, match="unknown target"):
+        load_adapter("lus-blues", target="covid")
+
+
+def test_lus_blues_group_is_patient(shared_data):
+    m = load_adapter("lus-blues")
+    names = [Path(p).name for p in m.paths]
+    assert all(n.startswith(f"patient_{g}_") for n, g in zip(names, m.groups))
+
+
+def test_pocus_counts_and_source_join(shared_data):
+    m = load_adapter("pocus-frames")
+    assert len(m) == 2062 and m.modality == "image"
+    assert m.class_counts() == {"covid": 437, "pneumonia": 463, "regular": 1162}
+    # every frame of a source video sits in one group, and every patient id in one group
+    t = m.table
+    assert t.groupby("source_video")["group"].nunique().max() == 1
+    assert t.groupby("patient_id")["group"].nunique().max() == 1
+    assert bool(t["source_matched"].all())  # all 142 sources found in sources.csv by stem
+    assert t["source_video"].nunique() == 142
+
+
+def test_hc18(shared_data):
+    m = load_adapter("hc18")
+    assert len(m) == 845 and not m.has_labels and m.modality == "image"
+    assert len(set(m.groups)) == 686
+    assert (m.table["target"] > 0).all() and "pixel_size_mm" in m.table.columns
+    assert all(Path(p).is_file() for p in m.table["mask"].iloc[:5])
+    assert m.groups[0] == "000"  # leading zeros kept
+
+
+def test_busi(shared_data):
+    m = load_adapter("busi")
+    assert len(m) == 780
+    assert m.class_counts() == {"benign": 437, "malignant": 210, "normal": 133}
+    assert len(set(m.groups)) == 780  # no patient ids released: one group per image
+
+
+# -- folder ---------------------------------------------------------------------------------------
+def test_folder_adapter(tmp_path):
+    for name in ("patient_1_L1.mp4", "patient_1_R1.mp4", "patient_2_L1.mp4"):
+        _touch(tmp_path / "data" / ("b" if "L1" in name else "a") / name)
+    m = load_adapter("folder", tmp_path / "data")
+    assert m.classes == ["a", "b"] and m.modality == "video"
+    assert sorted(m.groups) == ["patient_1_L1", "patient_1_R1", "patient_2_L1"]
+    m = load_adapter("folder", tmp_path / "data", group_regex=r"^(patient_\d+)_")
+    assert sorted(m.groups) == ["patient_1", "patient_1", "patient_2"]
+
+
+def test_folder_mixed_modalities_is_an_error(tmp_path):
+    _touch(tmp_path / "a" / "x.mp4")
+    _touch(tmp_path / "b" / "y.png")
+    with pytest.raises(ManifestError, match="mixed videos and images"):
+        load_adapter("folder", tmp_path)
+
+
+def test_folder_regex_mismatch_names_row(tmp_path):
+    _touch(tmp_path / "a" / "x.png")
+    with pytest.raises(ManifestError, match="row 0"):
+        load_adapter("folder", tmp_path, group_regex=r"^(patient_\d+)")
+
+
+# -- csv ------------------------------------------------------------------------------------------
+def _csv_set(tmp_path: Path) -> Path:
+    for n in ("a.png", "b.png", "c.png"):
+        _touch(tmp_path / "imgs" / n)
+    f = tmp_path / "m.csv"
+    f.write_text("file,cls,pid\nimgs/a.png,x,1\nimgs/b.png,y,1\nimgs/c.png,y,2\n")
+    return f
+
+
+def test_csv_adapter_declared_columns(tmp_path):
+    f = _csv_set(tmp_path)
+    m = load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid")
+    assert m.paths[0] == str((tmp_path / "imgs" / "a.png").resolve())
+    assert m.classes == ["x", "y"] and list(m.groups) == ["1", "1", "2"] and m.modality == "image"
+
+
+def test_csv_errors_name_the_row(tmp_path):
+    f = _csv_set(tmp_path)
+    (tmp_path / "imgs" / "b.png").unlink()
+    with pytest.raises(ManifestError, match="row 1: path file not found"):
+        load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid")
+    _touch(tmp_path / "imgs" / "b.png")
+    with pytest.raises(ManifestError, match="row 0: unknown label 'x'"):
+        load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid", classes="y|z")
+    with pytest.raises(ManifestError, match=r"class\(es\) \['z'\] have no items"):
+        load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid", classes=["x", "y", "z"])
+    with pytest.raises(ManifestError, match="group column 'group' not found"):
+        load_adapter("csv", f, path_col="file", label_col="cls")
+
+
+def test_csv_reads_manifest_to_csv_round_trip(tmp_path):
+    f = _csv_set(tmp_path)
+    m = load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid", classes="y|x")
+    out = tmp_path / "sub" / "written.csv"
+    m.to_csv(out)
+    back = load_adapter("csv", out)
+    assert back.classes == ["y", "x"] and back.paths == m.paths and list(back.groups) == list(m.groups)
+    assert back.modality == "image" and isinstance(back, Manifest)

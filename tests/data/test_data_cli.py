@@ -1,0 +1,80 @@
+"""`sonodistill data ...` through `sonodistill.cli.main`: probe, crop-check, inspect, preview, synth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sonodistill.cli import main
+
+
+def _lines(out: str) -> dict[str, str]:
+    return {line.split("\t")[0]: line for line in out.strip().splitlines()}
+
+
+def test_probe_real_files(shared_data: Path, capsys: pytest.CaptureFixture) -> None:
+    files = [shared_data / "lus-blues" / "videos" / "patient_10_L1.mp4",
+             shared_data / "dicom" / "examples_ybr_color.dcm",
+             shared_data / "dicom" / "OBXXXX1A.dcm"]
+    assert main(["data", "probe", *map(str, files)]) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert len(lines) == 3
+    assert lines[str(files[0])].endswith("frames=100\theight=350\twidth=350\tchannels=3\tfps=25")
+    assert "frames=30\theight=240\twidth=320\tchannels=3\tfps=30" in lines[str(files[1])]
+    assert lines[str(files[2])].endswith("frames=1\theight=600\twidth=800\tchannels=3\tfps=none")
+
+
+def test_probe_bad_file_exit_1(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video\n")
+    good = shared_data / "dicom" / "color-pl.dcm"
+    assert main(["data", "probe", str(good), str(bad), str(tmp_path / "missing.avi")]) == 1
+    captured = capsys.readouterr()
+    lines = _lines(captured.out)
+    assert "frames=1" in lines[str(good)]
+    assert "error" in lines[str(bad)] and "cannot open" in lines[str(bad)]
+    assert "file not found" in lines[str(tmp_path / "missing.avi")]
+    assert "2 of 3" in captured.err
+
+
+def test_crop_check(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = shared_data / "dicom" / "examples_ybr_color.dcm"
+    assert main(["data", "crop-check", str(src), "--out", str(tmp_path)]) == 0
+    png = tmp_path / "examples_ybr_color_crop.png"
+    assert capsys.readouterr().out.strip() == str(png)
+    img = Image.open(png)
+    assert img.width > 2 * 240 and img.height >= 240  # original 320 wide + preprocessed 240 wide
+    assert np.asarray(img.convert("RGB")).max() > 0
+
+
+def test_data_help(capsys: pytest.CaptureFixture) -> None:
+    assert main(["data"]) == 0
+    assert "probe" in capsys.readouterr().out
+
+
+def test_inspect(shared_data: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sonodistill.data.adapters")
+    pytest.importorskip("sonodistill.data.splits")
+    root = shared_data / "lus-blues"
+    assert main(["data", "inspect", "lus-blues", str(root), "--target", "severity3", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "287" in out and "1-2" in out
+
+
+def test_preview(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sonodistill.data.adapters")
+    assert main(["data", "preview", "hc18", str(shared_data / "hc18"), "--out", str(tmp_path),
+                 "--n", "3", "--size", "48"]) == 0
+    png = Path(capsys.readouterr().out.strip())
+    assert png.is_file() and png.parent == tmp_path
+    assert Image.open(png).height >= 3 * 48
+
+
+def test_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sonodistill.data.synthetic")
+    assert main(["data", "synth", "fetal-head", "--out", str(tmp_path), "-n", "2", "--size", "32"]) == 0
+    manifest = Path(capsys.readouterr().out.strip())
+    assert manifest.is_file() and manifest.parent == tmp_path

@@ -1,0 +1,109 @@
+"""Head circumference from masks: synthetic ellipses of known perimeter, anisotropic pixels, the preprocessing
+geometry round trip, and real HC18 ground-truth masks at model resolution against hc_mm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sonodistill.data.cache import resize_pad_nearest
+from sonodistill.data.preprocess import PreprocessConfig
+from sonodistill.evaluation.head_circumference import (
+    fit_ellipse_moments,
+    head_circumference_mm,
+    largest_component,
+    preprocess_geometry,
+    ramanujan_perimeter,
+)
+
+
+def ellipse_mask(h, w, cy, cx, a, b, theta, sy=1.0, sx=1.0):
+    """Pixels whose centres (in physical units: y*sy, x*sx) lie inside the ellipse."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    y, x = yy * sy - cy, xx * sx - cx
+    u = x * math.cos(theta) + y * math.sin(theta)
+    v = -x * math.sin(theta) + y * math.cos(theta)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def test_ramanujan_matches_known_values():
+    assert ramanujan_perimeter(1.0, 1.0) == pytest.approx(2 * math.pi)
+    # exact perimeter of a=2, b=1 is 9.688448220547675 (complete elliptic integral)
+    assert ramanujan_perimeter(2.0, 1.0) == pytest.approx(9.688448220547675, rel=1e-4)
+
+
+@pytest.mark.parametrize("a,b,theta", [(60, 40, 0.0), (80, 50, 0.7), (45, 44, 2.0), (100, 60, 1.2)])
+def test_synthetic_ellipse_circumference_within_one_percent(a, b, theta):
+    pixel_mm = 0.15
+    mask = ellipse_mask(300, 400, 150, 200, a, b, theta)
+    hc = head_circumference_mm(mask, pixel_mm)
+    truth = ramanujan_perimeter(a * pixel_mm, b * pixel_mm)
+    assert abs(hc - truth) / truth < 0.01
+    e = fit_ellipse_moments(mask)
+    assert e.a == pytest.approx(a, rel=0.01) and e.b == pytest.approx(b, rel=0.01)
+    assert e.center == pytest.approx((150, 200), abs=0.5)
+
+
+def test_anisotropic_pixels_after_resize():
+    # an ellipse sampled on a grid whose pixels are 0.3 mm tall and 0.2 mm wide
+    mask = ellipse_mask(200, 300, 30.0, 30.0, 20.0, 12.0, 0.4, sy=0.3, sx=0.2)
+    hc = head_circumference_mm(mask, (0.3, 0.2))
+    assert abs(hc - ramanujan_perimeter(20.0, 12.0)) / ramanujan_perimeter(20.0, 12.0) < 0.01
+
+
+def test_empty_mask_and_largest_component():
+    assert math.isnan(head_circumference_mm(np.zeros((10, 10), bool), 1.0))
+    assert fit_ellipse_moments(np.zeros((5, 5))) is None
+    m = ellipse_mask(100, 100, 50, 40, 20, 15, 0.0)
+    m[5:8, 90:93] = True  # a speck elsewhere is ignored
+    ring_hole = m.copy()
+    ring_hole[45:55, 35:45] = False  # holes are filled
+    clean = ellipse_mask(100, 100, 50, 40, 20, 15, 0.0)
+    assert np.array_equal(largest_component(ring_hole), clean)
+    assert head_circumference_mm(ring_hole, 1.0) == pytest.approx(head_circumference_mm(clean, 1.0))
+    with pytest.raises(ValueError):
+        head_circumference_mm(clean, 0.0)
+
+
+def test_geometry_round_trip_and_resize_factor(tmp_path):
+    from PIL import Image
+
+    h, w, pixel_mm = 270, 400, 0.14
+    mask = ellipse_mask(h, w, 140, 190, 90, 60, 0.3)
+    Image.fromarray((mask * 200).astype(np.uint8)).save(tmp_path / "im.png")
+    cfg = PreprocessConfig(size=128, crop_region=False, remove_overlay=False)
+    g = preprocess_geometry(tmp_path / "im.png", cfg)
+    assert (g.height, g.width, g.nw, g.crop) == (h, w, 128, (0, h, 0, w))
+    small = resize_pad_nearest(mask.astype(np.uint8), 128)
+    sy, sx = g.mm_per_pixel(pixel_mm)
+    assert sy == pytest.approx(pixel_mm * h / g.nh) and sx == pytest.approx(pixel_mm * 400 / 128)
+    truth = head_circumference_mm(mask, pixel_mm)
+    assert abs(head_circumference_mm(small, (sy, sx)) - truth) / truth < 0.01
+    # ignoring the resize factor would be off by ~3x
+    assert head_circumference_mm(small, pixel_mm) < truth / 2
+    probs = torch.stack([torch.from_numpy(1.0 - small), torch.from_numpy(small * 1.0)]).float()
+    back = g.to_original(probs)
+    assert back.shape == (h, w)
+    dice = 2 * (back.astype(bool) & mask).sum() / (back.sum() + mask.sum())
+    assert dice > 0.98
+
+
+def test_real_hc18_ground_truth_masks_give_hc_within_1_5_mm(shared_data):
+    from sonodistill.data.adapters import load_adapter
+    from sonodistill.data.datasets import FrameDataset
+
+    manifest = load_adapter("hc18", shared_data / "hc18")
+    rows = np.arange(0, len(manifest), len(manifest) // 8)[:8]
+    sub = manifest.subset(rows)
+    cfg = PreprocessConfig(size=128, crop_region=False, remove_overlay=False)
+    ds = FrameDataset(sub, cfg)
+    errors = []
+    for i in range(len(sub)):
+        mask = ds[i]["mask"][0].numpy()  # the model-resolution ground truth (what a perfect model predicts)
+        g = preprocess_geometry(sub.table["path"].iloc[i], cfg)
+        spacing = g.mm_per_pixel(float(sub.table["pixel_size_mm"].iloc[i]))
+        errors.append(abs(head_circumference_mm(mask, spacing) - float(sub.table["target"].iloc[i])))
+    assert np.mean(errors) < 1.5, errors

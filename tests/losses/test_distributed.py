@@ -1,0 +1,85 @@
+"""Collective helpers: no-ops without a process group; sums/means/gathers and Sinkhorn marginals over 2 processes."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sonodistill.losses import distributed as D
+from sonodistill.losses.sinkhorn import sinkhorn_knopp
+
+
+def test_no_process_group_is_identity():
+    assert not D.is_distributed()
+    assert D.world_size() == 1 and D.rank() == 0
+    t = torch.tensor([1.0, -2.0], requires_grad=True)
+    for fn in (D.all_reduce_sum, D.all_reduce_mean, D.all_reduce_max, D.all_reduce_logsumexp,
+               D.all_gather_with_grad):
+        assert fn(t) is t
+
+
+def run_two_processes(worker, tmp: str, limit_s: float = 60.0) -> None:
+    """Run `worker(rank, 2, tmp)` in two processes (fork where available: no re-import, < 1 s; else spawn).
+
+    The processes are killed and the test fails if they have not finished within `limit_s`.
+    """
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.start_processes(worker, args=(2, tmp), nprocs=2, join=False, start_method=method)
+    deadline = time.monotonic() + limit_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the two gloo processes did not finish within {limit_s:.0f} s")
+
+
+def _worker(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rdzv", rank=rank, world_size=world)
+    try:
+        data = torch.load(f"{tmp}/inputs.pt")
+        x = torch.tensor([1.0, 2.0]) * (rank + 1)  # rank 0: (1, 2); rank 1: (2, 4)
+        out = {"ws": torch.tensor(D.world_size()), "rank": torch.tensor(D.rank()),
+               "sum": D.all_reduce_sum(x), "mean": D.all_reduce_mean(x), "max": D.all_reduce_max(x), "x": x,
+               "lse": D.all_reduce_logsumexp(torch.tensor([0.0, 1000.0]) + rank)}
+        # gather with gradient: loss on each process = sum(w_rank * gathered); grad of my slice = sum over ranks
+        e = torch.full((2, 3), float(rank), requires_grad=True)
+        gathered = D.all_gather_with_grad(e)
+        (gathered * (rank + 1)).sum().backward()
+        out["gathered"], out["grad"] = gathered.detach(), e.grad
+        half = data["scores"].shape[0] // world
+        out["q"] = sinkhorn_knopp(data["scores"][rank * half:(rank + 1) * half], epsilon=0.05, n_iters=3)
+        torch.save(out, f"{tmp}/out{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_and_sinkhorn_over_two_processes(tmp_path):
+    torch.manual_seed(0)
+    scores = torch.randn(8, 5) * 0.5
+    torch.save({"scores": scores}, tmp_path / "inputs.pt")
+    start = time.perf_counter()
+    run_two_processes(_worker, str(tmp_path))
+    outs = [torch.load(tmp_path / f"out{r}.pt") for r in range(2)]
+    for r, o in enumerate(outs):
+        assert int(o["ws"]) == 2 and int(o["rank"]) == r
+        torch.testing.assert_close(o["sum"], torch.tensor([3.0, 6.0]))
+        torch.testing.assert_close(o["mean"], torch.tensor([1.5, 3.0]))
+        torch.testing.assert_close(o["max"], torch.tensor([2.0, 4.0]))
+        lse = math.log(1 + math.e)  # log(e^0 + e^1), and 1000 + that without overflow
+        torch.testing.assert_close(o["lse"], torch.tensor([lse, 1000.0 + lse]))
+        torch.testing.assert_close(o["x"], torch.tensor([1.0, 2.0]) * (r + 1))  # input untouched
+        torch.testing.assert_close(o["gathered"], torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
+        torch.testing.assert_close(o["grad"], torch.full((2, 3), 3.0))  # weights 1 + 2 summed over ranks
+    # Sinkhorn with marginals summed over processes equals Sinkhorn on the whole batch in one process
+    q = torch.cat([outs[0]["q"], outs[1]["q"]])
+    torch.testing.assert_close(q, sinkhorn_knopp(scores, epsilon=0.05, n_iters=3), rtol=1e-5, atol=1e-6)
+    # and differs from running each half on its own (the test would catch a missing all-reduce)
+    local = torch.cat([sinkhorn_knopp(scores[:4], 0.05, 3), sinkhorn_knopp(scores[4:], 0.05, 3)])
+    assert not torch.allclose(q, local, atol=1e-3)
+    assert time.perf_counter() - start < 10

@@ -1,0 +1,146 @@
+"""The `dino` recipe: EMA teacher step, frozen last layer in epoch 0, schedule lengths, a pretraining run directory."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sonodistill.config import load_config
+from sonodistill.errors import ConfigError
+from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.recipes.dino import DINORecipe, clip_gradients_per_parameter
+from sonodistill.recipes.schedules import ScheduleRangeError
+from tests.recipes.conftest import read_weights
+
+TINY = ["recipe=dino", "model.backbone=vit_tiny_p8", "model.width=0.25", "model.kwargs={img_size: 32, depth: 2}",
+        "optim.lr=0.001", "optim.weight_decay=0.04", "optim.warmup_epochs=1", "optim.grad_clip=3.0",
+        "recipe_options={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, global_size: 32, local_size: 16, "
+        "n_local: 2, warmup_teacher_temp_epochs: 1, momentum_teacher: 0.9}",
+        "train.log_every_n_steps=1"]
+
+
+class _RandomViews(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return {"x": [torch.rand(1, 32, 32, generator=g) for _ in range(2)]
+                + [torch.rand(1, 16, 16, generator=g) for _ in range(2)], "index": i}
+
+
+def _trainer(tmp_path, callbacks=(), **kw) -> L.Trainer:
+    return L.Trainer(default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), **kw)
+
+
+class _Spy(L.Callback):
+    """Records teacher/student weights around the first step and the gradients left after it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0 and trainer.current_epoch == 0:
+            self.teacher_before = {k: v.clone() for k, v in pl_module.teacher.state_dict().items()}
+            self.student_before = {k: v.clone() for k, v in pl_module.student.state_dict().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0 and trainer.current_epoch == 0:
+            self.teacher_after = {k: v.clone() for k, v in pl_module.teacher.state_dict().items()}
+            self.student_after = {k: v.clone() for k, v in pl_module.student.state_dict().items()}
+            self.grads = {n: p.grad for n, p in pl_module.student.named_parameters()}
+            self.momentum = pl_module.momentum_schedule(0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        w = pl_module.student.head.last_layer.parametrizations.weight.original1.detach().clone()
+        self.last_layer_at_epoch_end = getattr(self, "last_layer_at_epoch_end", []) + [w]
+
+
+def test_first_step_ema_teacher_and_frozen_last_layer(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY + ["train.epochs=2", "optim.warmup_epochs=0"])  # lr > 0 at step 0
+    recipe = DINORecipe(cfg, steps_per_epoch=1)
+    spy = _Spy()
+    w0 = recipe.student.head.last_layer.parametrizations.weight.original1.detach().clone()
+    _trainer(tmp_path, [spy], max_epochs=2, limit_train_batches=1).fit(
+        recipe, DataLoader(_RandomViews(4), batch_size=4))
+    m = spy.momentum
+    assert m == pytest.approx(0.9)
+    changed = 0
+    for k, t_new in spy.teacher_after.items():  # theta_t <- m theta_t + (1 - m) theta_s, by name
+        expected = m * spy.teacher_before[k] + (1 - m) * spy.student_after[k]
+        torch.testing.assert_close(t_new, expected, rtol=1e-5, atol=1e-6, msg=k)
+        changed += int(not torch.equal(t_new, spy.teacher_before[k]))
+    assert changed > 0
+    last = [n for n in spy.grads if n.startswith("head.last_layer")]
+    assert last and all(spy.grads[n] is None for n in last)            # cancelled in epoch 0
+    for n in last:  # so the last layer did not move (AdamW makes no update without a gradient)
+        torch.testing.assert_close(spy.student_after[n], spy.student_before[n], rtol=0, atol=0)
+    assert any(spy.grads[n] is not None and spy.grads[n].abs().sum() > 0 for n in spy.grads if n.startswith("backbone"))
+    # frozen for freeze_last_layer=1 epoch, trained afterwards
+    after0, after1 = spy.last_layer_at_epoch_end
+    torch.testing.assert_close(after0, w0, rtol=0, atol=0)
+    assert not torch.equal(after1, w0)
+
+
+def test_schedules_cover_exactly_the_run(tmp_path):
+    cfg = load_config(None, TINY + ["train.epochs=2"])
+    recipe = DINORecipe(cfg, steps_per_epoch=3)
+    for s in (recipe.lr_schedule, recipe.wd_schedule, recipe.momentum_schedule):
+        assert len(s) == 6
+    assert len(recipe.temp_schedule) == 2
+    assert recipe.lr_schedule(0) == 0.0 and recipe.lr_schedule(3) == pytest.approx(1e-3)  # 1 warm-up epoch
+    assert recipe.wd_schedule(0) == pytest.approx(0.04)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(recipe, DataLoader(_RandomViews(9), batch_size=3))
+    assert trainer.global_step == 6
+    # a loader longer than the schedule was built for is refused, not clamped
+    short = DINORecipe(cfg, steps_per_epoch=1)
+    with pytest.raises(ScheduleRangeError):
+        _trainer(tmp_path, max_epochs=2).fit(short, DataLoader(_RandomViews(9), batch_size=3))
+
+
+def test_per_parameter_clipping_matches_dino():
+    lin = torch.nn.Linear(3, 2)
+    lin.weight.grad = torch.full((2, 3), 2.0)   # norm sqrt(24) ~ 4.9
+    lin.bias.grad = torch.tensor([0.1, 0.0])     # norm 0.1: untouched
+    clip_gradients_per_parameter(lin, 1.0)
+    assert float(lin.weight.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(lin.bias.grad, torch.tensor([0.1, 0.0]))
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="unknown key"):
+        DINORecipe(load_config(None, TINY + ["recipe_options.out_dims=3"]))
+    with pytest.raises(ConfigError, match="frame backbone"):
+        DINORecipe(load_config(None, TINY + ["model.backbone=resnet10_3d", "model.kwargs={}"]))
+
+
+def test_pretraining_run_directory_and_collapse_warning(tiny_carotid, tiny_overrides, tmp_path, caplog):
+    # a near-zero teacher temperature makes the teacher one-hot: the run must say so
+    over = tiny_overrides + TINY + [
+        "name=dino", "train.epochs=1", "data.size=32", "data.batch_size=6",
+        "recipe_options.frames_per_video=1", "recipe_options.teacher_temp=0.0001",
+        "recipe_options.warmup_teacher_temp=0.0001"]
+    cfg = load_config(None, over)
+    with caplog.at_level(logging.WARNING, logger="sonodistill"):
+        summary = run_crossval(cfg, manifest=tiny_carotid, enable_progress_bar=False)
+    run = cfg.run_dir
+    for name in ("config.yaml", "teacher_backbone.safetensors", "student_backbone.safetensors", "model.safetensors",
+                 "diagnostics.csv", "pretrain.json", "train.log", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    diag = pd.read_csv(run / "diagnostics.csv")
+    assert list(diag["epoch"]) == [0] and diag["steps"].iloc[0] == 3  # 18 frames / 6
+    for col in ("teacher_entropy", "teacher_kl_to_mean", "teacher_feature_std", "images_per_s", "peak_rss_mib"):
+        assert diag[col].notna().all(), col
+    assert summary["frames_per_epoch"] == 18 and summary["collapsed_epochs"] == [0]
+    assert "collapse" in caplog.text and "collapse" in (run / "train.log").read_text()
+    # the saved teacher is the exported inference model
+    t, m = read_weights(run / "teacher_backbone.safetensors"), read_weights(run / "model.safetensors")
+    assert t.keys() == m.keys() and all(torch.equal(t[k], m[k]) for k in t)

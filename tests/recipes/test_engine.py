@@ -1,0 +1,93 @@
+"""The supervised engine: CV run directory, resume equals uninterrupted, NaN stops with a named term."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from sonodistill.config import load_config
+from sonodistill.errors import NonFiniteLossError, SonoDistillError
+from sonodistill.evaluation.crossval import report_from_run_dir, run_crossval
+from sonodistill.recipes import RECIPES
+from sonodistill.recipes.supervised import SupervisedRecipe
+from tests.recipes.conftest import read_weights
+
+
+def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["name=cv", "train.epochs=1"])
+    summary = run_crossval(cfg, manifest=tiny_carotid)
+    run = cfg.run_dir
+    for name in ("config.yaml", "manifest.csv", "folds.json", "predictions.csv", "report.md",
+                 "confusion_matrix.png", "roc.png"):
+        assert (run / name).is_file(), name
+    for k in range(3):
+        assert (run / f"fold_{k}" / "model.safetensors").is_file()
+        assert (run / f"fold_{k}" / "checkpoints" / "last.ckpt").is_file()
+        assert (run / f"fold_{k}" / "logs" / "metrics.csv").is_file()
+    folds = json.loads((run / "folds.json").read_text())
+    tested = sorted(i for f in folds for i in f["test"])
+    assert tested == list(range(len(tiny_carotid)))  # every item tested exactly once
+    for f in folds:  # no group on both sides
+        train_groups = set(tiny_carotid.groups[f["train"]])
+        assert not train_groups & set(f["test_groups"])
+    # eval rebuilds the same report from the run directory alone
+    before = (run / "report.md").read_text()
+    (run / "report.md").unlink()
+    report_from_run_dir(run)
+    assert (run / "report.md").read_text() == before
+    assert summary is not None
+    with pytest.raises(SonoDistillError, match="already holds a run"):
+        run_crossval(cfg, manifest=tiny_carotid)
+
+
+class _Interrupt(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated interruption")
+
+
+def test_resume_equals_uninterrupted(tiny_carotid, tiny_overrides):
+    base = tiny_overrides + ["train.fold=0", "train.epochs=3"]
+    full = load_config(None, base + ["name=full"])
+    run_crossval(full, manifest=tiny_carotid)
+
+    cut = load_config(None, base + ["name=cut"])
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_crossval(cut, manifest=tiny_carotid, extra_callbacks=[_Interrupt()])
+    assert not (cut.run_dir / "fold_0" / "predictions.csv").exists()
+    saved = torch.load(cut.run_dir / "fold_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0  # the interruption came after epoch 0 was checkpointed
+    run_crossval(cut, resume=True, manifest=tiny_carotid)
+
+    a = read_weights(full.run_dir / "fold_0" / "model.safetensors")
+    b = read_weights(cut.run_dir / "fold_0" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    pa = (full.run_dir / "predictions.csv").read_text()
+    pb = (cut.run_dir / "predictions.csv").read_text()
+    assert pa == pb
+
+
+class _NaNAtStep3(SupervisedRecipe):
+    def compute_loss(self, batch):
+        loss, parts = super().compute_loss(batch)
+        if self.global_step >= 3:
+            parts["ce"] = loss * float("nan")
+            loss = parts["ce"]
+        return loss, parts
+
+
+def test_nan_loss_stops_naming_step_and_term(tiny_carotid, tiny_overrides, monkeypatch):
+    monkeypatch.setitem(RECIPES, "nanny", f"{__name__}:_NaNAtStep3")
+    cfg = load_config(None, tiny_overrides + ["name=nan", "recipe=nanny", "train.fold=0", "train.epochs=4"])
+    with pytest.raises(NonFiniteLossError, match=r"step 3: term 'loss'"):
+        run_crossval(cfg, manifest=tiny_carotid)
+    fold = cfg.run_dir / "fold_0"
+    ckpt = torch.load(fold / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] <= 3  # the last checkpoint predates the bad step
+    weights = read_weights(fold / "model.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())

@@ -1,0 +1,60 @@
+"""HDC recipe: loss composition (supervised on both decoders + ramped HDC terms), ramp-up, teacher view."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sonodistill.losses.consistency import DiceCELoss, HDCLoss
+from sonodistill.models.segmentation import DualDecoderUNet
+from sonodistill.recipes.hdc import HDCRecipe
+from sonodistill.recipes.semi_supervised import slice_outputs
+from tests.recipes.test_semi_supervised import synthetic_batch, tiny_cfg
+
+
+def test_student_is_dual_decoder_and_teacher_is_encoder_plus_d1(tmp_path):
+    recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.feature_noise=0.2"), steps_per_epoch=1)
+    assert isinstance(recipe.student, DualDecoderUNet)
+    assert recipe.student.perturb.noise.amplitude == 0.2
+    names = {n.split(".")[0] for n, _ in recipe.teacher.module.named_parameters()}
+    assert names == {"encoder", "decoder1"}
+    # teacher starts as an exact copy of the student's encoder + D1
+    for (n, t), (_, s) in zip(recipe.teacher.module.named_parameters(),
+                              [(n, p) for n, p in recipe.student.named_parameters() if n.split(".")[0] in names]):
+        torch.testing.assert_close(t, s, msg=n)
+
+
+def test_loss_equals_sup_on_both_decoders_plus_weighted_hdc_terms(tmp_path):
+    recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.feature_dropout=0.0",
+                                "recipe_options.feature_noise=0.0"), steps_per_epoch=10)
+    recipe.train()
+    labelled, unlabelled = synthetic_batch()
+    torch.manual_seed(0)
+    loss, parts = recipe.compute_loss(labelled, unlabelled)
+    # recompute by hand with the same (deterministic, noise-free) forward passes
+    n = labelled["x"].shape[0]
+    recipe_out = recipe.student(torch.cat([labelled["x"], unlabelled["x_strong"]]), dual=True)
+    target = labelled["mask"].long()
+    sup = DiceCELoss()(recipe_out.logits1[:n], target)[0] + DiceCELoss()(recipe_out.logits2[:n], target)[0]
+    with torch.no_grad():
+        teacher = recipe.teacher.module.eval()(unlabelled["x_weak"])
+    w = 1.0 * math.exp(-5.0)  # sigmoid ramp-up at step 0
+    unsup = HDCLoss()(slice_outputs(recipe_out, n), teacher, weight=w)[0]
+    # BatchNorm in train mode: the second forward sees the same batch, so outputs match
+    torch.testing.assert_close(loss, sup + unsup, rtol=1e-4, atol=1e-5)
+    assert float(parts["weight"]) == pytest.approx(w)
+    for key in ("sup", "sup_d2", "hdc/cg", "hdc/mi", "hdc/pc", "unsup"):
+        assert key in parts, key
+    assert 0.0 <= float(parts["hdc/mi"]) <= math.log(2) + 1e-6
+
+
+def test_consistency_weight_ramps_up_to_the_configured_value(tmp_path):
+    recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.consistency=0.5",
+                                "recipe_options.rampup_fraction=0.5", "train.epochs=2"), steps_per_epoch=10)
+    assert recipe.total_steps == 20 and recipe.rampup_steps == 10
+    assert recipe.consistency_weight() == pytest.approx(0.5 * math.exp(-5))  # global_step is 0 without a trainer
+    from sonodistill.recipes.schedules import sigmoid_rampup
+
+    assert sigmoid_rampup(10, recipe.rampup_steps) == 1.0

@@ -1,0 +1,114 @@
+"""The `medivlad` recipe: strict init_from, frame finetuning on few labels, video aggregation and its export model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sonodistill.config import load_config
+from sonodistill.data.adapters import load_adapter
+from sonodistill.errors import CheckpointError, ConfigError
+from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.models.backbones import build_backbone
+from sonodistill.recipes.medivlad import MeDiVLADRecipe, load_video_scorer
+from sonodistill.recipes.trainer import save_weights
+
+VIT = ["model.backbone=vit_tiny_p8", "model.width=0.25", "model.kwargs={img_size: 32, depth: 2}", "data.size=32"]
+
+
+def _pretrained(tmp_path, depth: int = 2):
+    torch.manual_seed(7)
+    bb = build_backbone("vit_tiny_p8", in_channels=1, width=0.25, img_size=32, depth=depth)
+    path = tmp_path / f"teacher_depth{depth}.safetensors"
+    save_weights(bb, path)
+    return bb, path
+
+
+def test_init_from_loads_strictly(tmp_path):
+    bb, path = _pretrained(tmp_path)
+    recipe = MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", f"recipe_options.init_from={path}"]), 3)
+    for k, v in bb.state_dict().items():
+        assert torch.equal(recipe.model.backbone.state_dict()[k], v), k
+    # a finetuned Classifier's file (backbone.* + head.*) works too; so does a run directory
+    clf_file = tmp_path / "clf.safetensors"
+    save_weights(recipe.model, clf_file)
+    run = tmp_path / "dino-run"
+    run.mkdir()
+    save_weights(bb, run / "teacher_backbone.safetensors")
+    for src in (clf_file, run):
+        other = MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", f"recipe_options.init_from={src}"]), 3)
+        assert torch.equal(other.model.backbone.pos_embed, bb.pos_embed)
+    # a different architecture is an error naming the file, never a partial load
+    _, deeper = _pretrained(tmp_path, depth=3)
+    with pytest.raises(CheckpointError, match="teacher_depth3.*unexpected"):
+        MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", f"recipe_options.init_from={deeper}"]), 3)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", "model.width=0.5",
+                                                f"recipe_options.init_from={path}"]), 3)
+    with pytest.raises(CheckpointError, match="not found"):
+        MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", "recipe_options.init_from=/nope.safetensors"]), 3)
+    with pytest.raises(ConfigError, match="aggregators"):
+        MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", "recipe_options.aggregators=[lstm]"]), 3)
+
+
+def test_video_aggregation_crossval_and_export_model(tiny_carotid, tiny_overrides, tmp_path):
+    from sonodistill.data.datasets import ClipDataset
+    from sonodistill.recipes.frame_features import clip_cache, preprocess_config
+
+    _, path = _pretrained(tmp_path)
+    cfg = load_config(None, tiny_overrides + VIT + [
+        "name=vlad", "recipe=medivlad", "data.num_frames=4", "train.epochs=3", "optim.lr=0.01",
+        f"recipe_options={{init_from: {path}, aggregators: [dual_vlad, mean, netvlad]}}"])
+    summary = run_crossval(cfg, manifest=tiny_carotid)
+    run = cfg.run_dir
+    assert set(summary) == {"dual_vlad", "mean", "netvlad"}
+    pred = pd.read_csv(run / "predictions.csv")
+    assert len(pred) == 3 * len(tiny_carotid) and set(pred["model"]) == set(summary)
+    for name, part in pred.groupby("model"):
+        assert sorted(part["index"]) == list(range(len(tiny_carotid)))  # every video tested once per aggregator
+    z = np.load(run / "features.npz")
+    assert z["feats"].shape == (len(tiny_carotid), 4, 48) and z["mask"].all()
+    assert (run / "report.md").is_file() and (run / "fold_0" / "aggregator_mean.safetensors").is_file()
+    # the exported model (encoder + dual VLAD) on raw clips reproduces the fold's predictions
+    folds = json.loads((run / "folds.json").read_text())
+    test = folds[0]["test"]
+    ds = ClipDataset(tiny_carotid.subset(test), preprocess_config(cfg.data), num_frames=4, cache=clip_cache(cfg.data))
+    x = torch.stack([ds[i]["x"] for i in range(len(test))])               # B x 1 x T x H x W
+    scorer = load_video_scorer(run, fold=0)
+    with torch.no_grad():
+        probs = torch.softmax(scorer(x), dim=1).numpy()
+    want = pred[(pred["model"] == "dual_vlad") & (pred["fold"] == 0)].sort_values("index")
+    np.testing.assert_allclose(probs, want[[f"prob_{c}" for c in tiny_carotid.classes]].to_numpy(), atol=1e-5)
+
+
+def _image_folder(root, n_groups: int = 6, per_group: int = 2):
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(["a", "b", "c"]):
+        (root / cls).mkdir(parents=True)
+        for g in range(n_groups):
+            for i in range(per_group):
+                img = (rng.random((40, 40)) * 60).astype(np.uint8)
+                img[5 + 10 * c: 15 + 10 * c, 5:35] = 220
+                Image.fromarray(img).save(root / cls / f"g{c}{g}_{i}.png")
+    return load_adapter("folder", root, group_regex=r"^(g\d+)_")
+
+
+def test_frame_finetuning_with_few_labels(tmp_path, tiny_overrides):
+    manifest = _image_folder(tmp_path / "imgs")
+    _, path = _pretrained(tmp_path)
+    cfg = load_config(None, tiny_overrides + VIT + [
+        "name=ft", "recipe=medivlad", "train.epochs=1", "data.batch_size=4",
+        f"recipe_options={{init_from: {path}, label_fraction: 0.5}}"])
+    run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+    run = cfg.run_dir
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(pred["index"]) == list(range(len(manifest)))
+    used = json.loads((run / "labelled.json").read_text())
+    for k, u in used.items():
+        assert 0 < u["labelled_rows"] < u["train_rows"], (k, u)
+    assert (run / "fold_0" / "model.safetensors").is_file() and (run / "report.md").is_file()

@@ -1,0 +1,208 @@
+"""Semi-supervised segmentation recipes: every method's loss runs and is finite, EMA teacher, inference model,
+options, and an end-to-end segmentation CV run that never reads an unlabelled mask and writes the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sonodistill.config import load_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
+from sonodistill.recipes import get_recipe
+from sonodistill.recipes.semi_supervised import EncoderD1, SemiSupervisedSegmentationRecipe
+
+METHODS = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
+
+
+def write_ellipse_set(root: Path, n: int = 12, h: int = 40, w: int = 56, seed: int = 0) -> Manifest:
+    """n speckled H x W PNGs with a bright elliptical ring, filled-ellipse masks, 2 images per group, HC target."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rows = []
+    for i in range(n):
+        a, b = rng.uniform(10, 16), rng.uniform(6, 10)
+        cy, cx, th = rng.uniform(17, 23), rng.uniform(24, 32), rng.uniform(0, math.pi)
+        u = (xx - cx) * math.cos(th) + (yy - cy) * math.sin(th)
+        v = -(xx - cx) * math.sin(th) + (yy - cy) * math.cos(th)
+        r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        mask = r <= 1.0
+        img = 40 + 30 * rng.random((h, w)) + 150 * (np.abs(r - 1.0) < 0.15) + 40 * mask
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i:02d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"im{i:02d}.png")
+        a_mm, b_mm = 0.5 * a, 0.5 * b
+        hc = math.pi * (3 * (a_mm + b_mm) - math.sqrt((3 * a_mm + b_mm) * (a_mm + 3 * b_mm)))
+        rows.append({"path": f"images/im{i:02d}.png", "group": f"s{i // 2}", "mask": f"masks/im{i:02d}.png",
+                     "target": hc, "pixel_size_mm": 0.5})
+    manifest = Manifest(pd.DataFrame(rows), [], "image", "ellipses")
+    manifest.to_csv(root / "manifest.csv")
+    return Manifest.from_csv(root / "manifest.csv")
+
+
+def tiny_cfg(recipe: str, tmp_path: Path, *extra: str):
+    return load_config(None, [
+        f"recipe={recipe}", f"out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "name=run",
+        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
+        "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=3", "train.fold=0",
+        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
+        "recipe_options={labelled_fraction: 0.3, iterations_per_epoch: 2, channels: [8, 16, 32]}", *extra,
+    ])
+
+
+def synthetic_batch(n_l: int = 2, n_u: int = 2, size: int = 32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n_l, 1, size, size)
+    mask[:, :, 8:24, 6:20] = 1.0
+    labelled = {"x": torch.rand(n_l, 1, size, size, generator=g) + mask, "mask": mask}
+    xu = torch.rand(n_u, 1, size, size, generator=g)
+    unlabelled = {"x_weak": xu, "x_strong": (xu * 1.2).clamp(0, 1)}
+    return labelled, unlabelled
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_recipe_trains_a_few_steps_with_finite_parts(method, tmp_path):
+    cfg = tiny_cfg(method, tmp_path)
+    recipe = get_recipe(method)(cfg, num_classes=2, steps_per_epoch=3)
+    assert recipe.task == "segmentation" and isinstance(recipe, SemiSupervisedSegmentationRecipe)
+    opt = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=1e-3)
+    recipe.train()
+    losses = []
+    for step in range(3):
+        labelled, unlabelled = synthetic_batch(seed=step)
+        loss, parts = recipe.compute_loss(labelled, unlabelled if recipe.uses_unlabelled else None)
+        assert loss.dim() == 0 and torch.isfinite(loss)
+        assert "sup" in parts and all(torch.isfinite(v).all() for v in parts.values())
+        if recipe.uses_unlabelled:
+            assert "unsup" in parts and "weight" in parts
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if hasattr(recipe, "update_teacher"):
+            recipe.update_teacher(step)
+        losses.append(float(loss.detach()))
+    x = torch.rand(2, 1, 32, 32)
+    out = recipe.inference_model().eval()(x)
+    assert out.shape == (2, 2, 32, 32)
+
+
+def test_supervised_baseline_ignores_unlabelled_images(tmp_path):
+    recipe = get_recipe("seg_supervised")(tiny_cfg("seg_supervised", tmp_path), steps_per_epoch=1)
+    labelled, _ = synthetic_batch()
+    torch.manual_seed(0)
+    a, _ = recipe.compute_loss(labelled, None)
+    assert recipe.uses_unlabelled is False and torch.isfinite(a)
+
+
+def _param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inference_model_is_encoder_and_d1_only(method, tmp_path):
+    recipe = get_recipe(method)(tiny_cfg(method, tmp_path), steps_per_epoch=1)
+    inference = recipe.inference_model()
+    expected = _param_count(recipe.student.encoder) + _param_count(recipe.student.decoder1)
+    assert _param_count(inference) == expected
+    trainable = sum(p.numel() for p in recipe.parameters() if p.requires_grad)
+    if method in ("hdc", "cps"):  # D2 / network B are training-only
+        assert trainable > expected
+    names = set(dict(inference.named_parameters()))
+    assert not any("decoder2" in n for n in names)
+    # the inference model shares the student's parameters (saving it saves the trained weights)
+    assert inference.encoder is recipe.student.encoder
+
+
+def test_ema_teacher_follows_the_formula_for_parameters_and_buffers(tmp_path):
+    recipe = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path), steps_per_epoch=1)
+    teacher = recipe.teacher.module
+    assert all(not p.requires_grad for p in teacher.parameters())
+    opt = torch.optim.SGD([p for p in recipe.parameters() if p.requires_grad], lr=0.1)
+    recipe.train()
+    labelled, unlabelled = synthetic_batch()
+    loss, _ = recipe.compute_loss(labelled, unlabelled)  # also updates the student's BN running stats
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    before_params = {k: v.clone() for k, v in teacher.named_parameters()}
+    before_buffers = {k: v.clone() for k, v in teacher.named_buffers()}
+    student = EncoderD1(recipe.student)
+    momentum = recipe.update_teacher(step=10)
+    assert momentum == pytest.approx(min(1 - 1 / 11, 0.99))
+    changed = 0
+    for k, p in teacher.named_parameters():
+        s = dict(student.named_parameters())[k]
+        torch.testing.assert_close(p, momentum * before_params[k] + (1 - momentum) * s.detach(), rtol=0, atol=1e-6)
+        changed += int(not torch.equal(p, before_params[k]))
+    assert changed > 0
+    for k, b in teacher.named_buffers():
+        s = dict(student.named_buffers())[k]
+        if b.is_floating_point():  # BatchNorm running mean/var: averaged too
+            torch.testing.assert_close(b, momentum * before_buffers[k] + (1 - momentum) * s, rtol=0, atol=1e-6)
+    assert recipe.ema_momentum(0) == 0.0  # first update copies the student (mean-teacher warm-up)
+    assert recipe.ema_momentum(10_000) == 0.99
+
+
+def test_teacher_gets_no_gradient(tmp_path):
+    recipe = get_recipe("hdc")(tiny_cfg("hdc", tmp_path), steps_per_epoch=1)
+    recipe.train()
+    loss, _ = recipe.compute_loss(*synthetic_batch())
+    loss.backward()
+    assert all(p.grad is None for p in recipe.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in recipe.student.decoder2.parameters())
+
+
+def test_unknown_or_bad_options_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.lamda_cg=2"), steps_per_epoch=1)
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=0"), steps_per_epoch=1)
+    with pytest.raises(ConfigError, match="model.backbone=unet"):
+        get_recipe("cps")(tiny_cfg("cps", tmp_path, "model.backbone=resnet18"), steps_per_epoch=1)
+
+
+def test_labelled_fraction_is_a_set_override():
+    cfg = load_config(None, ["recipe=hdc", "recipe_options.labelled_fraction=0.05"])
+    assert get_recipe("hdc").resolve_options(cfg.recipe_options)["labelled_fraction"] == 0.05
+
+
+def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_path):
+    from sonodistill.evaluation.crossval import make_folds, run_crossval
+    from sonodistill.evaluation.segmentation_cv import segmentation_report_from_run_dir, split_labelled
+
+    manifest = write_ellipse_set(tmp_path / "data", n=12)
+    cfg = tiny_cfg("hdc", tmp_path)
+    train, test = make_folds(manifest, cfg.train.folds, cfg.train.seed)[0]
+    labelled, unlabelled = split_labelled(manifest, train, 0.3, seed=cfg.train.seed)
+    assert len(labelled) and len(unlabelled) and not set(labelled) & set(unlabelled)
+    assert not set(manifest.groups[labelled]) & set(manifest.groups[unlabelled])  # grouped choice
+    for r in unlabelled:  # any read of these masks would raise
+        Path(manifest.table["mask"].iloc[r]).write_bytes(b"not a png")
+
+    summary = run_crossval(cfg, manifest=manifest)
+    run = cfg.run_dir
+    for name in ("report.md", "metrics.json", "metrics_per_fold.csv", "predictions.csv", "timing.json"):
+        assert (run / name).is_file(), name
+    fold = run / "fold_0"
+    split = json.loads((fold / "split.json").read_text())
+    assert sorted(split["labelled"]) == labelled.tolist() and sorted(split["unlabelled"]) == unlabelled.tolist()
+    assert (fold / "model.safetensors").is_file() and (fold / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((fold / "overlays").glob("*.png"))) == min(4, len(test))
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(pred["index"]) == sorted(test.tolist())
+    assert {"dice", "iou", "hd95", "asd", "hc_true_mm", "hc_pred_mm", "hc_abs_err_mm"} <= set(pred.columns)
+    assert pred["dice"].between(0, 1).all()
+    assert set(summary) >= {"dice", "iou", "hd95", "asd", "hc_abs_err_mm"}
+    before = (run / "report.md").read_text()
+    assert "hdc" in before and "hc_abs_err_mm" in before
+    (run / "report.md").unlink()
+    segmentation_report_from_run_dir(run)
+    assert (run / "report.md").read_text() == before

@@ -1,0 +1,169 @@
+"""Loading run directories, sliding-window predictions against a direct reference, masks, the predict command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip, sample_frame_indices
+from sonodistill.data.readers import read_clip
+from sonodistill.errors import CheckpointError, ConfigError
+from sonodistill.recipes.base import build_classifier
+from sonodistill.recipes.trainer import load_weights
+from sonodistill.serve.loading import load_model, member_dirs, register_model_kind
+from sonodistill.serve.predict import (
+    PredictOptions,
+    expand_inputs,
+    frame_scores,
+    predict_file,
+    predict_many,
+    window_indices,
+    window_starts,
+)
+
+from .conftest import CLASSES, make_run, synthetic_frames, write_dicom
+
+
+def test_window_starts_and_frame_scores():
+    assert window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert window_starts(21, 8, 4) == [0, 4, 8, 12, 13]  # the last window ends at the last frame
+    assert window_starts(8, 8, 3) == [0] and window_starts(5, 8, 3) == [0]
+    np.testing.assert_array_equal(window_indices(4, 8, 0), [0, 0, 1, 1, 2, 2, 3, 3])  # stretched
+    probs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    scores = frame_scores(6, 4, [0, 2], probs)  # frames 2, 3 are in both windows
+    np.testing.assert_allclose(scores, [[1, 0], [1, 0], [0.5, 0.5], [0.5, 0.5], [0, 1], [0, 1]])
+
+
+def _reference_probs(run: Path, clip: np.ndarray, starts: list[int], t: int, folds: int) -> np.ndarray:
+    """Window probabilities computed directly: each fold's Classifier, softmax, mean over folds."""
+    from sonodistill.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    x = torch.from_numpy(np.stack([clip[s : s + t] for s in starts]).astype(np.float32) / 255.0)[:, None]
+    probs = []
+    for k in range(folds):
+        m = load_weights(build_classifier(cfg, len(CLASSES)), run / f"fold_{k}" / "model.safetensors").eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(m(x), dim=1).numpy())
+    return np.mean(probs, axis=0)
+
+
+def test_video_prediction_matches_direct_computation(tiny_run, video_file):
+    model = load_model(tiny_run)
+    assert model.member_names == ["fold_0", "fold_1"] and model.input_shape == (1, 8, 64, 64)
+    out = predict_file(model, video_file, PredictOptions(stride=4))
+    clip = preprocess_clip(read_clip(video_file).frames, PreprocessConfig(size=64))
+    assert out["frames"] == 20 and out["fps"] == pytest.approx(25.0) and out["duration_s"] == pytest.approx(0.8)
+    assert out["windows"]["starts"] == [0, 4, 8, 12]
+    ref = _reference_probs(tiny_run, clip, [0, 4, 8, 12], 8, 2)
+    np.testing.assert_allclose(out["windows"]["probabilities"], ref, atol=1e-5)
+    np.testing.assert_allclose(list(out["probabilities"].values()), ref.mean(0), atol=1e-5)
+    assert out["prediction"] == CLASSES[int(ref.mean(0).argmax())]
+    assert np.asarray(out["per_frame"]).shape == (20, 3)
+    np.testing.assert_allclose(out["per_frame"][0], ref[0], atol=1e-5)  # frame 0: first window only
+    # 'uniform': the cross-validation input (T frames spread over the clip)
+    uni = predict_file(model, video_file, PredictOptions(clip_mode="uniform"))
+    idx = sample_frame_indices(20, 8, "uniform")
+    ref_u = _reference_probs(tiny_run, clip[idx], [0], 8, 2)[0]
+    np.testing.assert_allclose(list(uni["probabilities"].values()), ref_u, atol=1e-5)
+
+
+def test_members_final_and_errors(tmp_path):
+    run = make_run(tmp_path, folds=2, final=True)
+    assert [d.name for d in member_dirs(run)] == ["final"]
+    assert [d.name for d in member_dirs(run, "folds")] == ["fold_0", "fold_1"]
+    assert load_model(run).member_names == ["final"]
+    with pytest.raises(ConfigError):
+        member_dirs(run, "best")
+    bare = make_run(tmp_path / "b", folds=1)
+    (bare / "fold_0" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="nothing to serve"):
+        load_model(bare)
+    other = make_run(tmp_path / "w", folds=1, width=0.25)  # weights of another width: strict loading fails
+    (bare / "fold_0" / "model.safetensors").write_bytes((other / "fold_0" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(bare)
+    with pytest.raises(CheckpointError, match="not a folder"):
+        load_model(tmp_path / "missing")
+
+
+def test_images_folders_dicom_and_errors(tiny_run, tmp_path):
+    model = load_model(tiny_run)
+    frames = synthetic_frames(6, 64, 64, seed=4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"f{i:02d}.png")
+    (folder / "notes.txt").write_text("ignored")
+    assert [p.name for p in expand_inputs([folder])] == [f"f{i:02d}.png" for i in range(6)]
+    single = predict_file(model, folder / "f00.png")  # one image into a video model: stretched to T frames
+    assert single["frames"] == 1 and single["windows"]["starts"] == [0]
+    as_clip = predict_many(model, [folder], folder_as_clip=True)["results"][0]
+    assert as_clip["frames"] == 6 and len(as_clip["per_frame"]) == 6
+    dcm = write_dicom(tmp_path / "study.dcm", frames)
+    from_dicom = predict_file(model, dcm)
+    np.testing.assert_allclose(list(from_dicom["probabilities"].values()),
+                               list(as_clip["probabilities"].values()), atol=1e-6)  # same pixels, same answer
+    assert "Doe" not in json.dumps(from_dicom)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    payload = predict_many(model, [folder / "f01.png", bad])
+    assert "error" in payload["results"][1] and "probabilities" in payload["results"][0]
+
+
+def test_frame_classifier_scores_every_frame(tmp_path, video_file):
+    run = make_run(tmp_path, backbone="resnet18_2d", modality="image", folds=1)
+    model = load_model(run)
+    assert model.input_kind == "frame" and model.input_shape == (1, 64, 64)
+    out = predict_file(model, video_file)
+    per_frame = np.asarray(out["per_frame"])
+    assert per_frame.shape == (20, 3) and "windows" not in out
+    np.testing.assert_allclose(per_frame.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(list(out["probabilities"].values()), per_frame.mean(0), atol=1e-5)
+
+
+def test_segmentation_kind_writes_masks_in_original_geometry(tmp_path, toyseg_recipe):
+    run = make_run(tmp_path, recipe=toyseg_recipe, folds=1, crop_region=False, size=64)
+    model = load_model(run)
+    assert model.task == "segmentation" and model.input_kind == "frame"
+    img = np.zeros((48, 64), dtype=np.uint8)
+    img[10:30, 20:44] = 220  # bright square: the toy net's foreground
+    Image.fromarray(img).save(tmp_path / "image.png")
+    out = predict_file(model, tmp_path / "image.png", PredictOptions(mask_dir=tmp_path / "masks"))
+    mask = np.asarray(Image.open(out["masks"][0]["png"]))
+    assert mask.shape == img.shape and set(np.unique(mask)) == {0, 255}
+    truth = img > 127
+    iou = (truth & (mask > 0)).sum() / (truth | (mask > 0)).sum()
+    assert iou > 0.9
+    assert out["masks"][0]["area_fraction"]["1"] == pytest.approx(truth.mean(), abs=0.02)
+    inline = predict_file(model, tmp_path / "image.png")
+    assert inline["masks"][0]["png"].startswith("data:image/png;base64,")
+
+
+def test_register_model_kind_for_a_new_task(tmp_path, toyseg_recipe, monkeypatch):
+    from sonodistill.serve import loading
+
+    monkeypatch.setattr(loading, "_KINDS", dict(loading._KINDS))
+    register_model_kind("segmentation", lambda model, item, options: {"findings": ["pleural line"],
+                                                                        "description": f"{item.clip.shape[0]} frame"})
+    run = make_run(tmp_path, recipe=toyseg_recipe, folds=1)
+    Image.fromarray(np.full((32, 32), 200, np.uint8)).save(tmp_path / "x.png")
+    out = predict_file(load_model(run), tmp_path / "x.png")
+    assert out["findings"] == ["pleural line"] and out["description"] == "1 frame"
+
+
+def test_predict_command_writes_json(tiny_run, video_file, tmp_path, capsys):
+    from sonodistill.cli import main
+
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(tiny_run), str(video_file), "--out", str(out), "--stride", "8"]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["model"]["members"] == ["fold_0", "fold_1"]
+    assert payload["results"][0]["windows"]["starts"] == [0, 8, 12]
+    assert main(["predict", str(tiny_run), str(tmp_path / "nope.mp4")]) == 2  # DataError: missing input
+    assert "file not found" in capsys.readouterr().err
