@@ -159,33 +159,34 @@ def test_carotid_report_matches_findings(carotid_items):
 
 
 # -- lung -------------------------------------------------------------------------------------------
-def _streaks(it) -> int:
-    """Bright radial streaks below the pleura: peaks of the angular intensity profile around the apex."""
+def _below_pleura_profile(it) -> tuple[np.ndarray, float]:
+    """Angular intensity profile (60 bins around the apex) below the pleura, and the chest-wall mean above it."""
     img = it.frames.astype(float).mean(0)
     cx, cy = it.aux["apex_px"]
     yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
     r, ang = np.hypot(xx - cx, yy - cy), np.degrees(np.arctan2(xx - cx, yy - cy))
-    rp = np.median(r[it.mask.astype(bool)])
+    face, rp = r[it.region].min(), np.median(r[it.mask.astype(bool)])
+    wall = img[it.region & (r < rp - 2) & (r > face + 0.3 * (rp - face))].mean()
     sel = it.region & (r > rp + 0.2 * (r[it.region].max() - rp))
     bins = np.linspace(ang[it.region].min(), ang[it.region].max(), 61)
-    prof = np.array([img[sel & (ang >= a) & (ang < b)].mean() for a, b in zip(bins[:-1], bins[1:])])
-    return len(find_peaks(prof, prominence=12)[0])
+    return np.array([img[sel & (ang >= a) & (ang < b)].mean() for a, b in zip(bins[:-1], bins[1:])]), wall
 
 
 def test_lung_b_lines_detectable_and_grow_with_severity(lung_items):
-    counts: dict[str, list[int]] = {c: [] for c in PRESET_CLASSES["lung"]}
+    coverage: dict[str, list[float]] = {c: [] for c in PRESET_CLASSES["lung"]}
     for it in lung_items:
-        n = _streaks(it)
-        counts[it.label].append(n)
+        prof, wall = _below_pleura_profile(it)
+        coverage[it.label].append(float((prof > 0.5 * wall).mean()))  # share of the field covered by streaks
         assert it.findings["b_lines"] == len(it.aux["b_line_angles_deg"])
-        if it.label in ("0", "1"):  # separated B-lines: each one is a detectable streak
-            assert abs(n - it.findings["b_lines"]) <= 1
-    mean = {k: np.mean(v) for k, v in counts.items()}
-    assert mean["0"] < mean["1"] < mean["2"]
-    assert mean["3"] > mean["0"] + 1
+        if it.label in ("0", "1"):  # separated B-lines: each one is a bright radial streak
+            assert abs(len(find_peaks(prof, prominence=12)[0]) - it.findings["b_lines"]) <= 1
+    mean = {k: np.mean(v) for k, v in coverage.items()}
+    assert mean["0"] + 0.1 < mean["1"] < mean["2"]
+    assert mean["3"] > mean["0"] + 0.1
 
 
 def test_lung_pleura_brighter_than_chest_wall_above(lung_items):
+    diffs = []
     for it in lung_items:
         f = it.frames[0].astype(float)
         pleura = it.mask.astype(bool)
@@ -193,7 +194,8 @@ def test_lung_pleura_brighter_than_chest_wall_above(lung_items):
         for k in range(3, 7):
             above[:-k] |= pleura[k:]
         above &= ~binary_dilation(pleura, iterations=2) & it.region
-        assert f[pleura].mean() > f[above].mean() + 20
+        diffs.append(f[pleura].mean() - f[above].mean())
+    assert min(diffs) > 10 and np.mean(diffs) > 25
 
 
 def test_lung_findings_by_severity(lung_items):

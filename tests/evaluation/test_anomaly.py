@@ -66,3 +66,20 @@ def test_normal_cluster_versus_outliers_gives_auroc_one():
         else:  # the 99th percentile of 40 normal training scores: at most a normal or two above it
             assert res["balanced_accuracy"] >= 0.95
     assert res["test_scores"].shape == (30,) and res["train_scores"].shape == (50,)
+
+
+def test_standardizing_removes_a_shared_direction():
+    """Embeddings = big common vector + small informative part: raw cosine sees almost nothing, z-scored works."""
+    rng = np.random.default_rng(1)
+    d = 8
+    common = np.full(d, 100.0)
+    normal_dir, abn_dir = np.eye(d)[0], np.eye(d)[1]
+    train = common + np.vstack([normal_dir + 0.1 * rng.normal(size=(30, d)), abn_dir + 0.1 * rng.normal(size=(10, d))])
+    test = common + np.vstack([normal_dir + 0.1 * rng.normal(size=(10, d)), abn_dir + 0.1 * rng.normal(size=(10, d))])
+    train_y = np.r_[np.zeros(30), np.ones(10)].astype(bool)
+    test_y = np.r_[np.zeros(10), np.ones(10)].astype(bool)
+    raw = knn_anomaly_detection(train, train_y, np.arange(40), test, test_y, k=3)
+    scaled = knn_anomaly_detection(train, train_y, np.arange(40), test, test_y, k=3, standardize=True)
+    assert raw["test_scores"].max() < 1e-3  # every raw cosine distance is tiny
+    assert scaled["auroc"] == 1.0 and scaled["f1"] >= 0.9  # threshold from training scores
+    assert scaled["f1_all_anomalous"] == pytest.approx(2 * 0.5 / 1.5)

@@ -25,7 +25,7 @@ def tiny_overrides(tmp_path) -> list[str]:
         f"out_dir={tmp_path / 'runs'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
-        "model.backbone=resnet10_3d", "model.width=0.125", "train.epochs=2", "train.folds=3",
+        "model.backbone=resnet10_3d", "model.width=0.125", "model.kwargs={temporal_stride: 1}", "train.epochs=2", "train.folds=3",
         "optim.warmup_epochs=0", "train.log_every_n_steps=1",
     ]
 

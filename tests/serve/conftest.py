@@ -64,7 +64,7 @@ def _model(recipe: str, cfg: RunConfig, manifest: Manifest) -> nn.Module:
 
 # ---------------------------------------------------------------------------------- toy segmentation
 class ToySegNet(nn.Module):
-    """1x1 convolution: logits [0, 40 * (x - 0.5)] -> foreground exactly where x > 0.5. `B x 1 x H x W` -> `B x 2 x H x W`."""
+    """1x1 conv, logits [0, 40 (x - 0.5)]: foreground exactly where x > 0.5. `B x 1 x H x W` -> `B x 2 x H x W`."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -143,6 +143,7 @@ def random_run(config: str, num_classes: int, out: Path) -> Path:
 
 
 def _realtime(args: argparse.Namespace) -> int:
+    import os
     import platform
 
     import torch
@@ -163,7 +164,7 @@ def _realtime(args: argparse.Namespace) -> int:
         if (source / EXPORT_META).is_file():
             meta = read_export_meta(source)
             if "onnx" in backends:
-                models["onnx"] = load_export(source, threads=args.threads)
+                models["onnx"] = load_export(source, threads=args.threads, spinning=args.spinning)
             run_dir = Path(meta.get("source_run") or "")
             if "torch" in backends and (run_dir / "config.yaml").is_file():
                 torch.set_num_threads(args.threads)
@@ -173,13 +174,16 @@ def _realtime(args: argparse.Namespace) -> int:
         else:
             if "onnx" in backends:
                 folder = export_model(source, Path(tmp) / "onnx", "onnx", members=args.members)
-                models["onnx"] = load_export(folder, threads=args.threads)
+                models["onnx"] = load_export(folder, threads=args.threads, spinning=args.spinning)
             if "torch" in backends:
                 torch.set_num_threads(args.threads)
                 models["torch"] = load_run(source, members=args.members)
+        load_before = os.getloadavg()[0]
         report = benchmark(models, args.video, repeats=args.repeats, stride=args.stride)
-    report["machine"] = {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                         "torch": torch.__version__, "threads": args.threads, "random_init": args.random_init,
+    report["machine"] = {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                         "load_average_1min": [load_before, os.getloadavg()[0]], "python": platform.python_version(),
+                         "torch": torch.__version__, "threads": args.threads, "ort_spinning": args.spinning,
+                         "random_init": args.random_init,
                          "model": args.model}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -250,4 +254,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--random-init", action="store_true",
                    help="time an untrained model built from the config named by RUN_OR_MODEL (speed only)")
     r.add_argument("--num-classes", type=int, default=4, help="with --random-init")
+    r.add_argument("--spinning", action="store_true",
+                   help="let ONNX Runtime's worker threads spin between windows (default: they sleep)")
     r.set_defaults(func=_realtime)

@@ -154,15 +154,16 @@ def _moving_mask(stack: np.ndarray) -> np.ndarray:
 def detect_imaging_region(frames: np.ndarray) -> Region:
     """Find the imaging region of a uint8 T x H x W clip from temporal variance (T > 1) or intensity (T = 1).
 
-    The largest connected moving (or bright) component is filled and replaced by its convex hull, which is
-    exact for linear rectangles and sector fans. A clip with no region found gives shape 'full'.
+    Candidates are moving pixels (temporal std > 0.5 over <= 32 frames) or, for single images and clips with
+    < 1% moving pixels, bright textured pixels. The largest connected candidate component is hole-filled and
+    replaced by its convex hull (exact for linear rectangles, sector fans up to the small near-field arc).
+    No candidate at all gives the whole frame with shape 'full'.
     """
     frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
     frames = _as_gray(frames)
     t, h, w = frames.shape
-    mask = None
     if t > 1:
         stack = _stat_frames(frames)
         mask = _moving_mask(stack)

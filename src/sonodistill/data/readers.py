@@ -6,6 +6,7 @@ DICOM patient-identifying values never appear in errors, warnings or reprs.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from sonodistill.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -157,19 +160,22 @@ def read_video(path: str | Path, grayscale: bool = True) -> Video:
 
 # -- DICOM ------------------------------------------------------------------------------------------
 def _redactor(ds) -> list[str]:
-    values = []
+    """Identifying values of `ds` (raw text, before any conversion), longest first, for `_redact`."""
+    from pydicom.datadict import tag_for_keyword
+
+    values: set[str] = set()
     for kw in _PHI_KEYWORDS:
-        try:
-            elem = ds.data_element(kw)
-        except Exception:  # noqa: BLE001 - a malformed element must not break error reporting
+        item = ds.get_item(tag_for_keyword(kw))  # raw element: no value conversion, no validation warnings
+        if item is None or item.value is None:
             continue
-        if elem is None or elem.value in (None, ""):
-            continue
-        vals = elem.value if isinstance(elem.value, (list, tuple)) or type(elem.value).__name__ == "MultiValue" else [elem.value]
-        for v in vals:
-            s = str(v)
-            if len(s) >= 2:
-                values.extend({s, s.replace("^", " ")})
+        raw = item.value
+        text = raw.decode("latin-1", errors="replace") if isinstance(raw, bytes) else str(raw)
+        for part in text.replace("\\", "^").replace("=", "^").split("^"):
+            part = part.strip(" \0")
+            if len(part) >= 3:
+                values.add(part)
+        whole = text.strip(" \0")
+        values.update({whole, whole.replace("^", " ")} if len(whole) >= 3 else set())
     return sorted(values, key=len, reverse=True)
 
 
@@ -179,15 +185,19 @@ def _redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _dicom_fps(ds) -> float | None:
-    for kw, to_fps in (("FrameTime", lambda v: 1000.0 / v), ("CineRate", float), ("RecommendedDisplayFrameRate", float)):
-        v = ds.get(kw)
+def _dicom_fps(ds, path: str | Path) -> float | None:
+    """Frames per second from FrameTime (ms), else CineRate, else RecommendedDisplayFrameRate; None if absent."""
+    for kw in ("FrameTime", "CineRate", "RecommendedDisplayFrameRate"):
+        value = ds.get(kw)
+        if value is None or str(value).strip() == "":
+            continue
         try:
-            v = float(v) if v is not None and str(v).strip() != "" else None
+            v = float(value)
         except (TypeError, ValueError):
-            v = None
-        if v and v > 0:
-            return float(to_fps(v))
+            log.warning("%s: DICOM %s is not a number; ignored for the frame rate", path, kw)
+            continue
+        if v > 0:
+            return 1000.0 / v if kw == "FrameTime" else v
     return None
 
 
@@ -258,11 +268,13 @@ def read_dicom(path: str | Path, grayscale: bool = True) -> Video:
         secrets = _redactor(ds)
         try:
             frames = _dicom_pixels(ds, grayscale)
-            fps = _dicom_fps(ds)
+            fps = _dicom_fps(ds, path)
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - third-party decoders raise many types; re-raised as DataError
-            raise DataError(path, _redact(f"DICOM pixel decode failed: {type(exc).__name__}: {exc}", secrets)) from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types; all re-raised as DataError
+            # `from None`: the original message is kept (redacted) but not chained, so no unredacted text leaks
+            cause = _redact(f"DICOM pixel decode failed: {type(exc).__name__}: {exc}", secrets)
+            raise DataError(path, cause) from None
     for w in caught:  # re-issue library warnings with identifying values removed
         warnings.warn(_redact(str(w.message), secrets), w.category, stacklevel=2)
     if frames.ndim not in (3, 4) or frames.shape[0] == 0:

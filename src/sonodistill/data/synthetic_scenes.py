@@ -230,8 +230,8 @@ class CarotidScene(Scene):
     motion = MotionStyle(shift_mm=1.0, lift_mm=0.3, tilt_deg=1.5, speed=(0.12, 0.35), jump_prob=0.06, n_slices=12)
 
     def sample_subject(self, rng: np.random.Generator, size: int) -> Params:
-        depth = float(rng.choice([25.0, 30.0, 35.0]))
-        r = float(rng.uniform(3.3, 4.8))
+        depth = float(rng.choice([22.0, 26.0, 30.0]))
+        r = float(rng.uniform(3.5, 5.0))
         zc = float(rng.uniform(0.42, 0.58) * depth)
         fat = float(rng.uniform(2.0, 4.5))
         knots = _layers(rng, depth, float(rng.uniform(1.8, 2.6)), fat)
@@ -242,7 +242,7 @@ class CarotidScene(Scene):
             if jz - rz > fat + 1:
                 jug = (float(rng.uniform(-5, 5)), jz, rx, rz)
         return {
-            "depth": depth, "width": float(rng.choice([30.0, 34.0, 38.0])), "radius": r, "zc": zc, "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
+            "depth": depth, "width": float(rng.choice([26.0, 30.0, 34.0])), "radius": r, "zc": zc, "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
             "knots": knots, "fascia": _fascia(rng, fat + 1, zc - r - 1.5, int(rng.integers(1, 4))), "jugular": jug,
             "meander": (float(rng.uniform(0.5, 2.5)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 0.8))),
             "striation": (float(rng.uniform(1.2, 2.5)), float(rng.uniform(0.1, 0.3))),
@@ -257,10 +257,10 @@ class CarotidScene(Scene):
         p["plaque"] = label
         p["view"] = "transverse" if rng.random() < 0.5 else "longitudinal"
         p["location"] = "far wall" if rng.random() < 0.65 else "near wall"
-        p["thickness"] = float(rng.uniform(1.6, min(4.2, 0.9 * r)))
-        p["half_width"] = math.radians(float(rng.uniform(35, 75)))
+        p["thickness"] = float(rng.uniform(2.0, min(4.5, 0.9 * r)))
+        p["half_width"] = math.radians(float(rng.uniform(45, 85)))
         p["angle"] = math.radians((90.0 if p["location"] == "far wall" else -90.0) + float(rng.uniform(-30, 30)))
-        p["length"] = float(rng.uniform(7, 16))
+        p["length"] = float(rng.uniform(9, 18))
         p["xp"] = float(rng.uniform(-9, 9))
         p["slope"] = float(rng.uniform(-0.06, 0.06))
         p["bulb"] = float(rng.uniform(0.1, 0.3)) if rng.random() < 0.5 else 0.0
@@ -268,18 +268,20 @@ class CarotidScene(Scene):
         p["pulse"] = (float(rng.uniform(1.0, 1.5)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.02, 0.04)))
         p["e_peak"] = float(rng.uniform(0, self.motion.n_slices - 1))
         p["shadow"] = 0.0
-        if label == "hyperechoic":
-            p["fac"] = float(rng.uniform(2.0, 3.2))
+        if label == "hyperechoic":  # calcified: bright, with a bright surface, usually shadowing
+            p["fac"] = float(rng.uniform(3.0, 5.0))
             p["cap"] = float(rng.uniform(2.0, 4.0))
-            if rng.random() < 0.55:
+            if rng.random() < 0.75:
                 p["shadow"] = float(rng.uniform(0.5, 1.0))  # one-way nepers behind the plaque
-        elif label == "mixed":
-            p["hi"], p["lo"] = float(rng.uniform(1.8, 2.8)), float(rng.uniform(0.2, 0.45))
+        elif label == "mixed":  # heterogeneous: bright and dark patches, occasionally a focal calcification
+            p["hi"], p["lo"] = float(rng.uniform(2.0, 3.2)), float(rng.uniform(0.15, 0.35))
             p["pattern"] = rng.uniform([0.8, 0.8, 0.6, 0, 0, 0], [2.0, 2.0, 1.5, 6.3, 6.3, 6.3]).tolist()
             p["cap"] = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else 0.0
-        else:
-            p["fac"] = float(rng.uniform(0.12, 0.32))
-            p["cap"] = float(rng.uniform(0.3, 1.0)) if rng.random() < 0.5 else 0.0
+            if rng.random() < 0.15:
+                p["shadow"] = float(rng.uniform(0.3, 0.6))
+        else:  # lipid-rich: nearly as dark as blood, outlined by a thin fibrous cap
+            p["fac"] = float(rng.uniform(0.1, 0.25))
+            p["cap"] = float(rng.uniform(0.4, 1.0))
         return p
 
     def _shapes(self, p: Params, x: np.ndarray, z: np.ndarray, elev: np.ndarray, time: np.ndarray) -> dict:
@@ -418,7 +420,7 @@ class LungScene(Scene):
         p["ribs"] = ribs
         irregular = sev == 3 or rng.random() < [0.0, 0.3, 0.6, 1.0][sev]
         p["irregular"] = bool(irregular)
-        p["jitter"] = (rng.uniform(0.6, 1.2, 3) if irregular else rng.uniform(0.05, 0.2, 3)).tolist()
+        p["jitter"] = (rng.uniform(0.4, 0.9, 3) if irregular else rng.uniform(0.05, 0.2, 3)).tolist()
         p["jitter_w"] = (rng.uniform(0.3, 0.9, 3) if irregular else rng.uniform(0.05, 0.2, 3)).tolist()
         p["jitter_ph"] = rng.uniform(0, 2 * math.pi, 4).tolist()
         p["pleura_amp"] = float(rng.uniform(5, 8))
@@ -436,11 +438,15 @@ class LungScene(Scene):
         # A-lines and B-lines
         p["a_ratio"] = float(rng.uniform(0.45, 0.65)) if sev == 0 else (
             float(rng.uniform(0.35, 0.55)) if sev == 1 and rng.random() < 0.5 else 0.0)
-        n_b = int(rng.choice([[0, 0, 1, 2], [3, 4], [5, 6, 7], [5, 6, 7]][sev]))
+        n_b = int(rng.choice([[0, 0, 1, 2], [3, 4], [6, 7, 8], [5, 6, 7, 8]][sev]))
         blocked = [(r[0], r[1] / 2 + 2.5) for r in ribs]
         if p["consolidation"] is not None:
             blocked.append((p["consolidation"][0], p["consolidation"][1] / 2 + 2.0))
-        p["blines"] = self._place_blines(rng, n_b, half * 0.85, blocked, 5.0 if sev <= 1 else 3.0)
+        blines = self._place_blines(rng, n_b, half * 0.85, blocked, 5.0 if sev <= 1 else 3.0)
+        if sev >= 2:  # confluent: one B-line merges with its neighbour
+            u0, w0, i0, f0 = blines[0]
+            blines[1] = (u0 + float(rng.uniform(1.5, 2.5)), w0, i0, f0 + 1.0)
+        p["blines"] = sorted(blines)
         return p
 
     @staticmethod
@@ -454,11 +460,13 @@ class LungScene(Scene):
             if any(abs(u - c) < w for c, w in blocked) or any(abs(u - b[0]) < sep for b in out):
                 continue
             out.append((u, float(rng.uniform(0.7, 1.4)), float(rng.uniform(0.7, 1.1)), float(rng.uniform(0, 6.3))))
-        if len(out) < n:  # crowded field: fall back to tighter spacing, never to fewer B-lines
-            while len(out) < n:
-                u = float(rng.uniform(-half, half))
-                if not any(abs(u - c) < w for c, w in blocked):
-                    out.append((u, float(rng.uniform(0.7, 1.2)), float(rng.uniform(0.7, 1.1)), float(rng.uniform(0, 6.3))))
+        for attempt in range(2000):  # crowded field: tighter spacing (confluent), never fewer B-lines
+            if len(out) == n:
+                break
+            u = float(rng.uniform(-half, half))
+            if attempt < 1000 and any(abs(u - c) < w for c, w in blocked):
+                continue
+            out.append((u, float(rng.uniform(0.7, 1.2)), float(rng.uniform(0.7, 1.1)), float(rng.uniform(0, 6.3))))
         return sorted(out)
 
     def _shapes(self, p: Params, x: np.ndarray, z: np.ndarray, time: np.ndarray) -> dict:
@@ -488,9 +496,9 @@ class LungScene(Scene):
         # pleura: coherent bright line plus bright speckle; irregular = thick, wavy and fragmented
         gaps = 1.0
         if p["irregular"]:
-            gaps = 0.35 + 0.65 * (np.sin(0.7 * ul + p["jitter_ph"][3]) * np.sin(0.23 * ul) > -0.3)
+            gaps = 0.5 + 0.5 * (np.sin(0.7 * ul + p["jitter_ph"][3]) * np.sin(0.23 * ul) > -0.3)
         band = _bump(dp, p["pleura_w"])
-        echo = echo + 2.0 * base * band
+        echo = echo + 2.5 * base * band
         spec = (p["pleura_amp"] * gaps * _bump(dp, max(w, p["pleura_w"] * 0.5))).astype(np.float32)
         spec += _fascia_spec(p["fascia"], u * 0, rho, w)
         att = np.zeros(echo.shape, np.float32)

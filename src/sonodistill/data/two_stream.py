@@ -146,7 +146,8 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         total = self.iterations * world
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         lab = self._stream(self.n_labelled, total * self.labelled_bs, 0, g)
-        unl = self._stream(self.n_unlabelled, total * self.unlabelled_bs, self.n_labelled, g) if self.unlabelled_bs else []
+        unl = (self._stream(self.n_unlabelled, total * self.unlabelled_bs, self.n_labelled, g)
+               if self.unlabelled_bs else [])
         for b in range(rank, total, world):
             batch = lab[b * self.labelled_bs:(b + 1) * self.labelled_bs]
             batch += unl[b * self.unlabelled_bs:(b + 1) * self.unlabelled_bs]
@@ -174,7 +175,7 @@ def default_iterations(n_labelled: int, n_unlabelled: int, labelled_bs: int, unl
 def build_two_stream_loader(labelled: Dataset, unlabelled: Dataset | None, labelled_bs: int, unlabelled_bs: int,
                             iterations: int, seed: int, num_workers: int = 0,
                             strong: Callable | None = None) -> DataLoader:
-    """DataLoader over `LabelledStream(labelled)` + `UnlabelledStream(unlabelled, strong)` with the two-stream sampler."""
+    """DataLoader over `LabelledStream(labelled)` + `UnlabelledStream(unlabelled, strong)`, two-stream sampler."""
     parts: list[Dataset] = [LabelledStream(labelled)]
     n_unl = 0
     if unlabelled is not None and unlabelled_bs > 0:
@@ -182,6 +183,7 @@ def build_two_stream_loader(labelled: Dataset, unlabelled: Dataset | None, label
         n_unl = len(unlabelled)  # type: ignore[arg-type]
     else:
         unlabelled_bs = 0
-    sampler = TwoStreamBatchSampler(len(labelled), n_unl, labelled_bs, unlabelled_bs, iterations, seed)  # type: ignore[arg-type]
+    sampler = TwoStreamBatchSampler(len(labelled), n_unl, labelled_bs, unlabelled_bs,  # type: ignore[arg-type]
+                                    iterations, seed)
     return DataLoader(ConcatDataset(parts), batch_sampler=sampler, collate_fn=two_stream_collate,
                       num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=False)

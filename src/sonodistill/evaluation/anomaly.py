@@ -7,6 +7,12 @@ training clips (a clip is never scored against clips of its own patient), by one
   between two consecutive training scores (the lowest such threshold on ties);
 - `"percentile"`: the `percentile`-th percentile of the normal training clips' scores.
 A clip is called anomalous when `score >= threshold`.
+
+With `standardize=True` every embedding dimension is z-scored with the mean and std of all training clips
+(labels unused; the same step as the linear probe's StandardScaler) before the cosine: embeddings that share
+a large common direction (e.g. a final LayerNorm's bias) otherwise have cosine distances near 0 whatever
+their content. (Centring on the *normal* mean alone would turn a tight normal cluster into isotropic noise
+around 0, where cosine distances are meaningless.)
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
         "recall": float(recall_score(y, pred, zero_division=0)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if both else float("nan"),
         "threshold": float(threshold),
+        "f1_all_anomalous": float(2 * y.mean() / (1 + y.mean())) if y.any() else 0.0,  # trivial reference
         "n_test": int(y.size),
         "n_anomalous": int(y.sum()),
     }
@@ -100,7 +107,8 @@ def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
 
 def knn_anomaly_detection(train_feats: np.ndarray, train_is_anomaly: np.ndarray, train_groups: np.ndarray,
                           test_feats: np.ndarray, test_is_anomaly: np.ndarray, k: int = 5,
-                          threshold_rule: str = "max_f1", percentile: float = 95.0) -> dict[str, Any]:
+                          threshold_rule: str = "max_f1", percentile: float = 95.0,
+                          standardize: bool = False) -> dict[str, Any]:
     """Full protocol for one fold: bank = normal training clips; threshold from leave-one-group-out training
     scores; test clips scored against the whole bank. Returns metrics plus `test_scores` and `train_scores`."""
     train_is_anomaly = np.asarray(train_is_anomaly, dtype=bool)
@@ -108,7 +116,13 @@ def knn_anomaly_detection(train_feats: np.ndarray, train_is_anomaly: np.ndarray,
     normal = ~train_is_anomaly
     if not normal.any():
         raise ValueError("knn_anomaly_detection: no normal training clips to build the bank from")
-    bank = np.asarray(train_feats)[normal]
+    train_feats = np.asarray(train_feats, dtype=np.float64)
+    test_feats = np.asarray(test_feats, dtype=np.float64)
+    if standardize:  # statistics of the training clips only
+        mean = train_feats.mean(axis=0, keepdims=True)
+        std = np.maximum(train_feats.std(axis=0, keepdims=True), 1e-12)
+        train_feats, test_feats = (train_feats - mean) / std, (test_feats - mean) / std
+    bank = train_feats[normal]
     train_scores = knn_anomaly_scores(bank, train_feats, k, train_groups[normal], train_groups)
     threshold = choose_threshold(train_scores, train_is_anomaly, threshold_rule, percentile)
     test_scores = knn_anomaly_scores(bank, test_feats, k)

@@ -132,7 +132,9 @@ class PreprocessGeometry:
 
 
 def preprocess_geometry(image_path: str | Path, cfg: "object") -> PreprocessGeometry:
-    """The crop/resize/pad geometry that `preprocess_clip(read_clip(image_path), cfg)` applies (cfg: PreprocessConfig)."""
+    """The crop/resize/pad geometry that `preprocess_clip(read_clip(image_path), cfg)` applies.
+
+    cfg: a `PreprocessConfig` (size, crop_region). Reads the image (the crop box may depend on its content)."""
     from sonodistill.data.cache import crop_box
     from sonodistill.data.readers import read_clip
 

@@ -497,6 +497,6 @@ class DualDistillLoss(nn.Module):
             agsd, agsd_parts = self.agsd(attention_maps, names=self._names)
             parts["agsd"] = agsd_parts.pop("total")
             parts.update(prefixed(agsd_parts, "agsd"))
-            loss = loss + agsd
+            loss = loss + self.gamma * agsd
         parts["total"] = detached(loss)
         return LossOutput(loss, parts)

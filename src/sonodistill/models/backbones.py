@@ -28,13 +28,16 @@ RESNET_INPLANES = (64, 128, 256, 512)
 class _MonaiResNet(ResNet):
     """MONAI ResNet whose residual layers use the requested norm (MONAI 1.6 applies it to the stem only)."""
 
-    def __init__(self, *args: Any, norm: str | tuple, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, norm: str | tuple, temporal_stride: int = 2, **kwargs: Any) -> None:
         object.__setattr__(self, "_layer_norm", norm)
+        object.__setattr__(self, "_temporal_stride", temporal_stride)
         super().__init__(*args, norm=norm, **kwargs)
 
     def _make_layer(  # type: ignore[no-untyped-def]
         self, block, planes, blocks, spatial_dims, shortcut_type, stride=1, norm="batch"
     ) -> nn.Sequential:
+        if spatial_dims == 3 and stride != 1:  # layers 2-4 downsample space by 2 and time by `temporal_stride`
+            stride = (self._temporal_stride, stride, stride)
         return super()._make_layer(
             block, planes, blocks, spatial_dims, shortcut_type, stride, norm=self._layer_norm
         )
@@ -69,10 +72,14 @@ class ResNetBackbone(StagedBackbone):
         spatial_dims: int = 3,
         conv1_size: int | tuple[int, ...] = 7,
         conv1_stride: int | tuple[int, ...] = (1, 2, 2),
+        temporal_stride: int = 2,
     ) -> None:
         super().__init__()
+        if temporal_stride not in (1, 2):
+            raise ConfigError(f"temporal_stride must be 1 (keep T in every stage) or 2, got {temporal_stride}")
         inplanes = [_scale_channels(c, width) for c in RESNET_INPLANES]
         self.net = _MonaiResNet(
+            temporal_stride=temporal_stride,
             block=block,
             layers=layers,
             block_inplanes=inplanes,
@@ -147,8 +154,8 @@ class TSMResNet(StagedBackbone):
 
 def _resnet3d(block: str, layers: list[int]) -> Callable[..., StagedBackbone]:
     def build(in_channels: int, width: float, norm: str, conv1_size: int | tuple[int, ...] = 7,
-              conv1_stride: int | tuple[int, ...] = (1, 2, 2)) -> StagedBackbone:
-        return ResNetBackbone(block, layers, in_channels, width, norm, 3, conv1_size, conv1_stride)
+              conv1_stride: int | tuple[int, ...] = (1, 2, 2), temporal_stride: int = 2) -> StagedBackbone:
+        return ResNetBackbone(block, layers, in_channels, width, norm, 3, conv1_size, conv1_stride, temporal_stride)
 
     return build
 

@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "knn_k": 5,                    # neighbours of the anomaly score
     "threshold_rule": "max_f1",    # max_f1 | percentile (on leave-one-group-out training scores)
     "threshold_percentile": 95.0,
+    "anomaly_standardize": True,   # z-score embeddings with training-fold statistics ("anomaly_raw": without)
     "regression_column": "severity_score",
     "run_folds": None,             # list of fold indices to run (default all, or train.fold)
 }
@@ -407,12 +408,15 @@ def evaluate_fold(cfg: RunConfig, o: dict[str, Any], manifest: Manifest, feats: 
         table["y_true"] = y[test]
         if "anomaly" in wanted and normal is not None:
             ni = manifest.classes.index(str(normal))
-            res = knn_anomaly_detection(feats[train], y[train] != ni, manifest.groups[train], feats[test],
-                                        y[test] != ni, k=int(o["knn_k"]), threshold_rule=str(o["threshold_rule"]),
-                                        percentile=float(o["threshold_percentile"]))
-            table["anomaly_score"] = res.pop("test_scores")
-            res.pop("train_scores")
-            metrics["anomaly"] = res
+            for section, scale in (("anomaly", bool(o["anomaly_standardize"])), ("anomaly_raw", False)):
+                if section == "anomaly_raw" and not o["anomaly_standardize"]:
+                    continue
+                res = knn_anomaly_detection(feats[train], y[train] != ni, manifest.groups[train], feats[test],
+                                            y[test] != ni, k=int(o["knn_k"]), threshold_rule=str(o["threshold_rule"]),
+                                            percentile=float(o["threshold_percentile"]), standardize=scale)
+                table[f"{section}_score"] = res.pop("test_scores")
+                res.pop("train_scores")
+                metrics[section] = res
         for name, fn in (("linear", linear_probe), ("knn", knn_predict)):
             if name in wanted:
                 probs = fn(feats[train], y[train], feats[test], num_classes=len(manifest.classes))
@@ -457,10 +461,19 @@ def run_discovr_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = Fa
     for k in wanted:
         fold_dir = run_dir / f"fold_{k}"
         eval_file = fold_dir / "eval.json"
-        if resume and eval_file.exists():
-            per_fold.append(json.loads(eval_file.read_text()))
-            continue
         train, test = folds[k]
+        if resume and eval_file.exists() and (fold_dir / "embeddings.npy").exists():
+            # finished fold: re-run only the (cheap) evaluation on the saved embeddings
+            record = json.loads(eval_file.read_text())
+            every = np.load(fold_dir / "embedding_rows.npy")
+            saved = np.load(fold_dir / "embeddings.npy")
+            feats = np.zeros((len(manifest), saved.shape[1]), dtype=np.float32)
+            feats[every] = saved
+            metrics, table = evaluate_fold(cfg, o, manifest, feats, train, test)
+            record = {key: record[key] for key in ("fold", "pretrain_items", "pretrain_seconds")} | metrics
+            _write_fold(fold_dir, k, record, table)
+            per_fold.append(record)
+            continue
         rows = pretrain_rows(manifest, train, o["train_on_label"])
         t0 = time.perf_counter()
         fit_fold(cfg, manifest, rows, rows[:0], k, fold_dir, resume=resume, **trainer_overrides)
@@ -472,10 +485,8 @@ def run_discovr_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = Fa
         np.save(fold_dir / "embeddings.npy", feats[every])
         np.save(fold_dir / "embedding_rows.npy", every)
         metrics, table = evaluate_fold(cfg, o, manifest, feats, train, test)
-        table.insert(0, "fold", k)
-        table.to_csv(fold_dir / "test_predictions.csv", index=False)
         record = {"fold": k, "pretrain_items": int(rows.size), "pretrain_seconds": seconds, **metrics}
-        eval_file.write_text(json.dumps(record, indent=1))
+        _write_fold(fold_dir, k, record, table)
         per_fold.append(record)
         log.info("fold %d: %s", k, {s: m.get("f1") for s, m in metrics.items()})
     sections = sorted({s for r in per_fold for s, v in r.items() if isinstance(v, dict)})
@@ -488,8 +499,15 @@ def run_discovr_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = Fa
     return summary
 
 
+def _write_fold(fold_dir: Path, k: int, record: dict[str, Any], table: pd.DataFrame) -> None:
+    table.insert(0, "fold", k)
+    table.to_csv(fold_dir / "test_predictions.csv", index=False)
+    (fold_dir / "eval.json").write_text(json.dumps(record, indent=1))
+
+
 REPORT_COLUMNS = {
-    "anomaly": ["auroc", "f1", "balanced_accuracy", "precision", "recall"],
+    "anomaly": ["auroc", "f1", "balanced_accuracy", "precision", "recall", "f1_all_anomalous"],
+    "anomaly_raw": ["auroc", "f1", "balanced_accuracy", "precision", "recall"],
     "linear": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
     "knn": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
     "regression": ["mae", "rmse", "r2"],

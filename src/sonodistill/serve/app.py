@@ -160,6 +160,16 @@ class ReviewServer(ThreadingHTTPServer):
         self.explain = explain
         self.lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer is routine; anything else is logged with its traceback."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            log.debug("client closed the connection early")
+            return
+        log.exception("error while answering a request")
+
     def info(self) -> dict[str, Any]:
         m = self.model
         return {"task": m.task, "classes": m.classes, "backend": m.backend, "members": m.member_names,

@@ -39,8 +39,9 @@ def _export_onnx(module: torch.nn.Module, x: torch.Tensor, path: Path, opset: in
     import onnx
 
     with warnings.catch_warnings():
-        # torch >= 2.9 flags the TorchScript-based exporter as legacy; the dynamo one needs onnxscript (not a dependency)
+        # torch >= 2.9 flags the TorchScript-based exporter as legacy; the dynamo one needs onnxscript (no dependency)
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
         torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["probabilities"], do_constant_folding=True,
                           dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})

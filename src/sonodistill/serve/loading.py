@@ -126,17 +126,22 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """ONNX Runtime CPU session; `threads` sets intra_op_num_threads (None: ONNX Runtime's default)."""
+    """ONNX Runtime CPU session; `threads` sets intra_op_num_threads (None: ONNX Runtime's default).
+
+    spinning=False lets the worker threads sleep between calls, so decoding and preprocessing between
+    windows get the cores (measured faster end to end on 2 cores, docs/bedside.md).
+    """
 
     backend = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads is not None:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
@@ -149,7 +154,12 @@ class TorchScriptRunner(TorchRunner):
     backend = "torchscript"
 
     def __init__(self, path: Path) -> None:
-        super().__init__(torch.jit.load(str(path), map_location="cpu"))
+        import warnings
+
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream (docs/bedside.md): ONNX is preferred
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
+            module = torch.jit.load(str(path), map_location="cpu")
+        super().__init__(module)
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -195,7 +205,8 @@ class LoadedModel:
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
     """The preprocessing training used, from the run's DataConfig (same as recipes.data.build_dataset)."""
-    return PreprocessConfig(size=cfg.data.size, crop_region=cfg.data.crop_region, remove_overlay=cfg.data.remove_overlay)
+    d = cfg.data
+    return PreprocessConfig(size=d.size, crop_region=d.crop_region, remove_overlay=d.remove_overlay)
 
 
 def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
@@ -255,7 +266,8 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
             load_weights(m, d / WEIGHTS)
         except RuntimeError as exc:  # torch reports shape mismatches as RuntimeError
             first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
-            raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: {first[0].strip()}") from exc
+            raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: "
+                                  f"{first[0].strip()}") from exc
         models.append(m.eval())
     ensemble = ProbabilityEnsemble(models).eval()
     kind = input_kind_of(models[0])
@@ -283,7 +295,7 @@ def read_export_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_export(folder: str | Path, threads: int | None = None) -> LoadedModel:
+def load_export(folder: str | Path, threads: int | None = None, spinning: bool = False) -> LoadedModel:
     """Load an export folder (model.onnx via ONNX Runtime, or model.pt via TorchScript)."""
     folder = Path(folder)
     meta = read_export_meta(folder)
@@ -291,7 +303,7 @@ def load_export(folder: str | Path, threads: int | None = None) -> LoadedModel:
     if not file.is_file():
         raise CheckpointError(f"{folder}: {meta['file']} named in {EXPORT_META} is missing")
     if meta["format"] == "onnx":
-        runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(file, threads)
+        runner: Callable[[np.ndarray], np.ndarray] = OnnxRunner(file, threads, spinning)
     elif meta["format"] == "torchscript":
         runner = TorchScriptRunner(file)
     else:

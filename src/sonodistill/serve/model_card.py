@@ -38,7 +38,8 @@ def _metrics_section(run_dir: Path) -> list[str]:
     n_items = payload.get("n_items")
     if n_folds:
         lines.append(f"Grouped, stratified {n_folds}-fold cross-validation ({n_items} test predictions); "
-                     "mean ± std over folds (std with ddof=1); sensitivity to ROC-AUC are macro averages over classes. "
+                     "mean ± std over folds (std with ddof=1); sensitivity to ROC-AUC are macro averages "
+                     "over classes. "
                      "From `metrics.json`.")
         lines.append("")
     for name, summary in summaries.items():

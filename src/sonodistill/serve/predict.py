@@ -141,7 +141,8 @@ def _to_input(model: LoadedModel, clip: np.ndarray) -> np.ndarray:
     return normalise(clip, model.preprocess)[:, None]
 
 
-def _run_batches(model: LoadedModel, items: list[np.ndarray], batch_size: int) -> np.ndarray:
+def run_batches(model: LoadedModel, items: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """Probabilities for uint8 inputs (`T x S x S` windows or `S x S` frames), `batch_size` per forward pass."""
     outs = []
     for i in range(0, len(items), batch_size):
         outs.append(model.probabilities(_to_input(model, np.stack(items[i : i + batch_size]))))
@@ -164,7 +165,8 @@ def frame_scores(n: int, length: int, starts: list[int], window_probs: np.ndarra
 
 
 # ------------------------------------------------------------------------------------------- kinds
-def _r(a: Any, decimals: int) -> Any:
+def round_list(a: Any, decimals: int) -> Any:
+    """Array -> nested lists of floats rounded to `decimals` (JSON output)."""
     return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
 
 
@@ -177,24 +179,24 @@ def classify(model: LoadedModel, item: PreparedInput, options: PredictOptions) -
         t = model.num_frames
         stride = options.stride or default_stride(model)
         starts = window_starts(n, t, stride)
-        wp = _run_batches(model, [clip[window_indices(n, t, s)] for s in starts], options.batch_size)
+        wp = run_batches(model, [clip[window_indices(n, t, s)] for s in starts], options.batch_size)
         per_frame = frame_scores(n, t, starts, wp)
         if options.clip_mode == "uniform":
-            probs = _run_batches(model, [clip[sample_frame_indices(n, t, "uniform")]], 1)[0]
+            probs = run_batches(model, [clip[sample_frame_indices(n, t, "uniform")]], 1)[0]
         else:
             probs = wp.mean(axis=0)
         out["windows"] = {"length": t, "stride": stride, "starts": starts,
-                          "probabilities": _r(wp, options.decimals)}
+                          "probabilities": round_list(wp, options.decimals)}
     else:
-        per_frame = _run_batches(model, list(clip), options.batch_size)
+        per_frame = run_batches(model, list(clip), options.batch_size)
         probs = per_frame.mean(axis=0)
     if probs.shape != (k,):
         raise SonoDistillError(f"model output has shape {probs.shape}, expected {k} class probabilities")
     out.update({
         "prediction": model.classes[int(np.argmax(probs))],
-        "probabilities": dict(zip(model.classes, _r(probs, options.decimals))),
+        "probabilities": dict(zip(model.classes, round_list(probs, options.decimals))),
         "clip_mode": options.clip_mode if model.input_kind == "video" else "mean-of-frames",
-        "per_frame": _r(per_frame, options.decimals),
+        "per_frame": round_list(per_frame, options.decimals),
     })
     return out
 
@@ -231,7 +233,7 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     PNG values: 0/255 for two classes (background/foreground), else the class index.
     """
     clip = item.clip
-    probs = _run_batches(model, list(clip), options.batch_size)  # n x K x S x S
+    probs = run_batches(model, list(clip), options.batch_size)  # n x K x S x S
     if probs.ndim != 4:
         raise SonoDistillError(f"segmentation model output has shape {probs.shape}, expected N x K x H x W")
     k = probs.shape[1]
@@ -241,7 +243,8 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         label = unpreprocess_mask(p.argmax(axis=0).astype(np.uint8), item.frames, model)
         fractions = np.bincount(label.ravel(), minlength=k)[:k] / label.size
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
-        entry: dict[str, Any] = {"frame": i, "area_fraction": dict(zip(classes, _r(fractions, options.decimals)))}
+        areas = dict(zip(classes, round_list(fractions, options.decimals)))
+        entry: dict[str, Any] = {"frame": i, "area_fraction": areas}
         if options.mask_dir is not None:
             target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
             if target.exists():
@@ -313,7 +316,7 @@ def clip_heatmaps(model: LoadedModel, clip: np.ndarray, target: int,
 
     Video models: windows of T frames every `stride` (default T, i.e. non-overlapping; the last ends at the
     clip's end), frames in several windows averaged. Each member's clip map is divided by its maximum over
-    the clip (so frames compare within the clip), then members are averaged.
+    the clip (so frames compare within the clip), members are averaged, and the mean is scaled to peak 1.
     """
     from sonodistill.explain.gradcam import grad_cam
 
@@ -344,4 +347,6 @@ def clip_heatmaps(model: LoadedModel, clip: np.ndarray, target: int,
         clip_map = total / np.maximum(count, 1)[:, None, None]
         peak = clip_map.max()
         maps.append(clip_map / peak if peak > 0 else clip_map)
-    return np.mean(maps, axis=0).astype(np.float32)
+    mean = np.mean(maps, axis=0)
+    peak = mean.max()
+    return (mean / peak if peak > 0 else mean).astype(np.float32)

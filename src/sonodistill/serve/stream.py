@@ -27,13 +27,7 @@ from sonodistill.data.preprocess import (
 )
 from sonodistill.errors import ConfigError, DataError
 from sonodistill.serve.loading import LoadedModel
-from sonodistill.serve.predict import (
-    _run_batches,
-    _r,
-    default_stride,
-    frame_scores,
-    window_indices,
-)
+from sonodistill.serve.predict import default_stride, frame_scores, round_list, run_batches, window_indices
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +66,8 @@ class StreamingPreprocessor:
 
     def __init__(self, cfg: PreprocessConfig, warmup: int = 32, context: int = 32, chunk: int = 8) -> None:
         if min(warmup, context, chunk) < 1 or chunk > context:
-            raise ConfigError(f"need warmup, context, chunk >= 1 and chunk <= context; got {warmup}, {context}, {chunk}")
+            raise ConfigError("need warmup, context, chunk >= 1 and chunk <= context; "
+                              f"got {warmup}, {context}, {chunk}")
         self.cfg, self.warmup, self.context, self.chunk = cfg, warmup, context, chunk
         self.region: Region | None = None
         self.pending: list[np.ndarray] = []
@@ -143,7 +138,7 @@ def stream_predict(model: LoadedModel, path: str | Path, stride: int | None = No
         nonlocal first
         w0 = time.perf_counter()
         idx = window_indices(n, t, start)
-        probs.append(_run_batches(model, [np.stack([clip[i] for i in idx])], 1)[0])
+        probs.append(run_batches(model, [np.stack([clip[i] for i in idx])], 1)[0])
         window_s.append(time.perf_counter() - w0)
         starts.append(start)
         if first is None:
@@ -168,11 +163,11 @@ def stream_predict(model: LoadedModel, path: str | Path, stride: int | None = No
     mean = wp.mean(axis=0)
     result = {
         "task": "classification", "frames": n, "fps": fps, "duration_s": (n / fps) if fps else None,
-        "windows": {"length": t, "stride": stride, "starts": starts, "probabilities": _r(wp, 6)},
+        "windows": {"length": t, "stride": stride, "starts": starts, "probabilities": round_list(wp, 6)},
         "prediction": model.classes[int(np.argmax(mean))],
-        "probabilities": dict(zip(model.classes, _r(mean, 6))),
+        "probabilities": dict(zip(model.classes, round_list(mean, 6))),
         "clip_mode": "windows",
-        "per_frame": _r(frame_scores(n, t, starts, wp), 6),
+        "per_frame": round_list(frame_scores(n, t, starts, wp), 6),
         "streaming": {"warmup_frames": warmup, "context_frames": context},
     }
     return StreamResult(result, time.perf_counter() - t0, first, window_s)

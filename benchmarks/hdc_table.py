@@ -1,0 +1,167 @@
+"""Semi-supervised segmentation benchmark: methods x labelled fractions on HC18 or BUSI lesions, same splits.
+
+    python benchmarks/hdc_table.py --data hc18 --fractions 0.05,0.1,0.2 --out runs/hdc-bench
+    python benchmarks/hdc_table.py --data busi --fractions 0.1 --methods seg_supervised,hdc --out runs/hdc-bench
+    python benchmarks/hdc_table.py --data hc18 --out runs/hdc-bench --table-only   # rebuild the table
+
+Each (method, fraction) is one run directory OUT/DATA-METHOD-PCT (resumed if it exists), trained with the packaged
+config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) is written to OUT/DATA-table.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sonodistill.config import load_config, packaged_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.recipes.data import load_manifest
+
+METHODS = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
+NAMES = {"seg_supervised": "Supervised only", "mean_teacher": "Mean Teacher", "fixmatch": "FixMatch",
+         "cps": "CPS", "hdc": "HDC"}
+ANCHORS = {"hc18": "fully supervised, full resolution (HC18 literature): Dice 97.75 %, HC error 1.90 mm",
+           "busi": "fully supervised (BUSI literature): Dice about 0.76"}
+COLUMNS = ["dice", "iou", "hd95", "asd", "hc_abs_err_mm"]
+
+
+def lesion_manifest(manifest: Manifest) -> Manifest:
+    """BUSI benign + malignant images only (the normal images have no lesion)."""
+    keep = manifest.table["label"].isin(["benign", "malignant"]).to_numpy()
+    return Manifest(manifest.table[keep].copy(), ["benign", "malignant"], manifest.modality, "busi-lesions")
+
+
+def run_name(data: str, method: str, fraction: float) -> str:
+    return f"{data}-{method}-{round(100 * fraction, 3):g}pct"
+
+
+def collect(out: Path, data: str, methods: list[str], fractions: list[float]) -> pd.DataFrame:
+    """One row per finished run: method, fraction, metric means (fold mean) and item std, wall time."""
+    rows = []
+    for method in methods:
+        for frac in fractions:
+            run = out / run_name(data, method, frac)
+            metrics = run / "metrics.json"
+            if not metrics.is_file():
+                continue
+            m = json.loads(metrics.read_text())
+            split_file = run / "fold_0" / "split.json"
+            split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+            timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
+            row = {"method": method, "labelled_fraction": frac, "n_labelled": len(split.get("labelled", [])),
+                   "n_unlabelled": len(split.get("unlabelled", [])), "n_test": m["n_items"], "n_folds": m["n_folds"],
+                   "train_eval_s": round(sum(timing.values()), 1)}
+            for c in COLUMNS:
+                if c in m["summary"]:
+                    row[c] = m["summary"][c]["mean"]
+                    row[f"{c}_item_std"] = m["items"][c]["std"]
+                    row[f"{c}_n_nan"] = m["items"][c]["n_nan"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(row: pd.Series, col: str) -> str:
+    if col not in row or pd.isna(row[col]):
+        return "–"
+    if col in ("dice", "iou"):
+        text = f"{100 * row[col]:.2f} ± {100 * row[f'{col}_item_std']:.1f}"
+    else:
+        text = f"{row[col]:.2f} ± {row[f'{col}_item_std']:.2f}"
+    n_nan = int(row.get(f"{col}_n_nan", 0) or 0)
+    return text + (f" ({n_nan} n/a)" if n_nan else "")
+
+
+def markdown(df: pd.DataFrame, data: str, command: str) -> str:
+    cols = [c for c in COLUMNS if c in df.columns]
+    units = "mm" if data == "hc18" else "px"
+    lines = [f"# Semi-supervised segmentation on {data}: method x labelled fraction\n",
+             f"Command: `{command}`\n",
+             f"Test items of one grouped 80/20 split, scored at the original image resolution; cells are mean ± std "
+             f"over test items (Dice/IoU in %, hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|); "
+             "'(k n/a)': k items where the value is undefined (empty prediction) and left out.\n",
+             f"Anchor: {ANCHORS.get(data, '-')}.\n"]
+    for frac in sorted(df["labelled_fraction"].unique()):
+        part = df[df["labelled_fraction"] == frac]
+        n_lab = int(part["n_labelled"].iloc[0])
+        lines.append(f"## {100 * frac:g} % labelled ({n_lab} labelled, {int(part['n_unlabelled'].iloc[0])} "
+                     f"unlabelled, {int(part['n_test'].iloc[0])} test images)\n")
+        lines.append("| method | " + " | ".join(cols) + " | train+eval s |")
+        lines.append("|---|" + ":---:|" * (len(cols) + 1))
+        for _, row in part.iterrows():
+            lines.append(f"| {NAMES.get(row['method'], row['method'])} | "
+                         + " | ".join(_cell(row, c) for c in cols) + f" | {row['train_eval_s']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=["hc18", "busi"], default="hc18")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--fractions", default="0.05,0.1,0.2")
+    p.add_argument("--out", default="runs/hdc-bench")
+    p.add_argument("--config", help="YAML or packaged config (default seg-DATA-cpu)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {METHODS}")
+    fractions = [float(f) for f in args.fractions.split(",") if f]
+    out = Path(args.out)
+    config = Path(args.config) if args.config and args.config.endswith((".yaml", ".yml")) else \
+        packaged_config(args.config or f"seg-{args.data}-cpu")
+    command = "python benchmarks/hdc_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command_file = out / f"{args.data}-command.txt"
+    if args.table_only and command_file.is_file():
+        command = command_file.read_text().strip()  # the command that trained the runs
+    elif not args.table_only:
+        out.mkdir(parents=True, exist_ok=True)
+        command_file.write_text(command + "\n")
+    if not args.table_only:
+        base = load_config(config, [f"data.spec={args.data}"])
+        manifest = load_manifest(base.data)
+        if args.data == "busi":
+            manifest = lesion_manifest(manifest)
+        for frac in fractions:
+            for method in methods:
+                name = run_name(args.data, method, frac)
+                cfg = load_config(config, [f"recipe={method}", f"name={name}", f"out_dir={out}",
+                                           f"data.spec={args.data}", f"recipe_options.labelled_fraction={frac}",
+                                           *args.overrides])
+                if (cfg.run_dir / "metrics.json").is_file():
+                    logging.info("%s: finished earlier, kept", name)
+                    continue
+                t0 = time.perf_counter()
+                run_crossval(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
+                logging.info("%s: done in %.0f s", name, time.perf_counter() - t0)
+                write_table(out, args.data, methods, fractions, command)
+    write_table(out, args.data, methods, fractions, command)
+    return 0
+
+
+def write_table(out: Path, data: str, methods: list[str], fractions: list[float], command: str) -> None:
+    df = collect(out, data, methods, fractions)
+    if df.empty:
+        logging.warning("no finished runs under %s", out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{data}-table.csv", index=False)
+    (out / f"{data}-table.md").write_text(markdown(df, data, command), encoding="utf-8")
+    print((out / f"{data}-table.md").read_text())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

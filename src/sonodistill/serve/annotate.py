@@ -1,0 +1,149 @@
+"""Automatic annotation with a DILBERT annotator: findings with probabilities, a description composed from the
+predicted entities through the knowledge graph, and the nearest training report (CMM retrieval), as JSON.
+
+An annotator folder (written by the `dilbert` recipe under `RUN/fold_K/export/<variant>/` and `RUN/final/...`)
+holds `dilbert.json`, `tokenizer.json`, `annotator.safetensors`, `retriever.safetensors` and `reports.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
+from sonodistill.data.sequences import AnnotationSpec
+from sonodistill.data.text import TextTokenizer
+from sonodistill.errors import CheckpointError, DataError
+from sonodistill.knowledge import KnowledgeGraph, load_graph
+from sonodistill.models.fusion import DILBERTInference, FusionConfig
+
+ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"
+FILES = ("dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json")
+
+
+@dataclass
+class Annotator:
+    """A loaded annotator folder."""
+
+    folder: Path
+    info: dict[str, Any]
+    spec: AnnotationSpec
+    graph: KnowledgeGraph
+    tokenizer: TextTokenizer
+    annotator: DILBERTInference
+    retriever: DILBERTInference
+    reports: list[str]
+    preprocess: PreprocessConfig
+    num_frames: int
+    max_text_len: int
+    threshold: float
+
+
+def resolve_annotator(path: str | Path) -> Path:
+    """The annotator folder for CKPT: the folder itself, a file in it, `<dir>/export/student`, or a run directory's
+    `final/export/student`; anything else is a CheckpointError saying what was looked for."""
+    p = Path(path)
+    if p.is_file():
+        p = p.parent
+    for cand in (p, p / "export" / "student", p / "final" / "export" / "student"):
+        if (cand / "dilbert.json").is_file():
+            return cand
+    raise CheckpointError(f"{path}: no DILBERT annotator here (looked for dilbert.json in it, in export/student and "
+                          "in final/export/student); pass RUN/fold_K/export/student")
+
+
+def load_annotator(path: str | Path) -> Annotator:
+    """Load an annotator folder (strict weight loading; a missing or damaged file names itself)."""
+    from sonodistill.recipes.trainer import load_weights
+
+    folder = resolve_annotator(path)
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: incomplete annotator, {name} is missing")
+    try:
+        info = json.loads((folder / "dilbert.json").read_text())
+        reports = json.loads((folder / "reports.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder}: damaged JSON ({exc})") from exc
+    if info.get("format") != ANNOTATOR_FORMAT:
+        raise CheckpointError(f"{folder}/dilbert.json: format {info.get('format')!r}, expected {ANNOTATOR_FORMAT!r}")
+    fcfg = FusionConfig.from_dict(info["fusion"])
+    models = []
+    for name in ("annotator", "retriever"):
+        m = DILBERTInference.build(fcfg)
+        load_weights(m, folder / f"{name}.safetensors")
+        models.append(m.eval())
+    spec = AnnotationSpec.from_dict(info["spec"])
+    return Annotator(folder, info, spec, load_graph(info.get("graph", spec.graph)), TextTokenizer.load(folder / "tokenizer.json"),
+                     models[0], models[1], [str(r) for r in reports], PreprocessConfig(**info["preprocess"]),
+                     int(info["num_frames"]), int(info["max_text_len"]), float(info.get("threshold", 0.5)))
+
+
+def clip_tensor(frames: np.ndarray, ann: Annotator) -> torch.Tensor:
+    """Raw uint8 frames `T x H x W` -> the model input `1 x 1 x T' x S x S` (training preprocessing, uniform frames)."""
+    from sonodistill.recipes.dilbert import sample_indices
+
+    clip = preprocess_clip(np.ascontiguousarray(frames), ann.preprocess)
+    idx = sample_indices(len(clip), ann.num_frames, None)
+    return torch.from_numpy(clip[idx].astype(np.float32) / 255.0)[None, None]
+
+
+@torch.no_grad()
+def annotate_frames(ann: Annotator, frames: np.ndarray, name: str = "", top_k: int = 5,
+                    threshold: float | None = None) -> dict[str, Any]:
+    """The annotation JSON (a dict) for one sequence of raw frames."""
+    thr = ann.threshold if threshold is None else float(threshold)
+    x = clip_tensor(frames, ann)
+    out = ann.annotator.annotate(x)
+    probs = torch.sigmoid(out.binary.float())[0].tolist()
+    findings = []
+    for entity, column, p in zip(ann.spec.binary, ann.spec.columns, probs):
+        findings.append({"name": entity, "label": ann.graph.entities[entity].display if entity in ann.graph.entities
+                         else entity, "column": column, "probability": round(float(p), 6), "present": bool(p >= thr)})
+    categorical, extras = [], {}
+    for (cname, classes), logits in zip(ann.spec.categorical.items(), out.categorical):
+        p = torch.softmax(logits.float(), dim=1)[0].tolist()
+        best = classes[int(np.argmax(p))]
+        categorical.append({"name": cname, "prediction": best,
+                            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}})
+        extras[cname] = best
+    present = [f["name"] for f in findings if f["present"] and f["name"] in ann.graph.entities]
+    description = ann.graph.describe(present, extras=extras)
+    retrieved = retrieve_reports(ann, x, top_k)
+    return {
+        "input": name, "frames": int(len(frames)),
+        "model": {"folder": str(ann.folder), "role": ann.info.get("role"), "graph": ann.graph.name,
+                  "threshold": thr},
+        "findings": findings, "categorical": categorical, "entities": present, "description": description,
+        "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved,
+    }
+
+
+def retrieve_reports(ann: Annotator, x: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
+    """The training reports ranked by the retriever's CMM score for clip `x` (`1 x 1 x T x S x S`): top `top_k`."""
+    if not ann.reports or top_k < 1:
+        return []
+    enc = [ann.tokenizer.encode_words(ann.graph.words(r), ann.max_text_len).ids for r in ann.reports]
+    width = max(len(e) for e in enc)
+    ids = torch.full((len(enc), width), ann.tokenizer.pad_id, dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)] = torch.tensor(e)
+    scores = ann.retriever.match_scores(x, ids)[0].numpy()
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [{"text": ann.reports[i], "score": round(float(scores[i]), 6)} for i in order]
+
+
+def annotate_path(ann: Annotator, path: str | Path, top_k: int = 5, threshold: float | None = None) -> dict[str, Any]:
+    """Annotate a video / DICOM file or a folder of frames (one sequence, frames sorted by file name)."""
+    from sonodistill.serve.predict import read_input
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "file not found")
+    video = read_input(p)
+    return annotate_frames(ann, video.frames, str(p), top_k, threshold)

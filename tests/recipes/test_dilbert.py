@@ -1,0 +1,209 @@
+"""The dilbert recipe: options, data items and masks, helpers, every stage's loss and steps on simulated
+sequence-text pairs (lung preset), and one tiny fold end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sonodistill.config import load_config
+from sonodistill.data.sequences import synthetic_sequences
+from sonodistill.data.text import TextTokenizer
+from sonodistill.errors import ConfigError
+from sonodistill.knowledge import load_graph
+from sonodistill.losses.pretext import IGNORE
+from sonodistill.recipes.dilbert import (
+    DILBERTRecipe,
+    RegionCodebook,
+    SequenceTextDataset,
+    annotation_metrics,
+    binary_metrics,
+    dilbert_options,
+    fusion_config,
+    negative_pairs,
+    retrieval_recall,
+    run_fold,
+    sample_indices,
+    trim_text,
+)
+from sonodistill.models.fusion import DILBERTModel
+
+T, S = 4, 32
+TINY = ["recipe=dilbert", "data.num_frames=4", "data.size=32", "data.batch_size=4", "train.epochs=1",
+        "train.log_every_n_steps=1", "optim.lr=0.003",
+        "recipe_options={teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_width: 0.125}, "
+        "student: {dim: 16, layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32}"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return synthetic_sequences("lung", n=8, seed=0, frames=T, size=S)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return load_graph("lung")
+
+
+@pytest.fixture(scope="module")
+def tok(pairs, graph):
+    return TextTokenizer.train(pairs.texts, 250, extra_texts=graph.terms(), spelling=graph.spelling)
+
+
+def dataset(pairs, tok, graph, **kw):
+    opts = dict(num_frames=T, max_len=32, train=True, seed=0, pretext=True)
+    return SequenceTextDataset(pairs, tok, graph, **{**opts, **kw})
+
+
+def test_options_defaults_and_validation():
+    cfg = load_config(None, TINY)
+    o = dilbert_options(cfg)
+    assert (o["a"], o["b"], o["c"]) == (0.2, 1.0, 0.6)
+    assert o["teacher"]["dim"] == 24 and o["teacher"]["clip_backbone"] == "resnet10_3d"  # nested merge
+    with pytest.raises(ConfigError, match="unknown key"):
+        dilbert_options(load_config(None, ["recipe_options={alpha: 1}"]))
+    with pytest.raises(ConfigError, match="variants"):
+        dilbert_options(load_config(None, ["recipe_options={variants: [bert]}"]))
+    with pytest.raises(ConfigError, match="passes the models"):
+        DILBERTRecipe(cfg)
+
+
+def test_sample_indices():
+    np.testing.assert_array_equal(sample_indices(8, 4, None), [1, 3, 5, 7])
+    np.testing.assert_array_equal(sample_indices(1, 4, None), [0, 0, 0, 0])
+    r = sample_indices(8, 4, np.random.default_rng(0))
+    assert all(2 * k <= v < 2 * k + 2 for k, v in enumerate(r))
+
+
+def test_pretext_items_mask_consistently(pairs, tok, graph):
+    ds = dataset(pairs, tok, graph, mask_rate=0.3)
+    clean = dataset(pairs, tok, graph, pretext=False)
+    for i in range(len(ds)):
+        item, ref = ds[i], clean[i]
+        assert item["x"].shape == (1, T, S, S) and 0 <= float(item["x"].min()) and float(item["x"].max()) <= 1
+        masked = item["mlm_labels"] != IGNORE
+        assert masked.any() and not masked[0] and not masked[item["pad"]].any()
+        torch.testing.assert_close(item["mlm_labels"][masked], ref["ids"][masked])  # labels = original tokens
+        torch.testing.assert_close(item["ids"][~masked], ref["ids"][~masked])
+        assert ((item["mdc_labels"] != IGNORE) <= masked).all()
+        assert int(item["region_mask"].sum()) == round(0.15 * T * 4)
+    # reproducible per (seed, epoch, index); a new epoch draws new masks
+    torch.testing.assert_close(ds[3]["mlm_labels"], ds[3]["mlm_labels"])
+    ds.set_epoch(1)
+    assert any(not torch.equal(ds[i]["region_mask"], dataset(pairs, tok, graph)[i]["region_mask"]) for i in range(8))
+
+
+def test_trim_text_drops_all_padding_columns(pairs, tok, graph):
+    batch = torch.utils.data.default_collate([dataset(pairs, tok, graph)[i] for i in range(3)])
+    trimmed = trim_text(batch)
+    assert trimmed["ids"].shape[1] == int((~batch["pad"]).sum(1).max()) < batch["ids"].shape[1]
+
+
+def test_negative_pairs_avoid_equal_texts():
+    key = torch.tensor([0, 0, 1, -1, 2])
+    has = key >= 0
+    seq, txt = negative_pairs(key, has)
+    assert seq.tolist() == [0, 1, 2, 4] and txt.tolist() == [2, 2, 4, 0]
+    assert all(key[s] != key[t] for s, t in zip(seq, txt))
+    assert len(negative_pairs(torch.tensor([5, 5]), torch.tensor([True, True]))[0]) == 0
+
+
+def test_region_codebook_separates_distinct_patterns():
+    cb = RegionCodebook(grid=2, n_classes=2, cells=2)
+    x = torch.zeros(1, 1, 2, 8, 8)
+    x[..., :4, :] = 1.0  # top regions bright, bottom dark
+    cb.fit([x, x.clone()], seed=0)
+    lab = cb.assign(x)[0].reshape(2, 2, 2)  # T x g x g
+    assert (lab[:, 0] == lab[0, 0, 0]).all() and (lab[:, 1] == lab[0, 1, 0]).all() and lab[0, 0, 0] != lab[0, 1, 0]
+
+
+def test_retrieval_recall_and_chance_by_hand():
+    scores = np.array([[0.9, 0.1, 0.5], [0.4, 0.3, 0.1], [0.1, 0.2, 0.8]])
+    relevant = np.eye(3, dtype=bool)
+    r = retrieval_recall(scores, relevant, ks=(1, 2))
+    assert r["R@1"] == pytest.approx(2 / 3) and r["R@2"] == pytest.approx(1.0)
+    assert r["chance@1"] == pytest.approx(1 / 3) and r["chance@2"] == pytest.approx(2 / 3)
+    two = np.array([[True, True, False]])
+    assert retrieval_recall(np.array([[0.0, 0.1, 0.9]]), two, ks=(1,))["chance@1"] == pytest.approx(2 / 3)
+
+
+def test_binary_and_annotation_metrics_by_hand(pairs):
+    m = binary_metrics(np.array([1, 1, 0, 0, np.nan]), np.array([0.9, 0.2, 0.7, 0.1, 0.9]), 0.5)
+    assert (m["sensitivity"], m["precision"], m["f1"], m["specificity"]) == (0.5, 0.5, 0.5, 0.5)
+    spec = pairs.spec
+    rows = {"y_a_lines": [1, 0], "p_a_lines": [0.8, 0.1]}
+    for col in spec.columns[1:]:
+        rows[f"y_{col}"], rows[f"p_{col}"] = [1, 0], [0.1, 0.9]
+    rows["y_severity_score"] = [2, 0]
+    for c, p in zip("0123", ([0.1, 0.6], [0.1, 0.2], [0.7, 0.1], [0.1, 0.1])):
+        rows[f"p_severity_score_{c}"] = p
+    res = annotation_metrics(pd.DataFrame(rows), spec, 0.5)
+    assert res["findings"]["a-lines"]["f1"] == 1.0 and res["findings"]["b-lines"]["f1"] == 0.0
+    assert res["categorical"]["severity score"]["accuracy"] == 1.0
+    # macro over 5 findings (F1 1, 0, 0, 0, 0) and the 2 severity classes present (F1 1, 1; absent ones NaN)
+    assert res["macro"]["f1"] == pytest.approx(3 / 7)
+
+
+def _models(pairs, tok, graph, cfg):
+    o = dilbert_options(cfg)
+    torch.manual_seed(0)
+    return (DILBERTModel(fusion_config(o, "student", tok, graph, pairs.spec, T)),
+            DILBERTModel(fusion_config(o, "teacher", tok, graph, pairs.spec, T)))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "distill", "finetune", "mutual"])
+def test_recipe_steps_on_simulated_pairs(stage, pairs, tok, graph):
+    cfg = load_config(None, TINY)
+    student, teacher = _models(pairs, tok, graph, cfg)
+    ds = dataset(pairs, tok, graph, pretext=stage in ("pretrain", "distill"))
+    cb = RegionCodebook(2, 4).fit([dataset(pairs, tok, graph, train=False)[i]["x"][None] for i in range(8)])
+    recipe = DILBERTRecipe(cfg, stage=stage, model=student, teacher=teacher if stage in ("distill", "mutual") else None,
+                           codebook=cb)
+    opt = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=3e-3)
+    before_s = [p.detach().clone() for p in student.core.fusion.parameters()]
+    before_t = [p.detach().clone() for p in teacher.core.fusion.parameters()]
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    for _ in range(2):
+        loss, parts = recipe.compute_loss(batch)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    expected = {"pretrain": {"mlm", "mdc", "moc", "cmm"}, "distill": {"mlm", "md", "md/rd", "md/kl"},
+                "finetune": {"ce", "total"}, "mutual": {"student/md", "student/sd", "teacher/md", "teacher/ce"}}[stage]
+    assert expected <= set(parts)
+    assert any(not torch.equal(a, b) for a, b in zip(before_s, student.core.fusion.parameters()))
+    teacher_moved = any(not torch.equal(a, b) for a, b in zip(before_t, teacher.core.fusion.parameters()))
+    assert teacher_moved == (stage == "mutual")  # frozen in distill, learns in mutual
+    if stage == "finetune":
+        assert "sd" not in parts and "md" not in parts  # plain finetuning: no distillation
+
+
+def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
+    cfg = load_config(None, TINY + [f"out_dir={tmp_path}", "name=tiny"])
+    res = run_fold(cfg, pairs, np.arange(6), np.arange(6, 8), 0, tmp_path / "tiny" / "fold_0", graph)
+    pred = res["predictions"]
+    assert set(pred["variant"]) == {"baseline", "teacher", "student", "teacher+mutual"} and len(pred) == 8
+    probs = pred[[c for c in pred.columns if c.startswith("p_")]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert set(res["retrieval"]) == {"baseline", "teacher", "student"}
+    assert set(res["seconds"]) == {"baseline/pretrain", "baseline/finetune", "teacher/pretrain", "teacher/finetune",
+                                   "student/distill", "student/mutual"}
+    export = tmp_path / "tiny" / "fold_0" / "export" / "student"
+    info = json.loads((export / "dilbert.json").read_text())
+    assert info["role"] == "student" and info["fusion"]["dim"] == 16 and info["train_items"] == 6
+    reports = json.loads((export / "reports.json").read_text())
+    assert set(reports) <= set(pairs.texts[:6])  # training reports only
+    assert not (tmp_path / "tiny" / "fold_0" / "student" / "mutual" / "checkpoints").exists()

@@ -1,0 +1,106 @@
+"""The review server's HTTP API without a browser: uploads, limits, temp files, DICOM privacy."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+from sonodistill.serve.app import make_server, score_plot_svg, sniff_type
+from sonodistill.serve.loading import load_model
+
+from .conftest import CLASSES, synthetic_frames, write_dicom
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    uploads = tmp_path_factory.mktemp("uploads")
+    srv = make_server(load_model(tiny_run), "127.0.0.1", 0, max_upload=2_000_000, tmp_root=uploads)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, uploads
+    srv.shutdown()
+    srv.server_close()
+
+
+def _post(srv, body: bytes, ext: str | None) -> tuple[int, dict]:
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    headers = {"Content-Type": "application/octet-stream"}
+    if ext is not None:
+        headers["X-File-Extension"] = ext
+    conn.request("POST", "/api/predict", body=body, headers=headers)
+    resp = conn.getresponse()
+    status, payload = resp.status, json.loads(resp.read())
+    conn.close()
+    return status, payload
+
+
+def _get(srv, path: str) -> tuple[int, str, bytes]:
+    host, port = srv.server_address[:2]
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=30) as r:
+        return r.status, r.headers["Content-Type"], r.read()
+
+
+def test_page_and_info(server):
+    srv, _ = server
+    status, ctype, body = _get(srv, "/")
+    assert status == 200 and ctype.startswith("text/html") and b"sonodistill review" in body
+    assert _get(srv, "/app.js")[0] == 200
+    info = json.loads(_get(srv, "/api/info")[2])
+    assert info["classes"] == CLASSES and info["max_upload_bytes"] == 2_000_000 and ".dcm" in info["extensions"]
+    assert srv.server_address[0] == "127.0.0.1"
+
+
+def test_upload_video_gives_prediction_plot_and_heatmap(server, video_file):
+    srv, uploads = server
+    status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+    assert status == 200, payload
+    r = payload["result"]
+    assert set(r["probabilities"]) == set(CLASSES) and r["frames"] == 20 and r["input"] == "upload.mp4"
+    assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert payload["plot_svg"].startswith("<svg") and payload["plot_svg"].count("<polyline") == 3
+    assert payload["gif"].startswith("data:image/gif;base64,") and "Grad-CAM" in payload["heatmap"]
+    assert list(uploads.iterdir()) == []  # the upload's temporary folder is gone
+
+
+def test_rejections(server, video_file, tmp_path):
+    srv, uploads = server
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+    assert _post(srv, b"MZ" + b"\x00" * 300, ".exe")[0] == 415
+    assert _post(srv, png, None)[0] == 415  # no extension given
+    status, payload = _post(srv, png, ".mp4")  # extension and content disagree
+    assert status == 415 and "does not match" in payload["error"]
+    status, payload = _post(srv, b"\x00" * 2_000_001, ".mp4")
+    assert status == 413 and "exceeds" in payload["error"]
+    status, payload = _post(srv, b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500, ".mp4")  # sniffs as mp4, undecodable
+    assert status == 422 and "upload.mp4" in payload["error"] and str(uploads) not in payload["error"]
+    assert list(uploads.iterdir()) == []
+
+
+def test_dicom_patient_fields_never_leave_the_server(server, tmp_path, caplog):
+    srv, uploads = server
+    caplog.set_level(logging.DEBUG)
+    dcm = write_dicom(tmp_path / "Doe_Jane.dcm", synthetic_frames(10, 64, 80), patient_name="Doe^Jane")
+    assert b"Doe^Jane" in dcm.read_bytes()
+    status, payload = _post(srv, dcm.read_bytes(), ".dcm")
+    assert status == 200 and payload["result"]["frames"] == 10
+    text = json.dumps(payload) + caplog.text
+    for secret in ("Doe", "Jane", "JD-0042", "19700101"):
+        assert secret not in text
+    assert "POST /api/predict 200" in caplog.text  # requests are logged, without any file detail
+    assert list(uploads.iterdir()) == []
+
+
+def test_sniffing_and_plot():
+    assert sniff_type(b"\x00" * 128 + b"DICM") == "dicom"
+    assert sniff_type(b"\x00\x00\x00\x20ftypisom") == "mp4"
+    assert sniff_type(b"RIFF\x00\x00\x00\x00AVI LIST") == "avi"
+    assert sniff_type(b"\xff\xd8\xff\xe0") == "jpeg" and sniff_type(b"hello") is None
+    svg = score_plot_svg(np.array([[0.2, 0.8], [0.6, 0.4]]).tolist(), ["<b>", "ok"], 25.0)
+    assert "&lt;b&gt;" in svg and "<b>" not in svg and svg.count("<polyline") == 2

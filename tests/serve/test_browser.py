@@ -1,0 +1,72 @@
+"""The review page end to end in headless Chromium (Debian's `chromium` + Playwright's Python client).
+
+Install: `apt-get install -y chromium` and `pip install playwright` (no `playwright install`: the system
+browser is used). Skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from sonodistill.serve.app import make_server
+from sonodistill.serve.loading import load_model
+
+from .conftest import CLASSES
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "runs" / "screenshots" / "serve.png"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
+    srv = make_server(load_model(tiny_run), "127.0.0.1", 0, tmp_root=tmp_path)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        host, port = srv.server_address[:2]
+        page.goto(f"http://{host}:{port}/")
+        # locators only: the page's Content-Security-Policy forbids eval, which wait_for_function needs
+        page.wait_for_selector("#model-info:has-text('classes:')")
+        page.set_input_files("#file", str(video_file))
+        page.click("#analyse")
+        page.wait_for_selector("#status:has-text('Done in')", timeout=60_000)
+        assert page.inner_text("#prediction-class") in CLASSES
+        assert page.locator("#probabilities tr").count() == len(CLASSES)
+        assert page.locator("#plot svg polyline").count() == len(CLASSES)
+        src = page.get_attribute("#overlay img", "src")
+        assert src.startswith("data:image/gif;base64,")
+        assert page.locator("#overlay img").evaluate("img => img.naturalWidth") == 64  # the GIF decoded
+        assert "Grad-CAM" in page.inner_text("#heatmap-note")
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "serve.png", SCREENSHOT)
+        # a refused type is reported on the page, not by a crash
+        bad = tmp_path / "notes.txt"
+        bad.write_text("not a clip")
+        page.set_input_files("#file", str(bad))
+        page.click("#analyse")
+        assert "Unsupported file type" in page.inner_text("#status")
+        assert errors == []
+        assert [p for p in tmp_path.iterdir() if p.name.startswith("sonodistill-upload-")] == []
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -1,0 +1,97 @@
+"""ONNX / TorchScript exports equal PyTorch on real lung ultrasound clips; metadata and model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sonodistill.data.preprocess import normalise, preprocess_clip
+from sonodistill.data.readers import read_clip
+from sonodistill.serve.export import export_model
+from sonodistill.serve.loading import load_model
+from sonodistill.serve.model_card import model_card
+from sonodistill.serve.predict import PredictOptions, predict_file, window_indices, window_starts
+
+from .conftest import CLASSES, make_run
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_run, tmp_path_factory):
+    return export_model(tiny_run, tmp_path_factory.mktemp("export") / "onnx", "onnx")
+
+
+def _real_windows(model, path) -> np.ndarray:
+    clip = preprocess_clip(read_clip(path).frames, model.preprocess)
+    t = model.num_frames
+    starts = window_starts(clip.shape[0], t, t)
+    return normalise(np.stack([clip[window_indices(clip.shape[0], t, s)] for s in starts]), model.preprocess)[:, None]
+
+
+def test_onnx_equals_pytorch_on_a_real_clip(tiny_run, onnx_export, lus_clip):
+    torch_model = load_model(tiny_run)
+    onnx_model = load_model(onnx_export)
+    assert onnx_model.backend == "onnx" and onnx_model.classes == CLASSES
+    x = _real_windows(torch_model, lus_clip)  # 13 windows of 8 real frames: batch axis is dynamic
+    ref, got = torch_model.probabilities(x), onnx_model.probabilities(x)
+    assert ref.shape == got.shape == (x.shape[0], 3)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.ptp(ref, axis=0).max() > 0.01  # the windows really differ: not a constant output
+    # the whole pipeline from the file gives the same JSON numbers either way
+    a = predict_file(torch_model, lus_clip, PredictOptions(stride=16))
+    b = predict_file(onnx_model, lus_clip, PredictOptions(stride=16))
+    np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
+
+
+def test_export_metadata_and_model_card(tiny_run, onnx_export):
+    meta = json.loads((onnx_export / "sonodistill-model.json").read_text())
+    assert meta["format"] == "onnx" and meta["file"] == "model.onnx" and meta["opset"] == 17
+    assert meta["task"] == "classification" and meta["classes"] == CLASSES
+    assert meta["input_shape"] == [None, 1, 8, 64, 64] and meta["members"] == ["fold_0", "fold_1"]
+    assert meta["preprocessing"]["size"] == 64 and meta["source_run"] == str(tiny_run.resolve())
+    assert meta["max_abs_diff_vs_torch"] <= 1e-4
+    import onnx
+
+    graph = onnx.load(str(onnx_export / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    card = (onnx_export / "MODEL_CARD.md").read_text()
+    for text in ("Not a medical device", "| a_lines | 4 |", "2 folds", "Intended use", "Limits", "fold_0, fold_1"):
+        assert text in card
+
+
+def test_model_card_reports_cv_metrics(tmp_path):
+    import pandas as pd
+
+    from sonodistill.evaluation.report import write_cv_report
+
+    run = make_run(tmp_path, folds=2)
+    rng = np.random.default_rng(0)
+    rows = []
+    for fold in (0, 1):
+        for i in range(6):
+            p = rng.dirichlet(np.ones(3))
+            rows.append({"fold": fold, "index": i + 6 * fold, "group": f"p{i + 6 * fold}", "y_true": i % 3,
+                         **{f"prob_{c}": p[k] for k, c in enumerate(CLASSES)}})
+    summary = write_cv_report(run, pd.DataFrame(rows), CLASSES, title="tiny")
+    card = model_card(run)
+    acc = summary["accuracy"]
+    assert f"| accuracy | {acc.mean:.3f} ± {acc.std:.3f} |" in card
+    assert "2-fold cross-validation (12 test predictions)" in card
+
+
+def test_torchscript_export_from_the_command_line(tmp_path, video_file, capsys):
+    from sonodistill.cli import main
+
+    run = make_run(tmp_path, folds=1, final=True)
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    assert "max |diff| vs PyTorch" in capsys.readouterr().out
+    folder = run / "export-torchscript"
+    assert {p.name for p in folder.iterdir()} == {"model.pt", "sonodistill-model.json", "MODEL_CARD.md"}
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert meta["members"] == ["final"] and "exported `final` model" in (folder / "MODEL_CARD.md").read_text()
+    a = predict_file(load_model(run), video_file)
+    b = predict_file(load_model(folder), video_file)
+    np.testing.assert_allclose(a["windows"]["probabilities"], b["windows"]["probabilities"], atol=1e-5)
