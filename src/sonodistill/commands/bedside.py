@@ -59,6 +59,39 @@ def _class_index(classes: list[str], target: str | None) -> int | None:
     raise ConfigError(f"--target {target!r} is not a class name or index; classes: {classes}")
 
 
+def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, out: Path) -> str:  # noqa: ANN001
+    """Frame-relation matrices per stage (and Grad-CAM strips) of this run and, with --compare, a baseline run."""
+    import numpy as np
+    import torch
+
+    from sonodistill.explain.gradcam import grad_cam
+    from sonodistill.explain.overlay import overlay, strip_indices
+    from sonodistill.explain.relations import stage_relation_matrices, write_relation_comparison
+    from sonodistill.serve.loading import load_run
+    from sonodistill.serve.predict import _to_input, clip_heatmaps, window_indices
+
+    runs = [(str(model.recipe), model)]
+    if args.compare:
+        other = load_run(args.compare, members=args.members)
+        if other.classes != model.classes or other.num_frames != model.num_frames:
+            raise ConfigError(f"--compare {args.compare}: classes or clip length differ from {args.run_dir}")
+        runs.insert(0, (f"{other.recipe} (baseline)", other))
+    window = window_indices(item.clip.shape[0], model.num_frames, 0)
+    rows = []
+    for name, m in runs:
+        x = torch.from_numpy(_to_input(m, item.clip[window][None]))
+        mats = stage_relation_matrices(m.members[0], x)
+        cam = clip_heatmaps(m, item.clip, target, grad_cam, stride=args.stride)
+        rgb = overlay(item.clip, cam)
+        idx = strip_indices(rgb.shape[0], min(8, args.max_strip_frames))
+        strip = np.concatenate(list(rgb[idx]), axis=1)
+        rows.append((name, mats, strip))
+        np.savez(out / f"relations_{name.split()[0]}.npz", **{f"stage{i + 1}": a for i, a in enumerate(mats)})
+    path = write_relation_comparison(rows, out / "relations.png",
+                                     title=f"{Path(args.input).name}: first window of {model.num_frames} frames")
+    return str(path)
+
+
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -95,6 +128,8 @@ def _explain(args: argparse.Namespace) -> int:
     summary = {"input": str(args.input), "model": model.describe(), "prediction": result["prediction"],
                "probabilities": result["probabilities"], "target_class": model.classes[target],
                "methods": files, "frames": int(item.clip.shape[0])}
+    if model.input_kind == "video":
+        summary["relations"] = _relations_side_by_side(args, model, item, target, out)
     (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"prediction {result['prediction']}; heat maps for class {model.classes[target]!r} in {out}/: "
           + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
@@ -229,6 +264,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--stride", type=int, help="window step in frames (default T: non-overlapping windows)")
     x.add_argument("--max-strip-frames", type=int, default=16, help="frames in the PNG strip")
     x.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
+    x.add_argument("--compare", metavar="BASELINE_RUN_DIR",
+                   help="also explain this run (e.g. the supervised baseline) and draw both side by side")
     x.set_defaults(func=_explain)
 
     s = sub.add_parser("serve", help="local browser review page: upload a clip, see prediction and heat map")

@@ -13,7 +13,7 @@ from sonodistill.config import load_config, packaged_config
 
 log = logging.getLogger(__name__)
 
-DEMO_RECIPES = ["supervised"]
+DEMO_RECIPES = ["supervised", "dualdistill"]
 
 
 def run_demo(out: Path, recipes: list[str], overrides: list[str]) -> Path:

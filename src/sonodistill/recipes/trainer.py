@@ -53,7 +53,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own types for damaged files
         raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: does not match the model: {exc}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{path}: does not match the model: missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
