@@ -3,9 +3,13 @@
     python benchmarks/hdc_table.py --data hc18 --fractions 0.05,0.1,0.2 --out runs/hdc-bench
     python benchmarks/hdc_table.py --data busi --fractions 0.1 --methods seg_supervised,hdc --out runs/hdc-bench
     python benchmarks/hdc_table.py --data hc18 --out runs/hdc-bench --table-only   # rebuild the table
+    # choose settings WITHOUT the test split: the same protocol inside the training rows of the test split
+    python benchmarks/hdc_table.py --data hc18 --validation --methods hdc --tag mi0 --set recipe_options.lambda_mi=0
 
-Each (method, fraction) is one run directory OUT/DATA-METHOD-PCT (resumed if it exists), trained with the packaged
-config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) is written to OUT/DATA-table.{md,csv}.
+Each (method, fraction) is one run directory OUT/DATA[-val]-METHOD[-TAG]-PCT (resumed if it exists), trained with
+the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table.
+`--validation` replaces the manifest by the training rows of the main split (fold `train.fold` of `train.folds`
+grouped folds), so the runs split those rows again into train / validation and never see a test image.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from sonodistill.config import load_config, packaged_config
+from sonodistill.config import RunConfig, load_config, packaged_config
 from sonodistill.data.manifest import Manifest
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.evaluation.crossval import make_folds, run_crossval
 from sonodistill.recipes.data import load_manifest
 
 METHODS = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
@@ -31,6 +36,7 @@ NAMES = {"seg_supervised": "Supervised only", "mean_teacher": "Mean Teacher", "f
 ANCHORS = {"hc18": "fully supervised, full resolution (HC18 literature): Dice 97.75 %, HC error 1.90 mm",
            "busi": "fully supervised (BUSI literature): Dice about 0.76"}
 COLUMNS = ["dice", "iou", "hd95", "asd", "hc_abs_err_mm"]
+MEDIANS = ["dice", "hc_abs_err_mm"]
 
 
 def lesion_manifest(manifest: Manifest) -> Manifest:
@@ -39,16 +45,27 @@ def lesion_manifest(manifest: Manifest) -> Manifest:
     return Manifest(manifest.table[keep].copy(), ["benign", "malignant"], manifest.modality, "busi-lesions")
 
 
-def run_name(data: str, method: str, fraction: float) -> str:
-    return f"{data}-{method}-{round(100 * fraction, 3):g}pct"
+def validation_manifest(manifest: Manifest, cfg: RunConfig) -> Manifest:
+    """The training rows of the main split (the same folds run_crossval makes), as a manifest of their own."""
+    train_rows, _ = make_folds(manifest, cfg.train.folds, cfg.train.seed)[cfg.train.fold or 0]
+    sub = manifest.subset(np.sort(train_rows))
+    return Manifest(sub.table, list(sub.classes), sub.modality, f"{manifest.name}-train-part")
 
 
-def collect(out: Path, data: str, methods: list[str], fractions: list[float]) -> pd.DataFrame:
-    """One row per finished run: method, fraction, metric means (fold mean) and item std, wall time."""
+def prefix(data: str, validation: bool) -> str:
+    return f"{data}-val" if validation else data
+
+
+def run_name(pre: str, method: str, fraction: float, tag: str = "") -> str:
+    return f"{pre}-{method}{'-' + tag if tag else ''}-{round(100 * fraction, 3):g}pct"
+
+
+def collect(out: Path, pre: str, methods: list[str], fractions: list[float], tag: str = "") -> pd.DataFrame:
+    """One row per finished run: fold-mean of each metric, item std, undefined counts, medians, wall time."""
     rows = []
     for method in methods:
         for frac in fractions:
-            run = out / run_name(data, method, frac)
+            run = out / run_name(pre, method, frac, tag)
             metrics = run / "metrics.json"
             if not metrics.is_file():
                 continue
@@ -56,14 +73,18 @@ def collect(out: Path, data: str, methods: list[str], fractions: list[float]) ->
             split_file = run / "fold_0" / "split.json"
             split = json.loads(split_file.read_text()) if split_file.is_file() else {}
             timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
-            row = {"method": method, "labelled_fraction": frac, "n_labelled": len(split.get("labelled", [])),
-                   "n_unlabelled": len(split.get("unlabelled", [])), "n_test": m["n_items"], "n_folds": m["n_folds"],
-                   "train_eval_s": round(sum(timing.values()), 1)}
+            row = {"method": method, "tag": tag, "labelled_fraction": frac,
+                   "n_labelled": len(split.get("labelled", [])), "n_unlabelled": len(split.get("unlabelled", [])),
+                   "n_test": m["n_items"], "n_folds": m["n_folds"], "train_eval_s": round(sum(timing.values()), 1)}
             for c in COLUMNS:
                 if c in m["summary"]:
                     row[c] = m["summary"][c]["mean"]
                     row[f"{c}_item_std"] = m["items"][c]["std"]
                     row[f"{c}_n_nan"] = m["items"][c]["n_nan"]
+            pred = pd.read_csv(run / "predictions.csv")
+            for c in MEDIANS:
+                if c in pred.columns:
+                    row[f"{c}_median"] = float(pred[c].median())
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -79,25 +100,30 @@ def _cell(row: pd.Series, col: str) -> str:
     return text + (f" ({n_nan} n/a)" if n_nan else "")
 
 
-def markdown(df: pd.DataFrame, data: str, command: str) -> str:
+def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str:
     cols = [c for c in COLUMNS if c in df.columns]
+    meds = [c for c in MEDIANS if f"{c}_median" in df.columns]
     units = "mm" if data == "hc18" else "px"
+    where = ("VALIDATION items (a grouped 80/20 split of the main split's training rows; no test image used)"
+             if validation else "Test items of one grouped 80/20 split")
     lines = [f"# Semi-supervised segmentation on {data}: method x labelled fraction\n",
              f"Command: `{command}`\n",
-             f"Test items of one grouped 80/20 split, scored at the original image resolution; cells are mean ± std "
-             f"over test items (Dice/IoU in %, hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|); "
-             "'(k n/a)': k items where the value is undefined (empty prediction) and left out.\n",
+             f"{where}, scored at the original image resolution; cells are mean ± std over items (Dice/IoU in %, "
+             f"hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|); '(k n/a)': k items where the value is "
+             "undefined (empty prediction) and left out; medians over items.\n",
              f"Anchor: {ANCHORS.get(data, '-')}.\n"]
     for frac in sorted(df["labelled_fraction"].unique()):
         part = df[df["labelled_fraction"] == frac]
-        n_lab = int(part["n_labelled"].iloc[0])
-        lines.append(f"## {100 * frac:g} % labelled ({n_lab} labelled, {int(part['n_unlabelled'].iloc[0])} "
-                     f"unlabelled, {int(part['n_test'].iloc[0])} test images)\n")
-        lines.append("| method | " + " | ".join(cols) + " | train+eval s |")
-        lines.append("|---|" + ":---:|" * (len(cols) + 1))
+        lines.append(f"## {100 * frac:g} % labelled ({int(part['n_labelled'].iloc[0])} labelled, "
+                     f"{int(part['n_unlabelled'].iloc[0])} unlabelled, {int(part['n_test'].iloc[0])} scored images)\n")
+        lines.append("| method | " + " | ".join(cols + [f"median {c}" for c in meds]) + " | train+eval s |")
+        lines.append("|---|" + ":---:|" * (len(cols) + len(meds) + 1))
         for _, row in part.iterrows():
-            lines.append(f"| {NAMES.get(row['method'], row['method'])} | "
-                         + " | ".join(_cell(row, c) for c in cols) + f" | {row['train_eval_s']:.0f} |")
+            name = NAMES.get(row["method"], row["method"]) + (f" ({row['tag']})" if row["tag"] else "")
+            medians = [f"{100 * row[f'{c}_median']:.2f}" if c == "dice" else f"{row[f'{c}_median']:.2f}"
+                       for c in meds]
+            lines.append(f"| {name} | " + " | ".join([_cell(row, c) for c in cols] + medians)
+                         + f" | {row['train_eval_s']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -110,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/hdc-bench")
     p.add_argument("--config", help="YAML or packaged config (default seg-DATA-cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--tag", default="", help="suffix of run names and table for a variant made with --set")
+    p.add_argument("--validation", action="store_true",
+                   help="run inside the main split's training rows (choose settings without the test split)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args(argv)
@@ -121,23 +150,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown method(s) {unknown}; choose from {METHODS}")
     fractions = [float(f) for f in args.fractions.split(",") if f]
     out = Path(args.out)
+    pre = prefix(args.data, args.validation)
+    table_stem = pre + (f"-{args.tag}" if args.tag else "")
     config = Path(args.config) if args.config and args.config.endswith((".yaml", ".yml")) else \
         packaged_config(args.config or f"seg-{args.data}-cpu")
     command = "python benchmarks/hdc_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    command_file = out / f"{args.data}-command.txt"
+    command_file = out / f"{table_stem}-command.txt"
     if args.table_only and command_file.is_file():
         command = command_file.read_text().strip()  # the command that trained the runs
     elif not args.table_only:
         out.mkdir(parents=True, exist_ok=True)
         command_file.write_text(command + "\n")
     if not args.table_only:
-        base = load_config(config, [f"data.spec={args.data}"])
+        base = load_config(config, [f"data.spec={args.data}", *args.overrides])
         manifest = load_manifest(base.data)
         if args.data == "busi":
             manifest = lesion_manifest(manifest)
+        if args.validation:
+            manifest = validation_manifest(manifest, base)
         for frac in fractions:
             for method in methods:
-                name = run_name(args.data, method, frac)
+                name = run_name(pre, method, frac, args.tag)
                 cfg = load_config(config, [f"recipe={method}", f"name={name}", f"out_dir={out}",
                                            f"data.spec={args.data}", f"recipe_options.labelled_fraction={frac}",
                                            *args.overrides])
@@ -147,20 +180,21 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 run_crossval(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
                 logging.info("%s: done in %.0f s", name, time.perf_counter() - t0)
-                write_table(out, args.data, methods, fractions, command)
-    write_table(out, args.data, methods, fractions, command)
+                write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)
+    write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)
     return 0
 
 
-def write_table(out: Path, data: str, methods: list[str], fractions: list[float], command: str) -> None:
-    df = collect(out, data, methods, fractions)
+def write_table(out: Path, stem: str, data: str, pre: str, methods: list[str], fractions: list[float], tag: str,
+                command: str, validation: bool) -> None:
+    df = collect(out, pre, methods, fractions, tag)
     if df.empty:
         logging.warning("no finished runs under %s", out)
         return
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"{data}-table.csv", index=False)
-    (out / f"{data}-table.md").write_text(markdown(df, data, command), encoding="utf-8")
-    print((out / f"{data}-table.md").read_text())
+    df.to_csv(out / f"{stem}-table.csv", index=False)
+    (out / f"{stem}-table.md").write_text(markdown(df, data, command, validation), encoding="utf-8")
+    print((out / f"{stem}-table.md").read_text())
 
 
 if __name__ == "__main__":

@@ -49,3 +49,19 @@ def test_overlays_from_a_run_directory(tmp_path):
     assert len(paths) == 2 and all(p.is_file() and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     with pytest.raises(ValueError, match="heads x H x W"):
         write_overlay_png(torch.rand(8, 8).numpy(), torch.rand(3, 4, 4).numpy(), tmp_path / "bad.png")
+
+
+def test_explainer_hook_for_classifier_and_video_scorer():
+    from sonodistill.explain.attention import attention_explainer
+    from sonodistill.models.aggregators import build_aggregator
+    from sonodistill.models.heads import ClassificationHead
+    from sonodistill.models.stages import Classifier
+    from sonodistill.recipes.medivlad import EXPLAINERS, VideoScorer
+    from sonodistill.serve.loading import recipe_explainers
+
+    vit = _vit()
+    maps = attention_explainer(Classifier(vit, ClassificationHead(vit.embed_dim, 3)), torch.rand(2, 1, 32, 32))
+    assert maps.shape == (2, 1, 32, 32) and float(maps.min()) == 0.0 and float(maps.max()) == pytest.approx(1.0)
+    scorer = VideoScorer(vit, build_aggregator("mean", vit.embed_dim, 3))
+    assert attention_explainer(scorer, torch.rand(1, 1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    assert "attention" in EXPLAINERS and callable(recipe_explainers("medivlad")["attention"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sonodistill.config import load_config
-from sonodistill.data.sequences import synthetic_sequences
+from sonodistill.data.sequences import sample_indices, synthetic_sequences
 from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import ConfigError
 from sonodistill.knowledge import load_graph
@@ -27,7 +27,6 @@ from sonodistill.recipes.dilbert import (
     negative_pairs,
     retrieval_recall,
     run_fold,
-    sample_indices,
     trim_text,
 )
 from sonodistill.models.fusion import DILBERTModel

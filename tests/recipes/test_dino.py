@@ -122,6 +122,7 @@ def test_options_are_checked():
         DINORecipe(load_config(None, TINY + ["model.backbone=resnet10_3d", "model.kwargs={}"]))
 
 
+@pytest.mark.slow
 def test_pretraining_run_directory_and_collapse_warning(tiny_carotid, tiny_overrides, tmp_path, caplog):
     # a near-zero teacher temperature makes the teacher one-hot: the run must say so
     over = tiny_overrides + TINY + [
@@ -144,3 +145,30 @@ def test_pretraining_run_directory_and_collapse_warning(tiny_carotid, tiny_overr
     # the saved teacher is the exported inference model
     t, m = read_weights(run / "teacher_backbone.safetensors"), read_weights(run / "model.safetensors")
     assert t.keys() == m.keys() and all(torch.equal(t[k], m[k]) for k in t)
+
+
+def test_epoch_reaches_the_frame_choice_through_the_sampler():
+    from sonodistill.recipes.dino import EpochIndexSampler, _EpochConcat, _ViewsOnly
+
+    class _Frames(Dataset):
+        def __init__(self, n: int) -> None:
+            self.n, self.epoch = n, 0
+
+        def __len__(self) -> int:
+            return self.n
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __getitem__(self, i: int) -> dict:
+            return {"x": (self.epoch, i)}
+
+    ds = _EpochConcat([_ViewsOnly(_Frames(3)), _ViewsOnly(_Frames(2))])
+    sampler = EpochIndexSampler(len(ds), seed=0)
+    seen = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        seen[epoch] = sorted(ds[k]["x"] for k in sampler)
+    # each epoch visits every frame of both parts once, with that epoch passed on
+    assert seen[0] == sorted([(0, 0), (0, 1), (0, 2), (0, 0), (0, 1)])
+    assert seen[1] == sorted([(1, 0), (1, 1), (1, 2), (1, 0), (1, 1)])

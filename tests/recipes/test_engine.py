@@ -91,3 +91,22 @@ def test_nan_loss_stops_naming_step_and_term(tiny_carotid, tiny_overrides, monke
     assert ckpt["global_step"] <= 3  # the last checkpoint predates the bad step
     weights = read_weights(fold / "model.safetensors")
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
+    import pandas as pd
+
+    from sonodistill.errors import ConfigError
+    from sonodistill.evaluation.crossval import merged_report, parse_merge
+
+    cfg = load_config(None, tiny_overrides + ["name=merge", "train.epochs=1"])
+    run_crossval(cfg, manifest=tiny_carotid)
+    merge = parse_merge(["echo=hyperechoic", "other=mixed,hypoechoic"])
+    merged_report(cfg.run_dir, merge)
+    before = pd.read_csv(cfg.run_dir / "predictions.csv")
+    after = pd.read_csv(cfg.run_dir / "merged" / "predictions.csv")
+    assert list(after["y_true"]) == [0 if y == 0 else 1 for y in before["y_true"]]
+    assert (after["prob_other"] - before["prob_mixed"] - before["prob_hypoechoic"]).abs().max() < 1e-9
+    assert (cfg.run_dir / "merged" / "report.md").is_file()
+    with pytest.raises(ConfigError, match="exactly once"):
+        merged_report(cfg.run_dir, parse_merge(["a=hyperechoic", "b=mixed"]))

@@ -56,6 +56,7 @@ def test_init_from_loads_strictly(tmp_path):
         MeDiVLADRecipe(load_config(None, VIT + ["recipe=medivlad", "recipe_options.aggregators=[lstm]"]), 3)
 
 
+@pytest.mark.slow
 def test_video_aggregation_crossval_and_export_model(tiny_carotid, tiny_overrides, tmp_path):
     from sonodistill.data.datasets import ClipDataset
     from sonodistill.recipes.frame_features import clip_cache, preprocess_config
@@ -84,6 +85,13 @@ def test_video_aggregation_crossval_and_export_model(tiny_carotid, tiny_override
         probs = torch.softmax(scorer(x), dim=1).numpy()
     want = pred[(pred["model"] == "dual_vlad") & (pred["fold"] == 0)].sort_values("index")
     np.testing.assert_allclose(probs, want[[f"prob_{c}" for c in tiny_carotid.classes]].to_numpy(), atol=1e-5)
+    # the bedside loader builds the same model through the recipe's build_inference_model hook
+    from sonodistill.serve.loading import load_run
+
+    loaded = load_run(run)
+    assert loaded.input_kind == "video" and len(loaded.members) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.members[0](x), scorer(x))
 
 
 def _image_folder(root, n_groups: int = 6, per_group: int = 2):
@@ -98,6 +106,7 @@ def _image_folder(root, n_groups: int = 6, per_group: int = 2):
     return load_adapter("folder", root, group_regex=r"^(g\d+)_")
 
 
+@pytest.mark.slow
 def test_frame_finetuning_with_few_labels(tmp_path, tiny_overrides):
     manifest = _image_folder(tmp_path / "imgs")
     _, path = _pretrained(tmp_path)

@@ -68,8 +68,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sonodistill.evaluation.crossval import report_from_run_dir
+    from sonodistill.evaluation.crossval import merged_report, parse_merge, report_from_run_dir
 
+    if args.merge:
+        merged_report(args.run_dir, parse_merge(args.merge), name=args.merge_name)
+        print((Path(args.run_dir) / args.merge_name / "report.md").read_text())
+        return 0
     report_from_run_dir(args.run_dir)
     print((Path(args.run_dir) / "report.md").read_text())
     return 0
@@ -88,4 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="rebuild the report (tables, plots) from a run directory alone")
     e.add_argument("run_dir")
+    e.add_argument("--merge", action="append", default=[], metavar="NEW=OLD1,OLD2",
+                   help="re-score with classes merged (probabilities summed), e.g. --merge 0=0 --merge 1-2=1,2 "
+                        "--merge 3=3 for the 3-class lung severity grouping")
+    e.add_argument("--merge-name", default="merged", help="subfolder for the merged report")
     e.set_defaults(func=_eval)

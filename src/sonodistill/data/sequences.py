@@ -130,6 +130,16 @@ class SequenceSet:
 
 
 # ------------------------------------------------------------------------------------------------ loading
+def sample_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarray:
+    """`t` frame indices of an `n`-frame sequence: segment centres (rng None) or a random frame per segment."""
+    k = np.arange(t)
+    if rng is None:
+        return np.minimum(np.floor((k + 0.5) * n / t).astype(np.int64), n - 1)
+    lo = np.floor(k * n / t).astype(np.int64)
+    hi = np.maximum(lo + 1, np.floor((k + 1) * n / t).astype(np.int64))
+    return np.minimum(rng.integers(lo, hi), n - 1)
+
+
 def load_sequence(files: list[str], preprocess: Any, cache_dir: str | Path | None = None) -> np.ndarray:
     """One sequence as uint8 `T x S x S`: a video/DICOM file, or image files preprocessed together as one clip
     (region detection then sees the frames' motion). Image stacks are cached as .npy keyed by files + settings."""

@@ -291,7 +291,7 @@ def _write_item(job: tuple[str, Path, int, int, int, int]) -> dict:
     preset, out_dir, index, seed, frames, size = job
     item = synthesize(preset, index, seed, frames, size)
     stem = f"{preset}-{index:05d}"
-    if item.frames.shape[0] == 1:
+    if PRESETS[preset].frames_fixed == 1:  # image presets: PNG; video presets stay mp4 even with 1 frame
         rel = f"images/{stem}.png"
         _write_png(out_dir / rel, item.frames[0])
     else:
@@ -316,7 +316,7 @@ def write_dataset(preset: str, out_dir: str | Path, n: int, seed: int = 0, frame
         raise ConfigError(f"n must be >= 1, got {n}")
     _check_args(frames, size, seed)
     out = Path(out_dir)
-    for sub in ("videos", "images", "masks"):
+    for sub in ("images" if scene.frames_fixed == 1 else "videos", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(preset, out, i, int(seed), int(frames), int(size)) for i in range(int(n))]
     workers = max(1, min(int(workers), len(jobs)))

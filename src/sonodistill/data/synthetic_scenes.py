@@ -230,9 +230,9 @@ class CarotidScene(Scene):
     motion = MotionStyle(shift_mm=1.0, lift_mm=0.3, tilt_deg=1.5, speed=(0.12, 0.35), jump_prob=0.06, n_slices=12)
 
     def sample_subject(self, rng: np.random.Generator, size: int) -> Params:
-        depth = float(rng.choice([22.0, 26.0, 30.0]))
-        r = float(rng.uniform(3.5, 5.0))
-        zc = float(rng.uniform(0.42, 0.58) * depth)
+        depth = float(rng.choice([18.0, 22.0, 26.0]))
+        r = float(rng.uniform(4.0, 5.5))
+        zc = float(np.clip(rng.uniform(0.45, 0.6) * depth, r + 4.0, depth - r - 3.0))
         fat = float(rng.uniform(2.0, 4.5))
         knots = _layers(rng, depth, float(rng.uniform(1.8, 2.6)), fat)
         jug = None
@@ -242,7 +242,7 @@ class CarotidScene(Scene):
             if jz - rz > fat + 1:
                 jug = (float(rng.uniform(-5, 5)), jz, rx, rz)
         return {
-            "depth": depth, "width": float(rng.choice([26.0, 30.0, 34.0])), "radius": r, "zc": zc, "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
+            "depth": depth, "width": float(rng.choice([22.0, 26.0, 30.0])), "radius": r, "zc": zc, "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
             "knots": knots, "fascia": _fascia(rng, fat + 1, zc - r - 1.5, int(rng.integers(1, 4))), "jugular": jug,
             "meander": (float(rng.uniform(0.5, 2.5)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 0.8))),
             "striation": (float(rng.uniform(1.2, 2.5)), float(rng.uniform(0.1, 0.3))),
@@ -257,10 +257,10 @@ class CarotidScene(Scene):
         p["plaque"] = label
         p["view"] = "transverse" if rng.random() < 0.5 else "longitudinal"
         p["location"] = "far wall" if rng.random() < 0.65 else "near wall"
-        p["thickness"] = float(rng.uniform(2.0, min(4.5, 0.9 * r)))
-        p["half_width"] = math.radians(float(rng.uniform(45, 85)))
+        p["thickness"] = float(rng.uniform(2.5, min(5.0, 0.95 * r)))
+        p["half_width"] = math.radians(float(rng.uniform(50, 90)))
         p["angle"] = math.radians((90.0 if p["location"] == "far wall" else -90.0) + float(rng.uniform(-30, 30)))
-        p["length"] = float(rng.uniform(9, 18))
+        p["length"] = float(rng.uniform(10, 20))
         p["xp"] = float(rng.uniform(-9, 9))
         p["slope"] = float(rng.uniform(-0.06, 0.06))
         p["bulb"] = float(rng.uniform(0.1, 0.3)) if rng.random() < 0.5 else 0.0
@@ -269,12 +269,12 @@ class CarotidScene(Scene):
         p["e_peak"] = float(rng.uniform(0, self.motion.n_slices - 1))
         p["shadow"] = 0.0
         if label == "hyperechoic":  # calcified: bright, with a bright surface, usually shadowing
-            p["fac"] = float(rng.uniform(3.0, 5.0))
+            p["fac"] = float(rng.uniform(3.5, 6.0))
             p["cap"] = float(rng.uniform(2.0, 4.0))
             if rng.random() < 0.75:
                 p["shadow"] = float(rng.uniform(0.5, 1.0))  # one-way nepers behind the plaque
         elif label == "mixed":  # heterogeneous: bright and dark patches, occasionally a focal calcification
-            p["hi"], p["lo"] = float(rng.uniform(2.0, 3.2)), float(rng.uniform(0.15, 0.35))
+            p["hi"], p["lo"] = float(rng.uniform(2.0, 3.2)), float(rng.uniform(0.12, 0.3))
             p["pattern"] = rng.uniform([0.8, 0.8, 0.6, 0, 0, 0], [2.0, 2.0, 1.5, 6.3, 6.3, 6.3]).tolist()
             p["cap"] = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else 0.0
             if rng.random() < 0.15:

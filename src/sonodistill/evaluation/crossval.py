@@ -144,3 +144,41 @@ def report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
     predictions = pd.read_csv(run_dir / PREDICTIONS)
     return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+
+
+def parse_merge(specs: list[str]) -> dict[str, list[str]]:
+    """['0=0', '1-2=1,2', '3=3'] -> {'0': ['0'], '1-2': ['1', '2'], '3': ['3']} (new class -> old classes)."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        new, sep, old = spec.partition("=")
+        if not sep or not new or not old:
+            raise ConfigError(f"--merge {spec!r}: expected NEW=OLD1,OLD2")
+        out[new] = [c for c in old.split(",") if c]
+    return out
+
+
+def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = "merged") -> dict[str, Any]:
+    """Re-score a run's predictions with classes merged (probabilities summed), e.g. severity 0 / 1-2 / 3.
+
+    Writes RUN/<name>/report.md etc. Every original class must go to exactly one new class.
+    """
+    from sonodistill.evaluation.report import write_cv_report
+
+    run_dir = Path(run_dir)
+    manifest = Manifest.from_csv(run_dir / "manifest.csv")
+    predictions = pd.read_csv(run_dir / PREDICTIONS)
+    olds = [c for cs in merge.values() for c in cs]
+    if sorted(olds) != sorted(manifest.classes):
+        raise ConfigError(f"merge {merge} must use each class of {manifest.classes} exactly once")
+    new_classes = list(merge)
+    to_new = {manifest.classes.index(c): new_classes.index(n) for n, cs in merge.items() for c in cs}
+    out = predictions[[c for c in predictions.columns if not c.startswith("prob_")]].copy()
+    out["y_true"] = predictions["y_true"].map(to_new)
+    for n, cs in merge.items():
+        out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
+    cfg = load_config(run_dir / "config.yaml")
+    target = run_dir / name
+    target.mkdir(exist_ok=True)
+    out.to_csv(target / PREDICTIONS, index=False)
+    return write_cv_report(target, out, new_classes,
+                           title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}, classes merged as {merge}")

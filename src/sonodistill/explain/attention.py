@@ -44,6 +44,31 @@ def cls_attention_maps(vit: nn.Module, x: torch.Tensor, size: tuple[int, int] | 
     return maps
 
 
+@torch.no_grad()
+def attention_explainer(model: nn.Module, x: torch.Tensor, target_class: int | None = None,
+                        normalize: bool = True) -> torch.Tensor:
+    """`sonodistill explain` hook: head-averaged [CLS] attention of the frame ViT, class-independent.
+
+    model: a Classifier with a ViT backbone (`x` `B x 1 x H x W` -> `B x 1 x H x W`) or a VideoScorer
+    (`x` `B x 1 x T x H x W` -> `B x T x H x W`, frame by frame). normalize: each map scaled to [0, 1].
+    """
+    vit = getattr(model, "backbone", None) or getattr(model, "encoder", None) or model
+    if x.ndim == 5:
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        maps = cls_attention_maps(vit, frames, size=(h, w)).mean(dim=1).reshape(b, t, h, w)
+    elif x.ndim == 4:
+        maps = cls_attention_maps(vit, x, size=tuple(x.shape[-2:])).mean(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"attention_explainer expects B x 1 x H x W or B x 1 x T x H x W, got {tuple(x.shape)}")
+    maps = maps.clamp_min(0)
+    if normalize:
+        flat = maps.flatten(-2)
+        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        maps = ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
+    return maps
+
+
 def write_overlay_png(image: np.ndarray, maps: np.ndarray, path: str | Path, title: str = "") -> Path:
     """One PNG: the frame, then each head's map overlaid (and the head mean). image `H x W`, maps `heads x H x W`."""
     image = np.asarray(image, dtype=np.float32)

@@ -22,6 +22,7 @@ from torch import nn
 from sonodistill.errors import ConfigError
 
 STREAMS = ("region", "clip", "text")
+ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"  # dilbert.json "format" of an exported annotator folder
 
 
 @dataclass

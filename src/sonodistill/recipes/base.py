@@ -64,6 +64,12 @@ class ClassificationRecipe(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def on_train_epoch_start(self) -> None:
+        # New random frame positions each epoch, reproducible from (seed, epoch, item): resume-safe.
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         check_finite(int(self.global_step), {"loss": loss, **parts})

@@ -88,7 +88,7 @@ def make_loader(dataset: Dataset, data: DataConfig, train: bool, seed: int) -> D
     sampler = EpochSeededSampler(len(dataset), seed, shuffle=train)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=data.num_workers,
                       drop_last=train and len(dataset) > data.batch_size,  # type: ignore[arg-type]
-                      persistent_workers=data.num_workers > 0, pin_memory=False)
+                      persistent_workers=False, pin_memory=False)  # workers re-created per epoch see set_epoch
 
 
 def fold_arrays(manifest: Manifest, rows: np.ndarray) -> Manifest:

@@ -35,21 +35,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
-from sonodistill.data.sequences import AnnotationSpec, SequenceSet
+from sonodistill.data.sequences import AnnotationSpec, SequenceSet, sample_indices
 from sonodistill.data.text import SPECIAL_TOKENS, TextTokenizer
 from sonodistill.errors import ConfigError
 from sonodistill.knowledge import KnowledgeGraph, entity_aware_mask, load_graph
 from sonodistill.losses.base import prefixed
 from sonodistill.losses.pretext import IGNORE, DILBERTObjective, PretextLoss
 from sonodistill.losses.relational import RelationalKD, ResponseKD
-from sonodistill.models.fusion import DILBERTModel, FusionConfig
+from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTModel, FusionConfig
 from sonodistill.recipes.base import build_optimizer, check_finite
 
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "distill", "finetune", "mutual")
 VARIANTS = ("baseline", "teacher", "student")
-ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"
 
 #: recipe_options with their defaults (CPU sizes; the paper's best fusion encoder: 9 layers, 9 heads)
 DEFAULTS: dict[str, Any] = {
@@ -122,16 +121,6 @@ def fusion_config(o: dict[str, Any], role: str, tokenizer: TextTokenizer, graph:
 
 
 # ================================================================================================ data
-def sample_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarray:
-    """`t` frame indices of an `n`-frame sequence: segment centres (rng None) or a random frame per segment."""
-    k = np.arange(t)
-    if rng is None:
-        return np.minimum(np.floor((k + 0.5) * n / t).astype(np.int64), n - 1)
-    lo = np.floor(k * n / t).astype(np.int64)
-    hi = np.maximum(lo + 1, np.floor((k + 1) * n / t).astype(np.int64))
-    return np.minimum(rng.integers(lo, hi), n - 1)
-
-
 class SequenceTextDataset(Dataset):
     """Sequences with their report text and annotation targets, as tensors.
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
@@ -39,6 +39,7 @@ from sonodistill.losses.dino import DINOLoss, is_collapsed
 from sonodistill.losses.ema import make_teacher, update_ema
 from sonodistill.models.projection import DINOHead, cancel_last_layer_gradients
 from sonodistill.recipes.base import check_finite
+from sonodistill.recipes.data import EpochSeededSampler
 from sonodistill.recipes.frame_features import (
     STUDENT_WEIGHTS,
     TEACHER_WEIGHTS,
@@ -291,7 +292,11 @@ class DINORecipe(L.LightningModule):
 
 
 class _ViewsOnly(Dataset):
-    """Keep only the views of a dataset's items (labels ignored): {"x": list of views, "index": int}."""
+    """Keep only the views of a dataset's items (labels ignored): {"x": list of views, "index": int}.
+
+    Accepts plain indices, or `epoch * len + i` from `EpochIndexSampler`: the epoch then reaches the wrapped
+    dataset (random frame choice per epoch) even inside persistent DataLoader workers.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -299,15 +304,32 @@ class _ViewsOnly(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"x": self.dataset[i]["x"], "index": i}
-
-    def set_epoch(self, epoch: int) -> None:
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        epoch, i = divmod(int(k), len(self))
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        return {"x": self.dataset[i]["x"], "index": i}
 
 
-def pretraining_dataset(manifests: list[Manifest], cfg: RunConfig, seed: int) -> ConcatDataset:
+class _EpochConcat(ConcatDataset):
+    """ConcatDataset passing `epoch * len + i` on to its parts as `epoch * len(part) + j`."""
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        epoch, i = divmod(int(k), len(self))
+        part = int(np.searchsorted(self.cumulative_sizes, i, side="right"))
+        j = i - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part][epoch * len(self.datasets[part]) + j]
+
+
+class EpochIndexSampler(EpochSeededSampler):
+    """EpochSeededSampler (same order, resumable) that yields `epoch * n + i`, carrying the epoch to the dataset."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        offset = self.epoch * self.n
+        return (offset + i for i in super().__iter__())
+
+
+def pretraining_dataset(manifests: list[Manifest], cfg: RunConfig, seed: int) -> _EpochConcat:
     """Every frame of image manifests plus `frames_per_video` random frames per video and epoch, as multi-crop views."""
     from sonodistill.data.datasets import FrameDataset, VideoFrameDataset
 
@@ -322,19 +344,24 @@ def pretraining_dataset(manifests: list[Manifest], cfg: RunConfig, seed: int) ->
             ds = VideoFrameDataset(m, pre, frames_per_video=int(o["frames_per_video"]), sampling="random",
                                    cache=cache, augment=crops, seed=seed)
         parts.append(_ViewsOnly(ds))
-    return ConcatDataset(parts)
+    return _EpochConcat(parts)
+
+
+def pretraining_loader(dataset: Dataset, cfg: RunConfig, seed: int) -> DataLoader:
+    """Shuffled (seeded per epoch), drop_last loader of multi-crop batches {"x": list of `B x 1 x h x w`}."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n < cfg.data.batch_size:
+        raise ConfigError(f"dino: {n} frames are fewer than one batch (data.batch_size={cfg.data.batch_size})")
+    w = int(cfg.data.num_workers)
+    return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=EpochIndexSampler(n, seed), num_workers=w,
+                      drop_last=True, persistent_workers=w > 0)
 
 
 class DINOArtifacts(L.Callback):
-    """Per epoch: dataset epoch for random frame choice, diagnostics row (+ collapse warning), backbone weights."""
+    """Per epoch: diagnostics row (+ collapse warning in the log and RUN/train.log), backbone weights."""
 
-    def __init__(self, run_dir: Path, datasets: list[Any]) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.datasets = datasets
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for ds in self.datasets:
-            ds.set_epoch(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: DINORecipe) -> None:  # type: ignore[override]
         row = pl_module.epoch_diagnostics()
@@ -414,7 +441,6 @@ class _RunLog:
 
 def run_pretraining(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:
     """Pretrain on every frame of `manifest` + `recipe_options.extra_data`; returns the summary (also pretrain.json)."""
-    from sonodistill.recipes.data import make_loader
     from sonodistill.recipes.trainer import build_trainer
 
     run_dir = cfg.run_dir
@@ -425,7 +451,7 @@ def run_pretraining(cfg: RunConfig, manifest: Manifest, resume: bool = False, **
         seed = int(cfg.train.seed)
         L.seed_everything(seed, workers=True, verbose=False)
         dataset = pretraining_dataset(manifests, cfg, seed)
-        loader = make_loader(dataset, cfg.data, train=True, seed=seed)
+        loader = pretraining_loader(dataset, cfg, seed)
         spe = _steps_per_epoch(len(loader), cfg)
         sources = [{"name": m.name, "modality": m.modality, "items": len(m), "groups": int(len(set(m.groups))),
                     "frames_per_epoch": len(ds)} for m, ds in zip(manifests, dataset.datasets)]
@@ -433,7 +459,7 @@ def run_pretraining(cfg: RunConfig, manifest: Manifest, resume: bool = False, **
         log.info("dino: pretraining on %d frames per epoch from %s; %d steps/epoch x %d epochs; labels are not used",
                  len(dataset), [s["name"] for s in sources], spe, cfg.train.epochs)
         recipe = DINORecipe(cfg, steps_per_epoch=spe)
-        trainer = build_trainer(cfg, run_dir, [DINOArtifacts(run_dir, list(dataset.datasets))], **trainer_overrides)
+        trainer = build_trainer(cfg, run_dir, [DINOArtifacts(run_dir)], **trainer_overrides)
         last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if resume and last.is_file() else None
         t0 = time.perf_counter()

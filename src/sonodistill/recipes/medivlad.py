@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 FEATURES = "features.npz"
 
+#: `sonodistill explain` hooks (see docs/bedside.md): last-block [CLS] attention of the frame ViT.
+EXPLAINERS = {"attention": "sonodistill.explain.attention:attention_explainer"}
+
 #: recipe_options understood by this recipe, with their defaults.
 DEFAULTS: dict[str, Any] = {
     "init_from": None,            # dino run dir / weights file for the frame backbone (None: random init)
@@ -65,6 +68,8 @@ def medivlad_options(cfg: RunConfig) -> dict[str, Any]:
 class VideoScorer(nn.Module):
     """Frame encoder + aggregator: `x` `B x 1 x T x H x W` (mask `B x T` optional) -> logits `B x K`."""
 
+    kind = "video"
+
     def __init__(self, encoder: nn.Module, aggregator: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
@@ -91,6 +96,17 @@ class MeDiVLADRecipe(ClassificationRecipe):
             raise ConfigError(f"medivlad: model.backbone {cfg.model.backbone!r} is not a frame backbone")
         if o["init_from"]:
             load_backbone_weights(self.model.backbone, o["init_from"])
+
+    @staticmethod
+    def build_inference_model(cfg: RunConfig, manifest: Manifest) -> nn.Module:
+        """Untrained model of a run's fold_k/model.safetensors: Classifier (frames) or VideoScorer (videos)."""
+        from sonodistill.recipes.base import build_classifier
+
+        if manifest.modality == "image":
+            return build_classifier(cfg, len(manifest.classes))
+        encoder = build_frame_backbone(cfg)
+        name = medivlad_options(cfg)["aggregators"][0]
+        return VideoScorer(encoder, _aggregator(cfg, name, encoder.embed_dim, len(manifest.classes)))
 
     @staticmethod
     def run_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:

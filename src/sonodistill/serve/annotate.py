@@ -16,13 +16,12 @@ import numpy as np
 import torch
 
 from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
-from sonodistill.data.sequences import AnnotationSpec
+from sonodistill.data.sequences import AnnotationSpec, sample_indices
 from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import CheckpointError, DataError
 from sonodistill.knowledge import KnowledgeGraph, load_graph
-from sonodistill.models.fusion import DILBERTInference, FusionConfig
+from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTInference, FusionConfig
 
-ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"
 FILES = ("dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json")
 
 
@@ -86,8 +85,6 @@ def load_annotator(path: str | Path) -> Annotator:
 
 def clip_tensor(frames: np.ndarray, ann: Annotator) -> torch.Tensor:
     """Raw uint8 frames `T x H x W` -> the model input `1 x 1 x T' x S x S` (training preprocessing, uniform frames)."""
-    from sonodistill.recipes.dilbert import sample_indices
-
     clip = preprocess_clip(np.ascontiguousarray(frames), ann.preprocess)
     idx = sample_indices(len(clip), ann.num_frames, None)
     return torch.from_numpy(clip[idx].astype(np.float32) / 255.0)[None, None]

@@ -1,0 +1,124 @@
+"""DILBERT benchmark on the real sequence-text pairs: pocus-frames sequences and lus-blues videos.
+
+For each data set: patient-grouped 5-fold CV of baseline (student-sized, no distillation), teacher and student
+(distilled pretraining + mutual finetuning), with per-finding and macro sensitivity / precision / F1, retrieval
+Recall@1/5/10 both ways and the training time of every stage. Writes OUT/<part>/report.md, metrics.json and
+OUT/summary.md (the tables that go into docs/dilbert.md), plus the exact command.
+
+    flock /tmp/sonodistill-heavy.lock python benchmarks/dilbert_pocus.py --out runs/dilbert-bench
+
+Options: --parts pocus,lus  --folds 5  --epochs N (pretrain and finetune epochs)  --threads 1  --resume
+         --set SECTION.FIELD=VALUE (any config override, repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PARTS = {
+    "pocus": ["data.spec=pocus-frames"],
+    "lus": ["data.spec=lus-blues", "data.target=severity"],
+}
+
+
+def run_part(part: str, out: Path, args: argparse.Namespace) -> dict:
+    from sonodistill.config import load_config, packaged_config
+    from sonodistill.evaluation.crossval import run_crossval
+
+    overrides = list(PARTS[part]) + [f"out_dir={out}", f"name={part}", f"train.folds={args.folds}"]
+    if args.epochs:
+        overrides += [f"recipe_options.pretrain_epochs={args.epochs}", f"recipe_options.finetune_epochs={args.epochs}"]
+    cfg = load_config(packaged_config(args.config), overrides + list(args.overrides))
+    t0 = time.perf_counter()
+    summary = run_crossval(cfg, resume=args.resume)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def _f(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _ms(v: list) -> str:
+    return "n/a" if math.isnan(v[0]) else f"{v[0]:.3f} ± {v[1]:.3f}"
+
+
+def summary_tables(part: str, summary: dict) -> list[str]:
+    """Macro annotation, retrieval and time tables of one part, in Markdown."""
+    variants = [v for v in summary["variants"]]
+    lines = [f"### {part}", "", "| variant | macro sensitivity | macro precision | macro F1 (pooled) | "
+             "macro F1 per fold |", "|---|---|---|---|---|"]
+    for v in variants:
+        p = summary["variants"][v]
+        m = p["pooled"]["macro"]
+        lines.append(f"| {v} | {_f(m['sensitivity'])} | {_f(m['precision'])} | {_f(m['f1'])} | "
+                     f"{_ms(p['per_fold_macro']['f1'])} |")
+    lines += ["", "| variant | seq→text R@1 | R@5 | R@10 | text→seq R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|---|"]
+    chance = None
+    for v in variants:
+        r = summary["variants"][v]["retrieval"]
+        if not r:
+            continue
+        chance = r
+        lines.append(f"| {v} | " + " | ".join(_ms(r[d][f'R@{k}']) for d in ("seq2text", "text2seq")
+                                              for k in (1, 5, 10)) + " |")
+    if chance:
+        lines.append("| random ranking | " + " | ".join(_ms(chance[d][f'chance@{k}']) for d in ("seq2text", "text2seq")
+                                                        for k in (1, 5, 10)) + " |")
+    sec = summary["seconds"]
+    total = {"baseline": ["baseline/pretrain", "baseline/finetune"], "teacher": ["teacher/pretrain", "teacher/finetune"],
+             "student (own stages)": ["student/distill", "student/mutual"]}
+    lines += ["", "| variant | training s per fold (mean) | stages |", "|---|---|---|"]
+    for name, stages in total.items():
+        if all(s in sec for s in stages):
+            lines.append(f"| {name} | {sum(sec[s][0] for s in stages):.0f} | "
+                         + ", ".join(f"{s.split('/')[1]} {sec[s][0]:.0f}" for s in stages) + " |")
+    if all(s in sec for s in total["teacher"] + total["student (own stages)"]):
+        lines.append(f"| student incl. its teacher | {sum(sec[s][0] for s in total['teacher'] + total['student (own stages)']):.0f} | |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/dilbert-bench")
+    ap.add_argument("--parts", default="pocus,lus")
+    ap.add_argument("--config", default="dilbert-cpu")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    lines = ["# DILBERT benchmark", "", f"Command: `{command}`", ""]
+    for part in [p for p in args.parts.split(",") if p]:
+        if part not in PARTS:
+            ap.error(f"unknown part {part!r}; choose from {sorted(PARTS)}")
+        summary = run_part(part, out, args)
+        lines += summary_tables(part, summary) + [f"Wall time: {summary['wall_seconds']:.0f} s; full report: "
+                                                  f"{out / part / 'report.md'}", ""]
+        (out / "summary.md").write_text("\n".join(lines) + "\n")
+        (out / f"{part}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
