@@ -199,3 +199,11 @@ def test_csv_reads_manifest_to_csv_round_trip(tmp_path):
     back = load_adapter("csv", out)
     assert back.classes == ["y", "x"] and back.paths == m.paths and list(back.groups) == list(m.groups)
     assert back.modality == "image" and isinstance(back, Manifest)
+
+
+def test_busi_lesions_target_keeps_benign_and_malignant(shared_data):
+    from sonodistill.data.adapters import load_adapter
+
+    m = load_adapter("busi", shared_data / "busi", target="lesions")
+    assert m.classes == ["benign", "malignant"]
+    assert m.class_counts() == {"benign": 437, "malignant": 210}

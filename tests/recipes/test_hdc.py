@@ -47,7 +47,7 @@ def test_loss_equals_sup_on_both_decoders_plus_weighted_hdc_terms(tmp_path):
     assert float(parts["weight"]) == pytest.approx(w)
     for key in ("sup", "sup_d2", "hdc/cg", "hdc/mi", "hdc/pc", "unsup"):
         assert key in parts, key
-    assert 0.0 <= float(parts["hdc/mi"]) <= math.log(2) + 1e-6
+    assert -1e-6 <= float(parts["hdc/mi"]) <= math.log(2) + 1e-6  # I >= 0 up to float32 rounding
 
 
 def test_consistency_weight_ramps_up_to_the_configured_value(tmp_path):

@@ -39,6 +39,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "labelled", None) is not None:
+        overrides.append(f"recipe_options.labelled_fraction={args.labelled}")
     overrides += args.overrides
     cfg = load_config(path, overrides)
     if args.name is None:
@@ -62,9 +64,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"ablation runs under {cfg.run_dir} (wall time {time.perf_counter() - t0:.0f} s)")
         return 0
     summary = run_crossval(cfg, resume=args.resume)
-    print((cfg.run_dir / "report.md").read_text())
+    if summary is None:  # non-zero ranks of a multi-process run: rank 0 writes the report
+        return 0
+    report = cfg.run_dir / "report.md"
+    if report.is_file():
+        print(report.read_text())
     print(f"run directory: {cfg.run_dir}  (wall time {time.perf_counter() - t0:.0f} s)")
-    return 0 if summary is not None else 1
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -74,7 +80,16 @@ def _eval(args: argparse.Namespace) -> int:
         merged_report(args.run_dir, parse_merge(args.merge), name=args.merge_name)
         print((Path(args.run_dir) / args.merge_name / "report.md").read_text())
         return 0
-    report_from_run_dir(args.run_dir)
+    from sonodistill.config import load_config as _load
+    from sonodistill.recipes import get_recipe
+
+    recipe = _load(Path(args.run_dir) / "config.yaml").recipe
+    if getattr(get_recipe(recipe), "task", "classification") == "segmentation":
+        from sonodistill.evaluation.segmentation_cv import segmentation_report_from_run_dir
+
+        segmentation_report_from_run_dir(args.run_dir)
+    else:
+        report_from_run_dir(args.run_dir)
     print((Path(args.run_dir) / "report.md").read_text())
     return 0
 
@@ -86,6 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", choices=sorted(RECIPES))
     add_run_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT/NAME")
+    p.add_argument("--labelled", type=float, metavar="FRACTION",
+                   help="semi-supervised recipes: fraction of each training fold that keeps its labels "
+                        "(grouped, seeded choice); alias of --set recipe_options.labelled_fraction=FRACTION")
     p.add_argument("--ablation", action="store_true",
                    help="dualdistill: run the 8 SD/RGSD/AGSD on-off rows of Table 1 on the same folds")
     p.set_defaults(func=_train)

@@ -252,9 +252,17 @@ BUSI_CLASSES = ["benign", "malignant", "normal"]
 
 @register_adapter("busi")
 def busi(root: Path, **options: object) -> Manifest:
-    """BUSI breast images with lesion masks; no patient ids were released, so each image is its own group."""
+    """BUSI breast images with lesion masks; no patient ids were released, so each image is its own group.
+
+    Option `target="lesions"` keeps only benign + malignant images (the lesion segmentation benchmark).
+    """
+    target = options.pop("target", None)
     _reject_options("busi", options)
+    if target not in (None, "lesions", "class"):
+        raise ConfigError(f"busi: unknown target {target!r} (use 'class' or 'lesions')")
     t = _read_table(root / "metadata.csv")
+    if target == "lesions":
+        t = t[t["label"].astype(str).isin(["benign", "malignant"])].reset_index(drop=True)
     table = pd.DataFrame(
         {
             "path": [str(root / p) for p in t["image"]],
@@ -266,7 +274,8 @@ def busi(root: Path, **options: object) -> Manifest:
     for col in ("original_busi_name", "n_lesion_masks"):
         if col in t.columns:
             table[col] = t[col].to_numpy()
-    return Manifest(table, list(BUSI_CLASSES), "image", "busi")
+    classes = ["benign", "malignant"] if target == "lesions" else list(BUSI_CLASSES)
+    return Manifest(table, classes, "image", "busi")
 
 
 # -- generic: folder per class ---------------------------------------------------------------------

@@ -78,7 +78,8 @@ class Geometry:
         idx = np.arange(self.size) + 0.5
         x = (idx - self.size / 2) * p
         z = z0 + (idx - self.margin * self.size) * p
-        return np.broadcast_to(x[None, :], (self.size, self.size)).copy(), np.broadcast_to(z[:, None], (self.size, self.size)).copy()
+        xx, zz = np.broadcast_arrays(x[None, :], z[:, None])
+        return xx.copy(), zz.copy()
 
     def to_pixels(self, x: np.ndarray | float, z: np.ndarray | float) -> tuple[Any, Any]:
         """Probe-frame mm -> display (column, row) in pixel units (pixel centres at integers)."""
@@ -242,7 +243,8 @@ class CarotidScene(Scene):
             if jz - rz > fat + 1:
                 jug = (float(rng.uniform(-5, 5)), jz, rx, rz)
         return {
-            "depth": depth, "width": float(rng.choice([22.0, 26.0, 30.0])), "radius": r, "zc": zc, "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
+            "depth": depth, "width": float(rng.choice([22.0, 26.0, 30.0])), "radius": r, "zc": zc,
+            "xc": float(rng.uniform(-5, 5)), "base": float(rng.uniform(0.8, 1.25)),
             "knots": knots, "fascia": _fascia(rng, fat + 1, zc - r - 1.5, int(rng.integers(1, 4))), "jugular": jug,
             "meander": (float(rng.uniform(0.5, 2.5)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 0.8))),
             "striation": (float(rng.uniform(1.2, 2.5)), float(rng.uniform(0.1, 0.3))),
@@ -395,7 +397,8 @@ class LungScene(Scene):
         pleura = float(rng.uniform(12, 24))
         fat = float(rng.uniform(2, 6))
         return {
-            "depth": depth, "radius": float(rng.choice([40.0, 50.0, 60.0])), "half_angle": float(rng.choice([30.0, 35.0])),
+            "depth": depth, "radius": float(rng.choice([40.0, 50.0, 60.0])),
+            "half_angle": float(rng.choice([30.0, 35.0])),
             "pleura": pleura, "base": float(rng.uniform(0.8, 1.2)),
             "knots": _layers(rng, pleura, float(rng.uniform(1.6, 2.4)), fat),
             "fascia": _fascia(rng, fat + 1, pleura - 3, int(rng.integers(1, 4))),
@@ -670,7 +673,8 @@ class FetalHeadScene(Scene):
         echo = np.where(rho < p["wall"], base * np.interp(rho, *p["knots"]), echo)
         echo = np.where((rho >= p["wall"]) & (rho < p["wall"] + 4), 1.3 * base, echo)
         if p["placenta"]:
-            echo = np.where((rho >= p["wall"] + 4) & (rho < p["wall"] + 4 + p["placenta"]) & (sd > th + 3), 1.4 * base, echo)
+            placenta = (rho >= p["wall"] + 4) & (rho < p["wall"] + 4 + p["placenta"]) & (sd > th + 3)
+            echo = np.where(placenta, 1.4 * base, echo)
         if p["body"] is not None:
             bx, bz, ra, rb, fac = p["body"]
             inb = ((x - bx) / ra) ** 2 + ((z - bz) / rb) ** 2 < 1

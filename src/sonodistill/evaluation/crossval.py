@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.csv"
 
 
+def process_rank() -> int:
+    """Global rank of this process in a multi-process (DDP) launch; 0 otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
 def make_folds(manifest: Manifest, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Grouped, stratified folds; each checked for leakage."""
     from sonodistill.data.splits import check_no_leakage, grouped_kfold
@@ -53,6 +60,9 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     from sonodistill.recipes.trainer import fit_fold
 
     run_dir = cfg.run_dir
+    rank = process_rank()
+    if rank != 0:  # a DDP worker re-running the command: rank 0 owns the run directory
+        resume = True
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if (run_dir / PREDICTIONS).exists() or (run_dir / "config.yaml").exists():
             raise SonoDistillError(f"run directory {run_dir} already holds a run: pass --resume to continue it, "
@@ -68,9 +78,10 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
             log.warning("resuming with a config that differs from the saved one; the saved one is kept in "
                         "config.yaml, differences: see config.resumed.yaml")
             cfg.save(run_dir / "config.resumed.yaml")
-    else:
+    elif rank == 0:
         cfg.save(run_dir / "config.yaml")
-    manifest.to_csv(run_dir / "manifest.csv")
+    if rank == 0:
+        manifest.to_csv(run_dir / "manifest.csv")
     from sonodistill.recipes import get_recipe
 
     runner = getattr(get_recipe(cfg.recipe), "run_experiment", None)
@@ -82,7 +93,8 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         if cfg.train.folds < 2:
             raise ConfigError("train.folds must be >= 2 for cross-validation")
         folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
-        save_folds(run_dir, manifest, folds)
+        if rank == 0:
+            save_folds(run_dir, manifest, folds)
 
     recipe_cls = get_recipe(cfg.recipe)
     if getattr(recipe_cls, "task", "classification") != "classification":
@@ -104,11 +116,15 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         t0 = time.perf_counter()
         pred = fit_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
         times[k] = time.perf_counter() - t0
+        if pred is None:  # not rank 0: predictions and the report are rank 0's
+            continue
         pred.to_csv(pred_file, index=False)
         frames.append(pred)
         log.info("fold %d done in %.1f s", k, times[k])
     if cfg.train.final and cfg.train.fold is None:
         train_final_model(cfg, manifest, resume, **trainer_overrides)
+    if rank != 0:
+        return None  # type: ignore[return-value]
     predictions = pd.concat(frames, ignore_index=True)
     predictions.to_csv(run_dir / PREDICTIONS, index=False)
     timing_file = run_dir / "timing.json"

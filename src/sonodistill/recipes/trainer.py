@@ -93,8 +93,10 @@ def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback
 
 def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_rows: np.ndarray, fold: int,
              fold_dir: Path, resume: bool = False, extra_callbacks: list[Callback] | None = None,
-             **trainer_overrides: Any) -> pd.DataFrame:
-    """Train on `train_rows`, predict `test_rows`; returns one row per test item (fold, index, group, y_true, prob_*)."""
+             **trainer_overrides: Any) -> pd.DataFrame | None:
+    """Train on `train_rows`, predict `test_rows`; returns one row per test item (fold, index, group, y_true, prob_*).
+
+    Under multi-process training only rank 0 predicts (on one device, the whole fold); other ranks return None."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.train.seed + fold
     L.seed_everything(seed, workers=True, verbose=False)
@@ -114,6 +116,12 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
         log.info("fold %d: resuming from %s", fold, last)
         ckpt_path = str(last)
     trainer.fit(recipe, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+    if trainer.world_size > 1:
+        # Distributed prediction would shard the test fold; rank 0 predicts it whole on one device.
+        if not trainer.is_global_zero:
+            return None  # type: ignore[return-value]
+        trainer = L.Trainer(accelerator=cfg.train.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, precision=cfg.train.precision)
     if len(test_rows) == 0:  # a final model trained on everything: nothing held out to predict
         return pd.DataFrame()
     test_set = build_dataset(manifest.subset(test_rows), cfg.data, train=False, seed=seed)
