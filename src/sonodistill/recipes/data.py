@@ -37,7 +37,12 @@ def synthetic_manifest(preset: str, n: int, frames: int, size: int, cache_root: 
     """Generate a simulator data set once per parameter set under the cache folder and load its manifest."""
     from sonodistill.data.synthetic import write_dataset
 
-    key = hashlib.sha1(json.dumps([preset, n, frames, size, seed]).encode()).hexdigest()[:12]
+    import sonodistill.data.synthetic as sim
+    import sonodistill.data.synthetic_scenes as scenes
+
+    # The simulator's own source is part of the key: a changed simulator never reuses stale clips.
+    code = b"".join(Path(m.__file__).read_bytes() for m in (sim, scenes))  # type: ignore[arg-type]
+    key = hashlib.sha1(json.dumps([preset, n, frames, size, seed]).encode() + code).hexdigest()[:12]
     out = cache_root / "synthetic" / f"{preset}-{key}"
     csv = out / "manifest.csv"
     if not (out / ".complete").is_file():
