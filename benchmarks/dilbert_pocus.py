@@ -85,6 +85,14 @@ def summary_tables(part: str, summary: dict) -> list[str]:
     return lines + [""]
 
 
+def write_summary(out: Path) -> Path:
+    """OUT/summary.md: the per-part summaries present in OUT (parts may come from separate invocations)."""
+    parts = [out / f"summary-{p}.md" for p in PARTS if (out / f"summary-{p}.md").is_file()]
+    text = "# DILBERT benchmark\n\n" + "\n".join(p.read_text() for p in parts)
+    (out / "summary.md").write_text(text)
+    return out / "summary.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/dilbert-bench")
@@ -107,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    lines = ["# DILBERT benchmark", "", f"Command: `{command}`", ""]
     for part in [p for p in args.parts.split(",") if p]:
         if part not in PARTS:
             ap.error(f"unknown part {part!r}; choose from {sorted(PARTS)}")
         summary = run_part(part, out, args)
-        lines += summary_tables(part, summary) + [f"Wall time: {summary['wall_seconds']:.0f} s; full report: "
-                                                  f"{out / part / 'report.md'}", ""]
-        (out / "summary.md").write_text("\n".join(lines) + "\n")
         (out / f"{part}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        lines = summary_tables(part, summary) + [f"Command: `{command}`; wall time {summary['wall_seconds']:.0f} s; "
+                                                 f"full report: {out / part / 'report.md'}", ""]
+        (out / f"summary-{part}.md").write_text("\n".join(lines) + "\n")
+        write_summary(out)
     print((out / "summary.md").read_text())
     return 0
 
