@@ -169,9 +169,12 @@ def part_probe(args: argparse.Namespace, manifest: Any, results: dict[str, Any])
             continue
         t0 = time.perf_counter()
         encoder, dcfg = load_run_backbone(run)
+        sources = [dcfg.data.spec]
+        if (run / "pretrain.json").is_file():  # the dino recipe may pretrain on several sources
+            sources = [src["name"] for src in json.loads((run / "pretrain.json").read_text()).get("sources", [])]
         feats, mask = video_frame_features(encoder, manifest, dcfg.data, num_frames=8)
         clip = (feats * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
-        comp["medivlad_teacher"].append({"run": str(run), "pretrained_on": dcfg.data.spec,
+        comp["medivlad_teacher"].append({"run": str(run), "pretrained_on": " + ".join(sources), "size": dcfg.data.size,
                                          "linear": probe_on_our_folds(clip, manifest, folds),
                                          "seconds": time.perf_counter() - t0})
     results["comparisons"] = comp
@@ -386,7 +389,7 @@ def write_summary(args: argparse.Namespace, results: dict[str, Any]) -> str:
                              + " | ".join(_cell(stats[c]) for c in PROBE_COLUMNS) + " | our folds |")
         for r in comp.get("medivlad_teacher", []):
             lines.append(f"| MeDiVLAD DINO teacher ({r['run']}, pretrained on {r['pretrained_on']}) | mean of 8 frame "
-                         "[CLS], linear probe | " + " | ".join(_cell(r["linear"][c]) for c in PROBE_COLUMNS)
+                         f"[CLS] at {r.get('size')} px, linear probe | " + " | ".join(_cell(r["linear"][c]) for c in PROBE_COLUMNS)
                          + " | our folds |")
         for r in comp.get("supervised", []):
             cells = [_cell((r["summary"][c]["mean"], r["summary"][c]["std"])) if isinstance(r["summary"].get(c), dict)
