@@ -107,7 +107,6 @@ def finetune(out: Path, args: argparse.Namespace, manifest, folds) -> dict:  # n
     from sonodistill.config import load_config, packaged_config
     from sonodistill.evaluation.crossval import load_folds, run_crossval
     from sonodistill.evaluation.metrics import classification_metrics
-    from sonodistill.models.backbones import build_backbone  # noqa: F401  (registry import)
     from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights
 
     path = out / "finetune.json"
