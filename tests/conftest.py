@@ -26,3 +26,15 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded 2-core machine.
+
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")` in modules of tiny-model tests.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

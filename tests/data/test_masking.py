@@ -9,13 +9,7 @@ from sonodistill.data.masking import keep_to_mask, num_kept, random_patch_mask, 
 from sonodistill.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("n, ratio, expected", [(64, 0.9, 6), (64, 0.5, 32), (64, 0.0, 64), (4, 0.99, 1), (10, 0.75, 2)])

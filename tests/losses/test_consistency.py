@@ -20,6 +20,7 @@ from sonodistill.losses.consistency import (
     channel_gram,
 )
 from sonodistill.models.segmentation import DualDecoderUNet, SegOutputs
+from tests.gloo import run_two_processes
 
 ATOL = 1e-6
 
@@ -237,14 +238,11 @@ def _mi_worker(rank: int, world: int, tmp: str) -> None:
 
 
 def test_mi_joint_is_global_under_ddp(tmp_path) -> None:
-    import torch.multiprocessing as mp
-
     torch.manual_seed(0)
     a = (2 * torch.randn(2, 3, 4, 4)).double()
     b = (2 * torch.randn(2, 3, 4, 4)).double()
     torch.save({"a": a, "b": b}, tmp_path / "inputs.pt")
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_mi_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method=method)
+    run_two_processes(_mi_worker, str(tmp_path))
     outs = [torch.load(tmp_path / f"out{r}.pt") for r in range(2)]
     full_a = a.clone().requires_grad_()
     loss, parts = MutualInformationLoss()(full_a, b)

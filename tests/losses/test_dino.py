@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sonodistill.losses.dino import DINOLoss, dino_collapse_diagnostics, is_collapsed
 from sonodistill.models.projection import DINOHead, cancel_last_layer_gradients
 from sonodistill.recipes.schedules import ScheduleRangeError, teacher_temp_schedule
+from tests.gloo import run_two_processes
 
 
 def _softmax(row: list[float]) -> list[float]:
@@ -146,21 +146,6 @@ def test_dino_head_with_loss_and_last_layer_freeze():
 
 
 # -- two gloo processes, each with half the batch: same centre as one process on the full batch ---------
-def run_two_processes(worker, tmp: str, limit_s: float = 60.0) -> None:
-    """Run `worker(rank, 2, tmp)` in two processes (fork where available: no re-import, < 1 s; else spawn).
-
-    The processes are killed and the test fails if they have not finished within `limit_s`.
-    """
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(worker, args=(2, tmp), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + limit_s
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the two gloo processes did not finish within {limit_s:.0f} s")
-
-
 def _ddp_center_worker(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rdzv", rank=rank, world_size=world)

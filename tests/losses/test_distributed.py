@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 import time
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sonodistill.losses import distributed as D
 from sonodistill.losses.sinkhorn import sinkhorn_knopp
+from tests.gloo import run_two_processes
 
 
 def test_no_process_group_is_identity():
@@ -21,21 +20,6 @@ def test_no_process_group_is_identity():
     for fn in (D.all_reduce_sum, D.all_reduce_mean, D.all_reduce_max, D.all_reduce_logsumexp,
                D.all_gather_with_grad):
         assert fn(t) is t
-
-
-def run_two_processes(worker, tmp: str, limit_s: float = 60.0) -> None:
-    """Run `worker(rank, 2, tmp)` in two processes (fork where available: no re-import, < 1 s; else spawn).
-
-    The processes are killed and the test fails if they have not finished within `limit_s`.
-    """
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(worker, args=(2, tmp), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + limit_s
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the two gloo processes did not finish within {limit_s:.0f} s")
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:

@@ -11,12 +11,7 @@ from sonodistill.models.fusion import DILBERTInference, DILBERTModel, FusionConf
 T, S, V = 4, 32, 50
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> FusionConfig:

@@ -9,13 +9,7 @@ from sonodistill.data.masking import tube_mask
 from sonodistill.models.video_decoder import VideoTokenDecoder, sincos_pos_embed_3d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_decoder_shapes_with_and_without_mask():

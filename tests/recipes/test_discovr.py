@@ -20,13 +20,7 @@ TINY_OPTIONS = ("image_kwargs: {dim: 24, depth: 1, heads: 2}, out_dim: 64, head_
                 "video_mask_ratio: 0.75")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_recipe(extra: str = "", steps_per_epoch: int = 3, overrides: list[str] | None = None) -> DISCOVRRecipe:

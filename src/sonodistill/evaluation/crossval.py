@@ -82,8 +82,6 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         cfg.save(run_dir / "config.yaml")
     if rank == 0:
         manifest.to_csv(run_dir / "manifest.csv")
-    from sonodistill.recipes import get_recipe
-
     runner = getattr(get_recipe(cfg.recipe), "run_experiment", None)
     if runner is not None:  # pretraining and multi-stage recipes run their own protocol
         return runner(cfg, manifest, resume=resume, **trainer_overrides)
@@ -148,17 +146,22 @@ def train_final_model(cfg: RunConfig, manifest: Manifest, resume: bool = False, 
     return final_dir
 
 
+def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, Manifest, pd.DataFrame]:
+    """(config, manifest, predictions) of a finished run directory; SonoDistillError naming a missing file."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "manifest.csv", PREDICTIONS):
+        if not (run_dir / name).is_file():
+            raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")
+    return load_config(run_dir / "config.yaml"), Manifest.from_csv(run_dir / "manifest.csv"), \
+        pd.read_csv(run_dir / PREDICTIONS)
+
+
 def report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
     """Rebuild the report from a run directory alone (config.yaml, manifest.csv, predictions.csv)."""
     from sonodistill.evaluation.report import write_cv_report
 
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "manifest.csv", PREDICTIONS):
-        if not (run_dir / name).is_file():
-            raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")
-    cfg = load_config(run_dir / "config.yaml")
-    manifest = Manifest.from_csv(run_dir / "manifest.csv")
-    predictions = pd.read_csv(run_dir / PREDICTIONS)
+    cfg, manifest, predictions = read_run_dir(run_dir)
     return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
 
 

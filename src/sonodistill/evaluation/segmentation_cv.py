@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sonodistill.config import RunConfig, load_config
+from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError, SonoDistillError
 
@@ -341,10 +341,8 @@ def run_segmentation_cv(cfg: RunConfig, manifest: Manifest, folds: list[tuple[np
 
 def segmentation_report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
     """Rebuild report.md / metrics.json / metrics_per_fold.csv from a run directory alone."""
+    from sonodistill.evaluation.crossval import read_run_dir
+
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "manifest.csv", PREDICTIONS):
-        if not (run_dir / name).is_file():
-            raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")
-    cfg = load_config(run_dir / "config.yaml")
-    manifest = Manifest.from_csv(run_dir / "manifest.csv")
-    return write_segmentation_report(run_dir, pd.read_csv(run_dir / PREDICTIONS), _title(cfg), _units(manifest))
+    cfg, manifest, predictions = read_run_dir(run_dir)
+    return write_segmentation_report(run_dir, predictions, _title(cfg), _units(manifest))

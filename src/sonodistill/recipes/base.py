@@ -34,7 +34,22 @@ def check_finite(step: int, parts: dict[str, torch.Tensor]) -> None:
             raise NonFiniteLossError(step, name, float(v.float().mean()))
 
 
-class ClassificationRecipe(L.LightningModule):
+class TrainingHooks:
+    """Lightning hooks every recipe shares: per-epoch data redraw and gradient-norm clipping (`optim.grad_clip`)."""
+
+    def on_train_epoch_start(self) -> None:
+        # New random frame positions each epoch, reproducible from (seed, epoch, item): resume-safe.
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(self.current_epoch))
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+
+
+class ClassificationRecipe(TrainingHooks, L.LightningModule):
     """Video or frame classification. Subclasses add training-only modules and override `compute_loss`.
 
     Batches are dicts {"x": B x C x [T x] H x W float, "y": B int64}. `self.model` is the inference model.
@@ -64,12 +79,6 @@ class ClassificationRecipe(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def on_train_epoch_start(self) -> None:
-        # New random frame positions each epoch, reproducible from (seed, epoch, item): resume-safe.
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.compute_loss(batch)
         check_finite(int(self.global_step), {"loss": loss, **parts})
@@ -86,10 +95,6 @@ class ClassificationRecipe(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optim.grad_clip)
 
 
 def build_optimizer(params: Any, optim: OptimConfig, epochs: int, steps_per_epoch: int) -> dict[str, Any]:

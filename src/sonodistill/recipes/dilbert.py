@@ -43,7 +43,7 @@ from sonodistill.losses.base import prefixed
 from sonodistill.losses.pretext import IGNORE, DILBERTObjective, PretextLoss
 from sonodistill.losses.relational import RelationalKD, ResponseKD
 from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTModel, FusionConfig
-from sonodistill.recipes.base import build_optimizer, check_finite
+from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def negative_pairs(text_key: torch.Tensor, has_text: torch.Tensor) -> tuple[torc
 
 
 # ================================================================================================ recipe
-class DILBERTRecipe(L.LightningModule):
+class DILBERTRecipe(TrainingHooks, L.LightningModule):
     """One training stage of DILBERT (see the module docstring). `self.model` is trained in every stage (the
     student in `distill` / `mutual`); `self.teacher` is frozen in `distill` and trained too in `mutual`."""
 
@@ -413,21 +413,11 @@ class DILBERTRecipe(L.LightningModule):
             self.log(f"train/{k}", v.detach().float(), on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        ds = getattr(loader, "dataset", None)
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(int(self.current_epoch))
-
     def configure_optimizers(self) -> Any:
         optim = type(self.cfg.optim)(**{**asdict(self.cfg.optim), "lr": self.lr})
         params = [p for p in self.parameters() if p.requires_grad]
         return build_optimizer(params, optim, self.epochs, self.steps_per_epoch)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
 
     # -- protocol -----------------------------------------------------------------------------
     @classmethod

@@ -43,7 +43,7 @@ from sonodistill.losses.sinkhorn import SemanticClusterDistillationLoss
 from sonodistill.models.projection import DINOHead, PrototypeHead, cancel_last_layer_gradients
 from sonodistill.models.stages import StageOutputs
 from sonodistill.models.video_decoder import VideoTokenDecoder
-from sonodistill.recipes.base import build_optimizer, check_finite
+from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 from sonodistill.recipes.schedules import Schedule, cosine_schedule, teacher_temp_schedule
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _dino_head(in_dim: int, o: dict[str, Any]) -> DINOHead:
                     int(o["head_nlayers"]), bool(o["norm_last_layer"]))
 
 
-class DISCOVRRecipe(L.LightningModule):
+class DISCOVRRecipe(TrainingHooks, L.LightningModule):
     """Video + image masked self-distillation with semantic cluster distillation (see module docstring).
 
     Batches are dicts {"x": `B x 1 x T x H x W`, ...}; labels are not used in training.
@@ -342,10 +342,6 @@ class DISCOVRRecipe(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
 
     # -- protocol -----------------------------------------------------------------------------
     @classmethod

@@ -32,7 +32,7 @@ from sonodistill.losses.consistency import (
 )
 from sonodistill.losses.ema import EMATeacher
 from sonodistill.models.segmentation import SegOutputs, SingleDecoderUNet
-from sonodistill.recipes.base import build_optimizer, check_finite
+from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 from sonodistill.recipes.schedules import sigmoid_rampup
 
 Batch = dict[str, torch.Tensor]
@@ -81,7 +81,7 @@ def slice_outputs(out: SegOutputs, start: int) -> SegOutputs:
                       [f[start:] for f in out.features], [f[start:] for f in out.decoder_features])
 
 
-class SemiSupervisedSegmentationRecipe(L.LightningModule):
+class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
     """Base of every semi-supervised segmentation method; subclasses set `OPTIONS` and override `compute_loss`.
 
     `self.student` is the trained network; `inference_model()` is its encoder + D1 (`SegmentationNet`).
@@ -161,10 +161,6 @@ class SemiSupervisedSegmentationRecipe(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
 
 
 class SupervisedSegmentationRecipe(SemiSupervisedSegmentationRecipe):
