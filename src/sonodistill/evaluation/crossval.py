@@ -48,6 +48,18 @@ def load_folds(run_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(d["train"], dtype=np.int64), np.asarray(d["test"], dtype=np.int64)) for d in data]
 
 
+def cv_folds(cfg: RunConfig, manifest: Manifest, resume: bool, save: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The run's folds: the saved folds.json when resuming, else new grouped folds (saved when `save`)."""
+    if resume and (cfg.run_dir / "folds.json").exists():
+        return load_folds(cfg.run_dir)
+    if cfg.train.folds < 2:
+        raise ConfigError(f"train.folds must be >= 2 for cross-validation, got {cfg.train.folds}")
+    folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
+    if save:
+        save_folds(cfg.run_dir, manifest, folds)
+    return folds
+
+
 def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None,
                  **trainer_overrides: Any) -> dict[str, Any]:
     """Train every fold (or `cfg.train.fold` only), write predictions and the report; returns the summary.
@@ -85,14 +97,7 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     runner = getattr(get_recipe(cfg.recipe), "run_experiment", None)
     if runner is not None:  # pretraining and multi-stage recipes run their own protocol
         return runner(cfg, manifest, resume=resume, **trainer_overrides)
-    if resume and (run_dir / "folds.json").exists():
-        folds = load_folds(run_dir)
-    else:
-        if cfg.train.folds < 2:
-            raise ConfigError("train.folds must be >= 2 for cross-validation")
-        folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
-        if rank == 0:
-            save_folds(run_dir, manifest, folds)
+    folds = cv_folds(cfg, manifest, resume, save=rank == 0)
 
     recipe_cls = get_recipe(cfg.recipe)
     if getattr(recipe_cls, "task", "classification") != "classification":

@@ -603,18 +603,6 @@ def distinct_reports(graph: KnowledgeGraph, texts: list[str]) -> list[str]:
 
 
 # ================================================================================================ protocol
-def _folds(cfg: RunConfig, manifest: Manifest, resume: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sonodistill.evaluation.crossval import load_folds, make_folds, save_folds
-
-    if resume and (cfg.run_dir / "folds.json").exists():
-        return load_folds(cfg.run_dir)
-    if cfg.train.folds < 2:
-        raise ConfigError("train.folds must be >= 2 for cross-validation")
-    folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
-    save_folds(cfg.run_dir, manifest, folds)
-    return folds
-
-
 def _pos_weight(binary: np.ndarray, mode: Any) -> torch.Tensor | None:
     if mode in ("none", None) or binary.shape[1] == 0:
         return None
@@ -760,12 +748,14 @@ def load_sequences(cfg: RunConfig, manifest: Manifest) -> tuple[SequenceSet, Kno
 def run_dilbert_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False,
                            **trainer_overrides: Any) -> dict[str, Any]:
     """Grouped folds over sequences; per fold `run_fold`; then metrics.json and report.md in the run directory."""
+    from sonodistill.evaluation.crossval import cv_folds
+
     o = dilbert_options(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     seqs, graph = load_sequences(cfg, manifest)
     seqs.manifest.to_csv(run_dir / "sequences.csv")
-    folds = _folds(cfg, seqs.manifest, resume)
+    folds = cv_folds(cfg, seqs.manifest, resume)
     if o["run_folds"] is not None:
         wanted = [int(k) for k in o["run_folds"]]
     else:

@@ -432,20 +432,14 @@ def evaluate_fold(cfg: RunConfig, o: dict[str, Any], manifest: Manifest, feats: 
 def run_discovr_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False,
                            **trainer_overrides: Any) -> dict[str, Any]:
     """Folds (saved in folds.json), per fold `fold_k/` with model.safetensors, eval.json, embeddings and scores."""
-    from sonodistill.evaluation.crossval import load_folds, make_folds, save_folds
+    from sonodistill.evaluation.crossval import cv_folds
     from sonodistill.evaluation.metrics import summarise
     from sonodistill.recipes.trainer import WEIGHTS, fit_fold
 
     o = discovr_options(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (run_dir / "folds.json").exists():
-        folds = load_folds(run_dir)
-    else:
-        if cfg.train.folds < 2:
-            raise ConfigError("train.folds must be >= 2 for the pretrain-then-evaluate protocol")
-        folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
-        save_folds(run_dir, manifest, folds)
+    folds = cv_folds(cfg, manifest, resume)
     if o["run_folds"] is not None:
         wanted = [int(k) for k in o["run_folds"]]
     else:

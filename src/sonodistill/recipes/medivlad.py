@@ -122,18 +122,6 @@ class MeDiVLADRecipe(ClassificationRecipe):
 # ---------------------------------------------------------------------------------------------- frames
 
 
-def _folds(cfg: RunConfig, manifest: Manifest, resume: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sonodistill.evaluation.crossval import load_folds, make_folds, save_folds
-
-    if resume and (cfg.run_dir / "folds.json").exists():
-        return load_folds(cfg.run_dir)
-    if cfg.train.folds < 2:
-        raise ConfigError("train.folds must be >= 2 for cross-validation")
-    folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
-    save_folds(cfg.run_dir, manifest, folds)
-    return folds
-
-
 def _wanted(cfg: RunConfig, n: int) -> list[int]:
     if cfg.train.fold is None:
         return list(range(n))
@@ -145,13 +133,13 @@ def _wanted(cfg: RunConfig, n: int) -> list[int]:
 def frame_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:
     """Grouped k-fold finetuning; with label_fraction < 1 each fold trains on a grouped subset of its training rows."""
     from sonodistill.data.splits import grouped_fraction
-    from sonodistill.evaluation.crossval import PREDICTIONS
+    from sonodistill.evaluation.crossval import PREDICTIONS, cv_folds
     from sonodistill.evaluation.report import write_cv_report
     from sonodistill.recipes.trainer import fit_fold
 
     o = medivlad_options(cfg)
     run_dir = cfg.run_dir
-    folds = _folds(cfg, manifest, resume)
+    folds = cv_folds(cfg, manifest, resume)
     frames, used = [], {}
     for k in _wanted(cfg, len(folds)):
         fold_dir = run_dir / f"fold_{k}"
@@ -255,6 +243,7 @@ def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> 
     """Frozen-encoder features, then every aggregator on the same grouped folds; writes predictions and the report."""
     from sonodistill.evaluation.crossval import PREDICTIONS
     from sonodistill.evaluation.report import write_cv_report
+    from sonodistill.evaluation.crossval import cv_folds
     from sonodistill.recipes.trainer import save_weights
 
     o = medivlad_options(cfg)
@@ -263,7 +252,7 @@ def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> 
         raise ConfigError(f"medivlad: manifest {manifest.name} has no labels to score")
     feats, mask = cached_video_features(cfg, manifest, resume)
     labels = manifest.labels
-    folds = _folds(cfg, manifest, resume)
+    folds = cv_folds(cfg, manifest, resume)
     names = list(o["aggregators"])
     encoder = None
     rows, times = [], {}
