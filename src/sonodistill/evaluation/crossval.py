@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -105,11 +105,33 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
 
         return run_segmentation_cv(cfg, manifest, folds, resume=resume, **trainer_overrides)
 
+    def fit(k: int, train_rows: np.ndarray, test_rows: np.ndarray, fold_dir: Path) -> pd.DataFrame | None:
+        return fit_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
+
+    frames, times = fit_folds(cfg, folds, resume, fit)
+    if cfg.train.final and cfg.train.fold is None:
+        train_final_model(cfg, manifest, resume, **trainer_overrides)
+    if rank != 0:
+        return None  # type: ignore[return-value]
+    predictions = save_predictions(run_dir, frames, times)
+    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+
+
+def fit_folds(cfg: RunConfig, folds: list[tuple[np.ndarray, np.ndarray]], resume: bool,
+              fit: Callable[[int, np.ndarray, np.ndarray, Path], pd.DataFrame | None],
+              ) -> tuple[list[pd.DataFrame], dict[int, float]]:
+    """Train every fold (or `cfg.train.fold`) with `fit(k, train_rows, test_rows, fold_dir)`.
+
+    Writes each fold's predictions.csv; with `resume`, a fold that has one is kept. `fit` returns None on DDP
+    ranks other than 0 (they train but do not predict). Returns (predictions per fold, seconds per trained fold).
+    """
+    if cfg.train.fold is not None and not 0 <= cfg.train.fold < len(folds):
+        raise ConfigError(f"train.fold={cfg.train.fold} but there are {len(folds)} folds")
     wanted = range(len(folds)) if cfg.train.fold is None else [cfg.train.fold]
     frames: list[pd.DataFrame] = []
     times: dict[int, float] = {}
     for k in wanted:
-        fold_dir = run_dir / f"fold_{k}"
+        fold_dir = cfg.run_dir / f"fold_{k}"
         pred_file = fold_dir / PREDICTIONS
         if resume and pred_file.exists():
             log.info("fold %d already complete, kept", k)
@@ -117,24 +139,25 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
             continue
         train_rows, test_rows = folds[k]
         t0 = time.perf_counter()
-        pred = fit_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
+        pred = fit(k, train_rows, test_rows, fold_dir)
         times[k] = time.perf_counter() - t0
         if pred is None:  # not rank 0: predictions and the report are rank 0's
             continue
         pred.to_csv(pred_file, index=False)
         frames.append(pred)
         log.info("fold %d done in %.1f s", k, times[k])
-    if cfg.train.final and cfg.train.fold is None:
-        train_final_model(cfg, manifest, resume, **trainer_overrides)
-    if rank != 0:
-        return None  # type: ignore[return-value]
+    return frames, times
+
+
+def save_predictions(run_dir: Path, frames: list[pd.DataFrame], times: dict[int, float]) -> pd.DataFrame:
+    """Concatenate the folds' predictions into run_dir/predictions.csv and merge `times` into timing.json."""
     predictions = pd.concat(frames, ignore_index=True)
     predictions.to_csv(run_dir / PREDICTIONS, index=False)
     timing_file = run_dir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     timing.update({str(k): v for k, v in times.items()})
     timing_file.write_text(json.dumps(timing, indent=1))
-    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+    return predictions
 
 
 def train_final_model(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> Path:

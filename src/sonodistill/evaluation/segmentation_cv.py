@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -306,36 +305,20 @@ def run_segmentation_cv(cfg: RunConfig, manifest: Manifest, folds: list[tuple[np
                         resume: bool = False, extra_callbacks: list | None = None,
                         **trainer_overrides: Any) -> dict[str, Any] | None:
     """Train and score every fold (or `cfg.train.fold`), then write the report; called by `run_crossval`."""
-    run_dir = cfg.run_dir
-    wanted = range(len(folds)) if cfg.train.fold is None else [cfg.train.fold]
-    if cfg.train.fold is not None and not 0 <= cfg.train.fold < len(folds):
-        raise ConfigError(f"train.fold={cfg.train.fold} but there are {len(folds)} folds")
+    from sonodistill.evaluation.crossval import fit_folds, process_rank, save_predictions
+
     if cfg.train.final:
         raise ConfigError("train.final is not supported by the segmentation recipes yet")
-    frames, times = [], {}
-    for k in wanted:
-        fold_dir = run_dir / f"fold_{k}"
-        pred_file = fold_dir / PREDICTIONS
-        if resume and pred_file.exists():
-            log.info("fold %d already complete, kept", k)
-            frames.append(pd.read_csv(pred_file))
-            continue
-        train_rows, test_rows = folds[k]
-        t0 = time.perf_counter()
-        pred = fit_segmentation_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume,
+
+    def fit(k: int, train_rows: np.ndarray, test_rows: np.ndarray, fold_dir: Path) -> pd.DataFrame | None:
+        return fit_segmentation_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume,
                                      extra_callbacks=extra_callbacks, **trainer_overrides)
-        if pred is None:  # not rank 0
-            return None
-        times[k] = time.perf_counter() - t0
-        pred.to_csv(pred_file, index=False)
-        frames.append(pred)
-        log.info("fold %d done in %.1f s", k, times[k])
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_csv(run_dir / PREDICTIONS, index=False)
-    timing_file = run_dir / "timing.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    timing.update({str(k): v for k, v in times.items()})
-    timing_file.write_text(json.dumps(timing, indent=1))
+
+    frames, times = fit_folds(cfg, folds, resume, fit)
+    if process_rank() != 0:
+        return None
+    run_dir = cfg.run_dir
+    predictions = save_predictions(run_dir, frames, times)
     return write_segmentation_report(run_dir, predictions, _title(cfg), _units(manifest))
 
 
