@@ -96,7 +96,7 @@ def test_nan_loss_stops_naming_step_and_term(tiny_carotid, tiny_overrides, monke
 def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
     import pandas as pd
 
-    from sonodistill.errors import ConfigError
+    from sonodistill.errors import ConfigError, SonoDistillError
     from sonodistill.evaluation.crossval import merged_report, parse_merge
 
     cfg = load_config(None, tiny_overrides + ["name=merge", "train.epochs=1"])
@@ -110,3 +110,6 @@ def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
     assert (cfg.run_dir / "merged" / "report.md").is_file()
     with pytest.raises(ConfigError, match="exactly once"):
         merged_report(cfg.run_dir, parse_merge(["a=hyperechoic", "b=mixed"]))
+    (cfg.run_dir / "predictions.csv").unlink()  # an unfinished run: say which file is missing
+    with pytest.raises(SonoDistillError, match="predictions.csv is missing"):
+        merged_report(cfg.run_dir, merge)

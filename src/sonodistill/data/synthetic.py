@@ -263,17 +263,32 @@ def synthesize(preset: str, index: int, seed: int = 0, frames: int = 32, size: i
                      scene.report(findings), aux)
 
 
-def _write_mp4(path: Path, frames: np.ndarray, crf: int = 12) -> None:
-    """uint8 T x H x W grayscale -> H.264 (libx264, yuv420p) mp4 at FPS."""
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def _write_mp4(path: Path, frames: np.ndarray) -> None:
+    """uint8 T x H x W grayscale -> lossless H.264 mp4 at FPS (libx264 qp 0, full-range yuv420p, neutral chroma).
+
+    Lossless, so every reader gets exactly the simulated pixels (and the masks stay exact ground truth): lossy
+    libx264 output was not reproducible here (a few files per hundred differed between two identical syntheses,
+    up to 15 grey levels). The gray values go into the Y plane as they are, marked full range.
+    """
     import av
 
+    h, w = frames.shape[1:]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=int(FPS))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="gray")
+        stream.codec_context.thread_count = 1
+        stream.codec_context.color_range = _FULL_RANGE
+        stream.options = {"qp": "0", "preset": "veryfast", "threads": "1"}
+        planes = np.full((h * 3 // 2, w), 128, dtype=np.uint8)  # Y, then U and V at the neutral 128
+        for t, img in enumerate(frames):
+            planes[:h] = img
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts = t
+            frame.color_range = _FULL_RANGE
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -286,10 +301,19 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(img)).save(path, optimize=False, compress_level=3)
 
 
-def _write_item(job: tuple[str, Path, int, int, int, int]) -> dict:
-    """Simulate and write one item; returns its manifest row (paths relative to the output folder)."""
-    preset, out_dir, index, seed, frames, size = job
-    item = synthesize(preset, index, seed, frames, size)
+def _simulate_item(job: tuple[str, Path, int, int, int, int]) -> tuple[tuple, SynthItem]:
+    """Worker side: simulate one item (pure numpy/scipy, bit-identical in any process)."""
+    preset, _, index, seed, frames, size = job
+    return job, synthesize(preset, index, seed, frames, size)
+
+
+def _write_item(job: tuple[str, Path, int, int, int, int], item: SynthItem) -> dict:
+    """Write one simulated item; returns its manifest row (paths relative to the output folder).
+
+    Called in the parent process only: libx264 run in forked pool workers gave run-to-run different bytes for a
+    few files (bit-identical frames in), serial encoding in one process did not.
+    """
+    preset, out_dir, index, _, _, _ = job
     stem = f"{preset}-{index:05d}"
     if PRESETS[preset].frames_fixed == 1:  # image presets: PNG; video presets stay mp4 even with 1 frame
         rel = f"images/{stem}.png"
@@ -321,12 +345,14 @@ def write_dataset(preset: str, out_dir: str | Path, n: int, seed: int = 0, frame
     jobs = [(preset, out, i, int(seed), int(frames), int(size)) for i in range(int(n))]
     workers = max(1, min(int(workers), len(jobs)))
     if workers == 1:
-        rows = [_write_item(j) for j in jobs]
+        rows = [_write_item(*_simulate_item(j)) for j in jobs]
     else:
-        # fork (where available) also works from notebooks and stdin scripts; workers use numpy/scipy/PyAV only
+        # workers simulate, this process encodes and writes, in index order as results arrive; fork (where
+        # available) also works from notebooks and stdin scripts; workers use numpy/scipy only
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
-            rows = list(pool.map(_write_item, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+            chunk = max(1, len(jobs) // (4 * workers))
+            rows = [_write_item(*done) for done in pool.map(_simulate_item, jobs, chunksize=chunk)]
     table = pd.DataFrame(rows)
     classes = PRESET_CLASSES[preset]
     if not classes:

@@ -212,8 +212,7 @@ def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = 
     from sonodistill.evaluation.report import write_cv_report
 
     run_dir = Path(run_dir)
-    manifest = Manifest.from_csv(run_dir / "manifest.csv")
-    predictions = pd.read_csv(run_dir / PREDICTIONS)
+    cfg, manifest, predictions = read_run_dir(run_dir)
     olds = [c for cs in merge.values() for c in cs]
     if sorted(olds) != sorted(manifest.classes):
         raise ConfigError(f"merge {merge} must use each class of {manifest.classes} exactly once")
@@ -223,7 +222,6 @@ def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = 
     out["y_true"] = predictions["y_true"].map(to_new)
     for n, cs in merge.items():
         out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
-    cfg = load_config(run_dir / "config.yaml")
     target = run_dir / name
     target.mkdir(exist_ok=True)
     out.to_csv(target / PREDICTIONS, index=False)
