@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 @torch.no_grad()
 def patch_token_maps(encoder: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Final-norm patch tokens of a frame ViT as maps `N x D x h x w`, masks `N x 1 x H x W`, dataset indices `N`.

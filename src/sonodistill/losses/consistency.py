@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 
-
 def _check_logits_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{what}: logits shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")

@@ -96,7 +96,6 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
 
-
 def build_optimizer(params: Any, optim: OptimConfig, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
     """Optimiser and per-step LR schedule (linear warm-up, then cosine / step decay / constant)."""
     params = [p for p in params if p.requires_grad]

@@ -418,7 +418,6 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return build_optimizer(params, optim, self.epochs, self.steps_per_epoch)
 
-
     # -- protocol -----------------------------------------------------------------------------
     @classmethod
     def run_experiment(cls, cfg: RunConfig, manifest: Manifest, resume: bool = False,

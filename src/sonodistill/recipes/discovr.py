@@ -342,7 +342,6 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
-
     # -- protocol -----------------------------------------------------------------------------
     @classmethod
     def run_experiment(cls, cfg: RunConfig, manifest: Manifest, resume: bool = False,

@@ -162,7 +162,6 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
         return build_optimizer(self.parameters(), self.cfg.optim, self.cfg.train.epochs, self.steps_per_epoch)
 
 
-
 class SupervisedSegmentationRecipe(SemiSupervisedSegmentationRecipe):
     """Supervised-only baseline: Dice + CE on the labelled part; unlabelled images are not loaded."""
 
