@@ -308,11 +308,8 @@ def _simulate_item(job: tuple[str, Path, int, int, int, int]) -> tuple[tuple, Sy
 
 
 def _write_item(job: tuple[str, Path, int, int, int, int], item: SynthItem) -> dict:
-    """Write one simulated item; returns its manifest row (paths relative to the output folder).
-
-    Called in the parent process only: libx264 run in forked pool workers gave run-to-run different bytes for a
-    few files (bit-identical frames in), serial encoding in one process did not.
-    """
+    """Write one simulated item (in the calling process, in index order); returns its manifest row (paths
+    relative to the output folder)."""
     preset, out_dir, index, _, _, _ = job
     stem = f"{preset}-{index:05d}"
     if PRESETS[preset].frames_fixed == 1:  # image presets: PNG; video presets stay mp4 even with 1 frame
