@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -107,8 +109,10 @@ def _gray_into(frame, out: np.ndarray) -> None:
         np.take(_LIMITED_TO_FULL, luma, out=out, mode="clip")
 
 
-def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float | None, str]:
-    """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name)."""
+@contextmanager
+def open_video_stream(path: str | Path) -> Iterator[tuple[Any, Any]]:
+    """Open a video file with PyAV: yields (container, first video stream, threaded decoding); DataError naming
+    the file when it is missing, not a video or has no video stream. The container is closed on exit."""
     import av
 
     p = _check_file(path)
@@ -121,6 +125,14 @@ def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float 
             raise DataError(path, "no video stream in file")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        yield container, stream
+
+
+def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float | None, str]:
+    """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name)."""
+    import av
+
+    with open_video_stream(path) as (container, stream):
         expected = int(stream.frames or 0)
         ctx = stream.codec_context
         h, w = int(ctx.height), int(ctx.width)

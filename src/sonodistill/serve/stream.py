@@ -25,6 +25,7 @@ from sonodistill.data.preprocess import (
     remove_static_overlay,
     resize_pad,
 )
+from sonodistill.data.readers import open_video_stream
 from sonodistill.errors import ConfigError, DataError
 from sonodistill.serve.loading import LoadedModel
 from sonodistill.serve.predict import default_stride, frame_scores, round_list, run_batches, window_indices
@@ -36,18 +37,7 @@ def iter_video_frames(path: str | Path) -> Iterator[tuple[np.ndarray, float | No
     """Decode a video incrementally: yields (uint8 H x W gray frame, fps)."""
     import av
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(path, "file not found")
-    try:
-        container = av.open(str(p))
-    except av.FFmpegError as exc:
-        raise DataError(path, f"cannot open as video: {exc.strerror or exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise DataError(path, "no video stream in file")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    with open_video_stream(path) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
         n = 0
