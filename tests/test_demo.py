@@ -15,7 +15,9 @@ def test_demo_compares_recipes_on_the_same_folds(tmp_path) -> None:
     report = run_demo(out, ["supervised", "dualdistill"], TINY + [f"data.cache_dir={tmp_path / 'cache'}"], jobs=2)
     text = report.read_text()
     assert "| supervised |" in text and "| dualdistill |" in text
-    assert "2 parallel job(s) x" in text
+    assert "2 parallel job(s) x" in text and "sum over folds" in text
+    again = run_demo(out, ["supervised", "dualdistill"], TINY + [f"data.cache_dir={tmp_path / 'cache'}"], jobs=1)
+    assert again.read_text().split("## supervised")[0] == text.split("## supervised")[0]  # finished folds reused
     assert (out / "confusion_matrix_supervised.png").is_file() and (out / "roc_dualdistill.png").is_file()
     sup = pd.read_csv(out / "supervised" / "predictions.csv")
     dd = pd.read_csv(out / "dualdistill" / "predictions.csv")
