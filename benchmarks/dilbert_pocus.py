@@ -21,6 +21,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from _common import add_run_arguments, start_run
 
 PARTS = {
     "pocus": ["data.spec=pocus-frames"],
@@ -98,17 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/dilbert-bench")
     ap.add_argument("--parts", default="pocus,lus")
     ap.add_argument("--config", default="dilbert-cpu")
-    ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
+    add_run_arguments(ap, folds=True)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_run(args.threads)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sonodistill.config import RunConfig, load_config, packaged_config
+from _common import add_run_arguments, start_run
 
 log = logging.getLogger("discovr_lus")
 
@@ -415,10 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="where to look for supervised / MeDiVLAD runs")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--folds", type=int, default=5)
     p.add_argument("--ablation-folds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--seg-epochs", type=int, default=60)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_run_arguments(p, folds=True)
     p.add_argument("--mem-steps", type=int, default=8)
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     p.add_argument("--set", action="append", default=[], help="extra config override for every variant")
@@ -426,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         print(json.dumps(memory_probe(args)))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start_run(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     res_file = args.out / "results.json"
     results = json.loads(res_file.read_text()) if res_file.is_file() else {}

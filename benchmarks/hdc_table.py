@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sonodistill.config import RunConfig, load_config, packaged_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.evaluation.crossval import make_folds, run_crossval
 from sonodistill.recipes.data import load_manifest
+from _common import add_run_arguments, start_run
 
 METHODS = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
 NAMES = {"seg_supervised": "Supervised only", "mean_teacher": "Mean Teacher", "fixmatch": "FixMatch",
@@ -139,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix of run names and table for a variant made with --set")
     p.add_argument("--validation", action="store_true",
                    help="run inside the main split's training rows (choose settings without the test split)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    add_run_arguments(p, folds=False)
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start_run(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_run_arguments, start_run
 
 ROWS = ["scratch (random init, frozen)", "supervised from scratch (finetuned)", "DINO pretrained (frozen)",
         "DINO pretrained + finetuned"]
@@ -175,17 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/medivlad-bench")
     p.add_argument("--stages", default="pretrain,probes,finetune")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is much faster on shared cores)")
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--finetune-epochs", type=int)
     p.add_argument("--label-fraction", type=float, default=0.25)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p, folds=True, seed=True)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    start_run(args.threads)
     from sonodistill.data.adapters import load_adapter
     from sonodistill.evaluation.crossval import make_folds
 

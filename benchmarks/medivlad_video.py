@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 import time
 from pathlib import Path
+from _common import add_run_arguments, start_run
 
 AGGREGATORS = ["max", "mean", "attention_mil", "bilstm", "netvlad", "dual_vlad"]
 LABELS = {"max": "max frame score", "mean": "mean pooling", "attention_mil": "attention-MIL (gated)",
@@ -50,14 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/medivlad-bench")
     p.add_argument("--target", default="severity", choices=["severity", "severity3"])
     p.add_argument("--encoders", default="dino,random")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p, folds=True, seed=True)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    start_run(args.threads)
     from sonodistill.evaluation.report import markdown_table
 
     out = Path(args.out)
