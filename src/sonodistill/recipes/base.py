@@ -48,6 +48,12 @@ class TrainingHooks:
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
 
+    def log_losses(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int) -> None:
+        """`train/loss` per step and epoch (progress bar), every part as `train/<name>` per epoch."""
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v.detach().float(), on_step=False, on_epoch=True, batch_size=batch_size)
+
 
 class ClassificationRecipe(TrainingHooks, L.LightningModule):
     """Video or frame classification. Subclasses add training-only modules and override `compute_loss`.
@@ -83,9 +89,7 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
         loss, parts = self.compute_loss(batch)
         check_finite(int(self.global_step), {"loss": loss, **parts})
         bs = int(batch["x"].shape[0])
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log_losses(loss, parts, bs)
         return loss
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:

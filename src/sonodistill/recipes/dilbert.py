@@ -408,9 +408,7 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
         loss, parts = self.compute_loss(batch)
         check_finite(int(self.global_step), {"loss": loss})
         bs = int(batch["x"].shape[0])
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/{k}", v.detach().float(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log_losses(loss, parts, bs)
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -153,9 +153,7 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
         loss, parts = self.compute_loss(labelled, unlabelled if self.uses_unlabelled else None)
         check_finite(int(self.global_step), {"loss": loss, **parts})
         bs = int(labelled["x"].shape[0]) + (0 if unlabelled is None else int(unlabelled["x_weak"].shape[0]))
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/{k}", v.detach().float(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log_losses(loss, parts, bs)
         return loss
 
     def configure_optimizers(self) -> Any:
