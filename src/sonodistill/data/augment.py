@@ -86,7 +86,9 @@ class RandomResizedCrop(Transform):
         self.scale, self.ratio = scale, ratio
 
     def box(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """(top, left, height, width) of the crop, torchvision's sampling rule (10 tries, then centre crop)."""
+        """(top, left, height, width) of the crop: the sampling rule of torchvision's RandomResizedCrop (10 tries,
+        then centre crop), written here because torchvision does not import with this project's CPU torch build and
+        MONAI has no area-and-aspect-ratio crop."""
         g = self.generator
         area = h * w
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
