@@ -17,28 +17,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from sonodistill.config import load_config, packaged_config
+from sonodistill.config import RunConfig, load_config, packaged_config
+from sonodistill.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 DEMO_RECIPES = ["supervised", "dualdistill"]
 
 
-def _demo_config(recipe: str, out: Path, overrides: list[str]):
-    return load_config(packaged_config("demo"), [f"recipe={recipe}", f"name={recipe}", f"out_dir={out}"] + overrides)
-
-
-def _train_recipe(recipe: str, out: Path, overrides: list[str], threads: int, manifest) -> tuple[str, float]:
-    """Cross-validate one recipe into out/<recipe>/ with `threads` torch threads; returns (recipe, seconds)."""
+def _train_recipe(cfg: RunConfig, threads: int, manifest: Manifest) -> float:
+    """Cross-validate one recipe's config into its run directory with `threads` torch threads; returns seconds."""
     import torch
 
     from sonodistill.evaluation.crossval import run_crossval
 
     torch.set_num_threads(threads)
-    cfg = _demo_config(recipe, out, overrides)
     t0 = time.perf_counter()
     run_crossval(cfg, resume=True, manifest=manifest, enable_progress_bar=False)
-    return recipe, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | None = None) -> Path:
@@ -52,30 +48,27 @@ def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | No
     if not recipes:
         raise ValueError("demo: no recipes to compare")
     out.mkdir(parents=True, exist_ok=True)
+    cfgs = {r: load_config(packaged_config("demo"), [f"recipe={r}", f"name={r}", f"out_dir={out}"] + overrides)
+            for r in recipes}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = max(1, min(len(recipes), cpus if jobs is None else jobs))
     threads = max(1, cpus // jobs)
-    manifest = load_manifest(_demo_config(recipes[0], out, overrides).data)  # synthesised and cached once, here
+    manifest = load_manifest(cfgs[recipes[0]].data)  # synthesised and cached once, here
     log.info("demo: %d recipes, %d parallel job(s) x %d torch thread(s)", len(recipes), jobs, threads)
     if jobs == 1:
-        results = [_train_recipe(r, out, overrides, threads, manifest) for r in recipes]
+        seconds = [_train_recipe(cfgs[r], threads, manifest) for r in recipes]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_train_recipe, r, out, overrides, threads, manifest) for r in recipes]
-            results = [f.result() for f in futures]  # a failed recipe re-raises its error here
-    frames = []
-    for recipe, _ in results:
-        pred = pd.read_csv(_demo_config(recipe, out, overrides).run_dir / "predictions.csv")
-        pred["model"] = recipe
-        frames.append(pred)
+            futures = [pool.submit(_train_recipe, cfgs[r], threads, manifest) for r in recipes]
+            seconds = [f.result() for f in futures]  # a failed recipe re-raises its error here
+    frames = [pd.read_csv(cfgs[r].run_dir / "predictions.csv").assign(model=r) for r in recipes]
     write_cv_report(out, pd.concat(frames, ignore_index=True), manifest.classes,
                     title="sonodistill demo: synthetic carotid plaque, 3-fold grouped CV")
-    fold_seconds = {r: sum(json.loads((_demo_config(r, out, overrides).run_dir / "timing.json").read_text()).values())
-                    for r, _ in results}
+    fold_seconds = {r: sum(json.loads((cfgs[r].run_dir / "timing.json").read_text()).values()) for r in recipes}
     with open(out / "report.md", "a", encoding="utf-8") as f:
         f.write(f"\n\nTraining time (s, sum over folds, from each run's timing.json; {jobs} parallel job(s) x "
                 f"{threads} thread(s)): " + ", ".join(f"{k} {v:.0f}" for k, v in fold_seconds.items())
-                + "\nThis call: " + ", ".join(f"{k} {v:.0f} s" for k, v in results)
+                + "\nThis call: " + ", ".join(f"{r} {t:.0f} s" for r, t in zip(recipes, seconds))
                 + " (finished folds of an earlier call are reused)\n")
     return out / "report.md"
 
