@@ -94,12 +94,11 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         cfg.save(run_dir / "config.yaml")
     if rank == 0:
         manifest.to_csv(run_dir / "manifest.csv")
-    runner = getattr(get_recipe(cfg.recipe), "run_experiment", None)
+    recipe_cls = get_recipe(cfg.recipe)
+    runner = getattr(recipe_cls, "run_experiment", None)
     if runner is not None:  # pretraining and multi-stage recipes run their own protocol
         return runner(cfg, manifest, resume=resume, **trainer_overrides)
     folds = cv_folds(cfg, manifest, resume, save=rank == 0)
-
-    recipe_cls = get_recipe(cfg.recipe)
     if getattr(recipe_cls, "task", "classification") != "classification":
         from sonodistill.evaluation.segmentation_cv import run_segmentation_cv
 
