@@ -347,3 +347,32 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_video_repr_is_short() -> None:
     v = Video(np.zeros((100, 64, 64), np.uint8), 25.0, "x.mp4")
     assert repr(v) == "Video(frames=uint8[100, 64, 64], fps=25.0, source='x.mp4')"
+
+
+# -- headers that declare more than the file holds (issue 16, item 1) ------------------------------
+def test_huge_declared_frame_count_is_a_data_error_not_an_allocation(tmp_path: Path) -> None:
+    from .hostile import HUGE_FRAMES, write_huge_frame_count_avi
+
+    path = write_huge_frame_count_avi(tmp_path / "huge.avi")
+    assert path.stat().st_size < 16_000 and av.open(str(path)).streams.video[0].frames == HUGE_FRAMES
+    for read in (read_video, probe_file):
+        with pytest.raises(DataError, match=f"decoded 3 of the {HUGE_FRAMES} frames") as info:
+            read(path)
+        assert info.value.path == str(path)
+
+
+def test_decoded_size_limit_and_growing_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonodistill.data import readers
+
+    from .hostile import write_small_avi
+
+    path = write_small_avi(tmp_path / "forty.avi", frames=40, size=16)
+    whole = read_video(path).frames
+    monkeypatch.setattr(readers, "_PREALLOC_BYTES", 16 * 16 * 5)  # a first buffer of 5 frames, then grown
+    np.testing.assert_array_equal(read_video(path).frames, whole)
+    monkeypatch.setattr(readers, "MAX_DECODED_BYTES", 16 * 16 * 20)
+    with pytest.raises(DataError, match="more than 20 frames of 16x16: the decoded clip would exceed the limit"):
+        read_video(path)
+    monkeypatch.setattr(readers, "MAX_FRAME_PIXELS", 15 * 15)
+    with pytest.raises(DataError, match="16x16 frames, above the limit"):
+        read_video(path)

@@ -104,3 +104,70 @@ def test_sniffing_and_plot():
     assert sniff_type(b"\xff\xd8\xff\xe0") == "jpeg" and sniff_type(b"hello") is None
     svg = score_plot_svg(np.array([[0.2, 0.8], [0.6, 0.4]]).tolist(), ["<b>", "ok"], 25.0)
     assert "&lt;b&gt;" in svg and "<b>" not in svg and svg.count("<polyline") == 2
+
+
+# -- issue 16: any failure is the upload's {"input", "error"}; stalled uploads time out; a cap on uploads ---------
+def test_hostile_avi_and_unexpected_errors_answer_input_and_error(server, tmp_path, video_file, monkeypatch):
+    from sonodistill.serve import app as app_module
+    from tests.data.hostile import write_huge_frame_count_avi
+
+    srv, uploads = server
+    status, payload = _post(srv, write_huge_frame_count_avi(tmp_path / "huge.avi").read_bytes(), ".avi")
+    assert status == 422 and payload["input"] == "upload.avi" and "2147483647 frames" in payload["error"]
+    assert str(uploads) not in payload["error"]
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(app_module, "analyse_file", explode)
+    status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+    assert status == 500 and payload == {"input": "upload.mp4", "error": "RuntimeError: decoder exploded"}
+    monkeypatch.undo()
+    assert _post(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the server still answers
+    assert list(uploads.iterdir()) == []
+
+
+def _stalled_upload(srv, length: int = 10_000):
+    """A client that sends the headers of an upload and then nothing."""
+    import socket
+
+    sock = socket.create_connection(srv.server_address[:2], timeout=10)
+    sock.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nX-File-Extension: .mp4\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode() + b"\x00\x00\x00\x18ftypmp42")
+    return sock
+
+
+def _status_of(sock) -> tuple[int, dict]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_stalled_uploads_time_out_and_excess_uploads_get_503(tiny_run, tmp_path, video_file):
+    import time
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    srv = make_server(load_model(tiny_run), "127.0.0.1", 0, tmp_root=uploads, read_timeout=1.0, max_uploads=2)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        stalled = [_stalled_upload(srv), _stalled_upload(srv)]
+        time.sleep(0.3)
+        assert len(list(uploads.iterdir())) == 2  # both are being received
+        t0 = time.perf_counter()
+        status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+        assert status == 503 and "2 upload(s) in progress" in payload["error"]
+        assert time.perf_counter() - t0 < 0.9  # answered at once, not after the stalled ones time out
+        for sock in stalled:
+            status, payload = _status_of(sock)
+            assert status == 408 and "stalled" in payload["error"]
+            sock.close()
+        assert time.perf_counter() - t0 < 5
+        assert list(uploads.iterdir()) == []  # their temporary folders are gone
+        assert _post(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the slots are free again
+        assert json.loads(_get(srv, "/api/info")[2])["max_uploads"] == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -165,5 +165,48 @@ def test_predict_command_writes_json(tiny_run, video_file, tmp_path, capsys):
     payload = json.loads(out.read_text())
     assert payload["model"]["members"] == ["fold_0", "fold_1"]
     assert payload["results"][0]["windows"]["starts"] == [0, 8, 12]
-    assert main(["predict", str(tiny_run), str(tmp_path / "nope.mp4")]) == 2  # DataError: missing input
-    assert "file not found" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["predict", str(tiny_run), str(video_file), str(tmp_path / "nope.mp4")]) == 1  # one input missing
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)["results"]
+    assert "probabilities" in results[0] and "file not found" in results[1]["error"]
+    assert "could not be read" in captured.err
+
+
+def test_any_per_file_failure_is_an_entry_and_the_others_are_kept(tiny_run, video_file, tmp_path, monkeypatch,
+                                                                    caplog):
+    """Issue 16 item 1: a hostile AVI (2^31-1 frames declared) and an unexpected exception lose nothing else."""
+    from sonodistill.serve import predict as predict_module
+    from tests.data.hostile import write_huge_frame_count_avi
+
+    huge = write_huge_frame_count_avi(tmp_path / "huge.avi")
+    odd = tmp_path / "odd.mp4"
+    odd.write_bytes(video_file.read_bytes())
+    real_read = predict_module.read_input
+
+    def read(path):
+        if Path(path).name == "odd.mp4":
+            raise RuntimeError("decoder exploded")
+        return real_read(path)
+
+    monkeypatch.setattr(predict_module, "read_input", read)
+    payload = predict_many(load_model(tiny_run), [video_file, huge, odd, tmp_path / "gone.mp4", video_file])
+    r = payload["results"]
+    assert [("error" in x) for x in r] == [False, True, True, True, False]
+    assert r[1]["input"] == str(huge) and "2147483647 frames" in r[1]["error"]
+    assert r[2]["error"] == "RuntimeError: decoder exploded" and "decoder exploded" in caplog.text
+    assert "file not found" in r[3]["error"]
+    json.dumps(payload)  # the answer is still valid JSON
+
+
+def test_missing_fold_weights_warn_in_the_output(tmp_path, video_file, caplog):
+    """Issue 16 item 10: a fold without weights shrinks the ensemble: a WARNING and a warning in the JSON."""
+    run = make_run(tmp_path, folds=3)
+    (run / "fold_1" / "model.safetensors").unlink()
+    model = load_model(run)
+    payload = predict_many(model, [video_file])
+    assert payload["model"]["members"] == ["fold_0", "fold_2"]
+    assert len(payload["warnings"]) == 1 and "2 of the run's 3 fold models" in payload["warnings"][0]
+    assert "fold_1" in payload["warnings"][0]
+    assert any(rec.levelname == "WARNING" and "fold_1" in rec.getMessage() for rec in caplog.records)
+    assert predict_many(load_model(make_run(tmp_path / "whole", folds=2)), [video_file])["warnings"] == []

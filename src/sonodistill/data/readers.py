@@ -128,23 +128,45 @@ def open_video_stream(path: str | Path) -> Iterator[tuple[Any, Any]]:
         yield container, stream
 
 
+# Limits against files whose header declares more than they hold (e.g. an 8 KB AVI claiming 2^31-1 frames): the
+# declared frame count only sizes the first buffer (at most _PREALLOC_BYTES); the buffer then grows with what is
+# actually decoded. A declared frame larger than MAX_FRAME_PIXELS, or more than MAX_DECODED_BYTES decoded in all,
+# is a DataError naming the file.
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_DECODED_BYTES = 8 * 1024**3
+_PREALLOC_BYTES = 64 * 1024**2
+
+
+def _first_capacity(declared: int, frame_bytes: int) -> int:
+    """Frames to allocate before decoding: the declared count (at least 16), bounded by _PREALLOC_BYTES."""
+    return max(1, min(max(16, declared), _PREALLOC_BYTES // frame_bytes, MAX_DECODED_BYTES // frame_bytes))
+
+
 def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float | None, str]:
     """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name)."""
     import av
 
     with open_video_stream(path) as (container, stream):
-        expected = int(stream.frames or 0)
+        expected = max(int(stream.frames or 0), 0)
         ctx = stream.codec_context
         h, w = int(ctx.height), int(ctx.width)
         if h <= 0 or w <= 0:
             raise DataError(path, f"video stream has invalid size {w}x{h}")
+        if h * w > MAX_FRAME_PIXELS:
+            raise DataError(path, f"video stream declares {w}x{h} frames, above the limit of {MAX_FRAME_PIXELS} "
+                                  "pixels per frame")
         tail = (h, w) if grayscale else (h, w, 3)
-        buf = np.empty((max(expected, 16),) + tail, dtype=np.uint8)
+        frame_bytes = int(np.prod(tail))
+        buf = np.empty((_first_capacity(expected, frame_bytes),) + tail, dtype=np.uint8)
         n = 0
         try:
             for frame in container.decode(stream):
                 if n == buf.shape[0]:
-                    buf = np.concatenate([buf, np.empty_like(buf)])
+                    grow = min(n, MAX_DECODED_BYTES // frame_bytes - n)
+                    if grow <= 0:
+                        raise DataError(path, f"more than {n} frames of {w}x{h}: the decoded clip would exceed "
+                                              f"the limit of {MAX_DECODED_BYTES / 1024**3:.3g} GiB")
+                    buf = np.concatenate([buf, np.empty((grow,) + tail, dtype=np.uint8)])
                 if frame.height != h or frame.width != w:
                     raise DataError(path, f"frame {n} is {frame.width}x{frame.height}, the stream {w}x{h}")
                 if grayscale:
@@ -159,7 +181,7 @@ def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float 
     if n == 0:
         raise DataError(path, "no decodable video frames")
     if expected and n < expected:
-        raise DataError(path, f"truncated or corrupt: decoded {n} of {expected} frames")
+        raise DataError(path, f"truncated or corrupt: decoded {n} of the {expected} frames its header declares")
     fps = float(rate) if rate else None
     return (buf if n == buf.shape[0] else buf[:n].copy()), fps, pix_fmt
 

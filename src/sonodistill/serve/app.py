@@ -27,6 +27,7 @@ import numpy as np
 
 from sonodistill.errors import SonoDistillError
 from sonodistill.serve.loading import LoadedModel
+from sonodistill.serve.predict import ensemble_warnings, failure_message, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ DEFAULT_MAX_UPLOAD = 200 * 1024 * 1024
 MAX_GIF_FRAMES = 150
 _CHUNK = 1 << 20
 DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read and dropped, so the client sees the answer
+DEFAULT_READ_TIMEOUT = 30.0  # seconds a client may stay silent while sending a request (408 / closed after)
+DEFAULT_MAX_UPLOADS = 4  # uploads received or analysed at the same time; more get 503 at once
+BUSY_DRAIN_S = 1.0  # a 503'd body is read and dropped for at most this long, so the client sees the answer
 
 # extension -> content types it may hold (by magic bytes)
 EXTENSION_TYPES: dict[str, set[str]] = {
@@ -65,12 +69,18 @@ def sniff_type(head: bytes) -> str | None:
 
 
 class UploadRejected(Exception):
-    """An upload refused before analysis: carries the HTTP status and a message safe to show."""
+    """An upload refused: carries the HTTP status, a message safe to show and the upload's display name
+    (`input`, set once the upload is an input to analyse, then the answer is {"input", "error"})."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, input_name: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.input_name = input_name
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": self.message} if self.input_name is None else {"input": self.input_name,
+                                                                         "error": self.message}
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -152,13 +162,24 @@ class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], model: LoadedModel, max_upload: int = DEFAULT_MAX_UPLOAD,
-                 tmp_root: str | Path | None = None, explain: bool = True) -> None:
+                 tmp_root: str | Path | None = None, explain: bool = True,
+                 read_timeout: float | None = DEFAULT_READ_TIMEOUT, max_uploads: int = DEFAULT_MAX_UPLOADS) -> None:
+        if read_timeout is not None and read_timeout <= 0:
+            raise ValueError(f"read_timeout must be > 0 seconds (or None), got {read_timeout}")
+        if max_uploads < 1:
+            raise ValueError(f"max_uploads must be >= 1, got {max_uploads}")
         super().__init__(address, ReviewHandler)
         self.model = model
         self.max_upload = int(max_upload)
         self.tmp_root = str(tmp_root) if tmp_root is not None else None
         self.explain = explain
+        self.read_timeout = read_timeout
+        self.max_uploads = int(max_uploads)
+        self.upload_slots = threading.BoundedSemaphore(self.max_uploads)
         self.lock = threading.Lock()
+        self.warnings = ensemble_warnings(model)
+        for w in self.warnings:
+            log.warning("%s", w)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-answer is routine; anything else is logged with its traceback."""
@@ -174,7 +195,8 @@ class ReviewServer(ThreadingHTTPServer):
         m = self.model
         return {"task": m.task, "classes": m.classes, "backend": m.backend, "members": m.member_names,
                 "source": Path(m.source).name, "input_kind": m.input_kind, "max_upload_bytes": self.max_upload,
-                "extensions": sorted(EXTENSION_TYPES), "heatmaps": bool(self.explain and m.members)}
+                "extensions": sorted(EXTENSION_TYPES), "heatmaps": bool(self.explain and m.members),
+                "max_uploads": self.max_uploads, "warnings": self.warnings}
 
 
 class ReviewHandler(BaseHTTPRequestHandler):
@@ -182,6 +204,11 @@ class ReviewHandler(BaseHTTPRequestHandler):
     server_version = "sonodistill-review"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        """Every read from the client times out after the server's `read_timeout` (a stalled upload is dropped)."""
+        self.timeout = self.server.read_timeout
+        super().setup()
 
     # -- logging: method, path without query, status; never headers, bodies or file names ----------
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -229,11 +256,19 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != "/api/predict":
             self._json(404, {"error": "not found"}, close=True)
             return
+        if not self.server.upload_slots.acquire(blocking=False):
+            self._linger_discard()
+            self._json(int(HTTPStatus.SERVICE_UNAVAILABLE),
+                       {"error": f"busy: {self.server.max_uploads} upload(s) in progress; try again shortly"},
+                       close=True)
+            return
         try:
             payload = self._handle_upload()
         except UploadRejected as exc:
-            self._json(int(exc.status), {"error": exc.message}, close=True)
+            self._json(int(exc.status), exc.payload(), close=True)
             return
+        finally:
+            self.server.upload_slots.release()
         self._json(200, payload)
 
     # -- the upload ---------------------------------------------------------------------------
@@ -263,14 +298,31 @@ class ReviewHandler(BaseHTTPRequestHandler):
                 raise UploadRejected(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                                      f"content does not match the extension {ext} "
                                      f"(detected: {kind or 'unknown'})")
+            name = "upload" + ext
             with self.server.lock:
                 try:
-                    out = analyse_file(self.server.model, path, "upload" + ext, self.server.explain)
-                except SonoDistillError as exc:
-                    message = str(exc).replace(str(path), "upload" + ext).replace(tmp, "")
-                    raise UploadRejected(HTTPStatus.UNPROCESSABLE_ENTITY, message) from None
+                    out = analyse_file(self.server.model, path, name, self.server.explain)
+                except Exception as exc:  # noqa: BLE001 - every failure is this upload's {"input", "error"} answer
+                    log_failure(name, exc)
+                    message = failure_message(exc).replace(str(path), name).replace(tmp, "")
+                    status = (HTTPStatus.UNPROCESSABLE_ENTITY if isinstance(exc, SonoDistillError)
+                              else HTTPStatus.INTERNAL_SERVER_ERROR)
+                    raise UploadRejected(status, message, name) from None
         out["model"] = self.server.info()
         return out
+
+    def _linger_discard(self) -> None:
+        """Before a 503: drop what the client already sent (for at most BUSY_DRAIN_S), so it can read the answer."""
+        length_text = (self.headers.get("Content-Length") or "").strip()
+        if not length_text.isdigit():
+            return
+        self.connection.settimeout(BUSY_DRAIN_S)
+        try:
+            self._discard(int(length_text))
+        except TimeoutError:
+            pass  # a silent client: answer now and close
+        finally:
+            self.connection.settimeout(self.timeout)
 
     def _discard(self, length: int) -> None:
         """Read and drop a refused body (up to DRAIN_LIMIT), so closing the socket does not reset the answer."""
@@ -287,7 +339,12 @@ class ReviewHandler(BaseHTTPRequestHandler):
         head = b""
         with open(path, "wb") as f:
             while remaining > 0:
-                chunk = self.rfile.read(min(_CHUNK, remaining))
+                try:
+                    chunk = self.rfile.read(min(_CHUNK, remaining))
+                except TimeoutError:
+                    raise UploadRejected(HTTPStatus.REQUEST_TIMEOUT,
+                                         f"upload stalled: no data for {self.server.read_timeout:g} s "
+                                         f"after {length - remaining} of {length} bytes") from None
                 if not chunk:
                     raise UploadRejected(HTTPStatus.BAD_REQUEST, "upload ended before Content-Length bytes")
                 if len(head) < 132:
@@ -299,15 +356,19 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
 def make_server(model: LoadedModel, host: str = "127.0.0.1", port: int = 8765,
                 max_upload: int = DEFAULT_MAX_UPLOAD, tmp_root: str | Path | None = None,
-                explain: bool = True) -> ReviewServer:
-    """A ready (not yet serving) review server; port 0 picks a free port (see `server.server_address`)."""
+                explain: bool = True, read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+                max_uploads: int = DEFAULT_MAX_UPLOADS) -> ReviewServer:
+    """A ready (not yet serving) review server; port 0 picks a free port (see `server.server_address`).
+
+    read_timeout: seconds a client may stay silent mid-request (then 408, or the connection is closed);
+    max_uploads: uploads received or analysed at once (more are answered 503 at once)."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback:
         log.warning("serving on %s: reachable from other machines; uploads are not authenticated", host)
-    return ReviewServer((host, port), model, max_upload, tmp_root, explain)
+    return ReviewServer((host, port), model, max_upload, tmp_root, explain, read_timeout, max_uploads)
 
 
 # ------------------------------------------------------------------------------------------- the page
@@ -359,6 +420,7 @@ fetch('/api/info').then(r => r.json()).then(j => {
   info = j;
   $('model-info').textContent = `Model: ${j.source} (${j.task}, ${j.backend}, ${j.members.length} member(s)); ` +
     `classes: ${j.classes.join(', ')}; uploads up to ${Math.round(j.max_upload_bytes / 1048576)} MB.`;
+  if (j.warnings && j.warnings.length) { $('model-info').textContent += ` Warning: ${j.warnings.join(' ')}`; }
 });
 function extensionOf(name) { const i = name.lastIndexOf('.'); return i >= 0 ? name.slice(i).toLowerCase() : ''; }
 function show(payload) {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import inspect
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,18 +287,62 @@ def predict_file(model: LoadedModel, path: str | Path, options: PredictOptions |
     return predict_prepared(model, item, options)
 
 
+def failure_message(exc: Exception) -> str:
+    """The text of a per-input failure: the project's own errors as they are, anything else with its type."""
+    return str(exc) if isinstance(exc, SonoDistillError) else f"{type(exc).__name__}: {exc}"
+
+
+def log_failure(name: str, exc: Exception) -> None:
+    """Log a per-input failure: an ERROR line for the project's errors, with the traceback for anything else."""
+    if isinstance(exc, SonoDistillError):
+        log.error("%s", exc)
+    else:
+        log.error("%s: unexpected error", name, exc_info=exc)
+
+
+def ensemble_warnings(model: LoadedModel) -> list[str]:
+    """Warnings about the members served: a fold ensemble that lacks some of the run's folds' weights."""
+    if model.run_dir is None or model.cfg is None or not model.member_names \
+            or not all(m.startswith("fold_") for m in model.member_names):
+        return []
+    folds_file = model.run_dir / "folds.json"
+    if model.cfg.train.fold is not None:
+        expected = [f"fold_{model.cfg.train.fold}"]
+    elif folds_file.is_file():
+        expected = [f"fold_{f['fold']}" for f in json.loads(folds_file.read_text(encoding="utf-8"))]
+    else:
+        expected = [f"fold_{k}" for k in range(int(model.cfg.train.folds))]
+    missing = [m for m in expected if m not in model.member_names]
+    if not missing:
+        return []
+    return [f"{model.source}: ensemble of {len(model.member_names)} of the run's {len(expected)} fold models: "
+            f"no model.safetensors in {', '.join(missing)} (unfinished training?); predictions come from "
+            f"{', '.join(model.member_names)} only"]
+
+
 def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictOptions | None = None,
                  folder_as_clip: bool = False) -> dict[str, Any]:
-    """{"model": ..., "results": [...]}; an unreadable file gives {"input", "error"} and the others go on."""
+    """{"model", "warnings", "results"}; an input that fails, whatever the exception, gives {"input", "error"}
+    and the others go on."""
     options = options or PredictOptions()
+    warnings = ensemble_warnings(model)
+    for w in warnings:
+        log.warning("%s", w)
     results = []
-    for p in expand_inputs(inputs, folder_as_clip):
+    for item in inputs:
         try:
-            results.append(predict_file(model, p, options))
-        except DataError as exc:
-            log.error("%s", exc)
-            results.append({"input": str(p), "error": str(exc)})
-    return {"model": model.describe(), "results": results}
+            paths = expand_inputs([item], folder_as_clip)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes this input's error entry
+            log_failure(str(item), exc)
+            results.append({"input": str(item), "error": failure_message(exc)})
+            continue
+        for p in paths:
+            try:
+                results.append(predict_file(model, p, options))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this input's error entry
+                log_failure(str(p), exc)
+                results.append({"input": str(p), "error": failure_message(exc)})
+    return {"model": model.describe(), "warnings": warnings, "results": results}
 
 
 # ------------------------------------------------------------------------------------------- heat maps
