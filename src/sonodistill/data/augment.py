@@ -3,19 +3,35 @@
 No colour jitter: gain, gamma, multiplicative speckle, blur, cutout and geometric crops/flips only. Geometric
 transforms draw one set of parameters per call, shared by every frame of a clip and by the mask
 (`H x W` or `1 x H x W`, resampled with nearest neighbour). Every transform takes an optional
-`torch.Generator`; without one it uses torch's global RNG, which a DataLoader seeds per worker
-(a fixed generator would be copied into every worker and repeat the same draws there).
+`torch.Generator`; without one it uses torch's global RNG (a fixed generator would be copied into every
+DataLoader worker and repeat the same draws there). The datasets run augmentations inside
+`seeded_rng(seed, epoch, index)`, so an item's draws depend only on that key: the same after a resume, with any
+number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+
+@contextlib.contextmanager
+def seeded_rng(*key: int) -> Iterator[None]:
+    """Run the block with torch's global CPU RNG seeded from `key` (e.g. seed, epoch, item index), then restore it.
+
+    Draws inside depend only on the key, and the caller's random stream is left as it was."""
+    entropy = [int(k) % 2**64 for k in key]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _check(x: Tensor) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from sonodistill.errors import ConfigError, DataError
 
+from .augment import seeded_rng
 from .cache import ClipCache, _check_cfg, produce_clip, produce_mask
 from .manifest import Manifest
 from .preprocess import PreprocessConfig, sample_frame_indices
@@ -49,11 +50,17 @@ class _ManifestDataset(Dataset):
                         if "target" in t.columns and pd.api.types.is_numeric_dtype(t["target"]) else None)
 
     def set_epoch(self, epoch: int) -> None:
-        """Change the random frame choices of 'random' sampling (call once per epoch)."""
+        """Change the random frame choices of 'random' sampling and the augmentation draws (call once per epoch)."""
         self.epoch = int(epoch)
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _augmented(self, index: int, *tensors: torch.Tensor) -> Any:
+        """`augment(*tensors)` with torch's RNG seeded by (seed, epoch, index): resume-exact, worker-independent."""
+        assert self.augment is not None
+        with seeded_rng(self.seed, self.epoch, int(index)):
+            return self.augment(*tensors)
 
     def load(self, row: int) -> np.ndarray:
         """uint8 `T x S x S` preprocessed clip of manifest row `row`."""
@@ -102,7 +109,7 @@ class ClipDataset(_ManifestDataset):
         idx = sample_frame_indices(len(clip), self.num_frames, self.sampling, self.stride, self._rng(index))
         x = self._to_tensor(clip[idx])[None]  # 1 x T x S x S
         if self.augment is not None:
-            x = self.augment(x)
+            x = self._augmented(index, x)
         return self._labels(index, {"x": self._normalise(x), "index": index})
 
 
@@ -140,11 +147,11 @@ class FrameDataset(_ManifestDataset):
             mask = (self._to_tensor(self.load_mask(index)) * 255.0 if has
                     else torch.zeros_like(x))  # 1 x S x S in {0, 1}
             if self.augment is not None:
-                x, mask = self.augment(x, mask)
+                x, mask = self._augmented(index, x, mask)
             item["mask"] = mask
             item["has_mask"] = torch.tensor(has)
         elif self.augment is not None:
-            x = self.augment(x)
+            x = self._augmented(index, x)
         item["x"] = self._normalise(x)
         return self._labels(index, item)
 
@@ -182,6 +189,6 @@ class VideoFrameDataset(_ManifestDataset):
             frame = int(self._rng(index).integers(len(clip)))
         x = self._to_tensor(clip[frame : frame + 1])  # 1 x S x S
         if self.augment is not None:
-            x = self.augment(x)
+            x = self._augmented(index, x)
         item = {"x": self._normalise(x), "index": int(index), "video_index": video, "frame_index": frame}
         return self._labels(video, item)

@@ -86,8 +86,10 @@ def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray,
         raise ConfigError(f"{cfg.recipe} needs unlabelled images: labelled_bs={lbs} of batch_size={bs}, "
                           f"{len(unlabelled)} unlabelled rows (labelled_fraction={options['labelled_fraction']})")
     weak = weak_augment(cfg.data.size) if cfg.data.augment else None
-    lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak)
-    unl_ds = (FrameDataset(without_masks(manifest.subset(unlabelled)), pre, cache=cache, augment=weak)
+    lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak, seed=seed)
+    # Another seed for the unlabelled stream: its item k must not repeat the draws of labelled item k.
+    unl_ds = (FrameDataset(without_masks(manifest.subset(unlabelled)), pre, cache=cache, augment=weak,
+                           seed=seed + 1_000_003)
               if ubs else None)
     iterations = options["iterations_per_epoch"]
     iterations = int(iterations) if iterations else default_iterations(len(labelled), len(unlabelled), lbs, ubs)

@@ -38,10 +38,12 @@ class TrainingHooks:
     """Lightning hooks every recipe shares: per-epoch data redraw and gradient-norm clipping (`optim.grad_clip`)."""
 
     def on_train_epoch_start(self) -> None:
-        # New random frame positions each epoch, reproducible from (seed, epoch, item): resume-safe.
+        # New random frame positions and augmentations each epoch, reproducible from (seed, epoch, item): resume-safe.
+        from sonodistill.recipes.data import set_data_epoch
+
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(int(self.current_epoch))
+        if dataset is not None:
+            set_data_epoch(dataset, int(self.current_epoch))
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:

@@ -70,6 +70,15 @@ class EpochSeededSampler(Sampler[int]):
         return self.n
 
 
+def set_data_epoch(dataset: object, epoch: int) -> None:
+    """Call `set_epoch(epoch)` on a dataset and on every dataset it wraps (`.dataset`, `.datasets`)."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+    inner = getattr(dataset, "dataset", None)
+    for child in ([inner] if inner is not None else []) + list(getattr(dataset, "datasets", [])):
+        set_data_epoch(child, epoch)
+
+
 def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) -> Dataset:
     """ClipDataset for video manifests, FrameDataset for image manifests; augmentation on training sets only."""
     from sonodistill.data import augment as aug
@@ -85,7 +94,7 @@ def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) 
                            sampling=data.sampling if train else "uniform", cache=cache, augment=transform, seed=seed)
     if manifest.modality == "image":
         transform = aug.weak_augment(data.size) if (train and data.augment) else None
-        return FrameDataset(manifest, pre, cache=cache, augment=transform)
+        return FrameDataset(manifest, pre, cache=cache, augment=transform, seed=seed)
     raise ConfigError(f"unsupported modality {manifest.modality!r}")
 
 

@@ -36,6 +36,24 @@ class SaveInferenceWeights(Callback):
             save_weights(pl_module.inference_model(), self.path)  # type: ignore[operator]
 
 
+class SeedEachEpoch(Callback):
+    """Reseed torch, numpy and `random` at every epoch start from (the seed set before fit, epoch).
+
+    Whatever a recipe draws from the global random state during an epoch (dropout, masks, views, the seeds of
+    DataLoader workers) is then the same after a resume from the previous epoch's checkpoint."""
+
+    def __init__(self) -> None:
+        self.seed: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seed = torch.initial_seed()  # the seed of `L.seed_everything` in the fit functions
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.seed is not None
+        epoch_seed = int(np.random.SeedSequence([self.seed, int(trainer.current_epoch)]).generate_state(1)[0])
+        L.seed_everything(epoch_seed, workers=True, verbose=False)
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Write a model's state_dict as safetensors via a temporary file and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +87,8 @@ def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback
     # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
     ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
-    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS)] + list(extra_callbacks or [])
+    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch()]
+    callbacks += list(extra_callbacks or [])
     kwargs: dict[str, Any] = dict(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
