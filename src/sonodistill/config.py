@@ -41,6 +41,7 @@ class ModelConfig:
     norm: str = "batch"
     dropout: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = "none"              # none | imagenet | PATH (run dir or safetensors of our own pretraining)
 
 
 @dataclass

@@ -30,13 +30,16 @@ TINY = {
     "vit_small_p8": {"depth": 2},
     "vit_small_p16": {"depth": 2},
     "resnet18_2d": {},
+    "efficientnet_lite0": {"width": 1.0},          # the fixed ImageNet architecture (its own tests:
+    "tsm_efficientnet_lite0": {"width": 1.0},      # test_efficientnet.py)
+    "efficientnet_lite0_frames": {"width": 1.0},
 }
 VIDEO_X = (2, 1, 4, 32, 32)
 FRAME_X = (2, 1, 32, 32)
 
 
 def tiny(name: str, **kwargs) -> nn.Module:
-    return build_backbone(name, width=0.25, **{**TINY[name], **kwargs})
+    return build_backbone(name, **{"width": 0.25, **TINY[name], **kwargs})
 
 
 def test_registry_lists_every_name() -> None:
@@ -52,12 +55,12 @@ def test_staged_contract_and_gradient_flow(name: str) -> None:
     assert model.kind == kind
     x = torch.randn(VIDEO_X if kind == "video" else FRAME_X)
     out = model(x)
-    assert len(out.stages) == 4
+    assert len(out.stages) == (5 if "efficientnet" in name else 4)  # EfficientNet: its five resolution stages
     assert [s.shape[1] for s in out.stages] == model.stage_channels
     assert all(s.dim() == (5 if kind == "video" else 4) and s.shape[0] == 2 for s in out.stages)
     assert out.pooled.shape == (2, model.embed_dim)
     if kind == "video":  # T is kept by TSM, downsampled or tokenised by the others
-        assert out.stages[0].shape[2] == (4 if name == "tsm_resnet18" else 2)
+        assert out.stages[0].shape[2] == (2 if name in ("resnet10_3d", "resnet18_3d", "resnet50_3d", "video_vit") else 4)
     out.pooled.sum().backward()
     # Every parameter is used by the pooled embedding (ViTs: [CLS] attends to every token in the last block).
     missing = [n for n, p in model.named_parameters() if p.grad is None]

@@ -17,6 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from sonodistill.errors import ConfigError
+from sonodistill.models.efficientnet import EfficientNetLiteBackbone, VideoEfficientNetLite
+from sonodistill.models.pretrained import apply_pretrained
 from sonodistill.models.stages import StagedBackbone, StageOutputs
 from sonodistill.models.tsm import TemporalShift
 from sonodistill.models.vit import VIT_CONFIGS, VideoVisionTransformer, VisionTransformer, scaled_dim
@@ -168,6 +170,25 @@ def _tsm_resnet18(in_channels: int, width: float, norm: str, fold_div: int = 8) 
     return TSMResNet("basic", [2, 2, 2, 2], in_channels, width, norm, fold_div)
 
 
+def _check_fixed_architecture(name: str, width: float, norm: str) -> None:
+    if width != 1.0 or norm != "batch":
+        raise ConfigError(f"{name} has the fixed ImageNet architecture: set model.width=1.0 and model.norm=batch "
+                          f"(got width {width}, norm {norm!r})")
+
+
+def _efficientnet_lite0(in_channels: int, width: float, norm: str) -> StagedBackbone:
+    _check_fixed_architecture("efficientnet_lite0", width, norm)
+    return EfficientNetLiteBackbone(in_channels)
+
+
+def _video_efficientnet_lite0(shift: bool) -> Callable[..., StagedBackbone]:
+    def build(in_channels: int, width: float, norm: str, fold_div: int = 8) -> StagedBackbone:
+        _check_fixed_architecture("tsm_efficientnet_lite0" if shift else "efficientnet_lite0_frames", width, norm)
+        return VideoEfficientNetLite(in_channels, shift=shift, fold_div=fold_div)
+
+    return build
+
+
 def _vit_dims(size: str, width: float, dim: int | None, depth: int | None, heads: int | None) -> dict[str, int]:
     if size not in VIT_CONFIGS:
         raise ConfigError(f"unknown ViT size '{size}'; choose from {sorted(VIT_CONFIGS)}")
@@ -207,6 +228,7 @@ class BackboneSpec:
     kind: Literal["video", "frame"]
     input_shape: tuple[int, ...]  # without batch: C x T x H x W (video) or C x H x W (frame)
     description: str
+    imagenet: str | None = None  # family name in models/pretrained.IMAGENET_WEIGHTS, if ImageNet weights ship
 
 
 VIDEO_INPUT = (1, 16, 112, 112)
@@ -224,6 +246,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vit_small_p8": BackboneSpec(_frame_vit("small", 8), "frame", FRAME_INPUT, "ViT-Small, patch 8"),
     "vit_small_p16": BackboneSpec(_frame_vit("small", 16), "frame", FRAME_INPUT, "ViT-Small, patch 16"),
     "resnet18_2d": BackboneSpec(_resnet2d, "frame", FRAME_INPUT, "2D ResNet-18 (MONAI)"),
+    "efficientnet_lite0": BackboneSpec(_efficientnet_lite0, "frame", FRAME_INPUT,
+                                       "EfficientNet-Lite0, ImageNet weights available", "efficientnet_lite0"),
+    "tsm_efficientnet_lite0": BackboneSpec(_video_efficientnet_lite0(True), "video", VIDEO_INPUT,
+                                           "EfficientNet-Lite0 per frame + temporal shift, ImageNet weights",
+                                           "efficientnet_lite0"),
+    "efficientnet_lite0_frames": BackboneSpec(_video_efficientnet_lite0(False), "video", VIDEO_INPUT,
+                                              "EfficientNet-Lite0 per frame, mean over time, ImageNet weights",
+                                              "efficientnet_lite0"),
 }
 
 
@@ -239,8 +269,10 @@ def _spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(name: str, in_channels: int = 1, width: float = 1.0, norm: str = "batch",
-                   **kwargs: Any) -> StagedBackbone:
-    """Build a registered backbone; unknown names, norms, widths or keyword arguments raise ConfigError."""
+                   pretrained: str = "none", **kwargs: Any) -> StagedBackbone:
+    """Build a registered backbone and initialise it from `pretrained` ('none', 'imagenet' or a PATH, see
+    `models/pretrained.py`; recorded as `backbone.pretrained_from`). Unknown names, norms, widths or keyword
+    arguments raise ConfigError; unusable weights raise CheckpointError."""
     spec = _spec(name)
     if not width > 0:
         raise ConfigError(f"backbone '{name}': width must be > 0, got {width}")
@@ -251,7 +283,9 @@ def build_backbone(name: str, in_channels: int = 1, width: float = 1.0, norm: st
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ConfigError(f"backbone '{name}': unknown option(s) {unknown}; allowed: {allowed}")
-    return spec.builder(in_channels, width, norm, **kwargs)
+    backbone = spec.builder(in_channels, width, norm, **kwargs)
+    backbone.pretrained_from = apply_pretrained(backbone, spec.imagenet, pretrained)
+    return backbone
 
 
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]

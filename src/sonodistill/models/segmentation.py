@@ -22,6 +22,7 @@ __all__ = [
     "FeatureDropout",
     "FeaturePerturbation",
     "UNetEncoder",
+    "EfficientNetUNetEncoder",
     "UNetDecoder",
     "SegmentationNet",
     "SingleDecoderUNet",
@@ -118,6 +119,27 @@ class UNetEncoder(nn.Module):
         return features
 
 
+class EfficientNetUNetEncoder(nn.Module):
+    """U-Net encoder on the EfficientNet-Lite0 trunk (ImageNet weights possible): a full-resolution conv block on
+    the input, then the trunk's five stages as skips. `B x 1 x H x W` in [0, 1] -> level i at `H/2^i` with
+    channels (16, 16, 24, 40, 112, 1280), i = 0..5 (H, W divisible by 32)."""
+
+    def __init__(self, in_channels: int = 1, pretrained: str = "none") -> None:
+        super().__init__()
+        from sonodistill.models.backbones import build_backbone
+
+        self.trunk = build_backbone("efficientnet_lite0", in_channels=in_channels, pretrained=pretrained)
+        self.pretrained_from = self.trunk.pretrained_from
+        self.full = _conv_block(in_channels, 16)
+        self.channels = [16, *self.trunk.stage_channels]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.full(x), *self.trunk(x).stages]
+
+
+SEGMENTATION_ENCODERS = ("unet", "efficientnet_lite0")
+
+
 class _UpBlock(nn.Module):
     """1x1 conv to the skip width, bilinear x2 upsampling, concat with the skip, conv block."""
 
@@ -169,7 +191,7 @@ def _check_input(x: torch.Tensor, in_channels: int, factor: int) -> None:
 class SegmentationNet(nn.Module):
     """The exported inference model: encoder + one decoder, `B x C_in x H x W` -> `B x K x H x W` logits."""
 
-    def __init__(self, encoder: UNetEncoder, decoder: UNetDecoder, in_channels: int) -> None:
+    def __init__(self, encoder: nn.Module, decoder: UNetDecoder, in_channels: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -193,6 +215,8 @@ class SingleDecoderUNet(nn.Module):
         num_classes: int = 2,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         width: float = 1.0,
+        encoder: str = "unet",
+        pretrained: str = "none",
     ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1:
@@ -201,11 +225,23 @@ class SingleDecoderUNet(nn.Module):
             raise ConfigError(f"channels needs >= 2 positive widths, got {tuple(channels)}")
         if width <= 0:
             raise ConfigError(f"width multiplier must be > 0, got {width}")
+        if encoder not in SEGMENTATION_ENCODERS:
+            raise ConfigError(f"unknown segmentation encoder {encoder!r}; choose from {SEGMENTATION_ENCODERS}")
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.channels = [max(1, round(int(c) * width)) for c in channels]
+        if encoder == "unet":
+            if pretrained not in ("none", ""):
+                raise ConfigError("the plain U-Net encoder has no pretrained weights: use model.backbone="
+                                  "efficientnet_lite0 for an ImageNet start")
+            self.channels = [max(1, round(int(c) * width)) for c in channels]
+            self.encoder: nn.Module = UNetEncoder(in_channels, self.channels)
+        else:
+            if width != 1.0:
+                raise ConfigError(f"the {encoder} encoder has the fixed ImageNet architecture: set model.width=1.0 "
+                                  f"(got {width})")
+            self.encoder = EfficientNetUNetEncoder(in_channels, pretrained)
+            self.channels = list(self.encoder.channels)
         self.size_factor = 2 ** (len(self.channels) - 1)
-        self.encoder = UNetEncoder(in_channels, self.channels)
         self.decoder1 = UNetDecoder(self.channels, num_classes)
 
     def forward(self, x: torch.Tensor, dual: bool = True) -> SegOutputs:
@@ -234,8 +270,10 @@ class DualDecoderUNet(SingleDecoderUNet):
         feature_noise: float = 0.3,
         feature_dropout: float = 0.5,
         width: float = 1.0,
+        encoder: str = "unet",
+        pretrained: str = "none",
     ) -> None:
-        super().__init__(in_channels, num_classes, channels, width)
+        super().__init__(in_channels, num_classes, channels, width, encoder, pretrained)
         self.decoder2 = UNetDecoder(self.channels, num_classes)
         self.perturb = FeaturePerturbation(feature_noise, feature_dropout)
 

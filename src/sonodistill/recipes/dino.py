@@ -175,7 +175,7 @@ class DINORecipe(L.LightningModule):
         epochs = int(cfg.train.epochs)
         if epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {epochs}")
-        backbone = build_frame_backbone(cfg)
+        backbone = build_frame_backbone(cfg, start=True)
         head = DINOHead(backbone.embed_dim, int(o["out_dim"]), hidden_dim=int(o["hidden_dim"]),
                         bottleneck_dim=int(o["bottleneck_dim"]), nlayers=int(o["head_layers"]),
                         norm_last_layer=bool(o["norm_last_layer"]))

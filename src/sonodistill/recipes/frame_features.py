@@ -7,22 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sonodistill.config import DataConfig, RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import CheckpointError, ConfigError
+from sonodistill.models.pretrained import TEACHER_WEIGHTS, load_backbone_weights  # noqa: F401 (re-exported)
 from sonodistill.models.stages import StagedBackbone
 
 log = logging.getLogger(__name__)
 
-TEACHER_WEIGHTS = "teacher_backbone.safetensors"
 STUDENT_WEIGHTS = "student_backbone.safetensors"
-#: prefixes under which a backbone sits in other state dicts: Classifier (`backbone.`), VideoScorer (`encoder.`)
-_PREFIXES = ("backbone.", "encoder.")
-
 
 def preprocess_config(data: DataConfig):  # -> PreprocessConfig
     """The PreprocessConfig every dataset of a run uses (same fields as `recipes.data.build_dataset`)."""
@@ -39,62 +35,17 @@ def clip_cache(data: DataConfig):  # -> ClipCache
     return ClipCache(Path(data.cache_dir) / "clips" if data.cache_dir else default_cache_dir() / "clips")
 
 
-def build_frame_backbone(cfg: RunConfig) -> StagedBackbone:
-    """The frame backbone of `cfg.model` (1 input channel); a video backbone is a ConfigError."""
+def build_frame_backbone(cfg: RunConfig, start: bool = False) -> StagedBackbone:
+    """The frame backbone of `cfg.model` (1 input channel); a video backbone is a ConfigError. `start=True`
+    initialises it from `model.pretrained` (training starts); otherwise weights are loaded next."""
     from sonodistill.models.backbones import build_backbone
 
     bb = build_backbone(cfg.model.backbone, in_channels=1, width=cfg.model.width, norm=cfg.model.norm,
-                        **cfg.model.kwargs)
+                        pretrained=cfg.model.pretrained if start else "none", **cfg.model.kwargs)
     if bb.kind != "frame":
         raise ConfigError(f"{cfg.recipe}: model.backbone {cfg.model.backbone!r} is a {bb.kind} backbone; "
                           "MeDiVLAD/DINO need a frame backbone (e.g. vit_tiny_p8, vit_small_p8)")
     return bb
-
-
-def resolve_weights(path: str | Path) -> Path:
-    """A weights file, or a run directory holding `teacher_backbone.safetensors` (DINO) / `model.safetensors`."""
-    p = Path(path)
-    if p.is_dir():
-        for name in (TEACHER_WEIGHTS, "model.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"{p}: no {TEACHER_WEIGHTS} or model.safetensors in this run directory")
-    if not p.is_file():
-        raise CheckpointError(f"weights not found: {p}")
-    return p
-
-
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> nn.Module:
-    """Load backbone weights strictly from safetensors: a backbone state dict, or the `backbone.*` part of a
-    Classifier / the `encoder.*` part of a VideoScorer (their other keys are dropped). Any missing, unexpected
-    or mis-shaped key raises CheckpointError naming the file."""
-    path = resolve_weights(path)
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own types for damaged files
-        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
-    want = set(backbone.state_dict())
-    if set(state) != want:
-        for prefix in _PREFIXES:
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub and set(sub) == want:
-                state = sub
-                break
-    missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the backbone ({type(backbone).__name__}): "
-                              f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-                              f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                              "(is model.backbone / model.kwargs the same as in the pretraining run?)")
-    own = backbone.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise CheckpointError(f"{path}: shape mismatch for {len(bad)} tensor(s), e.g. {bad[:3]} "
-                              "(is model.backbone / model.width / model.kwargs the same as in the pretraining run?)")
-    backbone.load_state_dict(state, strict=True)
-    log.info("loaded %d backbone tensors from %s", len(state), path)
-    return backbone
 
 
 def load_run_backbone(run_dir: str | Path, weights: str | Path | None = None) -> tuple[StagedBackbone, RunConfig]:

@@ -30,6 +30,7 @@ from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.models.aggregators import AGGREGATORS, build_aggregator
+from sonodistill.models.stages import StagedBackbone
 from sonodistill.recipes.base import ClassificationRecipe
 from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights, video_frame_features
 
@@ -169,6 +170,19 @@ def frame_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False, **t
 # ---------------------------------------------------------------------------------------------- videos
 
 
+def video_stage_encoder(cfg: RunConfig) -> StagedBackbone:
+    """The frozen frame encoder of the video stage: `recipe_options.init_from` (a DINO or finetuning run) if
+    given, else `model.pretrained` (e.g. imagenet); a random encoder is allowed but warned about."""
+    init_from = medivlad_options(cfg)["init_from"]
+    encoder = build_frame_backbone(cfg, start=not init_from)
+    if init_from:
+        load_backbone_weights(encoder, init_from)
+    elif cfg.model.pretrained in ("none", ""):
+        log.warning("medivlad: no recipe_options.init_from and model.pretrained=none: the frame encoder is "
+                    "randomly initialised")
+    return encoder
+
+
 def cached_video_features(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Encode every video once with the frozen encoder (RUN/features.npz, reused on resume)."""
     o = medivlad_options(cfg)
@@ -180,11 +194,7 @@ def cached_video_features(cfg: RunConfig, manifest: Manifest, resume: bool = Fal
         if str(z["key"]) == key:
             return z["feats"], z["mask"]
         log.warning("%s was computed with other settings; recomputing", path)
-    encoder = build_frame_backbone(cfg)
-    if o["init_from"]:
-        load_backbone_weights(encoder, o["init_from"])
-    else:
-        log.warning("medivlad: no recipe_options.init_from: the frame encoder is randomly initialised")
+    encoder = video_stage_encoder(cfg)
     t0 = time.perf_counter()
     feats, mask = video_frame_features(encoder, manifest, cfg.data, int(cfg.data.num_frames))
     log.info("medivlad: encoded %d videos (%d frames) in %.0f s", len(manifest), int(mask.sum()),
@@ -271,9 +281,7 @@ def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> 
             save_weights(agg, fold_dir / f"aggregator_{name}.safetensors")
             if j == 0:  # the exported model of this fold: encoder + first aggregator
                 if encoder is None:
-                    encoder = build_frame_backbone(cfg)
-                    if o["init_from"]:
-                        load_backbone_weights(encoder, o["init_from"])
+                    encoder = video_stage_encoder(cfg)
                 save_weights(VideoScorer(encoder, agg), fold_dir / "model.safetensors")
             frame = pd.DataFrame({"fold": k, "index": test, "path": [manifest.paths[i] for i in test],
                                   "group": manifest.groups[test], "y_true": labels[test]})
@@ -291,9 +299,7 @@ def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> 
         train_aggregator(agg, feats, mask, labels, int(cfg.train.epochs), float(cfg.optim.lr),
                          float(cfg.optim.weight_decay), int(cfg.data.batch_size), cfg.train.seed)
         if encoder is None:
-            encoder = build_frame_backbone(cfg)
-            if o["init_from"]:
-                load_backbone_weights(encoder, o["init_from"])
+            encoder = video_stage_encoder(cfg)
         save_weights(VideoScorer(encoder, agg), final / "model.safetensors")
     predictions = pd.concat(rows, ignore_index=True)
     predictions.to_csv(run_dir / PREDICTIONS, index=False)

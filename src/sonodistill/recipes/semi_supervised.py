@@ -31,7 +31,7 @@ from sonodistill.losses.consistency import (
     PixelConsistencyLoss,
 )
 from sonodistill.losses.ema import EMATeacher
-from sonodistill.models.segmentation import SegOutputs, SingleDecoderUNet
+from sonodistill.models.segmentation import SEGMENTATION_ENCODERS, SegOutputs, SingleDecoderUNet
 from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 from sonodistill.recipes.schedules import sigmoid_rampup
 
@@ -67,12 +67,21 @@ class EncoderD1(nn.Module):
         return SegOutputs(logits, None, features, decoded)
 
 
-def unet_kwargs(cfg: RunConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """U-Net constructor arguments from the config (`model.backbone` must be 'unet' or left at its default)."""
-    if cfg.model.backbone not in ("unet", ModelConfig().backbone):
-        raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet (got {cfg.model.backbone!r})")
+def unet_kwargs(cfg: RunConfig, options: dict[str, Any], start: bool = True) -> dict[str, Any]:
+    """U-Net constructor arguments from the config. `model.backbone`: 'unet' (or left at its default) for the
+    plain U-Net, 'efficientnet_lite0' for the EfficientNet-Lite0 encoder (`model.pretrained` applies when
+    `start`, i.e. in training; inference builders pass False and load the trained weights)."""
+    backbone = cfg.model.backbone
+    if backbone in ("unet", ModelConfig().backbone):
+        encoder = "unet"
+    elif backbone in SEGMENTATION_ENCODERS:
+        encoder = backbone
+    else:
+        raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet, or =efficientnet_lite0 for "
+                          f"the EfficientNet-Lite0 encoder (got {backbone!r})")
     return {"in_channels": 1, "num_classes": 2, "channels": tuple(int(c) for c in options["channels"]),
-            "width": float(cfg.model.width)}
+            "width": float(cfg.model.width), "encoder": encoder,
+            "pretrained": cfg.model.pretrained if start else "none"}
 
 
 def slice_outputs(out: SegOutputs, start: int) -> SegOutputs:

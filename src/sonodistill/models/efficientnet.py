@@ -1,0 +1,238 @@
+"""EfficientNet-Lite (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) as
+staged backbones: a 2D frame encoder, a temporal-shift video encoder (TSM inside the MBConv residual branches)
+and a per-frame video encoder, all able to start from the ImageNet weights of `models/pretrained.py`.
+
+Input contract: grayscale intensities in [0, 1] (`data.mean=0`, `data.std=1`, the default), 1 channel. The
+`ImageNetInput` module inside the network replicates the channel to RGB and applies the ImageNet mean / std,
+so predict, export and serve feed the model exactly what training did. Convolutions pad like TensorFlow's
+'SAME' (asymmetric for stride 2), computed from the input size, which is what the ImageNet weights expect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sonodistill.errors import ConfigError
+from sonodistill.models.stages import StagedBackbone, StageOutputs
+from sonodistill.models.tsm import temporal_shift
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    """One row of the EfficientNet block table: `repeats` MBConv blocks, the first with `stride`."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    cin: int
+    cout: int
+
+
+# efficientnet_lite_builder.py, lite0 (width 1.0, depth 1.0, 224 px).
+LITE0_BLOCKS = (
+    BlockArgs(1, 3, 1, 1, 32, 16),
+    BlockArgs(2, 3, 2, 6, 16, 24),
+    BlockArgs(2, 5, 2, 6, 24, 40),
+    BlockArgs(3, 3, 2, 6, 40, 80),
+    BlockArgs(3, 5, 1, 6, 80, 112),
+    BlockArgs(4, 5, 2, 6, 112, 192),
+    BlockArgs(1, 3, 1, 6, 192, 320),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # PyTorch convention (TensorFlow's 0.99)
+
+
+class SameConv2d(nn.Conv2d):
+    """`nn.Conv2d` with TensorFlow 'SAME' padding computed from the input size (extra pixel bottom / right)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class ImageNetInput(nn.Module):
+    """Grayscale `B x 1 x H x W` in [0, 1] -> `B x 3 x H x W` ImageNet-normalised (channel replicated).
+
+    The documented grayscale rule: a grey image is the RGB image with three equal channels, so the ImageNet
+    stem sees exactly what it was trained on for such an image. RGB input (3 channels) is normalised as is.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck without SE: [1x1 expand] -> kxk depthwise -> 1x1 project, ReLU6, identity skip
+    when stride 1 and cin == cout. `shift_frames > 0` shifts the residual branch's input in time (TSM)."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand
+        if expand != 1:
+            self.expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self.bn0 = _bn(mid)
+        self.depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self.bn1 = _bn(mid)
+        self.project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self.bn2 = _bn(cout)
+        self.act = nn.ReLU6(inplace=False)
+        self.residual = stride == 1 and cin == cout
+        self.shift_frames = 0   # set by a video backbone before each forward; 0: no temporal shift
+        self.shift_div = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = temporal_shift(x, self.shift_frames, self.shift_div) if self.shift_frames else x
+        if self.expand != 1:
+            h = self.act(self.bn0(self.expand_conv(h)))
+        h = self.act(self.bn1(self.depthwise_conv(h)))
+        h = self.bn2(self.project_conv(h))
+        return h + x if self.residual else h
+
+
+def _block_list(blocks: tuple[BlockArgs, ...]) -> tuple[nn.ModuleList, list[int]]:
+    """All MBConv blocks in order, and the indices of the blocks that end a resolution stage (the block before
+    each stride-2 block)."""
+    layers = nn.ModuleList()
+    stage_ends: list[int] = []
+    for args in blocks:
+        for r in range(args.repeats):
+            if r == 0 and args.stride == 2 and len(layers):
+                stage_ends.append(len(layers) - 1)
+            layers.append(MBConv(args.kernel, args.stride if r == 0 else 1, args.expand,
+                                 args.cin if r == 0 else args.cout, args.cout))
+    return layers, stage_ends
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0 trunk with ImageNet input handling and the ImageNet classifier.
+
+    `features(x)`: `B x 1|3 x H x W` -> five maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 1280 channels
+    (the last is the 1x1 head conv's output). `forward(x)`: `B x 1000` ImageNet logits.
+    """
+
+    stage_channels = [16, 24, 40, 112, HEAD_CHANNELS]
+
+    def __init__(self, blocks: tuple[BlockArgs, ...] = LITE0_BLOCKS, num_classes: int = 1000,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.input = ImageNetInput()
+        self.stem_conv = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self.stem_bn = _bn(STEM_CHANNELS)
+        self.blocks, self.stage_ends = _block_list(blocks)
+        self.head_conv = SameConv2d(blocks[-1].cout, HEAD_CHANNELS, 1, bias=False)
+        self.head_bn = _bn(HEAD_CHANNELS)
+        self.act = nn.ReLU6(inplace=False)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.act(self.stem_bn(self.stem_conv(self.input(x))))
+        stages = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.stage_ends:
+                stages.append(x)
+        stages.append(self.act(self.head_bn(self.head_conv(x))))
+        return stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x)[-1].mean(dim=(2, 3))
+        return self.classifier(self.dropout(pooled))
+
+
+def _check_channels(in_channels: int) -> None:
+    if in_channels not in (1, 3):
+        raise ConfigError(f"efficientnet_lite0 takes 1 (grey, replicated) or 3 (RGB) input channels, got {in_channels}")
+
+
+class EfficientNetLiteBackbone(StagedBackbone):
+    """2D frame encoder: `B x 1 x H x W` in [0, 1] -> 5 stages (strides 2..32), pooled `B x 1280`."""
+
+    kind = "frame"
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        _check_channels(in_channels)
+        self.net = EfficientNetLite()
+        self.net.classifier = nn.Identity()  # the ImageNet classifier is not part of the encoder
+        self.net.dropout = nn.Identity()
+        self.stage_channels = list(EfficientNetLite.stage_channels)
+        self.embed_dim = HEAD_CHANNELS
+
+    def forward(self, x: torch.Tensor) -> StageOutputs:
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects B x C x H x W, got shape {tuple(x.shape)}")
+        stages = self.net.features(x)
+        return StageOutputs(stages=stages, pooled=stages[-1].mean(dim=(2, 3)))
+
+    def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
+        """Load ImageNet weights (our key names, `models/pretrained.py`) strictly; the classifier is dropped."""
+        from sonodistill.models.pretrained import load_matching
+
+        load_matching(self.net, state, str(path), ignore=("classifier.",))
+
+
+class VideoEfficientNetLite(StagedBackbone):
+    """Video encoder: the 2D EfficientNet-Lite0 per frame, with a temporal shift (TSM, Lin et al. 2019) of 1/8
+    of the channels each way in the input of every MBConv block that has an identity skip (residual shift:
+    the skip path keeps the unshifted frame). `shift=False` gives the plain per-frame encoder.
+
+    `B x 1 x T x H x W` -> stages `B x C_i x T x H_i x W_i`, pooled `B x 1280` (average over T, H, W).
+    """
+
+    kind = "video"
+
+    def __init__(self, in_channels: int = 1, shift: bool = True, fold_div: int = 8) -> None:
+        super().__init__()
+        _check_channels(in_channels)
+        self.frames = EfficientNetLiteBackbone(in_channels)
+        self.shift = shift
+        self.shifted = [b for b in self.frames.net.blocks if b.residual] if shift else []
+        for block in self.shifted:
+            block.shift_div = fold_div
+        self.stage_channels = list(self.frames.stage_channels)
+        self.embed_dim = self.frames.embed_dim
+
+    def forward(self, x: torch.Tensor) -> StageOutputs:
+        if x.dim() != 5:
+            raise ValueError(f"{type(self).__name__} expects B x C x T x H x W, got shape {tuple(x.shape)}")
+        b, c, t, h, w = x.shape
+        for block in self.shifted:
+            block.shift_frames = t
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        stages = [s.view(b, t, *s.shape[1:]).transpose(1, 2) for s in self.frames.net.features(frames)]
+        return StageOutputs(stages=stages, pooled=stages[-1].flatten(2).mean(dim=2))
+
+    def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
+        """ImageNet weights into the per-frame network (the shift has no parameters)."""
+        self.frames.load_imagenet(state, path)
+
