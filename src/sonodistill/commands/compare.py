@@ -1,0 +1,377 @@
+"""`sonodistill compare RUN_A RUN_B [RUN_C ...]`: paired comparison of runs on identical items and folds.
+
+The first run is the baseline; each later run is compared with it: difference B - A of each metric on the
+predictions pooled over folds, its bootstrap interval over groups (patients) and a paired permutation p-value
+(`evaluation/paired.py`). Runs whose folds, items, groups or targets differ are refused with what differs.
+
+Seeds: a run directory holding `seed_<s>/predictions.csv` folders has one seed per folder (each may carry its own
+folds.json / manifest.csv, else the run's); a predictions.csv with a `seed` column has one seed per value; any
+other run has one seed, its config's `train.seed`. Seeds are paired by value (one seed on each side: paired
+whatever their values); with several, the last rows average B_s - A_s over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.errors import SonoDistillError
+
+SEED_DIR_PREFIX = "seed_"
+ALL_SEEDS = "mean"
+
+
+@dataclass
+class SeedPredictions:
+    """One seed of a run: predictions sorted by (fold, index), and the folds / manifest it was made with."""
+
+    seed: int
+    predictions: pd.DataFrame
+    folds: list[dict]
+    manifest: pd.DataFrame
+    classes: list[str]
+    source: Path
+
+
+@dataclass
+class ComparedRun:
+    """A run directory read for comparison: name, task and its seeds."""
+
+    path: Path
+    name: str
+    task: str
+    seeds: dict[int, SeedPredictions] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _read_manifest(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    from sonodistill.data.manifest import Manifest
+
+    m = Manifest.from_csv(path)
+    return m.table, list(m.classes)
+
+
+def _task_of(pred: pd.DataFrame, where: Path) -> str:
+    if "dice" in pred.columns:
+        return "segmentation"
+    if any(c.startswith("prob_") for c in pred.columns):
+        return "classification"
+    raise SonoDistillError(f"{where}: neither prob_<class> columns (classification) nor dice (segmentation)")
+
+
+def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = None) -> SeedPredictions:
+    """Predictions of one seed from `folder`; folds.json and manifest.csv from `folder`, else from `run`."""
+    files = {}
+    for name in ("folds.json", "manifest.csv"):
+        files[name] = folder / name if (folder / name).is_file() else run / name
+        if not files[name].is_file():
+            raise SonoDistillError(f"{run} is not a complete run directory: {name} is missing")
+    if pred is None:
+        if not (folder / "predictions.csv").is_file():
+            raise SonoDistillError(f"{folder}: predictions.csv is missing (an unfinished run?)")
+        pred = pd.read_csv(folder / "predictions.csv", dtype={"group": str})
+    missing = [c for c in ("fold", "index") if c not in pred.columns]
+    if missing:
+        raise SonoDistillError(f"{folder / 'predictions.csv'}: missing column(s) {missing}")
+    pred = pred.sort_values(["fold", "index"], kind="mergesort").reset_index(drop=True)
+    if pred.duplicated(["fold", "index"]).any():
+        raise SonoDistillError(f"{folder / 'predictions.csv'}: an item appears twice in one fold")
+    table, classes = _read_manifest(files["manifest.csv"])
+    return SeedPredictions(seed, pred, json.loads(files["folds.json"].read_text()), table, classes, folder)
+
+
+def read_run(path: str | Path) -> ComparedRun:
+    """Read a run directory (every seed); SonoDistillError naming a missing file."""
+    from sonodistill.config import load_config
+
+    run = Path(path)
+    if not (run / "config.yaml").is_file():
+        raise SonoDistillError(f"{run} is not a run directory: config.yaml is missing")
+    seed_dirs = sorted((p for p in run.glob(f"{SEED_DIR_PREFIX}*")
+                        if p.is_dir() and p.name[len(SEED_DIR_PREFIX):].lstrip("-").isdigit()),
+                       key=lambda p: int(p.name[len(SEED_DIR_PREFIX):]))
+    seeds: dict[int, SeedPredictions] = {}
+    if seed_dirs:
+        for d in seed_dirs:
+            seeds[int(d.name[len(SEED_DIR_PREFIX):])] = _read_seed(d, run, int(d.name[len(SEED_DIR_PREFIX):]))
+    else:
+        if not (run / "predictions.csv").is_file():
+            raise SonoDistillError(f"{run}: predictions.csv is missing (an unfinished run?)")
+        pred = pd.read_csv(run / "predictions.csv", dtype={"group": str})
+        if "seed" in pred.columns:
+            for s, part in pred.groupby("seed", sort=True):
+                seeds[int(s)] = _read_seed(run, run, int(s), part.drop(columns="seed"))
+        else:
+            seed = int(load_config(run / "config.yaml").train.seed)
+            seeds[seed] = _read_seed(run, run, seed, pred)
+    tasks = {_task_of(s.predictions, s.source) for s in seeds.values()}
+    if len(tasks) != 1:
+        raise SonoDistillError(f"{run}: seeds of different tasks {sorted(tasks)}")
+    return ComparedRun(run, run.resolve().name, tasks.pop(), seeds)
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _relative(paths: pd.Series) -> list[str]:
+    """Paths relative to their common folder, so the same data under another root compares equal."""
+    values = ["" if pd.isna(p) else str(p) for p in paths]
+    real = [v for v in values if v]
+    if not real:
+        return values
+    root = os.path.commonpath(real) if len(real) > 1 else str(Path(real[0]).parent)
+    if root in real:  # one file: its folder
+        root = str(Path(root).parent)
+    return [os.path.relpath(v, root) if v else "" for v in values]
+
+
+def _first_difference(a: list, b: list) -> str:
+    if len(a) != len(b):
+        return f"{len(a)} vs {len(b)} rows"
+    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    n = sum(x != y for x, y in zip(a, b))
+    return f"{n} row(s) differ, first row {i}: {a[i]!r} vs {b[i]!r}"
+
+
+def comparability_problems(a: SeedPredictions, b: SeedPredictions, task_a: str, task_b: str) -> list[str]:
+    """What differs between two runs' items, targets, folds and predicted items (empty: comparable)."""
+    problems: list[str] = []
+    if task_a != task_b:
+        return [f"tasks differ: {task_a} vs {task_b}"]
+    ta, tb = a.manifest, b.manifest
+    if len(ta) != len(tb):
+        return [f"items differ: the manifests have {len(ta)} vs {len(tb)} rows"]
+    for col, what in (("path", "items (manifest paths)"), ("mask", "targets (masks)")):
+        if (col in ta.columns) != (col in tb.columns):
+            problems.append(f"{what}: only one manifest has a '{col}' column")
+        elif col in ta.columns and _relative(ta[col]) != _relative(tb[col]):
+            problems.append(f"{what} differ: {_first_difference(_relative(ta[col]), _relative(tb[col]))}")
+    ga, gb = ta["group"].astype(str).tolist(), tb["group"].astype(str).tolist()
+    if ga != gb:
+        problems.append(f"groups differ: {_first_difference(ga, gb)}")
+    if a.classes != b.classes:
+        problems.append(f"classes differ: {a.classes} vs {b.classes}")
+    for col in ("label", "target"):
+        if col in ta.columns or col in tb.columns:
+            la = ta[col].astype(str).tolist() if col in ta.columns else []
+            lb = tb[col].astype(str).tolist() if col in tb.columns else []
+            if la != lb:
+                problems.append(f"targets ('{col}') differ: {_first_difference(la, lb)}")
+    fa = {int(f["fold"]): (sorted(f["train"]), sorted(f["test"])) for f in a.folds}
+    fb = {int(f["fold"]): (sorted(f["train"]), sorted(f["test"])) for f in b.folds}
+    if sorted(fa) != sorted(fb):
+        problems.append(f"folds differ: folds {sorted(fa)} vs {sorted(fb)}")
+    else:
+        for k in sorted(fa):
+            if fa[k][1] != fb[k][1]:
+                only_a, only_b = set(fa[k][1]) - set(fb[k][1]), set(fb[k][1]) - set(fa[k][1])
+                problems.append(f"folds differ: fold {k} test rows differ ({len(only_a)} only in the first, "
+                                f"{len(only_b)} only in the second, e.g. row {sorted(only_a | only_b)[0]})")
+            elif fa[k][0] != fb[k][0]:
+                problems.append(f"folds differ: fold {k} training rows differ")
+    if not problems:
+        ka = list(zip(a.predictions["fold"], a.predictions["index"]))
+        kb = list(zip(b.predictions["fold"], b.predictions["index"]))
+        if ka != kb:
+            problems.append(f"predicted items differ ((fold, manifest row) pairs): {_first_difference(ka, kb)}; "
+                            "was one run trained on a single --fold?")
+        elif "y_true" in a.predictions.columns and "y_true" in b.predictions.columns and \
+                a.predictions["y_true"].tolist() != b.predictions["y_true"].tolist():
+            problems.append("targets differ: y_true of predictions.csv")
+    return problems
+
+
+def pair_seeds(a: ComparedRun, b: ComparedRun) -> list[tuple[SeedPredictions, SeedPredictions]]:
+    """Seeds paired by value; one seed on each side pairs whatever the values; otherwise they must match."""
+    if len(a.seeds) == 1 and len(b.seeds) == 1:
+        return [(next(iter(a.seeds.values())), next(iter(b.seeds.values())))]
+    if sorted(a.seeds) != sorted(b.seeds):
+        raise SonoDistillError(f"cannot compare {b.path} with {a.path}: seeds differ: {sorted(b.seeds)} vs "
+                               f"{sorted(a.seeds)}")
+    return [(a.seeds[s], b.seeds[s]) for s in sorted(a.seeds)]
+
+
+def check_comparable(a: ComparedRun, b: ComparedRun) -> list[tuple[SeedPredictions, SeedPredictions]]:
+    """The seed pairs of two runs, after checking every pair; SonoDistillError listing what differs."""
+    pairs = pair_seeds(a, b)
+    for sa, sb in pairs:
+        problems = comparability_problems(sa, sb, a.task, b.task)
+        if problems:
+            raise SonoDistillError(f"cannot compare {b.path} with {a.path} (not the same items and folds):\n  - "
+                                   + "\n  - ".join(problems))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def _metric_data(run: SeedPredictions, task: str, metrics: list[str]) -> np.ndarray:
+    """Per-item model output N x D: class probabilities (classification) or metric values (segmentation)."""
+    if task == "classification":
+        from sonodistill.evaluation.report import prob_columns
+
+        missing = [c for c in prob_columns(run.classes) if c not in run.predictions.columns]
+        if missing:
+            raise SonoDistillError(f"{run.source / 'predictions.csv'}: missing column(s) {missing}")
+        return run.predictions[prob_columns(run.classes)].to_numpy(np.float64)
+    return run.predictions[metrics].to_numpy(np.float64)
+
+
+def default_metrics(task: str, runs: list[ComparedRun]) -> list[str]:
+    """The task's metrics present in every run (segmentation: HC error only where every run has it)."""
+    from sonodistill.evaluation.paired import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
+
+    if task == "classification":
+        return list(CLASSIFICATION_METRICS)
+    return [m for m in SEGMENTATION_METRICS
+            if all(m in s.predictions.columns for r in runs for s in r.seeds.values())]
+
+
+def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
+                 n_permutations: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[ComparedRun], pd.DataFrame]:
+    """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed."""
+    from sonodistill.evaluation.paired import classification_scorer, mean_scorer, paired_comparison
+
+    if len(paths) < 2:
+        raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
+    runs = [read_run(p) for p in paths]
+    base = runs[0]
+    pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
+    metrics = list(metrics) if metrics else default_metrics(base.task, runs)
+    if base.task == "classification":
+        from sonodistill.evaluation.paired import ALL_CLASSIFICATION_METRICS
+
+        unknown = [m for m in metrics if m not in ALL_CLASSIFICATION_METRICS]
+        if unknown:
+            raise SonoDistillError(f"unknown classification metric(s) {unknown}; known: "
+                                   f"{list(ALL_CLASSIFICATION_METRICS)}")
+    if base.task == "segmentation":
+        absent = [m for m in metrics for r in runs for s in r.seeds.values() if m not in s.predictions.columns]
+        if absent:
+            raise SonoDistillError(f"metric(s) {sorted(set(absent))} are not in every run's predictions.csv")
+    rows = []
+    for run, pairs in zip(runs[1:], pairs_per_run):
+        first = pairs[0][0]
+        if base.task == "classification":
+            scorer = classification_scorer(first.predictions["y_true"].to_numpy(np.int64), len(first.classes), metrics)
+        else:
+            scorer = mean_scorer(metrics)
+        groups = first.manifest["group"].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]
+        a = [_metric_data(sa, base.task, metrics) for sa, _ in pairs]
+        b = [_metric_data(sb, base.task, metrics) for _, sb in pairs]
+        blocks = [([i], f"{sa.seed}" if sa.seed == sb.seed else f"{sa.seed}/{sb.seed}") for i, (sa, sb) in
+                  enumerate(pairs)]
+        if len(pairs) > 1:
+            blocks.append((list(range(len(pairs))), ALL_SEEDS))
+        for idx, label in blocks:
+            for r in paired_comparison(scorer, [a[i] for i in idx], [b[i] for i in idx], groups, n_resamples,
+                                       n_permutations, level, seed):
+                rows.append({"baseline": base.name, "run": run.name, "seed": label, **r.as_dict()})
+    return runs, pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------- output
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resamples: int, level: float,
+                        seed: int) -> str:
+    """The report: one table per compared run (rows metric x seed), with the method paragraph."""
+    base = runs[0]
+    first = next(iter(base.seeds.values()))
+    n_folds = first.predictions["fold"].nunique()
+    r0 = table.iloc[0]
+    seeds = f" Seed '{ALL_SEEDS}': the difference averaged over seeds." if (table["seed"] == ALL_SEEDS).any() else ""
+    perm = (f"all {int(r0['n_permutations'])} swaps (exact)" if bool(r0["exact"])
+            else f"{int(r0['n_permutations'])} random swaps, p = (1 + k) / (1 + swaps)")
+    lines = [f"# Paired comparison with {base.name} (baseline)\n",
+             f"Every run scored on the same {int(r0['n_items'])} items of {int(r0['n_groups'])} groups in {n_folds} "
+             f"fold(s) ({base.task}). Difference = run − baseline, each metric computed on the predictions pooled "
+             f"over folds. {100 * level:g} % interval: percentile bootstrap over groups ({n_resamples} resamples, "
+             f"seed {seed}; the same resamples for both runs). p: two-sided paired permutation test swapping the "
+             f"two runs' predictions per group ({perm}). Pooled values can differ from the CV report's means over "
+             f"folds.{seeds}\n"]
+    for run_name, part in table.groupby("run", sort=False):
+        lines.append(f"## {run_name} − {base.name}\n")
+        lines.append(f"| metric | seed | {base.name} | {run_name} | difference | {100 * level:g} % interval | p |")
+        lines.append("|---|---|---:|---:|---:|:---:|---:|")
+        for _, r in part.iterrows():
+            lines.append(f"| {r['metric']} | {r['seed']} | {_fmt(r['baseline'])} | {_fmt(r['other'])} | "
+                         f"{_fmt(r['difference'])} | [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | "
+                         f"{_fmt_p(r['p_value'])} |")
+        lines.append("")
+    lines.append("![difference with interval per metric](comparison.png)\n")
+    return "\n".join(lines)
+
+
+def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float) -> None:
+    """Horizontal error bars: difference and interval per metric (one colour per run; seed 'mean' or the only seed)."""
+    from sonodistill.evaluation.report import _new_figure
+
+    seeds = set(table["seed"])
+    rows = table[table["seed"] == ALL_SEEDS] if ALL_SEEDS in seeds else table
+    metrics = list(dict.fromkeys(rows["metric"]))
+    names = list(dict.fromkeys(rows["run"]))
+    fig = _new_figure(6.5, 1.0 + 0.55 * len(metrics) * max(1, len(names)))
+    ax = fig.add_subplot()
+    height = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        part = rows[rows["run"] == name].set_index("metric").loc[metrics]
+        y = np.arange(len(metrics)) + (j - (len(names) - 1) / 2) * height
+        d = part["difference"].to_numpy(float)
+        err = np.vstack([d - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - d])
+        ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=4, label=f"{name} − {baseline}")
+    ax.axvline(0.0, color="grey", lw=1, ls="--")
+    ax.set_yticks(np.arange(len(metrics)), metrics)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference (run − {baseline}), {100 * level:g} % bootstrap interval over groups")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3, axis="x")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_resamples: int, level: float,
+                     seed: int) -> str:
+    """comparison.md, comparison.csv and comparison.png into `out`; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = comparison_markdown(runs, table, n_resamples, level, seed)
+    (out / "comparison.md").write_text(text, encoding="utf-8")
+    table.to_csv(out / "comparison.csv", index=False)
+    plot_comparison(table, runs[0].name, out / "comparison.png", level)
+    return text
+
+
+def _compare(args: argparse.Namespace) -> int:
+    metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
+    runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed)
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent / (
+        "compare-" + "-vs-".join(r.name for r in runs))
+    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed)
+    print(text)
+    print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="paired comparison of runs on the same items and folds (first = baseline): "
+                                       "difference, bootstrap interval over groups, permutation p-value")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the baseline")
+    p.add_argument("--out", help="output folder (default: RUN_A's parent/compare-A-vs-B)")
+    p.add_argument("--metrics", help="comma-separated metrics (default: classification accuracy, "
+                                     "balanced_accuracy, f1, roc_auc; segmentation dice, iou, hc_abs_err_mm)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of groups (default 2000)")
+    p.add_argument("--permutations", type=int, default=2000,
+                   help="random group swaps of the permutation test; all 2^G when that is fewer (default 2000)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.set_defaults(func=_compare)

@@ -1,0 +1,254 @@
+"""`sonodistill compare`: constructed run directories with known answers, refusals, seeds, and a tiny real pair."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import SonoDistillError
+
+CLASSES = ["a", "b", "c"]
+
+
+def sonodistill(*argv: str) -> int:
+    """Run `sonodistill ARGV` the way cli.main does (errors printed, exit 2), with the compare/score commands."""
+    from sonodistill.commands import compare, score
+
+    parser = argparse.ArgumentParser(prog="sonodistill")
+    sub = parser.add_subparsers()
+    compare.register(sub)
+    score.register(sub)
+    args = parser.parse_args([str(a) for a in argv])
+    try:
+        return int(args.func(args) or 0)
+    except SonoDistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def make_run(root: Path, name: str, quality: np.ndarray | float = 0.5, n_groups: int = 24, per_group: int = 3,
+             folds: int = 3, seed: int = 0, segmentation: bool = False, rng_seed: int = 0) -> Path:
+    """A finished run directory: config.yaml, manifest.csv, folds.json, predictions.csv.
+
+    quality: per group, the share of its items predicted right (classification) or its Dice (segmentation)."""
+    cfg = RunConfig(name=name, out_dir=str(root), recipe="hdc" if segmentation else "supervised")
+    cfg.train.seed, cfg.train.folds = seed, folds
+    run = cfg.run_dir
+    cfg.save(run / "config.yaml")
+    rng = np.random.default_rng(rng_seed)
+    n = n_groups * per_group
+    groups = np.repeat([f"p{g:03d}" for g in range(n_groups)], per_group)
+    y = np.random.default_rng(99).integers(0, 3, n)
+    table = pd.DataFrame({"path": [f"/data/set/item{i:03d}.png" for i in range(n)], "group": groups})
+    if segmentation:
+        table["mask"] = [f"/data/set/mask{i:03d}.png" for i in range(n)]
+        manifest = Manifest(table, [], "image", name)
+    else:
+        table["label"] = [CLASSES[k] for k in y]
+        manifest = Manifest(table, CLASSES, "image", name)
+    manifest.to_csv(run / "manifest.csv")
+    fold_of = np.arange(n) // per_group % folds
+    rows = np.arange(n)
+    (run / "folds.json").write_text(json.dumps([
+        {"fold": k, "train": rows[fold_of != k].tolist(), "test": rows[fold_of == k].tolist(),
+         "test_groups": sorted(set(groups[fold_of == k]))} for k in range(folds)]))
+    q = np.broadcast_to(np.asarray(quality, dtype=float), (n_groups,))
+    pred = pd.DataFrame({"fold": fold_of, "index": rows, "path": table["path"], "group": groups})
+    if segmentation:
+        pred["dice"] = np.repeat(q, per_group) + rng.normal(0, 0.01, n)
+        pred["iou"] = pred["dice"] / (2 - pred["dice"])
+        pred["hd95"] = 5.0
+        pred["asd"] = 1.0
+    else:
+        right = np.concatenate([np.arange(per_group) < round(qg * per_group) for qg in q])
+        guess = np.where(right, y, (y + 1) % 3)
+        probs = np.full((n, 3), 0.15)
+        probs[rows, guess] = 0.7
+        pred["y_true"] = y
+        for k, c in enumerate(CLASSES):
+            pred[f"prob_{c}"] = probs[:, k]
+    pred.sort_values(["fold", "index"]).to_csv(run / "predictions.csv", index=False)
+    return run
+
+
+def _read(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "comparison.csv")
+
+
+def test_identical_runs_difference_zero_p_one(tmp_path, capsys):
+    a = make_run(tmp_path, "base")
+    b = shutil.copytree(a, tmp_path / "copy")
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--resamples", 300, "--permutations", 200) == 0
+    table = _read(out)
+    assert list(table["metric"]) == ["accuracy", "balanced_accuracy", "f1", "roc_auc"]
+    assert (table["difference"] == 0).all() and (table["ci_low"] == 0).all() and (table["ci_high"] == 0).all()
+    assert (table["p_value"] == 1.0).all()
+    assert (table["n_items"] == 72).all() and (table["n_groups"] == 24).all()
+    assert (out / "comparison.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Paired comparison with base (baseline)") and "## copy − base" in printed
+    assert (out / "comparison.md").read_text() in printed
+
+
+def test_better_run_interval_excludes_zero_and_p_small(tmp_path):
+    a = make_run(tmp_path, "base", quality=1 / 3)
+    b = make_run(tmp_path, "better", quality=1.0)
+    worse = make_run(tmp_path, "worse", quality=0.0)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, worse, "--out", out, "--resamples", 500, "--permutations", 500) == 0
+    table = _read(out).set_index(["run", "metric"])
+    acc = table.loc[("better", "accuracy")]
+    assert acc["baseline"] == pytest.approx(1 / 3) and acc["other"] == 1.0
+    assert acc["difference"] == pytest.approx(2 / 3) and acc["ci_low"] > 0.5 and acc["p_value"] < 0.01
+    for metric in ("accuracy", "balanced_accuracy", "f1", "roc_auc"):
+        assert table.loc[("better", metric), "ci_low"] > 0, metric
+        assert table.loc[("worse", metric), "ci_high"] < 0, metric
+        assert table.loc[("worse", metric), "p_value"] < 0.01, metric
+
+
+def test_segmentation_runs_compare_dice_and_iou(tmp_path):
+    a = make_run(tmp_path, "seg_a", quality=0.7, segmentation=True, rng_seed=1)
+    b = make_run(tmp_path, "seg_b", quality=0.8, segmentation=True, rng_seed=2)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--resamples", 300, "--permutations", 300) == 0
+    table = _read(out).set_index("metric")
+    assert list(table.index) == ["dice", "iou"]  # no hc_abs_err_mm column in these runs
+    assert table.loc["dice", "difference"] == pytest.approx(0.1, abs=0.01)
+    assert table.loc["dice", "ci_low"] > 0.08 and table.loc["dice", "p_value"] < 0.01
+
+
+@pytest.mark.parametrize("change, message", [
+    ("folds", "folds differ: fold 0 test rows differ"),
+    ("paths", "items (manifest paths) differ: 1 row(s) differ, first row 5"),
+    ("labels", "targets ('label') differ"),
+    ("classes", "classes differ"),
+    ("groups", "groups differ"),
+    ("one_fold", "predicted items differ"),
+])
+def test_runs_on_other_items_or_folds_are_refused_naming_the_difference(tmp_path, capsys, change, message):
+    a = make_run(tmp_path, "base")
+    b = shutil.copytree(a, tmp_path / "other")
+    if change == "folds":
+        folds = json.loads((b / "folds.json").read_text())
+        folds[0]["test"], folds[1]["test"] = folds[0]["test"][1:], folds[1]["test"] + folds[0]["test"][:1]
+        (b / "folds.json").write_text(json.dumps(folds))
+    elif change == "one_fold":
+        pred = pd.read_csv(b / "predictions.csv")
+        pred[pred["fold"] == 0].to_csv(b / "predictions.csv", index=False)
+    else:
+        m = Manifest.from_csv(b / "manifest.csv")
+        t = m.table.copy()
+        if change == "paths":
+            t.loc[5, "path"] = "/data/set/elsewhere.png"
+        elif change == "labels":
+            t.loc[0, "label"] = "c" if t.loc[0, "label"] != "c" else "a"
+        elif change == "groups":
+            t.loc[3, "group"] = "p999"
+        classes = ["a", "b", "c", "d"] if change == "classes" else m.classes
+        Manifest(t, classes, m.modality, m.name).to_csv(b / "manifest.csv")
+    assert sonodistill("compare", a, b, "--out", tmp_path / "cmp") == 2
+    err = capsys.readouterr().err
+    assert f"cannot compare {b} with {a}" in err and message in err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_same_data_under_another_root_is_comparable(tmp_path):
+    a = make_run(tmp_path, "base")
+    b = shutil.copytree(a, tmp_path / "moved")
+    m = Manifest.from_csv(b / "manifest.csv")
+    t = m.table.assign(path=[p.replace("/data/set", "/mnt/copy/of/set") for p in m.table["path"]])
+    Manifest(t, m.classes, m.modality, m.name).to_csv(b / "manifest.csv")
+    assert sonodistill("compare", a, b, "--out", tmp_path / "cmp", "--resamples", 50, "--permutations", 50) == 0
+
+
+def test_seed_folders_give_per_seed_rows_and_a_mean(tmp_path):
+    def seeded(name: str, qualities: list[float]) -> Path:
+        run = tmp_path / name
+        for s, q in enumerate(qualities):
+            one = make_run(tmp_path / "tmp", f"{name}_{s}", quality=q, seed=s)
+            if s == 0:
+                run.mkdir()
+                for f in ("config.yaml", "manifest.csv", "folds.json"):
+                    shutil.copy(one / f, run / f)
+            (run / f"seed_{s}").mkdir()
+            shutil.copy(one / "predictions.csv", run / f"seed_{s}" / "predictions.csv")
+        return run
+
+    a, b = seeded("a", [1 / 3, 1 / 3]), seeded("b", [2 / 3, 1.0])
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--metrics", "accuracy", "--resamples", 200,
+                       "--permutations", 200) == 0
+    table = _read(out).set_index("seed")
+    assert list(table.index.astype(str)) == ["0", "1", "mean"]
+    assert table.loc["0", "difference"] == pytest.approx(1 / 3)
+    assert table.loc["1", "difference"] == pytest.approx(2 / 3)
+    assert table.loc["mean", "difference"] == pytest.approx(0.5) and table.loc["mean", "n_seeds"] == 2
+    assert "Seed 'mean'" in (out / "comparison.md").read_text()
+    c = seeded("c", [0.5, 0.5, 0.5])
+    with pytest.raises(SonoDistillError, match=r"seeds differ: \[0, 1, 2\] vs \[0, 1\]"):
+        from sonodistill.commands.compare import compare_runs
+
+        compare_runs([a, c])
+
+
+def test_bad_arguments_are_errors(tmp_path, capsys):
+    a = make_run(tmp_path, "base")
+    assert sonodistill("compare", a) == 2
+    assert "at least two run directories" in capsys.readouterr().err
+    assert sonodistill("compare", a, tmp_path / "nothing") == 2
+    assert "config.yaml is missing" in capsys.readouterr().err
+    assert sonodistill("compare", a, a, "--metrics", "dice") == 2
+    assert "unknown classification metric" in capsys.readouterr().err
+    seg = make_run(tmp_path, "seg", segmentation=True)
+    assert sonodistill("compare", a, seg) == 2
+    assert "tasks differ" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- a real pair
+@pytest.fixture(scope="module")
+def real_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """supervised and dualdistill trained for 1 epoch on the same 2 folds of a tiny synthetic carotid set."""
+    from sonodistill.config import load_config
+    from sonodistill.data.synthetic import write_dataset
+    from sonodistill.evaluation.crossval import run_crossval
+
+    root = tmp_path_factory.mktemp("real-pair")
+    manifest = Manifest.from_csv(write_dataset("carotid", root / "data", n=12, seed=3, frames=4, size=32, workers=1))
+    runs = []
+    for recipe in ("supervised", "dualdistill"):
+        cfg = load_config(None, [
+            f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
+            "data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
+            "model.backbone=resnet10_3d", "model.width=0.125", "model.kwargs={temporal_stride: 1}",
+            "train.epochs=1", "train.folds=2", "optim.warmup_epochs=0"])
+        run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+        runs.append(cfg.run_dir)
+    return runs[0], runs[1]
+
+
+def test_real_run_pair(real_pair, tmp_path, capsys):
+    sup, dd = real_pair
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", sup, dd, "--out", out, "--resamples", 200, "--permutations", 200) == 0
+    table = _read(out)
+    assert len(table) == 4 and (table["n_items"] == 12).all()
+    assert ((table["ci_low"] <= table["difference"]) & (table["difference"] <= table["ci_high"])).all()
+    assert table["p_value"].between(0, 1).all()
+    # the pooled values are the metrics of the runs' own predictions
+    from sonodistill.evaluation.metrics import classification_metrics
+
+    pred = pd.read_csv(sup / "predictions.csv").sort_values(["fold", "index"])
+    classes = Manifest.from_csv(sup / "manifest.csv").classes
+    ref = classification_metrics(pred["y_true"].to_numpy(), pred[[f"prob_{c}" for c in classes]].to_numpy(), classes)
+    assert table.set_index("metric").loc["f1", "baseline"] == pytest.approx(ref["f1"])
+    assert "## dualdistill − supervised" in capsys.readouterr().out
