@@ -18,7 +18,7 @@ import pandas as pd
 from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
-from .manifest import Manifest, Modality
+from .manifest import Manifest, Modality, read_header
 
 log = logging.getLogger(__name__)
 
@@ -333,17 +333,6 @@ def folder(root: Path, group_regex: str | None = None, **options: object) -> Man
 
 
 # -- generic: user CSV ------------------------------------------------------------------------------
-def _csv_header(path: Path) -> dict[str, str]:
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    meta: dict[str, str] = {}
-    if first.startswith("# sonodistill-manifest"):
-        for tok in first.strip().split()[2:]:
-            k, _, v = tok.partition("=")
-            meta[k] = v
-    return meta
-
-
 def _resolve(base: Path, value: object, row: int, col: str) -> str:
     if pd.isna(value) or str(value).strip() == "":  # type: ignore[arg-type]
         raise ManifestError(f"empty {col}", row=row)
@@ -372,7 +361,7 @@ def csv_manifest(
     _reject_options("csv", options)
     if not root.is_file():
         raise ConfigError(f"csv adapter: root must be a CSV file: {root}")
-    meta = _csv_header(root)
+    meta = read_header(root)
     t = pd.read_csv(root, skiprows=1 if meta else 0, dtype=str, keep_default_na=False, na_values=[""])
     if len(t) == 0:
         raise ManifestError(f"{root}: no rows")
@@ -414,7 +403,7 @@ def csv_manifest(
         elif classes:
             declared = [str(c) for c in classes]
         else:
-            declared = [c for c in meta.get("classes", "").split("|") if c] or sorted(set(out["label"]))
+            declared = list(meta.get("classes", [])) or sorted(set(out["label"]))
     if mask_col is not None:
         out["mask"] = ["" if pd.isna(v) or str(v).strip() == "" else _resolve(base, v, i, mask_col)
                        for i, v in enumerate(t[mask_col])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -13,6 +14,7 @@ from sonodistill.errors import ManifestError
 
 Modality = Literal["video", "image"]
 
+HEADER_PREFIX = "# sonodistill-manifest"
 REQUIRED_COLUMNS = ("path", "group")
 OPTIONAL_COLUMNS = ("label", "mask", "text", "split", "target")
 
@@ -117,11 +119,14 @@ class Manifest:
 
     # -- persistence --------------------------------------------------------------------------
     def to_csv(self, path: str | Path) -> None:
-        """Write the table plus a one-line header comment with classes and modality."""
+        """Write the table after a one-line header comment: `# sonodistill-manifest {JSON: name, modality, classes}`
+        (JSON, so class names keep spaces, punctuation and any Unicode)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps({"name": self.name, "modality": self.modality, "classes": list(self.classes)},
+                            ensure_ascii=False)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(f"# sonodistill-manifest name={self.name} modality={self.modality} classes={'|'.join(self.classes)}\n")
+            f.write(f"{HEADER_PREFIX} {header}\n")
             self.table.to_csv(f, index=False)
 
     @classmethod
@@ -130,13 +135,7 @@ class Manifest:
         path = Path(path)
         if not path.is_file():
             raise ManifestError(f"manifest file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        meta: dict[str, str] = {}
-        if first.startswith("# sonodistill-manifest"):
-            for tok in first.strip().split()[2:]:
-                k, _, v = tok.partition("=")
-                meta[k] = v
+        meta = read_header(path)
         table = pd.read_csv(path, comment=None, skiprows=1 if meta else 0, dtype={"group": str, "label": str})
         table["path"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in table["path"]]
         if "mask" in table.columns:
@@ -144,5 +143,32 @@ class Manifest:
                 "" if pd.isna(p) or p == "" else (str((path.parent / p).resolve()) if not Path(p).is_absolute() else p)
                 for p in table["mask"]
             ]
-        classes = [c for c in meta.get("classes", "").split("|") if c]
-        return cls(table, classes, meta.get("modality", "video"), meta.get("name", path.stem))  # type: ignore[arg-type]
+        return cls(table, list(meta.get("classes", [])), meta.get("modality", "video"),  # type: ignore[arg-type]
+                   meta.get("name", path.stem))
+
+
+def read_header(path: str | Path) -> dict:
+    """The `# sonodistill-manifest` header of a CSV as {"name", "modality", "classes": list}; {} without one.
+
+    Reads the JSON header `to_csv` writes, and the older `name=N modality=M classes=a|b` form (whose values
+    could hold no spaces)."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    if not first.startswith(HEADER_PREFIX):
+        return {}
+    rest = first[len(HEADER_PREFIX):].strip()
+    if rest.startswith("{"):
+        try:
+            meta = json.loads(rest)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}: line 1: damaged manifest header ({exc.msg} at column {exc.colno})") from None
+        classes = meta.get("classes", []) if isinstance(meta, dict) else None
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ManifestError(f"{path}: line 1: manifest header must hold 'classes' as a list of names")
+        return meta
+    meta: dict = {}
+    for tok in rest.split():  # the older form
+        k, _, v = tok.partition("=")
+        meta[k] = v
+    meta["classes"] = [c for c in meta.get("classes", "").split("|") if c]
+    return meta
