@@ -158,3 +158,46 @@ def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
     (cfg.run_dir / "predictions.csv").unlink()  # an unfinished run: say which file is missing
     with pytest.raises(SonoDistillError, match="predictions.csv is missing"):
         merged_report(cfg.run_dir, merge)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("train.folds=1", "train.folds must be >= 2"),
+    ("train.fold=5", "train.fold=5 but there are 3 folds"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("optim.name=adam", "optim.name: unknown optimiser"),
+    ("model.backbone=nonesuch", "nonesuch"),
+])
+def test_refused_start_writes_nothing(tiny_carotid, tiny_overrides, bad, message):
+    """A refused command leaves no run directory, so the corrected command starts without --resume."""
+    cfg = load_config(None, tiny_overrides + ["name=refused", "train.fold=0", "train.epochs=1", bad])
+    with pytest.raises(SonoDistillError, match=message):
+        run_crossval(cfg, manifest=tiny_carotid)
+    assert not cfg.run_dir.exists()
+    with pytest.raises(SonoDistillError, match=message):  # --resume of the refused start is refused the same way
+        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+    assert not cfg.run_dir.exists()
+
+
+def test_resume_with_another_config_names_the_fields(tiny_carotid, tiny_overrides):
+    from sonodistill.errors import ConfigError
+
+    base = tiny_overrides + ["name=changed", "train.epochs=1", "train.fold=0"]
+    cfg = load_config(None, base)
+    run_crossval(cfg, manifest=tiny_carotid)
+    saved = (cfg.run_dir / "config.yaml").read_text()
+    changed = load_config(None, base + ["train.folds=4", "optim.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"2 field\(s\): optim.lr: saved 0.001, now 0.5; train.folds: saved 3, now 4"):
+        run_crossval(changed, resume=True, manifest=tiny_carotid)
+    assert (cfg.run_dir / "config.yaml").read_text() == saved
+    assert not (cfg.run_dir / "config.resumed.yaml").exists()
+    # where files go and which fold to run now may change: fold 0 is kept, fold 1 trains
+    run_crossval(load_config(None, base + ["train.fold=1", "data.num_workers=0"]), resume=True, manifest=tiny_carotid)
+    assert (cfg.run_dir / "fold_1" / "predictions.csv").is_file()
+
+
+def test_resume_of_a_run_that_never_started_says_so(tiny_carotid, tiny_overrides, caplog):
+    cfg = load_config(None, tiny_overrides + ["name=never", "train.epochs=1", "train.fold=0"])
+    with caplog.at_level("WARNING", logger="sonodistill.evaluation.crossval"):
+        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+    assert f"--resume: {cfg.run_dir} holds no run yet (no config.yaml); starting it from scratch" in caplog.text
+    assert (cfg.run_dir / "config.yaml").is_file()

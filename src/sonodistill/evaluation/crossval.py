@@ -60,11 +60,84 @@ def cv_folds(cfg: RunConfig, manifest: Manifest, resume: bool, save: bool = True
     return folds
 
 
+# Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
+RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'folds': 3}} -> {'train.folds': 3}; recipe_options and model.kwargs are flattened too."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
+    """'field: saved X, now Y' for every field (outside RESUME_FREE_FIELDS) whose value differs."""
+    a, b = _flatten(saved.to_dict()), _flatten(now.to_dict())
+    return [f"{k}: saved {a.get(k, '(unset)')!r}, now {b.get(k, '(unset)')!r}"
+            for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_FIELDS and a.get(k) != b.get(k)]
+
+
+def check_resume_config(cfg: RunConfig) -> bool:
+    """On --resume: the resolved config must equal the run's config.yaml (ConfigError naming each differing field).
+
+    Returns False, after saying so, when the run directory holds no run yet (it starts from scratch)."""
+    saved_file = cfg.run_dir / "config.yaml"
+    if not saved_file.is_file():
+        log.warning("--resume: %s holds no run yet (no config.yaml); starting it from scratch", cfg.run_dir)
+        return False
+    diffs = config_differences(load_config(saved_file), cfg)
+    if diffs:
+        raise ConfigError(f"--resume: the resolved config differs from {saved_file} in {len(diffs)} field(s): "
+                          + "; ".join(diffs) + ". Resume with the run's original options (same --config, --set, "
+                          "--data, ...), or start a new run with another --name")
+    return True
+
+
+def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Every check that can fail before training, run before anything is written to the run directory.
+
+    The config's numbers, the manifest, the recipe built once from the config (model, options, optimiser) and,
+    for recipes on the shared fold loop, the folds (returned, not saved; None for recipes with their own protocol).
+    """
+    from sonodistill.recipes.base import build_optimizer
+
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}: a run must train")
+    manifest.validate(check_files=True)
+    if manifest.has_labels:
+        manifest.check_classes_nonempty()
+    if getattr(recipe_cls, "run_experiment", None) is not None:
+        return None
+    if cfg.train.folds < 2:
+        raise ConfigError(f"train.folds must be >= 2 for cross-validation, got {cfg.train.folds}")
+    if cfg.train.fold is not None and not 0 <= cfg.train.fold < cfg.train.folds:
+        raise ConfigError(f"train.fold={cfg.train.fold} but there are {cfg.train.folds} folds (0 to "
+                          f"{cfg.train.folds - 1})")
+    segmentation = getattr(recipe_cls, "task", "classification") != "classification"
+    if segmentation and cfg.train.final:
+        raise ConfigError("train.final is not supported by the segmentation recipes yet")
+    num_classes = len(manifest.classes)
+    if segmentation:
+        from sonodistill.evaluation.segmentation_cv import SEGMENTATION_CLASSES
+
+        num_classes = SEGMENTATION_CLASSES
+    recipe = recipe_cls(cfg, num_classes=num_classes, steps_per_epoch=1)
+    build_optimizer(recipe.parameters(), cfg.optim, cfg.train.epochs, 1)
+    return make_folds(manifest, cfg.train.folds, cfg.train.seed)
+
+
 def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None,
                  **trainer_overrides: Any) -> dict[str, Any]:
     """Train every fold (or `cfg.train.fold` only), write predictions and the report; returns the summary.
 
-    With `resume`, folds whose predictions exist are kept and an unfinished fold restarts from its last checkpoint.
+    Everything is validated before the run directory is written. With `resume`, the config must equal the saved
+    one; folds whose predictions exist are kept and an unfinished fold restarts from its last checkpoint.
     """
     from sonodistill.evaluation.report import write_cv_report
     from sonodistill.recipes import get_recipe
@@ -79,26 +152,26 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         if (run_dir / PREDICTIONS).exists() or (run_dir / "config.yaml").exists():
             raise SonoDistillError(f"run directory {run_dir} already holds a run: pass --resume to continue it, "
                                    "or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = manifest if manifest is not None else load_manifest(cfg.data)
-    manifest.validate(check_files=True)
-    if manifest.has_labels:
-        manifest.check_classes_nonempty()
-    if resume and (run_dir / "config.yaml").exists():
-        saved = load_config(run_dir / "config.yaml")
-        if saved.to_dict() | {"train": None} != cfg.to_dict() | {"train": None}:
-            log.warning("resuming with a config that differs from the saved one; the saved one is kept in "
-                        "config.yaml, differences: see config.resumed.yaml")
-            cfg.save(run_dir / "config.resumed.yaml")
-    elif rank == 0:
-        cfg.save(run_dir / "config.yaml")
-    if rank == 0:
-        manifest.to_csv(run_dir / "manifest.csv")
     recipe_cls = get_recipe(cfg.recipe)
+    manifest = manifest if manifest is not None else load_manifest(cfg.data)
+    if resume and rank == 0:
+        resume = check_resume_config(cfg)
+    new_folds = validate_run(cfg, manifest, recipe_cls)
+    # -- nothing was written before this line --
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        if not resume:
+            cfg.save(run_dir / "config.yaml")
+        manifest.to_csv(run_dir / "manifest.csv")
     runner = getattr(recipe_cls, "run_experiment", None)
     if runner is not None:  # pretraining and multi-stage recipes run their own protocol
         return runner(cfg, manifest, resume=resume, **trainer_overrides)
-    folds = cv_folds(cfg, manifest, resume, save=rank == 0)
+    assert new_folds is not None
+    folds = new_folds
+    if resume and (run_dir / "folds.json").exists():
+        folds = load_folds(run_dir)
+    elif rank == 0:
+        save_folds(run_dir, manifest, folds)
     if getattr(recipe_cls, "task", "classification") != "classification":
         from sonodistill.evaluation.segmentation_cv import run_segmentation_cv
 

@@ -27,6 +27,8 @@ from sonodistill.errors import ConfigError, SonoDistillError
 
 log = logging.getLogger(__name__)
 
+SEGMENTATION_CLASSES = 2  # background and foreground: the recipes' output channels
+
 PREDICTIONS = "predictions.csv"
 METRICS = ["dice", "iou", "hd95", "asd"]
 HC_METRICS = ["hc_abs_err_mm"]
@@ -129,7 +131,7 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     log.info("fold %d: %d labelled, %d unlabelled, %d test rows", fold, len(labelled), len(unlabelled), len(test_rows))
     loader, iterations = build_train_loader(cfg, manifest, labelled, unlabelled, options,
                                             recipe_cls.uses_unlabelled, seed)
-    recipe = recipe_cls(cfg, num_classes=2, steps_per_epoch=_steps_per_epoch(cfg, iterations))
+    recipe = recipe_cls(cfg, num_classes=SEGMENTATION_CLASSES, steps_per_epoch=_steps_per_epoch(cfg, iterations))
     overrides = {"use_distributed_sampler": False, **trainer_overrides}  # the two-stream sampler shards by rank
     trainer = build_trainer(cfg, fold_dir, extra_callbacks, **overrides)
     last = fold_dir / "checkpoints" / "last.ckpt"
@@ -308,9 +310,6 @@ def run_segmentation_cv(cfg: RunConfig, manifest: Manifest, folds: list[tuple[np
                         **trainer_overrides: Any) -> dict[str, Any] | None:
     """Train and score every fold (or `cfg.train.fold`), then write the report; called by `run_crossval`."""
     from sonodistill.evaluation.crossval import fit_folds, process_rank, save_predictions
-
-    if cfg.train.final:
-        raise ConfigError("train.final is not supported by the segmentation recipes yet")
 
     def fit(k: int, train_rows: np.ndarray, test_rows: np.ndarray, fold_dir: Path) -> pd.DataFrame | None:
         return fit_segmentation_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume,
