@@ -131,6 +131,13 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
     def build_student(self) -> nn.Module:
         return SingleDecoderUNet(**unet_kwargs(self.cfg, self.options))
 
+    @classmethod
+    def build_inference_model(cls, cfg: RunConfig, manifest: Any = None) -> nn.Module:
+        """The untrained served / exported network of a run of this recipe (weights loaded after): encoder + D1
+        as `SegmentationNet`, `B x 1 x S x S` -> `B x 2 x S x S` logits, the parameter names `inference_model()`
+        saves. Every method shares it: D2, the teacher and CPS' network B are training-only."""
+        return SingleDecoderUNet(**unet_kwargs(cfg, cls.resolve_options(cfg.recipe_options))).inference_model()
+
     def inference_model(self) -> nn.Module:
         """Encoder + D1 only: what is saved, exported and evaluated (`B x 1 x S x S` -> `B x 2 x S x S` logits)."""
         return self.student.inference_model()

@@ -1,0 +1,172 @@
+"""Segmentation runs through the serving path: a tiny synthetic fetal-head HDC run (1 epoch, 2 folds), then
+predict (masks), export (ONNX parity 1e-4) and the review page's analysis, on fold models and a final model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sonodistill.recipes import get_recipe
+
+SEG_RECIPES = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
+
+
+def _cfg(recipe: str, root: Path, *extra: str):
+    from sonodistill.config import load_config
+
+    return load_config(None, [
+        f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
+        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
+        "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=2",
+        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
+        "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0, "
+        "save_masks: true}", *extra])
+
+
+@pytest.mark.parametrize("recipe", SEG_RECIPES)
+def test_inference_builder_matches_what_training_saves(recipe, tmp_path):
+    cls = get_recipe(recipe)
+    cfg = _cfg(recipe, tmp_path)
+    built = cls.build_inference_model(cfg, None)
+    trained = cls(cfg, steps_per_epoch=1).inference_model()
+    got, want = built.state_dict(), trained.state_dict()
+    assert list(got) == list(want)
+    assert all(got[k].shape == want[k].shape for k in got)
+    x = torch.rand(2, 1, 32, 32)
+    assert built.eval()(x).shape == (2, 2, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    """HDC trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images (48 x 48, pixel size in mm)."""
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.synthetic import write_dataset
+    from sonodistill.evaluation.crossval import run_crossval
+
+    root = tmp_path_factory.mktemp("seg-serving")
+    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
+    cfg = _cfg("hdc", root)
+    run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+    return cfg.run_dir
+
+
+def _images(run: Path) -> list[Path]:
+    from sonodistill.data.manifest import Manifest
+
+    return [Path(p) for p in Manifest.from_csv(run / "manifest.csv").paths]
+
+
+def test_predict_writes_masks_for_fold_models(seg_run, tmp_path):
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_many
+
+    model = load_model(seg_run)
+    assert model.task == "segmentation" and model.member_names == ["fold_0", "fold_1"]
+    assert model.input_kind == "frame" and model.input_shape == (1, 32, 32)
+    images = _images(seg_run)
+    payload = predict_many(model, [images[0].parent], PredictOptions(mask_dir=tmp_path / "masks"))
+    assert len(payload["results"]) == len(images) and not [r for r in payload["results"] if "error" in r]
+    for r in payload["results"]:
+        assert r["task"] == "segmentation" and len(r["masks"]) == 1
+        mask = np.asarray(Image.open(r["masks"][0]["png"]))
+        assert mask.shape == np.asarray(Image.open(r["input"])).shape[:2]  # original geometry
+        assert set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.fixture(scope="module")
+def final_masks(seg_run, tmp_path_factory) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """A run with a final/ model; (image, predict's mask, the CV evaluation's mask with that model) per image."""
+    from sonodistill.config import load_config
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.evaluation.segmentation_cv import predict_segmentation
+    from sonodistill.recipes.trainer import load_weights, save_weights
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_file
+
+    tmp = tmp_path_factory.mktemp("final")
+    run = tmp / "run"
+    shutil.copytree(seg_run, run)
+    cfg, manifest = load_config(run / "config.yaml"), Manifest.from_csv(run / "manifest.csv")
+    net = load_weights(get_recipe("hdc").build_inference_model(cfg, manifest), run / "fold_0" / "model.safetensors")
+    net.eval()
+    with torch.no_grad():  # after one epoch the masks are nearly constant: centre the foreground logit
+        x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("L").resize((32, 32)), np.float32) / 255)
+                         for p in manifest.paths])[:, None]
+        logits = net(x)
+        net.decoder.head.bias[1] -= float((logits[:, 1] - logits[:, 0]).median())
+    save_weights(net, run / "final" / "model.safetensors")
+    model = load_model(run)
+    assert model.member_names == ["final"]
+    cv = predict_segmentation(net, cfg, manifest, np.arange(len(manifest)), 0, tmp / "cv", {"save_masks": True})
+    assert cv["dice"].between(0, 1).all()
+    out = []
+    for path in manifest.paths:
+        result = predict_file(model, path, PredictOptions(mask_dir=tmp / "masks"))
+        out.append((path, np.asarray(Image.open(result["masks"][0]["png"])),
+                    np.asarray(Image.open(tmp / "cv" / "masks" / f"{Path(path).stem}.png"))))
+    return out
+
+
+def test_final_model_masks_are_in_the_geometry_of_the_cross_validation_masks(final_masks):
+    """Same size, same place: predict's mask agrees with the CV's up to outlines. The masks of this barely trained
+    net are speckled: they agree with Dice 0.74-0.79, and predict's mask shifted by one pixel only 0.53-0.60."""
+    from sonodistill.evaluation.metrics import segmentation_metrics
+
+    fractions = []
+    for path, got, want in final_masks:
+        assert got.shape == want.shape, path
+        assert segmentation_metrics(got > 0, want > 0)["dice"] >= 0.7, path
+        fractions.append(np.mean(got > 0))
+    assert 0.05 < np.mean(fractions) < 0.95  # masks with an inside and an outside, not a constant
+
+
+@pytest.mark.xfail(strict=True, reason="serve/predict.py resizes the argmax mask (nearest); the CV evaluation "
+                                       "resizes probabilities (bilinear) then takes the argmax: outlines differ")
+def test_final_model_masks_equal_the_cross_validation_masks(final_masks):
+    for path, got, want in final_masks:
+        assert np.mean(got != want) <= 0.002, path  # a resize rounding at the outline at most
+
+
+def test_onnx_export_of_a_segmentation_run_equals_pytorch(seg_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
+    from sonodistill.serve.export import export_model
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_file
+
+    folder = export_model(seg_run, tmp_path / "onnx", "onnx")
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert meta["task"] == "segmentation" and meta["input_shape"] == [None, 1, 32, 32]
+    assert meta["members"] == ["fold_0", "fold_1"] and meta["max_abs_diff_vs_torch"] <= 1e-4
+    torch_model, onnx_model = load_model(seg_run), load_model(folder)
+    x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
+    ref, got = torch_model.probabilities(x), onnx_model.probabilities(x)
+    assert ref.shape == got.shape == (5, 2, 32, 32) and np.abs(got - ref).max() <= 1e-4
+    image = _images(seg_run)[0]
+    a = predict_file(torch_model, image, PredictOptions(mask_dir=tmp_path / "a"))
+    b = predict_file(onnx_model, image, PredictOptions(mask_dir=tmp_path / "b"))
+    ma, mb = (np.asarray(Image.open(r["masks"][0]["png"])) for r in (a, b))
+    assert np.mean(ma != mb) <= 0.002
+
+
+def test_seg_supervised_run_and_the_review_page_analysis(seg_run, tmp_path):
+    """The same weights under recipe seg_supervised (same encoder + D1) load, predict and go through serve."""
+    from sonodistill.config import load_config
+    from sonodistill.serve.app import analyse_file
+    from sonodistill.serve.loading import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    cfg = load_config(run / "config.yaml")
+    cfg.recipe = "seg_supervised"
+    cfg.save(run / "config.yaml")
+    model = load_model(run, members="folds")
+    assert model.recipe == "seg_supervised" and model.task == "segmentation"
+    out = analyse_file(model, _images(run)[0], "head.png")
+    assert out["result"]["masks"][0]["png"].startswith("data:image/png;base64,")
+    assert out["gif"].startswith("data:image/gif;base64,")
