@@ -138,6 +138,46 @@ def test_nan_loss_stops_naming_step_and_term(tiny_carotid, tiny_overrides, monke
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
 
 
+class _NonFiniteAfterCheckpoint(SupervisedRecipe):
+    """Epoch 0 (steps 0-2) trains and is checkpointed; epoch 1 takes good steps, then step `bad_step` goes bad:
+    a NaN loss, or (`bad_gradient`) a finite loss whose gradient is NaN (d sqrt(z)/dz at z = 0)."""
+
+    bad_step, bad_gradient = 4, False
+
+    def compute_loss(self, batch):
+        loss, parts = super().compute_loss(batch)
+        if self.global_step == self.bad_step:
+            if self.bad_gradient:
+                zero = (self.model.head.parameters().__next__() * 0.0).sum()
+                loss = loss + torch.sqrt(zero)
+            else:
+                parts["ce"] = loss = loss * float("nan")
+        return loss, parts
+
+
+class _NaNGradientAtEpochEnd(_NonFiniteAfterCheckpoint):
+    bad_step, bad_gradient = 5, True  # the last step of epoch 1: its weights would be checkpointed next
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("_NonFiniteAfterCheckpoint", r"step 4: term 'loss'"),
+    ("_NaNGradientAtEpochEnd", r"step 5: term 'gradient norm'"),
+])
+def test_non_finite_step_keeps_the_last_good_checkpoint(tiny_carotid, tiny_overrides, monkeypatch, recipe, message):
+    """The run stops at the bad step; last.ckpt and model.safetensors are epoch 0's, bit for bit."""
+    monkeypatch.setitem(RECIPES, "bad", f"{__name__}:{recipe}")
+    cfg = load_config(None, tiny_overrides + ["name=bad", "recipe=bad", "train.fold=0", "train.epochs=3"])
+    with pytest.raises(NonFiniteLossError, match=message):
+        run_crossval(cfg, manifest=tiny_carotid)
+    fold = cfg.run_dir / "fold_0"
+    ckpt = torch.load(fold / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (0, 3)
+    weights = read_weights(fold / "model.safetensors")
+    assert weights.keys() == {k.removeprefix("model.") for k in ckpt["state_dict"] if k.startswith("model.")}
+    for k, v in weights.items():
+        assert torch.equal(v, ckpt["state_dict"][f"model.{k}"]), k
+
+
 def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
     import pandas as pd
 

@@ -52,8 +52,11 @@ class TrainingHooks:
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+        """Clip to `optim.grad_clip` (if set); a non-finite gradient norm stops the run before the optimiser step,
+        so no NaN weights reach the next checkpoint (a finite loss can have one, e.g. sqrt at 0)."""
+        params = [p for p in self.parameters() if p.requires_grad and p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
+        check_finite(int(self.global_step), {"gradient norm": norm})
 
     def log_losses(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int) -> None:
         """`train/loss` per step and epoch (progress bar), every part as `train/<name>` per epoch."""
