@@ -13,9 +13,10 @@ from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError, ManifestError
 
 
-def _touch(path: Path, data: bytes = b"x") -> Path:
+def _touch(path: Path, data: bytes | None = None) -> Path:
+    """A small file; by default its content is its own name (identical files in two groups are refused)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    path.write_bytes(str(path).encode() if data is None else data)
     return path
 
 
@@ -134,7 +135,8 @@ def test_busi(shared_data):
     m = load_adapter("busi")
     assert len(m) == 780
     assert m.class_counts() == {"benign": 437, "malignant": 210, "normal": 133}
-    assert len(set(m.groups)) == 780  # no patient ids released: one group per image
+    # no patient ids released: one group per image, except one image stored as benign_433 and malignant_145
+    assert len(set(m.groups)) == 779 and "benign_433+malignant_145" in set(m.groups)
 
 
 # -- folder ---------------------------------------------------------------------------------------
@@ -207,3 +209,45 @@ def test_busi_lesions_target_keeps_benign_and_malignant(shared_data):
     m = load_adapter("busi", shared_data / "busi", target="lesions")
     assert m.classes == ["benign", "malignant"]
     assert m.class_counts() == {"benign": 437, "malignant": 210}
+
+
+# -- duplicates and numeric labels (issue 16, items 4 and 10) ----------------------------------------
+def test_same_file_twice_is_an_error_naming_the_rows(tmp_path):
+    from sonodistill.errors import LeakageError
+    from sonodistill.data.splits import inspect_report
+
+    for n in ("a.png", "b.png", "c.png", "d.png"):
+        _touch(tmp_path / "imgs" / n)
+    f = tmp_path / "m.csv"
+    f.write_text("path,label,group\nimgs/a.png,x,1\nimgs/b.png,y,2\nimgs/c.png,x,3\nimgs/d.png,y,4\n")
+    assert "Leakage check: passed" in inspect_report(load_adapter("csv", f), n_splits=2)
+    f.write_text("path,label,group\nimgs/a.png,x,1\nimgs/b.png,y,2\nimgs/c.png,x,3\nimgs/d.png,y,4\nimgs/a.png,x,9\n")
+    with pytest.raises(ManifestError, match=r"rows 0 and 4 list the same file .*a\.png \(groups '1' and '9'\)"):
+        load_adapter("csv", f)
+    f.write_text("path,label,group\nimgs/a.png,x,1\nimgs/b.png,y,2\nimgs/b.png,y,2\n")
+    with pytest.raises(ManifestError, match=r"rows 1 and 2 list the same file .*b\.png \(identical rows\)"):
+        load_adapter("csv", f)
+    _touch(tmp_path / "imgs" / "copy of a.png", (tmp_path / "imgs" / "a.png").read_bytes())
+    f.write_text("path,label,group\nimgs/a.png,x,1\nimgs/b.png,y,2\nimgs/copy of a.png,x,3\n")
+    with pytest.raises(LeakageError, match=r"rows 0 and 2 have identical content: .*a\.png \(group '1'\) and "
+                                           r".*copy of a\.png \(group '3'\)"):
+        load_adapter("csv", f)
+    f.write_text("path,label,group\nimgs/a.png,x,1\nimgs/b.png,y,2\nimgs/copy of a.png,x,1\n")
+    assert len(load_adapter("csv", f)) == 3  # the same content in one group cannot leak: a warning only
+
+
+def test_labels_1_and_1_0_are_one_class(tmp_path):
+    for n in ("a.png", "b.png", "c.png", "d.png"):
+        _touch(tmp_path / "imgs" / n)
+    f = tmp_path / "m.csv"
+    f.write_text("path,label,group\nimgs/a.png,1,a\nimgs/b.png,1.0,b\nimgs/c.png,0.00,c\nimgs/d.png,0,d\n")
+    m = load_adapter("csv", f)
+    assert m.classes == ["0", "1"] and m.class_counts() == {"0": 2, "1": 2}
+    assert load_adapter("csv", f, classes="1.0|0").classes == ["1", "0"]
+    f.write_text("path,label,group\nimgs/a.png,1,a\nimgs/b.png,01,b\nimgs/c.png,0,c\nimgs/d.png,0,d\n")
+    with pytest.raises(ManifestError, match=r"labels '1' \(row 0\) and '01' \(row 1\) are the same number"):
+        load_adapter("csv", f)
+    for cls in ("1", "1.0"):
+        _touch(tmp_path / "folders" / cls / f"{cls}.png")
+    with pytest.raises(ManifestError, match=r"labels '1' \(row 0\) and '1.0' \(row 1\) are the same number"):
+        load_adapter("folder", tmp_path / "folders")

@@ -18,7 +18,8 @@ import pandas as pd
 from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
-from .manifest import Manifest, Modality, read_header
+from .manifest import Manifest, Modality, canonical_label, read_header
+from .splits import check_duplicate_content
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def load_adapter(name: str, root: str | Path | None = None, **options: object) -
     manifest = ADAPTERS[name](root.resolve(), **options)
     manifest.validate(check_files=True)
     manifest.check_classes_nonempty()
+    check_duplicate_content(manifest)
     return manifest
 
 
@@ -252,7 +254,8 @@ BUSI_CLASSES = ["benign", "malignant", "normal"]
 
 @register_adapter("busi")
 def busi(root: Path, **options: object) -> Manifest:
-    """BUSI breast images with lesion masks; no patient ids were released, so each image is its own group.
+    """BUSI breast images with lesion masks; no patient ids were released, so each image is its own group
+    (identical images under two names share one group).
 
     Option `target="lesions"` keeps only benign + malignant images (the lesion segmentation benchmark).
     """
@@ -263,13 +266,18 @@ def busi(root: Path, **options: object) -> Manifest:
     t = _read_table(root / "metadata.csv")
     if target == "lesions":
         t = t[t["label"].astype(str).isin(["benign", "malignant"])].reset_index(drop=True)
+    from .cache import file_sha1  # imports torch: only for this adapter
+
+    paths = [str(root / p) for p in t["image"]]
+    stems = [Path(p).stem for p in t["image"]]
+    # BUSI holds a few identical images under two names (even two classes): such images share one group
+    groups = connected_groups([file_sha1(p) for p in paths], stems)
+    for g in sorted({g for g in groups if "+" in g}):
+        log.warning("busi: identical images %s form one group %r (no split puts them on both sides)",
+                    " and ".join(g.split("+")), g)
     table = pd.DataFrame(
-        {
-            "path": [str(root / p) for p in t["image"]],
-            "group": [Path(p).stem for p in t["image"]],
-            "label": t["label"].astype(str).to_numpy(),
-            "mask": [str(root / p) for p in t["mask"]],
-        }
+        {"path": paths, "group": groups, "label": t["label"].astype(str).to_numpy(),
+         "mask": [str(root / p) for p in t["mask"]]}
     )
     for col in ("original_busi_name", "n_lesion_masks"):
         if col in t.columns:
@@ -357,6 +365,7 @@ def csv_manifest(
 
     `group_col=None` makes every row its own group (only correct when items are independent);
     `classes` (list or "a|b|c") fixes the class order, else the header comment or the sorted labels.
+    A whole number written as a decimal label ('1.0') is the class '1' (`canonical_label`).
     """
     _reject_options("csv", options)
     if not root.is_file():
@@ -397,13 +406,13 @@ def csv_manifest(
         for i, v in enumerate(t[label_col]):
             if pd.isna(v) or str(v).strip() == "":
                 raise ManifestError(f"empty label ('{label_col}') for {out['path'].iloc[i]}", row=i)
-        out["label"] = t[label_col].astype(str).str.strip().to_numpy()
+        out["label"] = [canonical_label(v) for v in t[label_col].astype(str).str.strip()]
         if isinstance(classes, str):
-            declared = [c for c in classes.split("|") if c]
+            declared = [canonical_label(c) for c in classes.split("|") if c]
         elif classes:
-            declared = [str(c) for c in classes]
+            declared = [canonical_label(str(c)) for c in classes]
         else:
-            declared = list(meta.get("classes", [])) or sorted(set(out["label"]))
+            declared = [canonical_label(c) for c in meta.get("classes", [])] or sorted(set(out["label"]))
     if mask_col is not None:
         out["mask"] = ["" if pd.isna(v) or str(v).strip() == "" else _resolve(base, v, i, mask_col)
                        for i, v in enumerate(t[mask_col])]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -84,7 +86,9 @@ class Manifest:
                 raise ManifestError(f"empty or non-text path {p!r}", row=i)
             if pd.isna(g) or str(g) == "":
                 raise ManifestError(f"missing group for {p}", row=i)
+        _check_duplicate_paths(t, self.name)
         if "label" in t.columns and self.classes:
+            _check_numeric_spellings(t["label"], self.classes, self.name)
             known = set(self.classes)
             for i, v in enumerate(t["label"]):
                 if pd.isna(v) or str(v) not in known:
@@ -145,6 +149,56 @@ class Manifest:
             ]
         return cls(table, list(meta.get("classes", [])), meta.get("modality", "video"),  # type: ignore[arg-type]
                    meta.get("name", path.stem))
+
+
+def canonical_label(value: str) -> str:
+    """A label as text, with a whole number written as a decimal ('1.0', '2.00', what spreadsheets and pandas
+    write for an integer column with a gap) turned into the integer ('1', '2'); anything else unchanged."""
+    m = _WHOLE_DECIMAL.fullmatch(value)
+    return str(int(m.group(1))) if m else value
+
+
+_WHOLE_DECIMAL = re.compile(r"([+-]?\d+)\.0*")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _check_numeric_spellings(labels: pd.Series, classes: list[str], name: str) -> None:
+    """ManifestError when two labels or classes are spellings of one number ('1' and '01', or '1' and '1e0')."""
+    first_row: dict[str, int | None] = {c: None for c in classes}
+    for i, v in enumerate(labels):
+        if not pd.isna(v) and first_row.get(str(v)) is None:
+            first_row[str(v)] = i
+    seen: dict[float, str] = {}
+    by_row = sorted(first_row.items(), key=lambda kv: (kv[1] is None, kv[1] or 0))
+    for text, _ in by_row:
+        number = _number(text)
+        if number is None or number != number:  # not a number, or NaN
+            continue
+        other = seen.setdefault(number, text)
+        if other != text:
+            where = [f"'{x}'" + (f" (row {first_row[x]})" if first_row[x] is not None else " (declared class)")
+                     for x in (other, text)]
+            raise ManifestError(f"manifest '{name}': labels {where[0]} and {where[1]} are the same number written "
+                                "two ways; write each class one way")
+
+
+def _check_duplicate_paths(t: pd.DataFrame, name: str) -> None:
+    """ManifestError naming the rows when a file is listed twice (an identical row, or under two groups/labels)."""
+    first: dict[str, int] = {}
+    for i, p in enumerate(t["path"]):
+        j = first.setdefault(os.path.normpath(str(p)), i)
+        if j == i:
+            continue
+        same = t.iloc[i].equals(t.iloc[j])
+        what = "identical rows" if same else f"groups {t['group'].iloc[j]!r} and {t['group'].iloc[i]!r}"
+        raise ManifestError(f"manifest '{name}': rows {j} and {i} list the same file {p} ({what}); "
+                            "list each file once (under two groups it would be on both sides of a split)")
 
 
 def read_header(path: str | Path) -> dict:

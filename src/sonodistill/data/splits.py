@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sonodistill.errors import ConfigError, LeakageError
 
 from .manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,30 @@ def check_no_leakage(manifest: Manifest, train_idx: np.ndarray, test_idx: np.nda
         raise LeakageError(
             f"manifest '{manifest.name}': {len(shared)} group(s) on both sides of the split: {shown}{more}"
         )
+
+
+def check_duplicate_content(manifest: Manifest) -> None:
+    """Raise LeakageError naming the rows when files with identical bytes (sha1, the cache's `file_sha1`,
+    memoised: the cache reuses it) are in different groups; identical files in one group are logged as a warning.
+
+    Reads every file once; `load_adapter` runs it, so `data inspect`, `data preview` and training all check."""
+    from .cache import file_sha1  # imports torch: only when files are hashed
+
+    first: dict[str, int] = {}
+    groups = manifest.groups
+    paths = manifest.paths
+    for i, p in enumerate(paths):
+        j = first.setdefault(file_sha1(p), i)
+        if j == i:
+            continue
+        if groups[i] != groups[j]:
+            raise LeakageError(
+                f"manifest '{manifest.name}': rows {j} and {i} have identical content: {paths[j]} (group "
+                f"{groups[j]!r}) and {paths[i]} (group {groups[i]!r}); the same image in two groups can be on both "
+                "sides of a split: remove the copy, or give both rows one group"
+            )
+        log.warning("manifest '%s': rows %d and %d have identical content (%s, %s), both in group %r",
+                    manifest.name, j, i, paths[j], paths[i], groups[i])
 
 
 def _check_fold_feasible(manifest: Manifest, n_splits: int) -> None:
@@ -120,7 +147,10 @@ def _stats(values: np.ndarray) -> str:
 
 
 def inspect_report(manifest: Manifest, n_splits: int = 5, seed: int = 0) -> str:
-    """Markdown summary: class counts, groups and items per group, per-fold class counts, leakage check result."""
+    """Markdown summary: class counts, groups and items per group, per-fold class counts, leakage check result.
+
+    A file listed twice is refused earlier by `Manifest.validate`, identical contents in two groups by
+    `check_duplicate_content` (run by `load_adapter`)."""
     lines = [f"# {manifest.name}", "", f"- items: {len(manifest)} ({manifest.modality})"]
     groups = manifest.groups
     _, per_group = np.unique(groups, return_counts=True)
