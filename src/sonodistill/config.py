@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,8 +172,36 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, values or {}, "config")
 
 
+def declared_type(key: str) -> Any | None:
+    """The declared type of a dotted RunConfig field (`data.spec` -> str); None where none is declared
+    (e.g. a key inside `recipe_options` or `model.kwargs`, or an unknown field, which `_build` reports)."""
+    tp: Any = RunConfig
+    for part in key.split("."):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
+def parse_override_value(key: str, raw: str) -> Any:
+    """The value of `key=raw` from the command line: text for a text field, exactly as typed (never YAML, so
+    '#2', 'yes', 'on', '1e3' and ':' stay text; 'null' or '~' is None where the field allows None); YAML for
+    any other field, whose declared type then checks it (`config_from_dict`)."""
+    tp = declared_type(key)
+    if tp is not None and _is_text(tp):
+        return None if raw in ("null", "~") and type(None) in typing.get_args(tp) else raw
+    return yaml.safe_load(raw)
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict; returns a new dict."""
+    """Apply `a.b.c=value` strings to a nested dict (values typed by `parse_override_value`); returns a new dict."""
     out = copy.deepcopy(values)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -184,7 +213,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_override_value(key.strip(), raw)
     return out
 
 

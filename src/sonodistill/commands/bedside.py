@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, members=args.members, threads=args.threads)
     server = make_server(model, args.host, args.port, int(args.max_upload_mb * 1024 * 1024),
-                         explain=not args.no_heatmaps)
+                         explain=not args.no_heatmaps, read_timeout=args.read_timeout, max_uploads=args.max_uploads)
     host, port = server.server_address[:2]
     print(f"review page: http://{host}:{port}/  (Ctrl+C to stop)", file=sys.stderr)
     try:
@@ -273,6 +273,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--max-upload-mb", type=float, default=200.0)
+    s.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a client silent this long mid-request is answered 408 and dropped")
+    s.add_argument("--max-uploads", type=int, default=4, help="uploads in progress at once; more get 503")
     s.add_argument("--no-heatmaps", action="store_true", help="skip Grad-CAM (faster answers)")
     s.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
     s.add_argument("--threads", type=int, help="CPU threads for inference")
