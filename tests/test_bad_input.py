@@ -111,6 +111,9 @@ CASES = [
     Case("dicom-without-pixels",
          lambda t, c: ["data", "probe", str(_strip_pixels(write_dicom(t / "nopix.dcm", synthetic_frames(2, 32, 40))))],
          1, ("nopix.dcm", "DICOM file has no pixel data")),
+    Case("dicom-huge-frame-count",
+         lambda t, c: ["data", "probe", str(_huge_dicom(write_dicom(t / "big.dcm", synthetic_frames(2, 32, 40))))],
+         1, ("big.dcm", "number of bytes of pixel data is less than expected")),
     Case("decompression-bomb-png", lambda t, c: ["data", "probe", str(_bomb_png(t / "bomb.png"))],
          1, ("bomb.png", "could be decompression bomb")),
     Case("missing-file", lambda t, c: ["data", "probe", str(t / "nowhere.mp4")], 1, ("nowhere.mp4", "file not found")),
@@ -165,6 +168,16 @@ CASES = [
          lambda t, c: ["serve-upload", ".mp4", str(_write(t / "x.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200))],
          415, ("does not match the extension .mp4",)),
 ]
+
+
+def _huge_dicom(path: Path) -> Path:
+    """Declare 2^31-1 frames of 65535 x 65535 over two small frames of pixel data."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 2**31 - 1, 65535, 65535
+    ds.save_as(path)
+    return path
 
 
 def _strip_pixels(path: Path) -> Path:

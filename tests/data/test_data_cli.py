@@ -78,3 +78,24 @@ def test_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "synth", "fetal-head", "--out", str(tmp_path), "-n", "2", "--size", "32"]) == 0
     manifest = Path(capsys.readouterr().out.strip())
     assert manifest.is_file() and manifest.parent == tmp_path
+
+
+def test_probe_reports_an_unexpected_error_and_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 1: any per-file failure is that file's error line; the other files are still probed."""
+    from sonodistill.data import readers
+
+    from .hostile import write_small_avi
+
+    good, odd = write_small_avi(tmp_path / "good.avi"), write_small_avi(tmp_path / "odd.avi")
+    real = readers.probe_file
+
+    def probe(path):
+        if Path(path).name == "odd.avi":
+            raise MemoryError("cannot allocate")
+        return real(path)
+
+    monkeypatch.setattr(readers, "probe_file", probe)
+    assert main(["data", "probe", str(odd), str(good)]) == 1
+    out = capsys.readouterr().out
+    assert f"{odd}\terror: MemoryError: cannot allocate" in out and f"{good}\tframes=3" in out

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from sonodistill.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _PROGRESS_MIN_FILES = 10  # show a progress bar (stderr) from this many files on
 
@@ -28,6 +31,10 @@ def _probe(args: argparse.Namespace) -> int:
         except DataError as exc:
             failed += 1
             line = f"{path}\terror: {exc.cause}"
+        except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, must not end the probe
+            failed += 1
+            log.error("%s: unexpected error", path, exc_info=exc)
+            line = f"{path}\terror: {type(exc).__name__}: {exc}"
         else:
             line = (f"{path}\tframes={r.frames}\theight={r.height}\twidth={r.width}\t"
                     f"channels={r.channels}\tfps={_fmt_fps(r.fps)}")
