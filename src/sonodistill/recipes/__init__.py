@@ -21,6 +21,8 @@ RECIPES: dict[str, str] = {
     "medivlad": "sonodistill.recipes.medivlad:MeDiVLADRecipe",
     "discovr": "sonodistill.recipes.discovr:DISCOVRRecipe",
     "dilbert": "sonodistill.recipes.dilbert:DILBERTRecipe",
+    # frozen pretrained features + logistic regression (CPU baseline)
+    "linear_probe": "sonodistill.recipes.linear_probe:LinearProbeRecipe",
 }
 
 

@@ -85,6 +85,7 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "",
         f"- Task: {meta.get('task', 'classification')}; recipe `{cfg.recipe}`; backbone `{cfg.model.backbone}` "
         f"(width {cfg.model.width}, norm {cfg.model.norm}).",
+        f"- Training started from: {describe_start(cfg.model.pretrained)}.",
         f"- Input: {meta.get('input_kind', '?')} model, tensor `B x {' x '.join(str(s) for s in shape)}`"
         " (float32, grayscale, pixel / 255).",
         f"- Output: `probabilities` (softmax; mean over {len(members) or '?'} member model(s): "
@@ -136,6 +137,18 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "",
     ]
     return "\n".join(lines)
+
+
+def describe_start(pretrained: str) -> str:
+    """What `model.pretrained` means, for people: ImageNet weights with their package and hash, a path, or none."""
+    from sonodistill.models.pretrained import IMAGENET_WEIGHTS
+
+    if pretrained in ("", "none", None):
+        return "random initialisation (no pretrained weights)"
+    if pretrained == "imagenet":
+        return "ImageNet weights (" + "; ".join(f"{w.pip_name}, sha256 {w.sha256[:12]}, {w.license}"
+                                                for w in IMAGENET_WEIGHTS.values()) + ")"
+    return f"the project's own pretraining run `{pretrained}`"
 
 
 def write_model_card(run_dir: str | Path, path: str | Path, export_meta: dict[str, Any] | None = None) -> Path:
