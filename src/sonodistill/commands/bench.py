@@ -40,6 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     over.add_argument("--out", default="runs/bench/overhead.json")
     over.set_defaults(func=run_overhead)
 
+    train = sub.add_parser(
+        "train",
+        help="training speed of configs: items/s and GFLOP/s of a step beside a same-run matmul's GFLOP/s",
+        description="Times SGD steps of each config's network on random batches of its input shape (1 and 2 "
+                    "torch threads by default); FLOPs = 3 x forward (flop_counter). Prints Markdown, writes JSON.",
+    )
+    train.add_argument("configs", nargs="+", metavar="CONFIG", help="packaged config names or YAML paths")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    train.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
+    train.add_argument("--repeats", type=int, default=5)
+    train.add_argument("--out", default="runs/bench/train_speed.json")
+    train.set_defaults(func=run_train_speed)
+
 
 def run_data(args: argparse.Namespace) -> int:
     from sonodistill.data.bench import markdown_table, run_data_bench
@@ -66,5 +80,58 @@ def run_overhead(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+def _config(name: str, overrides: list[str]):  # -> RunConfig
+    from sonodistill.config import load_config, packaged_config
+
+    path = Path(name) if Path(name).suffix in (".yaml", ".yml") else packaged_config(name)
+    return load_config(path, overrides)
+
+
+def speed_batch(cfg, batch_size: int | None, num_classes: int = 3, seed: int = 0):  # -> (model, x, y)
+    """A config's trainable network (classification: the recipe's inference model; segmentation: its U-Net)
+    and a random batch of its input shape with targets."""
+    import torch
+
+    from sonodistill.recipes import get_recipe
+
+    torch.manual_seed(seed)
+    recipe_cls = get_recipe(cfg.recipe)
+    bs = int(batch_size or cfg.data.batch_size)
+    s = cfg.data.size
+    g = torch.Generator().manual_seed(seed)
+    if getattr(recipe_cls, "task", "classification") == "segmentation":
+        model = recipe_cls(cfg).inference_model()
+        return model, torch.rand(bs, 1, s, s, generator=g), torch.randint(0, 2, (bs, s, s), generator=g)
+    model = recipe_cls(cfg, num_classes=num_classes).inference_model()
+    shape = (1, cfg.data.num_frames, s, s) if model.backbone.kind == "video" else (1, s, s)
+    return model, torch.rand(bs, *shape, generator=g), torch.randint(0, num_classes, (bs,), generator=g)
+
+
+def run_train_speed(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from sonodistill.evaluation.train_speed import measure_train_speed, speed_markdown
+
+    rows = []
+    for name in args.configs:
+        cfg = _config(name, args.overrides)
+        for threads in [int(t) for t in str(args.threads).split(",") if t]:
+            torch.set_num_threads(threads)
+            model, x, y = speed_batch(cfg, args.batch_size)
+            row = measure_train_speed(model, x, y, repeats=args.repeats)
+            row.update(config=name, backbone=cfg.model.backbone, width=cfg.model.width,
+                       load_average=os.getloadavg())
+            rows.append(row)
+            print(speed_markdown([row]).splitlines()[-1], flush=True)
+    print(speed_markdown(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
