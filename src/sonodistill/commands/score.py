@@ -1,0 +1,423 @@
+"""`sonodistill score PREDICTIONS.json --labels FILE`: score `sonodistill predict`'s output against labels.
+
+The labels file is a CSV with one row per labelled input:
+- the input: column `path`, `input` or `file` (a path, relative to the labels file's folder or the current one, or
+  just the file name);
+- classification: `label` (a class of the model, or of the merged classes with `--merge`);
+- segmentation: `mask` (mask image, same size as the input), optional `pixel_size_mm` (hd95/asd in mm, else
+  pixels) and `hc_mm` (head circumference; needs `pixel_size_mm`);
+- optional `group` (patient / subject): intervals resample groups instead of items.
+
+The same metrics, tables and plots as the cross-validation report (`evaluation/report.py`, `metrics.py`), each
+metric with its bootstrap interval (`evaluation/paired.py`). Labelled inputs without a prediction, and
+predictions that failed or cannot be scored, are counted and listed in the report; the command then exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.errors import ConfigError, DataError, SonoDistillError
+
+INPUT_COLUMNS = ("path", "input", "file")
+DATA_URI = "data:image/png;base64,"
+
+
+@dataclass
+class Matched:
+    """Labelled rows with a usable prediction, and the ones without (reason per input)."""
+
+    pairs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (labels row, result)
+    missing: list[str] = field(default_factory=list)  # labelled inputs with no prediction
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    unlabelled: list[str] = field(default_factory=list)  # predictions with no label row
+
+
+# ------------------------------------------------------------------------------------------- reading
+def read_predictions_json(path: str | Path) -> dict[str, Any]:
+    """`sonodistill predict`'s JSON: {"model": {...}, "results": [...]}; DataError naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "file not found")
+    try:
+        payload = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(p, f"invalid JSON ({exc})") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), list) or "model" not in payload:
+        raise DataError(p, "not the output of `sonodistill predict` (expected keys 'model' and 'results')")
+    for i, r in enumerate(payload["results"]):
+        if not isinstance(r, dict) or "input" not in r:
+            raise DataError(p, f"results[{i}] has no 'input'")
+    return payload
+
+
+def read_labels(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """The labels CSV and the name of its input column."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "file not found")
+    try:
+        table = pd.read_csv(p, dtype={"label": str, "group": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(p, f"cannot parse CSV: {exc}") from exc
+    column = next((c for c in INPUT_COLUMNS if c in table.columns), None)
+    if column is None:
+        raise DataError(p, f"no input column: expected one of {list(INPUT_COLUMNS)}; found {list(table.columns)}")
+    if len(table) == 0:
+        raise DataError(p, "no rows")
+    empty = np.flatnonzero(table[column].isna().to_numpy())
+    if empty.size:
+        raise DataError(p, f"row {empty[0]}: empty '{column}'")
+    dup = np.flatnonzero(table[column].astype(str).duplicated().to_numpy())
+    if dup.size:
+        raise DataError(p, f"row {dup[0]}: input {table[column].iloc[dup[0]]!r} is labelled twice")
+    return table.reset_index(drop=True), column
+
+
+def _candidates(value: str, folders: list[Path]) -> set[str]:
+    p = Path(value)
+    if p.is_absolute():
+        return {str(p.resolve())}
+    return {str((f / p).resolve()) for f in folders}
+
+
+def match_predictions(labels: pd.DataFrame, column: str, results: list[dict[str, Any]], labels_dir: Path,
+                      predictions_dir: Path) -> Matched:
+    """Pair label rows with results by resolved path, then by file name where that name is unique on both sides."""
+    cwd = Path.cwd()
+    by_path: dict[str, int] = {}
+    seen: set[str] = set()
+    for i, r in enumerate(results):
+        name = str(r["input"])
+        if name in seen:
+            raise SonoDistillError(f"input {name!r} appears twice in the predictions")
+        seen.add(name)
+        for key in _candidates(name, [cwd, predictions_dir]):
+            by_path.setdefault(key, i)
+    values = labels[column].astype(str).tolist()
+    chosen: dict[int, int] = {}
+    for row, v in enumerate(values):
+        hits = {by_path[k] for k in _candidates(v, [labels_dir, cwd]) if k in by_path}
+        if len(hits) == 1:
+            chosen[row] = hits.pop()
+    used = set(chosen.values())
+    pred_names = pd.Series([Path(str(r["input"])).name for r in results])
+    label_names = pd.Series([Path(v).name for v in values])
+    for row, v in enumerate(values):
+        if row in chosen:
+            continue
+        name = Path(v).name
+        hits = [i for i in np.flatnonzero((pred_names == name).to_numpy()) if i not in used]
+        if len(hits) == 1 and (label_names == name).sum() == 1 and (pred_names == name).sum() == 1:
+            chosen[row] = int(hits[0])
+            used.add(int(hits[0]))
+    out = Matched()
+    for row, v in enumerate(values):
+        if row not in chosen:
+            out.missing.append(v)
+            continue
+        r = results[chosen[row]]
+        if "error" in r:
+            out.errors.append((v, str(r["error"])))
+        else:
+            out.pairs.append((row, r))
+    out.unlabelled = [str(r["input"]) for i, r in enumerate(results) if i not in used]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- classification
+def merge_probabilities(classes: list[str], probs: np.ndarray, merge: dict[str, list[str]]) -> tuple[list[str],
+                                                                                                       np.ndarray]:
+    """Probabilities N x C summed into the merged classes N x C' (each model class in exactly one new class)."""
+    olds = [c for cs in merge.values() for c in cs]
+    if sorted(olds) != sorted(classes):
+        raise ConfigError(f"--merge {merge} must use each class of {classes} exactly once")
+    new = list(merge)
+    return new, np.stack([probs[:, [classes.index(c) for c in merge[n]]].sum(axis=1) for n in new], axis=1)
+
+
+def _label_index(label: str, classes: list[str], merge: dict[str, list[str]] | None, row: int) -> int:
+    if merge:
+        for new, olds in merge.items():
+            if label == new or label in olds:
+                return list(merge).index(new)
+    elif label in classes:
+        return classes.index(label)
+    known = sorted(set(classes) | set(merge or {}))
+    raise SonoDistillError(f"labels row {row}: label {label!r} is not a class of the model ({known})")
+
+
+def classification_frame(labels: pd.DataFrame, column: str, matched: Matched, classes: list[str],
+                         merge: dict[str, list[str]] | None) -> tuple[pd.DataFrame, list[str]]:
+    """A predictions table in the run-directory contract (fold 0, index = labels row, group, y_true, prob_*)."""
+    from sonodistill.evaluation.report import prob_columns
+
+    if "label" not in labels.columns:
+        raise SonoDistillError("the labels file has no 'label' column (a classification model's predictions)")
+    rows, probs = [], []
+    for row, r in matched.pairs:
+        p = r.get("probabilities")
+        if not isinstance(p, dict) or sorted(p) != sorted(classes):
+            raise SonoDistillError(f"prediction for {r['input']!r} has no probabilities for classes {classes}")
+        rows.append(row)
+        probs.append([float(p[c]) for c in classes])
+    probs_arr = np.asarray(probs, dtype=np.float64).reshape(len(rows), len(classes))
+    out_classes = classes
+    if merge:
+        out_classes, probs_arr = merge_probabilities(classes, probs_arr, merge)
+    frame = pd.DataFrame({
+        "fold": 0, "index": rows, "path": [str(labels[column].iloc[i]) for i in rows],
+        "group": _groups(labels, rows),
+        "y_true": [_label_index(str(labels["label"].iloc[i]), classes, merge, i) for i in rows]})
+    for c, values in zip(prob_columns(out_classes), probs_arr.T):
+        frame[c] = values
+    return frame, out_classes
+
+
+def _groups(labels: pd.DataFrame, rows: list[int]) -> list[str]:
+    if "group" in labels.columns:
+        g = labels["group"].iloc[rows]
+        if g.isna().any():
+            raise SonoDistillError(f"labels row {rows[int(np.flatnonzero(g.isna().to_numpy())[0])]}: empty group")
+        return g.astype(str).tolist()
+    return [f"item{i}" for i in rows]
+
+
+# ------------------------------------------------------------------------------------------- segmentation
+def _existing(value: str, folders: list[Path]) -> Path:
+    """The first existing file `value` names (absolute, or relative to one of `folders`); else `value` itself."""
+    return next((Path(k) for k in sorted(_candidates(value, folders)) if Path(k).is_file()), Path(value))
+
+
+def _read_png(ref: str, folders: list[Path]) -> np.ndarray:
+    """A predicted mask (path or data URI) as bool H x W: foreground where the PNG is non-zero."""
+    from PIL import Image
+
+    if ref.startswith(DATA_URI):
+        with Image.open(io.BytesIO(base64.b64decode(ref[len(DATA_URI):]))) as img:
+            return np.asarray(img) > 0
+    path = _existing(ref, folders)
+    if not path.is_file():
+        raise DataError(ref, "predicted mask file not found")
+    with Image.open(path) as img:
+        return np.asarray(img) > 0
+
+
+def segmentation_frame(labels: pd.DataFrame, column: str, matched: Matched, labels_dir: Path,
+                       predictions_dir: Path) -> pd.DataFrame:
+    """Per-item Dice, IoU, HD95, ASD (and HC) at the original resolution; items that cannot be scored move to
+    `matched.errors` with the reason."""
+    from sonodistill.data.readers import read_mask
+    from sonodistill.evaluation.head_circumference import head_circumference_mm
+    from sonodistill.evaluation.metrics import segmentation_metrics
+
+    if "mask" not in labels.columns:
+        raise SonoDistillError("the labels file has no 'mask' column (a segmentation model's predictions)")
+    has_spacing, has_hc = "pixel_size_mm" in labels.columns, "hc_mm" in labels.columns
+    if has_hc and not has_spacing:
+        raise SonoDistillError("the labels file has 'hc_mm' but no 'pixel_size_mm': HC needs the pixel size")
+    records, kept = [], []
+    for row, r in matched.pairs:
+        name = str(labels[column].iloc[row])
+        masks = r.get("masks") or []
+        if len(masks) != 1:
+            matched.errors.append((name, f"{len(masks)} predicted frames; score expects one mask per image"))
+            continue
+        try:
+            pred = _read_png(str(masks[0]["png"]), [Path.cwd(), predictions_dir])
+            truth = read_mask(_existing(str(labels["mask"].iloc[row]), [labels_dir, Path.cwd()])).astype(bool)
+        except DataError as exc:
+            matched.errors.append((name, str(exc)))
+            continue
+        if pred.shape != truth.shape:
+            matched.errors.append((name, f"predicted mask {pred.shape} and label mask {truth.shape} differ in size"))
+            continue
+        spacing = float(labels["pixel_size_mm"].iloc[row]) if has_spacing else 1.0
+        rec: dict[str, Any] = {"fold": 0, "index": row, "path": name, **segmentation_metrics(pred, truth, spacing)}
+        if has_hc:
+            true_hc, pred_hc = float(labels["hc_mm"].iloc[row]), head_circumference_mm(pred, spacing)
+            rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc))
+        records.append(rec)
+        kept.append((row, r))
+    matched.pairs = kept
+    frame = pd.DataFrame(records)
+    if not frame.empty:
+        frame.insert(3, "group", _groups(labels, frame["index"].tolist()))
+    return frame
+
+
+# ------------------------------------------------------------------------------------------- report
+def _cell(value: float, low: float, high: float, digits: int = 3) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    ci = f" [{low:.{digits}f}, {high:.{digits}f}]" if math.isfinite(low) else ""
+    return f"{value:.{digits}f}{ci}"
+
+
+def _coverage(matched: Matched, n_labels: int) -> list[str]:
+    lines = [f"{n_labels} labelled input(s): {len(matched.pairs)} scored, {len(matched.missing)} without a "
+             f"prediction, {len(matched.errors)} with a prediction that failed or could not be scored; "
+             f"{len(matched.unlabelled)} prediction(s) without a label (not scored).\n"]
+    if matched.missing:
+        lines += ["## Labelled inputs without a prediction\n"] + [f"- {m}" for m in matched.missing] + [""]
+    if matched.errors:
+        lines += ["## Predictions that failed or could not be scored\n"] + [f"- {m}: {e}" for m, e in matched.errors]
+        lines.append("")
+    return lines
+
+
+def _interval_text(n_groups: int | None, n_items: int, n_resamples: int, level: float, seed: int) -> str:
+    over = f"{n_groups} groups (labels column 'group')" if n_groups is not None else f"{n_items} items"
+    return (f"Cells: value on all scored items [{100 * level:g} % percentile bootstrap interval over {over}, "
+            f"{n_resamples} resamples, seed {seed}].\n")
+
+
+def score_classification(frame: pd.DataFrame, classes: list[str], out: Path, title: str, coverage: list[str],
+                         grouped: bool, n_resamples: int, level: float, seed: int) -> dict[str, Any]:
+    from sonodistill.evaluation.metrics import classification_metrics
+    from sonodistill.evaluation.paired import ALL_CLASSIFICATION_METRICS, bootstrap_intervals, classification_scorer
+    from sonodistill.evaluation.report import (
+        PER_CLASS_COLUMNS,
+        SUMMARY_COLUMNS,
+        confusion_markdown,
+        markdown_table,
+        plot_confusion_matrix,
+        plot_roc,
+        prob_columns,
+    )
+
+    y = frame["y_true"].to_numpy(np.int64)
+    probs = frame[prob_columns(classes)].to_numpy(np.float64)
+    metrics = classification_metrics(y, probs, classes)
+    intervals = bootstrap_intervals(classification_scorer(y, len(classes), ALL_CLASSIFICATION_METRICS), probs,
+                                    frame["group"].to_numpy() if grouped else None, n_resamples, level, seed)
+    ci = {i.metric: i for i in intervals}
+    n = len(frame)
+    summary = {f"{n} items": {m: _cell(metrics[m], ci[m].ci_low, ci[m].ci_high) for m in SUMMARY_COLUMNS}}
+    per_class = {c: {m: _cell(metrics[f"{m}/{c}"], math.nan, math.nan) for m in PER_CLASS_COLUMNS} for c in classes}
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{title}: confusion matrix", out / "confusion_matrix.png")
+    plot_roc(y, probs, classes, f"{title}: ROC one-vs-rest", out / "roc.png")
+    lines = [f"# {title}\n", *coverage,
+             _interval_text(intervals[0].n_groups if grouped else None, n, n_resamples, level, seed),
+             "## Summary\n", markdown_table({}, SUMMARY_COLUMNS, extra=summary),
+             "## Per class (one-vs-rest)\n", markdown_table({}, PER_CLASS_COLUMNS, extra=per_class, index_name="class"),
+             "## Confusion matrix\n", confusion_markdown(metrics["confusion_matrix"], classes),
+             "## Plots\n", "![confusion matrix](confusion_matrix.png)\n\n![ROC curves, one-vs-rest](roc.png)\n"]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return {"metrics": metrics, "intervals": {i.metric: i.as_dict() for i in intervals}}
+
+
+def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: list[str], grouped: bool, units: str,
+                       n_resamples: int, level: float, seed: int) -> dict[str, Any]:
+    from sonodistill.evaluation.paired import bootstrap_intervals, mean_scorer
+    from sonodistill.evaluation.report import markdown_table
+    from sonodistill.evaluation.segmentation_cv import HC_METRICS, METRICS
+
+    columns = METRICS + [c for c in HC_METRICS if c in frame.columns]
+    intervals = bootstrap_intervals(mean_scorer(columns), frame[columns].to_numpy(np.float64),
+                                    frame["group"].to_numpy() if grouped else None, n_resamples, level, seed)
+    undefined = {c: int(frame[c].isna().sum()) for c in columns}
+    cells = {i.metric: _cell(i.value, i.ci_low, i.ci_high) + (f" ({undefined[i.metric]} n/a)"
+                                                               if undefined[i.metric] else "") for i in intervals}
+    lines = [f"# {title}\n", *coverage,
+             _interval_text(intervals[0].n_groups if grouped else None, len(frame), n_resamples, level, seed),
+             f"Mean over items at the original image resolution; hd95 and asd in {units}; '(k n/a)' counts items "
+             "where a surface distance was undefined (exactly one mask empty), left out of that mean.\n",
+             markdown_table({}, columns, extra={f"{len(frame)} items": cells})]
+    if "hc_abs_err_mm" in columns:
+        lines.append("hc_abs_err_mm: |HC of the ellipse fitted (second moments) to the predicted mask - hc_mm|.\n")
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return {"units": units, "undefined": undefined, "intervals": {i.metric: i.as_dict() for i in intervals}}
+
+
+def score_predictions(predictions: str | Path, labels: str | Path, out: str | Path | None = None,
+                      merge: dict[str, list[str]] | None = None, n_resamples: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> tuple[Path, Matched]:
+    """Score a predictions JSON against a labels CSV; writes report.md, metrics.json, predictions.csv (+ plots)."""
+    from sonodistill.evaluation.report import _json_ready
+
+    payload = read_predictions_json(predictions)
+    table, column = read_labels(labels)
+    pred_path, labels_path = Path(predictions), Path(labels)
+    model = payload["model"] if isinstance(payload["model"], dict) else {}
+    tasks = {str(r.get("task")) for r in payload["results"] if "error" not in r and r.get("task")}
+    task = str(model.get("task") or (tasks.pop() if len(tasks) == 1 else ""))
+    if task not in ("classification", "segmentation"):
+        raise SonoDistillError(f"{predictions}: cannot tell the task (model.task = {model.get('task')!r})")
+    if merge and task != "classification":
+        raise ConfigError("--merge is for classification predictions")
+    matched = match_predictions(table, column, payload["results"], labels_path.parent, pred_path.parent)
+    out_dir = Path(out) if out else pred_path.with_name(pred_path.stem + "-score")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(str(model.get('source', 'model'))).name} on {labels_path.name}"
+    grouped = "group" in table.columns
+    if task == "classification":
+        classes = [str(c) for c in model.get("classes") or []]
+        if not classes:
+            raise SonoDistillError(f"{predictions}: model.classes is empty")
+        frame, classes = classification_frame(table, column, matched, classes, merge) if matched.pairs else (None,
+                                                                                                               classes)
+    else:
+        frame = segmentation_frame(table, column, matched, labels_path.parent, pred_path.parent)
+    if frame is None or frame.empty:
+        raise SonoDistillError(f"no labelled input of {labels} has a usable prediction in {predictions}: "
+                               f"{len(matched.missing)} without a prediction, {len(matched.errors)} failed")
+    frame.to_csv(out_dir / "predictions.csv", index=False)
+    coverage = _coverage(matched, len(table))
+    if task == "classification":
+        result = score_classification(frame, classes, out_dir, title, coverage, grouped, n_resamples, level, seed)
+    else:
+        units = "mm" if "pixel_size_mm" in table.columns else "px (original image pixels)"
+        result = score_segmentation(frame, out_dir, title, coverage, grouped, units, n_resamples, level, seed)
+    payload_out = {"title": title, "task": task, "predictions": str(pred_path), "labels": str(labels_path),
+                   "model": model, "classes": classes if task == "classification" else None,
+                   "counts": {"labelled": len(table), "scored": len(matched.pairs), "missing": len(matched.missing),
+                              "errors": len(matched.errors), "unlabelled_predictions": len(matched.unlabelled)},
+                   "missing": matched.missing, "errors": [{"input": i, "error": e} for i, e in matched.errors],
+                   "bootstrap": {"resamples": n_resamples, "level": level, "seed": seed,
+                                 "over": "groups" if grouped else "items"}, **result}
+    (out_dir / "metrics.json").write_text(json.dumps(_json_ready(payload_out), indent=2, allow_nan=False),
+                                          encoding="utf-8")
+    return out_dir, matched
+
+
+def _score(args: argparse.Namespace) -> int:
+    from sonodistill.evaluation.crossval import parse_merge
+
+    merge = parse_merge(args.merge) if args.merge else None
+    out, matched = score_predictions(args.predictions, args.labels, args.out, merge, args.resamples, args.level,
+                                     args.seed)
+    print((out / "report.md").read_text())
+    print(f"written: {out}/ (report.md, metrics.json, predictions.csv)")
+    incomplete = len(matched.missing) + len(matched.errors)
+    if incomplete:
+        print(f"error: {incomplete} labelled input(s) not scored ({len(matched.missing)} without a prediction, "
+              f"{len(matched.errors)} failed); listed in {out / 'report.md'}", file=sys.stderr)
+    return 1 if incomplete else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score `sonodistill predict` output against a labels CSV (same metrics as the "
+                                     "CV report, with bootstrap intervals)")
+    p.add_argument("predictions", help="JSON written by `sonodistill predict ... --out FILE`")
+    p.add_argument("--labels", required=True,
+                   help="CSV: path|input|file, and label (classification) or mask [+ pixel_size_mm, hc_mm] "
+                        "(segmentation); optional group")
+    p.add_argument("--merge", action="append", default=[], metavar="NEW=OLD1,OLD2",
+                   help="score with classes merged (probabilities summed), as `sonodistill eval --merge`")
+    p.add_argument("--out", help="output folder (default: PREDICTIONS-score/ beside the JSON)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.set_defaults(func=_score)

@@ -1,0 +1,213 @@
+"""`sonodistill score`: hand-made predictions with known metrics, coverage counting, merge, segmentation with
+HC, and predict -> score end to end on tiny run directories (classification videos, segmentation images)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sonodistill.evaluation.metrics import classification_metrics, segmentation_metrics
+from tests.test_compare_cli import sonodistill
+
+CLASSES = ["a", "b", "c"]
+
+
+def _result(name: str, probs: list[float]) -> dict:
+    return {"input": name, "task": "classification", "prediction": CLASSES[int(np.argmax(probs))],
+            "probabilities": dict(zip(CLASSES, probs))}
+
+
+def _write_json(path: Path, results: list[dict], task: str = "classification", classes: list[str] = CLASSES) -> Path:
+    path.write_text(json.dumps({"model": {"source": "runs/tiny", "task": task, "classes": classes},
+                                "results": results}))
+    return path
+
+
+@pytest.fixture
+def classification_case(tmp_path):
+    """12 labelled clips in 6 groups, predictions for 11 of them (one failed), plus one unlabelled prediction."""
+    rng = np.random.default_rng(0)
+    y = np.arange(12) % 3
+    probs = rng.dirichlet(np.ones(3), 12).round(4)
+    probs[:, 2] = 1 - probs[:, :2].sum(axis=1)
+    names = [f"clip{i:02d}.mp4" for i in range(12)]
+    results = [_result(f"videos/{n}", p.tolist()) for n, p in zip(names[:10], probs[:10])]
+    results.append({"input": f"videos/{names[10]}", "error": "videos/clip10.mp4: cannot decode"})
+    results.append(_result("videos/other.mp4", [0.2, 0.3, 0.5]))  # no label
+    pred = _write_json(tmp_path / "preds.json", results)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"file": names, "label": [CLASSES[k] for k in y],
+                  "group": [f"p{i // 2}" for i in range(12)]}).to_csv(labels, index=False)
+    return pred, labels, y, probs
+
+
+def test_classification_metrics_coverage_and_exit_code(classification_case, tmp_path, capsys):
+    pred, labels, y, probs = classification_case
+    out = tmp_path / "score"
+    assert sonodistill("score", pred, "--labels", labels, "--out", out, "--resamples", 300) == 1
+    captured = capsys.readouterr()
+    assert "2 labelled input(s) not scored (1 without a prediction, 1 failed)" in captured.err
+    report = (out / "report.md").read_text()
+    assert report in captured.out
+    assert ("12 labelled input(s): 10 scored, 1 without a prediction, 1 with a prediction that failed or could not "
+            "be scored; 1 prediction(s) without a label (not scored).") in report
+    assert "- clip11.mp4" in report and "- clip10.mp4: videos/clip10.mp4: cannot decode" in report
+    assert "bootstrap interval over 5 groups" in report  # p0..p4 hold the 10 scored clips
+    for name in ("confusion_matrix.png", "roc.png", "predictions.csv", "metrics.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["counts"] == {"labelled": 12, "scored": 10, "missing": 1, "errors": 1, "unlabelled_predictions": 1}
+    ref = classification_metrics(y[:10], probs[:10], CLASSES)
+    for m in ("accuracy", "balanced_accuracy", "f1", "roc_auc"):
+        assert meta["metrics"][m] == pytest.approx(ref[m]), m
+        ci = meta["intervals"][m]
+        assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["value"] == pytest.approx(ref[m])
+    assert meta["metrics"]["confusion_matrix"] == ref["confusion_matrix"]
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table.columns[:5]) == ["fold", "index", "path", "group", "y_true"]
+    assert table["y_true"].tolist() == y[:10].tolist()
+    assert f"| 10 items | {ref['accuracy']:.3f} [" in report
+
+
+def test_complete_labels_exit_zero_and_items_bootstrap_without_groups(classification_case, tmp_path):
+    pred, labels, *_ = classification_case
+    table = pd.read_csv(labels).iloc[:10].drop(columns="group")
+    table["file"] = [str(tmp_path / "videos" / f) for f in table["file"]]  # full paths match "videos/..." inputs
+    table.to_csv(tmp_path / "complete.csv", index=False)
+    out = tmp_path / "score"
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # predict ran here: its relative inputs resolve against this folder
+    try:
+        assert sonodistill("score", pred, "--labels", tmp_path / "complete.csv", "--out", out,
+                           "--resamples", 200) == 0
+    finally:
+        os.chdir(cwd)
+    assert "bootstrap interval over 10 items" in (out / "report.md").read_text()
+
+
+def test_merged_classes(classification_case, tmp_path):
+    pred, labels, y, probs = classification_case
+    out = tmp_path / "merged"
+    assert sonodistill("score", pred, "--labels", labels, "--out", out, "--merge", "a=a", "--merge", "bc=b,c",
+                       "--resamples", 100) == 1
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["classes"] == ["a", "bc"]
+    merged = np.stack([probs[:10, 0], probs[:10, 1:].sum(axis=1)], axis=1)
+    ref = classification_metrics((y[:10] > 0).astype(int), merged, ["a", "bc"])
+    assert meta["metrics"]["accuracy"] == pytest.approx(ref["accuracy"])
+    assert sonodistill("score", pred, "--labels", labels, "--merge", "a=a,b") == 2  # c is in no new class
+
+
+def test_label_errors_name_the_row(classification_case, tmp_path, capsys):
+    pred, labels, *_ = classification_case
+    table = pd.read_csv(labels)
+    table.loc[3, "label"] = "zebra"
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    assert sonodistill("score", pred, "--labels", tmp_path / "bad.csv", "--out", tmp_path / "o") == 2
+    assert "labels row 3: label 'zebra' is not a class of the model" in capsys.readouterr().err
+    table.drop(columns=["file"]).to_csv(tmp_path / "nocol.csv", index=False)
+    assert sonodistill("score", pred, "--labels", tmp_path / "nocol.csv") == 2
+    assert "no input column" in capsys.readouterr().err
+    assert sonodistill("score", tmp_path / "none.json", "--labels", labels) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def _png_uri(mask: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray((mask * 255).astype(np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def test_segmentation_dice_hc_and_unscorable_items(tmp_path):
+    (tmp_path / "masks").mkdir()
+    truths = [_disc(40, 50, 20, 25, 10), _disc(40, 50, 18, 22, 8), _disc(40, 50, 20, 25, 12)]
+    preds = [_disc(40, 50, 20, 27, 10), truths[1], _disc(30, 30, 15, 15, 5)]  # the last one has another size
+    for i, t in enumerate(truths):
+        Image.fromarray(t * 255).save(tmp_path / "masks" / f"im{i}.png")
+    results = [{"input": f"images/im{i}.png", "task": "segmentation",
+                "masks": [{"frame": 0, "png": _png_uri(p)}]} for i, p in enumerate(preds)]
+    results.append({"input": "images/im3.png", "task": "segmentation", "masks": []})
+    pred = _write_json(tmp_path / "preds.json", results, "segmentation", [])
+    pd.DataFrame({"path": [f"im{i}.png" for i in range(4)], "mask": [f"masks/im{i}.png" for i in range(4)],
+                  "pixel_size_mm": 0.5, "hc_mm": [31.4, 25.1, 37.7, 30.0]}).to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "score"
+    assert sonodistill("score", pred, "--labels", tmp_path / "labels.csv", "--out", out, "--resamples", 200) == 1
+    report = (out / "report.md").read_text()
+    assert "4 labelled input(s): 2 scored, 0 without a prediction, 2 with a prediction that failed" in report
+    assert "im2.png: predicted mask (30, 30) and label mask (40, 50) differ in size" in report
+    assert "im3.png: 0 predicted frames; score expects one mask per image" in report
+    table = pd.read_csv(out / "predictions.csv")
+    ref = [segmentation_metrics(p, t, 0.5) for p, t in zip(preds[:2], truths[:2])]
+    np.testing.assert_allclose(table["dice"], [r["dice"] for r in ref])
+    np.testing.assert_allclose(table["hd95"], [r["hd95"] for r in ref])
+    assert table["hc_abs_err_mm"].notna().all() and "hc_abs_err_mm" in report and "hd95 and asd in mm" in report
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["intervals"]["dice"]["value"] == pytest.approx(np.mean([r["dice"] for r in ref]))
+    assert math.isclose(meta["intervals"]["dice"]["ci_high"], 1.0)
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def test_predict_then_score_a_video_classifier(tmp_path, capsys):
+    from tests.serve.conftest import CLASSES as RUN_CLASSES
+    from tests.serve.conftest import make_run, synthetic_frames, write_video
+
+    run = make_run(tmp_path / "runs", size=32, num_frames=4)
+    for i in range(3):
+        write_video(tmp_path / "new" / f"clip{i}.mp4", synthetic_frames(t=6, h=48, w=64, seed=i))
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import predict_many
+
+    payload = predict_many(load_model(run), [tmp_path / "new"])
+    (tmp_path / "preds.json").write_text(json.dumps(payload))
+    pd.DataFrame({"path": [f"new/clip{i}.mp4" for i in range(3)],
+                  "label": RUN_CLASSES[:3]}).to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "score"
+    assert sonodistill("score", tmp_path / "preds.json", "--labels", tmp_path / "labels.csv", "--out", out,
+                       "--resamples", 100) == 0
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["counts"]["scored"] == 3 and meta["task"] == "classification"
+    assert "## Confusion matrix" in capsys.readouterr().out
+
+
+def test_predict_then_score_segmentation_masks(tmp_path, monkeypatch):
+    """Toy model (foreground where the image is > 0.5): predict's masks scored against the bright regions."""
+    from sonodistill import recipes
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_many
+
+    from tests.serve.conftest import make_run
+
+    monkeypatch.setitem(recipes.RECIPES, "toyseg", "tests.serve.conftest:ToySegRecipe")
+    run = make_run(tmp_path / "runs", recipe="toyseg", modality="image", size=32, crop_region=False)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = []
+    for i in range(4):
+        truth = _disc(64, 64, 30 + i, 32, 12 + i)
+        Image.fromarray((40 + 180 * truth).astype(np.uint8)).save(tmp_path / "images" / f"im{i}.png")
+        Image.fromarray(truth * 255).save(tmp_path / "masks" / f"im{i}.png")
+        rows.append({"file": f"im{i}.png", "mask": str(tmp_path / "masks" / f"im{i}.png"), "group": f"s{i // 2}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    payload = predict_many(load_model(run), [tmp_path / "images"], PredictOptions(mask_dir=tmp_path / "pred"))
+    (tmp_path / "preds.json").write_text(json.dumps(payload))
+    out = tmp_path / "score"
+    assert sonodistill("score", tmp_path / "preds.json", "--labels", tmp_path / "labels.csv", "--out", out,
+                       "--resamples", 100) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 4 and (table["dice"] > 0.9).all()  # 64 -> 32 -> 64 px loses a little at the outline
+    assert "hd95 and asd in px" in (out / "report.md").read_text()
