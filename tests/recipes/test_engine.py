@@ -241,3 +241,26 @@ def test_resume_of_a_run_that_never_started_says_so(tiny_carotid, tiny_overrides
         run_crossval(cfg, resume=True, manifest=tiny_carotid)
     assert f"--resume: {cfg.run_dir} holds no run yet (no config.yaml); starting it from scratch" in caplog.text
     assert (cfg.run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "dangling link"])
+def test_resume_from_a_damaged_checkpoint_names_the_file_and_what_to_do(tiny_carotid, tiny_overrides, damage):
+    from sonodistill.errors import CheckpointError
+
+    cfg = load_config(None, tiny_overrides + ["name=damaged", "train.epochs=1", "train.fold=0"])
+    run_crossval(cfg, manifest=tiny_carotid)
+    fold = cfg.run_dir / "fold_0"
+    (fold / "predictions.csv").unlink()  # fold 0 unfinished: --resume continues it from last.ckpt
+    last = fold / "checkpoints" / "last.ckpt"
+    target = last.resolve()
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "garbage":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 3: len(data) // 3 + 64] = b"\x00" * 64
+        target.write_bytes(bytes(data))
+    else:
+        target.unlink()
+    with pytest.raises(CheckpointError, match=rf"{last}: .*delete .*checkpoints.* or start a new run") as err:
+        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+    assert "Traceback" not in str(err.value)

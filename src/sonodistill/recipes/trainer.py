@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,32 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     return model
 
 
+def check_checkpoint(path: Path) -> None:
+    """Raise CheckpointError unless `path` is a complete, undamaged torch checkpoint (zip CRCs, pickle, tensors)."""
+    try:
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(f"it links to {path.readlink()}, which is missing")
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise ValueError(f"member {bad} fails its CRC check")
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # zipfile, OSError, pickle and torch errors alike: all mean "cannot resume from it"
+        raise CheckpointError(f"{path}: damaged checkpoint, cannot resume from it ({type(exc).__name__}: {exc}). "
+                              f"To retrain this fold from its start, delete {path.parent} (finished folds are kept) "
+                              "and run again with --resume; or start a new run with another --name") from exc
+
+
+def resume_checkpoint(fold_dir: Path, resume: bool, fold: int | str) -> str | None:
+    """The checkpoint a resumed fold continues from (checked), or None to train it from its start."""
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    if not resume or not (last.exists() or last.is_symlink()):
+        return None
+    check_checkpoint(last)
+    log.info("fold %s: resuming from %s", fold, last)
+    return str(last)
+
+
 def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback] | None = None,
                   **overrides: Any) -> L.Trainer:
     """A Lightning Trainer configured from the run config; checkpoints and logs under `fold_dir`."""
@@ -129,12 +156,7 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
     steps_per_epoch = max(1, n_batches // max(1, cfg.train.devices))
     recipe = get_recipe(cfg.recipe)(cfg, num_classes=len(manifest.classes), steps_per_epoch=steps_per_epoch)
     trainer = build_trainer(cfg, fold_dir, extra_callbacks, **trainer_overrides)
-    last = fold_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = None
-    if resume and last.is_file():
-        log.info("fold %d: resuming from %s", fold, last)
-        ckpt_path = str(last)
-    trainer.fit(recipe, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+    trainer.fit(recipe, train_dataloaders=train_loader, ckpt_path=resume_checkpoint(fold_dir, resume, fold))
     if trainer.world_size > 1:
         # Distributed prediction would shard the test fold; rank 0 predicts it whole on one device.
         if not trainer.is_global_zero:
