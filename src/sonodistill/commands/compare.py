@@ -231,7 +231,8 @@ def default_metrics(task: str, runs: list[ComparedRun]) -> list[str]:
 
 
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
-                 n_permutations: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[ComparedRun], pd.DataFrame]:
+                 n_permutations: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[list[ComparedRun], pd.DataFrame]:
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed."""
     from sonodistill.evaluation.paired import classification_scorer, mean_scorer, paired_comparison
 

@@ -306,7 +306,8 @@ def score_classification(frame: pd.DataFrame, classes: list[str], out: Path, tit
     n = len(frame)
     summary = {f"{n} items": {m: _cell(metrics[m], ci[m].ci_low, ci[m].ci_high) for m in SUMMARY_COLUMNS}}
     per_class = {c: {m: _cell(metrics[f"{m}/{c}"], math.nan, math.nan) for m in PER_CLASS_COLUMNS} for c in classes}
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{title}: confusion matrix", out / "confusion_matrix.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{title}: confusion matrix",
+                          out / "confusion_matrix.png")
     plot_roc(y, probs, classes, f"{title}: ROC one-vs-rest", out / "roc.png")
     lines = [f"# {title}\n", *coverage,
              _interval_text(intervals[0].n_groups if grouped else None, n, n_resamples, level, seed),
@@ -366,8 +367,9 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         classes = [str(c) for c in model.get("classes") or []]
         if not classes:
             raise SonoDistillError(f"{predictions}: model.classes is empty")
-        frame, classes = classification_frame(table, column, matched, classes, merge) if matched.pairs else (None,
-                                                                                                               classes)
+        frame = None
+        if matched.pairs:
+            frame, classes = classification_frame(table, column, matched, classes, merge)
     else:
         frame = segmentation_frame(table, column, matched, labels_path.parent, pred_path.parent)
     if frame is None or frame.empty:
