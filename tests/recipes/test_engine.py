@@ -23,8 +23,9 @@ def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
     for name in ("config.yaml", "manifest.csv", "folds.json", "predictions.csv", "report.md",
                  "confusion_matrix.png", "roc.png"):
         assert (run / name).is_file(), name
+    mode = (run / "config.yaml").stat().st_mode & 0o777
     for k in range(3):
-        assert (run / f"fold_{k}" / "model.safetensors").is_file()
+        assert (run / f"fold_{k}" / "model.safetensors").stat().st_mode & 0o777 == mode  # 0644 under umask 022
         assert (run / f"fold_{k}" / "checkpoints" / "last.ckpt").is_file()
         assert (run / f"fold_{k}" / "logs" / "metrics.csv").is_file()
     folds = json.loads((run / "folds.json").read_text())

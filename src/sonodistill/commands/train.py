@@ -51,6 +51,11 @@ def config_from_args(args: argparse.Namespace, recipe: str):
 def _train(args: argparse.Namespace) -> int:
     from sonodistill.evaluation.crossval import run_crossval
 
+    if args.resume and args.name is None:
+        from sonodistill.errors import ConfigError
+
+        raise ConfigError("--resume needs --name NAME: the run to continue is OUT/NAME (without --name a new, "
+                          "dated run name is made)")
     cfg = config_from_args(args, args.recipe)
     t0 = time.perf_counter()
     if args.ablation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,15 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
+    os.chmod(tmp, _file_mode())  # safetensors writes 0600; other run files are 0666 less the umask
     tmp.replace(path)
+
+
+def _file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
