@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "bench",
     "bedside",
     "annotate",
+    "compare",
+    "score",
 ]
 
 

@@ -126,8 +126,6 @@ def test_final_model_masks_are_in_the_geometry_of_the_cross_validation_masks(fin
     assert 0.05 < np.mean(fractions) < 0.95  # masks with an inside and an outside, not a constant
 
 
-@pytest.mark.xfail(strict=True, reason="serve/predict.py resizes the argmax mask (nearest); the CV evaluation "
-                                       "resizes probabilities (bilinear) then takes the argmax: outlines differ")
 def test_final_model_masks_equal_the_cross_validation_masks(final_masks):
     for path, got, want in final_masks:
         assert np.mean(got != want) <= 0.002, path  # a resize rounding at the outline at most

@@ -135,10 +135,15 @@ def preprocess_geometry(image_path: str | Path, cfg: "object") -> PreprocessGeom
     """The crop/resize/pad geometry that `preprocess_clip(read_clip(image_path), cfg)` applies.
 
     cfg: a `PreprocessConfig` (size, crop_region). Reads the image (the crop box may depend on its content)."""
-    from sonodistill.data.cache import crop_box
     from sonodistill.data.readers import read_clip
 
-    frames = read_clip(image_path, grayscale=True).frames
+    return geometry_from_frames(read_clip(image_path, grayscale=True).frames, cfg)
+
+
+def geometry_from_frames(frames: np.ndarray, cfg: "object") -> PreprocessGeometry:
+    """The crop/resize/pad geometry that preprocessing applies to decoded grey frames `T x H x W` (uint8)."""
+    from sonodistill.data.cache import crop_box
+
     h_full, w_full = frames.shape[1:3]
     y0, y1, x0, x1 = crop_box(frames, cfg)  # type: ignore[arg-type]
     h, w = y1 - y0, x1 - x0

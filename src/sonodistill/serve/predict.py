@@ -202,24 +202,6 @@ def classify(model: LoadedModel, item: PreparedInput, options: PredictOptions) -
     return out
 
 
-def unpreprocess_mask(mask: np.ndarray, frames: np.ndarray, model: LoadedModel) -> np.ndarray:
-    """A `S x S` label map in model geometry -> `H x W` in the original frame (inverse crop + resize_pad)."""
-    from PIL import Image
-
-    from sonodistill.data.cache import crop_box
-
-    s = int(model.preprocess.size)
-    y0, y1, x0, x1 = crop_box(frames, model.preprocess)
-    h, w = y1 - y0, x1 - x0
-    scale = s / max(h, w)
-    nh, nw = max(1, min(s, round(h * scale))), max(1, min(s, round(w * scale)))
-    top, left = (s - nh) // 2, (s - nw) // 2
-    inner = Image.fromarray(np.ascontiguousarray(mask[top : top + nh, left : left + nw], dtype=np.uint8))
-    full = np.zeros(frames.shape[1:3], dtype=np.uint8)
-    full[y0:y1, x0:x1] = np.asarray(inner.resize((w, h), Image.NEAREST))
-    return full
-
-
 def _png(arr: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -239,9 +221,12 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         raise SonoDistillError(f"segmentation model output has shape {probs.shape}, expected N x K x H x W")
     k = probs.shape[1]
     classes = model.classes if len(model.classes) == k else [str(i) for i in range(k)]
+    from sonodistill.evaluation.head_circumference import geometry_from_frames
+
+    geometry = geometry_from_frames(item.frames, model.preprocess)  # the CV evaluation's inverse geometry
     masks = []
     for i, p in enumerate(probs):
-        label = unpreprocess_mask(p.argmax(axis=0).astype(np.uint8), item.frames, model)
+        label = geometry.to_original(p).astype(np.uint8)  # bilinear probabilities back, then argmax
         fractions = np.bincount(label.ravel(), minlength=k)[:k] / label.size
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
         areas = dict(zip(classes, round_list(fractions, options.decimals)))
