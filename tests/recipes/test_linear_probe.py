@@ -84,3 +84,18 @@ def test_bad_options_are_config_errors(tmp_path):
         lp.probe_options(_cfg(tmp_path, tmp_path, **{"recipe_options.Cs": "[1]"}))
     with pytest.raises(ConfigError, match="val_fraction"):
         lp.probe_options(_cfg(tmp_path, tmp_path, **{"recipe_options.val_fraction": "0.7"}))
+
+
+def test_on_validation_scores_only_training_rows_of_each_fold(tmp_path, monkeypatch):
+    monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data, **{"recipe_options.on_validation": "true"})
+    run_crossval(cfg)
+    pred = pd.read_csv(cfg.run_dir / "predictions.csv")
+    folds = json.loads((cfg.run_dir / "folds.json").read_text())
+    choices = json.loads((cfg.run_dir / "probe_choices.json").read_text())
+    for fold in folds:
+        scored = set(pred.loc[pred["fold"] == fold["fold"], "index"])
+        assert scored and scored <= set(fold["train"]) and not scored & set(fold["test"])
+        assert len(scored) == choices[f"fold_{fold['fold']}"]["validation_rows"]
+    assert "VALIDATION" in (cfg.run_dir / "report.md").read_text()

@@ -2,6 +2,9 @@
 the run directory), then per fold a logistic regression is fitted, its strength C chosen on a grouped validation
 split inside the fold's training rows (never on the test fold).
 
+`recipe_options.on_validation: true` scores each fold's validation split instead of its test fold: the way to
+choose settings (size, crop, pooling) without reading a test fold.
+
 Images: the pooled embedding of each image. Videos: `data.num_frames` uniformly spaced frames through the frame
 encoder, pooled over time (`recipe_options.pool`: mean, or mean and max concatenated). The encoder is
 `model.backbone` (a frame backbone) started from `model.pretrained` (imagenet, or a PATH of our own pretraining).
@@ -29,11 +32,12 @@ from sonodistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FEATURES = "features.npz"
 DEFAULT_OPTIONS: dict[str, Any] = {
     "C_grid": [0.01, 0.03, 0.1, 0.3, 1.0],  # inverse L2 strengths tried on the validation split
     "val_fraction": 0.2,                   # grouped share of each fold's training rows used to choose C
     "pool": "mean",                        # videos: mean | meanmax over frames
+    "on_validation": False,                # score the validation split instead of the test fold (for choosing
+                                           # settings: the test fold is never read)
 }
 
 
@@ -82,20 +86,32 @@ def encode_manifest(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
 
 
 def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
-    """`encode_manifest`, stored as RUN/features.npz keyed by the model, data settings and rows (reused on resume)."""
-    path = cfg.run_dir / FEATURES
+    """`encode_manifest`, stored once per (model, data settings, rows) in `SONODISTILL_CACHE/features/` (or
+    `data.cache_dir/features/`), so a validation run and the test run of the same settings encode once."""
+    import hashlib
+
+    from sonodistill.recipes.data import default_cache_dir
+
     key = json.dumps({"model": cfg.to_dict()["model"], "size": cfg.data.size, "num_frames": cfg.data.num_frames,
-                      "crop_region": cfg.data.crop_region, "pool": probe_options(cfg)["pool"],
-                      "paths": manifest.paths}, sort_keys=True)
+                      "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
+                      "pool": probe_options(cfg)["pool"], "paths": manifest.paths}, sort_keys=True)
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    path = root / "features" / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
+    (cfg.run_dir / "features.json").write_text(json.dumps({"file": str(path), "key": json.loads(key)}, indent=1))
     if path.is_file():
-        z = np.load(path)
-        if str(z["key"]) == key:
-            return z["feats"]
-        log.warning("%s was computed with other settings; recomputing", path)
+        try:
+            z = np.load(path)
+            if str(z["key"]) == key:
+                return z["feats"]
+        except Exception as exc:  # a damaged cache entry is recomputed, and said so
+            log.warning("%s: unreadable features cache entry (%s); recomputing", path, exc)
     t0 = time.perf_counter()
     feats = encode_manifest(cfg, manifest)
     log.info("linear_probe: encoded %d items in %.0f s", len(manifest), time.perf_counter() - t0)
-    np.savez(path, feats=feats, key=np.array(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, feats=feats, key=np.array(key))
+    tmp.replace(path)
     return feats
 
 
@@ -159,6 +175,8 @@ class LinearProbeRecipe:
             c, scores = choose_C(feats, labels, fit, val, list(o["C_grid"]), len(manifest.classes), seed)
             choices[f"fold_{k}"] = {"C": c, "validation_balanced_accuracy": scores, "fit_rows": len(fit),
                                     "validation_rows": len(val)}
+            if o["on_validation"]:  # choosing settings: fit on the fit rows, score the validation rows
+                train, test = fit, val
             probs = linear_probe(feats[train], labels[train], feats[test], C=c, num_classes=len(manifest.classes),
                                  seed=seed)
             frame = pd.DataFrame({"fold": k, "index": test, "path": [manifest.paths[i] for i in test],
@@ -172,6 +190,7 @@ class LinearProbeRecipe:
         (run_dir / "probe_choices.json").write_text(json.dumps(choices, indent=1))
         (run_dir / "timing.json").write_text(json.dumps({"encode_s": encode_s,
                                                          "total_s": time.perf_counter() - t0}, indent=1))
+        scored = "VALIDATION splits of the training rows (test folds not read)" if o["on_validation"] else "test folds"
         return write_cv_report(run_dir, predictions, manifest.classes,
                                title=f"{cfg.name}: linear probe on frozen {cfg.model.backbone} "
-                                     f"({cfg.model.pretrained}) features, {cfg.data.spec}")
+                                     f"({cfg.model.pretrained}) features, {cfg.data.spec}, scored on {scored}")
