@@ -100,8 +100,12 @@ def test_lus_blues_counts(shared_data):
     # severity 3 merges the middle classes; b_lines is yes/no (counts from labels.csv)
     assert load_adapter("lus-blues", target="severity3").class_counts() == {"0": 101, "1-2": 144, "3": 42}
     assert load_adapter("lus-blues", target="b_lines").class_counts() == {"no": 107, "yes": 180}
+    # covid: the patient's PCR result on each video (157 positive videos of 26 patients, 130 of 24)
+    covid = load_adapter("lus-blues", target="covid")
+    assert covid.class_counts() == {"negative": 130, "positive": 157}
+    assert all(len(set(covid.labels[covid.groups == g])) == 1 for g in set(covid.groups))
     with pytest.raises(ConfigError, match="unknown target"):
-        load_adapter("lus-blues", target="covid")
+        load_adapter("lus-blues", target="cov")
 
 
 def test_lus_blues_group_is_patient(shared_data):

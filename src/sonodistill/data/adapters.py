@@ -132,12 +132,15 @@ LUS_TARGETS = {
     "severity3": ["0", "1-2", "3"],
     "b_lines": ["no", "yes"],
     "a_lines": ["no", "yes"],
+    "covid": ["negative", "positive"],   # cov_test (PCR), a patient label repeated on each of its videos
 }
 
 
 @register_adapter("lus-blues")
 def lus_blues(root: Path, target: str = "severity", **options: object) -> Manifest:
-    """COVID-BLUES lung videos: label from `target` (severity | severity3 | b_lines | a_lines), group = patient."""
+    """COVID-BLUES lung videos: label from `target` (severity | severity3 | b_lines | a_lines | covid), group =
+    patient. `covid` is the patient's PCR result on each of its videos: score it per patient with
+    `sonodistill eval RUN --per-group`."""
     _reject_options("lus-blues", options)
     if target not in LUS_TARGETS:
         raise ConfigError(f"lus-blues: unknown target '{target}'; choose one of {sorted(LUS_TARGETS)}")
@@ -149,6 +152,12 @@ def lus_blues(root: Path, target: str = "severity", **options: object) -> Manife
             raise ManifestError(f"lus-blues: severity_score {score.iloc[bad[0]]!r} not in 0..3", row=int(bad[0]))
         ints = score.astype(int)
         label = ints.astype(str) if target == "severity" else ints.map(_SEVERITY3)
+    elif target == "covid":
+        cov = t["cov_test"]
+        bad = np.flatnonzero(~cov.isin([0, 1]).to_numpy())
+        if len(bad):
+            raise ManifestError(f"lus-blues: cov_test {cov.iloc[bad[0]]!r} is not 0 or 1", row=int(bad[0]))
+        label = cov.astype(int).map({0: "negative", 1: "positive"})
     else:
         label = t[target].astype(str).str.strip().str.lower()
     table = pd.DataFrame(
