@@ -50,7 +50,7 @@ def test_probe_run_writes_a_cv_report_and_chooses_C_on_validation_rows_only(tmp_
     for fold in folds:
         ch = choices[f"fold_{fold['fold']}"]
         assert ch["fit_rows"] + ch["validation_rows"] == len(fold["train"])
-        assert float(ch["C"]) in [0.01, 0.03, 0.1, 0.3, 1.0]
+        assert float(ch["C"]) in [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     # features are reused: a second run with the same settings does not encode again
     monkeypatch.setattr(lp, "encode_manifest", lambda *a: pytest.fail("features were recomputed"))
     run_crossval(cfg, resume=True)

@@ -33,7 +33,7 @@ from sonodistill.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "C_grid": [0.01, 0.03, 0.1, 0.3, 1.0],  # inverse L2 strengths tried on the validation split
+    "C_grid": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],  # inverse L2 strengths tried on the validation split
     "val_fraction": 0.2,                   # grouped share of each fold's training rows used to choose C
     "pool": "mean",                        # videos: mean | meanmax over frames
     "on_validation": False,                # score the validation split instead of the test fold (for choosing
