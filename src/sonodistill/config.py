@@ -43,6 +43,7 @@ class ModelConfig:
     dropout: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str = "none"              # none | imagenet | PATH (run dir or safetensors of our own pretraining)
+    freeze_stages: int = 0                # partial finetuning: stem + first N stages fixed (EfficientNet encoders)
 
 
 @dataclass

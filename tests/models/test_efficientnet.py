@@ -158,3 +158,24 @@ def test_unet_with_pretrained_encoder():
         inference(torch.rand(1, 1, 48, 48))
     with pytest.raises(ConfigError, match="no pretrained weights"):
         SingleDecoderUNet(pretrained="imagenet")
+
+
+def test_freeze_stages_fixes_early_weights_and_batchnorm_statistics():
+    bb = build_backbone("efficientnet_lite0", width=1.0, pretrained="imagenet", freeze_stages=2).train()
+    net = bb.net
+    frozen, trained = net.blocks[net.stage_ends[1]], net.blocks[net.stage_ends[1] + 1]
+    assert not frozen.bn1.training and trained.bn1.training and not net.stem_bn.training
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.SGD([p for p in bb.parameters() if p.requires_grad], lr=0.1)
+    bb(torch.rand(2, 1, 64, 64)).pooled.sum().backward()
+    assert net.stem_conv.weight.grad is None and frozen.project_conv.weight.grad is None
+    opt.step()
+    after = net.state_dict()
+    assert torch.equal(before["stem_conv.weight"], after["stem_conv.weight"])
+    assert torch.equal(before[f"blocks.{net.stage_ends[1]}.bn1.running_mean"],
+                       after[f"blocks.{net.stage_ends[1]}.bn1.running_mean"])
+    assert not torch.equal(before["head_conv.weight"], after["head_conv.weight"])
+    with pytest.raises(ConfigError, match="freeze_stages must be in 0..4"):
+        build_backbone("efficientnet_lite0", width=1.0, freeze_stages=5)
+    with pytest.raises(ConfigError, match="does not support partial finetuning"):
+        build_backbone("resnet18_2d", width=0.25, freeze_stages=1)

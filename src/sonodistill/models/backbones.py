@@ -269,9 +269,10 @@ def _spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(name: str, in_channels: int = 1, width: float = 1.0, norm: str = "batch",
-                   pretrained: str = "none", **kwargs: Any) -> StagedBackbone:
+                   pretrained: str = "none", freeze_stages: int = 0, **kwargs: Any) -> StagedBackbone:
     """Build a registered backbone and initialise it from `pretrained` ('none', 'imagenet' or a PATH, see
-    `models/pretrained.py`; recorded as `backbone.pretrained_from`). Unknown names, norms, widths or keyword
+    `models/pretrained.py`; recorded as `backbone.pretrained_from`) and freeze its first `freeze_stages` stages
+    (partial finetuning). Unknown names, norms, widths or keyword
     arguments raise ConfigError; unusable weights raise CheckpointError."""
     spec = _spec(name)
     if not width > 0:
@@ -285,6 +286,10 @@ def build_backbone(name: str, in_channels: int = 1, width: float = 1.0, norm: st
         raise ConfigError(f"backbone '{name}': unknown option(s) {unknown}; allowed: {allowed}")
     backbone = spec.builder(in_channels, width, norm, **kwargs)
     backbone.pretrained_from = apply_pretrained(backbone, spec.imagenet, pretrained)
+    if freeze_stages:
+        if not hasattr(backbone, "freeze_stages"):
+            raise ConfigError(f"model.freeze_stages: backbone '{name}' does not support partial finetuning")
+        backbone.freeze_stages(int(freeze_stages))
     return backbone
 
 

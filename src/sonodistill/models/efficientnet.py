@@ -153,12 +153,33 @@ class EfficientNetLite(nn.Module):
         self.act = nn.ReLU6(inplace=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.frozen_blocks = 0  # stem + this many blocks are frozen (`freeze_stages`)
+
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the stem and the first `n` resolution stages (no gradient, BatchNorm statistics fixed)."""
+        if not 0 <= n < len(self.stage_ends) + 1:
+            raise ConfigError(f"model.freeze_stages must be in 0..{len(self.stage_ends)}, got {n}")
+        self.frozen_blocks = self.stage_ends[n - 1] + 1 if n else 0
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.stem_conv, self.stem_bn, *self.blocks[:self.frozen_blocks]] if self.frozen_blocks else []
+
+    def train(self, mode: bool = True) -> "EfficientNetLite":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()  # frozen stages keep their (ImageNet) BatchNorm statistics
+        return self
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.act(self.stem_bn(self.stem_conv(self.input(x))))
         stages = []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_blocks):
+            x = self.act(self.stem_bn(self.stem_conv(self.input(x))))
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_blocks):
+                x = block(x)
             if i in self.stage_ends:
                 stages.append(x)
         stages.append(self.act(self.head_bn(self.head_conv(x))))
@@ -193,6 +214,10 @@ class EfficientNetLiteBackbone(StagedBackbone):
             raise ValueError(f"{type(self).__name__} expects B x C x H x W, got shape {tuple(x.shape)}")
         stages = self.net.features(x)
         return StageOutputs(stages=stages, pooled=stages[-1].mean(dim=(2, 3)))
+
+    def freeze_stages(self, n: int) -> None:
+        """Partial finetuning: the stem and the first `n` stages stay fixed (see `EfficientNetLite`)."""
+        self.net.freeze_stages(n)
 
     def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
         """Load ImageNet weights (our key names, `models/pretrained.py`) strictly; the classifier is dropped."""
@@ -231,6 +256,10 @@ class VideoEfficientNetLite(StagedBackbone):
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         stages = [s.view(b, t, *s.shape[1:]).transpose(1, 2) for s in self.frames.net.features(frames)]
         return StageOutputs(stages=stages, pooled=stages[-1].flatten(2).mean(dim=2))
+
+    def freeze_stages(self, n: int) -> None:
+        """Partial finetuning: the stem and the first `n` stages of the frame network stay fixed."""
+        self.frames.freeze_stages(n)
 
     def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
         """ImageNet weights into the per-frame network (the shift has no parameters)."""

@@ -26,7 +26,7 @@ def build_classifier(cfg: RunConfig, num_classes: int, in_channels: int = 1, sta
 
     backbone = build_backbone(cfg.model.backbone, in_channels=in_channels, width=cfg.model.width,
                               norm=cfg.model.norm, pretrained=cfg.model.pretrained if start else "none",
-                              **cfg.model.kwargs)
+                              freeze_stages=cfg.model.freeze_stages, **cfg.model.kwargs)
     head = ClassificationHead(backbone.embed_dim, num_classes, dropout=cfg.model.dropout)
     return Classifier(backbone, head)
 
