@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from sonodistill.errors import ConfigError
 from sonodistill.models.efficientnet import EfficientNetLiteBackbone, VideoEfficientNetLite
 from sonodistill.models.pretrained import apply_pretrained
-from sonodistill.models.stages import StagedBackbone, StageOutputs
+from sonodistill.models.stages import StagedBackbone, StageOutputs, per_frame_stages
 from sonodistill.models.tsm import TemporalShift
 from sonodistill.models.vit import VIT_CONFIGS, VideoVisionTransformer, VisionTransformer, scaled_dim
 
@@ -141,14 +141,9 @@ class TSMResNet(StagedBackbone):
         self.embed_dim = self.frames.embed_dim
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
-        if x.dim() != 5:
-            raise ValueError(f"{type(self).__name__} expects B x C x T x H x W, got shape {tuple(x.shape)}")
-        b, c, t, h, w = x.shape
         for shift in self.shifts:
-            shift.num_frames = t
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
-        stages = [s.view(b, t, *s.shape[1:]).transpose(1, 2) for s in self.frames.trunk(frames)]
-        return StageOutputs(stages=stages, pooled=stages[-1].flatten(2).mean(dim=2))
+            shift.num_frames = x.shape[2] if x.dim() == 5 else 1  # a wrong shape is refused below
+        return per_frame_stages(x, self.frames.trunk)
 
 
 # ---------------------------------------------------------------- builders: (in_channels, width, norm, **kwargs)

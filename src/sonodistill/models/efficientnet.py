@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonodistill.errors import ConfigError
-from sonodistill.models.stages import StagedBackbone, StageOutputs
+from sonodistill.models.stages import StagedBackbone, StageOutputs, per_frame_stages
 from sonodistill.models.tsm import temporal_shift
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -248,14 +248,9 @@ class VideoEfficientNetLite(StagedBackbone):
         self.embed_dim = self.frames.embed_dim
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
-        if x.dim() != 5:
-            raise ValueError(f"{type(self).__name__} expects B x C x T x H x W, got shape {tuple(x.shape)}")
-        b, c, t, h, w = x.shape
         for block in self.shifted:
-            block.shift_frames = t
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
-        stages = [s.view(b, t, *s.shape[1:]).transpose(1, 2) for s in self.frames.net.features(frames)]
-        return StageOutputs(stages=stages, pooled=stages[-1].flatten(2).mean(dim=2))
+            block.shift_frames = x.shape[2] if x.dim() == 5 else 1  # a wrong shape is refused below
+        return per_frame_stages(x, self.frames.net.features)
 
     def freeze_stages(self, n: int) -> None:
         """Partial finetuning: the stem and the first `n` stages of the frame network stay fixed."""

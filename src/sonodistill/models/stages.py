@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -33,6 +33,17 @@ class StagedBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> StageOutputs:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def per_frame_stages(x: torch.Tensor, trunk: "Callable[[torch.Tensor], list[torch.Tensor]]") -> StageOutputs:
+    """Apply a 2D `trunk` (`N x C x H x W` -> stage maps) to every frame of `B x C x T x H x W`; the maps come back
+    as `B x C_i x T x H_i x W_i` and pooled is their last stage averaged over T, H, W."""
+    if x.dim() != 5:
+        raise ValueError(f"per-frame video backbone expects B x C x T x H x W, got shape {tuple(x.shape)}")
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    stages = [s.view(b, t, *s.shape[1:]).transpose(1, 2) for s in trunk(frames)]
+    return StageOutputs(stages=stages, pooled=stages[-1].flatten(2).mean(dim=2))
 
 
 class Classifier(nn.Module):
