@@ -85,6 +85,9 @@ def encode_manifest(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     return out
 
 
+_ENCODER_FIELDS = ("backbone", "width", "norm", "kwargs", "pretrained")  # what changes the frozen features
+
+
 def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     """`encode_manifest`, stored once per (model, data settings, rows) in `SONODISTILL_CACHE/features/` (or
     `data.cache_dir/features/`), so a validation run and the test run of the same settings encode once."""
@@ -92,7 +95,8 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
 
     from sonodistill.recipes.data import default_cache_dir
 
-    key = json.dumps({"model": cfg.to_dict()["model"], "size": cfg.data.size, "num_frames": cfg.data.num_frames,
+    model = {k: v for k, v in cfg.to_dict()["model"].items() if k in _ENCODER_FIELDS}
+    key = json.dumps({"model": model, "size": cfg.data.size, "num_frames": cfg.data.num_frames,
                       "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
                       "pool": probe_options(cfg)["pool"], "paths": manifest.paths}, sort_keys=True)
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
