@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import pytest
 import torch
 
@@ -48,7 +47,6 @@ def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
 _PARKED_DRIVER = """
 import json, sys, time
 from pathlib import Path
-import lightning as L
 import torch
 from sonodistill.config import load_config
 from sonodistill.data.manifest import Manifest

@@ -7,12 +7,14 @@ The recipes train in parallel processes (`--jobs`, default one per recipe up to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from concurrent.futures import ProcessPoolExecutor, wait
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import pandas as pd
@@ -26,15 +28,39 @@ DEMO_RECIPES = ["supervised", "dualdistill"]
 
 
 def _train_recipe(cfg: RunConfig, threads: int, manifest: Manifest) -> float:
-    """Cross-validate one recipe's config into its run directory with `threads` torch threads; returns seconds."""
+    """Cross-validate one recipe's config into its run directory with `threads` torch threads; returns seconds.
+
+    SIGTERM/SIGINT stop it cleanly (TrainingStopped), here or in a worker process."""
     import torch
 
     from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.recipes.trainer import stop_on_signals
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    run_crossval(cfg, resume=True, manifest=manifest, enable_progress_bar=False)
+    with stop_on_signals():
+        run_crossval(cfg, resume=True, manifest=manifest, enable_progress_bar=False)
     return time.perf_counter() - t0
+
+
+def _train_in_parallel(cfgs: list[RunConfig], jobs: int, threads: int, manifest: Manifest) -> list[float]:
+    """`_train_recipe` for each config in `jobs` spawned processes; returns their seconds.
+
+    A stop request here (SIGTERM/SIGINT) is passed on to every worker, which stops at its next training step;
+    the workers are then ended and TrainingStopped is raised: no worker outlives this call."""
+    from sonodistill.recipes.trainer import STOP, TrainingStopped, stop_on_signals
+
+    with stop_on_signals(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_train_recipe, cfg, threads, manifest) for cfg in cfgs]
+        while wait(futures, timeout=0.5).not_done and STOP.signum is None:
+            pass
+        if STOP.signum is not None:
+            for worker in active_children():  # the pool's processes
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, STOP.signum)  # type: ignore[arg-type]
+            wait(futures)
+            raise TrainingStopped(STOP.signum, f" (passed on to {len(futures)} worker process(es), all ended)")
+        return [f.result() for f in futures]  # a failed recipe re-raises its error here
 
 
 def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | None = None) -> Path:
@@ -58,9 +84,7 @@ def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | No
     if jobs == 1:
         seconds = [_train_recipe(cfgs[r], threads, manifest) for r in recipes]
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_train_recipe, cfgs[r], threads, manifest) for r in recipes]
-            seconds = [f.result() for f in futures]  # a failed recipe re-raises its error here
+        seconds = _train_in_parallel([cfgs[r] for r in recipes], jobs, threads, manifest)
     frames = [pd.read_csv(cfgs[r].run_dir / "predictions.csv").assign(model=r) for r in recipes]
     write_cv_report(out, pd.concat(frames, ignore_index=True), manifest.classes,
                     title="sonodistill demo: synthetic carotid plaque, 3-fold grouped CV")
@@ -74,8 +98,16 @@ def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | No
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from sonodistill.recipes.trainer import TrainingStopped, stop_on_signals
+
     t0 = time.perf_counter()
-    report = run_demo(Path(args.out), args.recipes or DEMO_RECIPES, args.overrides, args.jobs)
+    with stop_on_signals():
+        try:
+            report = run_demo(Path(args.out), args.recipes or DEMO_RECIPES, args.overrides, args.jobs)
+        except TrainingStopped as stop:
+            print(f"sonodistill demo: {stop}. Finished folds and checkpoints are kept under {args.out}; run the same "
+                  "command again to continue (the demo resumes by itself).", file=sys.stderr)
+            return 128 + stop.signum
     print(report.read_text())
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; run directories and plots under {args.out}")
     return 0

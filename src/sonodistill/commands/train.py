@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from sonodistill.config import load_config, packaged_config
+from sonodistill.config import RunConfig, load_config, packaged_config
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sonodistill.evaluation.crossval import run_crossval
+    """Train (CV, or the ablation rows); SIGTERM/SIGINT stop it cleanly with exit status 128 + signal number."""
+    from sonodistill.recipes.trainer import TrainingStopped, stop_on_signals
 
     if args.resume and args.name is None:
         from sonodistill.errors import ConfigError
@@ -57,6 +59,18 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --name NAME: the run to continue is OUT/NAME (without --name a new, "
                           "dated run name is made)")
     cfg = config_from_args(args, args.recipe)
+    with stop_on_signals():
+        try:
+            return _run_training(args, cfg)
+        except TrainingStopped as stop:
+            print(f"sonodistill train: {stop}. Finished folds are kept in {cfg.run_dir}. To continue, run the "
+                  f"same command again with --resume (same --name {cfg.name} and options).", file=sys.stderr)
+            return 128 + stop.signum
+
+
+def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from sonodistill.evaluation.crossval import run_crossval
+
     t0 = time.perf_counter()
     if args.ablation:
         from sonodistill.errors import ConfigError

@@ -202,7 +202,10 @@ def fit_folds(cfg: RunConfig, folds: list[tuple[np.ndarray, np.ndarray]], resume
     wanted = range(len(folds)) if cfg.train.fold is None else [cfg.train.fold]
     frames: list[pd.DataFrame] = []
     times: dict[int, float] = {}
+    from sonodistill.recipes.trainer import STOP
+
     for k in wanted:
+        STOP.check(f" before fold {k}")
         fold_dir = cfg.run_dir / f"fold_{k}"
         pred_file = fold_dir / PREDICTIONS
         if resume and pred_file.exists():

@@ -117,7 +117,7 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     import lightning as L
 
     from sonodistill.recipes import get_recipe
-    from sonodistill.recipes.trainer import build_trainer, resume_checkpoint
+    from sonodistill.recipes.trainer import build_trainer, fit
 
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.train.seed + fold
@@ -134,7 +134,7 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     recipe = recipe_cls(cfg, num_classes=SEGMENTATION_CLASSES, steps_per_epoch=_steps_per_epoch(cfg, iterations))
     overrides = {"use_distributed_sampler": False, **trainer_overrides}  # the two-stream sampler shards by rank
     trainer = build_trainer(cfg, fold_dir, extra_callbacks, **overrides)
-    trainer.fit(recipe, train_dataloaders=loader, ckpt_path=resume_checkpoint(fold_dir, resume, fold))
+    fit(trainer, recipe, loader, fold_dir, resume, fold)
     if not trainer.is_global_zero:
         return None
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir, options)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import numpy as np
@@ -18,13 +21,104 @@ from safetensors.torch import load_file, save_file
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
-from sonodistill.errors import CheckpointError
+from sonodistill.errors import CheckpointError, SonoDistillError
 from sonodistill.recipes import get_recipe
 from sonodistill.recipes.data import build_dataset, make_loader
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
+
+
+class TrainingStopped(SonoDistillError):
+    """Training stopped on SIGTERM or SIGINT between two steps; the checkpoints of finished epochs are kept."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        self.signum, self.where = int(signum), where
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}{where}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: the demo's worker processes send it back
+        return type(self), (self.signum, self.where)
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT while `stop_on_signals()` is active; training checks it between steps and folds."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.active = False
+
+    def check(self, where: str = "") -> None:
+        """Raise TrainingStopped if a stop was requested."""
+        if self.signum is not None:
+            raise TrainingStopped(self.signum, where)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """Stop at the next step boundary (never inside a step or a checkpoint write); repeats are ignored."""
+        if self.signum is None:
+            self.signum = signum
+            log.warning("%s received: stopping after the current training step", signal.Signals(signum).name)
+
+
+STOP = StopRequest()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGTERM and SIGINT request a clean stop (`STOP`) instead of ending the process.
+
+    Re-entrant; outside the main thread (where Python cannot handle signals) it does nothing."""
+    if STOP.active or threading.current_thread() is not threading.main_thread():
+        yield STOP
+        return
+    previous = {s: signal.signal(s, STOP.handle) for s in STOP_SIGNALS}
+    STOP.signum, STOP.active = None, True
+    try:
+        yield STOP
+    finally:
+        STOP.active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class StopOnSignal(Callback):
+    """Ends `fit` with TrainingStopped at the first step boundary after a stop request (see `stop_on_signals`).
+
+    The partial epoch is dropped: resuming from the last epoch-end checkpoint keeps the resumed run exact."""
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if STOP.signum is None:
+            return
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        kept = (f"{last} (end of epoch {trainer.current_epoch - 1}) is kept" if last.exists()
+                else "no epoch had finished, nothing to keep")
+        STOP.check(f" in {Path(trainer.default_root_dir).name} at step {trainer.global_step} of epoch "
+                   f"{trainer.current_epoch}: {kept}")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._check(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)  # after the checkpoint callbacks: this epoch's checkpoint is kept
+
+
+def fit(trainer: L.Trainer, recipe: L.LightningModule, loader: Any, fold_dir: Path, resume: bool,
+        fold: int | str) -> None:
+    """`trainer.fit`, continuing from the fold's checked last.ckpt when resuming; a stop request ends it with
+    TrainingStopped (also when Lightning's own SIGTERM handling ends the epoch loop first)."""
+    try:
+        trainer.fit(recipe, train_dataloaders=loader, ckpt_path=resume_checkpoint(fold_dir, resume, fold))
+    except SystemExit as exc:  # Lightning's SIGTERMException, raised after an epoch's checkpoint
+        if STOP.signum is None:
+            raise
+        raise TrainingStopped(STOP.signum, f" in {fold_dir.name} after epoch {trainer.current_epoch - 1}: its "
+                                           "checkpoint is kept") from exc
 
 
 class SaveInferenceWeights(Callback):
@@ -123,7 +217,7 @@ def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback
     # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
     ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
-    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch()]
+    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal()]
     callbacks += list(extra_callbacks or [])
     kwargs: dict[str, Any] = dict(
         max_epochs=cfg.train.epochs,
@@ -165,7 +259,7 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
     steps_per_epoch = max(1, n_batches // max(1, cfg.train.devices))
     recipe = get_recipe(cfg.recipe)(cfg, num_classes=len(manifest.classes), steps_per_epoch=steps_per_epoch)
     trainer = build_trainer(cfg, fold_dir, extra_callbacks, **trainer_overrides)
-    trainer.fit(recipe, train_dataloaders=train_loader, ckpt_path=resume_checkpoint(fold_dir, resume, fold))
+    fit(trainer, recipe, train_loader, fold_dir, resume, fold)
     if trainer.world_size > 1:
         # Distributed prediction would shard the test fold; rank 0 predicts it whole on one device.
         if not trainer.is_global_zero:
