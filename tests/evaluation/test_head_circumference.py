@@ -107,3 +107,21 @@ def test_real_hc18_ground_truth_masks_give_hc_within_1_5_mm(shared_data):
         spacing = g.mm_per_pixel(float(sub.table["pixel_size_mm"].iloc[i]))
         errors.append(abs(head_circumference_mm(mask, spacing) - float(sub.table["target"].iloc[i])))
     assert np.mean(errors) < 1.5, errors
+
+
+def test_contour_fit_recovers_axes_and_angle_of_a_rotated_ellipse():
+    from sonodistill.evaluation.head_circumference import fit_ellipse_contour
+
+    yy, xx = np.mgrid[0:200, 0:240].astype(float)
+    a, b, t = 80.0, 50.0, math.radians(30)
+    u = (xx - 120) * math.cos(t) + (yy - 100) * math.sin(t)
+    v = -(xx - 120) * math.sin(t) + (yy - 100) * math.cos(t)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+    e = fit_ellipse_contour(mask, (0.5, 0.25))  # mm per pixel (y, x): the fit is in millimetres
+    assert e is not None
+    ref = fit_ellipse_contour(mask)
+    assert ref.a == pytest.approx(a, rel=0.01) and ref.b == pytest.approx(b, rel=0.01)
+    assert math.cos(2 * (ref.angle - t)) == pytest.approx(1.0, abs=1e-3)  # axis direction (mod pi)
+    assert e.center == pytest.approx((100 * 0.5, 120 * 0.25), rel=0.01)
+    assert fit_ellipse_contour(np.zeros((10, 10), bool)) is None
+    assert math.isnan(head_circumference_mm(np.zeros((10, 10), bool), 0.1))

@@ -1,10 +1,11 @@
 """Head circumference (HC18) from a segmentation mask, and the geometry that maps model-resolution masks back.
 
-The ellipse is fitted by **second moments of the filled region**: the largest connected component of the mask
-(holes filled) is treated as a uniform filled ellipse, whose covariance of pixel centres is `R diag(a^2/4, b^2/4) R^T`
-in physical units, so the semi-axes are `a = 2 sqrt(l1)`, `b = 2 sqrt(l2)` from the covariance eigenvalues
-`l1 >= l2`. HC is Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` in mm. Pixel spacing may differ per
-axis (resize factors after preprocessing), which the covariance handles exactly: `Cov_mm = S Cov_px S`.
+HC is measured as the HC18 annotators did, on the head's outline: the ellipse is fitted by **least squares to the
+outer contour** of the largest connected component of the mask (holes filled; scikit-image's `find_contours` at the
+0.5 level and `EllipseModel`), in physical units (pixel spacing may differ per axis after resizing), and HC is
+Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` of its semi-axes, in mm. An empty mask, or a contour no
+ellipse fits, gives NaN: a failure to count, not a number. `fit_ellipse_moments` (the second moments of the filled
+region, the method used before) is kept for comparison: it under-reads heads whose mask is not a full ellipse.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "ramanujan_perimeter",
     "largest_component",
     "fit_ellipse_moments",
+    "fit_ellipse_contour",
     "head_circumference_mm",
     "PreprocessGeometry",
     "preprocess_geometry",
@@ -90,11 +92,35 @@ def fit_ellipse_moments(mask: np.ndarray, spacing: float | Sequence[float] = 1.0
     return Ellipse((cy, cx), 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), float(math.atan2(major[1], major[0])))
 
 
+def fit_ellipse_contour(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> Ellipse | None:
+    """Least-squares ellipse through the outer contour of the largest component of an H x W mask, in units of
+    `spacing` ((sy, sx) or one value per pixel). None when the mask is empty or no ellipse fits."""
+    from skimage.measure import EllipseModel, find_contours
+
+    sy, sx = _spacing(spacing)
+    region = largest_component(mask)
+    if not region.any():
+        return None
+    contour = max(find_contours(np.pad(region, 1).astype(np.float64), 0.5), key=len) - 1.0  # (row, col)
+    if len(contour) < 5:
+        return None
+    model = EllipseModel.from_estimate(np.stack([contour[:, 1] * sx, contour[:, 0] * sy], axis=1))
+    if not model:
+        return None
+    (cx, cy), axes, theta = model.center, model.axis_lengths, float(model.theta)
+    a, b = float(max(axes)), float(min(axes))
+    if not (math.isfinite(a) and math.isfinite(b) and b > 0):
+        return None
+    angle = theta if axes[0] >= axes[1] else theta + math.pi / 2
+    return Ellipse((float(cy), float(cx)), a, b, float(angle))
+
+
 def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float]) -> float:
-    """HC in mm of an H x W head mask whose pixels measure `pixel_size_mm` ((sy, sx) mm, or one value); NaN if empty.
+    """HC in mm of an H x W head mask whose pixels measure `pixel_size_mm` ((sy, sx) mm, or one value), from the
+    ellipse fitted to its outer contour; NaN if the mask is empty or no ellipse fits (a failure, to be counted).
 
     For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor)."""
-    ellipse = fit_ellipse_moments(mask, pixel_size_mm)
+    ellipse = fit_ellipse_contour(mask, pixel_size_mm)
     return math.nan if ellipse is None else ellipse.perimeter
 
 
