@@ -8,14 +8,9 @@ import sys
 
 import pytest
 
-from sonodistill.data.text import (
-    ALPHABET,
-    SPECIAL_TOKENS,
-    TextTokenizer,
-    learn_wordpiece_vocab,
-    normalise_text,
-)
+from sonodistill.data.text import SPECIAL_TOKENS, TextTokenizer, learn_wordpiece_vocab
 from sonodistill.errors import ConfigError, DataError
+from sonodistill.knowledge.normalise import ALPHABET, normalise_text
 
 CORPUS = [
     "Small sub pleural consolidation, high compression --> low quality images; B-lines 1-2 (can occur)",

@@ -1,44 +1,22 @@
-"""Report text: normalisation and a WordPiece tokenizer trained offline on a corpus (`tokenizers` library).
+"""Report text: a WordPiece tokenizer trained offline on a corpus (`tokenizers` library).
 
-`normalise_text` makes the exact string the tokenizer sees: accents stripped, lower case, characters outside
-`ALPHABET` replaced by spaces, punctuation split off as separate words, hyphens kept only inside words
-("b-lines", "1-2"), listed misspellings corrected word by word, single spaces. Because the tokenizer splits on
-whitespace only and its alphabet covers every character that survives normalisation, decoding an encoding
-gives the normalised text back (up to truncation).
+The tokenizer sees `normalise_text(text)` (`sonodistill.knowledge.normalise`, shared with the knowledge graphs'
+entity forms). Because the tokenizer splits on whitespace only and its alphabet covers every character that
+survives normalisation, decoding an encoding gives the normalised text back (up to truncation).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sonodistill.errors import ConfigError, DataError
+from sonodistill.knowledge.normalise import ALPHABET, normalise_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
-PUNCTUATION = ".,;:!?()[]/+'\"%<>=&*"
-ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-" + PUNCTUATION
-
-_DROP = re.compile("[^a-z0-9\\-\\s" + re.escape(PUNCTUATION) + "]")
-_LONE_HYPHEN = re.compile(r"(?<![a-z0-9])-|-(?![a-z0-9])")
-_PUNCT = re.compile("([" + re.escape(PUNCTUATION) + "])")
-
-
-def normalise_text(text: str, spelling: Mapping[str, str] | None = None) -> str:
-    """Canonical form of a report: see the module docstring. `spelling` maps a word to its correction."""
-    t = unicodedata.normalize("NFKD", str(text))
-    t = "".join(c for c in t if not unicodedata.combining(c)).lower()
-    t = _DROP.sub(" ", t)
-    t = _LONE_HYPHEN.sub(" ", t)
-    t = _PUNCT.sub(r" \1 ", t)
-    words = t.split()
-    if spelling:
-        words = [spelling.get(w, w) for w in words]
-    return " ".join(words)
 
 
 def text_words(text: str, spelling: Mapping[str, str] | None = None) -> list[str]:

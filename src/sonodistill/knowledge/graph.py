@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sonodistill.data.text import normalise_text
+from sonodistill.knowledge.normalise import normalise_text
 from sonodistill.errors import ConfigError
 
 RELATIONS = ("occurs_in", "located_at", "described_by", "associated_with")
