@@ -15,7 +15,8 @@ from sonodistill.data.readers import read_clip
 from sonodistill.errors import CheckpointError, ConfigError
 from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import load_weights
-from sonodistill.serve.loading import load_model, member_dirs, register_model_kind
+from sonodistill.serve.kinds import register_model_kind
+from sonodistill.serve.loading import load_model, member_dirs
 from sonodistill.serve.predict import (
     PredictOptions,
     expand_inputs,
@@ -146,9 +147,9 @@ def test_segmentation_kind_writes_masks_in_original_geometry(tmp_path, toyseg_re
 
 
 def test_register_model_kind_for_a_new_task(tmp_path, toyseg_recipe, monkeypatch):
-    from sonodistill.serve import loading
+    from sonodistill.serve import kinds
 
-    monkeypatch.setattr(loading, "_KINDS", dict(loading._KINDS))
+    monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
     register_model_kind("segmentation", lambda model, item, options: {"findings": ["pleural line"],
                                                                         "description": f"{item.clip.shape[0]} frame"})
     run = make_run(tmp_path, recipe=toyseg_recipe, folds=1)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- predict
 def _predict(args: argparse.Namespace) -> int:
     from sonodistill.serve.loading import load_model
-    from sonodistill.serve.predict import PredictOptions, predict_many
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.predict import predict_many
 
     model = load_model(args.model, members=args.members, threads=args.threads)
     options = PredictOptions(stride=args.stride, clip_mode=args.clip_mode, batch_size=args.batch_size,
@@ -98,7 +99,8 @@ def _explain(args: argparse.Namespace) -> int:
     from sonodistill.explain.gradcam import grad_cam
     from sonodistill.explain.overlay import overlay, write_gif, write_strip
     from sonodistill.serve.loading import load_run, recipe_explainers
-    from sonodistill.serve.predict import PredictOptions, clip_heatmaps, predict_prepared, prepare, read_input
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
 
     model = load_run(args.run_dir, members=args.members)
     if model.task != "classification":

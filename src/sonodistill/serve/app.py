@@ -130,7 +130,8 @@ def _gif_frames(n: int) -> np.ndarray:
 def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: bool = True) -> dict[str, Any]:
     """Prediction, score plot (SVG) and the clip as a GIF (Grad-CAM overlay when possible) for one file."""
     from sonodistill.explain.overlay import gif_bytes, overlay
-    from sonodistill.serve.predict import PredictOptions, clip_heatmaps, predict_prepared, prepare, read_input
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
 
     t0 = time.perf_counter()
     item = prepare(model, read_input(path), display_name)

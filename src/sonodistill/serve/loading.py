@@ -1,8 +1,7 @@
-"""Load a servable model from a run directory or an export folder; the model-kind registry.
+"""Load a servable model from a run directory or an export folder.
 
-A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification").
-Each task is a *model kind*: how its inference model is built and how a prediction is turned into JSON.
-Other recipes extend this with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
+A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification"); how a
+task's inference model is built comes from its model kind (`sonodistill.serve.kinds`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -22,48 +21,13 @@ from sonodistill.config import RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from sonodistill.serve.predict import PreparedInput, PredictOptions
+from sonodistill.serve.kinds import get_model_kind
 
 log = logging.getLogger(__name__)
 
 EXPORT_META = "sonodistill-model.json"
 WEIGHTS = "model.safetensors"
 InputKind = Literal["video", "frame"]
-
-
-# ------------------------------------------------------------------------------------------- registry
-@dataclass
-class ModelKind:
-    """One task's serving behaviour.
-
-    predict: `(model, prepared_input, options) -> dict` (JSON-ready) for one input file.
-    build: `(cfg, manifest) -> nn.Module` inference model with the run's architecture (weights loaded after);
-        None: the recipe class must define `build_inference_model(cfg, manifest)`.
-    """
-
-    task: str
-    predict: Callable[["LoadedModel", "PreparedInput", "PredictOptions"], dict[str, Any]]
-    build: Callable[[RunConfig, Manifest], nn.Module] | None = None
-
-
-_KINDS: dict[str, ModelKind] = {}
-
-
-def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
-                        build: Callable[[RunConfig, Manifest], nn.Module] | None = None) -> None:
-    """Register (or replace) how models of `task` are built and how their predictions become JSON."""
-    _KINDS[task] = ModelKind(task, predict, build)
-
-
-def get_model_kind(task: str) -> ModelKind:
-    """The registered kind for `task` (the built-in kinds are registered by `sonodistill.serve.predict`)."""
-    importlib.import_module("sonodistill.serve.predict")  # registers classification and segmentation
-    if task not in _KINDS:
-        raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
-                          "A recipe adds one with sonodistill.serve.loading.register_model_kind(...)")
-    return _KINDS[task]
 
 
 def recipe_task(recipe: str) -> str:

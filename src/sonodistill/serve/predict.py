@@ -14,7 +14,6 @@ import inspect
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,43 +23,13 @@ import torch
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
 from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, Video, read_clip, read_image
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
-from sonodistill.serve.loading import LoadedModel, get_model_kind, register_model_kind
+from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
+from sonodistill.serve.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
 SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS + DICOM_EXTENSIONS + IMAGE_EXTENSIONS
-CLIP_MODES = ("windows", "uniform")
-
-
-@dataclass
-class PredictOptions:
-    """stride: window step in frames (None: T // 2); batch_size: windows per forward pass;
-    mask_dir: segmentation masks are written there as PNG (None: inline `data:image/png;base64` URIs)."""
-
-    stride: int | None = None
-    clip_mode: str = "windows"
-    batch_size: int = 8
-    mask_dir: Path | None = None
-    decimals: int = 6
-
-    def __post_init__(self) -> None:
-        if self.clip_mode not in CLIP_MODES:
-            raise ConfigError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
-        if self.stride is not None and self.stride < 1:
-            raise ConfigError(f"stride must be >= 1, got {self.stride}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass
-class PreparedInput:
-    """One input: display name, raw uint8 `T x H x W` frames, preprocessed uint8 `T x S x S` clip, fps."""
-
-    name: str
-    frames: np.ndarray
-    clip: np.ndarray
-    fps: float | None
 
 
 # ------------------------------------------------------------------------------------------- inputs

@@ -1,0 +1,84 @@
+"""The model-kind registry: for each task, how its inference model is built and how a prediction becomes JSON.
+
+A run's task comes from its recipe (`task` class attribute, default "classification"). The built-in kinds
+("classification", "segmentation") are registered by `sonodistill.serve.predict`, imported on first look-up;
+other recipes add theirs with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
+
+CLIP_MODES = ("windows", "uniform")
+
+
+@dataclass
+class PredictOptions:
+    """stride: window step in frames (None: T // 2); batch_size: windows per forward pass;
+    mask_dir: segmentation masks are written there as PNG (None: inline `data:image/png;base64` URIs)."""
+
+    stride: int | None = None
+    clip_mode: str = "windows"
+    batch_size: int = 8
+    mask_dir: Path | None = None
+    decimals: int = 6
+
+    def __post_init__(self) -> None:
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.stride is not None and self.stride < 1:
+            raise ConfigError(f"stride must be >= 1, got {self.stride}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PreparedInput:
+    """One input: display name, raw uint8 `T x H x W` frames, preprocessed uint8 `T x S x S` clip, fps."""
+
+    name: str
+    frames: np.ndarray
+    clip: np.ndarray
+    fps: float | None
+
+
+@dataclass
+class ModelKind:
+    """One task's serving behaviour.
+
+    predict: `(model, prepared_input, options) -> dict` (JSON-ready) for one input file.
+    build: `(cfg, manifest) -> nn.Module` inference model with the run's architecture (weights loaded after);
+        None: the recipe class must define `build_inference_model(cfg, manifest)`.
+    """
+
+    task: str
+    predict: Callable[..., dict[str, Any]]  # (LoadedModel, PreparedInput, PredictOptions) -> dict
+    build: Callable[[RunConfig, Manifest], nn.Module] | None = None
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
+                        build: Callable[[RunConfig, Manifest], nn.Module] | None = None) -> None:
+    """Register (or replace) how models of `task` are built and how their predictions become JSON."""
+    _KINDS[task] = ModelKind(task, predict, build)
+
+
+def get_model_kind(task: str) -> ModelKind:
+    """The registered kind for `task` (the built-in kinds are registered by `sonodistill.serve.predict`)."""
+    importlib.import_module("sonodistill.serve.predict")  # registers classification and segmentation
+    if task not in _KINDS:
+        raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
+                          "A recipe adds one with sonodistill.serve.kinds.register_model_kind(...)")
+    return _KINDS[task]
