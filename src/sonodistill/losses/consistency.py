@@ -8,7 +8,7 @@ Every loss is an `nn.Module` whose forward returns `(loss, parts)`: a scalar ten
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,15 @@ from torch import nn
 from sonodistill.losses import distributed as dist_utils
 from sonodistill.losses.base import LossOutput, prefixed
 
-if TYPE_CHECKING:  # pragma: no cover
-    from sonodistill.models.segmentation import SegOutputs
+
+class SegOutputsLike(Protocol):
+    """What HDCLoss reads from a dual-decoder U-Net's output (`models.segmentation.SegOutputs` has it; losses
+    never import models): main and noisy decoder logits `B x K x H x W`, encoder features shallow to deep."""
+
+    logits1: torch.Tensor
+    logits2: torch.Tensor | None
+    features: list[torch.Tensor]
+
 
 __all__ = [
     "DiceCELoss",
@@ -192,7 +199,7 @@ class HDCLoss(nn.Module):
         self.pc = PixelConsistencyLoss(pc_threshold)
 
     def forward(
-        self, student: SegOutputs, teacher: SegOutputs, weight: float | torch.Tensor = 1.0
+        self, student: SegOutputsLike, teacher: SegOutputsLike, weight: float | torch.Tensor = 1.0
     ) -> LossOutput:
         if student.logits2 is None:
             raise ValueError(

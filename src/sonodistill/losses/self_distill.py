@@ -1,7 +1,7 @@
 """DualDistill losses (Zhang et al., Front. Med. 2025): self-distillation from the deepest stage to shallower ones.
 
-Three terms, each a pure function of tensors (the learnable auxiliary heads and attention convolutions live in
-`AuxiliaryHeads` / `StageAttentionModules`, owned by the recipe):
+Three terms, each a pure function of tensors (the learnable auxiliary heads and attention convolutions are models:
+`models.stage_heads.AuxiliaryHeads` / `StageAttentionModules`, owned by the recipe):
 
 - SD   (eq. 1-2): `sum_i CE(c_i, y) + alpha * sum_{i<K} tau^2 KL(p_K || p_i)` on per-stage classifier logits.
 - RGSD (eq. 3-4): `sum_{i<K} ||R_i - R_K||_F`, R the `T x T` cosine relation matrix of a stage's frames.
@@ -24,6 +24,7 @@ from torch import nn
 
 from sonodistill.errors import ConfigError
 from sonodistill.losses.base import LossOutput, detached, frobenius_distance, prefixed
+from sonodistill.stage_indices import validate_student_stages
 
 Resample = Literal["area", "linear"]
 _RESAMPLE_MODES = ("area", "linear")
@@ -36,30 +37,6 @@ DEFAULT_TEMPERATURE = 3.0
 
 
 # ----------------------------------------------------------------------------------------------- validation
-
-
-def validate_student_stages(student_stages: Sequence[int], num_stages: int) -> tuple[int, ...]:
-    """Check 1-based student stage indices against a backbone of `num_stages` stages; returns them sorted.
-
-    The deepest stage (`num_stages`) is always the teacher, so students lie in `1 .. num_stages - 1`
-    (the paper's Table 2: {1,4}, {2,4}, ..., {1,2,3,4} -> student_stages (1,), (2,), ..., (1, 2, 3)).
-    """
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 2:
-        raise ConfigError(f"num_stages must be an integer >= 2 (one student and the teacher), got {num_stages!r}")
-    stages = tuple(student_stages)
-    if not stages:
-        raise ConfigError("student_stages is empty: give at least one 1-based stage index below the deepest")
-    for s in stages:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise ConfigError(f"student_stages must be integers (1-based), got {s!r} in {stages}")
-        if not 1 <= s < num_stages:
-            raise ConfigError(
-                f"student stage {s} out of range: students are 1-based indices in 1..{num_stages - 1}; "
-                f"stage {num_stages} (the deepest) is always the teacher"
-            )
-    if len(set(stages)) != len(stages):
-        raise ConfigError(f"student_stages has duplicates: {stages}")
-    return tuple(sorted(stages))
 
 
 def _check_nonneg(name: str, value: float) -> float:
@@ -264,41 +241,6 @@ class RelationDistillationLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------- AGSD
 
 
-def spatiotemporal_attention_map(
-    feat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Spatio-temporal attention map: `B x C x T x H x W` -> `B x T x H x W` in (0, 1).
-
-    Channel-wise mean and max (2 channels) -> per-frame spatial conv (weight `1 x 2 x 1 x k x k`, 'same'
-    padding) -> sigmoid.
-    """
-    _require_video(feat, "spatiotemporal_attention_map")
-    if weight.dim() != 5 or weight.shape[:3] != (1, 2, 1) or weight.shape[3] % 2 == 0:
-        raise ValueError(
-            f"spatiotemporal_attention_map: weight must be 1 x 2 x 1 x k x k, k odd, got {tuple(weight.shape)}"
-        )
-    # sum-then-scale and max-with-indices: their backward passes are a broadcast view and a scatter, cheaper
-    # than mean's / amax's full-size elementwise backward on the large shallow-stage features.
-    mean = feat.sum(dim=1, keepdim=True) / feat.shape[1]
-    pooled = torch.cat([mean, feat.max(dim=1, keepdim=True).values], dim=1)
-    pad = (0, weight.shape[3] // 2, weight.shape[4] // 2)
-    return torch.sigmoid(F.conv3d(pooled, weight, bias, padding=pad)).squeeze(1)
-
-
-class StageAttention(nn.Module):
-    """Learnable attention of one stage (2*k*k + 1 parameters; 99 for k=7): `B x C x T x H x W` -> `B x T x H x W`."""
-
-    def __init__(self, kernel_size: int = 7) -> None:
-        super().__init__()
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ConfigError(f"StageAttention kernel_size must be a positive odd integer, got {kernel_size!r}")
-        pad = kernel_size // 2
-        self.conv = nn.Conv3d(2, 1, kernel_size=(1, kernel_size, kernel_size), padding=(0, pad, pad))
-
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return spatiotemporal_attention_map(feat, self.conv.weight, self.conv.bias)
-
-
 def resample_maps(maps: torch.Tensor, size: Sequence[int], mode: str = "area") -> torch.Tensor:
     """Resample attention maps `B x T x H x W` to `B x size[0] x size[1] x size[2]`.
 
@@ -364,54 +306,6 @@ class AttentionDistillationLoss(nn.Module):
             loss = loss + d
         parts["total"] = detached(loss)
         return LossOutput(loss, parts)
-
-
-# ------------------------------------------------------------------------------------ learnable stage modules
-
-
-def _global_avg_pool(feat: torch.Tensor) -> torch.Tensor:
-    """Mean over every axis after the channel one: `B x C x ...` -> `B x C` (sum-then-scale: cheap backward)."""
-    flat = feat.flatten(2)
-    return flat.sum(dim=2) / flat.shape[2]
-
-
-class AuxiliaryHeads(nn.Module):
-    """Auxiliary classifiers g_i (global average pool over T, H, W + linear) on the selected student stages.
-
-    stage_channels: channels of every backbone stage; stages: 1-based student indices (the deepest stage uses the
-    model's own final head). forward(list of all stage features) -> list of `B x num_classes`, in `stages` order.
-    """
-
-    def __init__(self, stage_channels: Sequence[int], num_classes: int, stages: Sequence[int] = (1, 2, 3)) -> None:
-        super().__init__()
-        if num_classes < 2:
-            raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
-        self.num_stages = len(stage_channels)
-        self.stages = validate_student_stages(stages, self.num_stages)
-        self.heads = nn.ModuleList(nn.Linear(stage_channels[s - 1], num_classes) for s in self.stages)
-
-    def forward(self, stages: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if len(stages) != self.num_stages:
-            raise ValueError(f"AuxiliaryHeads: built for {self.num_stages} stages, got {len(stages)}")
-        return [head(_global_avg_pool(stages[s - 1])) for s, head in zip(self.stages, self.heads)]
-
-
-class StageAttentionModules(nn.Module):
-    """One `StageAttention` per stage used by AGSD: the students, then the deepest (teacher) stage.
-
-    forward(list of all `num_stages` stage features) -> maps `B x T_i x H_i x W_i` for student_stages + (deepest,).
-    """
-
-    def __init__(self, num_stages: int, student_stages: Sequence[int] = (1, 2, 3), kernel_size: int = 7) -> None:
-        super().__init__()
-        self.num_stages = num_stages
-        self.stages = validate_student_stages(student_stages, num_stages) + (num_stages,)
-        self.attention = nn.ModuleList(StageAttention(kernel_size) for _ in self.stages)
-
-    def forward(self, stages: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if len(stages) != self.num_stages:
-            raise ValueError(f"StageAttentionModules: built for {self.num_stages} stages, got {len(stages)}")
-        return [att(stages[s - 1]) for s, att in zip(self.stages, self.attention)]
 
 
 # ---------------------------------------------------------------------------------------------------- total

@@ -13,7 +13,8 @@ from torch import nn
 
 from sonodistill.config import RunConfig
 from sonodistill.errors import ConfigError
-from sonodistill.losses.self_distill import AuxiliaryHeads, DualDistillLoss, StageAttentionModules
+from sonodistill.losses.self_distill import DualDistillLoss
+from sonodistill.models.stage_heads import AuxiliaryHeads, StageAttentionModules
 from sonodistill.recipes.base import ClassificationRecipe, stage_outputs
 
 #: recipe_options understood by this recipe, with their defaults.
