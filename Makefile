@@ -31,6 +31,7 @@ demo: install
 	$(VENV)/bin/sonodistill demo --out runs/demo
 
 test: install browser
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --timeout=900 tests
 
 test-fast: install
