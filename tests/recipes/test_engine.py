@@ -47,6 +47,7 @@ def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
 _PARKED_DRIVER = """
 import json, sys, time
 from pathlib import Path
+import lightning as L
 import torch
 from sonodistill.config import load_config
 from sonodistill.data.manifest import Manifest
