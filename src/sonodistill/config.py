@@ -66,6 +66,7 @@ class TrainConfig:
     folds: int = 5
     fold: int | None = None               # run only this fold (0-based)
     final: bool = False                   # after CV, also train one model on all items -> RUN/final/
+    cv: bool = True                       # cross-validate; false (--final-only): only RUN/final/, no CV estimate
     devices: int = 1
     accelerator: str = "cpu"
     strategy: str = "auto"

@@ -42,6 +42,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
             overrides.append(f"{key}={value}")
     if getattr(args, "labelled", None) is not None:
         overrides.append(f"recipe_options.labelled_fraction={args.labelled}")
+    if getattr(args, "final_only", False):
+        overrides.append("train.cv=false")
     overrides += args.overrides
     cfg = load_config(path, overrides)
     if args.name is None:
@@ -78,6 +80,9 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
 
         if args.recipe != "dualdistill":
             raise ConfigError("--ablation is defined for the dualdistill recipe (SD / RGSD / AGSD on or off)")
+        if not cfg.train.cv:
+            raise ConfigError("--ablation compares cross-validation estimates: it cannot run with --final-only "
+                              "(train.cv=false)")
         table = run_ablation(cfg, resume=args.resume)
         print(table.read_text())
         print(f"ablation runs under {cfg.run_dir} (wall time {time.perf_counter() - t0:.0f} s)")
@@ -93,8 +98,16 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sonodistill.evaluation.crossval import merged_report, parse_merge, report_from_run_dir
+    """Rebuild a run's report, or re-score it with merged classes (--merge) or per group (--per-group)."""
+    from sonodistill.evaluation.crossval import check_has_cv_estimate, merged_report, parse_merge, report_from_run_dir
 
+    check_has_cv_estimate(args.run_dir)
+    if args.merge and args.per_group:
+        from sonodistill.errors import ConfigError
+
+        raise ConfigError("eval: --merge and --per-group are separate re-scorings; run them one at a time")
+    if args.per_group:
+        return _eval_per_group(Path(args.run_dir))
     if args.merge:
         merged_report(args.run_dir, parse_merge(args.merge), name=args.merge_name)
         print((Path(args.run_dir) / args.merge_name / "report.md").read_text())
@@ -113,6 +126,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_per_group(run_dir: Path) -> int:
+    """`eval RUN --per-group`: RUN/per_group/ with each group's (patient's) items' probabilities averaged."""
+    from sonodistill.config import load_config as _load
+    from sonodistill.errors import ConfigError
+    from sonodistill.evaluation.per_group import per_group_report
+    from sonodistill.recipes import get_recipe
+
+    recipe = _load(run_dir / "config.yaml").recipe if (run_dir / "config.yaml").is_file() else None
+    if recipe is not None and getattr(get_recipe(recipe), "task", "classification") != "classification":
+        raise ConfigError(f"eval --per-group: {run_dir} is a {get_recipe(recipe).task} run (recipe {recipe!r}); "
+                          "per-group scoring averages class probabilities, so it applies to classification runs")
+    per_group_report(run_dir)
+    print((run_dir / "per_group" / "report.md").read_text())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from sonodistill.recipes import RECIPES
 
@@ -125,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(grouped, seeded choice); alias of --set recipe_options.labelled_fraction=FRACTION")
     p.add_argument("--ablation", action="store_true",
                    help="dualdistill: run the 8 SD/RGSD/AGSD on-off rows of Table 1 on the same folds")
+    p.add_argument("--final-only", action="store_true",
+                   help="train only the deployable model on all items into OUT/NAME/final/, no cross-validation "
+                        "(so no CV estimate); alias of --set train.cv=false")
     p.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="rebuild the report (tables, plots) from a run directory alone")
@@ -133,4 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-score with classes merged (probabilities summed), e.g. --merge 0=0 --merge 1-2=1,2 "
                         "--merge 3=3 for the 3-class lung severity grouping")
     e.add_argument("--merge-name", default="merged", help="subfolder for the merged report")
+    e.add_argument("--per-group", action="store_true",
+                   help="score per group (patient): each group's probabilities averaged over its items, for "
+                        "per-patient labels; writes RUN/per_group/")
     e.set_defaults(func=_eval)

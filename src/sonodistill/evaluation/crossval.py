@@ -61,7 +61,22 @@ def cv_folds(cfg: RunConfig, manifest: Manifest, resume: bool, save: bool = True
 
 
 # Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
-RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold")
+# train.final too: `--resume --set train.final=true` adds the final model to a run whose folds are done.
+RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final")
+
+NO_CV_ESTIMATE = "NO_CV_ESTIMATE"
+
+# Recipes with their own protocol (`run_experiment`): why they have no final model on all items, or None when
+# they train one with train.final=true (medivlad on video data sets, dilbert when every fold runs).
+OWN_PROTOCOL_FINAL: dict[str, str | None] = {
+    "dino": "it pretrains one encoder on every frame of --data (no folds): the run itself is the model to use "
+            "(RUN/model.safetensors, RUN/teacher_backbone.safetensors)",
+    "discovr": "its protocol pretrains and evaluates one encoder per fold (kNN and linear probes on frozen "
+               "embeddings), and trains none on all items; use a fold's fold_k/model.safetensors",
+    "linear_probe": "it fits scikit-learn probes on frozen features and has no PyTorch model to deploy",
+    "medivlad": None,
+    "dilbert": None,
+}
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,29 +114,80 @@ def check_resume_config(cfg: RunConfig) -> bool:
     return True
 
 
+def trains_final(cfg: RunConfig) -> bool:
+    """Whether the run trains the deployable model on all items: train.final, or train.cv=false (--final-only)."""
+    return bool(cfg.train.final or not cfg.train.cv)
+
+
+def final_model_refusal(cfg: RunConfig, recipe_cls: type, manifest: Manifest) -> str | None:
+    """Why `cfg.recipe` cannot train a final model on all items with this config; None when it can."""
+    if getattr(recipe_cls, "run_experiment", None) is None:
+        return None  # the shared fold loop (classification and segmentation): `train_final_model`
+    name = cfg.recipe
+    if name not in OWN_PROTOCOL_FINAL:
+        return (f"recipe '{name}' runs its own protocol (run_experiment) and does not declare a final model "
+                "(add it to evaluation.crossval.OWN_PROTOCOL_FINAL)")
+    reason = OWN_PROTOCOL_FINAL[name]
+    if reason is not None:
+        return f"recipe '{name}' has no final model: {reason}"
+    if name == "medivlad" and manifest.modality == "image":
+        return ("recipe 'medivlad' has no final model for frame data sets: its frame protocol finetunes one model "
+                "per fold only (the final model, frozen encoder + first aggregator, exists for video data sets)")
+    if name == "dilbert" and cfg.recipe_options.get("run_folds") is not None:
+        return (f"recipe 'dilbert' trains its final model only when every fold runs: recipe_options.run_folds="
+                f"{cfg.recipe_options['run_folds']} selects folds; leave it unset")
+    return None
+
+
+def check_final_options(cfg: RunConfig, recipe_cls: type, manifest: Manifest) -> None:
+    """train.final / train.cv / train.fold: ConfigError naming the field and the cause when they cannot go together
+    or the recipe has no final model."""
+    fold = cfg.train.fold
+    if not cfg.train.cv:
+        if fold is not None:
+            raise ConfigError(f"train.cv=false (--final-only) with train.fold={fold} (--fold): a final-only run "
+                              "trains no folds; drop one of them")
+        if getattr(recipe_cls, "run_experiment", None) is not None:
+            why = final_model_refusal(cfg, recipe_cls, manifest)
+            raise ConfigError(f"train.cv=false (--final-only): recipe '{cfg.recipe}' runs its own protocol, which "
+                              "always cross-validates" + (f"; {why}" if why else "; train its final model with "
+                                                          "train.final=true after the CV instead"))
+        return
+    if not cfg.train.final:
+        return
+    why = final_model_refusal(cfg, recipe_cls, manifest)
+    if why is not None:
+        raise ConfigError(f"train.final=true: {why}")
+    if fold is not None:
+        raise ConfigError(f"train.final=true with train.fold={fold} (--fold): a run trains its final model once, "
+                          "after all its folds, not beside one fold. Run the folds without train.final, then "
+                          "`--resume --set train.final=true` without --fold (finished folds are kept); or train "
+                          "the final model alone with --final-only")
+
+
 def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Every check that can fail before training, run before anything is written to the run directory.
 
     The config's numbers, the manifest, the recipe built once from the config (model, options, optimiser) and,
-    for recipes on the shared fold loop, the folds (returned, not saved; None for recipes with their own protocol).
+    for recipes on the shared fold loop, the folds (returned, not saved; None for recipes with their own protocol,
+    [] for a final-only run).
     """
     from sonodistill.recipes.base import build_optimizer
 
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}: a run must train")
+    check_final_options(cfg, recipe_cls, manifest)
     manifest.validate(check_files=True)
     if manifest.has_labels:
         manifest.check_classes_nonempty()
     if getattr(recipe_cls, "run_experiment", None) is not None:
         return None
-    if cfg.train.folds < 2:
+    if cfg.train.cv and cfg.train.folds < 2:
         raise ConfigError(f"train.folds must be >= 2 for cross-validation, got {cfg.train.folds}")
     if cfg.train.fold is not None and not 0 <= cfg.train.fold < cfg.train.folds:
         raise ConfigError(f"train.fold={cfg.train.fold} but there are {cfg.train.folds} folds (0 to "
                           f"{cfg.train.folds - 1})")
     segmentation = getattr(recipe_cls, "task", "classification") != "classification"
-    if segmentation and cfg.train.final:
-        raise ConfigError("train.final is not supported by the segmentation recipes yet")
     num_classes = len(manifest.classes)
     if segmentation:
         from sonodistill.evaluation.segmentation_cv import SEGMENTATION_CLASSES
@@ -129,6 +195,14 @@ def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[t
         num_classes = SEGMENTATION_CLASSES
     recipe = recipe_cls(cfg, num_classes=num_classes, steps_per_epoch=1)
     build_optimizer(recipe.parameters(), cfg.optim, cfg.train.epochs, 1)
+    if segmentation and trains_final(cfg):  # the final model's labelled share of all items
+        from sonodistill.evaluation.segmentation_cv import split_labelled
+
+        options = recipe_cls.resolve_options(cfg.recipe_options)
+        split_labelled(manifest, np.arange(len(manifest)), float(options["labelled_fraction"]),
+                       final_seed(cfg))
+    if not cfg.train.cv:
+        return []
     return make_folds(manifest, cfg.train.folds, cfg.train.seed)
 
 
@@ -167,6 +241,8 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if runner is not None:  # pretraining and multi-stage recipes run their own protocol
         return runner(cfg, manifest, resume=resume, **trainer_overrides)
     assert new_folds is not None
+    if not cfg.train.cv:
+        return run_final_only(cfg, manifest, resume, **trainer_overrides)
     folds = new_folds
     if resume and (run_dir / "folds.json").exists():
         folds = load_folds(run_dir)
@@ -181,7 +257,7 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         return fit_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
 
     frames, times = fit_folds(cfg, folds, resume, fit)
-    if cfg.train.final and cfg.train.fold is None:
+    if cfg.train.final and cfg.train.fold is None:  # (train.final with train.fold is refused by validate_run)
         train_final_model(cfg, manifest, resume, **trainer_overrides)
     if rank != 0:
         return None  # type: ignore[return-value]
@@ -235,23 +311,83 @@ def save_predictions(run_dir: Path, frames: list[pd.DataFrame], times: dict[int,
     return predictions
 
 
+def final_index(cfg: RunConfig) -> int:
+    """The final model's fold number (seed = train.seed + it): train.folds, one past the last fold, so a
+    final-only run trains the same model as the final/ of a CV run with the same config."""
+    return int(cfg.train.folds)
+
+
+def final_seed(cfg: RunConfig) -> int:
+    return int(cfg.train.seed) + final_index(cfg)
+
+
 def train_final_model(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> Path:
-    """Train one model on every item (no test fold) into RUN/final/: the model to deploy after CV."""
+    """Train one model on every item (no test fold) into RUN/final/: the model to deploy.
+
+    The same fold code as the CV (`fit_fold`, or `fit_segmentation_fold`: `labelled_fraction` of all items keeps
+    its masks, the rest is unlabelled, recorded in final/split.json). With `resume`, a finished final/ is kept."""
+    from sonodistill.recipes import get_recipe
     from sonodistill.recipes.trainer import fit_fold
 
     final_dir = cfg.run_dir / "final"
     if resume and (final_dir / "model.safetensors").is_file() and (final_dir / "done").is_file():
+        log.info("final model already trained, kept: %s", final_dir)
         return final_dir
+    fit = fit_fold
+    if getattr(get_recipe(cfg.recipe), "task", "classification") != "classification":
+        from sonodistill.evaluation.segmentation_cv import fit_segmentation_fold as fit
     rows = np.arange(len(manifest))
-    fit_fold(cfg, manifest, rows, rows[:0], fold=len(load_folds(cfg.run_dir)), fold_dir=final_dir,
-             resume=resume, **trainer_overrides)
-    (final_dir / "done").write_text("trained on all items; no held-out estimate: see the CV report\n")
+    fit(cfg, manifest, rows, rows[:0], final_index(cfg), final_dir, resume=resume, **trainer_overrides)
+    if process_rank() == 0:
+        estimate = ("the CV report is its estimate" if cfg.train.cv else
+                    f"{NO_CV_ESTIMATE}: no cross-validation was run (train.cv=false)")
+        (final_dir / "done").write_text(f"trained on all {len(rows)} items; {estimate}\n")
     return final_dir
 
 
-def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, Manifest, pd.DataFrame]:
-    """(config, manifest, predictions) of a finished run directory; SonoDistillError naming a missing file."""
+def run_final_only(cfg: RunConfig, manifest: Manifest, resume: bool = False,
+                   **trainer_overrides: Any) -> dict[str, Any] | None:
+    """train.cv=false (--final-only): train only RUN/final/, and write a report.md saying no CV estimate exists
+    (no folds.json, predictions.csv or metrics.json). Returns {'cv': False, 'final': path}; None on other ranks."""
+    from sonodistill.recipes.trainer import STOP
+
+    STOP.check(" before the final model")
+    t0 = time.perf_counter()
+    final_dir = train_final_model(cfg, manifest, resume, **trainer_overrides)
+    if process_rank() != 0:
+        return None
+    seconds = time.perf_counter() - t0
+    timing_file = cfg.run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    timing.setdefault("final", seconds)
+    timing_file.write_text(json.dumps(timing, indent=1))
+    lines = [f"# {cfg.name}: {cfg.recipe} on {cfg.data.spec}, final model only", "",
+             f"{NO_CV_ESTIMATE}: this run trained only the deployable model (train.cv=false, --final-only) on all "
+             f"{len(manifest)} items into final/; no cross-validation was run, so there is no estimate of how well "
+             "it does on new patients. Estimate it with a CV run of the same config (without --final-only), or "
+             "score it on an external labelled set: `sonodistill predict RUN INPUTS --out P.json` then "
+             "`sonodistill score P.json --labels LABELS.csv`.", "",
+             f"Model: `{final_dir / 'model.safetensors'}` (trained in {timing['final']:.0f} s)."]
+    (cfg.run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"cv": False, "final": str(final_dir)}
+
+
+def check_has_cv_estimate(run_dir: str | Path) -> None:
+    """SonoDistillError when the run is final-only (train.cv=false): it has no CV predictions to score."""
     run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if config.is_file() and not load_config(config).train.cv:
+        raise SonoDistillError(f"{run_dir} holds a final model only (trained with --final-only, train.cv=false): "
+                               "there is no cross-validation estimate to report, re-score or merge. Score its "
+                               "final/ model on labelled data with `sonodistill predict` and `sonodistill score`, "
+                               "or run the CV with the same config (without --final-only)")
+
+
+def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, Manifest, pd.DataFrame]:
+    """(config, manifest, predictions) of a finished run directory; SonoDistillError naming a missing file, or
+    saying that a final-only run has no CV estimate."""
+    run_dir = Path(run_dir)
+    check_has_cv_estimate(run_dir)
     for name in ("config.yaml", "manifest.csv", PREDICTIONS):
         if not (run_dir / name).is_file():
             raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")

@@ -6,6 +6,8 @@ Run directory (beside run_crossval's config.yaml, manifest.csv, folds.json):
   fold_k/predictions.csv    one row per test item: dice, iou, hd95, asd (+ hc_true_mm, hc_pred_mm, hc_abs_err_mm)
   fold_k/overlays/*.png     image with ground truth (green) and prediction (red) outlines
   fold_k/masks/*.png        predicted masks (0/255, original resolution) with recipe_options.save_masks
+  final/                    with train.final (or train.cv=false): the model trained on all items, split.json
+                            holding its labelled / unlabelled rows (the same labelled_fraction of all items)
   predictions.csv, metrics_per_fold.csv, metrics.json, report.md, timing.json
 """
 
@@ -137,6 +139,8 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     fit(trainer, recipe, loader, fold_dir, resume, fold)
     if not trainer.is_global_zero:
         return None
+    if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
+        return pd.DataFrame()
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir, options)
 
 
@@ -304,14 +308,17 @@ def _title(cfg: RunConfig) -> str:
 def run_segmentation_cv(cfg: RunConfig, manifest: Manifest, folds: list[tuple[np.ndarray, np.ndarray]],
                         resume: bool = False, extra_callbacks: list | None = None,
                         **trainer_overrides: Any) -> dict[str, Any] | None:
-    """Train and score every fold (or `cfg.train.fold`), then write the report; called by `run_crossval`."""
-    from sonodistill.evaluation.crossval import fit_folds, process_rank, save_predictions
+    """Train and score every fold (or `cfg.train.fold`), the final model with train.final, then write the report;
+    called by `run_crossval`."""
+    from sonodistill.evaluation.crossval import fit_folds, process_rank, save_predictions, train_final_model
 
     def fit(k: int, train_rows: np.ndarray, test_rows: np.ndarray, fold_dir: Path) -> pd.DataFrame | None:
         return fit_segmentation_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume,
                                      extra_callbacks=extra_callbacks, **trainer_overrides)
 
     frames, times = fit_folds(cfg, folds, resume, fit)
+    if cfg.train.final and cfg.train.fold is None:
+        train_final_model(cfg, manifest, resume, extra_callbacks=extra_callbacks, **trainer_overrides)
     if process_rank() != 0:
         return None
     run_dir = cfg.run_dir

@@ -1,0 +1,194 @@
+"""The deployable model (issue 20): `train.final` for every recipe (segmentation included), `--final-only`
+(`train.cv=false`: no CV, and the run directory says so), `--fold` with `train.final` refused, and
+`eval --per-group`. Tiny synthetic runs: 1 epoch, a few 32 px images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sonodistill.cli import main
+from sonodistill.config import load_config
+from sonodistill.errors import ConfigError, SonoDistillError
+from sonodistill.evaluation.crossval import run_crossval
+from tests.recipes.conftest import read_weights
+
+SEG = ["--data", "synthetic:fetal-head", "--set", "data.synthetic_n=8", "--set", "data.synthetic_size=48",
+       "--set", "data.size=32", "--set", "data.batch_size=4", "--set", "data.crop_region=false",
+       "--set", "data.remove_overlay=false", "--set", "data.augment=false", "--set", "model.backbone=unet",
+       "--set", "model.width=0.25", "--set", "train.epochs=1", "--folds", "2", "--set", "optim.warmup_epochs=0",
+       "--set", "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], "
+                "overlays: 0}"]
+
+
+def _seg(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return ["train", "hdc", *SEG, "--name", name, "--out", str(tmp_path / "runs"),
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+
+
+def _final_split_is_all_items(run: Path) -> None:
+    """final/split.json: every manifest row is labelled or unlabelled, none tested; the labelled share as in CV."""
+    from sonodistill.data.manifest import Manifest
+
+    n = len(Manifest.from_csv(run / "manifest.csv"))
+    split = json.loads((run / "final" / "split.json").read_text())
+    assert split["test"] == [] and split["labelled_fraction"] == 0.5
+    assert sorted(split["labelled"] + split["unlabelled"]) == list(range(n))
+    assert 0 < len(split["labelled"]) < n
+
+
+@pytest.fixture(scope="module")
+def seg_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """An HDC run with CV + final model, and the same config trained with --final-only."""
+    tmp = tmp_path_factory.mktemp("final-seg")
+    assert main(_seg(tmp, "cv-final", "--set", "train.final=true")) == 0
+    assert main(_seg(tmp, "final-only", "--final-only")) == 0
+    return tmp / "runs" / "cv-final", tmp / "runs" / "final-only"
+
+
+def test_segmentation_final_model_is_trained_on_all_items_and_predict_uses_it(seg_runs, tmp_path, capsys):
+    run, _ = seg_runs
+    assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
+    assert (run / "metrics.json").is_file() and (run / "fold_1" / "predictions.csv").is_file()
+    _final_split_is_all_items(run)
+    from sonodistill.data.manifest import Manifest
+
+    images = Path(Manifest.from_csv(run / "manifest.csv").paths[0]).parent
+    capsys.readouterr()
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(run), str(images), "--out", str(out), "--mask-dir", str(tmp_path / "masks")]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["model"]["members"] == ["final"]
+    assert payload["results"] and all(r["task"] == "segmentation" and r["masks"] for r in payload["results"])
+
+
+def test_final_only_trains_the_same_final_model_and_says_there_is_no_cv_estimate(seg_runs, capsys):
+    cv_run, run = seg_runs
+    assert not (run / "folds.json").exists() and not list(run.glob("fold_*"))
+    assert not (run / "metrics.json").exists() and not (run / "predictions.csv").exists()
+    assert (run / "report.md").read_text().splitlines()[2].startswith("NO_CV_ESTIMATE:")
+    assert load_config(run / "config.yaml").train.cv is False
+    _final_split_is_all_items(run)
+    # the run's config, without the CV: the same deployable model as the CV run's final/
+    got, want = read_weights(run / "final" / "model.safetensors"), read_weights(cv_run / "final" / "model.safetensors")
+    assert list(got) == list(want) and all(bool((got[k] == want[k]).all()) for k in got)
+    for extra in ([], ["--per-group"], ["--merge", "a=0"]):
+        capsys.readouterr()
+        assert main(["eval", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "no cross-validation estimate" in err and "--final-only" in err and "sonodistill score" in err
+
+
+def test_final_only_classification(tiny_carotid, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["name=final-only", "train.epochs=1", "train.cv=false",
+                                              "train.folds=1"])
+    summary = run_crossval(cfg, manifest=tiny_carotid)
+    run = cfg.run_dir
+    assert summary["cv"] is False and summary["final"] == str(run / "final")
+    assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "manifest.csv", "report.md",
+                                                     "timing.json"]
+    assert "NO_CV_ESTIMATE" in (run / "report.md").read_text()
+    with pytest.raises(SonoDistillError, match="no cross-validation estimate"):
+        from sonodistill.evaluation.crossval import report_from_run_dir
+
+        report_from_run_dir(run)
+    # resumed after it finished: the final model is kept, not retrained
+    mtime = (run / "final" / "model.safetensors").stat().st_mtime_ns
+    run_crossval(cfg, resume=True, manifest=tiny_carotid)
+    assert (run / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["train.final=true", "train.fold=0"], r"train.final=true with train.fold=0 \(--fold\)"),
+    (["train.cv=false", "train.fold=0"], r"train.cv=false \(--final-only\) with train.fold=0"),
+])
+def test_fold_with_a_final_model_is_refused_before_anything_is_written(tiny_carotid, tiny_overrides, bad, message):
+    cfg = load_config(None, tiny_overrides + ["name=refused", "train.epochs=1", *bad])
+    with pytest.raises(ConfigError, match=message):
+        run_crossval(cfg, manifest=tiny_carotid)
+    assert not cfg.run_dir.exists()
+
+
+def test_final_only_flag_sets_train_cv(tmp_path):
+    from sonodistill.commands.train import config_from_args
+    from sonodistill.cli import build_parser
+
+    args = build_parser().parse_args(["train", "supervised", "--final-only", "--name", "x"])
+    assert config_from_args(args, "supervised").train.cv is False
+    args = build_parser().parse_args(["train", "supervised", "--name", "x"])
+    assert config_from_args(args, "supervised").train.cv is True
+
+
+@pytest.fixture(scope="module")
+def image_manifest(tmp_path_factory):
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("fetal-head")
+    return Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
+
+
+@pytest.mark.parametrize("recipe, extra, message", [
+    ("dino", [], "recipe 'dino' has no final model: it pretrains one encoder on every frame"),
+    ("discovr", [], "recipe 'discovr' has no final model: its protocol pretrains and evaluates one encoder per fold"),
+    ("linear_probe", [], "recipe 'linear_probe' has no final model: it fits scikit-learn probes"),
+    ("medivlad", ["images"], "recipe 'medivlad' has no final model for frame data sets"),
+    ("dilbert", ["recipe_options={run_folds: [0]}"], "recipe 'dilbert' trains its final model only when every fold"),
+])
+def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid, image_manifest, tiny_overrides,
+                                                                   recipe, extra, message):
+    manifest = image_manifest if "images" in extra else tiny_carotid
+    extra = [e for e in extra if e != "images"]
+    cfg = load_config(None, tiny_overrides + ["name=nofinal", f"recipe={recipe}", "train.final=true", *extra])
+    with pytest.raises(ConfigError, match=f"train.final=true: {message}"):
+        run_crossval(cfg, manifest=manifest)
+    assert not cfg.run_dir.exists()
+
+
+@pytest.mark.parametrize("recipe", ["dino", "discovr", "linear_probe", "medivlad", "dilbert"])
+def test_final_only_is_refused_by_recipes_with_their_own_protocol(tiny_carotid, tiny_overrides, recipe):
+    cfg = load_config(None, tiny_overrides + ["name=nocv", f"recipe={recipe}", "train.cv=false"])
+    with pytest.raises(ConfigError, match=rf"train.cv=false \(--final-only\): recipe '{recipe}'"):
+        run_crossval(cfg, manifest=tiny_carotid)
+    assert not cfg.run_dir.exists()
+
+
+def test_every_recipe_with_its_own_protocol_is_classified():
+    """A new recipe with `run_experiment` must say whether (and when) it trains a final model."""
+    from sonodistill.evaluation.crossval import OWN_PROTOCOL_FINAL
+    from sonodistill.recipes import RECIPES, get_recipe
+
+    own = {name for name in RECIPES if getattr(get_recipe(name), "run_experiment", None) is not None}
+    assert own == set(OWN_PROTOCOL_FINAL)
+
+
+def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, capsys):
+    """A run directory as training leaves it (config, manifest, out-of-fold predictions), scored per patient."""
+    cfg = load_config(None, tiny_overrides + ["name=per-group"])
+    run = cfg.run_dir
+    run.mkdir(parents=True)
+    cfg.save(run / "config.yaml")
+    m = tiny_carotid
+    m.to_csv(run / "manifest.csv")
+    groups = sorted(set(m.groups))
+    fold_of = {g: i % 3 for i, g in enumerate(groups)}
+    label_of = {g: m.labels[list(m.groups).index(g)] for g in groups}
+    rows = [i for i in range(len(m)) if m.labels[i] == label_of[m.groups[i]]]
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(m.classes)), size=len(rows))
+    pred = pd.DataFrame({"fold": [fold_of[m.groups[i]] for i in rows], "index": rows,
+                         "path": [m.paths[i] for i in rows], "group": m.groups[rows], "y_true": m.labels[rows]})
+    for k, c in enumerate(m.classes):
+        pred[f"prob_{c}"] = probs[:, k]
+    pred.to_csv(run / "predictions.csv", index=False)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--per-group"]) == 0
+    out = capsys.readouterr().out
+    assert "scored per group" in out
+    per_group = pd.read_csv(run / "per_group" / "predictions.csv")
+    assert len(per_group) == len(set(pred["group"])) and (run / "per_group" / "report.md").is_file()
