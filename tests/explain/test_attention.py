@@ -56,7 +56,8 @@ def test_explainer_hook_for_classifier_and_video_scorer():
     from sonodistill.models.aggregators import build_aggregator
     from sonodistill.models.heads import ClassificationHead
     from sonodistill.models.stages import Classifier
-    from sonodistill.recipes.medivlad import EXPLAINERS, VideoScorer
+    from sonodistill.models.wrappers import VideoScorer
+    from sonodistill.recipes.medivlad import EXPLAINERS
     from sonodistill.serve.loading import recipe_explainers
 
     vit = _vit()

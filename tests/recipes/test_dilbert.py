@@ -15,11 +15,10 @@ from sonodistill.data.sequences import sample_indices, synthetic_sequences
 from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import ConfigError
 from sonodistill.knowledge import load_graph
-from sonodistill.losses.pretext import IGNORE
+from sonodistill.models.region_codebook import RegionCodebook
+from sonodistill.data.sequence_text import IGNORE, SequenceTextDataset
 from sonodistill.recipes.dilbert import (
     DILBERTRecipe,
-    RegionCodebook,
-    SequenceTextDataset,
     annotation_metrics,
     binary_metrics,
     dilbert_options,

@@ -9,7 +9,8 @@ import torch
 
 from sonodistill.config import load_config
 from sonodistill.errors import ConfigError
-from sonodistill.recipes.discovr import DISCOVRRecipe, MaskedViewDINOLoss
+from sonodistill.losses.dino import MaskedViewDINOLoss
+from sonodistill.recipes.discovr import DISCOVRRecipe
 
 TINY = [
     "recipe=discovr", "model.backbone=video_vit", "model.width=1.0", "data.size=32", "data.num_frames=4", "train.epochs=2",

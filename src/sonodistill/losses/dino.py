@@ -1,9 +1,11 @@
-"""DINO self-distillation loss (Caron et al. 2021) with its centre, and the paper's collapse diagnostics."""
+"""DINO self-distillation loss (Caron et al. 2021) with its centre, the paper's collapse diagnostics, and DISCOVR's
+masked-view form of it (one teacher view against V masked student views)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,3 +148,20 @@ class DINOLoss(nn.Module):
         stats = all_reduce_sum(stats)
         batch_center = (stats[:-1] / stats[-1]).unsqueeze(0)
         self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype), alpha=1 - self.center_momentum)
+
+
+class MaskedViewDINOLoss(nn.Module):
+    """`1/V sum_v H(P_t, P_s^v)`: one teacher view (full input) against V masked student views.
+
+    A thin wrapper of `DINOLoss(n_global=1, n_local=V)` (its centring, sharpening, temperature schedule and
+    diagnostics): the student chunk paired with the teacher's own view, which DINOLoss skips, is filled
+    with the detached teacher output. forward(student `V*B x D`, teacher `B x D`, epoch) -> (loss, parts).
+    """
+
+    def __init__(self, n_views: int, **dino_kwargs: Any) -> None:
+        super().__init__()
+        self.dino = DINOLoss(n_global=1, n_local=n_views, **dino_kwargs)
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: int) -> LossOutput:
+        filler = teacher_out.detach().to(student_out.dtype)
+        return self.dino(torch.cat([filler, student_out]), teacher_out, epoch)

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonodistill.data.sequence_text import IGNORE
 from sonodistill.losses.base import LossOutput, prefixed
 from sonodistill.losses.relational import RelationalKD, ResponseKD
-
-IGNORE = -100
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from sonodistill.errors import ConfigError
 from sonodistill.losses.dino import DINOLoss, is_collapsed
 from sonodistill.losses.ema import make_teacher, update_ema
 from sonodistill.models.projection import DINOHead, cancel_last_layer_gradients
+from sonodistill.models.wrappers import MultiCropWrapper
 from sonodistill.recipes.base import check_finite
 from sonodistill.recipes.data import EpochSeededSampler
 from sonodistill.recipes.frame_features import (
@@ -103,32 +104,6 @@ def multicrop_config(o: dict[str, Any]) -> MultiCropConfig:
     return MultiCropConfig(global_size=int(o["global_size"]), local_size=int(o["local_size"]),
                            n_local=int(o["n_local"]), global_scale=tuple(o["global_scale"]),
                            local_scale=tuple(o["local_scale"]))
-
-
-class MultiCropWrapper(nn.Module):
-    """Backbone + head over a list of views: views of equal size go through the backbone together.
-
-    forward(views: list of `B x C x h_i x w_i`) -> (head outputs `(V*B) x out_dim`, pooled features `(V*B) x D`),
-    rows stacked view by view (view 0 first), as DINOLoss expects.
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, views: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(views, torch.Tensor):
-            views = [views]
-        feats, start = [], 0
-        while start < len(views):  # consecutive runs of the same resolution
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(views[start:end])).pooled)
-            start = end
-        pooled = torch.cat(feats)
-        return self.head(pooled), pooled
 
 
 def clip_gradients_per_parameter(model: nn.Module, clip: float) -> list[float]:

@@ -37,12 +37,13 @@ from sonodistill.data.manifest import Manifest
 from sonodistill.data.masking import random_patch_mask, tube_mask
 from sonodistill.errors import ConfigError
 from sonodistill.losses.base import prefixed
-from sonodistill.losses.dino import DINOLoss
+from sonodistill.losses.dino import MaskedViewDINOLoss
 from sonodistill.losses.ema import make_teacher, update_ema
 from sonodistill.losses.sinkhorn import SemanticClusterDistillationLoss
 from sonodistill.models.projection import DINOHead, PrototypeHead, cancel_last_layer_gradients
 from sonodistill.models.stages import StageOutputs
 from sonodistill.models.video_decoder import VideoTokenDecoder
+from sonodistill.models.wrappers import Branch, DISCOVREncoders
 from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 from sonodistill.recipes.schedules import Schedule, cosine_schedule, teacher_temp_schedule
 
@@ -114,44 +115,6 @@ def discovr_options(cfg: RunConfig) -> dict[str, Any]:
     if o["eval_encoder"] not in ("teacher", "student"):
         raise ConfigError(f"recipe_options.eval_encoder must be 'teacher' or 'student', got {o['eval_encoder']!r}")
     return o
-
-
-class Branch(nn.Module):
-    """An encoder and its DINO head (what the EMA teacher copies)."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-
-class DISCOVREncoders(nn.Module):
-    """The exported model: the video encoder (`forward` = its StageOutputs) and, when trained, the image encoder."""
-
-    def __init__(self, video: nn.Module, image: nn.Module | None = None) -> None:
-        super().__init__()
-        self.video = video
-        self.image = image
-
-    def forward(self, x: torch.Tensor) -> StageOutputs:
-        return self.video(x)
-
-
-class MaskedViewDINOLoss(nn.Module):
-    """`1/V sum_v H(P_t, P_s^v)`: one teacher view (full input) against V masked student views.
-
-    A thin wrapper of `DINOLoss(n_global=1, n_local=V)` (its centring, sharpening, temperature schedule and
-    diagnostics): the student chunk paired with the teacher's own view, which DINOLoss skips, is filled
-    with the detached teacher output. forward(student `V*B x D`, teacher `B x D`, epoch) -> (loss, parts).
-    """
-
-    def __init__(self, n_views: int, **dino_kwargs: Any) -> None:
-        super().__init__()
-        self.dino = DINOLoss(n_global=1, n_local=n_views, **dino_kwargs)
-
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: int) -> Any:
-        filler = teacher_out.detach().to(student_out.dtype)
-        return self.dino(torch.cat([filler, student_out]), teacher_out, epoch)
 
 
 def _dino_head(in_dim: int, o: dict[str, Any]) -> DINOHead:

@@ -31,6 +31,7 @@ from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.models.aggregators import AGGREGATORS, build_aggregator
 from sonodistill.models.stages import StagedBackbone
+from sonodistill.models.wrappers import VideoScorer
 from sonodistill.recipes.base import ClassificationRecipe
 from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights, video_frame_features
 
@@ -64,27 +65,6 @@ def medivlad_options(cfg: RunConfig) -> dict[str, Any]:
     if not 0.0 < float(o["label_fraction"]) <= 1.0:
         raise ConfigError(f"recipe_options.label_fraction must be in (0, 1], got {o['label_fraction']}")
     return o
-
-
-class VideoScorer(nn.Module):
-    """Frame encoder + aggregator: `x` `B x 1 x T x H x W` (mask `B x T` optional) -> logits `B x K`."""
-
-    kind = "video"
-
-    def __init__(self, encoder: nn.Module, aggregator: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.aggregator = aggregator
-
-    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5:
-            raise ValueError(f"VideoScorer expects B x C x T x H x W, got shape {tuple(x.shape)}")
-        b, c, t, h, w = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
-        return self.encoder(frames).pooled.reshape(b, t, -1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.aggregator(self.frame_features(x), mask)
 
 
 class MeDiVLADRecipe(ClassificationRecipe):
