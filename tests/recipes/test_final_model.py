@@ -192,3 +192,13 @@ def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, cap
     assert "scored per group" in out
     per_group = pd.read_csv(run / "per_group" / "predictions.csv")
     assert len(per_group) == len(set(pred["group"])) and (run / "per_group" / "report.md").is_file()
+
+
+def test_the_final_model_can_be_added_on_resume():
+    """`--resume --set train.final=true` (the way to a final model after folds run one at a time) is no config
+    change; train.cv is: a CV run resumed as final-only would replace its report."""
+    from sonodistill.evaluation.crossval import config_differences
+
+    saved = load_config(None, ["train.fold=0"])
+    assert config_differences(saved, load_config(None, ["train.final=true"])) == []
+    assert config_differences(saved, load_config(None, ["train.cv=false"])) == ["train.cv: saved True, now False"]

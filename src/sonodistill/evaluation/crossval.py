@@ -327,18 +327,24 @@ def train_final_model(cfg: RunConfig, manifest: Manifest, resume: bool = False, 
     The same fold code as the CV (`fit_fold`, or `fit_segmentation_fold`: `labelled_fraction` of all items keeps
     its masks, the rest is unlabelled, recorded in final/split.json). With `resume`, a finished final/ is kept."""
     from sonodistill.recipes import get_recipe
-    from sonodistill.recipes.trainer import fit_fold
+    from sonodistill.recipes.trainer import STOP, fit_fold
 
     final_dir = cfg.run_dir / "final"
     if resume and (final_dir / "model.safetensors").is_file() and (final_dir / "done").is_file():
         log.info("final model already trained, kept: %s", final_dir)
         return final_dir
+    STOP.check(" before the final model")
     fit = fit_fold
     if getattr(get_recipe(cfg.recipe), "task", "classification") != "classification":
         from sonodistill.evaluation.segmentation_cv import fit_segmentation_fold as fit
     rows = np.arange(len(manifest))
+    t0 = time.perf_counter()
     fit(cfg, manifest, rows, rows[:0], final_index(cfg), final_dir, resume=resume, **trainer_overrides)
     if process_rank() == 0:
+        timing_file = cfg.run_dir / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        timing["final"] = time.perf_counter() - t0
+        timing_file.write_text(json.dumps(timing, indent=1))
         estimate = ("the CV report is its estimate" if cfg.train.cv else
                     f"{NO_CV_ESTIMATE}: no cross-validation was run (train.cv=false)")
         (final_dir / "done").write_text(f"trained on all {len(rows)} items; {estimate}\n")
@@ -349,25 +355,19 @@ def run_final_only(cfg: RunConfig, manifest: Manifest, resume: bool = False,
                    **trainer_overrides: Any) -> dict[str, Any] | None:
     """train.cv=false (--final-only): train only RUN/final/, and write a report.md saying no CV estimate exists
     (no folds.json, predictions.csv or metrics.json). Returns {'cv': False, 'final': path}; None on other ranks."""
-    from sonodistill.recipes.trainer import STOP
-
-    STOP.check(" before the final model")
-    t0 = time.perf_counter()
     final_dir = train_final_model(cfg, manifest, resume, **trainer_overrides)
     if process_rank() != 0:
         return None
-    seconds = time.perf_counter() - t0
     timing_file = cfg.run_dir / "timing.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    timing.setdefault("final", seconds)
-    timing_file.write_text(json.dumps(timing, indent=1))
+    seconds = json.loads(timing_file.read_text()).get("final") if timing_file.is_file() else None
+    trained = f" (trained in {seconds:.0f} s)" if seconds is not None else ""
     lines = [f"# {cfg.name}: {cfg.recipe} on {cfg.data.spec}, final model only", "",
              f"{NO_CV_ESTIMATE}: this run trained only the deployable model (train.cv=false, --final-only) on all "
              f"{len(manifest)} items into final/; no cross-validation was run, so there is no estimate of how well "
              "it does on new patients. Estimate it with a CV run of the same config (without --final-only), or "
              "score it on an external labelled set: `sonodistill predict RUN INPUTS --out P.json` then "
              "`sonodistill score P.json --labels LABELS.csv`.", "",
-             f"Model: `{final_dir / 'model.safetensors'}` (trained in {timing['final']:.0f} s)."]
+             f"Model: `{final_dir / 'model.safetensors'}`{trained}."]
     (cfg.run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"cv": False, "final": str(final_dir)}
 
