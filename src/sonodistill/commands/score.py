@@ -337,7 +337,8 @@ def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: lis
              "where a surface distance was undefined (exactly one mask empty), left out of that mean.\n",
              markdown_table({}, columns, extra={f"{len(frame)} items": cells})]
     if "hc_abs_err_mm" in columns:
-        lines.append("hc_abs_err_mm: |HC of the ellipse fitted (second moments) to the predicted mask - hc_mm|.\n")
+        lines.append("hc_abs_err_mm: |HC of the least-squares ellipse fitted to the predicted mask's outer contour "
+                     "- hc_mm|; an image with no head predicted is a failure (NaN), counted in n_nan.\n")
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return {"units": units, "undefined": undefined, "intervals": {i.metric: i.as_dict() for i in intervals}}
 

@@ -284,7 +284,8 @@ def write_segmentation_report(run_dir: str | Path, predictions: pd.DataFrame, ti
              "distance was undefined (exactly one mask empty) and left out.\n",
              table]
     if "hc_abs_err_mm" in columns:
-        lines.append("hc_abs_err_mm: |HC of the ellipse fitted (second moments) to the predicted mask - hc_mm|.\n")
+        lines.append("hc_abs_err_mm: |HC of the least-squares ellipse fitted to the predicted mask's outer contour "
+                     "- hc_mm|; an image with no head predicted is a failure (NaN), counted in n_nan.\n")
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     payload = {"title": title, "n_folds": n_folds, "n_items": int(len(predictions)), "units": units,
                "summary": {k: {"mean": v.mean, "std": v.std, "n": v.n, "n_nan": v.n_nan} for k, v in summary.items()},
