@@ -8,6 +8,7 @@ import logging
 import sys
 
 from sonodistill import __version__
+from sonodistill import console
 from sonodistill.errors import SonoDistillError
 
 # Modules under sonodistill.commands, each with `register(subparsers) -> None`.
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    console.configure(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

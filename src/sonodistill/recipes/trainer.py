@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from safetensors.torch import load_file, save_file
 
+from sonodistill.console import quiet_lightning
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import CheckpointError, SonoDistillError
@@ -214,6 +215,7 @@ def resume_checkpoint(fold_dir: Path, resume: bool, fold: int | str) -> str | No
 def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback] | None = None,
                   **overrides: Any) -> L.Trainer:
     """A Lightning Trainer configured from the run config; checkpoints and logs under `fold_dir`."""
+    quiet_lightning()  # Lightning is imported by now: its console handler's duplicate lines and tips go
     # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
     ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)

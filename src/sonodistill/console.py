@@ -1,0 +1,48 @@
+"""What reaches the user's terminal: our log lines and progress bars, not Lightning's start-up noise (advertising
+tips, internal deprecation warnings, every INFO line printed twice by its own console handler)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+_VERBOSE = False
+# Warnings raised inside Lightning / torch internals that a user cannot act on (our own warnings still show).
+_INTERNAL_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r"Found \d+ module\(s\) in eval mode at the start of training.*",   # frozen stages are eval on purpose
+    r"The number of training batches .* is smaller than the logging interval.*",
+)
+
+
+class _LightningTips(logging.Filter):
+    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def configure(verbose: bool = False) -> None:
+    """Called once by the CLI after logging is set up; `verbose` (-v) keeps everything."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    if verbose:
+        return
+    for pattern in _INTERNAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for handler in logging.getLogger().handlers:  # every logger's records reach the root's handlers
+        if not any(isinstance(f, _LightningTips) for f in handler.filters):
+            handler.addFilter(_LightningTips())
+    quiet_lightning()
+
+
+def quiet_lightning() -> None:
+    """Once Lightning is imported: its records go to the root handlers only (its own console handlers removed).
+    Call after importing Lightning (the trainer does); a no-op before, with -v, or when no root handler exists."""
+    if _VERBOSE or "lightning" not in sys.modules or not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)]
+        logger.propagate = True
