@@ -55,33 +55,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train_speed)
 
 
+def _write_json(path: str, result: object) -> int:
+    """Write a benchmark's result as JSON (parents created), say where; exit code 0."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def run_data(args: argparse.Namespace) -> int:
     from sonodistill.data.bench import markdown_table, run_data_bench
 
     result = run_data_bench(root=args.root, limit=args.limit, size=args.size, num_frames=args.num_frames,
                             cache_dir=args.cache_dir, progress=not args.no_progress)
     print(markdown_table(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return _write_json(args.out, result)
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    from sonodistill.config import load_config, packaged_config
     from sonodistill.evaluation.overhead import measure_overhead, overhead_markdown
 
-    path = Path(args.config) if Path(args.config).suffix in (".yaml", ".yml") else packaged_config(args.config)
-    cfg = load_config(path, args.overrides)
+    cfg = _config(args.config, args.overrides)
     result = measure_overhead(cfg, method=args.method, batches=args.batches, repeats=args.repeats,
                               batch_size=cfg.data.batch_size)
     print(overhead_markdown(result, method=args.method))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return _write_json(args.out, result)
 
 
 def _config(name: str, overrides: list[str]):  # -> RunConfig
@@ -130,8 +129,4 @@ def run_train_speed(args: argparse.Namespace) -> int:
             rows.append(row)
             print(speed_markdown([row]).splitlines()[-1], flush=True)
     print(speed_markdown(rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return _write_json(args.out, rows)
