@@ -64,13 +64,10 @@ def read_predictions_json(path: str | Path) -> dict[str, Any]:
 
 def read_labels(path: str | Path) -> tuple[pd.DataFrame, str]:
     """The labels CSV and the name of its input column."""
+    from sonodistill.evaluation.report import read_csv_file
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(p, "file not found")
-    try:
-        table = pd.read_csv(p, dtype={"label": str, "group": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(p, f"cannot parse CSV: {exc}") from exc
+    table = read_csv_file(p, {"label": str, "group": str}, "file not found")
     column = next((c for c in INPUT_COLUMNS if c in table.columns), None)
     if column is None:
         raise DataError(p, f"no input column: expected one of {list(INPUT_COLUMNS)}; found {list(table.columns)}")

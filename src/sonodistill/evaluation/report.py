@@ -152,15 +152,23 @@ def prob_columns(classes: Sequence[str]) -> list[str]:
     return [f"{PROB_PREFIX}{c}" for c in classes]
 
 
+def read_csv_file(path: str | Path, dtype: dict[str, type], missing: str) -> pd.DataFrame:
+    """A CSV file as a table; a missing file (`missing` says why it should exist) or an unparsable one is a
+    DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, missing)
+    try:
+        return pd.read_csv(path, dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot parse CSV: {e}") from e
+
+
 def read_predictions(run_dir: str | Path) -> pd.DataFrame:
     """Read ``run_dir/predictions.csv`` (columns fold, index, group, y_true, prob_<class>..., optional model)."""
     path = Path(run_dir) / "predictions.csv"
-    if not path.is_file():
-        raise DataError(path, "no predictions.csv in this run directory (the trainer writes it after evaluation)")
-    try:
-        df = pd.read_csv(path, dtype={"group": str, "model": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot parse CSV: {e}") from e
+    df = read_csv_file(path, {"group": str, "model": str},
+                       "no predictions.csv in this run directory (the trainer writes it after evaluation)")
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing or not any(c.startswith(PROB_PREFIX) for c in df.columns):
         need = missing + ([] if any(c.startswith(PROB_PREFIX) for c in df.columns) else ["prob_<class>"])
