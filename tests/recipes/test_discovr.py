@@ -71,6 +71,35 @@ def test_scd_gradients_reach_video_model_decoder_prototypes_but_not_the_image_en
     assert r.student_v.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+def test_image_side_scd_term_sends_no_gradient_to_the_prototypes(monkeypatch):
+    """The authors' routing: the image (teacher) side is scored against detached prototypes, so its cross-entropy
+    CE(s_i, q_v) trains nothing; only the video side's CE(s_v, q_i) trains the prototypes."""
+    from sonodistill.losses.base import LossOutput
+    from sonodistill.losses.sinkhorn import sinkhorn_knopp, soft_cross_entropy
+
+    r = tiny_recipe("use_vid: false, use_img: false")
+
+    def image_side_only(video_scores, image_scores):
+        q_video = sinkhorn_knopp(video_scores.detach(), 0.05, 10)
+        loss = soft_cross_entropy(image_scores, q_video, 0.1)
+        return LossOutput(loss, {"scd": loss.detach()})
+
+    monkeypatch.setattr(r.loss_scd, "forward", image_side_only)
+    loss, _ = r.compute_loss(clips())
+    if loss.requires_grad:
+        loss.backward()
+    grad = r.prototypes.prototypes.grad
+    assert grad is None or not grad.abs().sum() > 0
+
+
+def test_sinkhorn_defaults_to_the_authors_10_iterations():
+    from sonodistill.config import packaged_config
+    from sonodistill.losses.sinkhorn import SemanticClusterDistillationLoss
+
+    assert tiny_recipe().loss_scd.n_iters == 10 and SemanticClusterDistillationLoss().n_iters == 10
+    assert load_config(packaged_config("discovr-cpu")).recipe_options["sinkhorn_iters"] == 10
+
+
 def test_image_encoder_gradient_comes_from_l_img_only():
     r = tiny_recipe()
     state = {k: v.clone() for k, v in r.state_dict().items()}

@@ -13,7 +13,7 @@ from sonodistill.losses.distributed import all_reduce_logsumexp, world_size
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 10) -> torch.Tensor:
     """SwAV's `distributed_sinkhorn`: soft assignments `B x K` of samples to prototypes, no gradient.
 
     scores: `B x K` (this process's rows). Q = exp(scores / epsilon)^T is normalised to total 1; each
@@ -52,7 +52,7 @@ class SemanticClusterDistillationLoss(nn.Module):
     detached scores (no gradient path); s = softmax(scores / temperature) carries the gradient.
     """
 
-    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, n_iters: int = 3) -> None:
+    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, n_iters: int = 10) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"SemanticClusterDistillationLoss: temperature must be > 0, got {temperature}")

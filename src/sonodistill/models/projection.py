@@ -79,5 +79,7 @@ class PrototypeHead(nn.Module):
         super().__init__()
         self.prototypes = nn.Parameter(F.normalize(torch.randn(n_prototypes, dim), dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) @ F.normalize(self.prototypes, dim=-1).t()
+    def forward(self, x: torch.Tensor, detach_prototypes: bool = False) -> torch.Tensor:
+        """`detach_prototypes=True` scores against a stopped-gradient copy (the teacher side of DISCOVR's SCD)."""
+        protos = self.prototypes.detach() if detach_prototypes else self.prototypes
+        return F.normalize(x, dim=-1) @ F.normalize(protos, dim=-1).t()

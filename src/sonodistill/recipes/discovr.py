@@ -86,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "n_prototypes": 64,            # K
     "scd_temperature": 0.1,
     "sinkhorn_epsilon": 0.05,
-    "sinkhorn_iters": 3,
+    "sinkhorn_iters": 10,          # the authors' value
     # protocol (run_experiment)
     "train_on_label": None,        # pretrain only on items with this label (e.g. "0": lus-blues severity 0)
     "normal_label": None,          # anomaly detection: this label is normal (default: train_on_label)
@@ -247,7 +247,9 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
                 total = total + float(o["img_weight"]) * loss_img
             if o["use_scd"]:
                 img_tok = self.image_tokens_on_video_grid(ti_out, b, grid).detach()  # no gradient to the image side
-                img_scores = self.prototypes(img_tok.reshape(-1, img_tok.shape[-1]))
+                # the image (teacher) side is scored against detached prototypes, as in the authors' code: only
+                # the video side's cross-entropy trains the prototypes
+                img_scores = self.prototypes(img_tok.reshape(-1, img_tok.shape[-1]), detach_prototypes=True)
                 scd_terms = []
                 for tokens, keep in s_views:
                     vid_tok = self.decoder(tokens, keep, grid)
