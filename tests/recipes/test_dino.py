@@ -172,3 +172,26 @@ def test_epoch_reaches_the_frame_choice_through_the_sampler():
     # each epoch visits every frame of both parts once, with that epoch passed on
     assert seen[0] == sorted([(0, 0), (0, 1), (0, 2), (0, 0), (0, 1)])
     assert seen[1] == sorted([(1, 0), (1, 1), (1, 2), (1, 0), (1, 1)])
+
+
+def test_dino_continues_from_imagenet_on_the_efficientnet(tmp_path, monkeypatch):
+    """ImageNet -> ultrasound DINO: student and teacher both start from the ImageNet weights, and a step trains."""
+    from sonodistill.models.pretrained import imagenet_state_dict
+
+    monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, [o for o in TINY if not o.startswith(("model.", "recipe_options"))] + [
+        "model.backbone=efficientnet_lite0", "model.width=1.0", "model.pretrained=imagenet", "train.epochs=1",
+        "recipe_options={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, global_size: 32, local_size: 32, "
+        "n_local: 2, warmup_teacher_temp_epochs: 1, momentum_teacher: 0.9}"])
+    recipe = DINORecipe(cfg, steps_per_epoch=2)
+    state, _ = imagenet_state_dict("efficientnet_lite0")
+    for side in (recipe.student, recipe.teacher):
+        assert torch.equal(side.backbone.net.stem_conv.weight, state["stem_conv.weight"])
+
+    class _Views(_RandomViews):
+        def __getitem__(self, i: int) -> dict:
+            g = torch.Generator().manual_seed(i)
+            return {"x": [torch.rand(1, 32, 32, generator=g) for _ in range(4)], "index": i}
+
+    _trainer(tmp_path, max_epochs=1).fit(recipe, DataLoader(_Views(4), batch_size=2))
+    assert not torch.equal(recipe.student.backbone.net.head_conv.weight, state["head_conv.weight"])
