@@ -96,16 +96,24 @@ def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, 
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sonodistill.explain.gradcam import grad_cam
+    from sonodistill.explain.gradcam import grad_cam, grad_cam_problem
     from sonodistill.explain.overlay import overlay, write_gif, write_strip
     from sonodistill.serve.loading import load_run, recipe_explainers
-    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.kinds import PredictOptions, get_model_kind, heatmap_kinds
     from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
 
     model = load_run(args.run_dir, members=args.members)
-    if model.task != "classification":
-        raise ConfigError(f"explain: {args.run_dir} is a {model.task} model; heat maps are for classifiers")
-    available = {"gradcam": grad_cam, **recipe_explainers(str(model.recipe))}
+    if not get_model_kind(model.task).heatmaps:
+        raise ConfigError(f"explain: {args.run_dir} is a {model.task!r} model (recipe {model.recipe!r}); the "
+                          f"{model.task!r} model kind has no explainer (heat maps exist for: "
+                          f"{', '.join(heatmap_kinds())}). `sonodistill predict` works on it")
+    available = {**recipe_explainers(str(model.recipe))}
+    problem = grad_cam_problem(model.members[0])
+    if problem is None:
+        available = {"gradcam": grad_cam, **available}
+    elif not available:
+        raise ConfigError(f"explain: {args.run_dir} (recipe {model.recipe!r}) has no explainer: {problem}, and the "
+                          "recipe defines no EXPLAINERS. `sonodistill predict` works on it")
     methods = args.method or list(available)
     unknown = [m for m in methods if m not in available]
     if unknown:
@@ -130,7 +138,7 @@ def _explain(args: argparse.Namespace) -> int:
     summary = {"input": str(args.input), "model": model.describe(), "prediction": result["prediction"],
                "probabilities": result["probabilities"], "target_class": model.classes[target],
                "methods": files, "frames": int(item.clip.shape[0])}
-    if model.input_kind == "video":
+    if model.input_kind == "video" and problem is None:  # frame relations of a staged video backbone (+ Grad-CAM)
         summary["relations"] = _relations_side_by_side(args, model, item, target, out)
     (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"prediction {result['prediction']}; heat maps for class {model.classes[target]!r} in {out}/: "

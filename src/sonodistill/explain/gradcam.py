@@ -75,6 +75,13 @@ def _stage_and_grads(model: nn.Module, x: torch.Tensor, target_class: int | torc
     return to_grid(h), (to_grid(gh) if gh is not None else None)
 
 
+def grad_cam_problem(model: nn.Module) -> str | None:
+    """Why `grad_cam` cannot explain `model` (it needs `.backbone` returning StageOutputs and `.head`), or None."""
+    if getattr(model, "backbone", None) is None or getattr(model, "head", None) is None:
+        return f"grad_cam needs a model with .backbone (StageOutputs) and .head; got {type(model).__name__}"
+    return None
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor | None = None,
              stage: int | None = None, normalize: bool = True) -> torch.Tensor:
     """Grad-CAM of `model` (a Classifier: `.backbone` returning StageOutputs, `.head` on `.pooled`).
@@ -85,9 +92,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor
     stage: index into the backbone's stages; None = the last one, except for ViTs (pooled from [CLS], which
     ignores the last block's patch tokens): the one before it.
     """
-    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
-    if backbone is None or head is None:
-        raise ConfigError(f"grad_cam needs a model with .backbone (StageOutputs) and .head; got {type(model).__name__}")
+    problem = grad_cam_problem(model)
+    if problem is not None:
+        raise ConfigError(problem)
+    backbone = model.backbone
     if stage is None:
         stage = -2 if _token_block(backbone, -1) is not None and len(backbone.stage_blocks) > 1 else -1
     was_training = model.training

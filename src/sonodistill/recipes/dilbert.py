@@ -165,6 +165,15 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
 
     task = "multimodal"
 
+    @staticmethod
+    def build_inference_model(cfg: RunConfig, manifest: Manifest | None = None) -> torch.nn.Module:
+        """None to build: a DILBERT run is served as annotator folders by `sonodistill annotate` (ConfigError)."""
+        raise ConfigError(
+            "dilbert runs are served by `sonodistill annotate`, not predict/serve/export/explain: their models are "
+            "annotator folders (findings, a description and the nearest training report per sequence). Use "
+            "`sonodistill annotate RUN INPUT` (a run with final/export/student) or `sonodistill annotate "
+            "RUN/fold_K/export/student INPUT`")
+
     def __init__(self, cfg: RunConfig, num_classes: int = 0, steps_per_epoch: int = 1, *, stage: str = "pretrain",
                  model: DILBERTModel | None = None, teacher: DILBERTModel | None = None,
                  codebook: RegionCodebook | None = None, pos_weight: torch.Tensor | None = None,

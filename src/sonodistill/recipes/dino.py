@@ -137,9 +137,18 @@ def peak_rss_mib() -> float:
 
 
 class DINORecipe(L.LightningModule):
-    """DINO pretraining of `cfg.model.backbone` (a frame backbone). Batches are {"x": list of views}."""
+    """DINO pretraining of `cfg.model.backbone` (a frame backbone). Batches are {"x": list of views}.
 
-    task = "pretraining"
+    Served as a features model (`sonodistill predict|serve|export` on the run directory): the teacher backbone
+    in RUN/model.safetensors, one pooled embedding per frame.
+    """
+
+    task = "features"
+
+    @staticmethod
+    def build_inference_model(cfg: RunConfig, manifest: Manifest | None = None) -> nn.Module:
+        """The untrained teacher backbone of RUN/model.safetensors: `B x 1 x S x S` -> StageOutputs (`pooled` `B x D`)."""
+        return build_frame_backbone(cfg)
 
     def __init__(self, cfg: RunConfig, num_classes: int = 0, steps_per_epoch: int = 1) -> None:
         super().__init__()

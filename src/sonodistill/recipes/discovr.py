@@ -122,26 +122,53 @@ def _dino_head(in_dim: int, o: dict[str, Any]) -> DINOHead:
                     int(o["head_nlayers"]), bool(o["norm_last_layer"]))
 
 
+def video_encoder(cfg: RunConfig) -> nn.Module:
+    """The video ViT of `cfg.model` (1 channel, random weights): `B x 1 x T x S x S` -> StageOutputs."""
+    from sonodistill.models.backbones import build_backbone
+
+    video = build_backbone(cfg.model.backbone, in_channels=1, width=cfg.model.width, norm=cfg.model.norm,
+                           **cfg.model.kwargs)
+    if getattr(video, "kind", None) != "video" or not hasattr(video, "tubelet"):
+        raise ConfigError(f"discovr needs a tubelet video ViT ('video_vit'), got {cfg.model.backbone!r}")
+    return video
+
+
+def image_encoder(cfg: RunConfig, o: dict[str, Any]) -> nn.Module | None:
+    """The frame ViT of `recipe_options.image_backbone` (random weights), or None when L_img and L_SCD are off."""
+    from sonodistill.models.backbones import build_backbone
+
+    if not (o["use_img"] or o["use_scd"]):
+        return None
+    image = build_backbone(str(o["image_backbone"]), in_channels=1, width=float(o["image_width"]),
+                           **{"img_size": cfg.data.size, **dict(o["image_kwargs"])})
+    if getattr(image, "kind", None) != "frame" or not hasattr(image, "patch_size"):
+        raise ConfigError(f"discovr: image_backbone must be a frame ViT, got {o['image_backbone']!r}")
+    return image
+
+
 class DISCOVRRecipe(TrainingHooks, L.LightningModule):
     """Video + image masked self-distillation with semantic cluster distillation (see module docstring).
 
-    Batches are dicts {"x": `B x 1 x T x H x W`, ...}; labels are not used in training.
+    Batches are dicts {"x": `B x 1 x T x H x W`, ...}; labels are not used in training. Served as a features
+    model (`sonodistill predict|serve|export` on the run directory): each fold's fold_k/model.safetensors holds
+    the exported encoders, and the video encoder gives one pooled embedding per window of T frames.
     """
 
-    task = "self_supervised"
+    task = "features"
+
+    @staticmethod
+    def build_inference_model(cfg: RunConfig, manifest: Manifest | None = None) -> DISCOVREncoders:
+        """The untrained encoders of fold_k/model.safetensors (no heads, decoder or prototypes); forward = the
+        video encoder, `B x 1 x T x S x S` -> StageOutputs (`pooled` `B x D`)."""
+        return DISCOVREncoders(video_encoder(cfg), image_encoder(cfg, discovr_options(cfg)))
 
     def __init__(self, cfg: RunConfig, num_classes: int = 0, steps_per_epoch: int = 1) -> None:
         super().__init__()
-        from sonodistill.models.backbones import build_backbone
-
         self.cfg = cfg
         self.o = o = discovr_options(cfg)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         epochs = max(1, cfg.train.epochs)
-        video = build_backbone(cfg.model.backbone, in_channels=1, width=cfg.model.width, norm=cfg.model.norm,
-                               **cfg.model.kwargs)
-        if getattr(video, "kind", None) != "video" or not hasattr(video, "tubelet"):
-            raise ConfigError(f"discovr needs a tubelet video ViT ('video_vit'), got {cfg.model.backbone!r}")
+        video = video_encoder(cfg)
         self.tubelet = tuple(video.tubelet)
         self.student_v = Branch(video, _dino_head(video.embed_dim, o))
         self.teacher_v = make_teacher(self.student_v)
@@ -150,12 +177,9 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         dino_kwargs = dict(out_dim=int(o["out_dim"]), student_temp=float(o["student_temp"]),
                            teacher_temp_schedule=temps, center_momentum=float(o["center_momentum"]))
         self.loss_vid = MaskedViewDINOLoss(int(o["n_video_masks"]), **dino_kwargs)
-        self.has_image = bool(o["use_img"] or o["use_scd"])
-        if self.has_image:
-            image = build_backbone(str(o["image_backbone"]), in_channels=1, width=float(o["image_width"]),
-                                   **{"img_size": cfg.data.size, **dict(o["image_kwargs"])})
-            if getattr(image, "kind", None) != "frame" or not hasattr(image, "patch_size"):
-                raise ConfigError(f"discovr: image_backbone must be a frame ViT, got {o['image_backbone']!r}")
+        image = image_encoder(cfg, o)
+        self.has_image = image is not None
+        if image is not None:
             self.patch = int(image.patch_size)
             if self.tubelet[1] % self.patch or self.tubelet[2] % self.patch:
                 raise ConfigError(f"discovr: the image patch {self.patch} must divide the tubelet's spatial size "
@@ -320,8 +344,7 @@ def load_encoders(cfg: RunConfig, weights: Path) -> DISCOVREncoders:
     """The exported encoders of a DISCOVR run (structure from `cfg`, weights from a safetensors file)."""
     from sonodistill.recipes.trainer import load_weights
 
-    model = DISCOVRRecipe(cfg).inference_model()
-    return load_weights(model, weights).eval()
+    return load_weights(DISCOVRRecipe.build_inference_model(cfg), weights).eval()
 
 
 def pretrain_rows(manifest: Manifest, rows: np.ndarray, label: str | None) -> np.ndarray:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from sonodistill.errors import SonoDistillError
+from sonodistill.serve.kinds import get_model_kind
 from sonodistill.serve.loading import LoadedModel
 from sonodistill.serve.predict import ensemble_warnings, failure_message, log_failure
 
@@ -127,6 +128,16 @@ def _gif_frames(n: int) -> np.ndarray:
     return np.unique(np.rint(np.linspace(0, n - 1, min(n, MAX_GIF_FRAMES))).astype(np.int64))
 
 
+def heatmap_problem(model: LoadedModel) -> str | None:
+    """Why the review page shows no Grad-CAM for `model`, or None when it can."""
+    from sonodistill.explain.gradcam import grad_cam_problem
+
+    if not (get_model_kind(model.task).heatmaps and model.members):
+        return ("Grad-CAM needs a classifier served from a run directory "
+                f"(this is a {model.task} model, backend {model.backend})")
+    return grad_cam_problem(model.members[0])
+
+
 def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: bool = True) -> dict[str, Any]:
     """Prediction, score plot (SVG) and the clip as a GIF (Grad-CAM overlay when possible) for one file."""
     from sonodistill.explain.overlay import gif_bytes, overlay
@@ -141,15 +152,14 @@ def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: boo
         out["plot_svg"] = score_plot_svg(result["per_frame"], model.classes, item.fps)
     idx = _gif_frames(item.clip.shape[0])
     frames = item.clip[idx]
-    can_explain = explain and model.task == "classification" and bool(model.members)
-    if can_explain:
+    problem = heatmap_problem(model)
+    if explain and problem is None:
         target = model.classes.index(result["prediction"])
         cam = clip_heatmaps(model, item.clip, target)
         frames = overlay(item.clip, cam)[idx]
         out["heatmap"] = f"Grad-CAM for class '{result['prediction']}' (last backbone stage)"
     elif explain:
-        out["note"] = ("no heat map: Grad-CAM needs a classifier served from a run directory "
-                       f"(this is a {model.task} model, backend {model.backend})")
+        out["note"] = f"no heat map: {problem}"
     fps = (item.fps or 10.0) * len(idx) / item.clip.shape[0]
     out["gif"] = "data:image/gif;base64," + base64.b64encode(gif_bytes(frames, fps)).decode("ascii")
     out["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -194,9 +204,11 @@ class ReviewServer(ThreadingHTTPServer):
 
     def info(self) -> dict[str, Any]:
         m = self.model
-        return {"task": m.task, "classes": m.classes, "backend": m.backend, "members": m.member_names,
+        kind = get_model_kind(m.task)
+        return {"task": m.task, "output": kind.output, "classes": m.classes, "backend": m.backend,
+                "members": m.member_names,
                 "source": Path(m.source).name, "input_kind": m.input_kind, "max_upload_bytes": self.max_upload,
-                "extensions": sorted(EXTENSION_TYPES), "heatmaps": bool(self.explain and m.members),
+                "extensions": sorted(EXTENSION_TYPES), "heatmaps": self.explain and heatmap_problem(m) is None,
                 "max_uploads": self.max_uploads, "warnings": self.warnings}
 
 
@@ -420,14 +432,17 @@ function status(text, error) { const s = $('status'); s.textContent = text; s.cl
 fetch('/api/info').then(r => r.json()).then(j => {
   info = j;
   $('model-info').textContent = `Model: ${j.source} (${j.task}, ${j.backend}, ${j.members.length} member(s)); ` +
-    `classes: ${j.classes.join(', ')}; uploads up to ${Math.round(j.max_upload_bytes / 1048576)} MB.`;
+    (j.classes.length ? `classes: ${j.classes.join(', ')}` : `output: ${j.output}`) +
+    `; uploads up to ${Math.round(j.max_upload_bytes / 1048576)} MB.`;
   if (j.warnings && j.warnings.length) { $('model-info').textContent += ` Warning: ${j.warnings.join(' ')}`; }
 });
 function extensionOf(name) { const i = name.lastIndexOf('.'); return i >= 0 ? name.slice(i).toLowerCase() : ''; }
 function show(payload) {
   const r = payload.result;
   $('results').hidden = false;
-  $('prediction-class').textContent = r.prediction !== undefined ? r.prediction : '';
+  $('prediction-class').textContent = r.prediction !== undefined ? r.prediction
+    : r.embedding ? `Embedding of ${r.embedding_dim} dimensions (a features model: no class probabilities; ` +
+      'the vector is in the raw JSON below)' : '';
   const table = $('probabilities'); table.replaceChildren();
   for (const [c, p] of Object.entries(r.probabilities || {})) {
     const tr = table.insertRow(); tr.insertCell().textContent = c;

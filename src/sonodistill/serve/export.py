@@ -1,8 +1,9 @@
 """Export a run's inference model to ONNX or TorchScript, with sonodistill-model.json and MODEL_CARD.md.
 
-The exported module is `ProbabilityEnsemble`: input `B x 1 x T x S x S` (video) or `B x 1 x S x S` (frame),
-dynamic batch axis, output `probabilities` = softmax, averaged over the members when the run has no final/
-model (one file, the same numbers `sonodistill predict` gives with the run directory).
+The exported module is the one `sonodistill predict` runs (`loading.served_module`): input `B x 1 x T x S x S`
+(video) or `B x 1 x S x S` (frame), dynamic batch axis. Classifiers and segmentation models: output
+`probabilities` = softmax, averaged over the members when the run has no final/ model. Features models (DINO,
+DISCOVR encoders): output `embedding` `B x E`, the members' pooled embeddings concatenated.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from sonodistill import __version__
 from sonodistill.errors import ConfigError, SonoDistillError
-from sonodistill.serve.loading import EXPORT_META, LoadedModel, OnnxRunner, ProbabilityEnsemble, load_run
+from sonodistill.serve.kinds import get_model_kind
+from sonodistill.serve.loading import EXPORT_META, LoadedModel, OnnxRunner, load_run, served_module
 from sonodistill.serve.model_card import write_model_card
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def _example(model: LoadedModel, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.rand((batch, *model.input_shape), generator=g)
 
 
-def _export_onnx(module: torch.nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
+def _export_onnx(module: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, output: str) -> None:
     import onnx
 
     with warnings.catch_warnings():
@@ -43,8 +45,8 @@ def _export_onnx(module: torch.nn.Module, x: torch.Tensor, path: Path, opset: in
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
         torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["probabilities"], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
+                          output_names=[output], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
     onnx.checker.check_model(onnx.load(str(path)))
 
 
@@ -82,14 +84,15 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         raise ConfigError(f"unknown export format {fmt!r}; choose from {sorted(FORMATS)}")
     run_dir = Path(run_dir)
     model = load_run(run_dir, members)
-    module = ProbabilityEnsemble(model.members).eval()
+    kind = get_model_kind(model.task)
+    module = served_module(kind, model.members)
     folder = Path(out_dir) if out_dir is not None else run_dir / f"export-{fmt}"
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / FORMATS[fmt]
     x = _example(model, 2)
     t0 = time.perf_counter()
     if fmt == "onnx":
-        _export_onnx(module, x, file, opset)
+        _export_onnx(module, x, file, opset, kind.output)
     else:
         _export_torchscript(module, x, file)
     meta: dict[str, Any] = {
@@ -101,8 +104,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "input_kind": model.input_kind,
         "input_shape": [None, *model.input_shape],
         "input_name": "input",
-        "output_name": "probabilities",
-        "output": "softmax probabilities over classes (dim 1), mean over members",
+        "output_name": kind.output,
+        "output": kind.output_doc,
         "normalisation": "float32 = uint8 / 255 (after preprocessing)",
         "preprocessing": asdict(model.preprocess),
         "num_frames": model.num_frames,

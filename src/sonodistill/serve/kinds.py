@@ -1,8 +1,8 @@
 """The model-kind registry: for each task, how its inference model is built and how a prediction becomes JSON.
 
 A run's task comes from its recipe (`task` class attribute, default "classification"). The built-in kinds
-("classification", "segmentation") are registered by `sonodistill.serve.predict`, imported on first look-up;
-other recipes add theirs with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
+("classification", "segmentation", "features") are registered by `sonodistill.serve.predict`, imported on first
+look-up; other recipes add theirs with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
 """
 
 from __future__ import annotations
@@ -59,26 +59,44 @@ class ModelKind:
     predict: `(model, prepared_input, options) -> dict` (JSON-ready) for one input file.
     build: `(cfg, manifest) -> nn.Module` inference model with the run's architecture (weights loaded after);
         None: the recipe class must define `build_inference_model(cfg, manifest)`.
+    combine: `(members) -> nn.Module`, the one module that `predict` runs and `export` writes (members: the
+        loaded inference models); None: `ProbabilityEnsemble` (mean of the members' softmax over dim 1).
+    output: name of that module's output (the exported graph's output name); output_doc: what it holds.
+    per_class: the output is per class (the run's classes are reported); False for embeddings.
+    heatmaps: `sonodistill explain` and the review page's Grad-CAM apply (class logits to differentiate).
     """
 
     task: str
     predict: Callable[..., dict[str, Any]]  # (LoadedModel, PreparedInput, PredictOptions) -> dict
     build: Callable[[RunConfig, Manifest], nn.Module] | None = None
+    combine: Callable[[list[nn.Module]], nn.Module] | None = None
+    output: str = "probabilities"
+    output_doc: str = "softmax probabilities over classes (dim 1), mean over members"
+    per_class: bool = True
+    heatmaps: bool = False
 
 
 _KINDS: dict[str, ModelKind] = {}
 
 
 def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
-                        build: Callable[[RunConfig, Manifest], nn.Module] | None = None) -> None:
-    """Register (or replace) how models of `task` are built and how their predictions become JSON."""
-    _KINDS[task] = ModelKind(task, predict, build)
+                        build: Callable[[RunConfig, Manifest], nn.Module] | None = None, **fields: Any) -> None:
+    """Register (or replace) how models of `task` are built and how their predictions become JSON.
+
+    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps)."""
+    _KINDS[task] = ModelKind(task, predict, build, **fields)
 
 
 def get_model_kind(task: str) -> ModelKind:
     """The registered kind for `task` (the built-in kinds are registered by `sonodistill.serve.predict`)."""
-    importlib.import_module("sonodistill.serve.predict")  # registers classification and segmentation
+    importlib.import_module("sonodistill.serve.predict")  # registers classification, segmentation and features
     if task not in _KINDS:
         raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
                           "A recipe adds one with sonodistill.serve.kinds.register_model_kind(...)")
     return _KINDS[task]
+
+
+def heatmap_kinds() -> list[str]:
+    """The registered tasks whose models `sonodistill explain` can explain."""
+    importlib.import_module("sonodistill.serve.predict")
+    return sorted(t for t, k in _KINDS.items() if k.heatmaps)

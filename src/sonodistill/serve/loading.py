@@ -20,8 +20,8 @@ from torch import nn
 from sonodistill.config import RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
-from sonodistill.errors import CheckpointError, ConfigError
-from sonodistill.serve.kinds import get_model_kind
+from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
+from sonodistill.serve.kinds import ModelKind, get_model_kind
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,32 @@ class ProbabilityEnsemble(nn.Module):
         for m in self.members[1:]:
             probs = probs + torch.softmax(m(x).float(), dim=1)
         return probs / len(self.members)
+
+
+class EmbeddingConcat(nn.Module):
+    """Pooled embeddings of the members, concatenated: `B x ...` -> `B x (M * D)` (M members of D dims each).
+
+    A member returns a `StageOutputs` (its `pooled` is used) or a `B x D` tensor. Fold encoders pretrained
+    separately live in different spaces, so they are concatenated rather than averaged; one member: its embedding.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("EmbeddingConcat needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @staticmethod
+    def pooled(out: Any) -> torch.Tensor:
+        """`B x D` embedding of one member's output (its `pooled` field when it has one)."""
+        out = getattr(out, "pooled", out)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise SonoDistillError(f"features model: expected a B x D embedding (or an output with `pooled`), got "
+                                   f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}")
+        return out.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.pooled(m(x)) for m in self.members], dim=1)
 
 
 class TorchRunner:
@@ -131,8 +157,10 @@ class TorchScriptRunner(TorchRunner):
 class LoadedModel:
     """A model ready for `serve.predict`: how to preprocess, what it outputs, and a runner.
 
-    runner: float32 `B x C x T x H x W` (video) or `B x C x H x W` (frame) -> probabilities `B x K [x H x W]`.
+    runner: float32 `B x C x T x H x W` (video) or `B x C x H x W` (frame) -> the kind's output: probabilities
+        `B x K [x H x W]`, or embeddings `B x E` for a features model.
     members: the torch inference models (empty for an export folder: no Grad-CAM there).
+    classes: the run's classes; empty when the output is not per class (features).
     """
 
     task: str
@@ -157,7 +185,8 @@ class LoadedModel:
         return (1, self.num_frames, s, s) if self.input_kind == "video" else (1, s, s)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Run the model on a float32 batch; probabilities (ensemble mean of softmax)."""
+        """Run the model on a float32 batch: probabilities (ensemble mean of softmax), or a features model's
+        embeddings `B x E`."""
         return self.runner(x)
 
     def describe(self) -> dict[str, Any]:
@@ -174,19 +203,32 @@ def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
 
 
 def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
-    """Folders whose model.safetensors are served: 'auto' = final/ if present else every fold_k/; or 'final'/'folds'."""
+    """Folders whose model.safetensors are served.
+
+    'auto': final/ if present, else every fold_k/, else the run directory itself when it holds model.safetensors
+    (one model for the whole run: dino's teacher backbone); 'final': final/ or that run-level model; 'folds'.
+    """
     if members not in ("auto", "final", "folds"):
         raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
     final = run_dir / "final"
     if members in ("auto", "final") and (final / WEIGHTS).is_file():
         return [final]
-    if members == "final":
-        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS} (train with --set train.final=true)")
     folds = sorted((p for p in run_dir.glob("fold_*") if (p / WEIGHTS).is_file() and p.name[5:].isdigit()),
                    key=lambda p: int(p.name[5:]))
+    run_level = (run_dir / WEIGHTS).is_file() and not folds
+    if members in ("auto", "final") and run_level:
+        return [run_dir]
+    if members == "final":
+        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS} (train with --set train.final=true)")
     if not folds:
-        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS} and no fold_<k>/{WEIGHTS}: nothing to serve")
+        raise CheckpointError(f"{run_dir}: no final/{WEIGHTS}, no fold_<k>/{WEIGHTS} and no {WEIGHTS}: "
+                              "nothing to serve")
     return folds
+
+
+def member_name(run_dir: Path, folder: Path) -> str:
+    """How a served member is named: 'final', 'fold_<k>', or 'run' for the run directory's own model."""
+    return "run" if folder == run_dir else folder.name
 
 
 def build_inference_model(cfg: RunConfig, manifest: Manifest, task: str) -> nn.Module:
@@ -204,14 +246,26 @@ def build_inference_model(cfg: RunConfig, manifest: Manifest, task: str) -> nn.M
 
 
 def input_kind_of(model: nn.Module) -> InputKind:
-    """'video' when the model (or its backbone) declares kind 'video', else 'frame'."""
-    backbone = getattr(model, "backbone", None)
-    kind = getattr(backbone, "kind", None) or getattr(model, "kind", None) or "frame"
-    return "video" if kind == "video" else "frame"
+    """'video' when the model, its backbone or its video encoder (DISCOVR) declares kind 'video', else 'frame'."""
+    for part in (getattr(model, "backbone", None), model, getattr(model, "video", None)):
+        kind = getattr(part, "kind", None)
+        if kind is not None:
+            return "video" if kind == "video" else "frame"
+    return "frame"
+
+
+def served_module(kind: ModelKind, members: list[nn.Module]) -> nn.Module:
+    """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`."""
+    combine = kind.combine or ProbabilityEnsemble
+    return combine(members).eval()
 
 
 def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
-    """Load a run directory: config.yaml + manifest.csv + final/ (or every fold_k/) weights, strictly."""
+    """Load a run directory: config.yaml + manifest.csv + final/ (or every fold_k/, or RUN/) weights, strictly.
+
+    The recipe's inference model is built before any weights are looked for, so a recipe that has none (a
+    scikit-learn baseline, an annotator served by `sonodistill annotate`) refuses with its own message.
+    """
     from sonodistill.recipes.trainer import load_weights
 
     run_dir = Path(run_dir)
@@ -221,25 +275,28 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
     cfg = load_config(run_dir / "config.yaml")
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
     task = recipe_task(cfg.recipe)
-    get_model_kind(task)  # fail early for an unknown task
+    first = build_inference_model(cfg, manifest, task)  # a recipe without an inference model refuses here
+    kind = get_model_kind(task)
     dirs = member_dirs(run_dir, members)
     models = []
-    for d in dirs:
-        m = build_inference_model(cfg, manifest, task)
+    for i, d in enumerate(dirs):
+        m = first if i == 0 else build_inference_model(cfg, manifest, task)
         try:
             load_weights(m, d / WEIGHTS)
         except RuntimeError as exc:  # torch reports shape mismatches as RuntimeError
-            first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+            first_line = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
             raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: "
-                                  f"{first[0].strip()}") from exc
+                                  f"{first_line[0].strip()}") from exc
         models.append(m.eval())
-    ensemble = ProbabilityEnsemble(models).eval()
-    kind = input_kind_of(models[0])
-    log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(d.name for d in dirs))
-    return LoadedModel(task=task, classes=list(manifest.classes), preprocess=preprocess_config(cfg),
-                       num_frames=int(cfg.data.num_frames) if kind == "video" else 1, input_kind=kind,
-                       runner=TorchRunner(ensemble), source=str(run_dir), backend="torch",
-                       member_names=[d.name for d in dirs], members=models, cfg=cfg, run_dir=run_dir,
+    module = served_module(kind, models)
+    input_kind = input_kind_of(models[0])
+    names = [member_name(run_dir, d) for d in dirs]
+    log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(names))
+    return LoadedModel(task=task, classes=list(manifest.classes) if kind.per_class else [],
+                       preprocess=preprocess_config(cfg),
+                       num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
+                       runner=TorchRunner(module), source=str(run_dir), backend="torch",
+                       member_names=names, members=models, cfg=cfg, run_dir=run_dir,
                        recipe=cfg.recipe)
 
 

@@ -1,5 +1,6 @@
 """Predictions for files: the training preprocessing, sliding windows for video classifiers, masks for
-segmentation models, and per-clip heat maps. Registers the built-in model kinds.
+segmentation models, embeddings for self-supervised encoders, and per-clip heat maps. Registers the built-in
+model kinds (classification, segmentation, features).
 
 Video classifiers: windows of T consecutive (preprocessed) frames, starting every `stride` frames, the last
 window ending at the last frame; a frame's score is the mean over the windows that contain it; the clip's
@@ -24,7 +25,7 @@ from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame
 from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, Video, read_clip, read_image
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
-from sonodistill.serve.loading import LoadedModel
+from sonodistill.serve.loading import EmbeddingConcat, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _to_input(model: LoadedModel, clip: np.ndarray) -> np.ndarray:
 
 
 def run_batches(model: LoadedModel, items: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Probabilities for uint8 inputs (`T x S x S` windows or `S x S` frames), `batch_size` per forward pass."""
+    """Model outputs (probabilities, or embeddings) for uint8 inputs (`T x S x S` windows or `S x S` frames), `batch_size` per forward pass."""
     outs = []
     for i in range(0, len(items), batch_size):
         outs.append(model.probabilities(_to_input(model, np.stack(items[i : i + batch_size]))))
@@ -140,22 +141,33 @@ def round_list(a: Any, decimals: int) -> Any:
     return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
 
 
+def window_outputs(model: LoadedModel, clip: np.ndarray, options: PredictOptions) -> dict[str, Any]:
+    """A video model on windows of T frames of a uint8 `n x S x S` clip.
+
+    Returns {"length": T, "stride", "starts": [W starts], "outputs": `W x ...` model outputs, "clip": the clip's
+    output (mean over windows, or the model on T uniformly sampled frames for clip_mode 'uniform')}.
+    """
+    n, t = clip.shape[0], model.num_frames
+    stride = options.stride or default_stride(model)
+    starts = window_starts(n, t, stride)
+    outputs = run_batches(model, [clip[window_indices(n, t, s)] for s in starts], options.batch_size)
+    if options.clip_mode == "uniform":
+        whole = run_batches(model, [clip[sample_frame_indices(n, t, "uniform")]], 1)[0]
+    else:
+        whole = outputs.mean(axis=0)
+    return {"length": t, "stride": stride, "starts": starts, "outputs": outputs, "clip": whole}
+
+
 def classify(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
     """Class probabilities of a clip (or image), per-window and per-frame scores."""
     clip = item.clip
     n, k = clip.shape[0], len(model.classes)
     out: dict[str, Any] = {}
     if model.input_kind == "video":
-        t = model.num_frames
-        stride = options.stride or default_stride(model)
-        starts = window_starts(n, t, stride)
-        wp = run_batches(model, [clip[window_indices(n, t, s)] for s in starts], options.batch_size)
-        per_frame = frame_scores(n, t, starts, wp)
-        if options.clip_mode == "uniform":
-            probs = run_batches(model, [clip[sample_frame_indices(n, t, "uniform")]], 1)[0]
-        else:
-            probs = wp.mean(axis=0)
-        out["windows"] = {"length": t, "stride": stride, "starts": starts,
+        w = window_outputs(model, clip, options)
+        wp, probs = w["outputs"], w["clip"]
+        per_frame = frame_scores(n, w["length"], w["starts"], wp)
+        out["windows"] = {"length": w["length"], "stride": w["stride"], "starts": w["starts"],
                           "probabilities": round_list(wp, options.decimals)}
     else:
         per_frame = run_batches(model, list(clip), options.batch_size)
@@ -169,6 +181,32 @@ def classify(model: LoadedModel, item: PreparedInput, options: PredictOptions) -
         "per_frame": round_list(per_frame, options.decimals),
     })
     return out
+
+
+def embed(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
+    """Pooled embedding `E` of a clip (or image), no class probabilities.
+
+    Video encoders (DISCOVR): one embedding per window of T frames (`windows.embeddings`, `W x E`); the clip's is
+    their mean (or T uniformly sampled frames, clip_mode 'uniform', the input the run's own evaluation embedded).
+    Frame encoders (DINO): one per frame (`frame_embeddings`, `n x E`); the clip's is their mean.
+    """
+    clip = item.clip
+    out: dict[str, Any] = {}
+    if model.input_kind == "video":
+        w = window_outputs(model, clip, options)
+        vector = w["clip"]
+        out["windows"] = {"length": w["length"], "stride": w["stride"], "starts": w["starts"],
+                          "embeddings": round_list(w["outputs"], options.decimals)}
+        mode = options.clip_mode
+    else:
+        frames = run_batches(model, list(clip), options.batch_size)
+        vector = frames.mean(axis=0)
+        out["frame_embeddings"] = round_list(frames, options.decimals)
+        mode = "mean-of-frames"
+    if vector.ndim != 1:
+        raise SonoDistillError(f"features model output has shape {vector.shape} per input, expected an embedding E")
+    return {"embedding": round_list(vector, options.decimals), "embedding_dim": int(vector.shape[0]),
+            "embedding_members": list(model.member_names), "clip_mode": mode, **out}
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -219,8 +257,10 @@ def _build_classifier(cfg: Any, manifest: Any) -> torch.nn.Module:
     return build_classifier(cfg, len(manifest.classes))
 
 
-register_model_kind("classification", classify, build=_build_classifier)
+register_model_kind("classification", classify, build=_build_classifier, heatmaps=True)
 register_model_kind("segmentation", segment, build=None)  # the segmentation recipe provides the network
+register_model_kind("features", embed, build=None, combine=EmbeddingConcat, output="embedding", per_class=False,
+                    output_doc="pooled embedding B x E (the members' embeddings concatenated, in member order)")
 
 
 # ------------------------------------------------------------------------------------------- entry points

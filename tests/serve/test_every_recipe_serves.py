@@ -1,0 +1,293 @@
+"""Every recipe's run directory through the bedside commands: predict, export (ONNX parity 1e-4), the review
+page's analysis and explain, or a clear refusal naming what to use instead.
+
+The runs are tiny real runs (`run_crossval`, 1 epoch, one fold, 32 px, a few seconds each) on a synthetic carotid
+set (videos) or fetal-head set (images, segmentation); dilbert runs one tiny fold with `run_fold` (simulated
+sequence-report pairs) and linear_probe is its config alone (it refuses before looking for weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sonodistill.config import load_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
+from sonodistill.recipes import RECIPES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SEGMENTATION = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
+
+#: recipe -> what the bedside commands do with its run directory ("refused: <words of the ConfigError>").
+BEHAVIOUR: dict[str, str] = {
+    "supervised": "classification",
+    "dualdistill": "classification",
+    "medivlad": "classification",
+    **{r: "segmentation" for r in SEGMENTATION},
+    "dino": "features",
+    "discovr": "features",
+    "dilbert": "refused: served by `sonodistill annotate`",
+    "linear_probe": "refused: no PyTorch inference model",
+}
+
+SERVED = [r for r, b in BEHAVIOUR.items() if not b.startswith("refused")]
+
+#: classifiers whose model Grad-CAM cannot explain (frame encoder + aggregator, no `.backbone`/`.head`): explain
+#: runs the recipe's own EXPLAINERS only, the review page answers without a heat map.
+NO_GRAD_CAM = {"medivlad": "grad_cam needs a model with .backbone (StageOutputs) and .head; got VideoScorer"}
+
+VIDEO = ["data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
+         "train.epochs=1", "train.folds=2", "train.fold=0", "optim.warmup_epochs=0", "train.log_every_n_steps=1"]
+RESNET = ["model.backbone=resnet10_3d", "model.width=0.125", "model.kwargs={temporal_stride: 1}"]
+VIT = ["model.backbone=vit_tiny_p8", "model.width=0.25", "model.kwargs={img_size: 32, depth: 2}"]
+DINO_OPTIONS = ("recipe_options={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, global_size: 32, local_size: 16, "
+                "n_local: 2, warmup_teacher_temp_epochs: 1, momentum_teacher: 0.9, frames_per_video: 1}")
+DISCOVR = ["model.backbone=video_vit", "model.width=1.0",
+           "model.kwargs={dim: 24, depth: 1, heads: 2, tubelet: [2, 8, 8], num_frames: 4, img_size: 32}",
+           "recipe_options={image_kwargs: {dim: 24, depth: 1, heads: 2}, out_dim: 64, head_hidden_dim: 32, "
+           "head_bottleneck_dim: 16, decoder_dim: 12, decoder_heads: 2, n_prototypes: 8, run_folds: [0]}"]
+SEG = ["data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
+       "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=2",
+       "train.fold=0", "train.log_every_n_steps=1", "optim.warmup_epochs=0",
+       "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0}"]
+DILBERT = ["data.num_frames=4", "data.size=32", "data.batch_size=4", "train.epochs=1", "train.log_every_n_steps=1",
+           "recipe_options={teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_width: 0.125}, "
+           "student: {dim: 16, layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32}"]
+
+
+def _overrides(recipe: str, root: Path) -> list[str]:
+    """The tiny config of `recipe` (run under root/runs/<recipe>)."""
+    where = [f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}"]
+    if recipe in SEGMENTATION:
+        return where + SEG
+    if recipe == "dino":
+        return where + VIDEO + VIT + [DINO_OPTIONS, "data.batch_size=6"]
+    if recipe == "discovr":
+        return where + VIDEO + DISCOVR
+    if recipe == "medivlad":
+        return where + VIDEO + VIT + [f"recipe_options={{init_from: {root / 'teacher.safetensors'}}}"]
+    if recipe == "dilbert":
+        return where + DILBERT
+    return where + VIDEO + RESNET
+
+
+class Runs:
+    """Tiny run directories, made on first use: {recipe: (run directory, an input file for predict)}."""
+
+    def __init__(self, root: Path) -> None:
+        from sonodistill.data.synthetic import write_dataset
+
+        self.root = root
+        self.videos = Manifest.from_csv(write_dataset("carotid", root / "carotid", n=12, seed=3, frames=8, size=48))
+        self.images = Manifest.from_csv(write_dataset("fetal-head", root / "heads", n=8, seed=1, size=48, workers=1))
+        self.made: dict[str, tuple[Path, Path]] = {}
+
+    def __call__(self, recipe: str) -> tuple[Path, Path]:
+        if recipe not in self.made:
+            self.made[recipe] = self._make(recipe)
+        return self.made[recipe]
+
+    def _make(self, recipe: str) -> tuple[Path, Path]:
+        from sonodistill.evaluation.crossval import run_crossval
+
+        cfg = load_config(None, _overrides(recipe, self.root))
+        manifest = self.images if recipe in SEGMENTATION else self.videos
+        if recipe == "medivlad":  # the DINO-style teacher it starts from
+            from sonodistill.models.backbones import build_backbone
+            from sonodistill.recipes.trainer import save_weights
+
+            torch.manual_seed(7)
+            save_weights(build_backbone("vit_tiny_p8", in_channels=1, width=0.25, img_size=32, depth=2),
+                         self.root / "teacher.safetensors")
+        if recipe == "dilbert":
+            self._dilbert(cfg)
+        elif recipe == "linear_probe":  # refuses from its config: no features or probes needed
+            cfg.save(cfg.run_dir / "config.yaml")
+            manifest.to_csv(cfg.run_dir / "manifest.csv")
+        else:
+            run_crossval(cfg, manifest=manifest)
+        return cfg.run_dir, Path(manifest.paths[0])
+
+    def _dilbert(self, cfg: Any) -> None:
+        """One tiny fold of simulated lung sequence-report pairs (as tests/recipes/test_dilbert.py), with the
+        run's config.yaml and a manifest.csv beside it, as `sonodistill train dilbert` leaves them."""
+        from sonodistill.data.sequences import synthetic_sequences
+        from sonodistill.knowledge import load_graph
+        from sonodistill.recipes.dilbert import run_fold
+
+        pairs = synthetic_sequences("lung", n=8, seed=0, frames=4, size=32)
+        cfg.save(cfg.run_dir / "config.yaml")
+        self.videos.to_csv(cfg.run_dir / "manifest.csv")
+        run_fold(cfg, pairs, np.arange(6), np.arange(6, 8), 0, cfg.run_dir / "fold_0", load_graph("lung"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("every-recipe"))
+
+
+def _refusal(recipe: str) -> str:
+    return BEHAVIOUR[recipe].removeprefix("refused: ")
+
+
+def test_the_table_covers_every_recipe():
+    assert set(BEHAVIOUR) == set(RECIPES)
+
+
+def _check_result(recipe: str, result: dict[str, Any], model: Any) -> None:
+    """The fields predict gives for one input, by the recipe's model kind."""
+    kind = BEHAVIOUR[recipe]
+    assert "error" not in result, result.get("error")
+    assert result["task"] == kind
+    if kind == "classification":
+        assert result["prediction"] in model.classes
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    elif kind == "segmentation":
+        assert len(result["masks"]) == 1 and result["masks"][0]["png"].startswith("data:image/png;base64,")
+    else:
+        assert "probabilities" not in result and "prediction" not in result and model.classes == []
+        e = result["embedding_dim"]
+        assert e > 0 and len(result["embedding"]) == e and np.isfinite(result["embedding"]).all()
+        if recipe == "dino":  # a frame encoder: one embedding per frame, the clip's is their mean
+            frames = np.asarray(result["frame_embeddings"])
+            assert frames.shape == (result["frames"], e)
+            np.testing.assert_allclose(frames.mean(axis=0), result["embedding"], atol=1e-5)
+        else:  # a video encoder: one embedding per window of T frames
+            windows = np.asarray(result["windows"]["embeddings"])
+            assert windows.shape == (len(result["windows"]["starts"]), e) and result["windows"]["length"] == 4
+
+
+@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
+def test_predict(recipe, runs):
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import predict_many
+
+    run, item = runs(recipe)
+    if recipe not in SERVED:
+        with pytest.raises(ConfigError, match=_refusal(recipe)):
+            load_model(run)
+        return
+    model = load_model(run)
+    payload = predict_many(model, [item], PredictOptions(stride=2))
+    assert payload["model"]["task"] == BEHAVIOUR[recipe]
+    _check_result(recipe, payload["results"][0], model)
+
+
+def test_dino_embedding_is_the_teacher_backbone_on_the_preprocessed_frames(runs):
+    """predict's per-frame embeddings are the saved teacher backbone's pooled output on the run's preprocessing."""
+    from sonodistill.recipes.frame_features import load_run_backbone
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import _to_input, predict_prepared, prepare, read_input
+    from sonodistill.serve.kinds import PredictOptions
+
+    run, item = runs("dino")
+    model = load_model(run)
+    assert model.member_names == ["run"] and model.input_kind == "frame"
+    prepared = prepare(model, read_input(item), str(item))
+    got = np.asarray(predict_prepared(model, prepared, PredictOptions(decimals=8))["frame_embeddings"])
+    teacher, _ = load_run_backbone(run)  # RUN/teacher_backbone.safetensors, as downstream recipes load it
+    with torch.no_grad():
+        want = teacher(torch.from_numpy(_to_input(model, prepared.clip))).pooled.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
+def test_onnx_export_gives_the_same_output_as_pytorch(recipe, runs, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
+    from sonodistill.serve.export import export_model
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import predict_file
+
+    run, item = runs(recipe)
+    if recipe not in SERVED:
+        with pytest.raises(ConfigError, match=_refusal(recipe)):
+            export_model(run, tmp_path / "onnx", "onnx")
+        return
+    folder = export_model(run, tmp_path / "onnx", "onnx")
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert meta["task"] == BEHAVIOUR[recipe] and meta["max_abs_diff_vs_torch"] <= 1e-4
+    assert meta["output_name"] == ("embedding" if BEHAVIOUR[recipe] == "features" else "probabilities")
+    torch_model, onnx_model = load_model(run), load_model(folder)
+    x = np.random.default_rng(0).random((3, *torch_model.input_shape), dtype=np.float32)
+    ref, got = torch_model.probabilities(x), onnx_model.probabilities(x)
+    assert ref.shape == got.shape and np.abs(got - ref).max() <= 1e-4
+    result = predict_file(onnx_model, item, PredictOptions(stride=2))
+    _check_result(recipe, result, onnx_model)
+    if BEHAVIOUR[recipe] == "features":
+        want = predict_file(torch_model, item, PredictOptions(stride=2))["embedding"]
+        np.testing.assert_allclose(result["embedding"], want, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
+def test_review_page_analysis(recipe, runs):
+    from sonodistill.serve.app import ReviewServer, analyse_file
+    from sonodistill.serve.loading import load_model
+
+    run, item = runs(recipe)
+    if recipe not in SERVED:
+        with pytest.raises(ConfigError, match=_refusal(recipe)):
+            load_model(run)
+        return
+    model = load_model(run)
+    out = analyse_file(model, item, "upload" + item.suffix)
+    _check_result(recipe, out["result"], model)
+    assert out["gif"].startswith("data:image/gif;base64,")
+    server = ReviewServer(("127.0.0.1", 0), model)
+    try:
+        info = server.info()
+    finally:
+        server.server_close()
+    if BEHAVIOUR[recipe] == "features":  # embeddings, no class probabilities, no score plot, no heat map
+        assert info["output"] == "embedding" and info["classes"] == [] and not info["heatmaps"]
+        assert out["plot_svg"] is None and out["heatmap"] is None and "features model" in out["note"]
+    else:
+        assert info["output"] == "probabilities"
+    if recipe in NO_GRAD_CAM:
+        assert not info["heatmaps"] and out["heatmap"] is None and NO_GRAD_CAM[recipe] in out["note"]
+    elif BEHAVIOUR[recipe] == "classification":
+        assert info["heatmaps"] and out["heatmap"].startswith("Grad-CAM")
+
+
+@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
+def test_explain(recipe, runs, tmp_path, capsys):
+    """Classifiers get heat maps; any other kind, or a classifier Grad-CAM cannot explain, is a clear error naming
+    the kind or the reason (exit 2, no traceback)."""
+    from sonodistill.cli import main
+
+    run, item = runs(recipe)
+    code = main(["explain", str(run), str(item), "--out", str(tmp_path / "explain"), "--max-strip-frames", "2"])
+    err = capsys.readouterr().err
+    if recipe in NO_GRAD_CAM:  # its attention explainer, without Grad-CAM or frame relations
+        summary = json.loads((tmp_path / "explain" / "explain.json").read_text())
+        assert code == 0 and set(summary["methods"]) == {"attention"} and "relations" not in summary
+        return
+    if BEHAVIOUR[recipe] == "classification":
+        assert code == 0 and (tmp_path / "explain" / "gradcam_strip.png").is_file()
+        return
+    assert code == 2 and "Traceback" not in err
+    if recipe in SERVED:
+        assert f"is a '{BEHAVIOUR[recipe]}' model" in err and "has no explainer" in err and "classification" in err
+    else:
+        assert _refusal(recipe) in err
+
+
+def test_the_dilbert_refusal_names_a_command_that_annotates_the_run(runs, capsys):
+    """The ConfigError's advice works: `sonodistill annotate RUN/fold_K/export/student INPUT` gives the findings
+    and the description for the same input."""
+    from sonodistill.cli import main
+
+    run, item = runs("dilbert")
+    assert main(["predict", str(run), str(item)]) == 2
+    assert "sonodistill annotate RUN/fold_K/export/student INPUT" in capsys.readouterr().err
+    assert main(["annotate", str(run / "fold_0" / "export" / "student"), str(item)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["findings"] and isinstance(result["description"], str)
