@@ -199,6 +199,20 @@ def test_dino_embedding_is_the_teacher_backbone_on_the_preprocessed_frames(runs)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_discovr_uniform_embedding_is_the_one_its_cross_validation_evaluated(runs):
+    """--clip-mode uniform gives the clip embedding the run's kNN / linear probes used (fold_0/embeddings.npy)."""
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import predict_file
+
+    run, item = runs("discovr")  # item: manifest row 0
+    model = load_model(run)
+    assert model.member_names == ["fold_0"] and model.input_kind == "video" and model.num_frames == 4
+    got = predict_file(model, item, PredictOptions(clip_mode="uniform", decimals=8))["embedding"]
+    rows, saved = np.load(run / "fold_0" / "embedding_rows.npy"), np.load(run / "fold_0" / "embeddings.npy")
+    np.testing.assert_allclose(got, saved[list(rows).index(0)], atol=1e-4)
+
+
 @pytest.mark.parametrize("recipe", list(BEHAVIOUR))
 def test_onnx_export_gives_the_same_output_as_pytorch(recipe, runs, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
