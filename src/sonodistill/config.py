@@ -73,6 +73,8 @@ class TrainConfig:
     precision: str = "32-true"
     limit_train_batches: float | int = 1.0
     log_every_n_steps: int = 10
+    threads: int = 0                      # torch intra-op threads of this process; 0: torch's default (all cores).
+                                          # On small CPUs 1 is often fastest (README, bench train)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sonodistill.config import load_config
-from sonodistill.errors import NonFiniteLossError, SonoDistillError
+from sonodistill.errors import ConfigError, NonFiniteLossError, SonoDistillError
 from sonodistill.evaluation.crossval import report_from_run_dir, run_crossval
 from sonodistill.recipes import RECIPES
 from sonodistill.recipes.supervised import SupervisedRecipe
@@ -264,3 +264,19 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_what_to_do(tiny_car
     with pytest.raises(CheckpointError, match=rf"{last}: .*delete .*checkpoints.* or start a new run") as err:
         run_crossval(cfg, resume=True, manifest=tiny_carotid)
     assert "Traceback" not in str(err.value)
+
+
+def test_train_threads_sets_torch_threads_and_may_change_on_resume(tiny_carotid, tiny_overrides):
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(None, tiny_overrides + ["name=threads", "train.fold=0", "train.epochs=1", "train.threads=1"])
+        run_crossval(cfg, manifest=tiny_carotid)
+        assert torch.get_num_threads() == 1
+        again = load_config(None, tiny_overrides + ["name=threads", "train.fold=0", "train.epochs=1",
+                                                    "train.threads=2"])
+        run_crossval(again, resume=True, manifest=tiny_carotid)  # not a config difference that refuses the resume
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ConfigError, match="train.threads must be >= 0"):
+            run_crossval(load_config(None, tiny_overrides + ["name=bad", "train.threads=-1"]), manifest=tiny_carotid)
+    finally:
+        torch.set_num_threads(before)

@@ -62,7 +62,7 @@ def cv_folds(cfg: RunConfig, manifest: Manifest, resume: bool, save: bool = True
 
 # Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
 # train.final too: `--resume --set train.final=true` adds the final model to a run whose folds are done.
-RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final")
+RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final", "train.threads")
 
 NO_CV_ESTIMATE = "NO_CV_ESTIMATE"
 
@@ -206,6 +206,17 @@ def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[t
     return make_folds(manifest, cfg.train.folds, cfg.train.seed)
 
 
+def set_threads(threads: int) -> None:
+    """`train.threads`: torch's intra-op thread count for this process (0 keeps torch's default)."""
+    import torch
+
+    if threads < 0:
+        raise ConfigError(f"train.threads must be >= 0 (0: torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(int(threads))
+        log.info("torch intra-op threads: %d (train.threads)", threads)
+
+
 def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None,
                  **trainer_overrides: Any) -> dict[str, Any]:
     """Train every fold (or `cfg.train.fold` only), write predictions and the report; returns the summary.
@@ -231,6 +242,7 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if resume and rank == 0:
         resume = check_resume_config(cfg)
     new_folds = validate_run(cfg, manifest, recipe_cls)
+    set_threads(cfg.train.threads)
     # -- nothing was written before this line --
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
