@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from sonodistill.commands.demo import run_demo
@@ -25,3 +27,7 @@ def test_demo_compares_recipes_on_the_same_folds(tmp_path) -> None:
     key = ["fold", "index"]
     assert sup.sort_values(key)[key].values.tolist() == dd.sort_values(key)[key].values.tolist()
     assert (out / "supervised" / "folds.json").read_text() == (out / "dualdistill" / "folds.json").read_text()
+    # the report ends with the paired comparison and a plain verdict on accuracy
+    assert "## Paired comparison with supervised (baseline)" in text and (out / "compare" / "comparison.csv").is_file()
+    assert re.search(r"\*\*dualdistill (is more accurate than|is less accurate than|is not shown to differ in "
+                     r"accuracy from) supervised on this set\*\* \(difference [+-]\d", text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from sonodistill import __version__
@@ -47,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    console.configure(verbose=args.verbose)
+    console.setup_logging(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

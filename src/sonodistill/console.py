@@ -23,8 +23,14 @@ class _LightningTips(logging.Filter):
         return not str(record.getMessage()).startswith("💡 Tip")
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """The CLI's logging (level, format) and noise filter; also called in worker processes the CLI spawns."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    configure(verbose)
+
+
 def configure(verbose: bool = False) -> None:
-    """Called once by the CLI after logging is set up; `verbose` (-v) keeps everything."""
+    """Filter Lightning's noise once logging is set up; `verbose` (-v) keeps everything."""
     global _VERBOSE
     _VERBOSE = verbose
     if verbose:

@@ -50,7 +50,11 @@ def _train_in_parallel(cfgs: list[RunConfig], jobs: int, threads: int, manifest:
     the workers are then ended and TrainingStopped is raised: no worker outlives this call."""
     from sonodistill.recipes.trainer import STOP, TrainingStopped, stop_on_signals
 
-    with stop_on_signals(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    from sonodistill.console import setup_logging
+
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    with stop_on_signals(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                                                initializer=setup_logging, initargs=(verbose,)) as pool:
         futures = [pool.submit(_train_recipe, cfg, threads, manifest) for cfg in cfgs]
         while wait(futures, timeout=0.5).not_done and STOP.signum is None:
             pass
@@ -94,7 +98,28 @@ def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | No
                 f"{threads} thread(s)): " + ", ".join(f"{k} {v:.0f}" for k, v in fold_seconds.items())
                 + "\nThis call: " + ", ".join(f"{r} {t:.0f} s" for r, t in zip(recipes, seconds))
                 + " (finished folds of an earlier call are reused)\n")
+        f.write("\n" + paired_verdict(out, [cfgs[r].run_dir for r in recipes]))
     return out / "report.md"
+
+
+def paired_verdict(out: Path, run_dirs: list[Path]) -> str:
+    """`sonodistill compare` of every run against the first (out/compare/), and a plain sentence on accuracy."""
+    from sonodistill.commands.compare import compare_runs, write_comparison
+
+    runs, table = compare_runs(list(run_dirs))
+    text = write_comparison(runs, table, out / "compare", 2000, 0.95, 0)
+    lines = [text.replace("# Paired comparison", "## Paired comparison", 1).replace("](comparison.png)",
+                                                                                   "](compare/comparison.png)")]
+    for row in table[table["metric"] == "accuracy"].itertuples():
+        if row.ci_low > 0:
+            verdict = "is more accurate than"
+        elif row.ci_high < 0:
+            verdict = "is less accurate than"
+        else:
+            verdict = "is not shown to differ in accuracy from"
+        lines.append(f"\n**{row.run} {verdict} {runs[0].name} on this set** (difference {row.difference:+.3f}, "
+                     f"95 % interval [{row.ci_low:+.3f}, {row.ci_high:+.3f}], bootstrap over patients).\n")
+    return "".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
