@@ -96,6 +96,10 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     from sonodistill.recipes.data import default_cache_dir
 
     model = {k: v for k, v in cfg.to_dict()["model"].items() if k in _ENCODER_FIELDS}
+    if model["pretrained"] not in ("none", "imagenet", ""):  # a path: key on the file's content, not its name
+        from sonodistill.models.pretrained import resolve_weights, sha256_file
+
+        model["pretrained_sha256"] = sha256_file(resolve_weights(model["pretrained"]))
     key = json.dumps({"model": model, "size": cfg.data.size, "num_frames": cfg.data.num_frames,
                       "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
                       "pool": probe_options(cfg)["pool"], "paths": manifest.paths}, sort_keys=True)
