@@ -63,6 +63,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     seed: int = 0
+    fold_seed: int | None = None          # seed of the grouped fold split; None: `seed` (--seeds fixes it)
     folds: int = 5
     fold: int | None = None               # run only this fold (0-based)
     final: bool = False                   # after CV, also train one model on all items -> RUN/final/

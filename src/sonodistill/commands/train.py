@@ -87,6 +87,18 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
         print(table.read_text())
         print(f"ablation runs under {cfg.run_dir} (wall time {time.perf_counter() - t0:.0f} s)")
         return 0
+    if args.seeds:
+        from sonodistill.errors import ConfigError
+        from sonodistill.evaluation.crossval import run_seeds
+
+        try:
+            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})") from None
+        run_seeds(cfg, seeds, resume=args.resume)
+        print(f"{len(seeds)} seeds on the same folds under {cfg.run_dir}/seed_<s>/ (wall time "
+              f"{time.perf_counter() - t0:.0f} s); compare runs with: sonodistill compare BASELINE_RUN {cfg.run_dir}")
+        return 0
     summary = run_crossval(cfg, resume=args.resume)
     if summary is None:  # non-zero ranks of a multi-process run: rank 0 writes the report
         return 0
@@ -154,6 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(grouped, seeded choice); alias of --set recipe_options.labelled_fraction=FRACTION")
     p.add_argument("--ablation", action="store_true",
                    help="dualdistill: run the 8 SD/RGSD/AGSD on-off rows of Table 1 on the same folds")
+    p.add_argument("--seeds", metavar="S1,S2,...",
+                   help="train the same folds with each seed into OUT/NAME/seed_<s>/ (sonodistill compare pairs "
+                        "them seed by seed); the folds come from train.fold_seed (default: the first seed)")
     p.add_argument("--final-only", action="store_true",
                    help="train only the deployable model on all items into OUT/NAME/final/, no cross-validation "
                         "(so no CV estimate); alias of --set train.cv=false")

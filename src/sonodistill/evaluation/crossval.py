@@ -48,13 +48,18 @@ def load_folds(run_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(d["train"], dtype=np.int64), np.asarray(d["test"], dtype=np.int64)) for d in data]
 
 
+def fold_seed_of(cfg: RunConfig) -> int:
+    """The seed of the fold split: `train.fold_seed`, else `train.seed`."""
+    return int(cfg.train.seed if cfg.train.fold_seed is None else cfg.train.fold_seed)
+
+
 def cv_folds(cfg: RunConfig, manifest: Manifest, resume: bool, save: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """The run's folds: the saved folds.json when resuming, else new grouped folds (saved when `save`)."""
     if resume and (cfg.run_dir / "folds.json").exists():
         return load_folds(cfg.run_dir)
     if cfg.train.folds < 2:
         raise ConfigError(f"train.folds must be >= 2 for cross-validation, got {cfg.train.folds}")
-    folds = make_folds(manifest, cfg.train.folds, cfg.train.seed)
+    folds = make_folds(manifest, cfg.train.folds, fold_seed_of(cfg))
     if save:
         save_folds(cfg.run_dir, manifest, folds)
     return folds
@@ -203,7 +208,39 @@ def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[t
                        final_seed(cfg))
     if not cfg.train.cv:
         return []
-    return make_folds(manifest, cfg.train.folds, cfg.train.seed)
+    return make_folds(manifest, cfg.train.folds, fold_seed_of(cfg))
+
+
+def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, **trainer_overrides: Any) -> list[dict]:
+    """The same folds trained with several seeds, one full run directory each: RUN/seed_<s>/ (what
+    `sonodistill compare` pairs seed by seed). RUN/config.yaml holds the shared config; the folds come from
+    `train.fold_seed` (default: the first seed), the training seed is s. Returns each seed's summary."""
+    import copy
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct seeds, got {seeds}")
+    base = copy.deepcopy(cfg)
+    if base.train.fold_seed is None:
+        base.train.fold_seed = seeds[0]
+    run_dir = base.run_dir
+    if (run_dir / "config.yaml").exists() and not resume:
+        raise SonoDistillError(f"run directory {run_dir} already holds a run: pass --resume to continue it, "
+                               "or choose another --name")
+    summaries = []
+    for s in seeds:
+        one = copy.deepcopy(base)
+        one.out_dir, one.name, one.train.seed = str(run_dir), f"seed_{s}", int(s)
+        if s == seeds[0]:  # validate before anything is written, then record the shared config
+            from sonodistill.recipes import get_recipe
+            from sonodistill.recipes.data import load_manifest
+
+            validate_run(one, load_manifest(one.data), get_recipe(one.recipe))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            base.save(run_dir / "config.yaml")
+        log.info("seed %d of %s: %s", s, seeds, one.run_dir)
+        summaries.append(run_crossval(one, resume=resume and (one.run_dir / "config.yaml").exists(),
+                                      **trainer_overrides))
+    return summaries
 
 
 def set_threads(threads: int) -> None:
