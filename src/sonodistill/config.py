@@ -68,6 +68,8 @@ class TrainConfig:
     fold: int | None = None               # run only this fold (0-based)
     final: bool = False                   # after CV, also train one model on all items -> RUN/final/
     cv: bool = True                       # cross-validate; false (--final-only): only RUN/final/, no CV estimate
+    on_validation: bool = False           # choose settings: train on each fold's fit rows, score its validation
+    val_fraction: float = 0.2             # rows (grouped `val_fraction` of the training rows); test folds unread
     devices: int = 1
     accelerator: str = "cpu"
     strategy: str = "auto"

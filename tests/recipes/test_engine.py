@@ -280,3 +280,23 @@ def test_train_threads_sets_torch_threads_and_may_change_on_resume(tiny_carotid,
             run_crossval(load_config(None, tiny_overrides + ["name=bad", "train.threads=-1"]), manifest=tiny_carotid)
     finally:
         torch.set_num_threads(before)
+
+
+def test_on_validation_trains_on_fit_rows_and_scores_validation_rows_only(tiny_carotid, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["name=val", "train.epochs=1", "train.on_validation=true",
+                                              "train.val_fraction=0.34"])
+    run_crossval(cfg, manifest=tiny_carotid)
+    folds = json.loads((cfg.run_dir / "folds.json").read_text())
+    import pandas as pd
+
+    pred = pd.read_csv(cfg.run_dir / "predictions.csv")
+    for fold in folds:  # the saved folds are the real ones; predictions only on their training rows
+        scored = set(pred.loc[pred["fold"] == fold["fold"], "index"])
+        assert scored and scored <= set(fold["train"]) and not scored & set(fold["test"])
+    assert "VALIDATION" in (cfg.run_dir / "report.md").read_text()
+    with pytest.raises(ConfigError, match="cannot train a final model"):
+        run_crossval(load_config(None, tiny_overrides + ["name=v2", "train.on_validation=true", "train.final=true"]),
+                     manifest=tiny_carotid)
+    with pytest.raises(ConfigError, match="has no validation mode yet"):
+        run_crossval(load_config(None, tiny_overrides + ["name=v3", "recipe=dino", "train.on_validation=true"]),
+                     manifest=tiny_carotid)

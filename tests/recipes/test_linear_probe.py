@@ -56,13 +56,18 @@ def test_probe_run_writes_a_cv_report_and_chooses_C_on_validation_rows_only(tmp_
     run_crossval(cfg, resume=True)
 
 
-def test_validation_split_is_grouped_and_inside_the_training_rows():
-    labels = np.array([0, 1] * 20)
-    groups = np.repeat(np.arange(10), 4)
+def test_validation_rows_are_grouped_stratified_and_inside_the_training_rows():
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.splits import validation_rows
+
+    table = pd.DataFrame({"path": [f"f{i}.png" for i in range(40)], "group": [f"g{i // 4}" for i in range(40)],
+                          "label": ["a", "b"] * 20})
+    m = Manifest(table, ["a", "b"], "image", "t")
     train = np.arange(32)
-    fit, val = lp.validation_split(train, labels, groups, 0.25, seed=0)
+    fit, val = validation_rows(m, train, 0.25, seed=0)
     assert set(fit) | set(val) == set(train) and not set(fit) & set(val)
-    assert not set(groups[fit]) & set(groups[val])
+    assert not set(m.groups[fit]) & set(m.groups[val])
+    assert set(m.labels[val]) == {0, 1} and 4 <= len(val) <= 12
 
 
 def test_choose_C_prefers_the_smaller_C_on_ties():

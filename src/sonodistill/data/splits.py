@@ -142,6 +142,22 @@ def grouped_fraction(manifest: Manifest, rows: np.ndarray, fraction: float, seed
     return np.sort(rows[keep])
 
 
+def validation_rows(manifest: Manifest, train_rows: np.ndarray, fraction: float,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training rows into (fit rows, validation rows): whole groups, stratified by label, about
+    `fraction` of the rows in validation (`grouped_fraction`); no group on both sides (checked)."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    val = grouped_fraction(manifest, train_rows, fraction, seed)
+    fit = np.setdiff1d(train_rows, val)
+    if len(fit) == 0 or len(val) == 0:
+        raise ConfigError(f"validation split of {len(train_rows)} training rows with fraction {fraction} leaves "
+                          f"{len(fit)} fit and {len(val)} validation rows: too few groups")
+    check_no_leakage(manifest, fit, val)
+    return fit, val
+
+
 def _stats(values: np.ndarray) -> str:
     return f"min {int(values.min())} / median {float(np.median(values)):g} / max {int(values.max())}"
 

@@ -182,6 +182,7 @@ def validate_run(cfg: RunConfig, manifest: Manifest, recipe_cls: type) -> list[t
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}: a run must train")
     check_final_options(cfg, recipe_cls, manifest)
+    check_validation_options(cfg, recipe_cls)
     manifest.validate(check_files=True)
     if manifest.has_labels:
         manifest.check_classes_nonempty()
@@ -297,6 +298,10 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         folds = load_folds(run_dir)
     elif rank == 0:
         save_folds(run_dir, manifest, folds)
+    title = f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}"
+    if cfg.train.on_validation:
+        folds = validation_folds(cfg, manifest, folds)
+        title += ", scored on VALIDATION splits of the training rows (test folds not read)"
     if getattr(recipe_cls, "task", "classification") != "classification":
         from sonodistill.evaluation.segmentation_cv import run_segmentation_cv
 
@@ -311,7 +316,37 @@ def run_crossval(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if rank != 0:
         return None  # type: ignore[return-value]
     predictions = save_predictions(run_dir, frames, times)
-    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+    return write_cv_report(run_dir, predictions, manifest.classes, title=title)
+
+
+def check_validation_options(cfg: RunConfig, recipe_cls: type) -> None:
+    """`train.on_validation` needs cross-validation, no final model, and a recipe on the shared fold loop (or
+    linear_probe, which scores its own validation splits)."""
+    if not cfg.train.on_validation:
+        return
+    if not 0.0 < float(cfg.train.val_fraction) < 1.0:
+        raise ConfigError(f"train.val_fraction must be in (0, 1), got {cfg.train.val_fraction}")
+    if not cfg.train.cv or cfg.train.final:
+        raise ConfigError("train.on_validation scores validation splits to choose settings: it cannot train a final "
+                          "model (drop train.final / --final-only)")
+    own = getattr(recipe_cls, "run_experiment", None) is not None
+    if own and cfg.recipe != "linear_probe":
+        raise ConfigError(f"train.on_validation: recipe {cfg.recipe!r} runs its own protocol, which has no "
+                          "validation mode yet (issue 15: one fold loop for every method)")
+
+
+def validation_folds(cfg: RunConfig, manifest: Manifest,
+                     folds: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`train.on_validation`: each fold becomes (fit rows, validation rows) of its training rows, seeded by
+    (fold seed, fold); the test rows are dropped and never read."""
+    from sonodistill.data.splits import validation_rows
+
+    seed = fold_seed_of(cfg)
+    out = [validation_rows(manifest, train, float(cfg.train.val_fraction), seed + k)
+           for k, (train, _) in enumerate(folds)]
+    log.info("train.on_validation: scoring %s validation rows (val_fraction %.2f); test folds are not read",
+             "/".join(str(len(v)) for _, v in out), cfg.train.val_fraction)
+    return out
 
 
 def fit_folds(cfg: RunConfig, folds: list[tuple[np.ndarray, np.ndarray]], resume: bool,

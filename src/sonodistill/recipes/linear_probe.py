@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
@@ -123,18 +122,6 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     return feats
 
 
-def validation_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A grouped, stratified split of the training rows `train` into (fit, validation) rows, about `fraction`
-    of them in validation; no group on both sides."""
-    n_splits = max(2, int(round(1.0 / fraction)))
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    fit, val = next(splitter.split(train, labels[train], groups[train]))
-    if set(groups[train][fit]) & set(groups[train][val]):  # pragma: no cover - sklearn guarantees it
-        raise AssertionError("validation split shares a group with its fit rows")
-    return train[fit], train[val]
-
-
 def choose_C(feats: np.ndarray, labels: np.ndarray, fit: np.ndarray, val: np.ndarray, grid: list[float],
              num_classes: int, seed: int) -> tuple[float, dict[str, float]]:
     """The C of `grid` with the best validation balanced accuracy (ties: the smaller C); all scores."""
@@ -165,7 +152,10 @@ class LinearProbeRecipe:
         from sonodistill.evaluation.probes import linear_probe
         from sonodistill.evaluation.report import write_cv_report
 
+        from sonodistill.data.splits import validation_rows
+
         o = probe_options(cfg)
+        on_validation = bool(o["on_validation"] or cfg.train.on_validation)
         if not manifest.has_labels:
             raise ConfigError(f"linear_probe: manifest {manifest.name} has no labels to score")
         run_dir: Path = cfg.run_dir
@@ -179,11 +169,11 @@ class LinearProbeRecipe:
         for k in wanted:
             train, test = folds[k]
             seed = cfg.train.seed + k
-            fit, val = validation_split(train, labels, groups, float(o["val_fraction"]), seed)
+            fit, val = validation_rows(manifest, train, float(o["val_fraction"]), seed)
             c, scores = choose_C(feats, labels, fit, val, list(o["C_grid"]), len(manifest.classes), seed)
             choices[f"fold_{k}"] = {"C": c, "validation_balanced_accuracy": scores, "fit_rows": len(fit),
                                     "validation_rows": len(val)}
-            if o["on_validation"]:  # choosing settings: fit on the fit rows, score the validation rows
+            if on_validation:  # choosing settings: fit on the fit rows, score the validation rows
                 train, test = fit, val
             probs = linear_probe(feats[train], labels[train], feats[test], C=c, num_classes=len(manifest.classes),
                                  seed=seed)
@@ -198,7 +188,7 @@ class LinearProbeRecipe:
         (run_dir / "probe_choices.json").write_text(json.dumps(choices, indent=1))
         (run_dir / "timing.json").write_text(json.dumps({"encode_s": encode_s,
                                                          "total_s": time.perf_counter() - t0}, indent=1))
-        scored = "VALIDATION splits of the training rows (test folds not read)" if o["on_validation"] else "test folds"
+        scored = "VALIDATION splits of the training rows (test folds not read)" if on_validation else "test folds"
         return write_cv_report(run_dir, predictions, manifest.classes,
                                title=f"{cfg.name}: linear probe on frozen {cfg.model.backbone} "
                                      f"({cfg.model.pretrained}) features, {cfg.data.spec}, scored on {scored}")
