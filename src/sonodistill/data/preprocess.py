@@ -50,6 +50,13 @@ class PreprocessConfig:
         if not self.std > 0:
             raise ConfigError(f"PreprocessConfig.std must be > 0, got {self.std}")
 
+    @classmethod
+    def from_data(cls, data: "object") -> "PreprocessConfig":
+        """The preprocessing of a run, from its `DataConfig` (size, crop_region, remove_overlay): the one place
+        training, evaluation and serving build it."""
+        return cls(size=int(data.size), crop_region=bool(data.crop_region),  # type: ignore[attr-defined]
+                   remove_overlay=bool(data.remove_overlay))  # type: ignore[attr-defined]
+
     def key(self) -> str:
         """Stable 12-hex-digit hash of every field (cache key)."""
         text = json.dumps(asdict(self), sort_keys=True)

@@ -40,8 +40,7 @@ HC_METRICS = ["hc_abs_err_mm"]
 def preprocess_config(cfg: RunConfig) -> Any:
     from sonodistill.data.preprocess import PreprocessConfig
 
-    return PreprocessConfig(size=cfg.data.size, crop_region=cfg.data.crop_region,
-                            remove_overlay=cfg.data.remove_overlay)
+    return PreprocessConfig.from_data(cfg.data)
 
 
 def clip_cache(cfg: RunConfig) -> Any:

@@ -86,7 +86,7 @@ def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) 
     from sonodistill.data.datasets import ClipDataset, FrameDataset
     from sonodistill.data.preprocess import PreprocessConfig
 
-    pre = PreprocessConfig(size=data.size, crop_region=data.crop_region, remove_overlay=data.remove_overlay)
+    pre = PreprocessConfig.from_data(data)
     cache = ClipCache(Path(data.cache_dir) / "clips" if data.cache_dir else default_cache_dir() / "clips")
     if manifest.modality == "video":
         transform = aug.video_train_augment(data.size) if (train and data.augment) else None

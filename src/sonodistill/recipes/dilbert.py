@@ -603,7 +603,7 @@ def _copy(model: DILBERTModel, c: FusionConfig) -> DILBERTModel:
 def _preprocess(cfg: RunConfig) -> Any:
     from sonodistill.data.preprocess import PreprocessConfig
 
-    return PreprocessConfig(size=cfg.data.size, crop_region=cfg.data.crop_region, remove_overlay=cfg.data.remove_overlay)
+    return PreprocessConfig.from_data(cfg.data)
 
 
 def load_sequences(cfg: RunConfig, manifest: Manifest) -> tuple[SequenceSet, KnowledgeGraph]:

@@ -24,7 +24,7 @@ def preprocess_config(data: DataConfig):  # -> PreprocessConfig
     """The PreprocessConfig every dataset of a run uses (same fields as `recipes.data.build_dataset`)."""
     from sonodistill.data.preprocess import PreprocessConfig
 
-    return PreprocessConfig(size=data.size, crop_region=data.crop_region, remove_overlay=data.remove_overlay)
+    return PreprocessConfig.from_data(data)
 
 
 def clip_cache(data: DataConfig):  # -> ClipCache

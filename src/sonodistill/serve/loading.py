@@ -198,8 +198,7 @@ class LoadedModel:
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
     """The preprocessing training used, from the run's DataConfig (same as recipes.data.build_dataset)."""
-    d = cfg.data
-    return PreprocessConfig(size=d.size, crop_region=d.crop_region, remove_overlay=d.remove_overlay)
+    return PreprocessConfig.from_data(cfg.data)
 
 
 def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
