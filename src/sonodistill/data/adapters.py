@@ -18,13 +18,15 @@ import pandas as pd
 from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
+from . import readers
 from .manifest import Manifest, Modality, canonical_label, read_header
 from .splits import check_duplicate_content
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif", ".dcm"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# the folder adapter: videos and DICOM cines are the video modality, images the image modality (data/readers.py)
+VIDEO_EXTENSIONS = frozenset(readers.VIDEO_EXTENSIONS + readers.DICOM_EXTENSIONS)
+IMAGE_EXTENSIONS = frozenset(readers.IMAGE_EXTENSIONS)
 
 AdapterFn = Callable[..., Manifest]
 ADAPTERS: dict[str, AdapterFn] = {}

@@ -19,6 +19,8 @@ from sonodistill.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# The one table of file formats (lower-case suffixes); DICOM files without a suffix are sniffed (`_is_dicom`).
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".gif")  # PyAV
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601

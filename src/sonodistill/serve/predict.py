@@ -22,14 +22,13 @@ import numpy as np
 import torch
 
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
-from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, Video, read_clip, read_image
+from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, read_clip, read_image
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
 from sonodistill.serve.loading import EmbeddingConcat, LoadedModel
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
 SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS + DICOM_EXTENSIONS + IMAGE_EXTENSIONS
 
 
