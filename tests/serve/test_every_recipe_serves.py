@@ -164,18 +164,26 @@ def _check_result(recipe: str, result: dict[str, Any], model: Any) -> None:
             assert windows.shape == (len(result["windows"]["starts"]), e) and result["windows"]["length"] == 4
 
 
-@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
-def test_predict(recipe, runs):
-    from sonodistill.serve.kinds import PredictOptions
+def _served_model(recipe: str, runs):
+    """(loaded model, input) of a recipe's tiny run; (None, input) after checking a refusing recipe refuses."""
     from sonodistill.serve.loading import load_model
-    from sonodistill.serve.predict import predict_many
 
     run, item = runs(recipe)
     if recipe not in SERVED:
         with pytest.raises(ConfigError, match=_refusal(recipe)):
             load_model(run)
+        return None, item
+    return load_model(run), item
+
+
+@pytest.mark.parametrize("recipe", list(BEHAVIOUR))
+def test_predict(recipe, runs):
+    from sonodistill.serve.kinds import PredictOptions
+    from sonodistill.serve.predict import predict_many
+
+    model, item = _served_model(recipe, runs)
+    if model is None:
         return
-    model = load_model(run)
     payload = predict_many(model, [item], PredictOptions(stride=2))
     assert payload["model"]["task"] == BEHAVIOUR[recipe]
     _check_result(recipe, payload["results"][0], model)
@@ -244,14 +252,10 @@ def test_onnx_export_gives_the_same_output_as_pytorch(recipe, runs, tmp_path):
 @pytest.mark.parametrize("recipe", list(BEHAVIOUR))
 def test_review_page_analysis(recipe, runs):
     from sonodistill.serve.app import ReviewServer, analyse_file
-    from sonodistill.serve.loading import load_model
 
-    run, item = runs(recipe)
-    if recipe not in SERVED:
-        with pytest.raises(ConfigError, match=_refusal(recipe)):
-            load_model(run)
+    model, item = _served_model(recipe, runs)
+    if model is None:
         return
-    model = load_model(run)
     out = analyse_file(model, item, "upload" + item.suffix)
     _check_result(recipe, out["result"], model)
     assert out["gif"].startswith("data:image/gif;base64,")
