@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,3 +40,14 @@ def write_huge_frame_count_avi(path: Path, declared: int = HUGE_FRAMES) -> Path:
     struct.pack_into("<I", data, strh + 8 + 32, declared)
     path.write_bytes(bytes(data))
     return path
+
+
+def failing_for(name: str, real: Callable[[Any], Any], error: BaseException) -> Callable[[Any], Any]:
+    """`real`, except that it raises `error` for the file called `name` (an unexpected per-file failure)."""
+
+    def wrapped(path: Any) -> Any:
+        if Path(path).name == name:
+            raise error
+        return real(path)
+
+    return wrapped

@@ -85,17 +85,11 @@ def test_probe_reports_an_unexpected_error_and_goes_on(tmp_path: Path, capsys: p
     """Issue 16 item 1: any per-file failure is that file's error line; the other files are still probed."""
     from sonodistill.data import readers
 
-    from .hostile import write_small_avi
+    from .hostile import failing_for, write_small_avi
 
     good, odd = write_small_avi(tmp_path / "good.avi"), write_small_avi(tmp_path / "odd.avi")
-    real = readers.probe_file
-
-    def probe(path):
-        if Path(path).name == "odd.avi":
-            raise MemoryError("cannot allocate")
-        return real(path)
-
-    monkeypatch.setattr(readers, "probe_file", probe)
+    monkeypatch.setattr(readers, "probe_file", failing_for("odd.avi", readers.probe_file,
+                                                           MemoryError("cannot allocate")))
     assert main(["data", "probe", str(odd), str(good)]) == 1
     out = capsys.readouterr().out
     assert f"{odd}\terror: MemoryError: cannot allocate" in out and f"{good}\tframes=3" in out

@@ -178,19 +178,13 @@ def test_any_per_file_failure_is_an_entry_and_the_others_are_kept(tiny_run, vide
                                                                     caplog):
     """Issue 16 item 1: a hostile AVI (2^31-1 frames declared) and an unexpected exception lose nothing else."""
     from sonodistill.serve import predict as predict_module
-    from tests.data.hostile import write_huge_frame_count_avi
+    from tests.data.hostile import failing_for, write_huge_frame_count_avi
 
     huge = write_huge_frame_count_avi(tmp_path / "huge.avi")
     odd = tmp_path / "odd.mp4"
     odd.write_bytes(video_file.read_bytes())
-    real_read = predict_module.read_input
-
-    def read(path):
-        if Path(path).name == "odd.mp4":
-            raise RuntimeError("decoder exploded")
-        return real_read(path)
-
-    monkeypatch.setattr(predict_module, "read_input", read)
+    monkeypatch.setattr(predict_module, "read_input", failing_for("odd.mp4", predict_module.read_input,
+                                                                  RuntimeError("decoder exploded")))
     payload = predict_many(load_model(tiny_run), [video_file, huge, odd, tmp_path / "gone.mp4", video_file])
     r = payload["results"]
     assert [("error" in x) for x in r] == [False, True, True, True, False]
