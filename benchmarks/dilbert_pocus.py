@@ -31,14 +31,14 @@ PARTS = {
 
 def run_part(part: str, out: Path, args: argparse.Namespace) -> dict:
     from sonodistill.config import load_config, packaged_config
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     overrides = list(PARTS[part]) + [f"out_dir={out}", f"name={part}", f"train.folds={args.folds}"]
     if args.epochs:
         overrides += [f"recipe_options.pretrain_epochs={args.epochs}", f"recipe_options.finetune_epochs={args.epochs}"]
     cfg = load_config(packaged_config(args.config), overrides + list(args.overrides))
     t0 = time.perf_counter()
-    summary = run_crossval(cfg, resume=args.resume)
+    summary = run_protocol(cfg, resume=args.resume)
     summary["wall_seconds"] = time.perf_counter() - t0
     return summary
 

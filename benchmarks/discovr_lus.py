@@ -53,12 +53,12 @@ def variant_config(args: argparse.Namespace, variant: str, folds: list[int] | No
 
 
 def run_variant(args: argparse.Namespace, variant: str, folds: list[int] | None, manifest: Any) -> dict[str, Any]:
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     cfg = variant_config(args, variant, folds)
     t0 = time.perf_counter()
     log.info("%s: pretraining + evaluation on folds %s", variant, folds if folds is not None else "all")
-    run_crossval(cfg, resume=True, manifest=manifest)
+    run_protocol(cfg, resume=True, manifest=manifest)
     log.info("%s done in %.0f s", variant, time.perf_counter() - t0)
     return json.loads((cfg.run_dir / "metrics.json").read_text())
 

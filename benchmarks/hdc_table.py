@@ -26,7 +26,8 @@ import pandas as pd
 
 from sonodistill.config import RunConfig, load_config, packaged_config
 from sonodistill.data.manifest import Manifest
-from sonodistill.evaluation.crossval import make_folds, run_crossval
+from sonodistill.data.folds import make_folds
+from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes.data import load_manifest
 from _common import add_run_arguments, start_run
 
@@ -46,7 +47,7 @@ def lesion_manifest(manifest: Manifest) -> Manifest:
 
 
 def validation_manifest(manifest: Manifest, cfg: RunConfig) -> Manifest:
-    """The training rows of the main split (the same folds run_crossval makes), as a manifest of their own."""
+    """The training rows of the main split (the same folds run_protocol makes), as a manifest of their own."""
     train_rows, _ = make_folds(manifest, cfg.train.folds, cfg.train.seed)[cfg.train.fold or 0]
     sub = manifest.subset(np.sort(train_rows))
     return Manifest(sub.table, list(sub.classes), sub.modality, f"{manifest.name}-train-part")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     logging.info("%s: finished earlier, kept", name)
                     continue
                 t0 = time.perf_counter()
-                run_crossval(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
+                run_protocol(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
                 logging.info("%s: done in %.0f s", name, time.perf_counter() - t0)
                 write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)
     write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)

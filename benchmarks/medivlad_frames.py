@@ -39,7 +39,7 @@ POCOVID_ACCURACY = 0.89  # POCOVID-Net frame accuracy (ImageNet-pretrained VGG16
 
 def pretrain(out: Path, args: argparse.Namespace) -> dict:
     from sonodistill.config import load_config, packaged_config
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     cfg = load_config(packaged_config("dino-cpu"), [
         f"out_dir={out}", "name=dino", "data.spec=pocus-frames", "recipe_options.extra_data=[lus-blues]",
@@ -48,7 +48,7 @@ def pretrain(out: Path, args: argparse.Namespace) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     load0 = os.getloadavg()
-    summary = run_crossval(cfg, resume=(cfg.run_dir / "config.yaml").exists(), enable_progress_bar=False)
+    summary = run_protocol(cfg, resume=(cfg.run_dir / "config.yaml").exists(), enable_progress_bar=False)
     summary["load_average_before_after"] = [load0, os.getloadavg()]
     summary["torch_threads"] = args.threads
     done.write_text(json.dumps(summary, indent=1, default=float))
@@ -105,7 +105,8 @@ def finetune(out: Path, args: argparse.Namespace, manifest, folds) -> dict:  # n
     import pandas as pd
 
     from sonodistill.config import load_config, packaged_config
-    from sonodistill.evaluation.crossval import load_folds, run_crossval
+    from sonodistill.data.folds import load_folds
+    from sonodistill.protocols.folds import run_protocol
     from sonodistill.evaluation.metrics import classification_metrics
     from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights
 
@@ -122,7 +123,7 @@ def finetune(out: Path, args: argparse.Namespace, manifest, folds) -> dict:  # n
         cfg = load_config(packaged_config("medivlad-finetune-cpu"), over)
         t0 = time.perf_counter()
         if not (cfg.run_dir / "predictions.csv").is_file():
-            run_crossval(cfg, resume=(cfg.run_dir / "config.yaml").exists(), manifest=manifest,
+            run_protocol(cfg, resume=(cfg.run_dir / "config.yaml").exists(), manifest=manifest,
                          enable_progress_bar=False)
         seconds = time.perf_counter() - t0
         run_folds = load_folds(cfg.run_dir)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     start_run(args.threads)
     from sonodistill.data.adapters import load_adapter
-    from sonodistill.evaluation.crossval import make_folds
+    from sonodistill.data.folds import make_folds
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

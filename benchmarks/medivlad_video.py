@@ -29,7 +29,8 @@ COLUMNS = ["accuracy", "f1", "roc_auc", "balanced_accuracy"]
 
 def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict, float]:
     from sonodistill.config import load_config, packaged_config
-    from sonodistill.evaluation.crossval import report_from_run_dir, run_crossval
+    from sonodistill.evaluation.run_dir import report_from_run_dir
+    from sonodistill.protocols.folds import run_protocol
 
     init = str(out / "dino") if encoder == "dino" else "null"
     if encoder == "dino" and not (out / "dino" / "teacher_backbone.safetensors").is_file():
@@ -41,7 +42,7 @@ def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict
     t0 = time.perf_counter()
     if (cfg.run_dir / "predictions.csv").is_file():
         return report_from_run_dir(cfg.run_dir), 0.0
-    summary = run_crossval(cfg, resume=(cfg.run_dir / "config.yaml").exists())
+    summary = run_protocol(cfg, resume=(cfg.run_dir / "config.yaml").exists())
     return summary, time.perf_counter() - t0
 
 

@@ -220,7 +220,7 @@ def real_pair(tmp_path_factory) -> tuple[Path, Path]:
     """supervised and dualdistill trained for 1 epoch on the same 2 folds of a tiny synthetic carotid set."""
     from sonodistill.config import load_config
     from sonodistill.data.synthetic import write_dataset
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     root = tmp_path_factory.mktemp("real-pair")
     manifest = Manifest.from_csv(write_dataset("carotid", root / "data", n=12, seed=3, frames=4, size=32, workers=1))
@@ -231,7 +231,7 @@ def real_pair(tmp_path_factory) -> tuple[Path, Path]:
             "data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
             "model.backbone=resnet10_3d", "model.width=0.125", "model.kwargs={temporal_stride: 1}",
             "train.epochs=1", "train.folds=2", "optim.warmup_epochs=0"])
-        run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+        run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
         runs.append(cfg.run_dir)
     return runs[0], runs[1]
 

@@ -14,6 +14,11 @@ import yaml
 
 from sonodistill.errors import ConfigError
 
+T = typing.TypeVar("T")
+
+
+T = typing.TypeVar("T")
+
 
 @dataclass
 class DataConfig:
@@ -172,6 +177,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         else:
             kwargs[f.name] = _coerce(v, tp, f"{where}.{f.name}")
     return cls(**kwargs)
+
+
+def parse_options(cls: type[T], values: dict[str, Any] | None, recipe: str) -> T:
+    """A recipe's typed `Options` dataclass from `recipe_options`: unknown keys and wrong types are ConfigErrors
+    naming the field; fields not given keep their defaults; a nested dataclass field merges a given mapping over
+    its defaults. The dataclass's own `__post_init__` checks value ranges."""
+    return _build(cls, dict(values or {}), f"recipe_options ({recipe})")
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:

@@ -101,7 +101,7 @@ def test_unlabelled_stream_refuses_items_with_masks_and_keeps_geometry():
 def test_loader_over_real_frame_datasets_never_reads_unlabelled_masks(tmp_path):
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.preprocess import PreprocessConfig
-    from sonodistill.evaluation.segmentation_cv import without_masks
+    from sonodistill.evaluation.segmentation_report import without_masks
     from tests.recipes.test_semi_supervised import write_ellipse_set
 
     manifest = write_ellipse_set(tmp_path / "d", n=6)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sonodistill.config import load_config
 from sonodistill.errors import ConfigError
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes.dino import DINORecipe, clip_gradients_per_parameter
 from sonodistill.recipes.schedules import ScheduleRangeError
 from tests.recipes.conftest import read_weights
@@ -131,7 +131,7 @@ def test_pretraining_run_directory_and_collapse_warning(tiny_carotid, tiny_overr
         "recipe_options.warmup_teacher_temp=0.0001"]
     cfg = load_config(None, over)
     with caplog.at_level(logging.WARNING, logger="sonodistill"):
-        summary = run_crossval(cfg, manifest=tiny_carotid, enable_progress_bar=False)
+        summary = run_protocol(cfg, manifest=tiny_carotid, enable_progress_bar=False)
     run = cfg.run_dir
     for name in ("config.yaml", "teacher_backbone.safetensors", "student_backbone.safetensors", "model.safetensors",
                  "diagnostics.csv", "pretrain.json", "train.log", "checkpoints/last.ckpt"):

@@ -164,14 +164,14 @@ def test_bad_options_are_errors():
 
 @pytest.mark.slow
 def test_protocol_pretrains_on_one_label_and_evaluates(tiny_carotid, tmp_path):
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     opts = "{" + TINY_OPTIONS + ", train_on_label: hyperechoic, knn_k: 2, run_folds: [0, 1]}"
     cfg = load_config(None, TINY + [
         f"recipe_options={opts}", "name=discovr", f"out_dir={tmp_path / 'runs'}",
         f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2", "data.augment=false", "train.epochs=2",
         "train.folds=3", "optim.warmup_epochs=0", "train.log_every_n_steps=1"])
-    summary = run_crossval(cfg, manifest=tiny_carotid)
+    summary = run_protocol(cfg, manifest=tiny_carotid)
     run = cfg.run_dir
     for name in ("folds.json", "metrics.json", "report.md"):
         assert (run / name).is_file(), name

@@ -59,8 +59,11 @@ def test_switches_change_the_terms():
 
 
 def test_unknown_option_and_frame_backbone_rejected():
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"recipe_options \(dualdistill\): unknown field\(s\) \['alhpa'\]"):
         DualDistillRecipe(_cfg("resnet10_3d", {"model.width": 0.125, "model.kwargs": "{temporal_stride: 1}"}, "{alhpa: 1}"), num_classes=3)
+    with pytest.raises(ConfigError, match=r"recipe_options \(dualdistill\)\.temperature: expected float, got 'warm'"):
+        DualDistillRecipe(_cfg("resnet10_3d", {"model.width": 0.125, "model.kwargs": "{temporal_stride: 1}"},
+                               "{temperature: warm}"), num_classes=3)
     with pytest.raises(ConfigError, match="video backbone"):
         DualDistillRecipe(_cfg("resnet18_2d", {"model.width": 0.125}), num_classes=3)
 
@@ -75,7 +78,7 @@ def test_student_stage_sets_of_table2():
 
 @pytest.mark.slow
 def test_ablation_writes_table1_layout(tiny_carotid, tiny_overrides):
-    from sonodistill.evaluation.ablation import run_ablation
+    from sonodistill.protocols.ablation import run_ablation
 
     cfg = load_config(None, tiny_overrides + ["name=abl", "recipe=dualdistill", "train.epochs=1",
                                               "data.num_frames=8", "data.size=32", "train.folds=2"])

@@ -9,7 +9,8 @@ import torch
 
 from sonodistill.config import load_config
 from sonodistill.errors import ConfigError, NonFiniteLossError, SonoDistillError
-from sonodistill.evaluation.crossval import report_from_run_dir, run_crossval
+from sonodistill.evaluation.run_dir import report_from_run_dir
+from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes import RECIPES
 from sonodistill.recipes.supervised import SupervisedRecipe
 from tests.recipes.conftest import read_weights
@@ -17,7 +18,7 @@ from tests.recipes.conftest import read_weights
 
 def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
     cfg = load_config(None, tiny_overrides + ["name=cv", "train.epochs=1"])
-    summary = run_crossval(cfg, manifest=tiny_carotid)
+    summary = run_protocol(cfg, manifest=tiny_carotid)
     run = cfg.run_dir
     for name in ("config.yaml", "manifest.csv", "folds.json", "predictions.csv", "report.md",
                  "confusion_matrix.png", "roc.png"):
@@ -40,7 +41,7 @@ def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
     assert (run / "report.md").read_text() == before
     assert summary is not None
     with pytest.raises(SonoDistillError, match="already holds a run"):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
 
 
 # A training process parked mid-epoch 1 (after epoch 0's checkpoint and one step of epoch 1), then killed.
@@ -51,7 +52,7 @@ import lightning as L
 import torch
 from sonodistill.config import load_config
 from sonodistill.data.manifest import Manifest
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.protocols.folds import run_protocol
 
 overrides, manifest, threads, mark = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 
@@ -64,7 +65,7 @@ class Park(L.Callback):
 
 
 torch.set_num_threads(threads)
-run_crossval(load_config(None, overrides), manifest=Manifest.from_csv(manifest), extra_callbacks=[Park()])
+run_protocol(load_config(None, overrides), manifest=Manifest.from_csv(manifest), extra_callbacks=[Park()])
 """
 
 
@@ -97,7 +98,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_carotid, tiny_overrides, tm
     """kill -9 mid-fold with augmentation and random frame sampling on, then --resume: same weights and predictions."""
     base = tiny_overrides + ["train.fold=0", "train.epochs=3", "data.augment=true", "data.sampling=random"]
     full = load_config(None, base + ["name=full"])
-    run_crossval(full, manifest=tiny_carotid)
+    run_protocol(full, manifest=tiny_carotid)
 
     cut = load_config(None, base + ["name=cut"])
     _kill_when_parked(tmp_path, base + ["name=cut"], tiny_carotid)
@@ -105,7 +106,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_carotid, tiny_overrides, tm
     saved = torch.load(cut.run_dir / "fold_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0  # killed during epoch 1: epoch 0 was checkpointed
     torch.manual_seed(12345)  # whatever state this process's global RNG is in must not matter
-    run_crossval(cut, resume=True, manifest=tiny_carotid)
+    run_protocol(cut, resume=True, manifest=tiny_carotid)
 
     a = read_weights(full.run_dir / "fold_0" / "model.safetensors")
     b = read_weights(cut.run_dir / "fold_0" / "model.safetensors")
@@ -130,7 +131,7 @@ def test_nan_loss_stops_naming_step_and_term(tiny_carotid, tiny_overrides, monke
     monkeypatch.setitem(RECIPES, "nanny", f"{__name__}:_NaNAtStep3")
     cfg = load_config(None, tiny_overrides + ["name=nan", "recipe=nanny", "train.fold=0", "train.epochs=4"])
     with pytest.raises(NonFiniteLossError, match=r"step 3: term 'loss'"):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
     fold = cfg.run_dir / "fold_0"
     ckpt = torch.load(fold / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] <= 3  # the last checkpoint predates the bad step
@@ -168,7 +169,7 @@ def test_non_finite_step_keeps_the_last_good_checkpoint(tiny_carotid, tiny_overr
     monkeypatch.setitem(RECIPES, "bad", f"{__name__}:{recipe}")
     cfg = load_config(None, tiny_overrides + ["name=bad", "recipe=bad", "train.fold=0", "train.epochs=3"])
     with pytest.raises(NonFiniteLossError, match=message):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
     fold = cfg.run_dir / "fold_0"
     ckpt = torch.load(fold / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (0, 3)
@@ -182,10 +183,10 @@ def test_merged_report_sums_probabilities(tiny_carotid, tiny_overrides):
     import pandas as pd
 
     from sonodistill.errors import ConfigError, SonoDistillError
-    from sonodistill.evaluation.crossval import merged_report, parse_merge
+    from sonodistill.evaluation.run_dir import merged_report, parse_merge
 
     cfg = load_config(None, tiny_overrides + ["name=merge", "train.epochs=1"])
-    run_crossval(cfg, manifest=tiny_carotid)
+    run_protocol(cfg, manifest=tiny_carotid)
     merge = parse_merge(["echo=hyperechoic", "other=mixed,hypoechoic"])
     merged_report(cfg.run_dir, merge)
     before = pd.read_csv(cfg.run_dir / "predictions.csv")
@@ -211,10 +212,10 @@ def test_refused_start_writes_nothing(tiny_carotid, tiny_overrides, bad, message
     """A refused command leaves no run directory, so the corrected command starts without --resume."""
     cfg = load_config(None, tiny_overrides + ["name=refused", "train.fold=0", "train.epochs=1", bad])
     with pytest.raises(SonoDistillError, match=message):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
     assert not cfg.run_dir.exists()
     with pytest.raises(SonoDistillError, match=message):  # --resume of the refused start is refused the same way
-        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+        run_protocol(cfg, resume=True, manifest=tiny_carotid)
     assert not cfg.run_dir.exists()
 
 
@@ -223,22 +224,22 @@ def test_resume_with_another_config_names_the_fields(tiny_carotid, tiny_override
 
     base = tiny_overrides + ["name=changed", "train.epochs=1", "train.fold=0"]
     cfg = load_config(None, base)
-    run_crossval(cfg, manifest=tiny_carotid)
+    run_protocol(cfg, manifest=tiny_carotid)
     saved = (cfg.run_dir / "config.yaml").read_text()
     changed = load_config(None, base + ["train.folds=4", "optim.lr=0.5"])
     with pytest.raises(ConfigError, match=r"2 field\(s\): optim.lr: saved 0.001, now 0.5; train.folds: saved 3, now 4"):
-        run_crossval(changed, resume=True, manifest=tiny_carotid)
+        run_protocol(changed, resume=True, manifest=tiny_carotid)
     assert (cfg.run_dir / "config.yaml").read_text() == saved
     assert not (cfg.run_dir / "config.resumed.yaml").exists()
     # where files go and which fold to run now may change: fold 0 is kept, fold 1 trains
-    run_crossval(load_config(None, base + ["train.fold=1", "data.num_workers=0"]), resume=True, manifest=tiny_carotid)
+    run_protocol(load_config(None, base + ["train.fold=1", "data.num_workers=0"]), resume=True, manifest=tiny_carotid)
     assert (cfg.run_dir / "fold_1" / "predictions.csv").is_file()
 
 
 def test_resume_of_a_run_that_never_started_says_so(tiny_carotid, tiny_overrides, caplog):
     cfg = load_config(None, tiny_overrides + ["name=never", "train.epochs=1", "train.fold=0"])
     with caplog.at_level("WARNING", logger="sonodistill.evaluation.crossval"):
-        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+        run_protocol(cfg, resume=True, manifest=tiny_carotid)
     assert f"--resume: {cfg.run_dir} holds no run yet (no config.yaml); starting it from scratch" in caplog.text
     assert (cfg.run_dir / "config.yaml").is_file()
 
@@ -248,7 +249,7 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_what_to_do(tiny_car
     from sonodistill.errors import CheckpointError
 
     cfg = load_config(None, tiny_overrides + ["name=damaged", "train.epochs=1", "train.fold=0"])
-    run_crossval(cfg, manifest=tiny_carotid)
+    run_protocol(cfg, manifest=tiny_carotid)
     fold = cfg.run_dir / "fold_0"
     (fold / "predictions.csv").unlink()  # fold 0 unfinished: --resume continues it from last.ckpt
     last = fold / "checkpoints" / "last.ckpt"
@@ -262,7 +263,7 @@ def test_resume_from_a_damaged_checkpoint_names_the_file_and_what_to_do(tiny_car
     else:
         target.unlink()
     with pytest.raises(CheckpointError, match=rf"{last}: .*delete .*checkpoints.* or start a new run") as err:
-        run_crossval(cfg, resume=True, manifest=tiny_carotid)
+        run_protocol(cfg, resume=True, manifest=tiny_carotid)
     assert "Traceback" not in str(err.value)
 
 
@@ -270,14 +271,14 @@ def test_train_threads_sets_torch_threads_and_may_change_on_resume(tiny_carotid,
     before = torch.get_num_threads()
     try:
         cfg = load_config(None, tiny_overrides + ["name=threads", "train.fold=0", "train.epochs=1", "train.threads=1"])
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
         assert torch.get_num_threads() == 1
         again = load_config(None, tiny_overrides + ["name=threads", "train.fold=0", "train.epochs=1",
                                                     "train.threads=2"])
-        run_crossval(again, resume=True, manifest=tiny_carotid)  # not a config difference that refuses the resume
+        run_protocol(again, resume=True, manifest=tiny_carotid)  # not a config difference that refuses the resume
         assert torch.get_num_threads() == 2
         with pytest.raises(ConfigError, match="train.threads must be >= 0"):
-            run_crossval(load_config(None, tiny_overrides + ["name=bad", "train.threads=-1"]), manifest=tiny_carotid)
+            run_protocol(load_config(None, tiny_overrides + ["name=bad", "train.threads=-1"]), manifest=tiny_carotid)
     finally:
         torch.set_num_threads(before)
 
@@ -285,7 +286,7 @@ def test_train_threads_sets_torch_threads_and_may_change_on_resume(tiny_carotid,
 def test_on_validation_trains_on_fit_rows_and_scores_validation_rows_only(tiny_carotid, tiny_overrides):
     cfg = load_config(None, tiny_overrides + ["name=val", "train.epochs=1", "train.on_validation=true",
                                               "train.val_fraction=0.34"])
-    run_crossval(cfg, manifest=tiny_carotid)
+    run_protocol(cfg, manifest=tiny_carotid)
     folds = json.loads((cfg.run_dir / "folds.json").read_text())
     import pandas as pd
 
@@ -295,8 +296,8 @@ def test_on_validation_trains_on_fit_rows_and_scores_validation_rows_only(tiny_c
         assert scored and scored <= set(fold["train"]) and not scored & set(fold["test"])
     assert "VALIDATION" in (cfg.run_dir / "report.md").read_text()
     with pytest.raises(ConfigError, match="cannot train a final model"):
-        run_crossval(load_config(None, tiny_overrides + ["name=v2", "train.on_validation=true", "train.final=true"]),
+        run_protocol(load_config(None, tiny_overrides + ["name=v2", "train.on_validation=true", "train.final=true"]),
                      manifest=tiny_carotid)
-    with pytest.raises(ConfigError, match="has no validation mode yet"):
-        run_crossval(load_config(None, tiny_overrides + ["name=v3", "recipe=dino", "train.on_validation=true"]),
+    with pytest.raises(ConfigError, match="trains no folds to score on validation splits"):
+        run_protocol(load_config(None, tiny_overrides + ["name=v3", "recipe=dino", "train.on_validation=true"]),
                      manifest=tiny_carotid)

@@ -14,7 +14,7 @@ import pytest
 from sonodistill.cli import main
 from sonodistill.config import load_config
 from sonodistill.errors import ConfigError, SonoDistillError
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.protocols.folds import run_protocol
 from tests.recipes.conftest import read_weights
 
 SEG = ["--data", "synthetic:fetal-head", "--set", "data.synthetic_n=8", "--set", "data.synthetic_size=48",
@@ -86,7 +86,7 @@ def test_final_only_trains_the_same_final_model_and_says_there_is_no_cv_estimate
 def test_final_only_classification(tiny_carotid, tiny_overrides):
     cfg = load_config(None, tiny_overrides + ["name=final-only", "train.epochs=1", "train.cv=false",
                                               "train.folds=1"])
-    summary = run_crossval(cfg, manifest=tiny_carotid)
+    summary = run_protocol(cfg, manifest=tiny_carotid)
     run = cfg.run_dir
     assert summary["cv"] is False and summary["final"] == str(run / "final")
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
@@ -94,12 +94,12 @@ def test_final_only_classification(tiny_carotid, tiny_overrides):
                                                      "timing.json"]
     assert "NO_CV_ESTIMATE" in (run / "report.md").read_text()
     with pytest.raises(SonoDistillError, match="no cross-validation estimate"):
-        from sonodistill.evaluation.crossval import report_from_run_dir
+        from sonodistill.evaluation.run_dir import report_from_run_dir
 
         report_from_run_dir(run)
     # resumed after it finished: the final model is kept, not retrained
     mtime = (run / "final" / "model.safetensors").stat().st_mtime_ns
-    run_crossval(cfg, resume=True, manifest=tiny_carotid)
+    run_protocol(cfg, resume=True, manifest=tiny_carotid)
     assert (run / "final" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
@@ -110,7 +110,7 @@ def test_final_only_classification(tiny_carotid, tiny_overrides):
 def test_fold_with_a_final_model_is_refused_before_anything_is_written(tiny_carotid, tiny_overrides, bad, message):
     cfg = load_config(None, tiny_overrides + ["name=refused", "train.epochs=1", *bad])
     with pytest.raises(ConfigError, match=message):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
     assert not cfg.run_dir.exists()
 
 
@@ -137,8 +137,8 @@ def image_manifest(tmp_path_factory):
     ("dino", [], "recipe 'dino' has no final model: it pretrains one encoder on every frame"),
     ("discovr", [], "recipe 'discovr' has no final model: its protocol pretrains and evaluates one encoder per fold"),
     ("linear_probe", [], "recipe 'linear_probe' has no final model: it fits scikit-learn probes"),
-    ("medivlad", ["images"], "recipe 'medivlad' has no final model for frame data sets"),
-    ("dilbert", ["recipe_options={run_folds: [0]}"], "recipe 'dilbert' trains its final model only when every fold"),
+    ("medivlad", ["images"], "recipe 'medivlad' has no final model: its frame protocol finetunes one model per fold"),
+    ("dilbert", ["recipe_options={run_folds: [0]}"], "recipe 'dilbert' has no final model: it trains its final model only when every fold"),
 ])
 def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid, image_manifest, tiny_overrides,
                                                                    recipe, extra, message):
@@ -146,7 +146,7 @@ def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid,
     extra = [e for e in extra if e != "images"]
     cfg = load_config(None, tiny_overrides + ["name=nofinal", f"recipe={recipe}", "train.final=true", *extra])
     with pytest.raises(ConfigError, match=f"train.final=true: {message}"):
-        run_crossval(cfg, manifest=manifest)
+        run_protocol(cfg, manifest=manifest)
     assert not cfg.run_dir.exists()
 
 
@@ -154,17 +154,17 @@ def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid,
 def test_final_only_is_refused_by_recipes_with_their_own_protocol(tiny_carotid, tiny_overrides, recipe):
     cfg = load_config(None, tiny_overrides + ["name=nocv", f"recipe={recipe}", "train.cv=false"])
     with pytest.raises(ConfigError, match=rf"train.cv=false \(--final-only\): recipe '{recipe}'"):
-        run_crossval(cfg, manifest=tiny_carotid)
+        run_protocol(cfg, manifest=tiny_carotid)
     assert not cfg.run_dir.exists()
 
 
 def test_every_recipe_with_its_own_protocol_is_classified():
     """A new recipe with `run_experiment` must say whether (and when) it trains a final model."""
-    from sonodistill.evaluation.crossval import OWN_PROTOCOL_FINAL
+    from sonodistill.protocols.own_loop import OWN_LOOP_FINAL
     from sonodistill.recipes import RECIPES, get_recipe
 
     own = {name for name in RECIPES if getattr(get_recipe(name), "run_experiment", None) is not None}
-    assert own == set(OWN_PROTOCOL_FINAL)
+    assert own == set(OWN_LOOP_FINAL)
 
 
 def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, capsys):
@@ -197,7 +197,7 @@ def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, cap
 def test_the_final_model_can_be_added_on_resume():
     """`--resume --set train.final=true` (the way to a final model after folds run one at a time) is no config
     change; train.cv is: a CV run resumed as final-only would replace its report."""
-    from sonodistill.evaluation.crossval import config_differences
+    from sonodistill.protocols.folds import config_differences
 
     saved = load_config(None, ["train.fold=0"])
     assert config_differences(saved, load_config(None, ["train.final=true"])) == []

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sonodistill.config import load_config, packaged_config
 from sonodistill.errors import ConfigError
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes import linear_probe as lp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +40,7 @@ def test_probe_run_writes_a_cv_report_and_chooses_C_on_validation_rows_only(tmp_
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
     data = _image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data)
-    summary = run_crossval(cfg)
+    summary = run_protocol(cfg)
     run = cfg.run_dir
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == 24 and sorted(pred["fold"].unique()) == [0, 1, 2]
@@ -53,7 +53,7 @@ def test_probe_run_writes_a_cv_report_and_chooses_C_on_validation_rows_only(tmp_
         assert float(ch["C"]) in [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     # features are reused: a second run with the same settings does not encode again
     monkeypatch.setattr(lp, "encode_manifest", lambda *a: pytest.fail("features were recomputed"))
-    run_crossval(cfg, resume=True)
+    run_protocol(cfg, resume=True)
 
 
 def test_validation_rows_are_grouped_stratified_and_inside_the_training_rows():
@@ -95,7 +95,7 @@ def test_on_validation_scores_only_training_rows_of_each_fold(tmp_path, monkeypa
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
     data = _image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, **{"recipe_options.on_validation": "true"})
-    run_crossval(cfg)
+    run_protocol(cfg)
     pred = pd.read_csv(cfg.run_dir / "predictions.csv")
     folds = json.loads((cfg.run_dir / "folds.json").read_text())
     choices = json.loads((cfg.run_dir / "probe_choices.json").read_text())

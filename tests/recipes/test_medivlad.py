@@ -13,7 +13,7 @@ from PIL import Image
 from sonodistill.config import load_config
 from sonodistill.data.adapters import load_adapter
 from sonodistill.errors import CheckpointError, ConfigError
-from sonodistill.evaluation.crossval import run_crossval
+from sonodistill.protocols.folds import run_protocol
 from sonodistill.models.backbones import build_backbone
 from sonodistill.recipes.medivlad import MeDiVLADRecipe, load_video_scorer
 from sonodistill.recipes.trainer import save_weights
@@ -65,7 +65,7 @@ def test_video_aggregation_crossval_and_export_model(tiny_carotid, tiny_override
     cfg = load_config(None, tiny_overrides + VIT + [
         "name=vlad", "recipe=medivlad", "data.num_frames=4", "train.epochs=3", "optim.lr=0.01",
         f"recipe_options={{init_from: {path}, aggregators: [dual_vlad, mean, netvlad]}}"])
-    summary = run_crossval(cfg, manifest=tiny_carotid)
+    summary = run_protocol(cfg, manifest=tiny_carotid)
     run = cfg.run_dir
     assert set(summary) == {"dual_vlad", "mean", "netvlad"}
     pred = pd.read_csv(run / "predictions.csv")
@@ -113,7 +113,7 @@ def test_frame_finetuning_with_few_labels(tmp_path, tiny_overrides):
     cfg = load_config(None, tiny_overrides + VIT + [
         "name=ft", "recipe=medivlad", "train.epochs=1", "data.batch_size=4",
         f"recipe_options={{init_from: {path}, label_fraction: 0.5}}"])
-    run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
     run = cfg.run_dir
     pred = pd.read_csv(run / "predictions.csv")
     assert sorted(pred["index"]) == list(range(len(manifest)))

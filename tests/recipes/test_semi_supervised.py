@@ -175,8 +175,10 @@ def test_labelled_fraction_is_a_set_override():
 
 
 def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_path):
-    from sonodistill.evaluation.crossval import make_folds, run_crossval
-    from sonodistill.evaluation.segmentation_cv import segmentation_report_from_run_dir, split_labelled
+    from sonodistill.data.folds import make_folds
+    from sonodistill.protocols.folds import run_protocol
+    from sonodistill.evaluation.segmentation_report import segmentation_report_from_run_dir
+    from sonodistill.protocols.segmentation import split_labelled
 
     manifest = write_ellipse_set(tmp_path / "data", n=12)
     cfg = tiny_cfg("hdc", tmp_path)
@@ -187,7 +189,7 @@ def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_
     for r in unlabelled:  # any read of these masks would raise
         Path(manifest.table["mask"].iloc[r]).write_bytes(b"not a png")
 
-    summary = run_crossval(cfg, manifest=manifest)
+    summary = run_protocol(cfg, manifest=manifest)
     run = cfg.run_dir
     for name in ("report.md", "metrics.json", "metrics_per_fold.csv", "predictions.csv", "timing.json"):
         assert (run / name).is_file(), name

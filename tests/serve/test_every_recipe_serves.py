@@ -1,7 +1,7 @@
 """Every recipe's run directory through the bedside commands: predict, export (ONNX parity 1e-4), the review
 page's analysis and explain, or a clear refusal naming what to use instead.
 
-The runs are tiny real runs (`run_crossval`, 1 epoch, one fold, 32 px, a few seconds each) on a synthetic carotid
+The runs are tiny real runs (`run_protocol`, 1 epoch, one fold, 32 px, a few seconds each) on a synthetic carotid
 set (videos) or fetal-head set (images, segmentation); dilbert runs one tiny fold with `run_fold` (simulated
 sequence-report pairs) and linear_probe is its config alone (it refuses before looking for weights).
 """
@@ -95,7 +95,7 @@ class Runs:
         return self.made[recipe]
 
     def _make(self, recipe: str) -> tuple[Path, Path]:
-        from sonodistill.evaluation.crossval import run_crossval
+        from sonodistill.protocols.folds import run_protocol
 
         cfg = load_config(None, _overrides(recipe, self.root))
         manifest = self.images if recipe in SEGMENTATION else self.videos
@@ -112,7 +112,7 @@ class Runs:
             cfg.save(cfg.run_dir / "config.yaml")
             manifest.to_csv(cfg.run_dir / "manifest.csv")
         else:
-            run_crossval(cfg, manifest=manifest)
+            run_protocol(cfg, manifest=manifest)
         return cfg.run_dir, Path(manifest.paths[0])
 
     def _dilbert(self, cfg: Any) -> None:

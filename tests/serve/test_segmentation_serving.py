@@ -47,12 +47,12 @@ def seg_run(tmp_path_factory) -> Path:
     """HDC trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images (48 x 48, pixel size in mm)."""
     from sonodistill.data.manifest import Manifest
     from sonodistill.data.synthetic import write_dataset
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     root = tmp_path_factory.mktemp("seg-serving")
     manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
     cfg = _cfg("hdc", root)
-    run_crossval(cfg, manifest=manifest, enable_progress_bar=False)
+    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
     return cfg.run_dir
 
 
@@ -84,7 +84,7 @@ def final_masks(seg_run, tmp_path_factory) -> list[tuple[str, np.ndarray, np.nda
     """A run with a final/ model; (image, predict's mask, the CV evaluation's mask with that model) per image."""
     from sonodistill.config import load_config
     from sonodistill.data.manifest import Manifest
-    from sonodistill.evaluation.segmentation_cv import predict_segmentation
+    from sonodistill.evaluation.segmentation_report import predict_segmentation
     from sonodistill.recipes.trainer import load_weights, save_weights
     from sonodistill.serve.loading import load_model
     from sonodistill.serve.predict import PredictOptions, predict_file

@@ -74,7 +74,7 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    from sonodistill.evaluation.overhead import measure_overhead, overhead_markdown
+    from sonodistill.protocols.overhead import measure_overhead, overhead_markdown
 
     cfg = _config(args.config, args.overrides)
     result = measure_overhead(cfg, method=args.method, batches=args.batches, repeats=args.repeats,

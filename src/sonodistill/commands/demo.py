@@ -33,13 +33,13 @@ def _train_recipe(cfg: RunConfig, threads: int, manifest: Manifest) -> float:
     SIGTERM/SIGINT stop it cleanly (TrainingStopped), here or in a worker process."""
     import torch
 
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
     from sonodistill.recipes.trainer import stop_on_signals
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     with stop_on_signals():
-        run_crossval(cfg, resume=True, manifest=manifest, enable_progress_bar=False)
+        run_protocol(cfg, resume=True, manifest=manifest, enable_progress_bar=False)
     return time.perf_counter() - t0
 
 

@@ -320,7 +320,7 @@ def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: lis
                        n_resamples: int, level: float, seed: int) -> dict[str, Any]:
     from sonodistill.evaluation.paired import bootstrap_intervals, mean_scorer
     from sonodistill.evaluation.report import markdown_table
-    from sonodistill.evaluation.segmentation_cv import HC_METRICS, METRICS
+    from sonodistill.evaluation.segmentation_report import HC_METRICS, METRICS
 
     columns = METRICS + [c for c in HC_METRICS if c in frame.columns]
     intervals = bootstrap_intervals(mean_scorer(columns), frame[columns].to_numpy(np.float64),
@@ -393,7 +393,7 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
 
 
 def _score(args: argparse.Namespace) -> int:
-    from sonodistill.evaluation.crossval import parse_merge
+    from sonodistill.evaluation.run_dir import parse_merge
 
     merge = parse_merge(args.merge) if args.merge else None
     out, matched = score_predictions(args.predictions, args.labels, args.out, merge, args.resamples, args.level,

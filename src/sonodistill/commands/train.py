@@ -71,12 +71,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
-    from sonodistill.evaluation.crossval import run_crossval
+    from sonodistill.protocols.folds import run_protocol
 
     t0 = time.perf_counter()
     if args.ablation:
         from sonodistill.errors import ConfigError
-        from sonodistill.evaluation.ablation import run_ablation
+        from sonodistill.protocols.ablation import run_ablation
 
         if args.recipe != "dualdistill":
             raise ConfigError("--ablation is defined for the dualdistill recipe (SD / RGSD / AGSD on or off)")
@@ -89,7 +89,7 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
         return 0
     if args.seeds:
         from sonodistill.errors import ConfigError
-        from sonodistill.evaluation.crossval import run_seeds
+        from sonodistill.protocols.folds import run_seeds
 
         try:
             seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
@@ -99,7 +99,7 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
         print(f"{len(seeds)} seeds on the same folds under {cfg.run_dir}/seed_<s>/ (wall time "
               f"{time.perf_counter() - t0:.0f} s); compare runs with: sonodistill compare BASELINE_RUN {cfg.run_dir}")
         return 0
-    summary = run_crossval(cfg, resume=args.resume)
+    summary = run_protocol(cfg, resume=args.resume)
     if summary is None:  # non-zero ranks of a multi-process run: rank 0 writes the report
         return 0
     report = cfg.run_dir / "report.md"
@@ -111,7 +111,7 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Rebuild a run's report, or re-score it with merged classes (--merge) or per group (--per-group)."""
-    from sonodistill.evaluation.crossval import check_has_cv_estimate, merged_report, parse_merge, report_from_run_dir
+    from sonodistill.evaluation.run_dir import check_has_cv_estimate, merged_report, parse_merge, report_from_run_dir
 
     check_has_cv_estimate(args.run_dir)
     if args.merge and args.per_group:
@@ -129,7 +129,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     recipe = _load(Path(args.run_dir) / "config.yaml").recipe
     if getattr(get_recipe(recipe), "task", "classification") == "segmentation":
-        from sonodistill.evaluation.segmentation_cv import segmentation_report_from_run_dir
+        from sonodistill.evaluation.segmentation_report import segmentation_report_from_run_dir
 
         segmentation_report_from_run_dir(args.run_dir)
     else:

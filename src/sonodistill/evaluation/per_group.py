@@ -35,7 +35,7 @@ def per_group_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
 def per_group_report(run_dir: str | Path, name: str = "per_group") -> dict[str, Any]:
     """Write RUN/<name>/ (predictions.csv, report.md, metrics) scored per group; returns the summary."""
     from sonodistill.evaluation.report import write_cv_report
-    from sonodistill.evaluation.crossval import read_run_dir
+    from sonodistill.evaluation.run_dir import read_run_dir
 
     run_dir = Path(run_dir)
     cfg, manifest, predictions = read_run_dir(run_dir)

@@ -627,7 +627,7 @@ def load_sequences(cfg: RunConfig, manifest: Manifest) -> tuple[SequenceSet, Kno
 def run_dilbert_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False,
                            **trainer_overrides: Any) -> dict[str, Any]:
     """Grouped folds over sequences; per fold `run_fold`; then metrics.json and report.md in the run directory."""
-    from sonodistill.evaluation.crossval import cv_folds
+    from sonodistill.data.folds import cv_folds
 
     o = dilbert_options(cfg)
     run_dir = cfg.run_dir

@@ -417,7 +417,7 @@ def evaluate_fold(cfg: RunConfig, o: dict[str, Any], manifest: Manifest, feats: 
 def run_discovr_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False,
                            **trainer_overrides: Any) -> dict[str, Any]:
     """Folds (saved in folds.json), per fold `fold_k/` with model.safetensors, eval.json, embeddings and scores."""
-    from sonodistill.evaluation.crossval import cv_folds
+    from sonodistill.data.folds import cv_folds
     from sonodistill.evaluation.metrics import summarise
     from sonodistill.recipes.trainer import WEIGHTS, fit_fold
 

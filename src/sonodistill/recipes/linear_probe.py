@@ -148,7 +148,8 @@ class LinearProbeRecipe:
     @staticmethod
     def run_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False, **_: Any) -> dict:
         """Features once, then per fold: C on a grouped validation split of the training rows, refit, predict."""
-        from sonodistill.evaluation.crossval import PREDICTIONS, cv_folds
+        from sonodistill.evaluation.run_dir import PREDICTIONS
+        from sonodistill.data.folds import cv_folds
         from sonodistill.evaluation.probes import linear_probe
         from sonodistill.evaluation.report import write_cv_report
 

@@ -114,7 +114,8 @@ def _wanted(cfg: RunConfig, n: int) -> list[int]:
 def frame_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:
     """Grouped k-fold finetuning; with label_fraction < 1 each fold trains on a grouped subset of its training rows."""
     from sonodistill.data.splits import grouped_fraction
-    from sonodistill.evaluation.crossval import PREDICTIONS, cv_folds
+    from sonodistill.evaluation.run_dir import PREDICTIONS
+    from sonodistill.data.folds import cv_folds
     from sonodistill.evaluation.report import write_cv_report
     from sonodistill.recipes.trainer import fit_fold
 
@@ -231,9 +232,9 @@ def _aggregator(cfg: RunConfig, name: str, dim: int, num_classes: int) -> nn.Mod
 
 def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> dict:
     """Frozen-encoder features, then every aggregator on the same grouped folds; writes predictions and the report."""
-    from sonodistill.evaluation.crossval import PREDICTIONS
+    from sonodistill.evaluation.run_dir import PREDICTIONS
     from sonodistill.evaluation.report import write_cv_report
-    from sonodistill.evaluation.crossval import cv_folds
+    from sonodistill.data.folds import cv_folds
     from sonodistill.recipes.trainer import save_weights
 
     o = medivlad_options(cfg)

@@ -30,7 +30,8 @@ def row_name(row: dict[str, bool]) -> str:
 
 def run_ablation(cfg: RunConfig, manifest: Manifest | None = None, resume: bool = False) -> Path:
     """Train the 8 rows with identical folds under cfg.run_dir/ablation-*; write ablation.md/csv; returns the .md."""
-    from sonodistill.evaluation.crossval import load_folds, run_crossval
+    from sonodistill.data.folds import load_folds
+    from sonodistill.protocols.folds import run_protocol
     from sonodistill.evaluation.metrics import classification_metrics, summarise
     from sonodistill.recipes.data import load_manifest
 
@@ -46,7 +47,7 @@ def run_ablation(cfg: RunConfig, manifest: Manifest | None = None, resume: bool 
         sub.out_dir = str(root)
         sub.name = "ablation-" + row_name(row).replace(" ", "").replace("(", "").replace(")", "").replace("+", "-")
         t0 = time.perf_counter()
-        run_crossval(sub, resume=resume or (sub.run_dir / "config.yaml").exists(), manifest=manifest)
+        run_protocol(sub, resume=resume or (sub.run_dir / "config.yaml").exists(), manifest=manifest)
         seconds = time.perf_counter() - t0
         timing_file = sub.run_dir / "timing.json"
         if timing_file.exists():  # resumed rows report the recorded per-fold times

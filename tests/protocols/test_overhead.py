@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sonodistill.config import load_config
-from sonodistill.evaluation.overhead import measure_overhead, overhead_markdown
+from sonodistill.protocols.overhead import measure_overhead, overhead_markdown
 
 
 def test_overhead_reports_ratios_and_identical_inference_size():

@@ -1,7 +1,8 @@
-"""Cross-validation of semi-supervised segmentation recipes: labelled/unlabelled split of each fold's training rows,
-two-stream training, per-item metrics at the original image resolution, overlays, report (mean ± std over folds).
+"""Scoring of segmentation models: predictions mapped back to each original image and scored against its mask
+(Dice, IoU, HD95, ASD, head circumference), outline overlays, and the report (mean ± std over folds). No training:
+the segmentation protocol (`protocols.segmentation`) trains the folds and calls these.
 
-Run directory (beside run_crossval's config.yaml, manifest.csv, folds.json):
+Run directory (beside the fold loop's config.yaml, manifest.csv, folds.json):
   fold_k/split.json         labelled / unlabelled / test row positions of fold k
   fold_k/predictions.csv    one row per test item: dice, iou, hd95, asd (+ hc_true_mm, hc_pred_mm, hc_abs_err_mm)
   fold_k/overlays/*.png     image with ground truth (green) and prediction (red) outlines
@@ -25,7 +26,7 @@ import torch
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
-from sonodistill.errors import ConfigError, SonoDistillError
+from sonodistill.errors import SonoDistillError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def preprocess_config(cfg: RunConfig) -> Any:
 
 
 def clip_cache(cfg: RunConfig) -> Any:
-    from sonodistill.data.cache import ClipCache
-    from sonodistill.recipes.data import default_cache_dir
+    from sonodistill.data.cache import ClipCache, default_cache_dir
 
     return ClipCache(Path(cfg.data.cache_dir) / "clips" if cfg.data.cache_dir else default_cache_dir() / "clips")
 
@@ -54,93 +54,6 @@ def without_masks(manifest: Manifest) -> Manifest:
     """The same rows with the `mask` column removed: datasets built on it can never read a mask."""
     return Manifest(manifest.table.drop(columns=["mask"], errors="ignore"), list(manifest.classes),
                     manifest.modality, manifest.name)
-
-
-def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled, unlabelled) row positions: a grouped, seeded `fraction` of `train_rows` and the rest."""
-    from sonodistill.data.splits import grouped_fraction
-
-    train_rows = np.sort(np.asarray(train_rows, dtype=np.int64))
-    labelled = grouped_fraction(manifest, train_rows, fraction, seed=seed)
-    unlabelled = np.setdiff1d(train_rows, labelled)
-    if "mask" not in manifest.table.columns:
-        raise ConfigError(f"manifest '{manifest.name}' has no mask column: segmentation needs masks")
-    masks = manifest.table["mask"].iloc[labelled]
-    empty = [int(r) for r, m in zip(labelled, masks) if pd.isna(m) or str(m) == ""]
-    if empty:
-        raise ConfigError(f"manifest '{manifest.name}': labelled row(s) {empty[:5]} have no mask file")
-    return labelled, unlabelled
-
-
-def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray, unlabelled: np.ndarray,
-                       options: dict[str, Any], uses_unlabelled: bool, seed: int) -> tuple[Any, int]:
-    """Two-stream DataLoader and its iterations per epoch (before `limit_train_batches`)."""
-    from sonodistill.data.augment import weak_augment
-    from sonodistill.data.datasets import FrameDataset
-    from sonodistill.data.two_stream import build_two_stream_loader, default_iterations, strong_photometric_augment
-    from sonodistill.recipes.semi_supervised import labelled_batch_size
-
-    pre, cache = preprocess_config(cfg), clip_cache(cfg)
-    bs = int(cfg.data.batch_size)
-    lbs = labelled_batch_size(options, bs)
-    ubs = bs - lbs if uses_unlabelled else 0
-    if uses_unlabelled and (ubs < 1 or len(unlabelled) == 0):
-        raise ConfigError(f"{cfg.recipe} needs unlabelled images: labelled_bs={lbs} of batch_size={bs}, "
-                          f"{len(unlabelled)} unlabelled rows (labelled_fraction={options['labelled_fraction']})")
-    weak = weak_augment(cfg.data.size) if cfg.data.augment else None
-    lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak, seed=seed)
-    # Another seed for the unlabelled stream: its item k must not repeat the draws of labelled item k.
-    unl_ds = (FrameDataset(without_masks(manifest.subset(unlabelled)), pre, cache=cache, augment=weak,
-                           seed=seed + 1_000_003)
-              if ubs else None)
-    iterations = options["iterations_per_epoch"]
-    iterations = int(iterations) if iterations else default_iterations(len(labelled), len(unlabelled), lbs, ubs)
-    strong = strong_photometric_augment() if cfg.data.augment else None
-    loader = build_two_stream_loader(lab_ds, unl_ds, lbs, ubs, iterations, seed, cfg.data.num_workers, strong)
-    return loader, iterations
-
-
-def _steps_per_epoch(cfg: RunConfig, iterations: int) -> int:
-    limit = cfg.train.limit_train_batches
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        return max(1, min(iterations, limit))
-    if isinstance(limit, float) and limit < 1.0:
-        return max(1, int(iterations * limit))
-    return iterations
-
-
-# ------------------------------------------------------------------------------------------- training
-def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_rows: np.ndarray,
-                          fold: int, fold_dir: Path, resume: bool = False, extra_callbacks: list | None = None,
-                          **trainer_overrides: Any) -> pd.DataFrame | None:
-    """Train one fold and score its test rows; None on non-zero ranks (only rank 0 evaluates)."""
-    import lightning as L
-
-    from sonodistill.recipes import get_recipe
-    from sonodistill.recipes.trainer import build_trainer, fit
-
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    seed = cfg.train.seed + fold
-    L.seed_everything(seed, workers=True, verbose=False)
-    recipe_cls = get_recipe(cfg.recipe)
-    options = recipe_cls.resolve_options(cfg.recipe_options)
-    labelled, unlabelled = split_labelled(manifest, train_rows, float(options["labelled_fraction"]), seed)
-    (fold_dir / "split.json").write_text(json.dumps({
-        "labelled_fraction": float(options["labelled_fraction"]), "labelled": labelled.tolist(),
-        "unlabelled": unlabelled.tolist(), "test": np.asarray(test_rows).tolist()}))
-    log.info("fold %d: %d labelled, %d unlabelled, %d test rows", fold, len(labelled), len(unlabelled), len(test_rows))
-    loader, iterations = build_train_loader(cfg, manifest, labelled, unlabelled, options,
-                                            recipe_cls.uses_unlabelled, seed)
-    recipe = recipe_cls(cfg, num_classes=SEGMENTATION_CLASSES, steps_per_epoch=_steps_per_epoch(cfg, iterations))
-    overrides = {"use_distributed_sampler": False, **trainer_overrides}  # the two-stream sampler shards by rank
-    trainer = build_trainer(cfg, fold_dir, extra_callbacks, **overrides)
-    fit(trainer, recipe, loader, fold_dir, resume, fold)
-    if not trainer.is_global_zero:
-        return None
-    if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
-        return pd.DataFrame()
-    return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir, options)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -295,41 +208,20 @@ def write_segmentation_report(run_dir: str | Path, predictions: pd.DataFrame, ti
     return summary
 
 
-def _units(manifest: Manifest) -> str:
+def segmentation_units(manifest: Manifest) -> str:
     return "mm" if "pixel_size_mm" in manifest.table.columns else "px (original image pixels)"
 
 
-def _title(cfg: RunConfig) -> str:
+def segmentation_title(cfg: RunConfig) -> str:
     frac = cfg.recipe_options.get("labelled_fraction")
     label = f", {100 * float(frac):g} % labelled" if frac is not None else ""
     return f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}{label}"
 
 
-def run_segmentation_cv(cfg: RunConfig, manifest: Manifest, folds: list[tuple[np.ndarray, np.ndarray]],
-                        resume: bool = False, extra_callbacks: list | None = None,
-                        **trainer_overrides: Any) -> dict[str, Any] | None:
-    """Train and score every fold (or `cfg.train.fold`), the final model with train.final, then write the report;
-    called by `run_crossval`."""
-    from sonodistill.evaluation.crossval import fit_folds, process_rank, save_predictions, train_final_model
-
-    def fit(k: int, train_rows: np.ndarray, test_rows: np.ndarray, fold_dir: Path) -> pd.DataFrame | None:
-        return fit_segmentation_fold(cfg, manifest, train_rows, test_rows, k, fold_dir, resume=resume,
-                                     extra_callbacks=extra_callbacks, **trainer_overrides)
-
-    frames, times = fit_folds(cfg, folds, resume, fit)
-    if cfg.train.final and cfg.train.fold is None:
-        train_final_model(cfg, manifest, resume, extra_callbacks=extra_callbacks, **trainer_overrides)
-    if process_rank() != 0:
-        return None
-    run_dir = cfg.run_dir
-    predictions = save_predictions(run_dir, frames, times)
-    return write_segmentation_report(run_dir, predictions, _title(cfg), _units(manifest))
-
-
 def segmentation_report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
     """Rebuild report.md / metrics.json / metrics_per_fold.csv from a run directory alone."""
-    from sonodistill.evaluation.crossval import read_run_dir
+    from sonodistill.evaluation.run_dir import read_run_dir
 
     run_dir = Path(run_dir)
     cfg, manifest, predictions = read_run_dir(run_dir)
-    return write_segmentation_report(run_dir, predictions, _title(cfg), _units(manifest))
+    return write_segmentation_report(run_dir, predictions, segmentation_title(cfg), segmentation_units(manifest))

@@ -1,0 +1,84 @@
+"""A finished run directory read back: its config, manifest and out-of-fold predictions, the report rebuilt from
+them alone, and re-scoring with merged classes. Pure reading and scoring: no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sonodistill.config import RunConfig, load_config
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError, SonoDistillError
+
+PREDICTIONS = "predictions.csv"
+NO_CV_ESTIMATE = "NO_CV_ESTIMATE"
+
+
+def check_has_cv_estimate(run_dir: str | Path) -> None:
+    """SonoDistillError when the run is final-only (train.cv=false): it has no CV predictions to score."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if config.is_file() and not load_config(config).train.cv:
+        raise SonoDistillError(f"{run_dir} holds a final model only (trained with --final-only, train.cv=false): "
+                               "there is no cross-validation estimate to report, re-score or merge. Score its "
+                               "final/ model on labelled data with `sonodistill predict` and `sonodistill score`, "
+                               "or run the CV with the same config (without --final-only)")
+
+
+def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, Manifest, pd.DataFrame]:
+    """(config, manifest, predictions) of a finished run directory; SonoDistillError naming a missing file, or
+    saying that a final-only run has no CV estimate."""
+    run_dir = Path(run_dir)
+    check_has_cv_estimate(run_dir)
+    for name in ("config.yaml", "manifest.csv", PREDICTIONS):
+        if not (run_dir / name).is_file():
+            raise SonoDistillError(f"{run_dir} is not a complete run directory: {name} is missing")
+    return load_config(run_dir / "config.yaml"), Manifest.from_csv(run_dir / "manifest.csv"), \
+        pd.read_csv(run_dir / PREDICTIONS)
+
+
+def report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """Rebuild the report from a run directory alone (config.yaml, manifest.csv, predictions.csv)."""
+    from sonodistill.evaluation.report import write_cv_report
+
+    run_dir = Path(run_dir)
+    cfg, manifest, predictions = read_run_dir(run_dir)
+    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+
+
+def parse_merge(specs: list[str]) -> dict[str, list[str]]:
+    """['0=0', '1-2=1,2', '3=3'] -> {'0': ['0'], '1-2': ['1', '2'], '3': ['3']} (new class -> old classes)."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        new, sep, old = spec.partition("=")
+        if not sep or not new or not old:
+            raise ConfigError(f"--merge {spec!r}: expected NEW=OLD1,OLD2")
+        out[new] = [c for c in old.split(",") if c]
+    return out
+
+
+def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = "merged") -> dict[str, Any]:
+    """Re-score a run's predictions with classes merged (probabilities summed), e.g. severity 0 / 1-2 / 3.
+
+    Writes RUN/<name>/report.md etc. Every original class must go to exactly one new class.
+    """
+    from sonodistill.evaluation.report import write_cv_report
+
+    run_dir = Path(run_dir)
+    cfg, manifest, predictions = read_run_dir(run_dir)
+    olds = [c for cs in merge.values() for c in cs]
+    if sorted(olds) != sorted(manifest.classes):
+        raise ConfigError(f"merge {merge} must use each class of {manifest.classes} exactly once")
+    new_classes = list(merge)
+    to_new = {manifest.classes.index(c): new_classes.index(n) for n, cs in merge.items() for c in cs}
+    out = predictions[[c for c in predictions.columns if not c.startswith("prob_")]].copy()
+    out["y_true"] = predictions["y_true"].map(to_new)
+    for n, cs in merge.items():
+        out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
+    target = run_dir / name
+    target.mkdir(exist_ok=True)
+    out.to_csv(target / PREDICTIONS, index=False)
+    return write_cv_report(target, out, new_classes,
+                           title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}, classes merged as {merge}")

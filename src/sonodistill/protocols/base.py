@@ -1,0 +1,118 @@
+"""What a method gives the one fold loop (`protocols.folds`): a `Protocol` with `fit(run, fold) -> FoldResult`.
+
+The loop owns the run directory, fold folders, resume, seeds, validation-only scoring, the final model on all items
+and the report's place; a protocol says how one fold (or the final model) is trained and judged, and how the
+folds' results become the run's report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+
+PREDICTIONS = "predictions.csv"
+FOLD_RECORD = "fold.json"
+
+
+@dataclass
+class Fold:
+    """One fit of a run: fold `index` (its seed is `train.seed + index`), or the final model (`final`, no test)."""
+
+    index: int
+    train: np.ndarray
+    test: np.ndarray
+    dir: Path
+    seed: int
+    final: bool = False
+
+
+@dataclass
+class FoldResult:
+    """What one fold gives back: per-test-item predictions (the run's predictions.csv is their union), optional
+    embeddings (`n x D`, rows as `predictions`), extra tables written as `<name>.csv`, a JSON-ready record
+    (metrics, counts) written as fold.json, and its training seconds."""
+
+    predictions: pd.DataFrame | None = None
+    embeddings: np.ndarray | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+@dataclass
+class Run:
+    """The state of one run handed to a protocol: the resolved config, the items the folds are made over (a
+    protocol's `prepare` may replace them, e.g. DILBERT's sequences), resume, Lightning trainer overrides, and
+    whatever `prepare` keeps in `state`."""
+
+    cfg: RunConfig
+    manifest: Manifest
+    resume: bool = False
+    trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+
+    @property
+    def dir(self) -> Path:
+        return self.cfg.run_dir
+
+
+class Protocol:
+    """How a method is run and judged. Subclasses implement `fit` and `report`; the rest has defaults."""
+
+    #: False: the method trains one model on every item and no folds (DINO pretraining): the loop runs `fit` once
+    #: on the final fold and `report` on its result.
+    cross_validates: bool = True
+    #: False when `prepare` replaces `run.manifest` (the folds are then made over its items, after `prepare`).
+    folds_over_manifest: bool = True
+    #: what `train.on_validation` can score: True when `fit` returns predictions of its test rows.
+    scores_validation: bool = True
+
+    def check(self, cfg: RunConfig, manifest: Manifest) -> None:
+        """Method-specific checks before anything is written (build the model once, options, data needs)."""
+
+    def final_refusal(self, cfg: RunConfig, manifest: Manifest) -> str | None:
+        """Why this config cannot train a final model on all items; None when it can."""
+        return None
+
+    def prepare(self, run: Run) -> None:
+        """Once per run, before the folds (decode and cache data, pretrain a shared encoder, ...)."""
+
+    def fit(self, run: Run, fold: Fold) -> FoldResult:
+        """Train on `fold.train` into `fold.dir` and score `fold.test` (empty for the final model)."""
+        raise NotImplementedError
+
+    def load_finished(self, run: Run, fold: Fold) -> FoldResult | None:
+        """On resume: the saved result of a finished fold, or None to (re)train it."""
+        pred = fold.dir / PREDICTIONS
+        if not pred.is_file():
+            return None
+        record_file = fold.dir / FOLD_RECORD
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        return FoldResult(predictions=pd.read_csv(pred), record=record)
+
+    def save_fold(self, run: Run, fold: Fold, result: FoldResult) -> None:
+        """Write a fold's result into its folder (predictions.csv last: it marks the fold finished)."""
+        fold.dir.mkdir(parents=True, exist_ok=True)
+        for name, table in result.tables.items():
+            table.to_csv(fold.dir / f"{name}.csv", index=False)
+        if result.embeddings is not None:
+            np.save(fold.dir / "embeddings.npy", result.embeddings)
+        if result.record:
+            (fold.dir / FOLD_RECORD).write_text(json.dumps(result.record, indent=1, default=float))
+        predictions = result.predictions if result.predictions is not None else pd.DataFrame()
+        predictions.to_csv(fold.dir / PREDICTIONS, index=False)
+
+    def title(self, run: Run) -> str:
+        return f"{run.cfg.name}: {run.cfg.recipe} on {run.cfg.data.spec}"
+
+    def report(self, run: Run, results: list[FoldResult], title: str) -> dict[str, Any]:
+        """Join the folds' results into the run's report (report.md, metrics.json, ...); returns the summary."""
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""Methods whose recipe still runs its own per-fold loop (`run_experiment`): the fold loop validates and writes the
+run directory, then hands the whole run to the recipe. TODO(issue 15): each becomes a `Protocol` with `fit`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.protocols.base import Protocol, Run
+
+# Why a recipe with its own loop has no final model on all items (None: it trains one with train.final=true).
+OWN_LOOP_FINAL: dict[str, str | None] = {
+    "dino": "it pretrains one encoder on every frame of --data (no folds): the run itself is the model to use "
+            "(RUN/model.safetensors, RUN/teacher_backbone.safetensors)",
+    "discovr": "its protocol pretrains and evaluates one encoder per fold (kNN and linear probes on frozen "
+               "embeddings), and trains none on all items; use a fold's fold_k/model.safetensors",
+    "linear_probe": "it fits scikit-learn probes on frozen features and has no PyTorch model to deploy",
+    "medivlad": None,
+    "dilbert": None,
+}
+
+
+class OwnLoopProtocol(Protocol):
+    """Hands the run to the recipe's `run_experiment(cfg, manifest, resume, **trainer_overrides)`."""
+
+    runs_own_loop = True
+    folds_over_manifest = False
+
+    def final_refusal(self, cfg: RunConfig, manifest: Manifest) -> str | None:
+        name = cfg.recipe
+        if not cfg.train.cv:
+            return "its protocol always cross-validates; train its final model with train.final=true after the CV"
+        reason = OWN_LOOP_FINAL.get(name)
+        if reason is not None:
+            return reason
+        if name == "medivlad" and manifest.modality == "image":
+            return ("its frame protocol finetunes one model per fold only (the final model, frozen encoder + first "
+                    "aggregator, exists for video data sets)")
+        if name == "dilbert" and cfg.recipe_options.get("run_folds") is not None:
+            return (f"it trains its final model only when every fold runs: recipe_options.run_folds="
+                    f"{cfg.recipe_options['run_folds']} selects folds; leave it unset")
+        return None
+
+    @property
+    def scores_validation(self) -> bool:  # type: ignore[override]
+        return False
+
+    def run_all(self, run: Run) -> dict[str, Any]:
+        from sonodistill.recipes import get_recipe
+
+        runner = get_recipe(run.cfg.recipe).run_experiment
+        return runner(run.cfg, run.manifest, resume=run.resume, **run.trainer_overrides)
