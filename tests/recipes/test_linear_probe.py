@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from sonodistill.config import load_config, packaged_config
+from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
+from sonodistill.evaluation.probes import choose_C
 from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes import linear_probe as lp
 
@@ -73,7 +75,7 @@ def test_validation_rows_are_grouped_stratified_and_inside_the_training_rows():
 def test_choose_C_prefers_the_smaller_C_on_ties():
     feats = np.r_[np.zeros((10, 2)), np.ones((10, 2))] + np.random.default_rng(0).normal(0, 0.01, (20, 2))
     labels = np.r_[np.zeros(10, int), np.ones(10, int)]
-    c, scores = lp.choose_C(feats, labels, np.arange(0, 20, 2), np.arange(1, 20, 2), [1.0, 0.1], 2, seed=0)
+    c, scores = choose_C(feats, labels, np.arange(0, 20, 2), np.arange(1, 20, 2), [1.0, 0.1], 2, seed=0)
     assert scores == {"0.1": 1.0, "1.0": 1.0} and c == 0.1
 
 
@@ -85,7 +87,7 @@ def test_pool_frames_ignores_padding():
 
 
 def test_bad_options_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"recipe_options \(linear_probe\): unknown field\(s\) \['Cs'\]"):
         lp.probe_options(_cfg(tmp_path, tmp_path, **{"recipe_options.Cs": "[1]"}))
     with pytest.raises(ConfigError, match="val_fraction"):
         lp.probe_options(_cfg(tmp_path, tmp_path, **{"recipe_options.val_fraction": "0.7"}))
@@ -94,7 +96,7 @@ def test_bad_options_are_config_errors(tmp_path):
 def test_on_validation_scores_only_training_rows_of_each_fold(tmp_path, monkeypatch):
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
     data = _image_folder(tmp_path / "data")
-    cfg = _cfg(tmp_path, data, **{"recipe_options.on_validation": "true"})
+    cfg = _cfg(tmp_path, data, **{"train.on_validation": "true"})
     run_protocol(cfg)
     pred = pd.read_csv(cfg.run_dir / "predictions.csv")
     folds = json.loads((cfg.run_dir / "folds.json").read_text())
@@ -102,5 +104,38 @@ def test_on_validation_scores_only_training_rows_of_each_fold(tmp_path, monkeypa
     for fold in folds:
         scored = set(pred.loc[pred["fold"] == fold["fold"], "index"])
         assert scored and scored <= set(fold["train"]) and not scored & set(fold["test"])
-        assert len(scored) == choices[f"fold_{fold['fold']}"]["validation_rows"]
+        # C was chosen on a split of the remaining training rows, never on the scored rows
+        ch = choices[f"fold_{fold['fold']}"]
+        assert ch["fit_rows"] + ch["validation_rows"] + len(scored) == len(fold["train"])
     assert "VALIDATION" in (cfg.run_dir / "report.md").read_text()
+
+
+def test_the_probe_is_a_pytorch_model_with_the_probes_probabilities(tmp_path, monkeypatch):
+    """Each fold saves encoder + probe head; loaded through the serving path, it reproduces the fold's
+    out-of-fold probabilities; train.final (and --final-only) trains the probe on all items into final/."""
+    import torch
+
+    from sonodistill.serve.loading import load_run
+
+    monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data, **{"train.final": "true"})
+    run_protocol(cfg)
+    run = cfg.run_dir
+    assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
+    pred = pd.read_csv(run / "predictions.csv")
+    fold0 = pred[pred["fold"] == 0]
+    model = load_run(run, members="folds").members[0]  # folds in order: fold_0 first
+    from sonodistill.evaluation.segmentation_report import clip_cache, preprocess_config
+    from sonodistill.data.datasets import FrameDataset
+
+    manifest = Manifest.from_csv(run / "manifest.csv")
+    ds = FrameDataset(manifest.subset(fold0["index"].to_numpy()), preprocess_config(cfg), cache=clip_cache(cfg))
+    x = torch.stack([ds[i]["x"] for i in range(len(ds))])
+    with torch.no_grad():
+        probs = torch.softmax(model(x), dim=1).numpy()
+    expected = fold0[[f"prob_{c}" for c in manifest.classes]].to_numpy()
+    assert np.abs(probs - expected).max() < 1e-4
+    only = _cfg(tmp_path, data, **{"train.cv": "false", "name": "probe-final"})
+    assert run_protocol(only)["cv"] is False
+    assert (only.run_dir / "final" / "model.safetensors").is_file() and not (only.run_dir / "folds.json").exists()

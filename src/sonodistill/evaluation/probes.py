@@ -101,6 +101,18 @@ def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
     return torch.cat(out).numpy()
 
 
+def fit_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, C: float = 1.0, max_iter: int = 2000,
+                     seed: int = 0) -> Any:
+    """The fitted scikit-learn pipeline (StandardScaler, multinomial L2 LogisticRegression with strength 1/C);
+    None when the training labels hold one class only."""
+    tr = np.asarray(train_feats, dtype=np.float64)
+    y = np.asarray(train_labels).astype(np.int64)
+    if np.unique(y).size == 1:
+        return None
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    return clf.fit(tr, y)
+
+
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, C: float = 1.0,
                  max_iter: int = 2000, num_classes: int | None = None, seed: int = 0) -> np.ndarray:
     """Logistic regression (multinomial, L2, strength 1/C) on standardised features; probs [N_test, C].
@@ -114,10 +126,23 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     if present.size == 1:
         probs[:, present[0]] = 1.0
         return probs
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
-    clf.fit(tr, y.astype(np.int64))
+    clf = fit_linear_probe(tr, y, C=C, max_iter=max_iter, seed=seed)
     probs[:, clf.classes_] = clf.predict_proba(te)
     return probs
+
+
+def choose_C(feats: np.ndarray, labels: np.ndarray, fit: np.ndarray, val: np.ndarray, grid: list[float],
+             num_classes: int, seed: int) -> tuple[float, dict[str, float]]:
+    """The C of `grid` with the best balanced accuracy on rows `val` of a probe fitted on rows `fit` (ties: the
+    smaller C); returns it and every C's score."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    scores = {}
+    for c in sorted(float(x) for x in grid):
+        probs = linear_probe(feats[fit], labels[fit], feats[val], C=c, num_classes=num_classes, seed=seed)
+        scores[str(c)] = float(balanced_accuracy_score(labels[val], probs.argmax(1)))
+    best = max(scores, key=lambda c: (scores[c], -float(c)))
+    return float(best), scores
 
 
 def linear_regression_probe(train_feats: np.ndarray, train_targets: np.ndarray, test_feats: np.ndarray,

@@ -21,7 +21,7 @@ PROTOCOLS: dict[str, str] = {
     "medivlad": "sonodistill.protocols.own_loop:OwnLoopProtocol",
     "discovr": "sonodistill.protocols.own_loop:OwnLoopProtocol",
     "dilbert": "sonodistill.protocols.own_loop:OwnLoopProtocol",
-    "linear_probe": "sonodistill.protocols.own_loop:OwnLoopProtocol",
+    "linear_probe": "sonodistill.protocols.linear_probe:LinearProbeProtocol",
 }
 
 

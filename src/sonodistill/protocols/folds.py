@@ -139,8 +139,6 @@ def check_validation_options(cfg: RunConfig, protocol: Protocol) -> None:
     if not cfg.train.cv or cfg.train.final:
         raise ConfigError("train.on_validation scores validation splits to choose settings: it cannot train a final "
                           "model (drop train.final / --final-only)")
-    if cfg.recipe == "linear_probe":  # scores its own validation splits (TODO(issue 15): a Protocol)
-        return
     if not protocol.cross_validates or not protocol.scores_validation:
         raise ConfigError(f"train.on_validation: recipe {cfg.recipe!r} trains no folds to score on validation "
                           "splits")

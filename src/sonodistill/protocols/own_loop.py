@@ -15,7 +15,6 @@ OWN_LOOP_FINAL: dict[str, str | None] = {
             "(RUN/model.safetensors, RUN/teacher_backbone.safetensors)",
     "discovr": "its protocol pretrains and evaluates one encoder per fold (kNN and linear probes on frozen "
                "embeddings), and trains none on all items; use a fold's fold_k/model.safetensors",
-    "linear_probe": "it fits scikit-learn probes on frozen features and has no PyTorch model to deploy",
     "medivlad": None,
     "dilbert": None,
 }

@@ -2,15 +2,18 @@
 the run directory), then per fold a logistic regression is fitted, its strength C chosen on a grouped validation
 split inside the fold's training rows (never on the test fold).
 
-`recipe_options.on_validation: true` scores each fold's validation split instead of its test fold: the way to
-choose settings (size, crop, pooling) without reading a test fold.
+`--set train.on_validation=true` scores a validation split of each fold's training rows instead of its test fold
+(C then chosen on a split of the remaining rows): the way to choose settings (size, crop, pooling) without reading
+a test fold. The protocol is `protocols.linear_probe` (the one fold loop).
 
 Images: the pooled embedding of each image. Videos: `data.num_frames` uniformly spaced frames through the frame
 encoder, pooled over time (`recipe_options.pool`: mean, or mean and max concatenated). The encoder is
 `model.backbone` (a frame backbone) started from `model.pretrained` (imagenet, or a PATH of our own pretraining).
 
 Writes the same run directory as the supervised fold loop (predictions.csv, report.md, metrics.json), so
-`sonodistill eval` and `sonodistill compare` work on it.
+`sonodistill eval` and `sonodistill compare` work on it; each fold (and `final/` with train.final or --final-only)
+keeps its model: the frozen encoder + the probe as a PyTorch head (`models.probe_head`), which predict, serve and
+export load like any classifier.
 """
 
 from __future__ import annotations
@@ -19,40 +22,38 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import balanced_accuracy_score
+from torch import nn
 
-from sonodistill.config import RunConfig
+from sonodistill.config import RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "C_grid": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],  # inverse L2 strengths tried on the validation split
-    "val_fraction": 0.2,                   # grouped share of each fold's training rows used to choose C
-    "pool": "mean",                        # videos: mean | meanmax over frames
-    "on_validation": False,                # score the validation split instead of the test fold (for choosing
-                                           # settings: the test fold is never read)
-}
+@dataclass
+class LinearProbeOptions:
+    """recipe_options of `linear_probe`."""
+
+    C_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])  # 1/L2 strengths
+    val_fraction: float = 0.2   # grouped share of each fold's training rows used to choose C
+    pool: str = "mean"          # videos: mean | meanmax over frames
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.val_fraction) < 0.5:
+            raise ConfigError(f"recipe_options (linear_probe).val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.pool not in ("mean", "meanmax"):
+            raise ConfigError(f"recipe_options (linear_probe).pool must be mean or meanmax, got {self.pool!r}")
+        if not self.C_grid or any(float(c) <= 0 for c in self.C_grid):
+            raise ConfigError(f"recipe_options (linear_probe).C_grid needs positive values, got {self.C_grid}")
 
 
-def probe_options(cfg: RunConfig) -> dict[str, Any]:
-    """Defaults overridden by `recipe_options`; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg.recipe_options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ConfigError(f"recipe_options: unknown key(s) {unknown} for linear_probe; known: {sorted(DEFAULT_OPTIONS)}")
-    o = {**DEFAULT_OPTIONS, **cfg.recipe_options}
-    if not 0.0 < float(o["val_fraction"]) < 0.5:
-        raise ConfigError(f"recipe_options.val_fraction must be in (0, 0.5), got {o['val_fraction']}")
-    if o["pool"] not in ("mean", "meanmax"):
-        raise ConfigError(f"recipe_options.pool must be mean or meanmax, got {o['pool']!r}")
-    if not o["C_grid"] or any(float(c) <= 0 for c in o["C_grid"]):
-        raise ConfigError(f"recipe_options.C_grid needs positive values, got {o['C_grid']}")
-    return o
+def probe_options(cfg: RunConfig) -> LinearProbeOptions:
+    """`recipe_options` parsed (unknown keys, wrong types and bad values are ConfigErrors naming the field)."""
+    return parse_options(LinearProbeOptions, cfg.recipe_options, "linear_probe")
 
 
 def pool_frames(feats: np.ndarray, mask: np.ndarray, pool: str) -> np.ndarray:
@@ -77,7 +78,7 @@ def encode_manifest(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     with torch.inference_mode():
         if manifest.modality == "video":
             feats, mask = video_frame_features(encoder, manifest, cfg.data, int(cfg.data.num_frames))
-            return pool_frames(feats, mask, probe_options(cfg)["pool"])
+            return pool_frames(feats, mask, probe_options(cfg).pool)
         feats, index = extract_features(encoder, frame_loader(manifest, cfg.data))
     out = np.zeros_like(feats)
     out[index] = feats
@@ -101,7 +102,7 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
         model["pretrained_sha256"] = sha256_file(resolve_weights(model["pretrained"]))
     key = json.dumps({"model": model, "size": cfg.data.size, "num_frames": cfg.data.num_frames,
                       "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
-                      "pool": probe_options(cfg)["pool"], "paths": manifest.paths}, sort_keys=True)
+                      "pool": probe_options(cfg).pool, "paths": manifest.paths}, sort_keys=True)
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     path = root / "features" / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
     (cfg.run_dir / "features.json").write_text(json.dumps({"file": str(path), "key": json.loads(key)}, indent=1))
@@ -122,74 +123,21 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     return feats
 
 
-def choose_C(feats: np.ndarray, labels: np.ndarray, fit: np.ndarray, val: np.ndarray, grid: list[float],
-             num_classes: int, seed: int) -> tuple[float, dict[str, float]]:
-    """The C of `grid` with the best validation balanced accuracy (ties: the smaller C); all scores."""
-    from sonodistill.evaluation.probes import linear_probe
-
-    scores = {}
-    for c in sorted(float(x) for x in grid):
-        probs = linear_probe(feats[fit], labels[fit], feats[val], C=c, num_classes=num_classes, seed=seed)
-        scores[str(c)] = float(balanced_accuracy_score(labels[val], probs.argmax(1)))
-    best = max(scores, key=lambda c: (scores[c], -float(c)))
-    return float(best), scores
-
-
 class LinearProbeRecipe:
-    """Frozen pretrained encoder + logistic regression (its protocol is `run_experiment`; nothing to train by SGD)."""
+    """Frozen pretrained encoder + logistic regression (no SGD training: `protocols.linear_probe` fits the probes)."""
 
     task: ClassVar[str] = "classification"
+    Options = LinearProbeOptions
 
     @staticmethod
-    def build_inference_model(cfg: RunConfig, manifest: Manifest) -> Any:
-        raise ConfigError("linear_probe runs are evaluation baselines (scikit-learn probes on frozen features); "
-                          "they have no PyTorch inference model to predict or export")
+    def build_inference_model(cfg: RunConfig, manifest: Manifest) -> nn.Module:
+        """The frozen encoder + probe head with the run's shapes (weights loaded after): images `B x 1 x S x S`,
+        videos `B x 1 x T x S x S` (frames encoded one by one, pooled over time) -> logits `B x K`."""
+        from sonodistill.models.probe_head import LinearProbeHead
+        from sonodistill.models.stages import Classifier
+        from sonodistill.models.wrappers import VideoScorer
+        from sonodistill.recipes.frame_features import build_frame_backbone
 
-    @staticmethod
-    def run_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False, **_: Any) -> dict:
-        """Features once, then per fold: C on a grouped validation split of the training rows, refit, predict."""
-        from sonodistill.evaluation.run_dir import PREDICTIONS
-        from sonodistill.data.folds import cv_folds
-        from sonodistill.evaluation.probes import linear_probe
-        from sonodistill.evaluation.report import write_cv_report
-
-        from sonodistill.data.splits import validation_rows
-
-        o = probe_options(cfg)
-        on_validation = bool(o["on_validation"] or cfg.train.on_validation)
-        if not manifest.has_labels:
-            raise ConfigError(f"linear_probe: manifest {manifest.name} has no labels to score")
-        run_dir: Path = cfg.run_dir
-        t0 = time.perf_counter()
-        feats = cached_features(cfg, manifest)
-        encode_s = time.perf_counter() - t0
-        labels, groups = manifest.labels, manifest.groups
-        folds = cv_folds(cfg, manifest, resume)
-        wanted = range(len(folds)) if cfg.train.fold is None else [int(cfg.train.fold)]
-        rows, choices = [], {}
-        for k in wanted:
-            train, test = folds[k]
-            seed = cfg.train.seed + k
-            fit, val = validation_rows(manifest, train, float(o["val_fraction"]), seed)
-            c, scores = choose_C(feats, labels, fit, val, list(o["C_grid"]), len(manifest.classes), seed)
-            choices[f"fold_{k}"] = {"C": c, "validation_balanced_accuracy": scores, "fit_rows": len(fit),
-                                    "validation_rows": len(val)}
-            if on_validation:  # choosing settings: fit on the fit rows, score the validation rows
-                train, test = fit, val
-            probs = linear_probe(feats[train], labels[train], feats[test], C=c, num_classes=len(manifest.classes),
-                                 seed=seed)
-            frame = pd.DataFrame({"fold": k, "index": test, "path": [manifest.paths[i] for i in test],
-                                  "group": groups[test], "y_true": labels[test]})
-            for j, cls in enumerate(manifest.classes):
-                frame[f"prob_{cls}"] = probs[:, j]
-            rows.append(frame)
-            log.info("linear_probe fold %d: C=%g (validation balanced accuracy %.3f)", k, c, scores[str(c)])
-        predictions = pd.concat(rows, ignore_index=True)
-        predictions.to_csv(run_dir / PREDICTIONS, index=False)
-        (run_dir / "probe_choices.json").write_text(json.dumps(choices, indent=1))
-        (run_dir / "timing.json").write_text(json.dumps({"encode_s": encode_s,
-                                                         "total_s": time.perf_counter() - t0}, indent=1))
-        scored = "VALIDATION splits of the training rows (test folds not read)" if on_validation else "test folds"
-        return write_cv_report(run_dir, predictions, manifest.classes,
-                               title=f"{cfg.name}: linear probe on frozen {cfg.model.backbone} "
-                                     f"({cfg.model.pretrained}) features, {cfg.data.spec}, scored on {scored}")
+        encoder = build_frame_backbone(cfg)
+        head = LinearProbeHead(encoder.embed_dim, len(manifest.classes), probe_options(cfg).pool)
+        return VideoScorer(encoder, head) if manifest.modality == "video" else Classifier(encoder, head)
