@@ -124,6 +124,29 @@ def test_mi_hand_value_asymmetric() -> None:
     assert parts["mi"].item() == pytest.approx(expected, abs=ATOL)
 
 
+def test_mi_conditional_only_hand_value() -> None:
+    # the same two pixels: symmetrised P = [[0.75, 0.125], [0.125, 0]], marginal (0.875, 0.125)
+    p1 = two_class_logits([1e-12, 0.5], (1, 1, 2))
+    p2 = two_class_logits([1e-12, 1e-12], (1, 1, 2))
+    h_joint = -(0.75 * math.log(0.75) + 2 * 0.125 * math.log(0.125))
+    h_marginal = -(0.875 * math.log(0.875) + 0.125 * math.log(0.125))
+    loss, _ = MutualInformationLoss(marginal="none")(p1, p2)
+    assert loss.item() == pytest.approx(h_joint - h_marginal, abs=ATOL)  # H(Z1 | Z2)
+
+
+def test_full_mi_prefers_half_foreground_and_the_conditional_term_does_not() -> None:
+    """-I(D1; D2) is lower when a quarter of the pixels (a head) turns into half: it pushes the foreground
+    fraction towards 1/2. The conditional term alone scores both agreeing, confident predictions equally."""
+    quarter = (torch.arange(16) < 4).long().reshape(1, 4, 4)
+    half = (torch.arange(16) < 8).long().reshape(1, 4, 4)
+    full, cond = MutualInformationLoss(), MutualInformationLoss(marginal="none")
+    lq, lh = one_hot_logits(quarter, 2), one_hot_logits(half, 2)
+    assert full(lh, lh.clone())[0].item() < full(lq, lq.clone())[0].item() - 0.1
+    assert cond(lh, lh.clone())[0].item() == pytest.approx(cond(lq, lq.clone())[0].item(), abs=ATOL)
+    with pytest.raises(ValueError, match="marginal"):
+        MutualInformationLoss(marginal="prior")
+
+
 def test_mi_bounds_and_gradients_on_random_inputs() -> None:
     torch.manual_seed(0)
     for k in (2, 5):

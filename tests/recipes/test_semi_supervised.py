@@ -161,8 +161,10 @@ def test_teacher_gets_no_gradient(tmp_path):
 
 
 def test_unknown_or_bad_options_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"recipe_options \(HDCRecipe\): unknown field\(s\) \['lamda_cg'\]"):
         get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.lamda_cg=2"), steps_per_epoch=1)
+    with pytest.raises(ConfigError, match="mi_marginal must be 'entropy' or 'none'"):
+        get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=prior"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="labelled_fraction"):
         get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=0"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="model.backbone=unet"):
@@ -171,7 +173,7 @@ def test_unknown_or_bad_options_are_errors(tmp_path):
 
 def test_labelled_fraction_is_a_set_override():
     cfg = load_config(None, ["recipe=hdc", "recipe_options.labelled_fraction=0.05"])
-    assert get_recipe("hdc").resolve_options(cfg.recipe_options)["labelled_fraction"] == 0.05
+    assert get_recipe("hdc").resolve_options(cfg.recipe_options).labelled_fraction == 0.05
 
 
 def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_path):

@@ -103,7 +103,7 @@ def final_masks(seg_run, tmp_path_factory) -> list[tuple[str, np.ndarray, np.nda
     save_weights(net, run / "final" / "model.safetensors")
     model = load_model(run)
     assert model.member_names == ["final"]
-    cv = predict_segmentation(net, cfg, manifest, np.arange(len(manifest)), 0, tmp / "cv", {"save_masks": True})
+    cv = predict_segmentation(net, cfg, manifest, np.arange(len(manifest)), 0, tmp / "cv", save_masks=True)
     assert cv["dice"].between(0, 1).all()
     out = []
     for path in manifest.paths:

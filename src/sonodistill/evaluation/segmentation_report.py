@@ -59,7 +59,7 @@ def without_masks(manifest: Manifest) -> Manifest:
 # ----------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
-                         fold_dir: Path, options: dict[str, Any] | None = None) -> pd.DataFrame:
+                         fold_dir: Path, overlays: int = 0, save_masks: bool = False) -> pd.DataFrame:
     """Predict `rows`, map each prediction back to its original image and score it against the original mask.
 
     hd95/asd are in mm when the manifest has `pixel_size_mm`, else in original pixels. With `pixel_size_mm` and a
@@ -71,7 +71,6 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     from sonodistill.evaluation.head_circumference import head_circumference_mm, preprocess_geometry
     from sonodistill.evaluation.metrics import segmentation_metrics
 
-    options = options or {}
     rows = np.asarray(rows, dtype=np.int64)
     table = manifest.table
     pre = preprocess_config(cfg)
@@ -79,7 +78,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     has_spacing = "pixel_size_mm" in table.columns
     has_hc = has_spacing and "target" in table.columns and pd.api.types.is_numeric_dtype(table["target"])
-    n_overlays, save_masks = int(options.get("overlays", 0) or 0), bool(options.get("save_masks", False))
+    n_overlays = int(overlays)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -123,11 +123,20 @@ class MutualInformationLoss(nn.Module):
 
     P = (1/N) sum_pixels p1 p2^T (`K x K`, N = all pixels of the batch, all-reduced under DDP), symmetrised (P + P^T)/2, marginals
     P1, P2, I = sum P (log P - log P1 - log P2), logs clamped at `eps`. 0 <= I <= log K.
+
+    Since -I = H(Z1 | Z2) - H(Z1), the full loss also maximises the entropy of the class marginal, pulling the
+    foreground fraction towards 1/K. `marginal="none"` keeps IIC's conditional term only: loss = H(Z1 | Z2)
+    = H(P) - H(P2) (the decoders agree, confidently, whatever the class balance).
     """
 
-    def __init__(self, eps: float = 1e-8) -> None:
+    MARGINALS = ("entropy", "none")
+
+    def __init__(self, eps: float = 1e-8, marginal: str = "entropy") -> None:
         super().__init__()
+        if marginal not in self.MARGINALS:
+            raise ValueError(f"MutualInformationLoss: marginal must be one of {self.MARGINALS}, got {marginal!r}")
         self.eps = eps
+        self.marginal = marginal
 
     def forward(self, logits1: torch.Tensor, logits2: torch.Tensor) -> LossOutput:
         _check_logits_pair(logits1, logits2, "MutualInformationLoss")
@@ -141,7 +150,8 @@ class MutualInformationLoss(nn.Module):
         log = lambda t: t.clamp_min(self.eps).log()  # noqa: E731
         mi = (joint * (log(joint) - log(m1) - log(m2))).sum()
         marginal_entropy = -(m1 * log(m1)).sum()
-        return LossOutput(-mi, {"mi": mi.detach(), "marginal_entropy": marginal_entropy.detach()})
+        loss = -mi if self.marginal == "entropy" else -mi + marginal_entropy  # H(Z1|Z2) = H(Z1) - I
+        return LossOutput(loss, {"mi": mi.detach(), "marginal_entropy": marginal_entropy.detach()})
 
     @staticmethod
     def _global_joint(pair_sum: torch.Tensor, n_pixels: int) -> torch.Tensor:
@@ -190,12 +200,13 @@ class HDCLoss(nn.Module):
         lambda_pc: float = 1.0,
         cg_layers: Sequence[int] | None = None,
         pc_threshold: float | None = None,
+        mi_marginal: str = "entropy",
     ) -> None:
         super().__init__()
         self.lambda_cg, self.lambda_mi, self.lambda_pc = float(lambda_cg), float(lambda_mi), float(lambda_pc)
         self.cg_layers = None if cg_layers is None else list(cg_layers)
         self.cg = CorrelationGuidanceLoss()
-        self.mi = MutualInformationLoss()
+        self.mi = MutualInformationLoss(marginal=mi_marginal)
         self.pc = PixelConsistencyLoss(pc_threshold)
 
     def forward(

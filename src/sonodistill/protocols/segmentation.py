@@ -48,7 +48,7 @@ def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float,
 
 
 def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray, unlabelled: np.ndarray,
-                       options: dict[str, Any], uses_unlabelled: bool, seed: int) -> tuple[Any, int]:
+                       options: Any, uses_unlabelled: bool, seed: int) -> tuple[Any, int]:
     """Two-stream DataLoader and its iterations per epoch (before `limit_train_batches`)."""
     from sonodistill.data.augment import weak_augment
     from sonodistill.data.datasets import FrameDataset
@@ -61,14 +61,14 @@ def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray,
     ubs = bs - lbs if uses_unlabelled else 0
     if uses_unlabelled and (ubs < 1 or len(unlabelled) == 0):
         raise ConfigError(f"{cfg.recipe} needs unlabelled images: labelled_bs={lbs} of batch_size={bs}, "
-                          f"{len(unlabelled)} unlabelled rows (labelled_fraction={options['labelled_fraction']})")
+                          f"{len(unlabelled)} unlabelled rows (labelled_fraction={options.labelled_fraction})")
     weak = weak_augment(cfg.data.size) if cfg.data.augment else None
     lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak, seed=seed)
     # Another seed for the unlabelled stream: its item k must not repeat the draws of labelled item k.
     unl_ds = (FrameDataset(without_masks(manifest.subset(unlabelled)), pre, cache=cache, augment=weak,
                            seed=seed + 1_000_003)
               if ubs else None)
-    iterations = options["iterations_per_epoch"]
+    iterations = options.iterations_per_epoch
     iterations = int(iterations) if iterations else default_iterations(len(labelled), len(unlabelled), lbs, ubs)
     strong = strong_photometric_augment() if cfg.data.augment else None
     loader = build_two_stream_loader(lab_ds, unl_ds, lbs, ubs, iterations, seed, cfg.data.num_workers, strong)
@@ -98,9 +98,9 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     L.seed_everything(seed, workers=True, verbose=False)
     recipe_cls = get_recipe(cfg.recipe)
     options = recipe_cls.resolve_options(cfg.recipe_options)
-    labelled, unlabelled = split_labelled(manifest, train_rows, float(options["labelled_fraction"]), seed)
+    labelled, unlabelled = split_labelled(manifest, train_rows, float(options.labelled_fraction), seed)
     (fold_dir / "split.json").write_text(json.dumps({
-        "labelled_fraction": float(options["labelled_fraction"]), "labelled": labelled.tolist(),
+        "labelled_fraction": float(options.labelled_fraction), "labelled": labelled.tolist(),
         "unlabelled": unlabelled.tolist(), "test": np.asarray(test_rows).tolist()}))
     log.info("fold %d: %d labelled, %d unlabelled, %d test rows", fold, len(labelled), len(unlabelled), len(test_rows))
     loader, iterations = build_train_loader(cfg, manifest, labelled, unlabelled, options,
@@ -113,7 +113,8 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
         return None
     if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
         return pd.DataFrame()
-    return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir, options)
+    return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir,
+                                overlays=int(options.overlays), save_masks=bool(options.save_masks))
 
 
 class SegmentationProtocol(Protocol):
@@ -126,7 +127,7 @@ class SegmentationProtocol(Protocol):
         build_once(cfg, SEGMENTATION_CLASSES)
         if trains_final(cfg):  # the final model's labelled share of all items
             options = get_recipe(cfg.recipe).resolve_options(cfg.recipe_options)
-            split_labelled(manifest, np.arange(len(manifest)), float(options["labelled_fraction"]), final_seed(cfg))
+            split_labelled(manifest, np.arange(len(manifest)), float(options.labelled_fraction), final_seed(cfg))
 
     def fit(self, run: Run, fold: Fold) -> FoldResult:
         pred = fit_segmentation_fold(run.cfg, run.manifest, fold.train, fold.test, fold.index, fold.dir,

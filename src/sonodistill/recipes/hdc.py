@@ -14,11 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
 from sonodistill.config import RunConfig
+from sonodistill.errors import ConfigError
 from sonodistill.losses.consistency import HDCLoss
 from sonodistill.models.segmentation import DualDecoderUNet
 from sonodistill.recipes.semi_supervised import (
     Batch,
+    MeanTeacherOptions,
     SemiSupervisedSegmentationRecipe,
     _TeacherMixin,
     slice_outputs,
@@ -26,30 +30,40 @@ from sonodistill.recipes.semi_supervised import (
 )
 
 
+@dataclass
+class HDCOptions(MeanTeacherOptions):
+    """recipe_options of `hdc` (beside the shared segmentation options and the EMA momentum)."""
+
+    lambda_cg: float = 1.0
+    lambda_mi: float = 1.0
+    lambda_pc: float = 1.0
+    cg_layers: list[int] | None = None      # encoder levels used by correlation guidance (None: all)
+    pc_threshold: float | None = None       # teacher confidence threshold of the pixel consistency (None: every pixel)
+    feature_noise: float = 0.3              # D2 input: f * (1 + U(-a, a)) ...
+    feature_dropout: float = 0.5            # ... then channel dropout
+    sup_d2: float = 1.0                     # weight of D2's supervised loss
+    mi_marginal: str = "entropy"            # -I (IIC, "entropy") or its conditional term H(D1 | D2) only ("none")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mi_marginal not in ("entropy", "none"):
+            raise ConfigError(f"recipe_options (hdc).mi_marginal must be 'entropy' or 'none', got {self.mi_marginal!r}")
+
+
 class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
     """HDC; inference model = encoder + D1 (no D2, no perturbation, no teacher)."""
 
-    OPTIONS = {
-        "ema_momentum": 0.99,
-        "lambda_cg": 1.0,
-        "lambda_mi": 1.0,
-        "lambda_pc": 1.0,
-        "cg_layers": None,          # encoder levels used by correlation guidance (None: all)
-        "pc_threshold": None,       # teacher confidence threshold of the pixel consistency (None: every pixel)
-        "feature_noise": 0.3,       # D2 input: f * (1 + U(-a, a)) ...
-        "feature_dropout": 0.5,     # ... then channel dropout
-        "sup_d2": 1.0,              # weight of D2's supervised loss
-    }
+    Options = HDCOptions
 
     def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
         super().__init__(cfg, num_classes, steps_per_epoch)
         self.make_teacher()
         o = self.options
-        self.hdc_loss = HDCLoss(o["lambda_cg"], o["lambda_mi"], o["lambda_pc"], o["cg_layers"], o["pc_threshold"])
+        self.hdc_loss = HDCLoss(o.lambda_cg, o.lambda_mi, o.lambda_pc, o.cg_layers, o.pc_threshold, o.mi_marginal)
 
     def build_student(self) -> nn.Module:
-        return DualDecoderUNet(feature_noise=float(self.options["feature_noise"]),
-                               feature_dropout=float(self.options["feature_dropout"]),
+        return DualDecoderUNet(feature_noise=float(self.options.feature_noise),
+                               feature_dropout=float(self.options.feature_dropout),
                                **unet_kwargs(self.cfg, self.options))
 
     def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -64,4 +78,4 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         w = self.consistency_weight()
         unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w)
         parts.update({k if k in ("weight", "unsup", "unsup_unweighted") else f"hdc/{k}": v for k, v in uparts.items()})
-        return sup1 + float(self.options["sup_d2"]) * sup2 + unsup, parts
+        return sup1 + float(self.options.sup_d2) * sup2 + unsup, parts

@@ -10,19 +10,20 @@ with images `B x 1 x S x S` and masks `B x 1 x S x S` in {0, 1}. Methods:
 - HDC (`recipes/hdc.py`).
 
 w(t) = `consistency` * `sigmoid_rampup(step, rampup_fraction * total_steps)`. Every option lives in
-`cfg.recipe_options` (see `COMMON_OPTIONS` and each class' `OPTIONS`); unknown keys are errors.
+`cfg.recipe_options` (see `SegmentationOptions` and each class' `Options`); unknown keys are errors.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import nn
 
-from sonodistill.config import ModelConfig, RunConfig
+from sonodistill.config import ModelConfig, RunConfig, parse_options
 from sonodistill.errors import ConfigError
 from sonodistill.losses.consistency import (
     CrossPseudoSupervisionLoss,
@@ -37,17 +38,39 @@ from sonodistill.recipes.schedules import sigmoid_rampup
 
 Batch = dict[str, torch.Tensor]
 
-# Options read by the data / evaluation side (segmentation_cv.py) and shared by every method.
-COMMON_OPTIONS: dict[str, Any] = {
-    "labelled_fraction": 0.1,       # grouped, seeded fraction of each fold's training rows that keeps its masks
-    "labelled_bs": None,            # labelled items per batch (default: half of data.batch_size, at least 1)
-    "iterations_per_epoch": None,   # default: one pass over the unlabelled stream
-    "consistency": 1.0,             # weight of the unsupervised term after ramp-up
-    "rampup_fraction": 0.4,         # sigmoid ramp-up over this fraction of all training steps
-    "channels": [16, 32, 64, 128, 256],  # U-Net encoder widths before `model.width`
-    "overlays": 4,                  # overlay PNGs written per fold
-    "save_masks": False,            # also write predicted masks (PNG, original resolution) per fold
-}
+@dataclass
+class SegmentationOptions:
+    """recipe_options shared by every segmentation method (read by the protocol's data split and scoring too)."""
+
+    labelled_fraction: float = 0.1       # grouped, seeded fraction of each fold's training rows that keeps its masks
+    labelled_bs: int | None = None       # labelled items per batch (default: half of data.batch_size, at least 1)
+    iterations_per_epoch: int | None = None  # default: one pass over the unlabelled stream
+    consistency: float = 1.0             # weight of the unsupervised term after ramp-up
+    rampup_fraction: float = 0.4         # sigmoid ramp-up over this fraction of all training steps
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # U-Net widths before model.width
+    overlays: int = 4                    # overlay PNGs written per fold
+    save_masks: bool = False             # also write predicted masks (PNG, original resolution) per fold
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.labelled_fraction) <= 1.0:
+            raise ConfigError(f"recipe_options.labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
+        if not 0.0 <= float(self.rampup_fraction) <= 1.0:
+            raise ConfigError(f"recipe_options.rampup_fraction must be in [0, 1], got {self.rampup_fraction}")
+
+
+@dataclass
+class MeanTeacherOptions(SegmentationOptions):
+    ema_momentum: float = 0.99
+
+
+@dataclass
+class FixMatchOptions(SegmentationOptions):
+    threshold: float = 0.95
+
+
+@dataclass
+class CPSOptions(SegmentationOptions):
+    consistency: float = 1.5
 
 
 class EncoderD1(nn.Module):
@@ -67,7 +90,7 @@ class EncoderD1(nn.Module):
         return SegOutputs(logits, None, features, decoded)
 
 
-def unet_kwargs(cfg: RunConfig, options: dict[str, Any], start: bool = True) -> dict[str, Any]:
+def unet_kwargs(cfg: RunConfig, options: SegmentationOptions, start: bool = True) -> dict[str, Any]:
     """U-Net constructor arguments from the config. `model.backbone`: 'unet' (or left at its default) for the
     plain U-Net, 'efficientnet_lite0' for the EfficientNet-Lite0 encoder (`model.pretrained` applies when
     `start`, i.e. in training; inference builders pass False and load the trained weights)."""
@@ -79,7 +102,7 @@ def unet_kwargs(cfg: RunConfig, options: dict[str, Any], start: bool = True) -> 
     else:
         raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet, or =efficientnet_lite0 for "
                           f"the EfficientNet-Lite0 encoder (got {backbone!r})")
-    return {"in_channels": 1, "num_classes": 2, "channels": tuple(int(c) for c in options["channels"]),
+    return {"in_channels": 1, "num_classes": 2, "channels": tuple(int(c) for c in options.channels),
             "width": float(cfg.model.width), "encoder": encoder,
             "pretrained": cfg.model.pretrained if start else "none"}
 
@@ -91,14 +114,14 @@ def slice_outputs(out: SegOutputs, start: int) -> SegOutputs:
 
 
 class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
-    """Base of every semi-supervised segmentation method; subclasses set `OPTIONS` and override `compute_loss`.
+    """Base of every semi-supervised segmentation method; subclasses set `Options` and override `compute_loss`.
 
     `self.student` is the trained network; `inference_model()` is its encoder + D1 (`SegmentationNet`).
     """
 
     task: ClassVar[str] = "segmentation"
     uses_unlabelled: ClassVar[bool] = True
-    OPTIONS: ClassVar[dict[str, Any]] = {}
+    Options: ClassVar[type[SegmentationOptions]] = SegmentationOptions
 
     def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
         super().__init__()
@@ -108,25 +131,15 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
         self.options = self.resolve_options(cfg.recipe_options)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.total_steps = max(1, cfg.train.epochs * self.steps_per_epoch)
-        self.rampup_steps = float(self.options["rampup_fraction"]) * self.total_steps
+        self.rampup_steps = float(self.options.rampup_fraction) * self.total_steps
         self.sup_loss = DiceCELoss()
         self.student = self.build_student()
 
     # -- configuration ----------------------------------------------------------------------------
     @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """COMMON_OPTIONS + this method's OPTIONS, overridden by `given`; unknown keys raise ConfigError."""
-        defaults = {**COMMON_OPTIONS, **cls.OPTIONS}
-        unknown = sorted(set(given) - set(defaults))
-        if unknown:
-            raise ConfigError(f"recipe_options: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(defaults)}")
-        options = {**defaults, **given}
-        frac = float(options["labelled_fraction"])
-        if not 0.0 < frac <= 1.0:
-            raise ConfigError(f"recipe_options.labelled_fraction must be in (0, 1], got {frac}")
-        if not 0.0 <= float(options["rampup_fraction"]) <= 1.0:
-            raise ConfigError(f"recipe_options.rampup_fraction must be in [0, 1], got {options['rampup_fraction']}")
-        return options
+    def resolve_options(cls, given: dict[str, Any]) -> SegmentationOptions:
+        """`recipe_options` as this method's typed Options (unknown keys, wrong types, bad values: ConfigError)."""
+        return parse_options(cls.Options, given, cls.__name__)
 
     def build_student(self) -> nn.Module:
         return SingleDecoderUNet(**unet_kwargs(self.cfg, self.options))
@@ -144,7 +157,7 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
 
     def consistency_weight(self) -> float:
         """w(t) = consistency * sigmoid_rampup(global_step, rampup_fraction * total_steps)."""
-        return float(self.options["consistency"]) * sigmoid_rampup(int(self.global_step), self.rampup_steps)
+        return float(self.options.consistency) * sigmoid_rampup(int(self.global_step), self.rampup_steps)
 
     # -- the part methods override ----------------------------------------------------------------
     def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -193,7 +206,7 @@ class _TeacherMixin:
         self.teacher = EMATeacher(EncoderD1(self.student), buffers="ema")  # type: ignore[attr-defined]
 
     def ema_momentum(self, step: int) -> float:
-        return min(1.0 - 1.0 / (step + 1.0), float(self.options["ema_momentum"]))  # type: ignore[attr-defined]
+        return min(1.0 - 1.0 / (step + 1.0), float(self.options.ema_momentum))  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> SegOutputs:
@@ -214,7 +227,7 @@ class _TeacherMixin:
 class MeanTeacherRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
     """Mean Teacher (Tarvainen & Valpola 2017) for segmentation: student(strong view) vs EMA teacher(weak view)."""
 
-    OPTIONS = {"ema_momentum": 0.99}
+    Options = MeanTeacherOptions
 
     def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
         super().__init__(cfg, num_classes, steps_per_epoch)
@@ -237,11 +250,11 @@ class MeanTeacherRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
 class FixMatchRecipe(SemiSupervisedSegmentationRecipe):
     """FixMatch-style: confident argmax of the student's own weak-view prediction supervises its strong view."""
 
-    OPTIONS = {"threshold": 0.95}
+    Options = FixMatchOptions
 
     def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
         super().__init__(cfg, num_classes, steps_per_epoch)
-        self.pseudo_loss = FixMatchPseudoLabelLoss(float(self.options["threshold"]))
+        self.pseudo_loss = FixMatchPseudoLabelLoss(float(self.options.threshold))
 
     def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert unlabelled is not None
@@ -261,7 +274,7 @@ class CrossPseudoSupervisionRecipe(SemiSupervisedSegmentationRecipe):
     """CPS (Chen et al. 2021): two differently initialised U-Nets supervise each other with hard pseudo-labels.
     The inference model is network A (`student`)."""
 
-    OPTIONS = {"consistency": 1.5}
+    Options = CPSOptions
 
     def __init__(self, cfg: RunConfig, num_classes: int = 2, steps_per_epoch: int = 1) -> None:
         super().__init__(cfg, num_classes, steps_per_epoch)
@@ -286,9 +299,9 @@ def total_steps(epochs: int, iterations: int) -> int:
     return max(1, int(epochs) * int(iterations))
 
 
-def labelled_batch_size(options: dict[str, Any], batch_size: int) -> int:
+def labelled_batch_size(options: SegmentationOptions, batch_size: int) -> int:
     """`labelled_bs` option, or half of the batch (at least 1)."""
-    lbs = options.get("labelled_bs")
+    lbs = options.labelled_bs
     lbs = max(1, math.ceil(batch_size / 2)) if lbs is None else int(lbs)
     if not 1 <= lbs <= batch_size:
         raise ConfigError(f"recipe_options.labelled_bs must be in 1..data.batch_size={batch_size}, got {lbs}")
