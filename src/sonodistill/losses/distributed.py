@@ -21,16 +21,21 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def _all_reduce(t: torch.Tensor, op: "dist.ReduceOp") -> torch.Tensor:
+    """`op` of `t` over processes, element-wise, into a new tensor (no autograd); `t` itself without a group."""
+    if not is_distributed():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=op)
+    return out
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of `t` over processes; a new tensor (the input is not modified), no autograd.
 
     Without a process group, returns `t` itself.
     """
-    if not is_distributed():
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -45,11 +50,7 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of `t` over processes; no autograd. Without a process group, returns `t`."""
-    if not is_distributed():
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def all_reduce_logsumexp(lse: torch.Tensor) -> torch.Tensor:
