@@ -90,11 +90,13 @@ def part_baseline(args: argparse.Namespace, manifest: Any, results: dict[str, An
     from: seed + fold), written like a run: OUT/random-init/fold_k/eval.json and metrics.json."""
     import lightning as L
 
+    from sonodistill.config import parse_options
     from sonodistill.evaluation.metrics import summarise
-    from sonodistill.recipes.discovr import DISCOVRRecipe, clip_embeddings, discovr_options, evaluate_fold
+    from sonodistill.protocols.discovr import clip_embeddings, evaluate_rows
+    from sonodistill.recipes.discovr import DISCOVROptions, DISCOVRRecipe
 
     cfg = variant_config(args, "full", None)
-    o = discovr_options(cfg)
+    how = parse_options(DISCOVROptions, cfg.recipe_options, "discovr").evaluation()
     folds = json.loads((args.out / "full" / "folds.json").read_text())
     out = args.out / "random-init"
     per_fold = []
@@ -104,9 +106,8 @@ def part_baseline(args: argparse.Namespace, manifest: Any, results: dict[str, An
         encoder = DISCOVRRecipe(cfg).inference_model().video.eval()
         train, test = np.asarray(f["train"]), np.asarray(f["test"])
         every = np.concatenate([train, test])
-        feats = np.zeros((len(manifest), encoder.embed_dim), dtype=np.float32)
-        feats[every] = clip_embeddings(encoder, cfg, manifest, every, cfg.train.seed + k)
-        metrics, _ = evaluate_fold(cfg, o, manifest, feats, train, test)
+        embeddings = clip_embeddings(encoder, cfg, manifest, every, cfg.train.seed + k)
+        metrics, _ = evaluate_rows(manifest, how, every, embeddings, train, test)
         (out / f"fold_{k}").mkdir(parents=True, exist_ok=True)
         record = {"fold": k, **metrics}
         (out / f"fold_{k}" / "eval.json").write_text(json.dumps(record, indent=1, default=float))

@@ -108,7 +108,7 @@ def test_image_encoder_gradient_comes_from_l_img_only():
     full = [g.clone() for g in _grads(r.student_i.backbone)]
     r.load_state_dict(state)  # same DINO centres; masks are seeded by the step, so the same masks
     r.zero_grad()
-    r.o["use_scd"] = False
+    r.o.use_scd = False
     loss, parts = r.compute_loss(clips())
     assert "loss_scd" not in parts
     loss.backward()
@@ -154,7 +154,7 @@ def test_video_only_variant_builds_no_image_branch():
 
 
 def test_bad_options_are_errors():
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown field"):
         tiny_recipe("use_image: true")
     with pytest.raises(ConfigError, match="must divide"):
         tiny_recipe("image_backbone: vit_tiny_p16, image_kwargs: {dim: 24, depth: 1, heads: 2}")

@@ -19,7 +19,7 @@ PROTOCOLS: dict[str, str] = {
     "hdc": "sonodistill.protocols.segmentation:SegmentationProtocol",
     "dino": "sonodistill.protocols.own_loop:OwnLoopProtocol",
     "medivlad": "sonodistill.protocols.own_loop:OwnLoopProtocol",
-    "discovr": "sonodistill.protocols.own_loop:OwnLoopProtocol",
+    "discovr": "sonodistill.protocols.discovr:DISCOVRProtocol",
     "dilbert": "sonodistill.protocols.own_loop:OwnLoopProtocol",
     "linear_probe": "sonodistill.protocols.linear_probe:LinearProbeProtocol",
 }

@@ -13,8 +13,6 @@ from sonodistill.protocols.base import Protocol, Run
 OWN_LOOP_FINAL: dict[str, str | None] = {
     "dino": "it pretrains one encoder on every frame of --data (no folds): the run itself is the model to use "
             "(RUN/model.safetensors, RUN/teacher_backbone.safetensors)",
-    "discovr": "its protocol pretrains and evaluates one encoder per fold (kNN and linear probes on frozen "
-               "embeddings), and trains none on all items; use a fold's fold_k/model.safetensors",
     "medivlad": None,
     "dilbert": None,
 }
