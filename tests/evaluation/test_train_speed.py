@@ -24,6 +24,16 @@ def test_measure_train_speed_counts_three_forward_passes_and_updates_weights():
     assert r["fraction_of_matmul_peak"] == pytest.approx(r["train_gflops"] / r["matmul_gflops"])
     assert r["train_items_per_s"] == pytest.approx(8 / r["train_step_s"]) and r["frozen_items_per_s"] > 0
     assert not torch.equal(before, model[1].weight)
+    assert r["frozen_ort_items_per_s"] is None  # no backbone: the ONNX Runtime path is for frame encoders
+
+
+def test_frame_classifiers_report_the_onnxruntime_frozen_feature_speed():
+    from sonodistill.commands.bench import _config, speed_batch
+
+    cfg = _config("pocus-finetune-imagenet", ["data.size=32", "model.pretrained=none"])
+    model, x, y = speed_batch(cfg, 2)
+    r = measure_train_speed(model, x, y, repeats=1, warmup=1)
+    assert r["frozen_ort_items_per_s"] > 0
 
 
 def test_matmul_reference_is_positive():

@@ -62,22 +62,49 @@ def measure_train_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repe
                 infer.append(time.perf_counter() - t0)
     peak = matmul_gflops()
     achieved = 3 * fwd_flops / step / 1e9
+    ort = frozen_onnxruntime_items_per_s(model, x, repeats, warmup)
     return {
         "input": list(x.shape), "threads": torch.get_num_threads(),
         "train_step_s": step, "train_items_per_s": bs / step, "train_gflops": achieved,
         "forward_gflop_per_item": fwd_flops / bs / 1e9,
         "matmul_gflops": peak, "fraction_of_matmul_peak": achieved / peak,
         "frozen_items_per_s": bs / statistics.median(infer),
+        "frozen_ort_items_per_s": ort,
     }
+
+
+def frozen_onnxruntime_items_per_s(model: nn.Module, x: torch.Tensor, repeats: int = 5,
+                                   warmup: int = 2) -> float | None:
+    """Items/s of the frozen-feature path on ONNX Runtime (`train.feature_engine=onnxruntime`): the model's
+    backbone, pooled embedding, for frame inputs `B x C x H x W`; None for other models (video, segmentation)."""
+    from sonodistill.models.frozen_engine import OnnxFrozenEncoder
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or x.ndim != 4:
+        return None
+    encoder = OnnxFrozenEncoder(backbone.eval())
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        encoder(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return x.shape[0] / statistics.median(times)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def speed_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of `measure_train_speed` results, one row each."""
     head = ("| config | backbone | input (B x ...) | threads | step (s) | train items/s | train GFLOP/s | "
-            "matmul GFLOP/s | fraction of peak | frozen items/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "matmul GFLOP/s | fraction of peak | frozen items/s (torch) | frozen items/s (ONNX Runtime) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['config']} | {r['backbone']} | {' x '.join(map(str, r['input']))} | "
         f"{r['threads']} | {r['train_step_s']:.3f} | {r['train_items_per_s']:.1f} | {r['train_gflops']:.1f} | "
-        f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['frozen_items_per_s']:.1f} |\n"
+        f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['frozen_items_per_s']:.1f} | "
+        f"{_fmt(r.get('frozen_ort_items_per_s'))} |\n"
         for r in rows)
     return head + body

@@ -73,8 +73,12 @@ def encode_manifest(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     from sonodistill.recipes.frame_features import build_frame_backbone, frame_loader, video_frame_features
     from sonodistill.evaluation.probes import extract_features
 
-    encoder = build_frame_backbone(cfg, start=True).eval()
-    log.info("linear_probe: encoder %s, started from %s", cfg.model.backbone, encoder.pretrained_from)
+    from sonodistill.models.frozen_engine import frozen_encoder
+
+    backbone = build_frame_backbone(cfg, start=True).eval()
+    log.info("linear_probe: encoder %s, started from %s, features by %s", cfg.model.backbone,
+             backbone.pretrained_from, cfg.train.feature_engine)
+    encoder = frozen_encoder(backbone, cfg.train.feature_engine)
     with torch.inference_mode():
         if manifest.modality == "video":
             feats, mask = video_frame_features(encoder, manifest, cfg.data, int(cfg.data.num_frames))
@@ -102,7 +106,8 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
         model["pretrained_sha256"] = sha256_file(resolve_weights(model["pretrained"]))
     key = json.dumps({"model": model, "size": cfg.data.size, "num_frames": cfg.data.num_frames,
                       "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
-                      "pool": probe_options(cfg).pool, "paths": manifest.paths}, sort_keys=True)
+                      "pool": probe_options(cfg).pool, "paths": manifest.paths,
+                      "engine": cfg.train.feature_engine}, sort_keys=True)
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     path = root / "features" / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
     (cfg.run_dir / "features.json").write_text(json.dumps({"file": str(path), "key": json.loads(key)}, indent=1))
