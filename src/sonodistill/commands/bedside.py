@@ -103,10 +103,12 @@ def _explain(args: argparse.Namespace) -> int:
     from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
 
     model = load_run(args.run_dir, members=args.members)
-    if not get_model_kind(model.task).heatmaps:
+    kind = get_model_kind(model.task)
+    if not kind.heatmaps:
+        why = f" {kind.no_heatmaps_because}." if kind.no_heatmaps_because else ""
         raise ConfigError(f"explain: {args.run_dir} is a {model.task!r} model (recipe {model.recipe!r}); the "
                           f"{model.task!r} model kind has no explainer (heat maps exist for: "
-                          f"{', '.join(heatmap_kinds())}). `sonodistill predict` works on it")
+                          f"{', '.join(heatmap_kinds())}).{why} `sonodistill predict` works on it")
     available = {**recipe_explainers(str(model.recipe))}
     problem = grad_cam_problem(model.members[0])
     if problem is None:

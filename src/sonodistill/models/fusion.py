@@ -190,7 +190,7 @@ class VisualEncoder(nn.Module):
             x = x.masked_fill(self.pixel_mask(region_mask, t, h, w), 0.0)
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         fmap = self.frames(frames).stages[self.stage]
-        fmap = F.adaptive_avg_pool2d(fmap, self.grid)  # (B*T) x C x g x g
+        fmap = region_pool(fmap, self.grid)  # (B*T) x C x g x g
         reg = fmap.flatten(2).transpose(1, 2).reshape(b, t * self.grid * self.grid, -1)
         reg = self.region_proj(reg)
         if region_mask is not None:
@@ -199,6 +199,29 @@ class VisualEncoder(nn.Module):
         reg = reg + pos + self.region_type
         clip = self.clip_proj(self.clip(x).pooled)[:, None] + self.clip_type
         return reg, clip
+
+
+def _pool_matrix(n: int, g: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`g x n` averaging weights of adaptive average pooling from n to g cells (PyTorch's bins: rows
+    floor(i n / g) to ceil((i + 1) n / g), each averaged)."""
+    w = torch.zeros(g, n, dtype=dtype, device=device)
+    for i in range(g):
+        lo, hi = (i * n) // g, -(-((i + 1) * n) // g)
+        w[i, lo:hi] = 1.0 / (hi - lo)
+    return w
+
+
+def region_pool(fmap: torch.Tensor, g: int) -> torch.Tensor:
+    """`N x C x H x W` -> `N x C x g x g`: `F.adaptive_avg_pool2d(fmap, g)`.
+
+    While traced (ONNX / TorchScript export) the same pooling is two products with constant averaging matrices:
+    the exporter cannot convert adaptive pooling once the frames' reshape has made H and W symbolic. Same numbers
+    up to float rounding (tests/serve/test_annotation_kind.py)."""
+    if not torch.jit.is_tracing():
+        return F.adaptive_avg_pool2d(fmap, g)
+    h, w = int(fmap.shape[-2]), int(fmap.shape[-1])  # constants of the traced graph (fixed input size)
+    ph, pw = _pool_matrix(h, g, fmap.dtype, fmap.device), _pool_matrix(w, g, fmap.dtype, fmap.device)
+    return torch.matmul(torch.matmul(ph, fmap), pw.transpose(0, 1))
 
 
 def _norm_for(backbone: str, norm: str) -> str:

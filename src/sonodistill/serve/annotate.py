@@ -3,6 +3,10 @@ predicted entities through the knowledge graph, and the nearest training report 
 
 An annotator folder (written by the `dilbert` recipe under `RUN/fold_K/export/<variant>/` and `RUN/final/...`)
 holds `dilbert.json`, `tokenizer.json`, `annotator.safetensors`, `retriever.safetensors` and `reports.json`.
+
+The same annotation is what `sonodistill predict | serve | export` give for a dilbert run directory (the
+"annotation" model kind, `serve/annotation.py`): `AnnotationProbabilities` is the module they run and export, and
+`annotation_fields` turns its output into findings and a description for both.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
 from sonodistill.data.sequences import AnnotationSpec, sample_indices
 from sonodistill.data.text import TextTokenizer
-from sonodistill.errors import CheckpointError, DataError
+from sonodistill.errors import CheckpointError, DataError, SonoDistillError
 from sonodistill.knowledge import KnowledgeGraph, load_graph
 from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTInference, FusionConfig
 
@@ -83,11 +88,65 @@ def load_annotator(path: str | Path) -> Annotator:
                      int(info["num_frames"]), int(info["max_text_len"]), float(info.get("threshold", 0.5)))
 
 
+class AnnotationProbabilities(nn.Module):
+    """An annotator's image-only path as probabilities: clip `B x 1 x T x S x S` -> `B x (F + sum K_c)`, the sigmoid
+    of each binary finding, then the softmax of each categorical target (`output_names` order).
+
+    The module `predict` runs and `export` writes for a dilbert run (the text stream is the empty `[CLS] [SEP]`)."""
+
+    def __init__(self, annotator: nn.Module) -> None:
+        super().__init__()
+        self.annotator = annotator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.annotator.annotate(x)
+        return torch.cat([torch.sigmoid(out.binary.float())]
+                         + [torch.softmax(c.float(), dim=1) for c in out.categorical], dim=1)
+
+
+def output_names(spec: AnnotationSpec) -> list[str]:
+    """Column names of `AnnotationProbabilities`' output: the binary findings, then `target=class` per category."""
+    return list(spec.binary) + [f"{name}={c}" for name, classes in spec.categorical.items() for c in classes]
+
+
+def sampled_input(clip: np.ndarray, num_frames: int) -> np.ndarray:
+    """A preprocessed uint8 clip `n x S x S` -> the model input, float32 `1 x 1 x T x S x S`: T frames at segment
+    centres over the whole sequence (as training and evaluation sample them), pixel / 255."""
+    idx = sample_indices(len(clip), num_frames, None)
+    return (clip[idx].astype(np.float32) / 255.0)[None, None]
+
+
 def clip_tensor(frames: np.ndarray, ann: Annotator) -> torch.Tensor:
     """Raw uint8 frames `T x H x W` -> the model input `1 x 1 x T' x S x S` (training preprocessing, uniform frames)."""
     clip = preprocess_clip(np.ascontiguousarray(frames), ann.preprocess)
-    idx = sample_indices(len(clip), ann.num_frames, None)
-    return torch.from_numpy(clip[idx].astype(np.float32) / 255.0)[None, None]
+    return torch.from_numpy(sampled_input(clip, ann.num_frames))
+
+
+def annotation_fields(ann: Annotator, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """One clip's `AnnotationProbabilities` output (`F + sum K_c` numbers) -> findings (probability, present at
+    `threshold`), categorical predictions, the present entities and the description composed from them."""
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    n_binary = len(ann.spec.binary)
+    width = n_binary + sum(len(c) for c in ann.spec.categorical.values())
+    if probs.shape != (width,):
+        raise SonoDistillError(f"annotator output has {probs.size} numbers, expected {width} "
+                               f"({n_binary} findings and the categorical targets' classes)")
+    findings = []
+    for entity, column, p in zip(ann.spec.binary, ann.spec.columns, probs[:n_binary]):
+        findings.append({"name": entity, "label": ann.graph.entities[entity].display if entity in ann.graph.entities
+                         else entity, "column": column, "probability": round(float(p), 6),
+                         "present": bool(p >= threshold)})
+    categorical, extras, start = [], {}, n_binary
+    for cname, classes in ann.spec.categorical.items():
+        p = probs[start:start + len(classes)]
+        start += len(classes)
+        best = classes[int(np.argmax(p))]
+        categorical.append({"name": cname, "prediction": best,
+                            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}})
+        extras[cname] = best
+    present = [f["name"] for f in findings if f["present"] and f["name"] in ann.graph.entities]
+    return {"findings": findings, "categorical": categorical, "entities": present,
+            "description": ann.graph.describe(present, extras=extras)}
 
 
 @torch.no_grad()
@@ -96,28 +155,13 @@ def annotate_frames(ann: Annotator, frames: np.ndarray, name: str = "", top_k: i
     """The annotation JSON (a dict) for one sequence of raw frames."""
     thr = ann.threshold if threshold is None else float(threshold)
     x = clip_tensor(frames, ann)
-    out = ann.annotator.annotate(x)
-    probs = torch.sigmoid(out.binary.float())[0].tolist()
-    findings = []
-    for entity, column, p in zip(ann.spec.binary, ann.spec.columns, probs):
-        findings.append({"name": entity, "label": ann.graph.entities[entity].display if entity in ann.graph.entities
-                         else entity, "column": column, "probability": round(float(p), 6), "present": bool(p >= thr)})
-    categorical, extras = [], {}
-    for (cname, classes), logits in zip(ann.spec.categorical.items(), out.categorical):
-        p = torch.softmax(logits.float(), dim=1)[0].tolist()
-        best = classes[int(np.argmax(p))]
-        categorical.append({"name": cname, "prediction": best,
-                            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}})
-        extras[cname] = best
-    present = [f["name"] for f in findings if f["present"] and f["name"] in ann.graph.entities]
-    description = ann.graph.describe(present, extras=extras)
+    fields = annotation_fields(ann, AnnotationProbabilities(ann.annotator)(x)[0].numpy(), thr)
     retrieved = retrieve_reports(ann, x, top_k)
     return {
         "input": name, "frames": int(len(frames)),
         "model": {"folder": str(ann.folder), "role": ann.info.get("role"), "graph": ann.graph.name,
                   "threshold": thr},
-        "findings": findings, "categorical": categorical, "entities": present, "description": description,
-        "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved,
+        **fields, "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved,
     }
 
 

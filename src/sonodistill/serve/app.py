@@ -132,9 +132,11 @@ def heatmap_problem(model: LoadedModel) -> str | None:
     """Why the review page shows no Grad-CAM for `model`, or None when it can."""
     from sonodistill.explain.gradcam import grad_cam_problem
 
-    if not (get_model_kind(model.task).heatmaps and model.members):
+    kind = get_model_kind(model.task)
+    if not (kind.heatmaps and model.members):
+        why = f"; {kind.no_heatmaps_because}" if kind.no_heatmaps_because else ""
         return ("Grad-CAM needs a classifier served from a run directory "
-                f"(this is a {model.task} model, backend {model.backend})")
+                f"(this is a {model.task} model, backend {model.backend}){why}")
     return grad_cam_problem(model.members[0])
 
 
@@ -414,8 +416,8 @@ after each answer; patient data in DICOM headers is never shown.</p></header>
 <section id="results" hidden>
  <div class="grid">
   <div><h2>Prediction</h2><div id="prediction"><div id="prediction-class"></div><table id="probabilities"></table></div>
-   <div id="findings-block" hidden><h3>Findings</h3><ul id="findings"></ul></div>
-   <div id="description-block" hidden><h3>Description</h3><p id="description"></p></div></div>
+   <div id="findings-block" hidden><h3>Findings</h3><table id="findings"></table></div>
+   <div id="description-block" hidden><h3>Description</h3><p id="description"></p><p id="nearest"></p></div></div>
   <div id="overlay"><h2>Clip</h2><img alt="clip with heat map overlay"><p id="heatmap-note"></p></div>
  </div>
  <h2>Score per frame</h2><div id="plot"></div>
@@ -451,10 +453,28 @@ function show(payload) {
     tr.insertCell().textContent = p.toFixed(3);
   }
   const findings = r.findings || [];
-  $('findings-block').hidden = findings.length === 0; $('findings').replaceChildren();
-  for (const f of findings) { const li = document.createElement('li');
-    li.textContent = typeof f === 'string' ? f : JSON.stringify(f); $('findings').append(li); }
+  $('findings-block').hidden = findings.length === 0 && !(r.categorical || []).length;
+  const ft = $('findings'); ft.replaceChildren();
+  const row = (name, p, verdict) => { const tr = ft.insertRow(); tr.insertCell().textContent = name;
+    const cell = tr.insertCell();
+    if (typeof p === 'number') { const bar = document.createElement('span'); bar.className = 'bar';
+      bar.style.width = `${Math.round(p * 150)}px`; cell.append(bar); }
+    tr.insertCell().textContent = typeof p === 'number' ? p.toFixed(3) : '';
+    tr.insertCell().textContent = verdict; };
+  for (const f of findings) {
+    if (typeof f === 'string') { row(f, null, ''); }
+    else if (typeof f.probability === 'number') {
+      row(f.label || f.name, f.probability, f.present === undefined ? '' : f.present ? 'present' : 'absent'); }
+    else { row(JSON.stringify(f), null, ''); }
+  }
+  for (const c of r.categorical || []) {
+    row(`${c.name}: ${c.prediction}`, (c.probabilities || {})[c.prediction], 'most probable class'); }
+  if (r.entities !== undefined && r.prediction === undefined) {
+    $('prediction-class').textContent = `Findings present (threshold ${r.threshold}): ` +
+      (r.entities.length ? r.entities.join(', ') : 'none'); }
   $('description-block').hidden = !r.description; $('description').textContent = r.description || '';
+  $('nearest').textContent = r.nearest_report ? `Nearest training report (score ${r.nearest_report.score}): ` +
+    r.nearest_report.text : '';
   $('plot').innerHTML = payload.plot_svg || '<p>no per-frame scores for this model</p>';
   const img = $('overlay').querySelector('img');
   if (payload.gif) { img.src = payload.gif; img.hidden = false; } else { img.hidden = true; }

@@ -3,7 +3,9 @@
 The exported module is the one `sonodistill predict` runs (`loading.served_module`): input `B x 1 x T x S x S`
 (video) or `B x 1 x S x S` (frame), dynamic batch axis. Classifiers and segmentation models: output
 `probabilities` = softmax, averaged over the members when the run has no final/ model. Features models (DINO,
-DISCOVR encoders): output `embedding` `B x E`, the members' pooled embeddings concatenated.
+DISCOVR encoders): output `embedding` `B x E`, the members' pooled embeddings concatenated. Annotation models
+(DILBERT): output `probabilities` `B x (F + sum K_c)`, one annotator's finding probabilities; the kind's
+`export_extras` adds the annotator files the description and the nearest report need (they stay in Python).
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if kind.export_extras is not None:
+        meta.update(kind.export_extras(model, folder))
     meta["max_abs_diff_vs_torch"] = check_export(module, folder, meta, _example(model, 3, seed=1))
     (folder / EXPORT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     write_model_card(run_dir, folder / "MODEL_CARD.md", meta)

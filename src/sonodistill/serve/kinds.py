@@ -1,8 +1,9 @@
 """The model-kind registry: for each task, how its inference model is built and how a prediction becomes JSON.
 
 A run's task comes from its recipe (`task` class attribute, default "classification"). The built-in kinds
-("classification", "segmentation", "features") are registered by `sonodistill.serve.predict`, imported on first
-look-up; other recipes add theirs with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
+("classification", "segmentation", "features") are registered by `sonodistill.serve.predict`, and "annotation"
+(DILBERT annotators) by `sonodistill.serve.annotation`, both imported on first look-up; other recipes add theirs
+with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class ModelKind:
     output: name of that module's output (the exported graph's output name); output_doc: what it holds.
     per_class: the output is per class (the run's classes are reported); False for embeddings.
     heatmaps: `sonodistill explain` and the review page's Grad-CAM apply (class logits to differentiate).
+    recipe_tasks: recipe `task` attributes this kind also serves (dilbert's recipe says "multimodal").
+    load_run: `(run_dir, cfg, manifest, members) -> LoadedModel`, for a kind whose models are not
+        `model.safetensors` files (DILBERT's annotator folders); tried before the recipe's `build_inference_model`.
+    export_extras: `(model, folder) -> dict` merged into the export's sonodistill-model.json; it may write files
+        the kind needs into the export folder (the annotator's knowledge graph, tokenizer, retriever).
+    no_heatmaps_because: why `explain` does not apply to this kind (added to its refusal).
     """
 
     task: str
@@ -74,22 +81,47 @@ class ModelKind:
     output_doc: str = "softmax probabilities over classes (dim 1), mean over members"
     per_class: bool = True
     heatmaps: bool = False
+    recipe_tasks: tuple[str, ...] = ()
+    load_run: Callable[..., Any] | None = None  # (Path, RunConfig, Manifest, str) -> serve.loading.LoadedModel
+    export_extras: Callable[..., dict[str, Any]] | None = None  # (LoadedModel, Path) -> dict
+    no_heatmaps_because: str = ""
 
 
 _KINDS: dict[str, ModelKind] = {}
+_BUILT_IN = ("sonodistill.serve.predict", "sonodistill.serve.annotation")
+
+
+def _register_built_in() -> None:
+    for module in _BUILT_IN:  # classification, segmentation, features; annotation
+        importlib.import_module(module)
 
 
 def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
                         build: Callable[[RunConfig, Manifest], nn.Module] | None = None, **fields: Any) -> None:
     """Register (or replace) how models of `task` are built and how their predictions become JSON.
 
-    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps)."""
+    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps, recipe_tasks,
+    load_run, export_extras, no_heatmaps_because)."""
     _KINDS[task] = ModelKind(task, predict, build, **fields)
 
 
+def served_task(recipe_task: str) -> str:
+    """The model kind that serves a recipe's `task`: itself, or the kind listing it in `recipe_tasks`."""
+    _register_built_in()
+    if recipe_task in _KINDS:
+        return recipe_task
+    return next((k.task for k in _KINDS.values() if recipe_task in k.recipe_tasks), recipe_task)
+
+
+def find_model_kind(task: str) -> ModelKind | None:
+    """The registered kind for `task`, or None."""
+    _register_built_in()
+    return _KINDS.get(task)
+
+
 def get_model_kind(task: str) -> ModelKind:
-    """The registered kind for `task` (the built-in kinds are registered by `sonodistill.serve.predict`)."""
-    importlib.import_module("sonodistill.serve.predict")  # registers classification, segmentation and features
+    """The registered kind for `task` (the built-in kinds are registered on first look-up)."""
+    _register_built_in()
     if task not in _KINDS:
         raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
                           "A recipe adds one with sonodistill.serve.kinds.register_model_kind(...)")
@@ -98,5 +130,5 @@ def get_model_kind(task: str) -> ModelKind:
 
 def heatmap_kinds() -> list[str]:
     """The registered tasks whose models `sonodistill explain` can explain."""
-    importlib.import_module("sonodistill.serve.predict")
+    _register_built_in()
     return sorted(t for t, k in _KINDS.items() if k.heatmaps)

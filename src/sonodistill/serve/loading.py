@@ -1,7 +1,8 @@
 """Load a servable model from a run directory or an export folder.
 
-A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification"); how a
-task's inference model is built comes from its model kind (`sonodistill.serve.kinds`).
+A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification", mapped to the
+model kind that serves it by `kinds.served_task`); how a task's inference model is built, or (a kind with `load_run`,
+DILBERT's annotators) how the whole run is loaded, comes from its model kind (`sonodistill.serve.kinds`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sonodistill.config import RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
-from sonodistill.serve.kinds import ModelKind, get_model_kind
+from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind, served_task
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,9 @@ class LoadedModel:
     runner: float32 `B x C x T x H x W` (video) or `B x C x H x W` (frame) -> the kind's output: probabilities
         `B x K [x H x W]`, or embeddings `B x E` for a features model.
     members: the torch inference models (empty for an export folder: no Grad-CAM there).
-    classes: the run's classes; empty when the output is not per class (features).
+    classes: the run's classes; empty when the output is not per class (features, annotation).
+    extra: kind-specific state; `extra["describe"]` (a dict) is added to `describe()`, `extra["warnings"]` (a list of
+        texts) replaces the fold-ensemble warnings of `predict.ensemble_warnings`.
     """
 
     task: str
@@ -193,7 +196,7 @@ class LoadedModel:
         """JSON-ready summary (what predict/serve print as "model")."""
         return {"source": self.source, "task": self.task, "backend": self.backend, "members": self.member_names,
                 "classes": self.classes, "input_kind": self.input_kind, "input_shape": list(self.input_shape),
-                "preprocessing": asdict(self.preprocess), "recipe": self.recipe}
+                "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {})}
 
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
@@ -263,7 +266,8 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
     """Load a run directory: config.yaml + manifest.csv + final/ (or every fold_k/, or RUN/) weights, strictly.
 
     The recipe's inference model is built before any weights are looked for, so a recipe that has none (a
-    scikit-learn baseline, an annotator served by `sonodistill annotate`) refuses with its own message.
+    scikit-learn baseline) refuses with its own message. A model kind with its own `load_run` (annotation: DILBERT's
+    annotator folders) loads the run instead, before the recipe is asked for an inference model.
     """
     from sonodistill.recipes.trainer import load_weights
 
@@ -273,7 +277,10 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
             raise CheckpointError(f"{run_dir} is not a run directory: {name} is missing")
     cfg = load_config(run_dir / "config.yaml")
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
-    task = recipe_task(cfg.recipe)
+    task = served_task(recipe_task(cfg.recipe))
+    own = find_model_kind(task)
+    if own is not None and own.load_run is not None:
+        return own.load_run(run_dir, cfg, manifest, members)
     first = build_inference_model(cfg, manifest, task)  # a recipe without an inference model refuses here
     kind = get_model_kind(task)
     dirs = member_dirs(run_dir, members)
@@ -335,7 +342,8 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
     return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
-                       recipe=meta.get("recipe"), extra={"export": meta})
+                       recipe=meta.get("recipe"),
+                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}})
 
 
 def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:

@@ -75,6 +75,14 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
     n_groups = len(set(manifest.groups.tolist()))
     members = meta.get("members") or []
     shape = [s for s in meta.get("input_shape", []) if s is not None]  # export meta: [None (batch), C, ...]
+    annotation = meta.get("annotation")
+    arch = (annotation or {}).get("architecture") or {}
+    model_line = (f"- Task: annotation; recipe `{cfg.recipe}`; annotator: fusion encoder of dim {arch.get('dim')}, "
+                  f"{arch.get('layers')} layers, {arch.get('heads')} heads, on frame encoder `{arch.get('frame_backbone')}` "
+                  f"(width {arch.get('frame_width')}) and clip encoder `{arch.get('clip_backbone')}` (width "
+                  f"{arch.get('clip_width')})." if annotation else
+                  f"- Task: {meta.get('task', 'classification')}; recipe `{cfg.recipe}`; backbone `{cfg.model.backbone}` "
+                  f"(width {cfg.model.width}, norm {cfg.model.norm}).")
     lines = [
         f"# Model card: {cfg.name}",
         "",
@@ -83,22 +91,27 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "",
         "## Model",
         "",
-        f"- Task: {meta.get('task', 'classification')}; recipe `{cfg.recipe}`; backbone `{cfg.model.backbone}` "
-        f"(width {cfg.model.width}, norm {cfg.model.norm}).",
+        model_line,
         f"- Training started from: {describe_start(cfg.model.pretrained)}.",
         f"- Input: {meta.get('input_kind', '?')} model, tensor `B x {' x '.join(str(s) for s in shape)}`"
         " (float32, grayscale, pixel / 255).",
-        f"- Output: `probabilities` (softmax; mean over {len(members) or '?'} member model(s): "
-        f"{', '.join(members) if members else 'n/a'}).",
-        f"- Classes (output order): {', '.join(f'`{c}`' for c in manifest.classes) or 'none'}.",
     ]
+    if annotation:
+        lines += _annotation_model_lines(annotation)
+    else:
+        lines += [
+            f"- Output: `probabilities` (softmax; mean over {len(members) or '?'} member model(s): "
+            f"{', '.join(members) if members else 'n/a'}).",
+            f"- Classes (output order): {', '.join(f'`{c}`' for c in manifest.classes) or 'none'}.",
+        ]
     if meta.get("format"):
         lines.append(f"- Format: {meta['format']}" + (f", opset {meta['opset']}" if meta.get("opset") else "")
                      + f"; file `{meta.get('file')}`.")
     lines += [
         f"- Preprocessing (as in training): imaging-region crop {cfg.data.crop_region}, static-overlay removal "
         f"{cfg.data.remove_overlay}, resize with padding to {cfg.data.size} x {cfg.data.size}"
-        + (f", {cfg.data.num_frames} frames per window." if meta.get("input_kind") == "video" else "."),
+        + ((f", {cfg.data.num_frames} frames per input, sampled over the whole sequence." if annotation else
+            f", {cfg.data.num_frames} frames per window.") if meta.get("input_kind") == "video" else "."),
         "",
         "## Data",
         "",
@@ -110,7 +123,8 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
     ]
     lines += [f"| {c} | {n} |" for c, n in counts.items()] + [""]
     lines += ["## Folds", ""] + _folds_section(run_dir, manifest)
-    lines += ["## Metrics", ""] + _metrics_section(run_dir)
+    lines += ["## Metrics", ""] + (_annotation_metrics(run_dir, annotation) if annotation else [])
+    lines += _metrics_section(run_dir)
     if "final" in members:
         lines += ["The exported `final` model was trained on all items after cross-validation: it has no held-out "
                   "estimate of its own; the cross-validation numbers above describe the fold models.", ""]
@@ -137,6 +151,47 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _annotation_model_lines(info: dict[str, Any]) -> list[str]:
+    """Model-section lines of an annotation export (DILBERT): outputs, and what stays outside the graph."""
+    cats = info.get("categorical") or {}
+    return [
+        f"- Output: `probabilities`: the sigmoid probability of each binary finding, then the softmax probabilities "
+        f"of each categorical target, from **one annotator** (`{info.get('member')}`, variant "
+        f"`{info.get('variant')}`): DILBERT annotators are not ensembled.",
+        f"- Outputs (column order): {', '.join(f'`{c}`' for c in info.get('outputs', [])) or 'none'}.",
+        f"- Findings: {', '.join(f'`{c}`' for c in info.get('findings', [])) or 'none'}, present at probability >= "
+        f"{info.get('threshold')}; categorical targets: "
+        + (", ".join(f"`{k}` ({', '.join(v)})" for k, v in cats.items()) or "none") + ".",
+        f"- In the graph: the annotator's image-only path (the text stream is the empty `[CLS] [SEP]`), on "
+        f"{info.get('num_frames')} frames sampled at segment centres over the whole input. **Not in the graph**, "
+        f"done in Python from the copy of the annotator folder in `{info.get('folder', 'annotator')}/`: presence at "
+        f"the threshold, the description (composed from the present findings through the knowledge graph "
+        f"`{info.get('graph')}`) and the nearest training reports (ranked by the PyTorch retriever). "
+        "`sonodistill predict EXPORT_FOLDER` does both.",
+    ]
+
+
+def _annotation_metrics(run_dir: Path, info: dict[str, Any]) -> list[str]:
+    """Cross-validated annotation metrics of the served variant, from a dilbert run's `metrics.json`."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return []
+    variants = json.loads(path.read_text(encoding="utf-8")).get("variants") or {}
+    stats = variants.get(info.get("variant"))
+    if not isinstance(stats, dict):
+        return []
+    macro = (stats.get("pooled") or {}).get("macro") or {}
+    per_fold = stats.get("per_fold_macro") or {}
+    lines = [f"Variant `{info.get('variant')}` over the out-of-fold predictions (`metrics.json`): macro over findings "
+             "and categorical classes.", "", "| metric | pooled | per fold, mean ± std |", "|---|---|---|"]
+    for m in ("sensitivity", "precision", "f1"):
+        pooled = macro.get(m)
+        fold = per_fold.get(m) or []
+        text = _fmt({"mean": fold[0], "std": fold[1] if len(fold) > 1 else None}) if fold else "n/a"
+        lines.append(f"| {m} | {_fmt({'mean': pooled}) if pooled is not None else 'n/a'} | {text} |")
+    return lines + [""]
 
 
 def describe_start(pretrained: str) -> str:

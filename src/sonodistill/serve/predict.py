@@ -294,7 +294,10 @@ def log_failure(name: str, exc: Exception) -> None:
 
 
 def ensemble_warnings(model: LoadedModel) -> list[str]:
-    """Warnings about the members served: a fold ensemble that lacks some of the run's folds' weights."""
+    """Warnings about the members served: a fold ensemble that lacks some of the run's folds' weights (or the
+    model kind's own, `model.extra["warnings"]`)."""
+    if "warnings" in model.extra:
+        return [str(w) for w in model.extra["warnings"]]
     if model.run_dir is None or model.cfg is None or not model.member_names \
             or not all(m.startswith("fold_") for m in model.member_names):
         return []

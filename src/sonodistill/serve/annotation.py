@@ -1,0 +1,179 @@
+"""The "annotation" model kind: a `dilbert` run directory through `predict`, `serve` and `export`.
+
+A DILBERT run keeps its models as annotator folders (`RUN/final/export/<variant>/`, `RUN/fold_K/export/<variant>/`,
+read by `serve/annotate.py`), not as `model.safetensors`, so this kind loads the run itself (`load_run`):
+
+- which annotator: the final model's (`final/`, trained with `train.final=true`) when there is one, else the lowest
+  fold's; the `student` variant when exported, else `teacher`, else `baseline`. Annotators are **not ensembled**:
+  each fold's retriever ranks that fold's own training reports, so findings, description and nearest report come
+  from one annotator, named in the JSON (`model.annotation`); `--members folds` on a run with several fold
+  annotators is refused, and serving one fold of several gives a warning.
+- what runs: `annotate.AnnotationProbabilities` (the image-only path: sigmoid per binary finding, softmax per
+  categorical target) on T frames sampled at segment centres over the whole input, the annotator's own input
+  (`sonodistill annotate` gives the same numbers). `export` writes that module; the description (knowledge graph)
+  and the nearest training report (the retriever, PyTorch) stay in Python: the export folder carries a copy of the
+  annotator folder for them (`annotator/`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sonodistill.config import RunConfig
+from sonodistill.data.manifest import Manifest
+from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
+from sonodistill.serve.annotate import (FILES, AnnotationProbabilities, Annotator, annotation_fields, load_annotator,
+                                        output_names, retrieve_reports, sampled_input)
+from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
+from sonodistill.serve.loading import LoadedModel, TorchRunner, served_module
+
+TASK = "annotation"
+VARIANT_ORDER = ("student", "teacher", "baseline")  # the variant served from a member folder: first one exported
+TOP_K = 5  # training reports under retrieved_reports (as `sonodistill annotate`'s default)
+EXPORT_FOLDER = "annotator"  # the export folder's copy of the annotator folder (description, nearest report)
+NOT_ENSEMBLED = ("DILBERT annotators are not ensembled: the findings, the description and the nearest training "
+                 "report come from one annotator (each fold's retriever ranks that fold's own training reports)")
+NO_GRAD_CAM = ("Grad-CAM does not apply to DILBERT annotators: their findings are multi-label (a sigmoid per "
+               "finding, not one class to explain) and come from a fusion transformer over two visual encoders "
+               "(per-frame region tokens pooled to a g x g grid, plus a 3D clip token), not from one staged backbone "
+               "and a classification head, which is what explain/gradcam.py differentiates")
+
+
+# ------------------------------------------------------------------------------------------- which annotator
+def annotator_folder(member_dir: Path) -> Path | None:
+    """The served annotator folder of `RUN/final` or `RUN/fold_K`: `export/<variant>` with a dilbert.json, the first
+    of VARIANT_ORDER exported (then any other, by name); None when there is none."""
+    export = member_dir / "export"
+    found = {p.name: p for p in sorted(export.glob("*")) if (p / "dilbert.json").is_file()} if export.is_dir() else {}
+    for variant in VARIANT_ORDER:
+        if variant in found:
+            return found[variant]
+    return next(iter(found.values()), None)
+
+
+def annotation_member(run_dir: Path, members: str = "auto") -> tuple[str, Path, list[str]]:
+    """(member name, annotator folder, warnings) for a dilbert run directory.
+
+    'auto': final/ if it has an annotator, else the lowest fold's (a warning when the run has other fold annotators);
+    'final': final/ or an error; 'folds': the fold annotator when there is exactly one, else a ConfigError (annotators
+    are not ensembled)."""
+    if members not in ("auto", "final", "folds"):
+        raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
+    final = annotator_folder(run_dir / "final")
+    if members in ("auto", "final") and final is not None:
+        return "final", final, []
+    if members == "final":
+        raise CheckpointError(f"{run_dir}: no final/export/<variant>/dilbert.json: no final annotator "
+                              "(train with --set train.final=true)")
+    folds = sorted(((int(p.name[5:]), p.name, f) for p in run_dir.glob("fold_*")
+                    if p.name[5:].isdigit() and (f := annotator_folder(p)) is not None))
+    if not folds:
+        raise CheckpointError(f"{run_dir}: no annotator folder (final/export/<variant>/dilbert.json or "
+                              "fold_<k>/export/<variant>/dilbert.json): nothing to serve (unfinished training?)")
+    names = [name for _, name, _ in folds]
+    _, name, folder = folds[0]
+    if len(folds) > 1 and members == "folds":
+        raise ConfigError(f"--members folds asks for the {len(folds)} fold annotators of {run_dir} "
+                          f"({', '.join(names)}), but {NOT_ENSEMBLED}. Use --members auto (final/ when the run was "
+                          f"trained with train.final=true, else {name}), or `sonodistill annotate "
+                          "RUN/fold_K/export/student INPUT` for fold K")
+    warnings = []
+    if len(folds) > 1:
+        warnings.append(f"{run_dir}: one annotator served, {name} ({folder.name}), of the run's {len(folds)} fold "
+                        f"annotators ({', '.join(names)}): {NOT_ENSEMBLED}. `sonodistill annotate "
+                        "RUN/fold_K/export/student INPUT` annotates with fold K; --set train.final=true trains one "
+                        "final annotator on all the data")
+    return name, folder, warnings
+
+
+def annotation_info(ann: Annotator, member: str) -> dict[str, Any]:
+    """What `model.annotation` says in predict's JSON (and sonodistill-model.json): the annotator served and its
+    outputs."""
+    return {"member": member, "variant": ann.info.get("role", ann.folder.name), "annotator": str(ann.folder),
+            "ensembled": False, "note": NOT_ENSEMBLED, "threshold": ann.threshold, "graph": ann.graph.name,
+            "findings": list(ann.spec.binary), "categorical": {k: list(v) for k, v in ann.spec.categorical.items()},
+            "outputs": output_names(ann.spec), "num_frames": ann.num_frames,
+            "architecture": {k: ann.info.get("fusion", {}).get(k) for k in ("dim", "layers", "heads", "frame_backbone",
+                                                                           "frame_width", "clip_backbone",
+                                                                           "clip_width")},
+            "frame_sampling": "T frames at segment centres over the whole input (as in training); --stride and "
+                              "--clip-mode do not apply"}
+
+
+def load_annotation_run(run_dir: Path, cfg: RunConfig, manifest: Manifest, members: str = "auto") -> LoadedModel:
+    """A dilbert run directory as a LoadedModel: the chosen annotator's `AnnotationProbabilities` (torch)."""
+    member, folder, warnings = annotation_member(Path(run_dir), members)
+    ann = load_annotator(folder)
+    module = served_module(get_model_kind(TASK), [ann.annotator])
+    return LoadedModel(task=TASK, classes=[], preprocess=ann.preprocess, num_frames=ann.num_frames,
+                       input_kind="video", runner=TorchRunner(module), source=str(run_dir), backend="torch",
+                       member_names=[member], members=[ann.annotator], cfg=cfg, run_dir=Path(run_dir),
+                       recipe=cfg.recipe, extra={"annotator": ann, "warnings": warnings,
+                                                 "describe": {"annotation": annotation_info(ann, member)}})
+
+
+def one_annotator(members: list[nn.Module]) -> nn.Module:
+    """The kind's `combine`: the one annotator's `AnnotationProbabilities` (annotators are not ensembled)."""
+    if len(members) != 1:
+        raise ConfigError(f"annotation: {len(members)} annotators given; {NOT_ENSEMBLED}")
+    return AnnotationProbabilities(members[0])
+
+
+def annotator_of(model: LoadedModel) -> Annotator:
+    """The annotator behind `model`: loaded with the run, or (an export folder) from its `annotator/` copy."""
+    ann = model.extra.get("annotator")
+    if ann is None:
+        sub = (model.extra.get("export", {}).get("annotation") or {}).get("folder")
+        if not sub:
+            raise CheckpointError(f"{model.source}: an annotation model without its annotator folder (the "
+                                  "description and the nearest report need it); export the run again")
+        ann = load_annotator(Path(model.source) / sub)
+        model.extra["annotator"] = ann
+    return ann
+
+
+# ------------------------------------------------------------------------------------------- predict
+def annotate_item(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
+    """Findings (probability, present at the annotator's threshold), categorical predictions, the description and
+    the nearest training reports of one input: the fields of `sonodistill annotate`, from the served model."""
+    ann = annotator_of(model)
+    x = sampled_input(item.clip, model.num_frames)
+    probs = model.probabilities(x)
+    if probs.ndim != 2 or probs.shape[0] != 1:
+        raise SonoDistillError(f"annotation model output has shape {probs.shape}, expected 1 x outputs")
+    fields = annotation_fields(ann, probs[0], ann.threshold)
+    with torch.no_grad():
+        retrieved = retrieve_reports(ann, torch.from_numpy(np.ascontiguousarray(x)), TOP_K)
+    return {"threshold": ann.threshold, "clip_mode": "uniform", **fields,
+            "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved}
+
+
+# ------------------------------------------------------------------------------------------- export
+def export_annotator_files(model: LoadedModel, folder: Path) -> dict[str, Any]:
+    """Copy the annotator folder into `folder/annotator/` (knowledge graph name, tokenizer, retriever, training
+    reports: the description and the nearest report stay in Python) and describe it for sonodistill-model.json."""
+    ann = annotator_of(model)
+    dest = Path(folder) / EXPORT_FOLDER
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copy2(ann.folder / name, dest / name)
+    info = annotation_info(ann, model.member_names[0] if model.member_names else "?")
+    info.update({"folder": EXPORT_FOLDER, "annotator": str(ann.folder.resolve()),
+                 "in_graph": "the finding probabilities (output `probabilities`, columns `outputs`)",
+                 "in_python": f"presence at the threshold, the description (knowledge graph {ann.graph.name!r}) and "
+                              f"the nearest training reports (the PyTorch retriever in {EXPORT_FOLDER}/)"})
+    return {"annotation": info}
+
+
+register_model_kind(
+    TASK, annotate_item, build=None, combine=one_annotator, per_class=False, heatmaps=False,
+    output_doc="B x (F + sum K_c): the sigmoid probability of each binary finding, then the softmax probabilities of "
+               "each categorical target (column names: annotation.outputs)",
+    recipe_tasks=("multimodal",), load_run=load_annotation_run, export_extras=export_annotator_files,
+    no_heatmaps_because=NO_GRAD_CAM)
