@@ -82,6 +82,12 @@ class Protocol:
         """Why this config cannot train a final model on all items; None when it can."""
         return None
 
+    def folds_to_run(self, run: Run, n_folds: int) -> list[int]:
+        """The folds this run fits: every fold, or `train.fold` alone (ConfigError when it does not exist)."""
+        from sonodistill.protocols.folds import wanted_folds
+
+        return wanted_folds(run.cfg, n_folds)
+
     def prepare(self, run: Run) -> None:
         """Once per run, before the folds (decode and cache data, pretrain a shared encoder, ...)."""
 

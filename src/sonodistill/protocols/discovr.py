@@ -40,8 +40,6 @@ EVAL = "eval.json"
 EMBEDDINGS = "embeddings.npy"
 EMBEDDING_ROWS = "embedding_rows.npy"
 TEST_PREDICTIONS = "test_predictions"
-#: the record of a fold left out by recipe_options.run_folds (nothing is trained or written for it)
-SKIPPED = "skipped"
 
 
 def _options(cfg: RunConfig) -> DISCOVROptions:
@@ -110,13 +108,16 @@ class DISCOVRProtocol(Protocol):
                 raise ConfigError(f"train.fold={cfg.train.fold} (--fold) is not in recipe_options.run_folds="
                                   f"{o.run_folds}: nothing would run")
 
+    def folds_to_run(self, run: Run, n_folds: int) -> list[int]:
+        """`recipe_options.run_folds` (checked in `check`), narrowed by `train.fold`; else the loop's default."""
+        o = _options(run.cfg)
+        every = super().folds_to_run(run, n_folds)
+        return every if o.run_folds is None else [k for k in every if k in o.run_folds]
+
     def fit(self, run: Run, fold: Fold) -> FoldResult:
         from sonodistill.recipes.trainer import WEIGHTS, fit_fold
 
         cfg, manifest, o = run.cfg, run.manifest, _options(run.cfg)
-        if not fold.final and o.run_folds is not None and fold.index not in o.run_folds:
-            log.info("fold %d skipped: not in recipe_options.run_folds=%s", fold.index, o.run_folds)
-            return FoldResult(record={SKIPPED: True}, seconds=0.0)
         rows = pretrain_rows(manifest, fold.train, o.train_on_label)
         t0 = time.perf_counter()
         fit_fold(cfg, manifest, rows, rows[:0], fold.index, fold.dir, resume=run.resume, **run.trainer_overrides)
@@ -144,7 +145,7 @@ class DISCOVRProtocol(Protocol):
 
     def save_fold(self, run: Run, fold: Fold, result: FoldResult) -> None:
         """embeddings.npy, embedding_rows.npy, test_predictions.csv, then eval.json (the fold is finished)."""
-        if fold.final or result.record.get(SKIPPED):
+        if fold.final:
             return
         fold.dir.mkdir(parents=True, exist_ok=True)
         np.save(fold.dir / EMBEDDINGS, result.embeddings)
@@ -155,8 +156,7 @@ class DISCOVRProtocol(Protocol):
         """A finished fold re-runs only the (cheap) evaluation on its saved embeddings, and rewrites its eval.json
         and test_predictions.csv (evaluation options may have changed)."""
         files = [fold.dir / name for name in (EVAL, EMBEDDINGS, EMBEDDING_ROWS)]
-        o = _options(run.cfg)
-        if not all(f.is_file() for f in files) or (o.run_folds is not None and fold.index not in o.run_folds):
+        if not all(f.is_file() for f in files):
             return None
         saved = json.loads(files[0].read_text())
         record = {k: saved[k] for k in ("fold", "pretrain_items", "pretrain_seconds") if k in saved}
@@ -171,7 +171,7 @@ class DISCOVRProtocol(Protocol):
         from sonodistill.recipes.trainer import WEIGHTS
 
         cfg = run.cfg
-        per_fold = [r.record for r in results if r.record and not r.record.get(SKIPPED)]
+        per_fold = [r.record for r in results if r.record]
         summary = summarise_sections(per_fold)
         write_embedding_metrics(run.dir, per_fold, summary)
         notes = []

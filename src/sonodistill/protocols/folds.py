@@ -202,7 +202,7 @@ def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.nda
     from sonodistill.recipes.trainer import STOP
 
     results: list[FoldResult] = []
-    for k in wanted_folds(run.cfg, len(folds)):
+    for k in protocol.folds_to_run(run, len(folds)):
         STOP.check(f" before fold {k}")
         train_rows, test_rows = folds[k]
         fold = Fold(k, train_rows, test_rows, run.dir / f"fold_{k}", int(run.cfg.train.seed) + k)
