@@ -17,6 +17,7 @@ import pandas as pd
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
 
 PREDICTIONS = "predictions.csv"
 FOLD_RECORD = "fold.json"
@@ -64,6 +65,15 @@ class Run:
         return self.cfg.run_dir
 
 
+def wanted_folds(cfg: RunConfig, n: int) -> list[int]:
+    """Every fold, or `train.fold` alone (ConfigError when it does not exist)."""
+    if cfg.train.fold is None:
+        return list(range(n))
+    if not 0 <= cfg.train.fold < n:
+        raise ConfigError(f"train.fold={cfg.train.fold} but there are {n} folds (0 to {n - 1})")
+    return [int(cfg.train.fold)]
+
+
 class Protocol:
     """How a method is run and judged. Subclasses implement `fit` and `report`; the rest has defaults."""
 
@@ -84,8 +94,6 @@ class Protocol:
 
     def folds_to_run(self, run: Run, n_folds: int) -> list[int]:
         """The folds this run fits: every fold, or `train.fold` alone (ConfigError when it does not exist)."""
-        from sonodistill.protocols.folds import wanted_folds
-
         return wanted_folds(run.cfg, n_folds)
 
     def prepare(self, run: Run) -> None:

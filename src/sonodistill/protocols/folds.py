@@ -18,7 +18,7 @@ from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.data.folds import fold_seed_of, load_folds, make_folds, save_folds
 from sonodistill.evaluation.run_dir import NO_CV_ESTIMATE, PREDICTIONS
 from sonodistill.protocols import get_protocol
-from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
+from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run, wanted_folds
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ def validation_folds(cfg: RunConfig, manifest: Manifest,
     log.info("train.on_validation: scoring %s validation rows (val_fraction %.2f); test folds are not read",
              "/".join(str(len(v)) for _, v in out), cfg.train.val_fraction)
     return out
-
-
-def wanted_folds(cfg: RunConfig, n: int) -> list[int]:
-    """Every fold, or `train.fold` alone (ConfigError when it does not exist)."""
-    if cfg.train.fold is None:
-        return list(range(n))
-    if not 0 <= cfg.train.fold < n:
-        raise ConfigError(f"train.fold={cfg.train.fold} but there are {n} folds (0 to {n - 1})")
-    return [int(cfg.train.fold)]
 
 
 def final_index(cfg: RunConfig) -> int:
