@@ -4,7 +4,7 @@ page's analysis and explain, or a clear refusal naming what to use instead. dilb
 
 The runs are tiny real runs (`run_protocol`, 1 epoch, one fold, 32 px, a few seconds each) on a synthetic carotid
 set (videos) or fetal-head set (images, segmentation); dilbert runs one tiny fold with `run_fold` (simulated
-sequence-report pairs) and linear_probe is its config alone (it refuses before looking for weights).
+sequence-report pairs).
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ BEHAVIOUR: dict[str, str] = {
     "dino": "features",
     "discovr": "features",
     "dilbert": "annotation",
-    "linear_probe": "refused: no PyTorch inference model",
+    "linear_probe": "classification",
 }
 
 SERVED = [r for r, b in BEHAVIOUR.items() if not b.startswith("refused")]
 
 #: classifiers whose model Grad-CAM cannot explain (frame encoder + aggregator, no `.backbone`/`.head`): explain
 #: runs the recipe's own EXPLAINERS only, the review page answers without a heat map.
-NO_GRAD_CAM = {"medivlad": "grad_cam needs a model with .backbone (StageOutputs) and .head; got VideoScorer"}
+NO_GRAD_CAM = {r: "grad_cam needs a model with .backbone (StageOutputs) and .head; got VideoScorer"
+               for r in ("medivlad", "linear_probe")}
 
 VIDEO = ["data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
          "train.epochs=1", "train.folds=2", "train.fold=0", "optim.warmup_epochs=0", "train.log_every_n_steps=1"]
@@ -76,6 +77,9 @@ def _overrides(recipe: str, root: Path) -> list[str]:
         return where + VIDEO + VIT + [f"recipe_options={{init_from: {root / 'teacher.safetensors'}}}"]
     if recipe == "dilbert":
         return where + DILBERT
+    if recipe == "linear_probe":  # a frame encoder on video frames, pooled, then the probe
+        return where + VIDEO + ["model.backbone=resnet18_2d", "model.width=0.125", "model.pretrained=none",
+                                "recipe_options={C_grid: [1.0]}"]
     return where + VIDEO + RESNET
 
 
@@ -109,9 +113,6 @@ class Runs:
                          self.root / "teacher.safetensors")
         if recipe == "dilbert":
             self._dilbert(cfg)
-        elif recipe == "linear_probe":  # refuses from its config: no features or probes needed
-            cfg.save(cfg.run_dir / "config.yaml")
-            manifest.to_csv(cfg.run_dir / "manifest.csv")
         else:
             run_protocol(cfg, manifest=manifest)
         return cfg.run_dir, Path(manifest.paths[0])
@@ -301,6 +302,9 @@ def test_explain(recipe, runs, tmp_path, capsys):
     run, item = runs(recipe)
     code = main(["explain", str(run), str(item), "--out", str(tmp_path / "explain"), "--max-strip-frames", "2"])
     err = capsys.readouterr().err
+    if recipe == "linear_probe":  # a video probe: no Grad-CAM target, no explainer of its own: refused, saying why
+        assert code == 2 and "has no explainer" in err and NO_GRAD_CAM[recipe] in err and "Traceback" not in err
+        return
     if recipe in NO_GRAD_CAM:  # its attention explainer, without Grad-CAM or frame relations
         summary = json.loads((tmp_path / "explain" / "explain.json").read_text())
         assert code == 0 and set(summary["methods"]) == {"attention"} and "relations" not in summary
