@@ -116,8 +116,10 @@ def test_per_parameter_clipping_matches_dino():
 
 
 def test_options_are_checked():
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"recipe_options \(dino\): unknown field\(s\) \['out_dims'\]"):
         DINORecipe(load_config(None, TINY + ["recipe_options.out_dims=3"]))
+    with pytest.raises(ConfigError, match=r"recipe_options \(dino\).local_scale must be \[low, high\]"):
+        DINORecipe(load_config(None, TINY + ["recipe_options.local_scale=[0.4, 0.05]"]))
     with pytest.raises(ConfigError, match="frame backbone"):
         DINORecipe(load_config(None, TINY + ["model.backbone=resnet10_3d", "model.kwargs={}"]))
 
@@ -148,7 +150,8 @@ def test_pretraining_run_directory_and_collapse_warning(tiny_carotid, tiny_overr
 
 
 def test_epoch_reaches_the_frame_choice_through_the_sampler():
-    from sonodistill.recipes.dino import EpochIndexSampler, _EpochConcat, _ViewsOnly
+    from sonodistill.data.pretraining import EpochConcat, EpochIndexSampler, ViewsOnly
+    from sonodistill.recipes.data import EpochSeededSampler
 
     class _Frames(Dataset):
         def __init__(self, n: int) -> None:
@@ -163,8 +166,8 @@ def test_epoch_reaches_the_frame_choice_through_the_sampler():
         def __getitem__(self, i: int) -> dict:
             return {"x": (self.epoch, i)}
 
-    ds = _EpochConcat([_ViewsOnly(_Frames(3)), _ViewsOnly(_Frames(2))])
-    sampler = EpochIndexSampler(len(ds), seed=0)
+    ds = EpochConcat([ViewsOnly(_Frames(3)), ViewsOnly(_Frames(2))])
+    sampler = EpochIndexSampler(EpochSeededSampler(len(ds), seed=0))
     seen = {}
     for epoch in (0, 1):
         sampler.set_epoch(epoch)

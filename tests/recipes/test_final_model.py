@@ -134,8 +134,6 @@ def image_manifest(tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe, extra, message", [
-    ("dino", [], "recipe 'dino' has no final model: it pretrains one encoder on every frame"),
-    ("medivlad", ["images"], "recipe 'medivlad' has no final model: its frame protocol finetunes one model per fold"),
     ("dilbert", ["recipe_options={run_folds: [0]}"], "recipe 'dilbert' has no final model: it trains its final model only when every fold"),
 ])
 def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid, image_manifest, tiny_overrides,
@@ -148,7 +146,7 @@ def test_recipes_without_a_final_model_refuse_it_naming_the_recipe(tiny_carotid,
     assert not cfg.run_dir.exists()
 
 
-@pytest.mark.parametrize("recipe", ["dino", "medivlad", "dilbert"])
+@pytest.mark.parametrize("recipe", ["dilbert"])
 def test_final_only_is_refused_by_recipes_with_their_own_protocol(tiny_carotid, tiny_overrides, recipe):
     cfg = load_config(None, tiny_overrides + ["name=nocv", f"recipe={recipe}", "train.cv=false"])
     with pytest.raises(ConfigError, match=rf"train.cv=false \(--final-only\): recipe '{recipe}'"):

@@ -11,9 +11,6 @@ from sonodistill.protocols.base import Protocol, Run
 
 # Why a recipe with its own loop has no final model on all items (None: it trains one with train.final=true).
 OWN_LOOP_FINAL: dict[str, str | None] = {
-    "dino": "it pretrains one encoder on every frame of --data (no folds): the run itself is the model to use "
-            "(RUN/model.safetensors, RUN/teacher_backbone.safetensors)",
-    "medivlad": None,
     "dilbert": None,
 }
 
@@ -31,9 +28,6 @@ class OwnLoopProtocol(Protocol):
         reason = OWN_LOOP_FINAL.get(name)
         if reason is not None:
             return reason
-        if name == "medivlad" and manifest.modality == "image":
-            return ("its frame protocol finetunes one model per fold only (the final model, frozen encoder + first "
-                    "aggregator, exists for video data sets)")
         if name == "dilbert" and cfg.recipe_options.get("run_folds") is not None:
             return (f"it trains its final model only when every fold runs: recipe_options.run_folds="
                     f"{cfg.recipe_options['run_folds']} selects folds; leave it unset")

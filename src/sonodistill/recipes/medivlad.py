@@ -6,34 +6,33 @@
 - Video data: the frame encoder is frozen; `data.num_frames` uniformly spaced frames per video are encoded once
   (cached in RUN/features.npz), and each aggregator of `recipe_options.aggregators` (dual_vlad by default; also
   max, mean, attention_mil, bilstm, netvlad) is trained per fold on the training videos' features
-  (`train.epochs`, `optim.lr`, `optim.weight_decay`, `data.batch_size` videos). predictions.csv has the engine's
-  layout (plus a `model` column when several aggregators are compared), so `write_cv_report` and
-  `sonodistill eval` work. The exported model of fold k (`fold_k/model.safetensors`, first aggregator) is a
-  `VideoScorer`: `B x 1 x T x H x W` -> encoder per frame -> `B x T x D` -> aggregator -> logits `B x K`.
+  (`train_aggregator`: `train.epochs`, `optim.lr`, `optim.weight_decay`, `data.batch_size` videos). The exported
+  model of fold k (`fold_k/model.safetensors`, first aggregator; `final/` likewise) is a `VideoScorer`:
+  `B x 1 x T x H x W` -> encoder per frame -> `B x T x D` -> aggregator -> logits `B x K`.
+
+The folds, the final model and the report are `protocols.medivlad.MeDiVLADProtocol`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonodistill.config import RunConfig
+from sonodistill.config import RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.models.aggregators import AGGREGATORS, build_aggregator
 from sonodistill.models.stages import StagedBackbone
 from sonodistill.models.wrappers import VideoScorer
 from sonodistill.recipes.base import ClassificationRecipe
-from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights, video_frame_features
+from sonodistill.recipes.frame_features import build_frame_backbone, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,110 +41,52 @@ FEATURES = "features.npz"
 #: `sonodistill explain` hooks (see docs/bedside.md): last-block [CLS] attention of the frame ViT.
 EXPLAINERS = {"attention": "sonodistill.explain.attention:attention_explainer"}
 
-#: recipe_options understood by this recipe, with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "init_from": None,            # dino run dir / weights file for the frame backbone (None: random init)
-    "label_fraction": 1.0,        # frames: fraction of each training fold's groups used (grouped, stratified)
-    "aggregators": ["dual_vlad"],  # videos: aggregators trained on the same cached features and folds
-    "aggregator_options": {},     # videos: {name: {option: value}}, e.g. {dual_vlad: {temperature: 0.5}}
-}
+@dataclass
+class MeDiVLADOptions:
+    """recipe_options of `medivlad`."""
 
+    init_from: str | None = None       # dino run dir / weights file for the frame backbone (None: model.pretrained)
+    label_fraction: float = 1.0        # frames: fraction of each training fold's groups used (grouped, stratified)
+    aggregators: list[str] = field(default_factory=lambda: ["dual_vlad"])  # videos: trained on the same features
+    aggregator_options: dict[str, Any] = field(default_factory=dict)  # videos: {name: {option: value}}
 
-def medivlad_options(cfg: RunConfig) -> dict[str, Any]:
-    """recipe_options merged over DEFAULTS; unknown keys and unknown aggregators are errors."""
-    unknown = set(cfg.recipe_options) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"recipe_options: unknown key(s) {sorted(unknown)} for medivlad; known {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **cfg.recipe_options}
-    if isinstance(o["aggregators"], str):
-        o["aggregators"] = [a for a in o["aggregators"].split(",") if a]
-    bad = [a for a in o["aggregators"] if a not in AGGREGATORS]
-    if bad or not o["aggregators"]:
-        raise ConfigError(f"recipe_options.aggregators: unknown {bad} (choose from {sorted(AGGREGATORS)})")
-    if not 0.0 < float(o["label_fraction"]) <= 1.0:
-        raise ConfigError(f"recipe_options.label_fraction must be in (0, 1], got {o['label_fraction']}")
-    return o
+    def __post_init__(self) -> None:
+        bad = [a for a in self.aggregators if a not in AGGREGATORS]
+        if bad or not self.aggregators:
+            raise ConfigError(f"recipe_options (medivlad).aggregators: unknown {bad} (choose from "
+                              f"{sorted(AGGREGATORS)})")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"recipe_options (medivlad).label_fraction must be in (0, 1], got {self.label_fraction}")
+        for name, opts in self.aggregator_options.items():
+            if name not in AGGREGATORS or not isinstance(opts, dict | None):
+                raise ConfigError(f"recipe_options (medivlad).aggregator_options: {name!r} must be an aggregator "
+                                  f"({sorted(AGGREGATORS)}) with a mapping of its options, got {opts!r}")
 
 
 class MeDiVLADRecipe(ClassificationRecipe):
     """Frame finetuning (image data): backbone + head, backbone initialised strictly from `init_from`."""
 
+    Options = MeDiVLADOptions
+
     def __init__(self, cfg: RunConfig, num_classes: int, steps_per_epoch: int = 1) -> None:
-        o = medivlad_options(cfg)
+        o = parse_options(MeDiVLADOptions, cfg.recipe_options, "medivlad")
         super().__init__(cfg, num_classes, steps_per_epoch)
         if self.model.backbone.kind != "frame":
             raise ConfigError(f"medivlad: model.backbone {cfg.model.backbone!r} is not a frame backbone")
-        if o["init_from"]:
-            load_backbone_weights(self.model.backbone, o["init_from"])
+        if o.init_from:
+            load_backbone_weights(self.model.backbone, o.init_from)
 
     @staticmethod
     def build_inference_model(cfg: RunConfig, manifest: Manifest) -> nn.Module:
-        """Untrained model of a run's fold_k/model.safetensors: Classifier (frames) or VideoScorer (videos)."""
+        """Untrained model of a run's fold_k/ (or final/) model.safetensors: Classifier (frames) or VideoScorer
+        (videos: frame encoder + first aggregator)."""
         from sonodistill.recipes.base import build_classifier
 
         if manifest.modality == "image":
             return build_classifier(cfg, len(manifest.classes))
         encoder = build_frame_backbone(cfg)
-        name = medivlad_options(cfg)["aggregators"][0]
-        return VideoScorer(encoder, _aggregator(cfg, name, encoder.embed_dim, len(manifest.classes)))
-
-    @staticmethod
-    def run_experiment(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:
-        """Frames: few-label finetuning cross-validation. Videos: cached features + aggregators per fold."""
-        if manifest.modality == "image":
-            return frame_crossval(cfg, manifest, resume, **trainer_overrides)
-        if trainer_overrides:
-            raise ConfigError(f"medivlad on videos trains its aggregators without Lightning; "
-                              f"trainer options {sorted(trainer_overrides)} do not apply")
-        return video_crossval(cfg, manifest, resume)
-
-
-# ---------------------------------------------------------------------------------------------- frames
-
-
-def _wanted(cfg: RunConfig, n: int) -> list[int]:
-    if cfg.train.fold is None:
-        return list(range(n))
-    if not 0 <= cfg.train.fold < n:
-        raise ConfigError(f"train.fold={cfg.train.fold} is outside 0..{n - 1}")
-    return [cfg.train.fold]
-
-
-def frame_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False, **trainer_overrides: Any) -> dict:
-    """Grouped k-fold finetuning; with label_fraction < 1 each fold trains on a grouped subset of its training rows."""
-    from sonodistill.data.splits import grouped_fraction
-    from sonodistill.evaluation.run_dir import PREDICTIONS
-    from sonodistill.data.folds import cv_folds
-    from sonodistill.evaluation.report import write_cv_report
-    from sonodistill.recipes.trainer import fit_fold
-
-    o = medivlad_options(cfg)
-    run_dir = cfg.run_dir
-    folds = cv_folds(cfg, manifest, resume)
-    frames, used = [], {}
-    for k in _wanted(cfg, len(folds)):
-        fold_dir = run_dir / f"fold_{k}"
-        pred_file = fold_dir / PREDICTIONS
-        train_rows, test_rows = folds[k]
-        labelled = grouped_fraction(manifest, train_rows, float(o["label_fraction"]), seed=cfg.train.seed + k)
-        used[k] = {"train_rows": int(len(train_rows)), "labelled_rows": int(len(labelled)),
-                   "labelled_groups": int(len(set(manifest.groups[labelled])))}
-        if resume and pred_file.exists():
-            frames.append(pd.read_csv(pred_file))
-            continue
-        t0 = time.perf_counter()
-        pred = fit_fold(cfg, manifest, labelled, test_rows, k, fold_dir, resume=resume, **trainer_overrides)
-        used[k]["seconds"] = time.perf_counter() - t0
-        pred.to_csv(pred_file, index=False)
-        frames.append(pred)
-        log.info("medivlad fold %d: %d labelled of %d training frames, done in %.0f s", k, len(labelled),
-                 len(train_rows), used[k]["seconds"])
-    (run_dir / "labelled.json").write_text(json.dumps(used, indent=1))
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_csv(run_dir / PREDICTIONS, index=False)
-    init = o["init_from"] or "random init"
-    return write_cv_report(run_dir, predictions, manifest.classes,
-                           title=f"{cfg.name}: medivlad frame finetuning ({init}) on {cfg.data.spec}")
+        name = parse_options(MeDiVLADOptions, cfg.recipe_options, "medivlad").aggregators[0]
+        return VideoScorer(encoder, build_video_aggregator(cfg, name, encoder.embed_dim, len(manifest.classes)))
 
 
 # ---------------------------------------------------------------------------------------------- videos
@@ -154,7 +95,7 @@ def frame_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False, **t
 def video_stage_encoder(cfg: RunConfig) -> StagedBackbone:
     """The frozen frame encoder of the video stage: `recipe_options.init_from` (a DINO or finetuning run) if
     given, else `model.pretrained` (e.g. imagenet); a random encoder is allowed but warned about."""
-    init_from = medivlad_options(cfg)["init_from"]
+    init_from = parse_options(MeDiVLADOptions, cfg.recipe_options, "medivlad").init_from
     encoder = build_frame_backbone(cfg, start=not init_from)
     if init_from:
         load_backbone_weights(encoder, init_from)
@@ -164,27 +105,10 @@ def video_stage_encoder(cfg: RunConfig) -> StagedBackbone:
     return encoder
 
 
-def cached_video_features(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Encode every video once with the frozen encoder (RUN/features.npz, reused on resume)."""
-    o = medivlad_options(cfg)
-    path = cfg.run_dir / FEATURES
-    key = json.dumps({"init_from": str(o["init_from"]), "num_frames": cfg.data.num_frames, "size": cfg.data.size,
-                      "model": cfg.to_dict()["model"], "n": len(manifest)}, sort_keys=True)
-    if resume and path.is_file():
-        z = np.load(path)
-        if str(z["key"]) == key:
-            return z["feats"], z["mask"]
-        log.warning("%s was computed with other settings; recomputing", path)
-    encoder = video_stage_encoder(cfg)
-    t0 = time.perf_counter()
-    feats, mask = video_frame_features(encoder, manifest, cfg.data, int(cfg.data.num_frames))
-    log.info("medivlad: encoded %d videos (%d frames) in %.0f s", len(manifest), int(mask.sum()),
-             time.perf_counter() - t0)
-    np.savez(path, feats=feats, mask=mask, key=np.array(key))
-    from sonodistill.recipes.trainer import save_weights
-
-    save_weights(encoder, cfg.run_dir / "encoder.safetensors")
-    return feats, mask
+def build_video_aggregator(cfg: RunConfig, name: str, dim: int, num_classes: int) -> nn.Module:
+    """Aggregator `name` with its `recipe_options.aggregator_options`."""
+    o = parse_options(MeDiVLADOptions, cfg.recipe_options, "medivlad")
+    return build_aggregator(name, dim, num_classes, **dict(o.aggregator_options.get(name) or {}))
 
 
 def train_aggregator(agg: nn.Module, feats: np.ndarray, mask: np.ndarray, labels: np.ndarray, epochs: int,
@@ -225,70 +149,6 @@ def predict_aggregator(agg: nn.Module, feats: np.ndarray, mask: np.ndarray) -> n
     return torch.softmax(logits.float(), dim=1).numpy()
 
 
-def _aggregator(cfg: RunConfig, name: str, dim: int, num_classes: int) -> nn.Module:
-    opts = dict(medivlad_options(cfg)["aggregator_options"].get(name, {}) or {})
-    return build_aggregator(name, dim, num_classes, **opts)
-
-
-def video_crossval(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> dict:
-    """Frozen-encoder features, then every aggregator on the same grouped folds; writes predictions and the report."""
-    from sonodistill.evaluation.run_dir import PREDICTIONS
-    from sonodistill.evaluation.report import write_cv_report
-    from sonodistill.data.folds import cv_folds
-    from sonodistill.recipes.trainer import save_weights
-
-    o = medivlad_options(cfg)
-    run_dir = cfg.run_dir
-    if not manifest.has_labels:
-        raise ConfigError(f"medivlad: manifest {manifest.name} has no labels to score")
-    feats, mask = cached_video_features(cfg, manifest, resume)
-    labels = manifest.labels
-    folds = cv_folds(cfg, manifest, resume)
-    names = list(o["aggregators"])
-    encoder = None
-    rows, times = [], {}
-    for k in _wanted(cfg, len(folds)):
-        train, test = folds[k]
-        fold_dir = run_dir / f"fold_{k}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        for j, name in enumerate(names):
-            seed = cfg.train.seed + k
-            t0 = time.perf_counter()
-            agg = _aggregator(cfg, name, feats.shape[-1], len(manifest.classes))
-            train_aggregator(agg, feats[train], mask[train], labels[train], int(cfg.train.epochs),
-                             float(cfg.optim.lr), float(cfg.optim.weight_decay), int(cfg.data.batch_size), seed)
-            probs = predict_aggregator(agg, feats[test], mask[test])
-            times[f"{k}/{name}"] = time.perf_counter() - t0
-            save_weights(agg, fold_dir / f"aggregator_{name}.safetensors")
-            if j == 0:  # the exported model of this fold: encoder + first aggregator
-                if encoder is None:
-                    encoder = video_stage_encoder(cfg)
-                save_weights(VideoScorer(encoder, agg), fold_dir / "model.safetensors")
-            frame = pd.DataFrame({"fold": k, "index": test, "path": [manifest.paths[i] for i in test],
-                                  "group": manifest.groups[test], "y_true": labels[test]})
-            if len(names) > 1:
-                frame.insert(0, "model", name)
-            for c, cls in enumerate(manifest.classes):
-                frame[f"prob_{cls}"] = probs[:, c]
-            frame.to_csv(fold_dir / f"predictions_{name}.csv", index=False)
-            rows.append(frame)
-        log.info("medivlad fold %d: %s trained", k, ", ".join(names))
-    if cfg.train.final and cfg.train.fold is None:
-        final = run_dir / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        agg = _aggregator(cfg, names[0], feats.shape[-1], len(manifest.classes))
-        train_aggregator(agg, feats, mask, labels, int(cfg.train.epochs), float(cfg.optim.lr),
-                         float(cfg.optim.weight_decay), int(cfg.data.batch_size), cfg.train.seed)
-        if encoder is None:
-            encoder = video_stage_encoder(cfg)
-        save_weights(VideoScorer(encoder, agg), final / "model.safetensors")
-    predictions = pd.concat(rows, ignore_index=True)
-    predictions.to_csv(run_dir / PREDICTIONS, index=False)
-    (run_dir / "timing.json").write_text(json.dumps(times, indent=1))
-    title = f"{cfg.name}: medivlad ({', '.join(names)}) on {cfg.data.spec}, frozen encoder {o['init_from'] or 'random init'}"
-    return write_cv_report(run_dir, predictions, manifest.classes, title=title)
-
-
 def load_video_scorer(run_dir: str | Path, fold: int | str = 0, aggregator: str | None = None) -> VideoScorer:
     """The VideoScorer of a finished medivlad video run: fold number, or 'final'; default first aggregator."""
     from sonodistill.config import load_config
@@ -296,13 +156,13 @@ def load_video_scorer(run_dir: str | Path, fold: int | str = 0, aggregator: str 
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    o = medivlad_options(cfg)
-    name = aggregator or o["aggregators"][0]
+    first = parse_options(MeDiVLADOptions, cfg.recipe_options, "medivlad").aggregators[0]
+    name = aggregator or first
     sub = run_dir / ("final" if fold == "final" else f"fold_{fold}")
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
     encoder = build_frame_backbone(cfg)
-    scorer = VideoScorer(encoder, _aggregator(cfg, name, encoder.embed_dim, len(manifest.classes)))
-    if name == o["aggregators"][0]:
+    scorer = VideoScorer(encoder, build_video_aggregator(cfg, name, encoder.embed_dim, len(manifest.classes)))
+    if name == first:
         return load_weights(scorer, sub / "model.safetensors").eval()
     load_weights(scorer.encoder, run_dir / "encoder.safetensors")
     load_weights(scorer.aggregator, sub / f"aggregator_{name}.safetensors")
