@@ -10,24 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from sonodistill.config import load_config
+from sonodistill.config import load_config, parse_options
 from sonodistill.data.sequences import sample_indices, synthetic_sequences
 from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import ConfigError
 from sonodistill.knowledge import load_graph
 from sonodistill.models.region_codebook import RegionCodebook
 from sonodistill.data.sequence_text import IGNORE, SequenceTextDataset
-from sonodistill.recipes.dilbert import (
-    DILBERTRecipe,
-    annotation_metrics,
-    binary_metrics,
-    dilbert_options,
-    fusion_config,
-    negative_pairs,
-    retrieval_recall,
-    run_fold,
-    trim_text,
-)
+from sonodistill.evaluation.annotation import annotation_metrics, binary_metrics, retrieval_recall
+from sonodistill.protocols.dilbert import run_fold
+from sonodistill.recipes.dilbert import DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, trim_text
 from sonodistill.models.fusion import DILBERTModel
 
 T, S = 4, 32
@@ -60,15 +52,35 @@ def dataset(pairs, tok, graph, **kw):
     return SequenceTextDataset(pairs, tok, graph, **{**opts, **kw})
 
 
+def dilbert_options(cfg):
+    return parse_options(DILBERTOptions, cfg.recipe_options, "dilbert")
+
+
 def test_options_defaults_and_validation():
     cfg = load_config(None, TINY)
     o = dilbert_options(cfg)
-    assert (o["a"], o["b"], o["c"]) == (0.2, 1.0, 0.6)
-    assert o["teacher"]["dim"] == 24 and o["teacher"]["clip_backbone"] == "resnet10_3d"  # nested merge
-    with pytest.raises(ConfigError, match="unknown key"):
+    assert DILBERTRecipe.Options is DILBERTOptions
+    assert (o.a, o.b, o.c) == (0.2, 1.0, 0.6)
+    assert o.teacher.dim == 24 and o.teacher.clip_backbone == "resnet10_3d"  # nested merge over the teacher's
+    assert o.teacher.frame_width == 0.125 and o.student.dim == 16 and o.student.frame_width == 0.125
+    assert dilbert_options(load_config(None, [])).teacher.frame_width == 0.25  # the teacher's own defaults
+    assert dilbert_options(load_config(None, ["recipe_options={variants: 'baseline,student'}"])).variants == [
+        "baseline", "student"]
+    with pytest.raises(ConfigError, match="unknown field"):
         dilbert_options(load_config(None, ["recipe_options={alpha: 1}"]))
+    with pytest.raises(ConfigError, match=r"teacher: unknown field\(s\) \['width'\]"):
+        dilbert_options(load_config(None, ["recipe_options={teacher: {width: 1}}"]))
+    with pytest.raises(ConfigError, match=r"pretext_weights: unknown field\(s\) \['itm'\]"):
+        dilbert_options(load_config(None, ["recipe_options={pretext_weights: {itm: 1}}"]))
     with pytest.raises(ConfigError, match="variants"):
         dilbert_options(load_config(None, ["recipe_options={variants: [bert]}"]))
+    with pytest.raises(ConfigError, match="mask_rate must be in"):
+        dilbert_options(load_config(None, ["recipe_options={mask_rate: 1.0}"]))
+    with pytest.raises(ConfigError, match="pos_weight must be"):
+        dilbert_options(load_config(None, ["recipe_options={pos_weight: inverse}"]))
+    with pytest.raises(ConfigError, match="finetune_epochs must be >= 1"):
+        dilbert_options(load_config(None, ["recipe_options={finetune_epochs: 0}"]))
+    assert dilbert_options(load_config(None, ["recipe_options={run_folds: [0, 2]}"])).run_folds == [0, 2]
     with pytest.raises(ConfigError, match="passes the models"):
         DILBERTRecipe(cfg)
 

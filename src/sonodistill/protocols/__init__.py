@@ -20,7 +20,7 @@ PROTOCOLS: dict[str, str] = {
     "dino": "sonodistill.protocols.dino:DINOProtocol",
     "medivlad": "sonodistill.protocols.medivlad:MeDiVLADProtocol",
     "discovr": "sonodistill.protocols.discovr:DISCOVRProtocol",
-    "dilbert": "sonodistill.protocols.own_loop:OwnLoopProtocol",
+    "dilbert": "sonodistill.protocols.dilbert:DILBERTProtocol",
     "linear_probe": "sonodistill.protocols.linear_probe:LinearProbeProtocol",
 }
 

@@ -11,7 +11,6 @@ from sonodistill.protocols.base import Protocol, Run
 
 # Why a recipe with its own loop has no final model on all items (None: it trains one with train.final=true).
 OWN_LOOP_FINAL: dict[str, str | None] = {
-    "dilbert": None,
 }
 
 
@@ -28,9 +27,6 @@ class OwnLoopProtocol(Protocol):
         reason = OWN_LOOP_FINAL.get(name)
         if reason is not None:
             return reason
-        if name == "dilbert" and cfg.recipe_options.get("run_folds") is not None:
-            return (f"it trains its final model only when every fold runs: recipe_options.run_folds="
-                    f"{cfg.recipe_options['run_folds']} selects folds; leave it unset")
         return None
 
     @property
