@@ -129,13 +129,15 @@ def test_final_only_flag_sets_train_cv(tmp_path):
 # test_dilbert_protocol.py).
 
 
-def test_every_recipe_with_its_own_protocol_is_classified():
-    """A new recipe with `run_experiment` must say whether (and when) it trains a final model."""
-    from sonodistill.protocols.own_loop import OWN_LOOP_FINAL
+def test_every_recipe_runs_on_the_one_fold_loop():
+    """Every registered recipe maps to a Protocol of the fold loop; none keeps a private loop (run_experiment)."""
+    from sonodistill.protocols import PROTOCOLS, Protocol, get_protocol
     from sonodistill.recipes import RECIPES, get_recipe
 
-    own = {name for name in RECIPES if getattr(get_recipe(name), "run_experiment", None) is not None}
-    assert own == set(OWN_LOOP_FINAL)
+    assert set(PROTOCOLS) == set(RECIPES)
+    for name in RECIPES:
+        assert isinstance(get_protocol(name), Protocol) and type(get_protocol(name)) is not Protocol
+        assert getattr(get_recipe(name), "run_experiment", None) is None, name
 
 
 def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, capsys):

@@ -18,7 +18,7 @@ from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.data.folds import fold_seed_of, load_folds, make_folds, save_folds
 from sonodistill.evaluation.run_dir import NO_CV_ESTIMATE, PREDICTIONS
 from sonodistill.protocols import get_protocol
-from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run, wanted_folds
+from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,6 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
             cfg.save(run_dir / "config.yaml")
         manifest.to_csv(run_dir / "manifest.csv")
     run = Run(cfg, manifest, resume, dict(trainer_overrides))
-    if getattr(protocol, "runs_own_loop", False):  # TODO(issue 15): every method on this loop
-        return protocol.run_all(run)  # type: ignore[attr-defined]
     protocol.prepare(run)
     if not protocol.cross_validates:  # one model on every item (e.g. DINO pretraining): the run is its model
         result = train_final_model(run, protocol)

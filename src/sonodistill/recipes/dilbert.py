@@ -26,7 +26,6 @@ import lightning as L
 import torch
 
 from sonodistill.config import RunConfig, parse_options
-from sonodistill.data.manifest import Manifest
 from sonodistill.data.sequence_text import IGNORE
 from sonodistill.data.sequences import AnnotationSpec
 from sonodistill.data.text import TextTokenizer
@@ -184,17 +183,8 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
     """One training stage of DILBERT (see the module docstring). `self.model` is trained in every stage (the
     student in `distill` / `mutual`); `self.teacher` is frozen in `distill` and trained too in `mutual`."""
 
-    task = "multimodal"
+    task = "annotation"  # served by serve/annotation.py from the run's annotator folders (export/<variant>/)
     Options = DILBERTOptions
-
-    @staticmethod
-    def build_inference_model(cfg: RunConfig, manifest: Manifest | None = None) -> torch.nn.Module:
-        """None to build: a DILBERT run is served as annotator folders by `sonodistill annotate` (ConfigError)."""
-        raise ConfigError(
-            "dilbert runs are served by `sonodistill annotate`, not predict/serve/export/explain: their models are "
-            "annotator folders (findings, a description and the nearest training report per sequence). Use "
-            "`sonodistill annotate RUN INPUT` (a run with final/export/student) or `sonodistill annotate "
-            "RUN/fold_K/export/student INPUT`")
 
     def __init__(self, cfg: RunConfig, num_classes: int = 0, steps_per_epoch: int = 1, *, stage: str = "pretrain",
                  model: DILBERTModel | None = None, teacher: DILBERTModel | None = None,

@@ -175,5 +175,5 @@ register_model_kind(
     TASK, annotate_item, build=None, combine=one_annotator, per_class=False, heatmaps=False,
     output_doc="B x (F + sum K_c): the sigmoid probability of each binary finding, then the softmax probabilities of "
                "each categorical target (column names: annotation.outputs)",
-    recipe_tasks=("multimodal",), load_run=load_annotation_run, export_extras=export_annotator_files,
+    load_run=load_annotation_run, export_extras=export_annotator_files,
     no_heatmaps_because=NO_GRAD_CAM)

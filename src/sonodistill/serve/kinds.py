@@ -65,7 +65,6 @@ class ModelKind:
     output: name of that module's output (the exported graph's output name); output_doc: what it holds.
     per_class: the output is per class (the run's classes are reported); False for embeddings.
     heatmaps: `sonodistill explain` and the review page's Grad-CAM apply (class logits to differentiate).
-    recipe_tasks: recipe `task` attributes this kind also serves (dilbert's recipe says "multimodal").
     load_run: `(run_dir, cfg, manifest, members) -> LoadedModel`, for a kind whose models are not
         `model.safetensors` files (DILBERT's annotator folders); tried before the recipe's `build_inference_model`.
     export_extras: `(model, folder) -> dict` merged into the export's sonodistill-model.json; it may write files
@@ -81,7 +80,6 @@ class ModelKind:
     output_doc: str = "softmax probabilities over classes (dim 1), mean over members"
     per_class: bool = True
     heatmaps: bool = False
-    recipe_tasks: tuple[str, ...] = ()
     load_run: Callable[..., Any] | None = None  # (Path, RunConfig, Manifest, str) -> serve.loading.LoadedModel
     export_extras: Callable[..., dict[str, Any]] | None = None  # (LoadedModel, Path) -> dict
     no_heatmaps_because: str = ""
@@ -100,17 +98,9 @@ def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
                         build: Callable[[RunConfig, Manifest], nn.Module] | None = None, **fields: Any) -> None:
     """Register (or replace) how models of `task` are built and how their predictions become JSON.
 
-    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps, recipe_tasks,
+    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps,
     load_run, export_extras, no_heatmaps_because)."""
     _KINDS[task] = ModelKind(task, predict, build, **fields)
-
-
-def served_task(recipe_task: str) -> str:
-    """The model kind that serves a recipe's `task`: itself, or the kind listing it in `recipe_tasks`."""
-    _register_built_in()
-    if recipe_task in _KINDS:
-        return recipe_task
-    return next((k.task for k in _KINDS.values() if recipe_task in k.recipe_tasks), recipe_task)
 
 
 def find_model_kind(task: str) -> ModelKind | None:

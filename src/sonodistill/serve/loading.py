@@ -1,7 +1,7 @@
 """Load a servable model from a run directory or an export folder.
 
-A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification", mapped to the
-model kind that serves it by `kinds.served_task`); how a task's inference model is built, or (a kind with `load_run`,
+A run directory's task comes from its recipe (`get_recipe(cfg.recipe).task`, default "classification": the model kind
+that serves it); how a task's inference model is built, or (a kind with `load_run`,
 DILBERT's annotators) how the whole run is loaded, comes from its model kind (`sonodistill.serve.kinds`).
 """
 
@@ -22,7 +22,7 @@ from sonodistill.config import RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
-from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind, served_task
+from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
             raise CheckpointError(f"{run_dir} is not a run directory: {name} is missing")
     cfg = load_config(run_dir / "config.yaml")
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
-    task = served_task(recipe_task(cfg.recipe))
+    task = recipe_task(cfg.recipe)
     own = find_model_kind(task)
     if own is not None and own.load_run is not None:
         return own.load_run(run_dir, cfg, manifest, members)
