@@ -237,20 +237,18 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
     seconds: dict[str, float] = {}
     finetuned: dict[str, DILBERTModel] = {}
     pretrained: dict[str, DILBERTModel] = {}
+    def pretrain_and_finetune(variant: str, c: FusionConfig, salt: int) -> None:  # the baseline and the teacher
+        m = new(c, salt)
+        seconds[f"{variant}/pretrain"] = stage(variant, "pretrain", m, pre_loader, p_epochs, p_lr, cb=codebook)
+        pretrained[variant] = _copy(m, c)
+        seconds[f"{variant}/finetune"] = stage(variant, "finetune", m, fin_loader, f_epochs, f_lr)
+        finetuned[variant] = m
+        judge(variant, m)
+
     if "baseline" in o.variants:
-        m = new(cfg_s, 1)
-        seconds["baseline/pretrain"] = stage("baseline", "pretrain", m, pre_loader, p_epochs, p_lr, cb=codebook)
-        pretrained["baseline"] = _copy(m, cfg_s)
-        seconds["baseline/finetune"] = stage("baseline", "finetune", m, fin_loader, f_epochs, f_lr)
-        finetuned["baseline"] = m
-        judge("baseline", m)
+        pretrain_and_finetune("baseline", cfg_s, 1)
     if "teacher" in o.variants or "student" in o.variants:
-        t = new(cfg_t, 2)
-        seconds["teacher/pretrain"] = stage("teacher", "pretrain", t, pre_loader, p_epochs, p_lr, cb=codebook)
-        pretrained["teacher"] = _copy(t, cfg_t)
-        seconds["teacher/finetune"] = stage("teacher", "finetune", t, fin_loader, f_epochs, f_lr)
-        finetuned["teacher"] = t
-        judge("teacher", t)
+        pretrain_and_finetune("teacher", cfg_t, 2)
     if "student" in o.variants:
         s = new(cfg_s, 3)
         seconds["student/distill"] = stage("student", "distill", s, pre_loader, p_epochs, p_lr,
