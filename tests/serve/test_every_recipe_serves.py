@@ -302,6 +302,12 @@ def test_explain(recipe, runs, tmp_path, capsys):
     run, item = runs(recipe)
     code = main(["explain", str(run), str(item), "--out", str(tmp_path / "explain"), "--max-strip-frames", "2"])
     err = capsys.readouterr().err
+    if recipe == "dino":  # an encoder: its ViT's [CLS] attention, frame by frame, with no class
+        summary = json.loads((tmp_path / "explain" / "explain.json").read_text())
+        maps = np.load(tmp_path / "explain" / "attention_maps.npy")
+        assert code == 0 and set(summary["methods"]) == {"attention"} and summary["task"] == "features"
+        assert maps.shape[0] == summary["frames"] and float(maps.max()) > 0
+        return
     if recipe == "linear_probe":  # a video probe: no Grad-CAM target, no explainer of its own: refused, saying why
         assert code == 2 and "has no explainer" in err and NO_GRAD_CAM[recipe] in err and "Traceback" not in err
         return

@@ -60,6 +60,37 @@ def _class_index(classes: list[str], target: str | None) -> int | None:
     raise ConfigError(f"--target {target!r} is not a class name or index; classes: {classes}")
 
 
+def _explain_encoder(args: argparse.Namespace, model, available: dict) -> int:  # noqa: ANN001
+    """`explain` on an encoder run (no classes): each class-independent explainer of its recipe (e.g. the [CLS]
+    attention of a DINO ViT), frame by frame, written as strips, GIFs and maps like a classifier's heat maps."""
+    import numpy as np
+
+    from sonodistill.explain.overlay import overlay, write_gif, write_strip
+    from sonodistill.serve.predict import clip_heatmaps, prepare, read_input
+
+    methods = args.method or list(available)
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
+                          f"{sorted(available)}")
+    item = prepare(model, read_input(args.input), str(args.input))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / Path(args.input).stem
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, str]] = {}
+    for name in methods:
+        cam = clip_heatmaps(model, item.clip, 0, available[name], stride=args.stride)  # target unused
+        rgb = overlay(item.clip, cam)
+        files[name] = {"strip": str(write_strip(rgb, out / f"{name}_strip.png", args.max_strip_frames)),
+                       "gif": str(write_gif(rgb, out / f"{name}.gif", item.fps)),
+                       "maps": str(out / f"{name}_maps.npy")}
+        np.save(out / f"{name}_maps.npy", cam.astype(np.float16))
+    summary = {"input": str(args.input), "model": model.describe(), "task": model.task, "methods": files,
+               "frames": int(item.clip.shape[0])}
+    (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"{model.task} model: maps in {out}/: " + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
+    return 0
+
+
 def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, out: Path) -> str:  # noqa: ANN001
     """Frame-relation matrices per stage (and Grad-CAM strips) of this run and, with --compare, a baseline run."""
     import numpy as np
@@ -104,12 +135,14 @@ def _explain(args: argparse.Namespace) -> int:
 
     model = load_run(args.run_dir, members=args.members)
     kind = get_model_kind(model.task)
-    if not kind.heatmaps:
+    available = {**recipe_explainers(str(model.recipe))}
+    if not kind.heatmaps and not available:
         why = f" {kind.no_heatmaps_because}." if kind.no_heatmaps_because else ""
         raise ConfigError(f"explain: {args.run_dir} is a {model.task!r} model (recipe {model.recipe!r}); the "
                           f"{model.task!r} model kind has no explainer (heat maps exist for: "
                           f"{', '.join(heatmap_kinds())}).{why} `sonodistill predict` works on it")
-    available = {**recipe_explainers(str(model.recipe))}
+    if not kind.heatmaps:  # an encoder (features): its recipe's class-independent maps (ViT [CLS] attention)
+        return _explain_encoder(args, model, available)
     problem = grad_cam_problem(model.members[0])
     if problem is None:
         available = {"gradcam": grad_cam, **available}

@@ -44,6 +44,10 @@ from sonodistill.recipes.schedules import (
     teacher_temp_schedule,
 )
 
+#: `sonodistill explain` hooks on a dino run (see docs/bedside.md): last-block [CLS] attention of the frame ViT
+#: (a CNN backbone refuses it, saying attention maps need a ViT).
+EXPLAINERS = {"attention": "sonodistill.explain.attention:attention_explainer"}
+
 #: teacher feature std (L2-normalised [CLS], averaged over dims) below which features count as constant.
 #: A randomly initialised ViT already gives small values (about 0.01 for D = 48), so only near-0 is flagged.
 FEATURE_STD_COLLAPSE = 1e-4
