@@ -252,3 +252,26 @@ def test_real_run_pair(real_pair, tmp_path, capsys):
     ref = classification_metrics(pred["y_true"].to_numpy(), pred[[f"prob_{c}" for c in classes]].to_numpy(), classes)
     assert table.set_index("metric").loc["f1", "baseline"] == pytest.approx(ref["f1"])
     assert "## dualdistill − supervised" in capsys.readouterr().out
+
+
+def test_merge_rescores_both_runs_with_merged_classes(tmp_path):
+    """--merge a=a --merge bc=b,c: a run always predicting the next class is right exactly on the true-b items
+    (b -> c is inside bc), so its merged accuracy is the share of b; the refusal names a segmentation run."""
+    wrong = make_run(tmp_path, "wrong", quality=0.0)
+    right = make_run(tmp_path, "right", quality=1.0)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", wrong, right, "--out", out, "--merge", "a=a", "--merge", "bc=b,c",
+                       "--resamples", 200, "--permutations", 200) == 0
+    table = _read(out).set_index("metric")
+    y = pd.read_csv(wrong / "predictions.csv")["y_true"].to_numpy()
+    assert table.loc["accuracy", "baseline"] == pytest.approx(float(np.mean(y == 1)))
+    assert table.loc["accuracy", "other"] == 1.0
+    assert "Classes merged: {'a': ['a'], 'bc': ['b', 'c']}" in (out / "comparison.md").read_text()
+    seg = make_run(tmp_path, "seg", segmentation=True)
+    assert sonodistill("compare", seg, seg, "--merge", "x=a,b,c", "--out", tmp_path / "c2") == 2
+
+
+def test_merge_must_use_every_class_once(tmp_path, capsys):
+    a = make_run(tmp_path, "base")
+    assert sonodistill("compare", a, a, "--merge", "ab=a,b", "--out", tmp_path / "c") == 2
+    assert "must use each class of ['a', 'b', 'c'] exactly once" in capsys.readouterr().err

@@ -230,15 +230,29 @@ def default_metrics(task: str, runs: list[ComparedRun]) -> list[str]:
             if all(m in s.predictions.columns for r in runs for s in r.seeds.values())]
 
 
+def merge_run_classes(run: ComparedRun, merge: dict[str, list[str]]) -> None:
+    """Merge a classification run's classes in place (probabilities summed, e.g. severity 0 / 1-2 / 3)."""
+    from sonodistill.evaluation.run_dir import merge_classes
+
+    if run.task != "classification":
+        raise SonoDistillError(f"--merge: {run.path} is a {run.task} run; classes merge only in classification")
+    for s in run.seeds.values():
+        s.predictions, s.classes = merge_classes(s.predictions, s.classes, merge)
+
+
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
-                 n_permutations: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[list[ComparedRun], pd.DataFrame]:
-    """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed."""
+                 n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
+                 merge: dict[str, list[str]] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
+    """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
+
+    `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing."""
     from sonodistill.evaluation.paired import classification_scorer, mean_scorer, paired_comparison
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
     runs = [read_run(p) for p in paths]
+    for run in runs if merge else []:
+        merge_run_classes(run, merge)
     base = runs[0]
     pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
     metrics = list(metrics) if metrics else default_metrics(base.task, runs)
@@ -286,7 +300,7 @@ def _fmt_p(p: float) -> str:
 
 
 def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resamples: int, level: float,
-                        seed: int) -> str:
+                        seed: int, merge: dict[str, list[str]] | None = None) -> str:
     """The report: one table per compared run (rows metric x seed), with the method paragraph."""
     base = runs[0]
     first = next(iter(base.seeds.values()))
@@ -295,13 +309,14 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
     seeds = f" Seed '{ALL_SEEDS}': the difference averaged over seeds." if (table["seed"] == ALL_SEEDS).any() else ""
     perm = (f"all {int(r0['n_permutations'])} swaps (exact)" if bool(r0["exact"])
             else f"{int(r0['n_permutations'])} random swaps, p = (1 + k) / (1 + swaps)")
+    merged = f" Classes merged: {merge}." if merge else ""
     lines = [f"# Paired comparison with {base.name} (baseline)\n",
              f"Every run scored on the same {int(r0['n_items'])} items of {int(r0['n_groups'])} groups in {n_folds} "
              f"fold(s) ({base.task}). Difference = run − baseline, each metric computed on the predictions pooled "
              f"over folds. {100 * level:g} % interval: percentile bootstrap over groups ({n_resamples} resamples, "
              f"seed {seed}; the same resamples for both runs). p: two-sided paired permutation test swapping the "
              f"two runs' predictions per group ({perm}). Pooled values can differ from the CV report's means over "
-             f"folds.{seeds}\n"]
+             f"folds.{seeds}{merged}\n"]
     for run_name, part in table.groupby("run", sort=False):
         lines.append(f"## {run_name} − {base.name}\n")
         lines.append(f"| metric | seed | {base.name} | {run_name} | difference | {100 * level:g} % interval | p |")
@@ -342,10 +357,10 @@ def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float
 
 
 def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_resamples: int, level: float,
-                     seed: int) -> str:
+                     seed: int, merge: dict[str, list[str]] | None = None) -> str:
     """comparison.md, comparison.csv and comparison.png into `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    text = comparison_markdown(runs, table, n_resamples, level, seed)
+    text = comparison_markdown(runs, table, n_resamples, level, seed, merge)
     (out / "comparison.md").write_text(text, encoding="utf-8")
     table.to_csv(out / "comparison.csv", index=False)
     plot_comparison(table, runs[0].name, out / "comparison.png", level)
@@ -353,11 +368,14 @@ def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from sonodistill.evaluation.run_dir import parse_merge
+
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
-    runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed)
+    merge = parse_merge(args.merge) if args.merge else None
+    runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / (
-        "compare-" + "-vs-".join(r.name for r in runs))
-    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed)
+        "compare-" + "-vs-".join(r.name for r in runs) + ("-merged" if merge else ""))
+    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
     return 0
@@ -375,4 +393,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random group swaps of the permutation test; all 2^G when that is fewer (default 2000)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--merge", action="append", metavar="NEW=OLD1,OLD2",
+                   help="classification: merge classes before comparing (probabilities summed), as in `eval --merge`; "
+                        "repeat for each new class")
     p.set_defaults(func=_compare)

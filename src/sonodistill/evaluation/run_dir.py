@@ -59,6 +59,24 @@ def parse_merge(specs: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def merge_classes(predictions: pd.DataFrame, classes: list[str],
+                  merge: dict[str, list[str]]) -> tuple[pd.DataFrame, list[str]]:
+    """Predictions with classes merged: y_true mapped, prob_<new> = sum of its old classes' probabilities.
+
+    Every class of `classes` must go to exactly one new class (ConfigError otherwise). Returns (table, new classes).
+    """
+    olds = [c for cs in merge.values() for c in cs]
+    if sorted(olds) != sorted(classes):
+        raise ConfigError(f"merge {merge} must use each class of {classes} exactly once")
+    new_classes = list(merge)
+    to_new = {classes.index(c): new_classes.index(n) for n, cs in merge.items() for c in cs}
+    out = predictions[[c for c in predictions.columns if not c.startswith("prob_")]].copy()
+    out["y_true"] = predictions["y_true"].map(to_new)
+    for n, cs in merge.items():
+        out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
+    return out, new_classes
+
+
 def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = "merged") -> dict[str, Any]:
     """Re-score a run's predictions with classes merged (probabilities summed), e.g. severity 0 / 1-2 / 3.
 
@@ -68,15 +86,7 @@ def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = 
 
     run_dir = Path(run_dir)
     cfg, manifest, predictions = read_run_dir(run_dir)
-    olds = [c for cs in merge.values() for c in cs]
-    if sorted(olds) != sorted(manifest.classes):
-        raise ConfigError(f"merge {merge} must use each class of {manifest.classes} exactly once")
-    new_classes = list(merge)
-    to_new = {manifest.classes.index(c): new_classes.index(n) for n, cs in merge.items() for c in cs}
-    out = predictions[[c for c in predictions.columns if not c.startswith("prob_")]].copy()
-    out["y_true"] = predictions["y_true"].map(to_new)
-    for n, cs in merge.items():
-        out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
+    out, new_classes = merge_classes(predictions, list(manifest.classes), merge)
     target = run_dir / name
     target.mkdir(exist_ok=True)
     out.to_csv(target / PREDICTIONS, index=False)
