@@ -83,6 +83,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     threads: int = 0                      # torch intra-op threads of this process; 0: torch's default (all cores).
                                           # On small CPUs 1 is often fastest (README, bench train)
+    parallel_folds: int = 1               # folds trained at once, each in its own process with train.threads (0:
+                                          # the CPUs shared evenly); `bench train --processes` measures the gain
     feature_engine: str = "onnxruntime"   # frozen-feature extraction: onnxruntime (2-3x faster on CPU) | torch
 
 

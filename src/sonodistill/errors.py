@@ -1,4 +1,7 @@
-"""The project's exception types. Every error names the file, row, step or cause it is about."""
+"""The project's exception types. Every error names the file, row, step or cause it is about.
+
+Each pickles with its own arguments (`__reduce__`), so an error raised in a worker process (parallel folds, the
+demo's recipes) reaches the parent as itself."""
 
 from __future__ import annotations
 
@@ -17,13 +20,20 @@ class DataError(SonoDistillError):
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.cause)
+
 
 class ManifestError(SonoDistillError):
     """A manifest row (or the manifest as a whole) is invalid: names the row and the cause."""
 
     def __init__(self, message: str, row: int | None = None) -> None:
         self.row = row
+        self.message = message
         super().__init__(message if row is None else f"row {row}: {message}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.message, self.row)
 
 
 class LeakageError(SonoDistillError):
@@ -40,10 +50,14 @@ class NonFiniteLossError(SonoDistillError):
     def __init__(self, step: int, term: str, value: float) -> None:
         self.step = step
         self.term = term
+        self.value = value
         super().__init__(
             f"non-finite loss at global step {step}: term '{term}' = {value}. "
             "Training stopped; the last good checkpoint is kept in the run directory."
         )
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.step, self.term, self.value)
 
 
 class CheckpointError(SonoDistillError):

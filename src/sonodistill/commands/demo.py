@@ -7,14 +7,10 @@ The recipes train in parallel processes (`--jobs`, default one per recipe up to 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, wait
-from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import pandas as pd
@@ -43,36 +39,13 @@ def _train_recipe(cfg: RunConfig, threads: int, manifest: Manifest) -> float:
     return time.perf_counter() - t0
 
 
-def _train_in_parallel(cfgs: list[RunConfig], jobs: int, threads: int, manifest: Manifest) -> list[float]:
-    """`_train_recipe` for each config in `jobs` spawned processes; returns their seconds.
-
-    A stop request here (SIGTERM/SIGINT) is passed on to every worker, which stops at its next training step;
-    the workers are then ended and TrainingStopped is raised: no worker outlives this call."""
-    from sonodistill.recipes.trainer import STOP, TrainingStopped, stop_on_signals
-
-    from sonodistill.console import setup_logging
-
-    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    with stop_on_signals(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                                                initializer=setup_logging, initargs=(verbose,)) as pool:
-        futures = [pool.submit(_train_recipe, cfg, threads, manifest) for cfg in cfgs]
-        while wait(futures, timeout=0.5).not_done and STOP.signum is None:
-            pass
-        if STOP.signum is not None:
-            for worker in active_children():  # the pool's processes
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, STOP.signum)  # type: ignore[arg-type]
-            wait(futures)
-            raise TrainingStopped(STOP.signum, f" (passed on to {len(futures)} worker process(es), all ended)")
-        return [f.result() for f in futures]  # a failed recipe re-raises its error here
-
-
 def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | None = None) -> Path:
     """Train each recipe on the same folds of the synthetic set; write out/report.md with the comparison.
 
     jobs: parallel processes (None: min(len(recipes), CPU count)); 1 trains the recipes one after another here.
     """
     from sonodistill.evaluation.report import write_cv_report
+    from sonodistill.protocols.processes import map_in_processes, threads_per_worker, usable_cpus
     from sonodistill.recipes.data import load_manifest
 
     if not recipes:
@@ -80,15 +53,14 @@ def run_demo(out: Path, recipes: list[str], overrides: list[str], jobs: int | No
     out.mkdir(parents=True, exist_ok=True)
     cfgs = {r: load_config(packaged_config("demo"), [f"recipe={r}", f"name={r}", f"out_dir={out}"] + overrides)
             for r in recipes}
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = max(1, min(len(recipes), cpus if jobs is None else jobs))
-    threads = max(1, cpus // jobs)
+    jobs = max(1, min(len(recipes), usable_cpus() if jobs is None else jobs))
+    threads = threads_per_worker(jobs)
     manifest = load_manifest(cfgs[recipes[0]].data)  # synthesised and cached once, here
     log.info("demo: %d recipes, %d parallel job(s) x %d torch thread(s)", len(recipes), jobs, threads)
     if jobs == 1:
         seconds = [_train_recipe(cfgs[r], threads, manifest) for r in recipes]
     else:
-        seconds = _train_in_parallel([cfgs[r] for r in recipes], jobs, threads, manifest)
+        seconds = map_in_processes(_train_recipe, [(cfgs[r], threads, manifest) for r in recipes], jobs)
     frames = [pd.read_csv(cfgs[r].run_dir / "predictions.csv").assign(model=r) for r in recipes]
     write_cv_report(out, pd.concat(frames, ignore_index=True), manifest.classes,
                     title="sonodistill demo: synthetic carotid plaque, 3-fold grouped CV")

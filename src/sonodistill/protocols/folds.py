@@ -5,8 +5,10 @@ repeated seeds and validation-only scoring; the report from the protocol. Every 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -24,13 +26,12 @@ log = logging.getLogger(__name__)
 
 # Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
 # train.final too: `--resume --set train.final=true` adds the final model to a run whose folds are done.
-RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final", "train.threads")
+RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final", "train.threads",
+                      "train.parallel_folds")
 
 
 def process_rank() -> int:
     """Global rank of this process in a multi-process (DDP) launch; 0 otherwise."""
-    import os
-
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -135,6 +136,16 @@ def check_validation_options(cfg: RunConfig, protocol: Protocol) -> None:
                           "splits")
 
 
+def check_parallel_folds(cfg: RunConfig) -> None:
+    """train.parallel_folds >= 1, and not beside a multi-device (DDP) launch, which has its own processes."""
+    n = int(cfg.train.parallel_folds)
+    if n < 1:
+        raise ConfigError(f"train.parallel_folds must be >= 1 (1: one fold at a time), got {n}")
+    if n > 1 and (int(cfg.train.devices) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ConfigError(f"train.parallel_folds={n} with a multi-device launch (train.devices="
+                          f"{cfg.train.devices}): DDP already runs one process per device; use one of the two")
+
+
 def build_once(cfg: RunConfig, num_classes: int) -> None:
     """Build the recipe and its optimiser once from the config: a bad option fails before anything is written."""
     from sonodistill.recipes import get_recipe
@@ -153,6 +164,7 @@ def validate_run(cfg: RunConfig, manifest: Manifest, protocol: Protocol) -> list
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}: a run must train")
     check_final_options(cfg, protocol, manifest)
     check_validation_options(cfg, protocol)
+    check_parallel_folds(cfg)
     manifest.validate(check_files=True)
     if manifest.has_labels:
         manifest.check_classes_nonempty()
@@ -187,16 +199,30 @@ def _record_time(run: Run, key: str, seconds: float) -> None:
     timing_file.write_text(json.dumps(timing, indent=1))
 
 
-def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]]) -> list[FoldResult]:
+def make_fold(run: Run, folds: list[tuple[np.ndarray, np.ndarray]], k: int) -> Fold:
+    """Fold k of the run: its rows, its folder RUN/fold_k and its seed train.seed + k."""
+    train_rows, test_rows = folds[k]
+    return Fold(k, train_rows, test_rows, run.dir / f"fold_{k}", int(run.cfg.train.seed) + k)
+
+
+def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]],
+              source: Manifest | None = None) -> list[FoldResult]:
     """Fit every wanted fold with `protocol.fit`; with resume, a finished fold (`protocol.load_finished`) is kept.
-    Returns the folds' results (rank 0 only saves them)."""
+    With train.parallel_folds > 1 the unfinished folds are fitted in worker processes first (`source`: the
+    manifest before `protocol.prepare`). Returns the folds' results (rank 0 only saves them)."""
     from sonodistill.recipes.trainer import STOP
 
+    wanted = protocol.folds_to_run(run, len(folds))
+    if int(run.cfg.train.parallel_folds) > 1:
+        trained = fit_in_processes(run, protocol, folds, wanted, source or run.manifest)
+        for k, seconds in trained.items():
+            _record_time(run, str(k), seconds)
+        if trained:  # those folds are finished now: read them back
+            run = dataclasses.replace(run, resume=True)
     results: list[FoldResult] = []
-    for k in protocol.folds_to_run(run, len(folds)):
+    for k in wanted:
         STOP.check(f" before fold {k}")
-        train_rows, test_rows = folds[k]
-        fold = Fold(k, train_rows, test_rows, run.dir / f"fold_{k}", int(run.cfg.train.seed) + k)
+        fold = make_fold(run, folds, k)
         done = protocol.load_finished(run, fold) if run.resume else None
         if done is not None:
             log.info("fold %d already complete, kept", k)
@@ -212,6 +238,42 @@ def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.nda
         results.append(result)
         log.info("fold %d done in %.1f s", k, result.seconds)
     return results
+
+
+def fit_in_processes(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]], wanted: list[int],
+                     source: Manifest) -> dict[int, float]:
+    """The unfinished folds of `wanted`, train.parallel_folds at a time, each in a spawned process with
+    train.threads torch threads (0: the CPUs shared evenly); returns {fold: seconds} of those trained."""
+    from sonodistill.protocols.processes import map_in_processes, threads_per_worker
+
+    todo = [k for k in wanted if not (run.resume and protocol.load_finished(run, make_fold(run, folds, k)))]
+    workers = min(int(run.cfg.train.parallel_folds), len(todo))
+    if workers < 2:  # nothing to share out: the loop trains it in this process
+        return {}
+    threads = threads_per_worker(workers, int(run.cfg.train.threads))
+    log.info("train.parallel_folds: folds %s in %d processes x %d torch thread(s)", todo, workers, threads)
+    calls = [(run.cfg, source, run.resume, run.trainer_overrides, folds, k, threads) for k in todo]
+    return dict(zip(todo, map_in_processes(fit_fold_process, calls, max(1, workers))))
+
+
+def fit_fold_process(cfg: RunConfig, source: Manifest, resume: bool, trainer_overrides: dict[str, Any],
+                     folds: list[tuple[np.ndarray, np.ndarray]], k: int, threads: int) -> float:
+    """One fold in a worker process: the protocol prepared here, fold k fitted and saved; returns its seconds.
+    SIGTERM/SIGINT stop it at the next training step (its checkpoint kept for --resume)."""
+    from sonodistill.recipes.trainer import stop_on_signals
+
+    set_threads(threads)
+    protocol = get_protocol(cfg.recipe)
+    run = Run(cfg, source, resume, dict(trainer_overrides))
+    with stop_on_signals():
+        protocol.prepare(run)
+        fold = make_fold(run, folds, k)
+        t0 = time.perf_counter()
+        result = protocol.fit(run, fold)
+        protocol.save_fold(run, fold, result)
+    seconds = time.perf_counter() - t0 if result.seconds is None else float(result.seconds)
+    log.info("fold %d done in %.1f s (worker process %d)", k, seconds, os.getpid())
+    return seconds
 
 
 def train_final_model(run: Run, protocol: Protocol) -> FoldResult | None:
@@ -317,7 +379,7 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if cfg.train.on_validation:
         folds = validation_folds(cfg, run.manifest, folds)
         title += ", scored on VALIDATION splits of the training rows (test folds not read)"
-    results = fit_folds(run, protocol, folds)
+    results = fit_folds(run, protocol, folds, manifest)
     if cfg.train.final and cfg.train.fold is None:  # (train.final with train.fold is refused by validate_run)
         train_final_model(run, protocol)
     if rank != 0:
