@@ -60,6 +60,16 @@ def _class_index(classes: list[str], target: str | None) -> int | None:
     raise ConfigError(f"--target {target!r} is not a class name or index; classes: {classes}")
 
 
+def _chosen_methods(args: argparse.Namespace, model, available: dict) -> list[str]:  # noqa: ANN001
+    """--method values (default: every available explainer); ConfigError naming unknown ones."""
+    methods = args.method or list(available)
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
+                          f"{sorted(available)}")
+    return methods
+
+
 def _explain_encoder(args: argparse.Namespace, model, available: dict) -> int:  # noqa: ANN001
     """`explain` on an encoder run (no classes): each class-independent explainer of its recipe (e.g. the [CLS]
     attention of a DINO ViT), frame by frame, written as strips, GIFs and maps like a classifier's heat maps."""
@@ -68,11 +78,7 @@ def _explain_encoder(args: argparse.Namespace, model, available: dict) -> int:  
     from sonodistill.explain.overlay import overlay, write_gif, write_strip
     from sonodistill.serve.predict import clip_heatmaps, prepare, read_input
 
-    methods = args.method or list(available)
-    unknown = [m for m in methods if m not in available]
-    if unknown:
-        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
-                          f"{sorted(available)}")
+    methods = _chosen_methods(args, model, available)
     item = prepare(model, read_input(args.input), str(args.input))
     out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / Path(args.input).stem
     out.mkdir(parents=True, exist_ok=True)
@@ -149,11 +155,7 @@ def _explain(args: argparse.Namespace) -> int:
     elif not available:
         raise ConfigError(f"explain: {args.run_dir} (recipe {model.recipe!r}) has no explainer: {problem}, and the "
                           "recipe defines no EXPLAINERS. `sonodistill predict` works on it")
-    methods = args.method or list(available)
-    unknown = [m for m in methods if m not in available]
-    if unknown:
-        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
-                          f"{sorted(available)}")
+    methods = _chosen_methods(args, model, available)
     item = prepare(model, read_input(args.input), str(args.input))
     result = predict_prepared(model, item, PredictOptions(stride=args.stride))
     target = _class_index(model.classes, args.target)
