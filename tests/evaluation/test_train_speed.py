@@ -49,3 +49,30 @@ def test_bench_train_cli_on_video_and_segmentation_configs(tmp_path, capsys):
     assert rows[0]["input"][:2] == [2, 1] and len(rows[0]["input"]) == 5   # B x C x T x H x W
     assert rows[1]["input"] == [2, 1, 32, 32]
     assert "fraction of peak" in capsys.readouterr().out
+
+
+def test_concurrent_rows_sum_rates_and_take_the_median_step():
+    from sonodistill.evaluation.train_speed import best_setting, combine_concurrent, speed_markdown
+
+    base = {"config": "c", "backbone": "b", "input": [8, 1, 32, 32], "threads": 1, "forward_gflop_per_item": 1.0}
+    rows = [dict(base, train_step_s=s, train_items_per_s=8 / s, train_gflops=24 / s, matmul_gflops=50.0,
+                 fraction_of_matmul_peak=0.0, frozen_items_per_s=100.0, frozen_ort_items_per_s=o)
+            for s, o in ((0.5, 200.0), (1.0, 300.0), (2.0, 100.0))]
+    one = combine_concurrent(rows)
+    assert one["processes"] == 3 and one["train_step_s"] == 1.0
+    assert one["train_items_per_s"] == 16 + 8 + 4 and one["matmul_gflops"] == 150.0
+    assert one["fraction_of_matmul_peak"] == (48 + 24 + 12) / 150 and one["frozen_ort_items_per_s"] == 600.0
+    assert combine_concurrent([rows[0], dict(rows[1], frozen_ort_items_per_s=None)])["frozen_ort_items_per_s"] is None
+    assert "| 3 x 1 |" in speed_markdown([one])
+    assert best_setting([rows[0], one]) == "3 process(es) x 1 thread(s): 28.0 training items/s"
+
+
+def test_bench_train_cli_with_concurrent_processes(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["bench", "train", "demo", "--threads", "1", "--processes", "1,2", "--repeats", "1",
+                 "--batch-size", "2", "--set", "data.size=32", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r.get("processes", 1) for r in rows] == [1, 2]
+    printed = capsys.readouterr().out
+    assert "| 2 x 1 |" in printed and "demo: fastest training throughput with" in printed
+    assert main(["bench", "train", "demo", "--processes", "0", "--out", str(out)]) == 2

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("configs", nargs="+", metavar="CONFIG", help="packaged config names or YAML paths")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     train.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default: %(default)s)")
+    train.add_argument("--processes", default="1",
+                       help="comma-separated counts of concurrent processes, each timing the same steps with each "
+                            "--threads count; their rates are summed (what train.parallel_folds gains). "
+                            "Default: %(default)s")
     train.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
     train.add_argument("--repeats", type=int, default=5)
     train.add_argument("--out", default="runs/bench/train_speed.json")
@@ -110,23 +114,44 @@ def speed_batch(cfg, batch_size: int | None, num_classes: int = 3, seed: int = 0
     return model, torch.rand(bs, *shape, generator=g), torch.randint(0, num_classes, (bs,), generator=g)
 
 
-def run_train_speed(args: argparse.Namespace) -> int:
+def _speed_row(name: str, overrides: list[str], batch_size: int | None, repeats: int, threads: int) -> dict:
+    """`measure_train_speed` of one config with `threads` torch threads, in this process (a worker's job too)."""
     import os
 
     import torch
 
-    from sonodistill.evaluation.train_speed import measure_train_speed, speed_markdown
+    from sonodistill.evaluation.train_speed import measure_train_speed
 
-    rows = []
+    torch.set_num_threads(threads)
+    cfg = _config(name, overrides)
+    model, x, y = speed_batch(cfg, batch_size)
+    row = measure_train_speed(model, x, y, repeats=repeats)
+    row.update(config=name, backbone=cfg.model.backbone, width=cfg.model.width, load_average=os.getloadavg())
+    return row
+
+
+def run_train_speed(args: argparse.Namespace) -> int:
+    from sonodistill.errors import ConfigError
+    from sonodistill.evaluation.train_speed import best_setting, combine_concurrent, speed_markdown
+    from sonodistill.protocols.processes import map_in_processes
+
+    thread_counts = [int(t) for t in str(args.threads).split(",") if t]
+    process_counts = [int(p) for p in str(args.processes).split(",") if p]
+    if not thread_counts or not process_counts or min(thread_counts + process_counts) < 1:
+        raise ConfigError(f"--threads {args.threads!r} and --processes {args.processes!r} need counts >= 1")
+    rows, best = [], []
     for name in args.configs:
-        cfg = _config(name, args.overrides)
-        for threads in [int(t) for t in str(args.threads).split(",") if t]:
-            torch.set_num_threads(threads)
-            model, x, y = speed_batch(cfg, args.batch_size)
-            row = measure_train_speed(model, x, y, repeats=args.repeats)
-            row.update(config=name, backbone=cfg.model.backbone, width=cfg.model.width,
-                       load_average=os.getloadavg())
-            rows.append(row)
-            print(speed_markdown([row]).splitlines()[-1], flush=True)
+        _config(name, args.overrides)  # a bad config fails here, not in a worker
+        mine = []
+        for processes in process_counts:
+            for threads in thread_counts:
+                call = (name, args.overrides, args.batch_size, args.repeats, threads)
+                row = _speed_row(*call) if processes == 1 else \
+                    combine_concurrent(map_in_processes(_speed_row, [call] * processes, processes))
+                mine.append(row)
+                print(speed_markdown([row]).splitlines()[-1], flush=True)
+        rows += mine
+        best.append(f"{name}: fastest training throughput with {best_setting(mine)}")
     print(speed_markdown(rows))
+    print("\n".join(best))
     return _write_json(args.out, rows)

@@ -92,18 +92,44 @@ def frozen_onnxruntime_items_per_s(model: nn.Module, x: torch.Tensor, repeats: i
     return x.shape[0] / statistics.median(times)
 
 
+def _threads(r: dict[str, Any]) -> str:
+    return f"{r['processes']} x {r['threads']}" if r.get("processes", 1) > 1 else str(r["threads"])
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
+def combine_concurrent(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for `measure_train_speed` run at the same time in several processes: rates (items/s, GFLOP/s, the
+    matmul's) summed over the processes, the step time their median; `processes` says how many."""
+    out = dict(rows[0])
+    for key in ("train_items_per_s", "train_gflops", "matmul_gflops", "frozen_items_per_s"):
+        out[key] = float(sum(r[key] for r in rows))
+    ort = [r.get("frozen_ort_items_per_s") for r in rows]
+    out["frozen_ort_items_per_s"] = None if any(v is None for v in ort) else float(sum(ort))
+    out["train_step_s"] = statistics.median(r["train_step_s"] for r in rows)
+    out["fraction_of_matmul_peak"] = out["train_gflops"] / out["matmul_gflops"]
+    out["processes"] = len(rows)
+    return out
+
+
+def best_setting(rows: list[dict[str, Any]]) -> str:
+    """'P process(es) x T thread(s)' of the row with the highest training items/s (all processes together)."""
+    best = max(rows, key=lambda r: r["train_items_per_s"])
+    return (f"{best.get('processes', 1)} process(es) x {best['threads']} thread(s): "
+            f"{best['train_items_per_s']:.1f} training items/s")
+
+
 def speed_markdown(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of `measure_train_speed` results, one row each."""
+    """A Markdown table of `measure_train_speed` results, one row each; threads 'P x T' for P concurrent processes
+    of T threads (their rates summed)."""
     head = ("| config | backbone | input (B x ...) | threads | step (s) | train items/s | train GFLOP/s | "
             "matmul GFLOP/s | fraction of peak | frozen items/s (torch) | frozen items/s (ONNX Runtime) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['config']} | {r['backbone']} | {' x '.join(map(str, r['input']))} | "
-        f"{r['threads']} | {r['train_step_s']:.3f} | {r['train_items_per_s']:.1f} | {r['train_gflops']:.1f} | "
+        f"{_threads(r)} | {r['train_step_s']:.3f} | {r['train_items_per_s']:.1f} | {r['train_gflops']:.1f} | "
         f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['frozen_items_per_s']:.1f} | "
         f"{_fmt(r.get('frozen_ort_items_per_s'))} |\n"
         for r in rows)
