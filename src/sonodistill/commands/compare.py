@@ -251,8 +251,9 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
     runs = [read_run(p) for p in paths]
-    for run in runs if merge else []:
-        merge_run_classes(run, merge)
+    if merge:
+        for run in runs:
+            merge_run_classes(run, merge)
     base = runs[0]
     pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
     metrics = list(metrics) if metrics else default_metrics(base.task, runs)

@@ -134,16 +134,6 @@ def match_predictions(labels: pd.DataFrame, column: str, results: list[dict[str,
 
 
 # ------------------------------------------------------------------------------------------- classification
-def merge_probabilities(classes: list[str], probs: np.ndarray, merge: dict[str, list[str]]) -> tuple[list[str],
-                                                                                                       np.ndarray]:
-    """Probabilities N x C summed into the merged classes N x C' (each model class in exactly one new class)."""
-    olds = [c for cs in merge.values() for c in cs]
-    if sorted(olds) != sorted(classes):
-        raise ConfigError(f"--merge {merge} must use each class of {classes} exactly once")
-    new = list(merge)
-    return new, np.stack([probs[:, [classes.index(c) for c in merge[n]]].sum(axis=1) for n in new], axis=1)
-
-
 def _label_index(label: str, classes: list[str], merge: dict[str, list[str]] | None, row: int) -> int:
     if merge:
         for new, olds in merge.items():
@@ -172,6 +162,8 @@ def classification_frame(labels: pd.DataFrame, column: str, matched: Matched, cl
     probs_arr = np.asarray(probs, dtype=np.float64).reshape(len(rows), len(classes))
     out_classes = classes
     if merge:
+        from sonodistill.evaluation.run_dir import merge_probabilities
+
         out_classes, probs_arr = merge_probabilities(classes, probs_arr, merge)
     frame = pd.DataFrame({
         "fold": 0, "index": rows, "path": [str(labels[column].iloc[i]) for i in rows],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sonodistill.config import RunConfig, load_config
@@ -59,21 +60,28 @@ def parse_merge(specs: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def merge_classes(predictions: pd.DataFrame, classes: list[str],
-                  merge: dict[str, list[str]]) -> tuple[pd.DataFrame, list[str]]:
-    """Predictions with classes merged: y_true mapped, prob_<new> = sum of its old classes' probabilities.
-
-    Every class of `classes` must go to exactly one new class (ConfigError otherwise). Returns (table, new classes).
-    """
+def merge_probabilities(classes: list[str], probs: np.ndarray,
+                        merge: dict[str, list[str]]) -> tuple[list[str], np.ndarray]:
+    """Probabilities N x C summed into the merged classes N x C' (ConfigError unless each class of `classes` goes
+    to exactly one new class). Returns (new classes, N x C')."""
     olds = [c for cs in merge.values() for c in cs]
     if sorted(olds) != sorted(classes):
-        raise ConfigError(f"merge {merge} must use each class of {classes} exactly once")
-    new_classes = list(merge)
+        raise ConfigError(f"--merge {merge} must use each class of {classes} exactly once")
+    new = list(merge)
+    return new, np.stack([probs[:, [classes.index(c) for c in merge[n]]].sum(axis=1) for n in new], axis=1)
+
+
+def merge_classes(predictions: pd.DataFrame, classes: list[str],
+                  merge: dict[str, list[str]]) -> tuple[pd.DataFrame, list[str]]:
+    """Predictions with classes merged: y_true mapped, prob_<new> = sum of its old classes' probabilities
+    (`merge_probabilities`). Returns (table, new classes)."""
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(np.float64)
+    new_classes, merged = merge_probabilities(classes, probs, merge)
     to_new = {classes.index(c): new_classes.index(n) for n, cs in merge.items() for c in cs}
     out = predictions[[c for c in predictions.columns if not c.startswith("prob_")]].copy()
     out["y_true"] = predictions["y_true"].map(to_new)
-    for n, cs in merge.items():
-        out[f"prob_{n}"] = predictions[[f"prob_{c}" for c in cs]].sum(axis=1)
+    for k, n in enumerate(new_classes):
+        out[f"prob_{n}"] = merged[:, k]
     return out, new_classes
 
 

@@ -5,7 +5,6 @@ repeated seeds and validation-only scoring; the report from the protocol. Every 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -205,55 +204,60 @@ def make_fold(run: Run, folds: list[tuple[np.ndarray, np.ndarray]], k: int) -> F
     return Fold(k, train_rows, test_rows, run.dir / f"fold_{k}", int(run.cfg.train.seed) + k)
 
 
+def fit_and_save(run: Run, protocol: Protocol, fold: Fold) -> FoldResult | None:
+    """`protocol.fit` on one fold, timed (`result.seconds`); rank 0 saves it and gets it back, other DDP ranks None."""
+    t0 = time.perf_counter()
+    result = protocol.fit(run, fold)
+    result.seconds = time.perf_counter() - t0 if result.seconds is None else result.seconds
+    if process_rank() != 0:  # DDP: rank 0 saves and reports
+        return None
+    protocol.save_fold(run, fold, result)
+    log.info("fold %d done in %.1f s (process %d)", fold.index, result.seconds, os.getpid())
+    return result
+
+
 def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]],
               source: Manifest | None = None) -> list[FoldResult]:
     """Fit every wanted fold with `protocol.fit`; with resume, a finished fold (`protocol.load_finished`) is kept.
-    With train.parallel_folds > 1 the unfinished folds are fitted in worker processes first (`source`: the
-    manifest before `protocol.prepare`). Returns the folds' results (rank 0 only saves them)."""
+    With train.parallel_folds > 1 the other folds are fitted in worker processes first and read back (`source`:
+    the manifest before `protocol.prepare`). Returns the folds' results (rank 0 only saves them)."""
     from sonodistill.recipes.trainer import STOP
 
     wanted = protocol.folds_to_run(run, len(folds))
+    kept = {k: r for k in wanted
+            if run.resume and (r := protocol.load_finished(run, make_fold(run, folds, k))) is not None}
+    trained: dict[int, float] = {}
     if int(run.cfg.train.parallel_folds) > 1:
-        trained = fit_in_processes(run, protocol, folds, wanted, source or run.manifest)
-        for k, seconds in trained.items():
-            _record_time(run, str(k), seconds)
-        if trained:  # those folds are finished now: read them back
-            run = dataclasses.replace(run, resume=True)
+        trained = fit_in_processes(run, folds, [k for k in wanted if k not in kept], source or run.manifest)
     results: list[FoldResult] = []
     for k in wanted:
         STOP.check(f" before fold {k}")
         fold = make_fold(run, folds, k)
-        done = protocol.load_finished(run, fold) if run.resume else None
-        if done is not None:
+        if k in kept:
             log.info("fold %d already complete, kept", k)
-            results.append(done)
+            results.append(kept[k])
             continue
-        t0 = time.perf_counter()
-        result = protocol.fit(run, fold)
-        result.seconds = time.perf_counter() - t0 if result.seconds is None else result.seconds
-        if process_rank() != 0:  # DDP: rank 0 saves and reports
+        result = protocol.load_finished(run, fold) if k in trained else fit_and_save(run, protocol, fold)
+        if result is None:  # a DDP rank other than 0
             continue
-        protocol.save_fold(run, fold, result)
-        _record_time(run, str(k), float(result.seconds))
+        _record_time(run, str(k), float(trained.get(k, result.seconds)))
         results.append(result)
-        log.info("fold %d done in %.1f s", k, result.seconds)
     return results
 
 
-def fit_in_processes(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]], wanted: list[int],
+def fit_in_processes(run: Run, folds: list[tuple[np.ndarray, np.ndarray]], todo: list[int],
                      source: Manifest) -> dict[int, float]:
-    """The unfinished folds of `wanted`, train.parallel_folds at a time, each in a spawned process with
-    train.threads torch threads (0: the CPUs shared evenly); returns {fold: seconds} of those trained."""
+    """The folds `todo`, train.parallel_folds at a time, each in a spawned process with train.threads torch
+    threads (0: the CPUs shared evenly); returns {fold: seconds} (empty when fewer than 2 folds are left)."""
     from sonodistill.protocols.processes import map_in_processes, threads_per_worker
 
-    todo = [k for k in wanted if not (run.resume and protocol.load_finished(run, make_fold(run, folds, k)))]
     workers = min(int(run.cfg.train.parallel_folds), len(todo))
     if workers < 2:  # nothing to share out: the loop trains it in this process
         return {}
     threads = threads_per_worker(workers, int(run.cfg.train.threads))
     log.info("train.parallel_folds: folds %s in %d processes x %d torch thread(s)", todo, workers, threads)
     calls = [(run.cfg, source, run.resume, run.trainer_overrides, folds, k, threads) for k in todo]
-    return dict(zip(todo, map_in_processes(fit_fold_process, calls, max(1, workers))))
+    return dict(zip(todo, map_in_processes(fit_fold_process, calls, workers)))
 
 
 def fit_fold_process(cfg: RunConfig, source: Manifest, resume: bool, trainer_overrides: dict[str, Any],
@@ -267,13 +271,8 @@ def fit_fold_process(cfg: RunConfig, source: Manifest, resume: bool, trainer_ove
     run = Run(cfg, source, resume, dict(trainer_overrides))
     with stop_on_signals():
         protocol.prepare(run)
-        fold = make_fold(run, folds, k)
-        t0 = time.perf_counter()
-        result = protocol.fit(run, fold)
-        protocol.save_fold(run, fold, result)
-    seconds = time.perf_counter() - t0 if result.seconds is None else float(result.seconds)
-    log.info("fold %d done in %.1f s (worker process %d)", k, seconds, os.getpid())
-    return seconds
+        result = fit_and_save(run, protocol, make_fold(run, folds, k))
+    return float(result.seconds)
 
 
 def train_final_model(run: Run, protocol: Protocol) -> FoldResult | None:

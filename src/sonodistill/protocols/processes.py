@@ -19,8 +19,6 @@ from typing import Any, Callable, Sequence
 
 from sonodistill.errors import SonoDistillError
 
-log = logging.getLogger(__name__)
-
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
@@ -82,18 +80,17 @@ def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], workers: in
                     continue
                 try:
                     kind, value = conn.recv()
-                except EOFError:
-                    proc.join()
-                    kind, value = "error", SonoDistillError(
-                        f"worker process {proc.pid} (call {i + 1} of {len(calls)}) ended without a result, exit "
-                        f"code {proc.exitcode} (killed, or out of memory?)")
+                except EOFError:  # it died before sending
+                    kind, value = "error", None
                 proc.join()
                 conn.close()
                 del running[i]
                 if kind == "ok":
                     results[i] = value
                 else:
-                    errors.append(value)
+                    errors.append(value if value is not None else SonoDistillError(
+                        f"worker process {proc.pid} (call {i + 1} of {len(calls)}) ended without a result, exit "
+                        f"code {proc.exitcode} (killed, or out of memory?)"))
     if STOP.signum is not None:
         raise TrainingStopped(STOP.signum, " (passed on to the worker processes, all ended)")
     if errors:
