@@ -270,11 +270,29 @@ def test_review_server_answers_with_findings(runs, video_file):
     assert "Grad-CAM does not apply to DILBERT annotators" in payload["note"]
 
 
-def test_explain_refuses_and_says_why(runs, video_file, tmp_path, capsys):
-    assert main(["explain", str(runs["final"]), str(video_file), "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert "is a 'annotation' model" in err and "Grad-CAM does not apply to DILBERT annotators" in err
-    assert "multi-label" in err and "Traceback" not in err and not (tmp_path / "x").exists()
+def test_explain_occludes_the_annotators_own_input(runs, video_file, tmp_path):
+    """`explain` on a dilbert run: occlusion sensitivity of the chosen output (here a categorical class) on the
+    annotator's one input (T frames at segment centres, pixel / 255), the same maps as `occlusion_map` computed by
+    hand on `clip_tensor`, scaled to peak 1; Grad-CAM is not offered."""
+    from sonodistill.data.readers import read_clip
+    from sonodistill.data.sequences import sample_indices
+    from sonodistill.explain.occlusion import OutputProbability, occlusion_map
+    from sonodistill.serve.annotate import AnnotationProbabilities
+
+    out = tmp_path / "x"
+    assert main(["explain", str(runs["final"]), str(video_file), "--out", str(out), "--target",
+                 "severity score=2", "--occlusion-mask", "8"]) == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert set(summary["methods"]) == {"occlusion"} and summary["target"] == "severity score=2"
+    assert summary["targets"] == ["a-lines", "b-lines", *[f"severity score={k}" for k in "0123"]]
+    frames = read_clip(video_file, grayscale=True).frames
+    assert summary["explained_frames"] == np.unique(sample_indices(len(frames), 4, None)).tolist()
+    ann = load_annotator(runs["final"] / "final" / "export" / "student")
+    x = clip_tensor(frames, ann)
+    expected = occlusion_map(OutputProbability(AnnotationProbabilities(ann.annotator)), x, 4, mask=8).numpy()
+    maps = np.load(out / "occlusion_maps.npy").astype(np.float32)
+    assert expected.max() > 0
+    np.testing.assert_allclose(maps, expected / expected.max(), atol=2e-3)
 
 
 @pytest.mark.slow

@@ -122,10 +122,7 @@ class Runs:
         run's config.yaml and a manifest.csv beside it, as `sonodistill train dilbert` leaves them."""
         from sonodistill.data.sequences import synthetic_sequences
         from sonodistill.knowledge import load_graph
-        try:  # the dilbert fold loop is moving to protocols/ (issue 15); either place works here
-            from sonodistill.protocols.dilbert_stages import run_fold
-        except ImportError:
-            from sonodistill.recipes.dilbert import run_fold
+        from sonodistill.protocols.dilbert_stages import run_fold
 
         pairs = synthetic_sequences("lung", n=8, seed=0, frames=4, size=32)
         cfg.save(cfg.run_dir / "config.yaml")
@@ -293,36 +290,58 @@ def test_review_page_analysis(recipe, runs):
         assert info["heatmaps"] and out["heatmap"].startswith("Grad-CAM")
 
 
+#: recipe -> the explainers `explain` runs by default: Grad-CAM and the recipe's EXPLAINERS where they apply;
+#: occlusion sensitivity (slow: one forward pass per patch) only where nothing else does
+DEFAULT_EXPLAINERS = {"supervised": {"gradcam"}, "dualdistill": {"gradcam"}, "medivlad": {"attention"},
+                      "dino": {"attention"}, "linear_probe": {"occlusion"}, "discovr": {"occlusion"},
+                      "dilbert": {"occlusion"}, **{r: {"occlusion"} for r in SEGMENTATION}}
+
+
 @pytest.mark.parametrize("recipe", list(BEHAVIOUR))
 def test_explain(recipe, runs, tmp_path, capsys):
-    """Classifiers get heat maps; any other kind, or a classifier Grad-CAM cannot explain, is a clear error naming
-    the kind or the reason (exit 2, no traceback)."""
+    """Every run directory is explained: its default explainers write a strip, a GIF and `frames x S x S` maps in
+    [0, 1] of the target each kind explains (the predicted class, the largest foreground class, the embedding, the
+    most probable finding), with frame relations for staged video classifiers only."""
     from sonodistill.cli import main
 
     run, item = runs(recipe)
-    code = main(["explain", str(run), str(item), "--out", str(tmp_path / "explain"), "--max-strip-frames", "2"])
-    err = capsys.readouterr().err
-    if recipe == "dino":  # an encoder: its ViT's [CLS] attention, frame by frame, with no class
-        summary = json.loads((tmp_path / "explain" / "explain.json").read_text())
-        maps = np.load(tmp_path / "explain" / "attention_maps.npy")
-        assert code == 0 and set(summary["methods"]) == {"attention"} and summary["task"] == "features"
-        assert maps.shape[0] == summary["frames"] and float(maps.max()) > 0
-        return
-    if recipe == "linear_probe":  # a video probe: no Grad-CAM target, no explainer of its own: refused, saying why
-        assert code == 2 and "has no explainer" in err and NO_GRAD_CAM[recipe] in err and "Traceback" not in err
-        return
-    if recipe in NO_GRAD_CAM:  # its attention explainer, without Grad-CAM or frame relations
-        summary = json.loads((tmp_path / "explain" / "explain.json").read_text())
-        assert code == 0 and set(summary["methods"]) == {"attention"} and "relations" not in summary
-        return
+    out = tmp_path / "explain"
+    code = main(["explain", str(run), str(item), "--out", str(out), "--max-strip-frames", "2"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "explain.json").read_text())
+    assert set(summary["methods"]) == DEFAULT_EXPLAINERS[recipe] and summary["task"] == BEHAVIOUR[recipe]
+    frames = summary["explained_frames"]
+    for name in summary["methods"]:
+        maps = np.load(out / f"{name}_maps.npy").astype(np.float32)
+        assert maps.shape[0] == len(frames) and maps.shape[1] == maps.shape[2] and maps.shape[1] in (32, 48)
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+        assert (out / f"{name}_strip.png").is_file() and (out / f"{name}.gif").is_file()
+    assert ("relations" in summary) == (recipe in ("supervised", "dualdistill"))
     if BEHAVIOUR[recipe] == "classification":
-        assert code == 0 and (tmp_path / "explain" / "gradcam_strip.png").is_file()
-        return
-    assert code == 2 and "Traceback" not in err
-    if recipe in SERVED:
-        assert f"is a '{BEHAVIOUR[recipe]}' model" in err and "has no explainer" in err and "classification" in err
-    else:
-        assert _refusal(recipe) in err
+        assert summary["target"] == summary["target_class"] == summary["prediction"]
+    elif BEHAVIOUR[recipe] == "segmentation":
+        assert len(summary["targets"]) == 2 and summary["target"] == summary["targets"][1]  # the foreground
+    elif BEHAVIOUR[recipe] == "features":
+        assert summary["targets"] == ["embedding"] and "target_class" not in summary
+    else:  # dilbert: the annotator's one input, T frames at segment centres; the most probable finding
+        best = max(summary["findings"], key=lambda f: f["probability"])
+        assert summary["target"] == best["name"] and len(frames) == 4 and frames == sorted(set(frames))
+    assert summary["frames"] >= len(frames)
+
+
+@pytest.mark.parametrize("recipe", ["medivlad", "linear_probe", "dilbert", "discovr"])
+def test_explain_names_missing_methods_and_why(recipe, runs, tmp_path, capsys):
+    """Asking for Grad-CAM where it does not apply is a clear error (exit 2, no traceback) saying why and what is
+    available; nothing is written."""
+    from sonodistill.cli import main
+
+    run, item = runs(recipe)
+    out = tmp_path / "explain"
+    assert main(["explain", str(run), str(item), "--out", str(out), "--method", "gradcam"]) == 2
+    err = capsys.readouterr().err
+    assert "['gradcam'] not available" in err and "occlusion" in err and "Traceback" not in err
+    assert NO_GRAD_CAM.get(recipe, "does not apply" if recipe == "dilbert" else "no class logits") in err
+    assert not out.exists()
 
 
 def test_dilbert_predict_gives_what_annotate_gives_for_the_trained_fold_student(runs, capsys):

@@ -50,51 +50,52 @@ def _export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- explain
-def _class_index(classes: list[str], target: str | None) -> int | None:
+def _target_index(names: list[str], target: str | None) -> int | None:
+    """--target as an index into `names` (a name or an index), None when not given."""
     if target is None:
         return None
-    if target in classes:
-        return classes.index(target)
-    if target.isdigit() and int(target) < len(classes):
+    if target in names:
+        return names.index(target)
+    if target.isdigit() and int(target) < len(names):
         return int(target)
-    raise ConfigError(f"--target {target!r} is not a class name or index; classes: {classes}")
+    raise ConfigError(f"--target {target!r} is not a name or index of what this model explains: {names}")
 
 
-def _chosen_methods(args: argparse.Namespace, model, available: dict) -> list[str]:  # noqa: ANN001
-    """--method values (default: every available explainer); ConfigError naming unknown ones."""
-    methods = args.method or list(available)
+def _explainers(args: argparse.Namespace, model, kind) -> tuple[dict, dict[str, str]]:  # noqa: ANN001
+    """(name -> explainer, in the order Grad-CAM, the recipe's EXPLAINERS, occlusion; name -> why it is missing)."""
+    from sonodistill.explain.gradcam import grad_cam, grad_cam_problem
+    from sonodistill.explain.occlusion import occlusion_explainer
+    from sonodistill.serve.loading import recipe_explainers
+
+    available: dict = {}
+    missing: dict[str, str] = {}
+    problem = grad_cam_problem(model.members[0]) if kind.heatmaps else (
+        kind.no_heatmaps_because or f"Grad-CAM explains classifiers, not {model.task!r} models")
+    if problem is None:
+        available["gradcam"] = grad_cam
+    else:
+        missing["gradcam"] = problem
+    available.update(recipe_explainers(str(model.recipe)))
+    if kind.occlusion is not None:
+        available["occlusion"] = occlusion_explainer(kind.occlusion.score, args.occlusion_mask, args.occlusion_overlap)
+    else:
+        missing["occlusion"] = f"the {model.task!r} model kind registers no OcclusionSpec"
+    return available, missing
+
+
+def _chosen_methods(args: argparse.Namespace, model, available: dict, missing: dict[str, str]) -> list[str]:  # noqa: ANN001
+    """--method values (default: every available explainer but occlusion, which runs the model once per patch,
+    unless it is the only one); ConfigError naming unknown or missing ones and why."""
+    if not available:
+        raise ConfigError(f"explain: {args.run_dir} is a {model.task!r} model (recipe {model.recipe!r}) with no "
+                          f"explainer: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+    methods = args.method or ([m for m in available if m != "occlusion"] or list(available))
     unknown = [m for m in methods if m not in available]
     if unknown:
-        raise ConfigError(f"unknown explain method(s) {unknown}; available for recipe {model.recipe!r}: "
-                          f"{sorted(available)}")
+        why = "".join(f" ({m}: {missing[m]})" for m in unknown if m in missing)
+        raise ConfigError(f"explain method(s) {unknown} not available for recipe {model.recipe!r}{why}; available: "
+                          f"{list(available)}")
     return methods
-
-
-def _explain_encoder(args: argparse.Namespace, model, available: dict) -> int:  # noqa: ANN001
-    """`explain` on an encoder run (no classes): each class-independent explainer of its recipe (e.g. the [CLS]
-    attention of a DINO ViT), frame by frame, written as strips, GIFs and maps like a classifier's heat maps."""
-    import numpy as np
-
-    from sonodistill.explain.overlay import overlay, write_gif, write_strip
-    from sonodistill.serve.predict import clip_heatmaps, prepare, read_input
-
-    methods = _chosen_methods(args, model, available)
-    item = prepare(model, read_input(args.input), str(args.input))
-    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / Path(args.input).stem
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, dict[str, str]] = {}
-    for name in methods:
-        cam = clip_heatmaps(model, item.clip, 0, available[name], stride=args.stride)  # target unused
-        rgb = overlay(item.clip, cam)
-        files[name] = {"strip": str(write_strip(rgb, out / f"{name}_strip.png", args.max_strip_frames)),
-                       "gif": str(write_gif(rgb, out / f"{name}.gif", item.fps)),
-                       "maps": str(out / f"{name}_maps.npy")}
-        np.save(out / f"{name}_maps.npy", cam.astype(np.float16))
-    summary = {"input": str(args.input), "model": model.describe(), "task": model.task, "methods": files,
-               "frames": int(item.clip.shape[0])}
-    (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"{model.task} model: maps in {out}/: " + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
-    return 0
 
 
 def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, out: Path) -> str:  # noqa: ANN001
@@ -130,55 +131,56 @@ def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, 
     return str(path)
 
 
+#: prediction fields copied into explain.json (classifiers: class and probabilities; annotators: findings)
+_PREDICTION_FIELDS = ("prediction", "probabilities", "findings", "categorical", "description")
+
+
 def _explain(args: argparse.Namespace) -> int:
+    """Heat maps of one input for any run directory: Grad-CAM (classifiers), the recipe's explainers, occlusion."""
     import numpy as np
 
-    from sonodistill.explain.gradcam import grad_cam, grad_cam_problem
     from sonodistill.explain.overlay import overlay, write_gif, write_strip
-    from sonodistill.serve.loading import load_run, recipe_explainers
-    from sonodistill.serve.kinds import PredictOptions, get_model_kind, heatmap_kinds
+    from sonodistill.serve.loading import load_run
+    from sonodistill.serve.kinds import PredictOptions, get_model_kind
     from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
 
     model = load_run(args.run_dir, members=args.members)
     kind = get_model_kind(model.task)
-    available = {**recipe_explainers(str(model.recipe))}
-    if not kind.heatmaps and not available:
-        why = f" {kind.no_heatmaps_because}." if kind.no_heatmaps_because else ""
-        raise ConfigError(f"explain: {args.run_dir} is a {model.task!r} model (recipe {model.recipe!r}); the "
-                          f"{model.task!r} model kind has no explainer (heat maps exist for: "
-                          f"{', '.join(heatmap_kinds())}).{why} `sonodistill predict` works on it")
-    if not kind.heatmaps:  # an encoder (features): its recipe's class-independent maps (ViT [CLS] attention)
-        return _explain_encoder(args, model, available)
-    problem = grad_cam_problem(model.members[0])
-    if problem is None:
-        available = {"gradcam": grad_cam, **available}
-    elif not available:
-        raise ConfigError(f"explain: {args.run_dir} (recipe {model.recipe!r}) has no explainer: {problem}, and the "
-                          "recipe defines no EXPLAINERS. `sonodistill predict` works on it")
-    methods = _chosen_methods(args, model, available)
+    available, missing = _explainers(args, model, kind)
+    methods = _chosen_methods(args, model, available, missing)
     item = prepare(model, read_input(args.input), str(args.input))
     result = predict_prepared(model, item, PredictOptions(stride=args.stride))
-    target = _class_index(model.classes, args.target)
-    target = model.classes.index(result["prediction"]) if target is None else target
+    spec = kind.occlusion
+    if spec is not None and spec.targets is not None:
+        names, default = spec.targets(model, result)
+    else:  # a classifier: its classes, the predicted one by default
+        names, default = list(model.classes), model.classes.index(result["prediction"])
+    given = _target_index(names, args.target)
+    target = default if given is None else given
+    n = int(item.clip.shape[0])
+    windows = spec.windows(model, n) if spec is not None and spec.windows is not None else None
+    shown = np.unique(np.concatenate(windows)) if windows is not None else np.arange(n)
     out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / Path(args.input).stem
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, str]] = {}
     for name in methods:
         t0 = time.perf_counter()
-        cam = clip_heatmaps(model, item.clip, target, available[name], stride=args.stride)
-        rgb = overlay(item.clip, cam)
+        cam = clip_heatmaps(model, item.clip, target, available[name], stride=args.stride, windows=windows)[shown]
+        rgb = overlay(item.clip[shown], cam)
         files[name] = {"strip": str(write_strip(rgb, out / f"{name}_strip.png", args.max_strip_frames)),
                        "gif": str(write_gif(rgb, out / f"{name}.gif", item.fps)),
                        "maps": str(out / f"{name}_maps.npy")}
         np.save(out / f"{name}_maps.npy", cam.astype(np.float16))
         log.info("%s: %d frames in %.1f s", name, cam.shape[0], time.perf_counter() - t0)
-    summary = {"input": str(args.input), "model": model.describe(), "prediction": result["prediction"],
-               "probabilities": result["probabilities"], "target_class": model.classes[target],
-               "methods": files, "frames": int(item.clip.shape[0])}
-    if model.input_kind == "video" and problem is None:  # frame relations of a staged video backbone (+ Grad-CAM)
+    summary = {"input": str(args.input), "model": model.describe(), "task": model.task, "target": names[target],
+               "targets": names, "methods": files, "frames": n, "explained_frames": shown.tolist(),
+               **{k: result[k] for k in _PREDICTION_FIELDS if k in result}}
+    if kind.per_class:
+        summary["target_class"] = names[target]
+    if model.input_kind == "video" and "gradcam" in available and model.classes:  # frame relations (+ Grad-CAM)
         summary["relations"] = _relations_side_by_side(args, model, item, target, out)
     (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"prediction {result['prediction']}; heat maps for class {model.classes[target]!r} in {out}/: "
+    print(f"{model.task} model: maps of {names[target]!r} in {out}/: "
           + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
     return 0
 
@@ -302,12 +304,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--members", choices=["auto", "final", "folds"], default="auto")
     e.set_defaults(func=_export)
 
-    x = sub.add_parser("explain", help="heat maps (Grad-CAM and the recipe's explainers) for one input")
+    x = sub.add_parser("explain", help="heat maps of one input: Grad-CAM, the recipe's explainers, occlusion")
     x.add_argument("run_dir")
     x.add_argument("input")
     x.add_argument("--out", help="output folder (default RUN_DIR/explain/INPUT_STEM)")
-    x.add_argument("--target", help="class name or index to explain (default: the predicted class)")
-    x.add_argument("--method", action="append", help="explainer (repeatable; default: all available)")
+    x.add_argument("--target", help="what to explain, a name or index: a class (default: the predicted one; "
+                                    "segmentation: the largest foreground class), a finding (annotators: the most "
+                                    "probable one); encoders explain their embedding")
+    x.add_argument("--method", action="append",
+                   help="gradcam, a recipe's explainer, occlusion (repeatable; default: all available but occlusion, "
+                        "which is used when it is the only one)")
+    x.add_argument("--occlusion-mask", type=int, metavar="PX",
+                   help="occlusion patch side in pixels (default: the input size / 8, at least 4)")
+    x.add_argument("--occlusion-overlap", type=float, default=0.5,
+                   help="overlap of neighbouring occlusion patches, in [0, 1) (default 0.5)")
     x.add_argument("--stride", type=int, help="window step in frames (default T: non-overlapping windows)")
     x.add_argument("--max-strip-frames", type=int, default=16, help="frames in the PNG strip")
     x.add_argument("--members", choices=["auto", "final", "folds"], default="auto")

@@ -18,6 +18,7 @@ read by `serve/annotate.py`), not as `model.safetensors`, so this kind loads the
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from sonodistill.data.manifest import Manifest
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
 from sonodistill.serve.annotate import (FILES, AnnotationProbabilities, Annotator, annotation_fields, load_annotator,
                                         output_names, retrieve_reports, sampled_input)
-from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
+from sonodistill.data.sequences import sample_indices
+from sonodistill.explain.occlusion import OutputProbability
+from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
 from sonodistill.serve.loading import LoadedModel, TorchRunner, served_module
 
 TASK = "annotation"
@@ -42,7 +45,7 @@ NOT_ENSEMBLED = ("DILBERT annotators are not ensembled: the findings, the descri
 NO_GRAD_CAM = ("Grad-CAM does not apply to DILBERT annotators: their findings are multi-label (a sigmoid per "
                "finding, not one class to explain) and come from a fusion transformer over two visual encoders "
                "(per-frame region tokens pooled to a g x g grid, plus a 3D clip token), not from one staged backbone "
-               "and a classification head, which is what explain/gradcam.py differentiates")
+               "and a classification head, which is what explain/gradcam.py differentiates (use --method occlusion)")
 
 
 # ------------------------------------------------------------------------------------------- which annotator
@@ -111,7 +114,10 @@ def load_annotation_run(run_dir: Path, cfg: RunConfig, manifest: Manifest, membe
     member, folder, warnings = annotation_member(Path(run_dir), members)
     ann = load_annotator(folder)
     module = served_module(get_model_kind(TASK), [ann.annotator])
-    return LoadedModel(task=TASK, classes=[], preprocess=ann.preprocess, num_frames=ann.num_frames,
+    # the annotator's input is pixel / 255 (sampled_input), whatever data.mean / data.std said: the served
+    # preprocessing says so, and explain's windows (serve.predict._to_input) get the same numbers
+    preprocess = replace(ann.preprocess, mean=0.0, std=1.0)
+    return LoadedModel(task=TASK, classes=[], preprocess=preprocess, num_frames=ann.num_frames,
                        input_kind="video", runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=[member], members=[ann.annotator], cfg=cfg, run_dir=Path(run_dir),
                        recipe=cfg.recipe, extra={"annotator": ann, "warnings": warnings,
@@ -154,6 +160,24 @@ def annotate_item(model: LoadedModel, item: PreparedInput, options: PredictOptio
             "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved}
 
 
+# ------------------------------------------------------------------------------------------- explain
+def annotation_score(member: nn.Module, reference: torch.Tensor) -> nn.Module:
+    """Occlusion score of an annotator: its output probabilities (a sigmoid per finding, softmax per category)."""
+    return OutputProbability(AnnotationProbabilities(member))
+
+
+def annotation_targets(model: LoadedModel, result: dict[str, Any]) -> tuple[list[str], int]:
+    """(output names: the findings, then `category=class`; the most probable finding, or output 0 without one)."""
+    names = output_names(annotator_of(model).spec)
+    findings = [f["probability"] for f in result.get("findings", [])]
+    return names, int(np.argmax(findings)) if findings else 0
+
+
+def annotation_windows(model: LoadedModel, n: int) -> list[np.ndarray]:
+    """The annotator's one input: T frames at segment centres over the whole sequence (`sampled_input`)."""
+    return [sample_indices(n, model.num_frames, None)]
+
+
 # ------------------------------------------------------------------------------------------- export
 def export_annotator_files(model: LoadedModel, folder: Path) -> dict[str, Any]:
     """Copy the annotator folder into `folder/annotator/` (knowledge graph name, tokenizer, retriever, training
@@ -176,4 +200,5 @@ register_model_kind(
     output_doc="B x (F + sum K_c): the sigmoid probability of each binary finding, then the softmax probabilities of "
                "each categorical target (column names: annotation.outputs)",
     load_run=load_annotation_run, export_extras=export_annotator_files,
-    no_heatmaps_because=NO_GRAD_CAM)
+    no_heatmaps_because=NO_GRAD_CAM,
+    occlusion=OcclusionSpec(annotation_score, targets=annotation_targets, windows=annotation_windows))

@@ -54,6 +54,22 @@ class PreparedInput:
 
 
 @dataclass
+class OcclusionSpec:
+    """How `sonodistill explain --method occlusion` explains a kind's models (explain/occlusion.py).
+
+    score: `(member, reference input 1 x C x ...) -> nn.Module` mapping the input to `B x N` scores
+        (e.g. `explain.occlusion.ClassProbability`).
+    targets: `(model, prediction dict of the input) -> (the N score names, the default one's index)`; None: the
+        run's classes and the predicted class. Grad-CAM and the recipe's explainers use the same targets.
+    windows: `(model, n frames) -> [frame indices of each model input]`; None: the windows of `predict`.
+    """
+
+    score: Callable[[nn.Module, Any], nn.Module]
+    targets: Callable[[Any, dict[str, Any]], tuple[list[str], int]] | None = None
+    windows: Callable[[Any, int], list[np.ndarray]] | None = None
+
+
+@dataclass
 class ModelKind:
     """One task's serving behaviour.
 
@@ -69,7 +85,9 @@ class ModelKind:
         `model.safetensors` files (DILBERT's annotator folders); tried before the recipe's `build_inference_model`.
     export_extras: `(model, folder) -> dict` merged into the export's sonodistill-model.json; it may write files
         the kind needs into the export folder (the annotator's knowledge graph, tokenizer, retriever).
-    no_heatmaps_because: why `explain` does not apply to this kind (added to its refusal).
+    no_heatmaps_because: why Grad-CAM does not apply to this kind (said when it is asked for).
+    occlusion: how occlusion sensitivity explains this kind (any model: no gradients, no architecture needed);
+        None: `explain` offers only Grad-CAM (heatmaps) and the recipe's own explainers.
     """
 
     task: str
@@ -83,6 +101,7 @@ class ModelKind:
     load_run: Callable[..., Any] | None = None  # (Path, RunConfig, Manifest, str) -> serve.loading.LoadedModel
     export_extras: Callable[..., dict[str, Any]] | None = None  # (LoadedModel, Path) -> dict
     no_heatmaps_because: str = ""
+    occlusion: OcclusionSpec | None = None
 
 
 _KINDS: dict[str, ModelKind] = {}
@@ -99,7 +118,7 @@ def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
     """Register (or replace) how models of `task` are built and how their predictions become JSON.
 
     `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps,
-    load_run, export_extras, no_heatmaps_because)."""
+    load_run, export_extras, no_heatmaps_because, occlusion)."""
     _KINDS[task] = ModelKind(task, predict, build, **fields)
 
 
@@ -116,9 +135,3 @@ def get_model_kind(task: str) -> ModelKind:
         raise ConfigError(f"no model kind registered for task {task!r}; known: {sorted(_KINDS)}. "
                           "A recipe adds one with sonodistill.serve.kinds.register_model_kind(...)")
     return _KINDS[task]
-
-
-def heatmap_kinds() -> list[str]:
-    """The registered tasks whose models `sonodistill explain` can explain."""
-    _register_built_in()
-    return sorted(t for t, k in _KINDS.items() if k.heatmaps)

@@ -24,7 +24,8 @@ import torch
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
 from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, read_clip, read_image
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
-from sonodistill.serve.kinds import PredictOptions, PreparedInput, get_model_kind, register_model_kind
+from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
+from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
 from sonodistill.serve.loading import EmbeddingConcat, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -256,10 +257,28 @@ def _build_classifier(cfg: Any, manifest: Any) -> torch.nn.Module:
     return build_classifier(cfg, len(manifest.classes))
 
 
-register_model_kind("classification", classify, build=_build_classifier, heatmaps=True)
-register_model_kind("segmentation", segment, build=None)  # the segmentation recipe provides the network
+def segmentation_targets(model: LoadedModel, result: dict[str, Any]) -> tuple[list[str], int]:
+    """(classes, the foreground class with the largest predicted area over the input's frames; class 1 when none)."""
+    classes = list(result["classes_in_mask"])
+    area = np.sum([[m["area_fraction"][c] for c in classes] for m in result["masks"]], axis=0)
+    return classes, 1 + int(np.argmax(area[1:])) if len(classes) > 1 else 0
+
+
+def embedding_target(model: LoadedModel, result: dict[str, Any]) -> tuple[list[str], int]:
+    """An encoder has one score to explain: the similarity of its embedding to the un-occluded input's."""
+    return ["embedding"], 0
+
+
+register_model_kind("classification", classify, build=_build_classifier, heatmaps=True,
+                    occlusion=OcclusionSpec(ClassProbability))
+register_model_kind("segmentation", segment, build=None,  # the segmentation recipe provides the network
+                    occlusion=OcclusionSpec(RegionProbability, targets=segmentation_targets),
+                    no_heatmaps_because="Grad-CAM explains one class logit of a classification head; a segmentation "
+                                        "network has a logit per pixel (use --method occlusion)")
 register_model_kind("features", embed, build=None, combine=EmbeddingConcat, output="embedding", per_class=False,
-                    output_doc="pooled embedding B x E (the members' embeddings concatenated, in member order)")
+                    output_doc="pooled embedding B x E (the members' embeddings concatenated, in member order)",
+                    occlusion=OcclusionSpec(EmbeddingSimilarity, targets=embedding_target),
+                    no_heatmaps_because="an encoder has no class logits to differentiate (use --method occlusion)")
 
 
 # ------------------------------------------------------------------------------------------- entry points
@@ -352,12 +371,13 @@ def _raw_maps(explainer: Callable[..., torch.Tensor], member: torch.nn.Module, x
 
 def clip_heatmaps(model: LoadedModel, clip: np.ndarray, target: int,
                   explainer: Callable[..., torch.Tensor] | None = None, stride: int | None = None,
-                  batch_size: int = 4) -> np.ndarray:
+                  batch_size: int = 4, windows: list[np.ndarray] | None = None) -> np.ndarray:
     """Heat maps for every frame of a preprocessed uint8 `n x S x S` clip: float32 `n x S x S` in [0, 1].
 
     Video models: windows of T frames every `stride` (default T, i.e. non-overlapping; the last ends at the
-    clip's end), frames in several windows averaged. Each member's clip map is divided by its maximum over
-    the clip (so frames compare within the clip), members are averaged, and the mean is scaled to peak 1.
+    clip's end), or the given `windows` (frame indices of each model input; frames in none get zeros), frames in
+    several windows averaged. Each member's clip map is divided by its maximum over the clip (so frames compare
+    within the clip), members are averaged, and the mean is scaled to peak 1.
     """
     from sonodistill.explain.gradcam import grad_cam
 
@@ -365,11 +385,11 @@ def clip_heatmaps(model: LoadedModel, clip: np.ndarray, target: int,
         raise ConfigError(f"{model.source}: heat maps need the torch model of a run directory, not an export")
     explainer = explainer or grad_cam
     n = clip.shape[0]
-    if model.input_kind == "video":
+    if model.input_kind == "video" and windows is None:
         t = model.num_frames
         starts = window_starts(n, t, stride or t)
         windows = [window_indices(n, t, s) for s in starts]
-    else:
+    elif model.input_kind == "frame":
         windows = [np.array([i]) for i in range(n)]
     maps = []
     for member in model.members:
