@@ -8,7 +8,6 @@ Cases marked with an issue item failed before that item was fixed.
 from __future__ import annotations
 
 import http.client
-import json
 import struct
 import threading
 import zlib

@@ -81,10 +81,10 @@ class TrainConfig:
     precision: str = "32-true"
     limit_train_batches: float | int = 1.0
     log_every_n_steps: int = 10
-    threads: int = 0                      # torch intra-op threads of this process; 0: torch's default (all cores).
-                                          # On small CPUs 1 is often fastest (README, bench train)
-    parallel_folds: int = 1               # folds trained at once, each in its own process with train.threads (0:
-                                          # the CPUs shared evenly); `bench train --processes` measures the gain
+    threads: int | str = 0                # torch intra-op threads of this process; 0: torch's default (all cores);
+                                          # auto: the fastest measured on this machine (protocols/tuning.py)
+    parallel_folds: int | str = 1         # folds trained at once, each in its own process with train.threads (0:
+                                          # the CPUs shared evenly); auto: measured, as threads
     feature_engine: str = "onnxruntime"   # frozen-feature extraction: onnxruntime (2-3x faster on CPU) | torch
 
 

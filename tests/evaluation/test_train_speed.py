@@ -28,7 +28,8 @@ def test_measure_train_speed_counts_three_forward_passes_and_updates_weights():
 
 
 def test_frame_classifiers_report_the_onnxruntime_frozen_feature_speed():
-    from sonodistill.commands.bench import _config, speed_batch
+    from sonodistill.commands.bench import _config
+    from sonodistill.protocols.tuning import speed_batch
 
     cfg = _config("pocus-finetune-imagenet", ["data.size=32", "model.pretrained=none"])
     model, x, y = speed_batch(cfg, 2)

@@ -45,7 +45,8 @@ def test_parallel_folds_resume_keeps_finished_folds(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["train.parallel_folds=0"], "train.parallel_folds must be >= 1"),
+    (["train.parallel_folds=0"], "train.parallel_folds must be 'auto' or an integer >= 1"),
+    (["train.threads=fast"], "train.threads must be 'auto' or an integer >= 0, got 'fast'"),
     (["train.parallel_folds=2", "train.devices=2"], "DDP already runs one process per device"),
 ])
 def test_bad_parallel_folds_refused_before_anything_is_written(tmp_path, extra, message) -> None:

@@ -94,38 +94,14 @@ def _config(name: str, overrides: list[str]):  # -> RunConfig
     return load_config(path, overrides)
 
 
-def speed_batch(cfg, batch_size: int | None, num_classes: int = 3, seed: int = 0):  # -> (model, x, y)
-    """A config's trainable network (classification: the recipe's inference model; segmentation: its U-Net)
-    and a random batch of its input shape with targets."""
-    import torch
-
-    from sonodistill.recipes import get_recipe
-
-    torch.manual_seed(seed)
-    recipe_cls = get_recipe(cfg.recipe)
-    bs = int(batch_size or cfg.data.batch_size)
-    s = cfg.data.size
-    g = torch.Generator().manual_seed(seed)
-    if getattr(recipe_cls, "task", "classification") == "segmentation":
-        model = recipe_cls(cfg).inference_model()
-        return model, torch.rand(bs, 1, s, s, generator=g), torch.randint(0, 2, (bs, s, s), generator=g)
-    model = recipe_cls(cfg, num_classes=num_classes).inference_model()
-    shape = (1, cfg.data.num_frames, s, s) if model.backbone.kind == "video" else (1, s, s)
-    return model, torch.rand(bs, *shape, generator=g), torch.randint(0, num_classes, (bs,), generator=g)
-
-
 def _speed_row(name: str, overrides: list[str], batch_size: int | None, repeats: int, threads: int) -> dict:
     """`measure_train_speed` of one config with `threads` torch threads, in this process (a worker's job too)."""
     import os
 
-    import torch
+    from sonodistill.protocols.tuning import config_speed
 
-    from sonodistill.evaluation.train_speed import measure_train_speed
-
-    torch.set_num_threads(threads)
     cfg = _config(name, overrides)
-    model, x, y = speed_batch(cfg, batch_size)
-    row = measure_train_speed(model, x, y, repeats=repeats)
+    row = config_speed(cfg, batch_size, repeats, threads)
     row.update(config=name, backbone=cfg.model.backbone, width=cfg.model.width, load_average=os.getloadavg())
     return row
 

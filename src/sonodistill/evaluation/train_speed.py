@@ -31,15 +31,16 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def measure_train_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5,
-                        warmup: int = 2) -> dict[str, Any]:
+                        warmup: int = 2, frozen: bool = True) -> dict[str, Any]:
     """Median SGD step time, items/s and achieved GFLOP/s of `model` on batch `x` (`B x ...`) with cross-entropy
     against `y` (`B` class indices, or `B x H x W` for segmentation logits); the same-run matmul GFLOP/s and the
-    ratio; frozen-feature (inference-mode) items/s."""
+    ratio; frozen-feature (inference-mode) items/s. frozen=False: the training step only (no matmul, no frozen
+    features, no FLOP count: what choosing threads needs)."""
     from sonodistill.models.backbones import count_flops
 
     bs = x.shape[0]
     model.eval()
-    fwd_flops = count_flops(model, x[:1]) * bs
+    fwd_flops = count_flops(model, x[:1]) * bs if frozen else 0
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     model.train()
     times = []
@@ -52,6 +53,9 @@ def measure_train_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repe
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
+    if not frozen:
+        return {"input": list(x.shape), "threads": torch.get_num_threads(), "train_step_s": step,
+                "train_items_per_s": bs / step}
     model.eval()
     infer = []
     with torch.inference_mode():
@@ -104,13 +108,16 @@ def combine_concurrent(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One row for `measure_train_speed` run at the same time in several processes: rates (items/s, GFLOP/s, the
     matmul's) summed over the processes, the step time their median; `processes` says how many."""
     out = dict(rows[0])
-    for key in ("train_items_per_s", "train_gflops", "matmul_gflops", "frozen_items_per_s"):
+    out["train_items_per_s"] = float(sum(r["train_items_per_s"] for r in rows))
+    out["train_step_s"] = statistics.median(r["train_step_s"] for r in rows)
+    out["processes"] = len(rows)
+    if "matmul_gflops" not in out:  # a training-only row (measure_train_speed(frozen=False))
+        return out
+    for key in ("train_gflops", "matmul_gflops", "frozen_items_per_s"):
         out[key] = float(sum(r[key] for r in rows))
     ort = [r.get("frozen_ort_items_per_s") for r in rows]
     out["frozen_ort_items_per_s"] = None if any(v is None for v in ort) else float(sum(ort))
-    out["train_step_s"] = statistics.median(r["train_step_s"] for r in rows)
     out["fraction_of_matmul_peak"] = out["train_gflops"] / out["matmul_gflops"]
-    out["processes"] = len(rows)
     return out
 
 

@@ -20,6 +20,7 @@ from sonodistill.data.folds import fold_seed_of, load_folds, make_folds, save_fo
 from sonodistill.evaluation.run_dir import NO_CV_ESTIMATE, PREDICTIONS
 from sonodistill.protocols import get_protocol
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
+from sonodistill.protocols.tuning import check_setting, is_auto, resolve_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,11 @@ def check_validation_options(cfg: RunConfig, protocol: Protocol) -> None:
 
 
 def check_parallel_folds(cfg: RunConfig) -> None:
-    """train.parallel_folds >= 1, and not beside a multi-device (DDP) launch, which has its own processes."""
-    n = int(cfg.train.parallel_folds)
-    if n < 1:
-        raise ConfigError(f"train.parallel_folds must be >= 1 (1: one fold at a time), got {n}")
+    """train.parallel_folds 'auto' or >= 1 (train.threads 'auto' or >= 0), and not > 1 beside a multi-device (DDP)
+    launch, which has its own processes."""
+    check_setting("threads", cfg.train.threads, 0)
+    check_setting("parallel_folds", cfg.train.parallel_folds, 1)
+    n = 1 if is_auto(cfg.train.parallel_folds) else int(cfg.train.parallel_folds)
     if n > 1 and (int(cfg.train.devices) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         raise ConfigError(f"train.parallel_folds={n} with a multi-device launch (train.devices="
                           f"{cfg.train.devices}): DDP already runs one process per device; use one of the two")
@@ -351,14 +353,18 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if resume and rank == 0:
         resume = check_resume_config(cfg)
     new_folds = validate_run(cfg, manifest, protocol)
-    set_threads(cfg.train.threads)
+    folds_to_train = cfg.train.folds if protocol.cross_validates and cfg.train.cv and cfg.train.fold is None else 1
+    resolved, parallelism = resolve_parallelism(cfg, folds_to_train)  # train.threads / parallel_folds 'auto'
+    set_threads(resolved.train.threads)
     # -- nothing was written before this line --
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         if not resume:
             cfg.save(run_dir / "config.yaml")
         manifest.to_csv(run_dir / "manifest.csv")
-    run = Run(cfg, manifest, resume, dict(trainer_overrides))
+        if parallelism is not None:
+            (run_dir / "parallelism.json").write_text(json.dumps(parallelism, indent=1), encoding="utf-8")
+    run = Run(resolved, manifest, resume, dict(trainer_overrides))
     protocol.prepare(run)
     if not protocol.cross_validates:  # one model on every item (e.g. DINO pretraining): the run is its model
         result = train_final_model(run, protocol)
