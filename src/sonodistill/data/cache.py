@@ -44,6 +44,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sonodistill"
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """A config's `data.cache_dir` when set, else `default_cache_dir()`."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 def file_sha1(path: str | Path) -> str:
     """sha1 of a file's bytes, memoised per (path, mtime, size) in this process."""
     p = os.path.abspath(str(path))

@@ -45,9 +45,9 @@ def preprocess_config(cfg: RunConfig) -> Any:
 
 
 def clip_cache(cfg: RunConfig) -> Any:
-    from sonodistill.data.cache import ClipCache, default_cache_dir
+    from sonodistill.data.cache import ClipCache, cache_root
 
-    return ClipCache(Path(cfg.data.cache_dir) / "clips" if cfg.data.cache_dir else default_cache_dir() / "clips")
+    return ClipCache(cache_root(cfg.data.cache_dir) / "clips")
 
 
 def without_masks(manifest: Manifest) -> Manifest:

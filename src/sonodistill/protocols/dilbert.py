@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -114,12 +113,12 @@ class DILBERTProtocol(Protocol):
 def load_sequences(cfg: RunConfig, manifest: Manifest) -> tuple[SequenceSet, KnowledgeGraph]:
     """Pair the manifest into sequences, decode every clip once (cached), load the knowledge graph."""
     from sonodistill.data.sequences import sequences_from_manifest
-    from sonodistill.recipes.data import default_cache_dir
+    from sonodistill.data.cache import cache_root
 
     o = options(cfg)
     seqs = sequences_from_manifest(manifest, o.graph)
     graph = load_graph(o.graph or seqs.spec.graph)
-    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    cache = cache_root(cfg.data.cache_dir)
     t0 = time.perf_counter()
     seqs.load_clips(preprocess_config(cfg), cache)
     log.info("dilbert: %d sequences loaded in %.0f s", len(seqs), time.perf_counter() - t0)

@@ -156,7 +156,7 @@ def choose_setting(cfg: RunConfig, folds: int, cpus: int, cache_dir: Path) -> di
 def resolve_parallelism(cfg: RunConfig, folds: int, cache_dir: Path | None = None) -> tuple[RunConfig, dict | None]:
     """(`cfg` with numbers for `train.threads` / `train.parallel_folds`, what was chosen and why); `cfg` itself and
     None when neither is `auto`. `folds`: how many folds this run trains (1 for a single model)."""
-    from sonodistill.data.cache import default_cache_dir
+    from sonodistill.data.cache import cache_root
     from sonodistill.protocols.processes import usable_cpus
 
     train = cfg.train
@@ -173,8 +173,7 @@ def resolve_parallelism(cfg: RunConfig, folds: int, cache_dir: Path | None = Non
     elif cpus == 1:
         chosen = {"processes": 1, "threads": 1, "why": "not measured: one usable CPU"}
     else:
-        chosen = choose_setting(cfg, folds, cpus, Path(cfg.data.cache_dir) if cfg.data.cache_dir
-                                else default_cache_dir())
+        chosen = choose_setting(cfg, folds, cpus, cache_root(cfg.data.cache_dir))
         chosen["why"] = f"fastest measured on {cpus} CPUs for {folds} fold(s) to train"
     if is_auto(train.parallel_folds):
         out.train.parallel_folds = int(chosen["processes"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -13,19 +12,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sonodistill.config import DataConfig
+from sonodistill.data.cache import cache_root
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SONODISTILL_CACHE", Path.home() / ".cache" / "sonodistill"))
 
 
 def load_manifest(data: DataConfig) -> Manifest:
     """Resolve `data.spec`: 'synthetic:PRESET' generates (once, cached by parameters) or 'ADAPTER:ROOT' loads."""
     if data.spec.startswith("synthetic:"):
         return synthetic_manifest(data.spec.split(":", 1)[1], data.synthetic_n, data.synthetic_frames,
-                                  data.synthetic_size, Path(data.cache_dir) if data.cache_dir else default_cache_dir())
+                                  data.synthetic_size, cache_root(data.cache_dir))
     from sonodistill.data.adapters import load_adapter, parse_data_spec
 
     name, root = parse_data_spec(data.spec)
@@ -87,7 +83,7 @@ def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) 
     from sonodistill.data.preprocess import PreprocessConfig
 
     pre = PreprocessConfig.from_data(data)
-    cache = ClipCache(Path(data.cache_dir) / "clips" if data.cache_dir else default_cache_dir() / "clips")
+    cache = ClipCache(cache_root(data.cache_dir) / "clips")
     if manifest.modality == "video":
         transform = aug.video_train_augment(data.size) if (train and data.augment) else None
         return ClipDataset(manifest, pre, num_frames=data.num_frames,

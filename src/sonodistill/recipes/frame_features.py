@@ -30,9 +30,9 @@ def preprocess_config(data: DataConfig):  # -> PreprocessConfig
 def clip_cache(data: DataConfig):  # -> ClipCache
     """The run's decoded-clip cache (`data.cache_dir/clips`, else the default cache)."""
     from sonodistill.data.cache import ClipCache
-    from sonodistill.recipes.data import default_cache_dir
+    from sonodistill.data.cache import cache_root
 
-    return ClipCache(Path(data.cache_dir) / "clips" if data.cache_dir else default_cache_dir() / "clips")
+    return ClipCache(cache_root(data.cache_dir) / "clips")
 
 
 def build_frame_backbone(cfg: RunConfig, start: bool = False) -> StagedBackbone:

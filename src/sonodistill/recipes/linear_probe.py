@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -97,7 +96,7 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
     `data.cache_dir/features/`), so a validation run and the test run of the same settings encode once."""
     import hashlib
 
-    from sonodistill.recipes.data import default_cache_dir
+    from sonodistill.data.cache import cache_root
 
     model = {k: v for k, v in cfg.to_dict()["model"].items() if k in _ENCODER_FIELDS}
     if model["pretrained"] not in ("none", "imagenet", ""):  # a path: key on the file's content, not its name
@@ -108,7 +107,7 @@ def cached_features(cfg: RunConfig, manifest: Manifest) -> np.ndarray:
                       "crop_region": cfg.data.crop_region, "remove_overlay": cfg.data.remove_overlay,
                       "pool": probe_options(cfg).pool, "paths": manifest.paths,
                       "engine": cfg.train.feature_engine}, sort_keys=True)
-    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    root = cache_root(cfg.data.cache_dir)
     path = root / "features" / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
     (cfg.run_dir / "features.json").write_text(json.dumps({"file": str(path), "key": json.loads(key)}, indent=1))
     if path.is_file():
