@@ -143,6 +143,48 @@ def test_real_backbones():
     assert float(grad_cam(vmodel, xv, stage=-1, normalize=False).abs().max()) == 0.0
 
 
+def test_frame_encoder_and_aggregator_is_explained_frame_by_frame():
+    """A VideoScorer (frame encoder + aggregator): with a mean-pool aggregator each frame's raw map is 1/T of the
+    map the same encoder and linear head give for that frame alone; an aggregator that reads only the first frame
+    leaves the other frames' maps empty. ViT encoders go through the token path."""
+    from sonodistill.models.aggregators import MeanPool
+    from sonodistill.models.backbones import build_backbone
+    from sonodistill.models.wrappers import VideoScorer
+
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18_2d", in_channels=1, width=0.125).eval()
+    agg = MeanPool(encoder.embed_dim, 3).eval()
+    scorer = VideoScorer(encoder, agg)
+    head = ClassificationHead(encoder.embed_dim, 3)
+    head.fc.load_state_dict(agg.fc.state_dict())
+    per_frame = Classifier(encoder, head).eval()
+    x = torch.rand(2, 1, 4, 32, 32)
+    cam = grad_cam(scorer, x, target_class=1, normalize=False)
+    assert cam.shape == (2, 4, 32, 32) and float(cam.max()) > 0
+    for b in range(2):
+        for t in range(4):
+            alone = grad_cam(per_frame, x[b : b + 1, :, t], target_class=1, normalize=False)[0, 0]
+            torch.testing.assert_close(cam[b, t], alone / 4, atol=1e-6, rtol=1e-4)
+
+    class FirstFrame(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(encoder.embed_dim, 3)
+
+        def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.fc(feats[:, 0])
+
+    reader = VideoScorer(encoder, FirstFrame())
+    first = torch.stack([grad_cam(reader, x, target_class=k, normalize=False) for k in range(3)])  # a ReLU'd map
+    assert float(first[:, :, 0].max()) > 0 and float(first[:, :, 1:].abs().max()) == 0.0  # may be 0 for one class
+    vit = build_backbone("vit_tiny_p8", width=0.25, img_size=32, depth=2)  # stages on blocks [0, 0, 1, 1]
+    vscorer = VideoScorer(vit, MeanPool(vit.embed_dim, 2))
+    vcam = torch.stack([grad_cam(vscorer, torch.rand(1, 1, 3, 32, 32), k, normalize=False) for k in range(2)])
+    assert vcam.shape == (2, 1, 3, 32, 32) and float(vcam.max()) > 0  # block 0's tokens, not the last block's
+    with pytest.raises(ValueError, match="B x C x T x H x W"):
+        grad_cam(scorer, torch.rand(1, 1, 32, 32))
+
+
 def test_overlay_strip_and_gif(tmp_path):
     clip = np.tile(np.arange(0, 250, 10, dtype=np.uint8)[None, None, :], (5, 4, 1))  # 5 x 4 x 25
     clip[np.arange(5), 0, np.arange(5)] = 255  # frames differ (a GIF merges identical frames)

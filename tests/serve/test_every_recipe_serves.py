@@ -40,10 +40,6 @@ BEHAVIOUR: dict[str, str] = {
 
 SERVED = [r for r, b in BEHAVIOUR.items() if not b.startswith("refused")]
 
-#: classifiers whose model Grad-CAM cannot explain (frame encoder + aggregator, no `.backbone`/`.head`): explain
-#: runs the recipe's own EXPLAINERS only, the review page answers without a heat map.
-NO_GRAD_CAM = {r: "grad_cam needs a model with .backbone (StageOutputs) and .head; got VideoScorer"
-               for r in ("medivlad", "linear_probe")}
 
 VIDEO = ["data.size=32", "data.num_frames=4", "data.batch_size=4", "data.augment=false", "data.sampling=uniform",
          "train.epochs=1", "train.folds=2", "train.fold=0", "optim.warmup_epochs=0", "train.log_every_n_steps=1"]
@@ -284,16 +280,14 @@ def test_review_page_analysis(recipe, runs):
         assert out["plot_svg"] is None and out["heatmap"] is None and "features model" in out["note"]
     else:
         assert info["output"] == "probabilities"
-    if recipe in NO_GRAD_CAM:
-        assert not info["heatmaps"] and out["heatmap"] is None and NO_GRAD_CAM[recipe] in out["note"]
-    elif BEHAVIOUR[recipe] == "classification":
+    if BEHAVIOUR[recipe] == "classification":  # frame encoder + aggregator (medivlad, video probes) included
         assert info["heatmaps"] and out["heatmap"].startswith("Grad-CAM")
 
 
 #: recipe -> the explainers `explain` runs by default: Grad-CAM and the recipe's EXPLAINERS where they apply;
 #: occlusion sensitivity (slow: one forward pass per patch) only where nothing else does
-DEFAULT_EXPLAINERS = {"supervised": {"gradcam"}, "dualdistill": {"gradcam"}, "medivlad": {"attention"},
-                      "dino": {"attention"}, "linear_probe": {"occlusion"}, "discovr": {"occlusion"},
+DEFAULT_EXPLAINERS = {"supervised": {"gradcam"}, "dualdistill": {"gradcam"}, "medivlad": {"gradcam", "attention"},
+                      "dino": {"attention"}, "linear_probe": {"gradcam"}, "discovr": {"occlusion"},
                       "dilbert": {"occlusion"}, **{r: {"occlusion"} for r in SEGMENTATION}}
 
 
@@ -329,7 +323,7 @@ def test_explain(recipe, runs, tmp_path, capsys):
     assert summary["frames"] >= len(frames)
 
 
-@pytest.mark.parametrize("recipe", ["medivlad", "linear_probe", "dilbert", "discovr"])
+@pytest.mark.parametrize("recipe", ["seg_supervised", "dilbert", "discovr"])
 def test_explain_names_missing_methods_and_why(recipe, runs, tmp_path, capsys):
     """Asking for Grad-CAM where it does not apply is a clear error (exit 2, no traceback) saying why and what is
     available; nothing is written."""
@@ -340,7 +334,8 @@ def test_explain_names_missing_methods_and_why(recipe, runs, tmp_path, capsys):
     assert main(["explain", str(run), str(item), "--out", str(out), "--method", "gradcam"]) == 2
     err = capsys.readouterr().err
     assert "['gradcam'] not available" in err and "occlusion" in err and "Traceback" not in err
-    assert NO_GRAD_CAM.get(recipe, "does not apply" if recipe == "dilbert" else "no class logits") in err
+    assert {"dilbert": "does not apply to DILBERT", "discovr": "no class logits",
+            "seg_supervised": "a logit per pixel"}[recipe] in err
     assert not out.exists()
 
 

@@ -177,7 +177,8 @@ def _explain(args: argparse.Namespace) -> int:
                **{k: result[k] for k in _PREDICTION_FIELDS if k in result}}
     if kind.per_class:
         summary["target_class"] = names[target]
-    if model.input_kind == "video" and "gradcam" in available and model.classes:  # frame relations (+ Grad-CAM)
+    if model.input_kind == "video" and "gradcam" in available and hasattr(model.members[0], "backbone"):
+        # frame relations of a staged video backbone (+ Grad-CAM)
         summary["relations"] = _relations_side_by_side(args, model, item, target, out)
     (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"{model.task} model: maps of {names[target]!r} in {out}/: "

@@ -1,4 +1,4 @@
-"""Grad-CAM for staged-backbone classifiers (video or frame).
+"""Grad-CAM for staged-backbone classifiers (video or frame) and frame encoders + aggregators (VideoScorer).
 
 The backbone is run once; the target logit is differentiated (`torch.autograd.grad`) with respect to a stage
 output (CNNs: `StageOutputs.stages[i]`; ViTs: the output of the block behind that stage, caught by a forward
@@ -7,6 +7,8 @@ ReLU(sum_c w_c A_c) upsampled (trilinear / bilinear) to the input size. Selvaraj
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +46,28 @@ def _token_block(backbone: nn.Module, stage: int) -> nn.Module | None:
     return None
 
 
+def _network(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(staged backbone, its input, pooled features -> logits) of a Classifier (`.backbone` + `.head`) or of a frame
+    encoder + aggregator (`.encoder` + `.aggregator`, a VideoScorer: the B x T frames go through the encoder as one
+    batch and their pooled features, `B x T x D`, through the aggregator)."""
+    if getattr(model, "backbone", None) is not None and getattr(model, "head", None) is not None:
+        return model.backbone, x, model.head
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    return model.encoder, frames, lambda pooled: model.aggregator(pooled.reshape(b, t, -1), None)
+
+
 def _stage_and_grads(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor | None,
                      stage: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(stage features `B x C x ...`, d target logit / d features) with one forward and one backward pass."""
-    backbone, head = model.backbone, model.head
+    """(stage features `B x C x ...`, d target logit / d features) with one forward and one backward pass (frame
+    encoders: `B*T x C x h x w`)."""
+    backbone, inputs, head = _network(model, x)
     block = _token_block(backbone, stage)
     captured: list[torch.Tensor] = []
     handle = block.register_forward_hook(lambda m, i, o: captured.append(o)) if block is not None else None
     try:
         # an input that requires grad keeps the stage in the graph even for frozen (requires_grad=False) backbones
-        out = backbone(x.detach().requires_grad_(True))
+        out = backbone(inputs.detach().requires_grad_(True))
     finally:
         if handle is not None:
             handle.remove()
@@ -75,29 +89,48 @@ def _stage_and_grads(model: nn.Module, x: torch.Tensor, target_class: int | torc
     return to_grid(h), (to_grid(gh) if gh is not None else None)
 
 
+def _default_stage(backbone: nn.Module) -> int:
+    """The last stage, except for token backbones (pooled from [CLS], which ignores the last block's patch tokens):
+    the last stage behind an earlier block (a 2-block ViT has stages on blocks [0, 0, 1, 1]: stage 1)."""
+    blocks = list(getattr(backbone, "stage_blocks", None) or [])
+    if _token_block(backbone, -1) is None or not blocks:
+        return -1
+    earlier = [i for i, b in enumerate(blocks) if b < blocks[-1]]
+    return earlier[-1] if earlier else -1
+
+
 def grad_cam_problem(model: nn.Module) -> str | None:
-    """Why `grad_cam` cannot explain `model` (it needs `.backbone` returning StageOutputs and `.head`), or None."""
-    if getattr(model, "backbone", None) is None or getattr(model, "head", None) is None:
-        return f"grad_cam needs a model with .backbone (StageOutputs) and .head; got {type(model).__name__}"
-    return None
+    """Why `grad_cam` cannot explain `model`, or None. It needs `.backbone` (returning StageOutputs) and `.head`, or
+    a frame encoder + aggregator (`.encoder` returning StageOutputs per frame, `.aggregator(B x T x D, mask)`)."""
+    if getattr(model, "backbone", None) is not None and getattr(model, "head", None) is not None:
+        return None
+    if getattr(model, "encoder", None) is not None and getattr(model, "aggregator", None) is not None:
+        return None
+    return (f"grad_cam needs a model with .backbone (StageOutputs) and .head, or .encoder and .aggregator; got "
+            f"{type(model).__name__}")
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor | None = None,
              stage: int | None = None, normalize: bool = True) -> torch.Tensor:
-    """Grad-CAM of `model` (a Classifier: `.backbone` returning StageOutputs, `.head` on `.pooled`).
+    """Grad-CAM of `model` (a Classifier: `.backbone` returning StageOutputs, `.head` on `.pooled`; or a VideoScorer:
+    a frame `.encoder` whose pooled features `.aggregator` turns into logits, explained frame by frame with each
+    frame's own channel weights, so a frame the aggregator ignores gets an empty map).
 
     x: `B x C x T x H x W` (video) or `B x C x H x W` (frame). Returns `B x T x H x W` (video) or
     `B x 1 x H x W` (frame), float32, each sample scaled to [0, 1] (raw non-negative maps with normalize=False).
     target_class: None (each sample's argmax), one index, or `B` indices.
     stage: index into the backbone's stages; None = the last one, except for ViTs (pooled from [CLS], which
-    ignores the last block's patch tokens): the one before it.
+    ignores the last block's patch tokens): the last one behind an earlier block.
     """
     problem = grad_cam_problem(model)
     if problem is not None:
         raise ConfigError(problem)
-    backbone = model.backbone
+    frame_encoder = getattr(model, "head", None) is None  # encoder + aggregator: maps per frame
+    if frame_encoder and x.dim() != 5:
+        raise ValueError(f"grad_cam of a frame encoder + aggregator expects B x C x T x H x W, got {tuple(x.shape)}")
+    backbone = model.encoder if frame_encoder else model.backbone
     if stage is None:
-        stage = -2 if _token_block(backbone, -1) is not None and len(backbone.stage_blocks) > 1 else -1
+        stage = _default_stage(backbone)
     was_training = model.training
     model.eval()
     try:
@@ -110,8 +143,11 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor
     feats = feats.detach()
     dims = tuple(range(2, feats.dim()))
     weights = grads.mean(dim=dims, keepdim=True)
-    cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).float()  # B x 1 x [T'] x H' x W'
-    if x.dim() == 5:
+    cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).float()  # B x 1 x [T'] x H' x W' (frames: B*T x 1 ...)
+    if frame_encoder:  # per frame: B*T x 1 x h x w -> B x T x H x W
+        b, _, t, h, w = x.shape
+        cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, h, w)
+    elif x.dim() == 5:
         cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
     elif x.dim() == 4:
         cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
