@@ -83,6 +83,9 @@ def test_each_recipe_trains_a_few_steps_with_finite_parts(method, tmp_path):
         assert "sup" in parts and all(torch.isfinite(v).all() for v in parts.values())
         if recipe.uses_unlabelled:
             assert "unsup" in parts and "weight" in parts
+            # the collapse diagnostic: predicted foreground on unlabelled images beside the labelled masks'
+            assert 0 <= float(parts["unsup/fg_fraction"]) <= 1
+            assert float(parts["sup/fg_fraction"]) == pytest.approx(16 * 14 / 32**2)
         opt.zero_grad()
         loss.backward()
         opt.step()

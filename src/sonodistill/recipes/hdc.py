@@ -78,4 +78,5 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         w = self.consistency_weight()
         unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w)
         parts.update({k if k in ("weight", "unsup", "unsup_unweighted") else f"hdc/{k}": v for k, v in uparts.items()})
+        parts.update(self.foreground_fractions(out.logits1[n:], labelled["mask"]))
         return sup1 + float(self.options.sup_d2) * sup2 + unsup, parts

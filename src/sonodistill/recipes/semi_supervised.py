@@ -165,6 +165,14 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
         out = self.student(labelled["x"])
         return self.supervised(out.logits1, labelled["mask"])
 
+    @staticmethod
+    def foreground_fractions(unlabelled_logits: torch.Tensor, labelled_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logged beside the losses: the fraction of unlabelled pixels the student predicts as foreground
+        (`B x K x H x W` logits) and the labelled masks' foreground fraction; a collapse to empty masks shows as the
+        first going to 0 while the second does not."""
+        return {"unsup/fg_fraction": (unlabelled_logits.detach().argmax(dim=1) > 0).float().mean(),
+                "sup/fg_fraction": (labelled_mask.detach() > 0.5).float().mean()}
+
     def supervised(self, logits: torch.Tensor, mask: torch.Tensor, prefix: str = "sup") -> tuple[torch.Tensor, dict]:
         loss, parts = self.sup_loss(logits, mask.round().long())
         return loss, {prefix: loss.detach(), **{f"{prefix}/{k}": v for k, v in parts.items()}}
@@ -243,7 +251,8 @@ class MeanTeacherRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         cons, cparts = self.consistency_loss(out.logits1[n:], teacher.logits1)
         w = self.consistency_weight()
         parts.update({"unsup": cons.detach(), "unsup/mask_ratio": cparts["mask_ratio"],
-                      "weight": torch.tensor(w, device=sup.device)})
+                      "weight": torch.tensor(w, device=sup.device),
+                      **self.foreground_fractions(out.logits1[n:], labelled["mask"])})
         return sup + w * cons, parts
 
 
@@ -266,7 +275,8 @@ class FixMatchRecipe(SemiSupervisedSegmentationRecipe):
         pseudo, pparts = self.pseudo_loss(out.logits1[n:], weak)
         w = self.consistency_weight()
         parts.update({"unsup": pseudo.detach(), "unsup/mask_ratio": pparts["mask_ratio"],
-                      "weight": torch.tensor(w, device=sup.device)})
+                      "weight": torch.tensor(w, device=sup.device),
+                      **self.foreground_fractions(out.logits1[n:], labelled["mask"])})
         return sup + w * pseudo, parts
 
 
@@ -291,7 +301,8 @@ class CrossPseudoSupervisionRecipe(SemiSupervisedSegmentationRecipe):
         parts.update(parts_b)
         cps, cparts = self.cps_loss(a[n:], b[n:])
         w = self.consistency_weight()
-        parts.update({"unsup": cps.detach(), "weight": torch.tensor(w, device=cps.device)})
+        parts.update({"unsup": cps.detach(), "weight": torch.tensor(w, device=cps.device),
+                      **self.foreground_fractions(a[n:], labelled["mask"])})
         return sup_a + sup_b + w * cps, parts
 
 
