@@ -277,7 +277,7 @@ def test_train_threads_sets_torch_threads_and_may_change_on_resume(tiny_carotid,
                                                     "train.threads=2"])
         run_protocol(again, resume=True, manifest=tiny_carotid)  # not a config difference that refuses the resume
         assert torch.get_num_threads() == 2
-        with pytest.raises(ConfigError, match="train.threads must be >= 0"):
+        with pytest.raises(ConfigError, match="train.threads must be 'auto' or an integer >= 0, got -1"):
             run_protocol(load_config(None, tiny_overrides + ["name=bad", "train.threads=-1"]), manifest=tiny_carotid)
     finally:
         torch.set_num_threads(before)
