@@ -46,11 +46,16 @@ def _token_block(backbone: nn.Module, stage: int) -> nn.Module | None:
     return None
 
 
+def _is_classifier(model: nn.Module) -> bool:
+    """A staged backbone + head (`.backbone`, `.head`), as opposed to a frame encoder + aggregator."""
+    return getattr(model, "backbone", None) is not None and getattr(model, "head", None) is not None
+
+
 def _network(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """(staged backbone, its input, pooled features -> logits) of a Classifier (`.backbone` + `.head`) or of a frame
     encoder + aggregator (`.encoder` + `.aggregator`, a VideoScorer: the B x T frames go through the encoder as one
     batch and their pooled features, `B x T x D`, through the aggregator)."""
-    if getattr(model, "backbone", None) is not None and getattr(model, "head", None) is not None:
+    if _is_classifier(model):
         return model.backbone, x, model.head
     b, c, t, h, w = x.shape
     frames = x.transpose(1, 2).reshape(b * t, c, h, w)
@@ -102,7 +107,7 @@ def _default_stage(backbone: nn.Module) -> int:
 def grad_cam_problem(model: nn.Module) -> str | None:
     """Why `grad_cam` cannot explain `model`, or None. It needs `.backbone` (returning StageOutputs) and `.head`, or
     a frame encoder + aggregator (`.encoder` returning StageOutputs per frame, `.aggregator(B x T x D, mask)`)."""
-    if getattr(model, "backbone", None) is not None and getattr(model, "head", None) is not None:
+    if _is_classifier(model):
         return None
     if getattr(model, "encoder", None) is not None and getattr(model, "aggregator", None) is not None:
         return None
@@ -125,7 +130,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | torch.Tensor
     problem = grad_cam_problem(model)
     if problem is not None:
         raise ConfigError(problem)
-    frame_encoder = getattr(model, "head", None) is None  # encoder + aggregator: maps per frame
+    frame_encoder = not _is_classifier(model)  # encoder + aggregator: maps per frame
     if frame_encoder and x.dim() != 5:
         raise ValueError(f"grad_cam of a frame encoder + aggregator expects B x C x T x H x W, got {tuple(x.shape)}")
     backbone = model.encoder if frame_encoder else model.backbone

@@ -129,13 +129,14 @@ def _tuning_file(key: dict[str, Any], cache_dir: Path) -> Path:
 
 
 def choose_setting(cfg: RunConfig, folds: int, cpus: int, cache_dir: Path) -> dict[str, Any]:
-    """{"processes", "threads", "items_per_s", "measured": [rows], "file"}: the fastest candidate, timing only the
+    """{"processes", "threads", "items_per_s", "candidates": [rows], "file"}: the fastest candidate, timing only the
     candidates the tuning file does not hold yet."""
     key = tuning_key(cfg, cpus)
     path = _tuning_file(key, cache_dir)
     stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"key": key, "rows": []}
     rows = {(r["processes"], r["threads"]): r for r in stored["rows"]}
-    todo = [c for c in candidates(cpus, folds, cfg.train.threads, cfg.train.parallel_folds) if c not in rows]
+    wanted = candidates(cpus, folds, cfg.train.threads, cfg.train.parallel_folds)
+    todo = [c for c in wanted if c not in rows]
     for p, t in todo:
         t0 = time.perf_counter()
         row = time_setting(cfg, p, t)
@@ -147,13 +148,13 @@ def choose_setting(cfg: RunConfig, folds: int, cpus: int, cache_dir: Path) -> di
     if todo:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "rows": list(rows.values())}, indent=1), encoding="utf-8")
-    pool = [rows[c] for c in candidates(cpus, folds, cfg.train.threads, cfg.train.parallel_folds)]
+    pool = [rows[c] for c in wanted]
     best = max(pool, key=lambda r: r["items_per_s"])
     return {"processes": best["processes"], "threads": best["threads"], "items_per_s": best["items_per_s"],
             "candidates": pool, "file": str(path)}
 
 
-def resolve_parallelism(cfg: RunConfig, folds: int, cache_dir: Path | None = None) -> tuple[RunConfig, dict | None]:
+def resolve_parallelism(cfg: RunConfig, folds: int) -> tuple[RunConfig, dict | None]:
     """(`cfg` with numbers for `train.threads` / `train.parallel_folds`, what was chosen and why); `cfg` itself and
     None when neither is `auto`. `folds`: how many folds this run trains (1 for a single model)."""
     from sonodistill.data.cache import cache_root
