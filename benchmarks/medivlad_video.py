@@ -8,7 +8,13 @@ Writes OUT/video-<encoder>-<target>/ (report.md, predictions.csv, ...) and OUT/t
 
     flock /tmp/sonodistill-heavy.lock python benchmarks/medivlad_video.py --out runs/medivlad-bench
 
-Options: --target severity|severity3  --encoders dino,random  --threads 1  --folds 5  --seed 0
+Encoders (`--encoders`): `dino` (the ViT teacher of medivlad_frames.py), `random` (its architecture, random
+weights), `imagenet` (the shipped ImageNet EfficientNet-Lite0 at 128 px) and `imagenet-dino` (the same network
+after ultrasound DINO, `--dino-effnet RUN`, e.g. configs/dino-efficientnet-imagenet.yaml's run). `--seeds 0,1,2`
+trains every aggregator with each seed on the same folds (RUN/seed_<s>/) and compares dual-level VLAD with every
+other aggregator by `sonodistill compare RUN:<aggregator> RUN:dual_vlad` (OUT/compare-<encoder>-<target>.md).
+
+Options: --target severity|severity3  --encoders dino,random  --threads 1  --folds 5  --seeds 0
 """
 
 from __future__ import annotations
@@ -27,32 +33,74 @@ LABELS = {"max": "max frame score", "mean": "mean pooling", "attention_mil": "at
 COLUMNS = ["accuracy", "f1", "roc_auc", "balanced_accuracy"]
 
 
-def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict, float]:
+EFFICIENTNET = ["model.backbone=efficientnet_lite0", "model.width=1.0", "model.kwargs={}", "data.size=128"]
+TITLES = {"dino": "frozen DINO teacher (ViT)", "random": "frozen randomly initialised encoder (reference)",
+          "imagenet": "frozen ImageNet EfficientNet-Lite0",
+          "imagenet-dino": "frozen ImageNet EfficientNet-Lite0 after ultrasound DINO"}
+
+
+def encoder_overrides(out: Path, encoder: str, args: argparse.Namespace) -> list[str]:
+    """The config overrides that select one frame encoder."""
+    if encoder == "dino":
+        if not (out / "dino" / "teacher_backbone.safetensors").is_file():
+            raise SystemExit(f"no DINO run in {out / 'dino'}: run benchmarks/medivlad_frames.py --stages pretrain first")
+        return [f"recipe_options.init_from={out / 'dino'}"]
+    if encoder == "random":
+        return ["recipe_options.init_from=null"]
+    if encoder == "imagenet":
+        return EFFICIENTNET + ["model.pretrained=imagenet", "recipe_options.init_from=null"]
+    if encoder == "imagenet-dino":
+        if not Path(args.dino_effnet).is_dir():
+            raise SystemExit(f"no EfficientNet DINO run at {args.dino_effnet} (--dino-effnet)")
+        return EFFICIENTNET + [f"recipe_options.init_from={args.dino_effnet}"]
+    raise SystemExit(f"unknown encoder {encoder!r}; choose from {sorted(TITLES)}")
+
+
+def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict, float, Path]:
+    """Every aggregator on one encoder's cached features, for each seed; (first seed's summary, seconds, run dir)."""
     from sonodistill.config import load_config, packaged_config
     from sonodistill.evaluation.run_dir import report_from_run_dir
-    from sonodistill.protocols.folds import run_protocol
+    from sonodistill.protocols.folds import run_protocol, run_seeds
 
-    init = str(out / "dino") if encoder == "dino" else "null"
-    if encoder == "dino" and not (out / "dino" / "teacher_backbone.safetensors").is_file():
-        raise SystemExit(f"no DINO run in {out / 'dino'}: run benchmarks/medivlad_frames.py --stages pretrain first")
     over = [f"out_dir={out}", f"name=video-{encoder}-{args.target}", "data.spec=lus-blues",
-            f"data.target={args.target}", f"train.folds={args.folds}", f"train.seed={args.seed}",
-            f"recipe_options.init_from={init}", f"recipe_options.aggregators=[{','.join(AGGREGATORS)}]"]
+            f"data.target={args.target}", f"train.folds={args.folds}", f"train.seed={args.seeds[0]}",
+            f"recipe_options.aggregators=[{','.join(AGGREGATORS)}]"] + encoder_overrides(out, encoder, args)
     cfg = load_config(packaged_config("medivlad-cpu"), over)
+    first = cfg.run_dir / f"seed_{args.seeds[0]}" if len(args.seeds) > 1 else cfg.run_dir
+    done = [first.parent / f"seed_{s}" / "predictions.csv" for s in args.seeds] if len(args.seeds) > 1 else \
+        [cfg.run_dir / "predictions.csv"]
     t0 = time.perf_counter()
-    if (cfg.run_dir / "predictions.csv").is_file():
-        return report_from_run_dir(cfg.run_dir), 0.0
-    summary = run_protocol(cfg, resume=(cfg.run_dir / "config.yaml").exists())
-    return summary, time.perf_counter() - t0
+    if not all(p.is_file() for p in done):
+        resume = (cfg.run_dir / "config.yaml").exists()
+        if len(args.seeds) > 1:
+            run_seeds(cfg, args.seeds, resume=resume)
+        else:
+            run_protocol(cfg, resume=resume)
+    return report_from_run_dir(first), time.perf_counter() - t0, cfg.run_dir
+
+
+def compare_with_dual_vlad(run: Path, out: Path, name: str) -> list[str]:
+    """`sonodistill compare RUN:<aggregator> RUN:dual_vlad` for every other aggregator; the Markdown lines."""
+    from sonodistill.commands.compare import compare_runs, write_comparison
+
+    lines = []
+    for agg in AGGREGATORS[:-1]:
+        runs, table = compare_runs([f"{run}:{agg}", f"{run}:dual_vlad"], ["accuracy", "f1", "balanced_accuracy"])
+        lines.append(write_comparison(runs, table, out / f"compare-{name}" / agg, 2000, 0.95, 0))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/medivlad-bench")
     p.add_argument("--target", default="severity", choices=["severity", "severity3"])
-    p.add_argument("--encoders", default="dino,random")
-    add_run_arguments(p, folds=True, seed=True)
+    p.add_argument("--encoders", default="dino,random", help=f"comma-separated, from {sorted(TITLES)}")
+    p.add_argument("--dino-effnet", default="runs/bench17/dino-pocus-effnet",
+                   help="the EfficientNet DINO run of the imagenet-dino encoder")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (the folds come from the first)")
+    add_run_arguments(p, folds=True)
     args = p.parse_args(argv)
+    args.seeds = [int(x) for x in args.seeds.split(",")]
     start_run(args.threads)
     from sonodistill.evaluation.report import markdown_table
 
@@ -60,14 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# MeDiVLAD video-level scoring on lus-blues ({args.target}), Table 3 layout\n"]
     results = {}
     for enc in args.encoders.split(","):
-        summary, seconds = run_encoder(out, enc, args)
+        summary, seconds, run = run_encoder(out, enc, args)
         rows = {LABELS[a]: summary[a] for a in AGGREGATORS}
         results[enc] = {"seconds": seconds, "summary": {a: {k: list(v) for k, v in summary[a].items()}
                                                         for a in AGGREGATORS}}
-        title = "frozen DINO teacher" if enc == "dino" else "frozen randomly initialised encoder (reference)"
-        lines += [f"## {title}\n", markdown_table(rows, COLUMNS, index_name="aggregator"),
-                  f"(f1 = macro F1; roc_auc = macro one-vs-rest; mean ± std over {args.folds} folds; "
-                  f"{seconds:.0f} s incl. feature extraction)\n"]
+        lines += [f"## {TITLES[enc]}\n", markdown_table(rows, COLUMNS, index_name="aggregator"),
+                  f"(f1 = macro F1; roc_auc = macro one-vs-rest; mean ± std over {args.folds} folds of seed "
+                  f"{args.seeds[0]}; {seconds:.0f} s for {len(args.seeds)} seed(s) incl. feature extraction)\n"]
+        if len(args.seeds) > 1:
+            cmp = compare_with_dual_vlad(run, out, f"{enc}-{args.target}")
+            (out / f"compare-{enc}-{args.target}.md").write_text("\n\n".join(cmp))
+            lines.append(f"Paired comparisons with dual-level VLAD over seeds {args.seeds}: "
+                         f"{out / f'compare-{enc}-{args.target}.md'}\n")
     lines.append(f"Command: {shlex.join([sys.executable, *sys.argv])}\n")
     (out / f"table3-{args.target}.md").write_text("\n".join(lines))
     (out / f"video-{args.target}.json").write_text(json.dumps(results, indent=1, default=float))

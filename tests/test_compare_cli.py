@@ -116,6 +116,29 @@ def test_better_run_interval_excludes_zero_and_p_small(tmp_path):
         assert table.loc[("worse", metric), "p_value"] < 0.01, metric
 
 
+def test_models_of_one_run_are_compared_as_run_colon_model(tmp_path):
+    """A predictions.csv with a `model` column (medivlad's aggregators): RUN:MODEL selects one model; the bare run
+    and an unknown model are errors that list the models."""
+    good = pd.read_csv(make_run(tmp_path, "good", quality=1.0) / "predictions.csv").assign(model="dual_vlad")
+    run = make_run(tmp_path, "aggregators", quality=1 / 3)
+    poor = pd.read_csv(run / "predictions.csv").assign(model="mean")
+    pd.concat([poor, good]).to_csv(run / "predictions.csv", index=False)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", f"{run}:mean", f"{run}:dual_vlad", "--out", out, "--resamples", 300,
+                       "--permutations", 200) == 0
+    acc = _read(out).set_index("metric").loc["accuracy"]
+    assert acc["run"] == "aggregators:dual_vlad" and acc["baseline"] == pytest.approx(1 / 3)
+    assert acc["difference"] == pytest.approx(2 / 3) and acc["ci_low"] > 0
+    assert "## aggregators:dual_vlad − aggregators:mean" in (out / "comparison.md").read_text()
+    with pytest.raises(SonoDistillError, match=r"holds 2 models \['dual_vlad', 'mean'\]: compare one of them as RUN:MODEL"):
+        from sonodistill.commands.compare import read_run
+        read_run(run)
+    with pytest.raises(SonoDistillError, match=r"no model 'max'; it holds \['dual_vlad', 'mean'\]"):
+        read_run(f"{run}:max")
+    with pytest.raises(SonoDistillError, match="no `model` column"):
+        read_run(f"{tmp_path / 'good'}:mean")
+
+
 def test_segmentation_runs_compare_dice_and_iou(tmp_path):
     a = make_run(tmp_path, "seg_a", quality=0.7, segmentation=True, rng_seed=1)
     b = make_run(tmp_path, "seg_b", quality=0.8, segmentation=True, rng_seed=2)

@@ -38,6 +38,7 @@ class DataConfig:
     synthetic_n: int = 120                # items generated for synthetic:PRESET
     synthetic_frames: int = 16
     synthetic_size: int = 96
+    synthetic_seed: int = 0               # simulator seed: another seed gives an independent set (e.g. to tune on)
 
 
 @dataclass

@@ -130,3 +130,30 @@ def test_config_round_trip():
     assert FusionConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ConfigError, match="unknown"):
         FusionConfig.from_dict({**c.to_dict(), "colour": 1})
+
+
+def test_pretrained_frame_and_clip_encoders_start_from_imagenet_at_training_only():
+    """frame/clip_pretrained load ImageNet weights into DILBERT's encoders when training starts (load_starts);
+    building the model (what inference does before loading its own weights) leaves them random."""
+    from sonodistill.models import pretrained as pt
+
+    cfg = tiny(frame_backbone="efficientnet_lite0", frame_width=1.0, frame_pretrained="imagenet",
+               frame_freeze_stages=2, clip_backbone="tsm_efficientnet_lite0", clip_width=1.0,
+               clip_pretrained="imagenet", norm="group")
+    state, _ = pt.imagenet_state_dict("efficientnet_lite0")
+    ref = state["stem_conv.weight"]
+    m = DILBERTModel(cfg)
+    frame_stem, clip_stem = m.core.visual.frames.net.stem_conv.weight, m.core.visual.clip.frames.net.stem_conv.weight
+    assert not torch.equal(frame_stem, ref) and not torch.equal(clip_stem, ref)  # built: random
+    started = m.core.visual.load_starts(cfg)
+    assert "imagenet" in started["frame"] and "imagenet" in started["clip"]
+    assert torch.equal(frame_stem, ref) and torch.equal(clip_stem, ref)
+    # the first two stages of the frame encoder are frozen, the clip encoder is not
+    assert not frame_stem.requires_grad and clip_stem.requires_grad
+    x, ids = inputs()
+    out = m(x, ids)  # EfficientNets keep BatchNorm although the ResNets' norm is 'group'
+    assert out.region.shape == (2, T * 4, 16)
+    # none: nothing loaded, said so
+    plain = tiny()
+    assert DILBERTModel(plain).core.visual.load_starts(plain) == {"frame": "none (random initialisation)",
+                                                                  "clip": "none (random initialisation)"}

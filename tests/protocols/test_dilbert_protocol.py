@@ -177,6 +177,39 @@ def test_on_validation_scores_validation_splits_of_the_training_sequences(tmp_pa
     assert "scored on VALIDATION splits" in (run / "report.md").read_text().splitlines()[0]
 
 
+def test_region_tokens_from_imagenet_are_recorded_in_the_run_and_the_export(lung, tmp_path):
+    """`student.frame_pretrained: imagenet`: the fold records where each encoder started, the annotator export and
+    its model card say so."""
+    from sonodistill.serve.annotate import load_annotator
+    from sonodistill.serve.annotation import annotation_info
+    from sonodistill.serve.model_card import model_card
+
+    student = ("student: {dim: 16, layers: 2, heads: 2, frame_backbone: efficientnet_lite0, frame_width: 1.0, "
+               "frame_pretrained: imagenet, frame_freeze_stages: 4}")
+    cfg = load_config(None, [
+        "recipe=dilbert", "data.num_frames=4", "data.size=32", "data.batch_size=4", "data.augment=false",
+        "train.epochs=1", "train.cv=false", "optim.warmup_epochs=0", f"out_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}", "name=imagenet-regions",
+        "recipe_options={variants: [baseline], vocab_size: 250, n_region_classes: 4, max_text_len: 32, "
+        + student + "}"])
+    run_protocol(cfg, manifest=lung)
+    final = tmp_path / "runs" / "imagenet-regions" / "final"
+    started = json.loads((final / "pretrained_from.json").read_text())
+    assert started["baseline"]["frame"].startswith("imagenet (") and started["baseline"]["clip"].startswith("none")
+    meta = json.loads((final / "export" / "baseline" / "dilbert.json").read_text())
+    assert meta["pretrained_from"] == started["baseline"]
+    info = annotation_info(load_annotator(final / "export" / "baseline"), "final/baseline")
+    card = model_card(tmp_path / "runs" / "imagenet-regions", {"annotation": info})
+    assert "frame encoder: ImageNet" in card and "clip encoder: random initialisation" in card
+
+
+def test_a_bad_encoder_start_fails_before_anything_is_written(lung, tmp_path):
+    cfg = _cfg(tmp_path, "bad-start", options="variants: [baseline], student: {frame_pretrained: imagenet}")
+    with pytest.raises(ConfigError, match="no ImageNet weights for"):
+        run_protocol(cfg, manifest=lung)
+    assert not cfg.run_dir.exists()
+
+
 @pytest.mark.parametrize("extra, options, message", [
     (["data.batch_size=2"], "", "data.batch_size must be >= 3"),
     (["data.size=33"], "", "data.size 33 is not divisible by recipe_options.region_grid 2"),

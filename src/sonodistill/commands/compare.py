@@ -8,6 +8,9 @@ Seeds: a run directory holding `seed_<s>/predictions.csv` folders has one seed p
 folds.json / manifest.csv, else the run's); a predictions.csv with a `seed` column has one seed per value; any
 other run has one seed, its config's `train.seed`. Seeds are paired by value (one seed on each side: paired
 whatever their values); with several, the last rows average B_s - A_s over the seeds.
+
+Models: a run whose predictions.csv holds several models in a `model` column (e.g. medivlad's aggregators, trained
+on the same folds and features) is named `RUN:MODEL` to compare one of them; naming none is an error that lists them.
 """
 
 from __future__ import annotations
@@ -66,8 +69,26 @@ def _task_of(pred: pd.DataFrame, where: Path) -> str:
     raise SonoDistillError(f"{where}: neither prob_<class> columns (classification) nor dice (segmentation)")
 
 
-def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = None) -> SeedPredictions:
-    """Predictions of one seed from `folder`; folds.json and manifest.csv from `folder`, else from `run`."""
+def _select_model(pred: pd.DataFrame, where: Path, model: str | None) -> pd.DataFrame:
+    """The rows of `model` (a `model` column's value), without that column; the whole table when it has one model."""
+    if "model" not in pred.columns:
+        if model is not None:
+            raise SonoDistillError(f"{where}: no `model` column, so ':{model}' selects nothing; name the run alone")
+        return pred
+    models = sorted(pred["model"].astype(str).unique())
+    if model is None:
+        if len(models) > 1:
+            raise SonoDistillError(f"{where} holds {len(models)} models {models}: compare one of them as RUN:MODEL")
+        return pred.drop(columns="model")
+    if model not in models:
+        raise SonoDistillError(f"{where}: no model {model!r}; it holds {models}")
+    return pred[pred["model"].astype(str) == model].drop(columns="model")
+
+
+def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = None,
+               model: str | None = None) -> SeedPredictions:
+    """Predictions of one seed from `folder` (of `model` only, if named); folds.json and manifest.csv from `folder`,
+    else from `run`."""
     files = {}
     for name in ("folds.json", "manifest.csv"):
         files[name] = folder / name if (folder / name).is_file() else run / name
@@ -77,6 +98,7 @@ def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = N
         if not (folder / "predictions.csv").is_file():
             raise SonoDistillError(f"{folder}: predictions.csv is missing (an unfinished run?)")
         pred = pd.read_csv(folder / "predictions.csv", dtype={"group": str})
+    pred = _select_model(pred, folder / "predictions.csv", model)
     missing = [c for c in ("fold", "index") if c not in pred.columns]
     if missing:
         raise SonoDistillError(f"{folder / 'predictions.csv'}: missing column(s) {missing}")
@@ -87,11 +109,21 @@ def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = N
     return SeedPredictions(seed, pred, json.loads(files["folds.json"].read_text()), table, classes, folder)
 
 
+def split_model(path: str | Path) -> tuple[Path, str | None]:
+    """`RUN` or `RUN:MODEL` -> (run directory, model or None); a directory named with a colon stays whole."""
+    text = str(path)
+    if Path(text).is_dir() or ":" not in text:
+        return Path(text), None
+    run, model = text.rsplit(":", 1)
+    return Path(run), model
+
+
 def read_run(path: str | Path) -> ComparedRun:
-    """Read a run directory (every seed); SonoDistillError naming a missing file."""
+    """Read a run directory, or one model of it as `RUN:MODEL` (every seed); SonoDistillError naming a missing
+    file."""
     from sonodistill.config import load_config
 
-    run = Path(path)
+    run, model = split_model(path)
     if not (run / "config.yaml").is_file():
         raise SonoDistillError(f"{run} is not a run directory: config.yaml is missing")
     seed_dirs = sorted((p for p in run.glob(f"{SEED_DIR_PREFIX}*")
@@ -100,21 +132,23 @@ def read_run(path: str | Path) -> ComparedRun:
     seeds: dict[int, SeedPredictions] = {}
     if seed_dirs:
         for d in seed_dirs:
-            seeds[int(d.name[len(SEED_DIR_PREFIX):])] = _read_seed(d, run, int(d.name[len(SEED_DIR_PREFIX):]))
+            seeds[int(d.name[len(SEED_DIR_PREFIX):])] = _read_seed(d, run, int(d.name[len(SEED_DIR_PREFIX):]),
+                                                                   model=model)
     else:
         if not (run / "predictions.csv").is_file():
             raise SonoDistillError(f"{run}: predictions.csv is missing (an unfinished run?)")
         pred = pd.read_csv(run / "predictions.csv", dtype={"group": str})
         if "seed" in pred.columns:
             for s, part in pred.groupby("seed", sort=True):
-                seeds[int(s)] = _read_seed(run, run, int(s), part.drop(columns="seed"))
+                seeds[int(s)] = _read_seed(run, run, int(s), part.drop(columns="seed"), model)
         else:
             seed = int(load_config(run / "config.yaml").train.seed)
-            seeds[seed] = _read_seed(run, run, seed, pred)
+            seeds[seed] = _read_seed(run, run, seed, pred, model)
     tasks = {_task_of(s.predictions, s.source) for s in seeds.values()}
     if len(tasks) != 1:
         raise SonoDistillError(f"{run}: seeds of different tasks {sorted(tasks)}")
-    return ComparedRun(run, run.resolve().name, tasks.pop(), seeds)
+    name = run.resolve().name + (f":{model}" if model is not None else "")
+    return ComparedRun(run, name, tasks.pop(), seeds)
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -374,8 +408,8 @@ def _compare(args: argparse.Namespace) -> int:
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
     merge = parse_merge(args.merge) if args.merge else None
     runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge)
-    out = Path(args.out) if args.out else Path(args.runs[0]).parent / (
-        "compare-" + "-vs-".join(r.name for r in runs) + ("-merged" if merge else ""))
+    out = Path(args.out) if args.out else runs[0].path.parent / (
+        "compare-" + "-vs-".join(r.name.replace(":", "-") for r in runs) + ("-merged" if merge else ""))
     text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
@@ -385,7 +419,7 @@ def _compare(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="paired comparison of runs on the same items and folds (first = baseline): "
                                        "difference, bootstrap interval over groups, permutation p-value")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (RUN:MODEL for one model of a run with a model column); the first is the baseline")
     p.add_argument("--out", help="output folder (default: RUN_A's parent/compare-A-vs-B)")
     p.add_argument("--metrics", help="comma-separated metrics (default: classification accuracy, "
                                      "balanced_accuracy, f1, roc_auc; segmentation dice, iou, hc_abs_err_mm)")

@@ -257,6 +257,11 @@ def list_backbones() -> list[str]:
     return list(BACKBONES)
 
 
+def backbone_family(name: str) -> str | None:
+    """The ImageNet weight family a registered backbone can load (None: none ships)."""
+    return _spec(name).imagenet
+
+
 def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")

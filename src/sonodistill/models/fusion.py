@@ -45,6 +45,10 @@ class FusionConfig:
     clip_width: float = 0.125
     frame_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. ViT {depth, dim, heads, img_size}
     clip_kwargs: dict[str, Any] = field(default_factory=dict)
+    frame_pretrained: str = "none"      # start of the frame (region) encoder: none | imagenet | PATH (training only)
+    clip_pretrained: str = "none"       # start of the clip encoder, likewise
+    frame_freeze_stages: int = 0        # first stages of each encoder kept frozen (BatchNorm statistics too)
+    clip_freeze_stages: int = 0
     norm: str = "group"
     n_entity_categories: int = 4
     n_region_classes: int = 16
@@ -150,11 +154,13 @@ class VisualEncoder(nn.Module):
         self.grid = int(cfg.region_grid)
         self.stage = int(cfg.region_stage)
         self.frames = build_backbone(cfg.frame_backbone, in_channels=1, width=cfg.frame_width,
-                                     norm=_norm_for(cfg.frame_backbone, cfg.norm), **dict(cfg.frame_kwargs))
+                                     norm=_norm_for(cfg.frame_backbone, cfg.norm),
+                                     freeze_stages=cfg.frame_freeze_stages, **dict(cfg.frame_kwargs))
         if getattr(self.frames, "kind", None) != "frame":
             raise ConfigError(f"frame_backbone {cfg.frame_backbone!r} is not a frame backbone")
         self.clip = build_backbone(cfg.clip_backbone, in_channels=1, width=cfg.clip_width,
-                                   norm=_norm_for(cfg.clip_backbone, cfg.norm), **dict(cfg.clip_kwargs))
+                                   norm=_norm_for(cfg.clip_backbone, cfg.norm),
+                                   freeze_stages=cfg.clip_freeze_stages, **dict(cfg.clip_kwargs))
         if getattr(self.clip, "kind", None) != "video":
             raise ConfigError(f"clip_backbone {cfg.clip_backbone!r} is not a video backbone")
         c_reg = self.frames.stage_channels[self.stage]
@@ -167,6 +173,15 @@ class VisualEncoder(nn.Module):
         self.clip_type = nn.Parameter(torch.zeros(cfg.dim))
         for p in (self.time_pos, self.space_pos, self.mask_token, self.region_type, self.clip_type):
             nn.init.trunc_normal_(p, std=0.02)
+
+    def load_starts(self, cfg: FusionConfig) -> dict[str, str]:
+        """Initialise the frame and clip encoders from `cfg.frame_pretrained` / `cfg.clip_pretrained` (training
+        only: inference loads the trained weights); returns what each started from."""
+        from sonodistill.models.backbones import backbone_family
+        from sonodistill.models.pretrained import apply_pretrained
+
+        return {"frame": apply_pretrained(self.frames, backbone_family(cfg.frame_backbone), cfg.frame_pretrained),
+                "clip": apply_pretrained(self.clip, backbone_family(cfg.clip_backbone), cfg.clip_pretrained)}
 
     def num_regions(self, t: int) -> int:
         return t * self.grid * self.grid
@@ -225,8 +240,9 @@ def region_pool(fmap: torch.Tensor, g: int) -> torch.Tensor:
 
 
 def _norm_for(backbone: str, norm: str) -> str:
-    """ViTs only take the default norm argument (they use LayerNorm); ResNets take the configured one."""
-    return "batch" if backbone.startswith(("vit", "video_vit")) else norm
+    """ViTs only take the default norm argument (they use LayerNorm) and the EfficientNets keep their ImageNet
+    BatchNorm; ResNets take the configured one."""
+    return "batch" if backbone.startswith(("vit", "video_vit")) or "efficientnet" in backbone else norm
 
 
 class TextEmbedding(nn.Module):

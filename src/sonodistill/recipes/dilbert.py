@@ -57,6 +57,10 @@ class ModelSize:
     clip_width: float = 0.125
     frame_kwargs: dict[str, Any] = field(default_factory=dict)
     clip_kwargs: dict[str, Any] = field(default_factory=dict)
+    frame_pretrained: str = "none"      # none | imagenet | PATH (a run directory or safetensors of our pretraining)
+    clip_pretrained: str = "none"
+    frame_freeze_stages: int = 0
+    clip_freeze_stages: int = 0
 
 
 @dataclass

@@ -104,7 +104,8 @@ def annotation_info(ann: Annotator, member: str) -> dict[str, Any]:
             "outputs": output_names(ann.spec), "num_frames": ann.num_frames,
             "architecture": {k: ann.info.get("fusion", {}).get(k) for k in ("dim", "layers", "heads", "frame_backbone",
                                                                            "frame_width", "clip_backbone",
-                                                                           "clip_width")},
+                                                                           "clip_width", "frame_pretrained",
+                                                                           "clip_pretrained")},
             "frame_sampling": "T frames at segment centres over the whole input (as in training); --stride and "
                               "--clip-mode do not apply"}
 

@@ -92,7 +92,7 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "## Model",
         "",
         model_line,
-        f"- Training started from: {describe_start(cfg.model.pretrained)}.",
+        f"- Training started from: {_start_line(cfg, annotation, arch)}.",
         f"- Input: {meta.get('input_kind', '?')} model, tensor `B x {' x '.join(str(s) for s in shape)}`"
         " (float32, grayscale, pixel / 255).",
     ]
@@ -192,6 +192,14 @@ def _annotation_metrics(run_dir: Path, info: dict[str, Any]) -> list[str]:
         text = _fmt({"mean": fold[0], "std": fold[1] if len(fold) > 1 else None}) if fold else "n/a"
         lines.append(f"| {m} | {_fmt({'mean': pooled}) if pooled is not None else 'n/a'} | {text} |")
     return lines + [""]
+
+
+def _start_line(cfg: Any, annotation: Any, arch: dict[str, Any]) -> str:
+    """The card's start line: `model.pretrained`, or an annotator's frame and clip encoder starts."""
+    if not annotation:
+        return describe_start(cfg.model.pretrained)
+    return (f"frame encoder: {describe_start(arch.get('frame_pretrained', 'none'))}; clip encoder: "
+            f"{describe_start(arch.get('clip_pretrained', 'none'))}; fusion encoder: random initialisation")
 
 
 def describe_start(pretrained: str) -> str:
