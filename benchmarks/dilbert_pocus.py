@@ -86,6 +86,26 @@ def summary_tables(part: str, summary: dict) -> list[str]:
     return lines + [""]
 
 
+def parameter_lines(run_dir: Path) -> list[str]:
+    """Parameters of each variant's annotator (all, and trainable: frozen encoder stages excluded), from fold 0's
+    export: the paper's claim is a student at most half the teacher's size."""
+    from sonodistill.models.fusion import DILBERTModel, FusionConfig
+
+    exports = sorted((run_dir / "fold_0" / "export").glob("*/dilbert.json"))
+    if not exports:
+        return []
+    lines = ["| variant | parameters (annotator) | trainable | frame encoder |", "|---|---|---|---|"]
+    for path in exports:
+        fusion = json.loads(path.read_text())["fusion"]
+        model = DILBERTModel(FusionConfig.from_dict(fusion)).inference_model()
+        total = sum(p.numel() for p in model.parameters())
+        train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        lines.append(f"| {path.parent.name} | {total:,} | {train:,} | {fusion['frame_backbone']} "
+                     f"({fusion.get('frame_pretrained', 'none')}, {fusion.get('frame_freeze_stages', 0)} stages "
+                     f"frozen) |")
+    return lines + [""]
+
+
 def write_summary(out: Path) -> Path:
     """OUT/summary.md: the per-part summaries present in OUT (parts may come from separate invocations)."""
     parts = [out / f"summary-{p}.md" for p in PARTS if (out / f"summary-{p}.md").is_file()]
@@ -117,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown part {part!r}; choose from {sorted(PARTS)}")
         summary = run_part(part, out, args)
         (out / f"{part}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
-        lines = summary_tables(part, summary) + [f"Command: `{command}`; wall time {summary['wall_seconds']:.0f} s; "
+        lines = summary_tables(part, summary) + parameter_lines(out / part) + [f"Command: `{command}`; wall time {summary['wall_seconds']:.0f} s; "
                                                  f"full report: {out / part / 'report.md'}", ""]
         (out / f"summary-{part}.md").write_text("\n".join(lines) + "\n")
         write_summary(out)

@@ -66,9 +66,10 @@ def _assert_all_ended(pids: set[int]) -> None:
     assert not [p for p in pids if _alive(p)], "child processes survived the stop"
 
 
-TINY = ["--set", "data.synthetic_n=18", "--set", "data.synthetic_frames=4", "--set", "data.synthetic_size=32",
-        "--set", "data.size=32", "--set", "data.num_frames=4", "--set", "data.batch_size=2",
-        "--set", "model.width=0.125", "--set", "train.epochs=50"]
+DEMO_TINY = ["--set", "data.synthetic_n=18", "--set", "data.synthetic_frames=4", "--set", "data.synthetic_size=32",
+             "--set", "data.size=32", "--set", "data.num_frames=4", "--set", "data.batch_size=2",
+             "--set", "train.epochs=50"]  # the demo's network (ImageNet TSM EfficientNet) has a fixed width
+TINY = DEMO_TINY + ["--set", "model.width=0.125"]
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -99,7 +100,7 @@ def test_a_signal_stops_training_cleanly(tmp_path, signum):
 
 def test_sigterm_stops_the_demo_and_its_worker_processes(tmp_path):
     out = tmp_path / "demo"
-    proc = _cli("demo", "--out", str(out), "--jobs", "2", "--set", f"data.cache_dir={tmp_path / 'cache'}", *TINY)
+    proc = _cli("demo", "--out", str(out), "--jobs", "2", "--set", f"data.cache_dir={tmp_path / 'cache'}", *DEMO_TINY)
     ready = [out / r / "fold_0" / "checkpoints" / "last.ckpt" for r in ("supervised", "dualdistill")]
     children = _stop_when(proc, ready, signal.SIGTERM, min_children=2)
     _, err = proc.communicate(timeout=120)
