@@ -43,7 +43,8 @@ def encoder_overrides(out: Path, encoder: str, args: argparse.Namespace) -> list
     """The config overrides that select one frame encoder."""
     if encoder == "dino":
         if not (out / "dino" / "teacher_backbone.safetensors").is_file():
-            raise SystemExit(f"no DINO run in {out / 'dino'}: run benchmarks/medivlad_frames.py --stages pretrain first")
+            raise SystemExit(f"no DINO run in {out / 'dino'}: run benchmarks/medivlad_frames.py --stages pretrain "
+                             "first")
         return [f"recipe_options.init_from={out / 'dino'}"]
     if encoder == "random":
         return ["recipe_options.init_from=null"]

@@ -130,8 +130,10 @@ def test_models_of_one_run_are_compared_as_run_colon_model(tmp_path):
     assert acc["run"] == "aggregators:dual_vlad" and acc["baseline"] == pytest.approx(1 / 3)
     assert acc["difference"] == pytest.approx(2 / 3) and acc["ci_low"] > 0
     assert "## aggregators:dual_vlad − aggregators:mean" in (out / "comparison.md").read_text()
-    with pytest.raises(SonoDistillError, match=r"holds 2 models \['dual_vlad', 'mean'\]: compare one of them as RUN:MODEL"):
-        from sonodistill.commands.compare import read_run
+    from sonodistill.commands.compare import read_run
+
+    with pytest.raises(SonoDistillError, match=r"holds 2 models \['dual_vlad', 'mean'\]: compare one of them as "
+                                               r"RUN:MODEL"):
         read_run(run)
     with pytest.raises(SonoDistillError, match=r"no model 'max'; it holds \['dual_vlad', 'mean'\]"):
         read_run(f"{run}:max")

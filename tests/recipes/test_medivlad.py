@@ -121,3 +121,19 @@ def test_frame_finetuning_with_few_labels(tmp_path, tiny_overrides):
     for k, u in used.items():
         assert 0 < u["labelled_rows"] < u["train_rows"], (k, u)
     assert (run / "fold_0" / "model.safetensors").is_file() and (run / "report.md").is_file()
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ([], "frozen encoder random init"),
+    (["model.backbone=efficientnet_lite0", "model.width=1.0", "model.pretrained=imagenet"], "frozen encoder imagenet"),
+    (["recipe_options.init_from=runs/dino"], "frozen encoder runs/dino"),
+])
+def test_report_title_names_the_encoder_start(overrides, says):
+    """The report's first line says where the frozen encoder came from (it called an ImageNet encoder 'random')."""
+    from types import SimpleNamespace
+
+    from sonodistill.protocols.medivlad import MeDiVLADProtocol
+
+    cfg = load_config(None, ["recipe=medivlad", "name=t"] + overrides)
+    run = SimpleNamespace(cfg=cfg, manifest=SimpleNamespace(modality="video"))
+    assert MeDiVLADProtocol().title(run).endswith(says)

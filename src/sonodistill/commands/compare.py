@@ -419,7 +419,8 @@ def _compare(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="paired comparison of runs on the same items and folds (first = baseline): "
                                        "difference, bootstrap interval over groups, permutation p-value")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (RUN:MODEL for one model of a run with a model column); the first is the baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (RUN:MODEL: one model of a run that "
+                                                          "holds several); the first is the baseline")
     p.add_argument("--out", help="output folder (default: RUN_A's parent/compare-A-vs-B)")
     p.add_argument("--metrics", help="comma-separated metrics (default: classification accuracy, "
                                      "balanced_accuracy, f1, roc_auc; segmentation dice, iou, hc_abs_err_mm)")

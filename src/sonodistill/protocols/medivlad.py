@@ -193,7 +193,8 @@ class MeDiVLADProtocol(Protocol):
 
     def title(self, run: Run) -> str:
         cfg, o = run.cfg, _options(run.cfg)
-        init = o.init_from or "random init"
+        pretrained = cfg.model.pretrained if cfg.model.pretrained not in ("", "none", None) else "random init"
+        init = o.init_from or pretrained
         if run.manifest.modality == "image":
             return f"{cfg.name}: medivlad frame finetuning ({init}) on {cfg.data.spec}"
         return f"{cfg.name}: medivlad ({', '.join(o.aggregators)}) on {cfg.data.spec}, frozen encoder {init}"
