@@ -11,7 +11,7 @@ Writes OUT/video-<encoder>-<target>/ (report.md, predictions.csv, ...) and OUT/t
 Encoders (`--encoders`): `dino` (the ViT teacher of medivlad_frames.py), `random` (its architecture, random
 weights), `imagenet` (the shipped ImageNet EfficientNet-Lite0 at 128 px) and `imagenet-dino` (the same network
 after ultrasound DINO, `--dino-effnet RUN`, e.g. configs/dino-efficientnet-imagenet.yaml's run). `--seeds 0,1,2`
-trains every aggregator with each seed on the same folds (RUN/seed_<s>/) and compares dual-level VLAD with every
+trains every aggregator with each seed on the same folds (RUN/seed_<s>/). Dual-level VLAD is compared with every
 other aggregator by `sonodistill compare RUN:<aggregator> RUN:dual_vlad` (OUT/compare-<encoder>-<target>.md).
 
 Options: --target severity|severity3  --encoders dino,random  --threads 1  --folds 5  --seeds 0
@@ -116,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"## {TITLES[enc]}\n", markdown_table(rows, COLUMNS, index_name="aggregator"),
                   f"(f1 = macro F1; roc_auc = macro one-vs-rest; mean ± std over {args.folds} folds of seed "
                   f"{args.seeds[0]}; {seconds:.0f} s for {len(args.seeds)} seed(s) incl. feature extraction)\n"]
-        if len(args.seeds) > 1:
-            cmp = compare_with_dual_vlad(run, out, f"{enc}-{args.target}")
-            (out / f"compare-{enc}-{args.target}.md").write_text("\n\n".join(cmp))
-            lines.append(f"Paired comparisons with dual-level VLAD over seeds {args.seeds}: "
-                         f"{out / f'compare-{enc}-{args.target}.md'}\n")
+        cmp = compare_with_dual_vlad(run, out, f"{enc}-{args.target}")
+        (out / f"compare-{enc}-{args.target}.md").write_text("\n\n".join(cmp))
+        lines.append(f"Paired comparisons with dual-level VLAD over seeds {args.seeds}: "
+                     f"{out / f'compare-{enc}-{args.target}.md'}\n")
     lines.append(f"Command: {shlex.join([sys.executable, *sys.argv])}\n")
     (out / f"table3-{args.target}.md").write_text("\n".join(lines))
     (out / f"video-{args.target}.json").write_text(json.dumps(results, indent=1, default=float))
