@@ -89,6 +89,9 @@ class TrainConfig:
     feature_engine: str = "onnxruntime"   # frozen-feature extraction: onnxruntime (2-3x faster on CPU) | torch
 
 
+SEED_DIR_PREFIX = "seed_"  # a multi-seed run (`train --seeds`) keeps seed s in RUN/seed_<s>/
+
+
 @dataclass
 class RunConfig:
     name: str = "run"

@@ -137,3 +137,33 @@ def test_report_title_names_the_encoder_start(overrides, says):
     cfg = load_config(None, ["recipe=medivlad", "name=t"] + overrides)
     run = SimpleNamespace(cfg=cfg, manifest=SimpleNamespace(modality="video"))
     assert MeDiVLADProtocol().title(run).endswith(says)
+
+
+@pytest.mark.parametrize("start, reused", [(["recipe_options.init_from=runs/dino"], True), ([], False)])
+def test_seeds_of_one_run_share_the_frozen_features_of_a_pretrained_encoder(tmp_path, monkeypatch, start, reused):
+    """`train --seeds`: seed 1 reuses seed 0's features.npz when the frozen encoder is pretrained (the same for
+    every seed); a random encoder depends on the seed, so its features are computed again."""
+    import sonodistill.protocols.medivlad as mv
+    import sonodistill.recipes.frame_features as ff
+    from sonodistill.data.manifest import Manifest
+
+    calls = []
+
+    def encode(encoder, manifest, data, t):
+        calls.append(len(manifest))
+        return np.full((len(manifest), t, 3), float(len(calls)), np.float32), np.ones((len(manifest), t), bool)
+
+    monkeypatch.setattr(ff, "video_frame_features", encode)
+    monkeypatch.setattr(mv, "video_stage_encoder", lambda cfg: torch.nn.Linear(2, 3))
+    manifest = Manifest(pd.DataFrame({"path": ["a.mp4", "b.mp4"], "group": ["p0", "p1"], "label": ["x", "y"]}),
+                        ["x", "y"], "video", "t")
+    for seed in (0, 1):
+        cfg = load_config(None, ["recipe=medivlad", f"out_dir={tmp_path / 'run'}", f"name=seed_{seed}",
+                                 "data.num_frames=4"] + start)
+        cfg.run_dir.mkdir(parents=True)
+        feats = mv.cached_video_features(cfg, manifest)
+        assert feats.feats.shape == (2, 4, 3)
+    assert calls == ([2] if reused else [2, 2])
+    assert float(feats.feats[0, 0, 0]) == (1.0 if reused else 2.0)
+    assert (tmp_path / "run" / "seed_1" / "features.npz").is_file()
+    assert (tmp_path / "run" / "seed_1" / "encoder.safetensors").is_file()

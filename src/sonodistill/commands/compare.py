@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sonodistill.config import SEED_DIR_PREFIX
 from sonodistill.errors import SonoDistillError
-
-SEED_DIR_PREFIX = "seed_"
 ALL_SEEDS = "mean"
 
 

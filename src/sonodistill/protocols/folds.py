@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sonodistill.config import RunConfig, load_config
+from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.data.folds import fold_seed_of, load_folds, make_folds, save_folds
@@ -409,7 +409,7 @@ def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, **trainer_
     summaries = []
     for s in seeds:
         one = copy.deepcopy(base)
-        one.out_dir, one.name, one.train.seed = str(run_dir), f"seed_{s}", int(s)
+        one.out_dir, one.name, one.train.seed = str(run_dir), f"{SEED_DIR_PREFIX}{s}", int(s)
         if s == seeds[0]:  # validate before anything is written, then record the shared config
             from sonodistill.recipes.data import load_manifest
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sonodistill.config import RunConfig, parse_options
+from sonodistill.config import SEED_DIR_PREFIX, RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
@@ -96,9 +98,22 @@ class VideoFeatures:
         return self.encoder
 
 
+def _sibling_seed_features(cfg: RunConfig, key: str) -> Path | None:
+    """features.npz of another seed of the same multi-seed run (RUN/seed_<s>/, `train --seeds`) made with the same
+    settings, when the frozen encoder does not depend on the seed (pretrained: `init_from` or `model.pretrained`)."""
+    pretrained = bool(_options(cfg).init_from) or cfg.model.pretrained not in ("", "none", None)
+    if not pretrained or not cfg.run_dir.name.startswith(SEED_DIR_PREFIX):
+        return None
+    for other in sorted(cfg.run_dir.parent.glob(f"{SEED_DIR_PREFIX}*/{FEATURES}")):
+        if other.parent != cfg.run_dir and (other.parent / ENCODER).is_file() and str(np.load(other)["key"]) == key:
+            return other
+    return None
+
+
 def cached_video_features(cfg: RunConfig, manifest: Manifest, resume: bool = False) -> VideoFeatures:
     """Encode every video once with the frozen encoder (RUN/features.npz and RUN/encoder.safetensors; the
-    features are reused on resume when computed with the same settings)."""
+    features are reused on resume when computed with the same settings, and by the other seeds of a multi-seed
+    run when the encoder is pretrained)."""
     from sonodistill.recipes.frame_features import video_frame_features
     from sonodistill.recipes.trainer import save_weights
 
@@ -110,6 +125,13 @@ def cached_video_features(cfg: RunConfig, manifest: Manifest, resume: bool = Fal
         if str(z["key"]) == key:
             return VideoFeatures(z["feats"], z["mask"])
         log.warning("%s was computed with other settings; recomputing", path)
+    sibling = _sibling_seed_features(cfg, key)
+    if sibling is not None:  # another seed of this run encoded the same videos with the same frozen encoder
+        z = np.load(sibling)
+        np.savez(path, feats=z["feats"], mask=z["mask"], key=np.array(key))
+        shutil.copyfile(sibling.parent / ENCODER, cfg.run_dir / ENCODER)
+        log.info("medivlad: features of %s reused (the same frozen encoder and settings)", sibling.parent.name)
+        return VideoFeatures(z["feats"], z["mask"])
     encoder = video_stage_encoder(cfg)
     t0 = time.perf_counter()
     feats, mask = video_frame_features(encoder, manifest, cfg.data, int(cfg.data.num_frames))
