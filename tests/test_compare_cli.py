@@ -137,8 +137,46 @@ def test_models_of_one_run_are_compared_as_run_colon_model(tmp_path):
         read_run(run)
     with pytest.raises(SonoDistillError, match=r"no model 'max'; it holds \['dual_vlad', 'mean'\]"):
         read_run(f"{run}:max")
-    with pytest.raises(SonoDistillError, match="no `model` column"):
+    with pytest.raises(SonoDistillError, match="no `model` or `variant` column"):
         read_run(f"{tmp_path / 'good'}:mean")
+
+
+def test_annotation_variants_of_a_sequence_run_are_compared_on_macro_f1(tmp_path):
+    """A DILBERT run: predictions of baseline / teacher / student in a `variant` column with y_<finding> /
+    p_<finding> columns, indexing the sequences of sequences.csv (manifest.csv lists frames). compare scores macro
+    F1 / sensitivity / precision of the findings at 0.5, as the run's report does."""
+    from sonodistill.data.sequences import AnnotationSpec
+    from sonodistill.evaluation.annotation import annotation_metrics
+
+    run = make_run(tmp_path, "dilbert")
+    shutil.copy(run / "manifest.csv", run / "sequences.csv")  # 72 sequences of 24 patients
+    frames = Manifest.from_csv(run / "manifest.csv").table
+    frames = pd.concat([frames.assign(group="one", path=frames["path"] + ".2"), frames],
+                       ignore_index=True)  # 144 frames; read as the sequences, they would all be one patient
+    Manifest(frames, CLASSES, "image", "dilbert").to_csv(run / "manifest.csv")
+    base = pd.read_csv(run / "predictions.csv")[["fold", "index", "path", "group"]]
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 2, (len(base), 2)).astype(float)
+    tables = {}
+    for variant, noise in (("baseline", 0.6), ("student", 0.2)):  # the student is mostly right
+        t = base.assign(variant=variant)
+        for j, col in enumerate(("a_lines", "b_lines")):
+            t[f"y_{col}"] = truth[:, j]
+            t[f"p_{col}"] = np.clip(truth[:, j] + rng.normal(0, noise, len(t)), 0, 1)
+        tables[variant] = t
+    pd.concat(tables.values()).to_csv(run / "predictions.csv", index=False)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", f"{run}:baseline", f"{run}:student", "--out", out, "--resamples", 300,
+                       "--permutations", 200) == 0
+    table = _read(out).set_index("metric")
+    assert list(table.index) == ["f1", "sensitivity", "precision"]
+    assert (table["n_groups"] == 24).all() and (table["n_items"] == 72).all()
+    spec = AnnotationSpec("lung", ["A-lines", "B-lines"], ["a_lines", "b_lines"])
+    f1 = {v: annotation_metrics(t, spec, 0.5)["macro"]["f1"] for v, t in tables.items()}
+    assert table.loc["f1", "baseline"] == pytest.approx(f1["baseline"])
+    assert table.loc["f1", "difference"] == pytest.approx(f1["student"] - f1["baseline"]) and f1["student"] > f1["baseline"]
+    assert table.loc["f1", "ci_low"] > 0
+    assert sonodistill("compare", f"{run}:baseline", f"{run}:student", "--metrics", "accuracy", "--out", out) == 2
 
 
 def test_segmentation_runs_compare_dice_and_iou(tmp_path):

@@ -175,3 +175,44 @@ def test_bad_arguments_are_errors():
         paired_comparison(scorer, [base], [good[:-1]], groups)
     with pytest.raises(ValueError, match="level"):
         bootstrap_intervals(scorer, base, groups, level=95)
+
+
+def _annotation_table(n: int, seed: int):
+    """A DILBERT-like prediction table: two binary findings (some labels unknown, one never predicted) and a
+    3-class categorical target (some unknown), with its AnnotationSpec."""
+    import pandas as pd
+
+    from sonodistill.data.sequences import AnnotationSpec
+
+    rng = np.random.default_rng(seed)
+    y_a = rng.integers(0, 2, n).astype(float)
+    y_a[rng.random(n) < 0.2] = np.nan
+    t = pd.DataFrame({"y_a_lines": y_a, "p_a_lines": rng.random(n),
+                      "y_effusion": rng.integers(0, 2, n).astype(float), "p_effusion": rng.random(n) * 0.4,
+                      "y_severity": np.where(rng.random(n) < 0.1, -1, rng.integers(0, 3, n))})
+    for c in range(3):
+        t[f"p_severity_{c}"] = rng.random(n)
+    spec = AnnotationSpec("lung", ["A-lines", "pleural effusion"], ["a_lines", "effusion"],
+                          {"severity": ["0", "1", "2"]})
+    return t, spec
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_annotation_scorer_equals_annotation_metrics_on_repeated_rows(seed):
+    """compare's annotation scorer (bootstrap weights over outcome_matrix) gives the macro sensitivity, precision
+    and F1 that DILBERT's own report computes (annotation_metrics) on the resampled rows."""
+    from sonodistill.evaluation.annotation import annotation_metrics, outcome_matrix
+    from sonodistill.evaluation.paired import ANNOTATION_METRICS, annotation_scorer
+
+    n = 30
+    table, spec = _annotation_table(n, seed)
+    names, data = outcome_matrix(table, 0.5)
+    assert names == ["a_lines", "effusion", "severity=0", "severity=1", "severity=2"]
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(0, 3, size=(4, n)).astype(float)
+    weights[0] = 1.0  # the full sample
+    got = annotation_scorer(len(names))(data, weights)
+    for r, w in enumerate(weights):
+        ref = annotation_metrics(table.iloc[np.repeat(np.arange(n), w.astype(int))], spec, 0.5)["macro"]
+        for j, m in enumerate(ANNOTATION_METRICS):
+            np.testing.assert_allclose(got[r, j], ref[m], rtol=1e-12, atol=1e-12, err_msg=f"{m}, resample {r}")

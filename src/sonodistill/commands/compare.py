@@ -27,6 +27,9 @@ import pandas as pd
 
 from sonodistill.config import SEED_DIR_PREFIX
 from sonodistill.errors import SonoDistillError
+
+SEQUENCES = "sequences.csv"  # a sequence run's manifest of sequences (what its folds.json and predictions index)
+ANNOTATION_THRESHOLD = 0.5  # binary findings are predicted at this probability (DILBERT's default threshold)
 ALL_SEEDS = "mean"
 
 
@@ -65,23 +68,32 @@ def _task_of(pred: pd.DataFrame, where: Path) -> str:
         return "segmentation"
     if any(c.startswith("prob_") for c in pred.columns):
         return "classification"
-    raise SonoDistillError(f"{where}: neither prob_<class> columns (classification) nor dice (segmentation)")
+    if any(c.startswith("y_") for c in pred.columns) and any(c.startswith("p_") for c in pred.columns):
+        return "annotation"
+    raise SonoDistillError(f"{where}: neither prob_<class> columns (classification), dice (segmentation) nor "
+                           "y_<finding> / p_<finding> columns (annotation)")
+
+
+MODEL_COLUMNS = ("model", "variant")  # medivlad's aggregators; DILBERT's baseline / teacher / student
 
 
 def _select_model(pred: pd.DataFrame, where: Path, model: str | None) -> pd.DataFrame:
-    """The rows of `model` (a `model` column's value), without that column; the whole table when it has one model."""
-    if "model" not in pred.columns:
+    """The rows of `model` (a value of the `model` or `variant` column), without that column; the whole table
+    when it has one model."""
+    column = next((c for c in MODEL_COLUMNS if c in pred.columns), None)
+    if column is None:
         if model is not None:
-            raise SonoDistillError(f"{where}: no `model` column, so ':{model}' selects nothing; name the run alone")
+            raise SonoDistillError(f"{where}: no `model` or `variant` column, so ':{model}' selects nothing; name "
+                                   "the run alone")
         return pred
-    models = sorted(pred["model"].astype(str).unique())
+    models = sorted(pred[column].astype(str).unique())
     if model is None:
         if len(models) > 1:
             raise SonoDistillError(f"{where} holds {len(models)} models {models}: compare one of them as RUN:MODEL")
-        return pred.drop(columns="model")
+        return pred.drop(columns=column)
     if model not in models:
         raise SonoDistillError(f"{where}: no model {model!r}; it holds {models}")
-    return pred[pred["model"].astype(str) == model].drop(columns="model")
+    return pred[pred[column].astype(str) == model].drop(columns=column)
 
 
 def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = None,
@@ -93,6 +105,10 @@ def _read_seed(folder: Path, run: Path, seed: int, pred: pd.DataFrame | None = N
         files[name] = folder / name if (folder / name).is_file() else run / name
         if not files[name].is_file():
             raise SonoDistillError(f"{run} is not a complete run directory: {name} is missing")
+    for place in (folder, run):  # a sequence run (DILBERT): folds and predictions index its sequences
+        if (place / SEQUENCES).is_file():
+            files["manifest.csv"] = place / SEQUENCES
+            break
     if pred is None:
         if not (folder / "predictions.csv").is_file():
             raise SonoDistillError(f"{folder}: predictions.csv is missing (an unfinished run?)")
@@ -242,7 +258,12 @@ def check_comparable(a: ComparedRun, b: ComparedRun) -> list[tuple[SeedPredictio
 
 # ------------------------------------------------------------------------------------------- statistics
 def _metric_data(run: SeedPredictions, task: str, metrics: list[str]) -> np.ndarray:
-    """Per-item model output N x D: class probabilities (classification) or metric values (segmentation)."""
+    """Per-item model output N x D: class probabilities (classification), outcomes [known | true | predicted] per
+    finding (annotation) or metric values (segmentation)."""
+    if task == "annotation":
+        from sonodistill.evaluation.annotation import outcome_matrix
+
+        return outcome_matrix(run.predictions, ANNOTATION_THRESHOLD)[1]
     if task == "classification":
         from sonodistill.evaluation.report import prob_columns
 
@@ -259,6 +280,10 @@ def default_metrics(task: str, runs: list[ComparedRun]) -> list[str]:
 
     if task == "classification":
         return list(CLASSIFICATION_METRICS)
+    if task == "annotation":
+        from sonodistill.evaluation.paired import ANNOTATION_METRICS
+
+        return list(ANNOTATION_METRICS)
     return [m for m in SEGMENTATION_METRICS
             if all(m in s.predictions.columns for r in runs for s in r.seeds.values())]
 
@@ -279,7 +304,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing."""
-    from sonodistill.evaluation.paired import classification_scorer, mean_scorer, paired_comparison
+    from sonodistill.evaluation.paired import (annotation_scorer, classification_scorer, mean_scorer,
+                                               paired_comparison)
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
@@ -297,6 +323,12 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
         if unknown:
             raise SonoDistillError(f"unknown classification metric(s) {unknown}; known: "
                                    f"{list(ALL_CLASSIFICATION_METRICS)}")
+    if base.task == "annotation":
+        from sonodistill.evaluation.paired import ANNOTATION_METRICS
+
+        unknown = [m for m in metrics if m not in ANNOTATION_METRICS]
+        if unknown:
+            raise SonoDistillError(f"unknown annotation metric(s) {unknown}; known: {list(ANNOTATION_METRICS)}")
     if base.task == "segmentation":
         absent = [m for m in metrics for r in runs for s in r.seeds.values() if m not in s.predictions.columns]
         if absent:
@@ -306,6 +338,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
         first = pairs[0][0]
         if base.task == "classification":
             scorer = classification_scorer(first.predictions["y_true"].to_numpy(np.int64), len(first.classes), metrics)
+        elif base.task == "annotation":
+            scorer = annotation_scorer(_metric_data(first, "annotation", metrics).shape[1] // 3, metrics)
         else:
             scorer = mean_scorer(metrics)
         groups = first.manifest["group"].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]

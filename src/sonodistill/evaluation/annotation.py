@@ -75,6 +75,34 @@ def annotation_metrics(pred: pd.DataFrame, spec: AnnotationSpec, threshold: floa
     return out
 
 
+def outcome_matrix(pred: pd.DataFrame, threshold: float = 0.5) -> tuple[list[str], np.ndarray]:
+    """A prediction table's findings and their outcomes `N x 3F` = [known | true | predicted], 0/1: a binary
+    finding `y_<col>` / `p_<col>` predicted at `threshold` (unknown label: NaN), a categorical target `y_<key>` /
+    `p_<key>_<class>` as one finding per class, predicted by argmax (unknown label: < 0). What
+    `annotation_metrics` scores, in the form `evaluation/paired.annotation_scorer` resamples."""
+    names, known, true, predicted = [], [], [], []
+    for col in [c[2:] for c in pred.columns if c.startswith("y_")]:
+        y = pred[f"y_{col}"].to_numpy(float)
+        if f"p_{col}" in pred.columns:
+            names.append(col)
+            known.append(~np.isnan(y))
+            true.append(np.nan_to_num(y) > 0.5)
+            predicted.append(pred[f"p_{col}"].to_numpy(float) >= threshold)
+            continue
+        classes = [c for c in pred.columns if c.startswith(f"p_{col}_")]
+        if not classes:
+            raise ValueError(f"y_{col} has neither p_{col} nor p_{col}_<class> columns")
+        top = pred[classes].to_numpy(float).argmax(1)
+        for j, c in enumerate(classes):
+            names.append(f"{col}={c[len(col) + 3:]}")
+            known.append(y >= 0)
+            true.append(y == j)
+            predicted.append(top == j)
+    if not names:
+        raise ValueError("no y_<finding> columns: not an annotation prediction table")
+    return names, np.concatenate([np.stack(a, axis=1) for a in (known, true, predicted)], axis=1).astype(np.float64)
+
+
 def _slug(name: str) -> str:
     return name.replace(" ", "_").replace("-", "_")
 

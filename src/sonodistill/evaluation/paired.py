@@ -31,6 +31,7 @@ CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
 ALL_CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1",
                               "roc_auc")
 SEGMENTATION_METRICS = ("dice", "iou", "hc_abs_err_mm")
+ANNOTATION_METRICS = ("f1", "sensitivity", "precision")  # macro over findings (DILBERT)
 TIE_TOLERANCE = 1e-9
 _CHUNK_CELLS = 4_000_000  # resamples x items per weight matrix (float64: 32 MB)
 
@@ -117,6 +118,30 @@ def classification_scorer(y_true: np.ndarray, n_classes: int,
         if "roc_auc" in names:
             aucs = np.stack([_weighted_auc(probs[:, k], true_1h[:, k], w) for k in range(n_classes)], axis=1)
             out["roc_auc"] = _nanmean_rows(aucs)
+        return np.stack([out[m] for m in names], axis=1)
+
+    return Scorer(names, fn)
+
+
+def annotation_scorer(n_findings: int, metrics: Sequence[str] = ANNOTATION_METRICS) -> Scorer:
+    """Scorer of multi-finding annotations: data N x 3F = [known | true | predicted] (0/1 per finding, F findings;
+    a categorical target's classes count as findings, `evaluation/annotation.outcome_matrix`).
+
+    Macro over findings as `annotation_metrics` does: sensitivity and F1 leave out findings where they are
+    undefined (no positive; no positive, prediction or miss), precision is 0 for a finding never predicted."""
+    unknown = [m for m in metrics if m not in ANNOTATION_METRICS]
+    if unknown:
+        raise ValueError(f"unknown annotation metric(s) {unknown}; known: {list(ANNOTATION_METRICS)}")
+    names, f = tuple(metrics), int(n_findings)
+
+    def fn(data: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if data.ndim != 2 or data.shape[1] != 3 * f:
+            raise ValueError(f"annotation outcomes have shape {data.shape}, expected N x {3 * f}")
+        known, true, pred = data[:, :f] > 0, data[:, f:2 * f] > 0, data[:, 2 * f:] > 0
+        tp, fp, fn_ = w @ (known & true & pred), w @ (known & ~true & pred), w @ (known & true & ~pred)  # R x F
+        out = {"sensitivity": _nanmean_rows(_divide(tp, tp + fn_, math.nan)),
+               "precision": _nanmean_rows(_divide(tp, tp + fp, 0.0)),
+               "f1": _nanmean_rows(_divide(2 * tp, 2 * tp + fp + fn_, math.nan))}
         return np.stack([out[m] for m in names], axis=1)
 
     return Scorer(names, fn)
