@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown part {part!r}; choose from {sorted(PARTS)}")
         summary = run_part(part, out, args)
         (out / f"{part}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
-        lines = summary_tables(part, summary) + parameter_lines(out / part) + [f"Command: `{command}`; wall time {summary['wall_seconds']:.0f} s; "
-                                                 f"full report: {out / part / 'report.md'}", ""]
+        lines = summary_tables(part, summary) + parameter_lines(out / part) + [
+            f"Command: `{command}`; wall time {summary['wall_seconds']:.0f} s; full report: {out / part / 'report.md'}",
+            ""]
         (out / f"summary-{part}.md").write_text("\n".join(lines) + "\n")
         write_summary(out)
     print((out / "summary.md").read_text())

@@ -59,7 +59,7 @@ def encoder_overrides(out: Path, encoder: str, args: argparse.Namespace) -> list
 
 def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict, float, Path]:
     """Every aggregator on one encoder's cached features, for each seed; (first seed's summary, seconds, run dir)."""
-    from sonodistill.config import load_config, packaged_config
+    from sonodistill.config import SEED_DIR_PREFIX, load_config, packaged_config
     from sonodistill.evaluation.run_dir import report_from_run_dir
     from sonodistill.protocols.folds import run_protocol, run_seeds
 
@@ -67,17 +67,16 @@ def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict
             f"data.target={args.target}", f"train.folds={args.folds}", f"train.seed={args.seeds[0]}",
             f"recipe_options.aggregators=[{','.join(AGGREGATORS)}]"] + encoder_overrides(out, encoder, args)
     cfg = load_config(packaged_config("medivlad-cpu"), over)
-    first = cfg.run_dir / f"seed_{args.seeds[0]}" if len(args.seeds) > 1 else cfg.run_dir
-    done = [first.parent / f"seed_{s}" / "predictions.csv" for s in args.seeds] if len(args.seeds) > 1 else \
-        [cfg.run_dir / "predictions.csv"]
+    several = len(args.seeds) > 1  # run_seeds: RUN/seed_<s>/ each; one seed: RUN itself
+    runs = [cfg.run_dir / f"{SEED_DIR_PREFIX}{s}" for s in args.seeds] if several else [cfg.run_dir]
     t0 = time.perf_counter()
-    if not all(p.is_file() for p in done):
+    if not all((r / "predictions.csv").is_file() for r in runs):
         resume = (cfg.run_dir / "config.yaml").exists()
-        if len(args.seeds) > 1:
+        if several:
             run_seeds(cfg, args.seeds, resume=resume)
         else:
             run_protocol(cfg, resume=resume)
-    return report_from_run_dir(first), time.perf_counter() - t0, cfg.run_dir
+    return report_from_run_dir(runs[0]), time.perf_counter() - t0, cfg.run_dir
 
 
 def compare_with_dual_vlad(run: Path, out: Path, name: str) -> list[str]:

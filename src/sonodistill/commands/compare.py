@@ -304,8 +304,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing."""
-    from sonodistill.evaluation.paired import (annotation_scorer, classification_scorer, mean_scorer,
-                                               paired_comparison)
+    from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, annotation_scorer,
+                                               classification_scorer, mean_scorer, paired_comparison)
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
@@ -316,19 +316,10 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     base = runs[0]
     pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
     metrics = list(metrics) if metrics else default_metrics(base.task, runs)
-    if base.task == "classification":
-        from sonodistill.evaluation.paired import ALL_CLASSIFICATION_METRICS
-
-        unknown = [m for m in metrics if m not in ALL_CLASSIFICATION_METRICS]
-        if unknown:
-            raise SonoDistillError(f"unknown classification metric(s) {unknown}; known: "
-                                   f"{list(ALL_CLASSIFICATION_METRICS)}")
-    if base.task == "annotation":
-        from sonodistill.evaluation.paired import ANNOTATION_METRICS
-
-        unknown = [m for m in metrics if m not in ANNOTATION_METRICS]
-        if unknown:
-            raise SonoDistillError(f"unknown annotation metric(s) {unknown}; known: {list(ANNOTATION_METRICS)}")
+    known = {"classification": ALL_CLASSIFICATION_METRICS, "annotation": ANNOTATION_METRICS}.get(base.task)
+    unknown = [m for m in metrics if m not in known] if known else []
+    if unknown:
+        raise SonoDistillError(f"unknown {base.task} metric(s) {unknown}; known: {list(known)}")
     if base.task == "segmentation":
         absent = [m for m in metrics for r in runs for s in r.seeds.values() if m not in s.predictions.columns]
         if absent:
@@ -336,15 +327,15 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     rows = []
     for run, pairs in zip(runs[1:], pairs_per_run):
         first = pairs[0][0]
+        a = [_metric_data(sa, base.task, metrics) for sa, _ in pairs]
+        b = [_metric_data(sb, base.task, metrics) for _, sb in pairs]
         if base.task == "classification":
             scorer = classification_scorer(first.predictions["y_true"].to_numpy(np.int64), len(first.classes), metrics)
         elif base.task == "annotation":
-            scorer = annotation_scorer(_metric_data(first, "annotation", metrics).shape[1] // 3, metrics)
+            scorer = annotation_scorer(a[0].shape[1] // 3, metrics)  # outcomes N x 3F
         else:
             scorer = mean_scorer(metrics)
         groups = first.manifest["group"].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]
-        a = [_metric_data(sa, base.task, metrics) for sa, _ in pairs]
-        b = [_metric_data(sb, base.task, metrics) for _, sb in pairs]
         blocks = [([i], f"{sa.seed}" if sa.seed == sb.seed else f"{sa.seed}/{sb.seed}") for i, (sa, sb) in
                   enumerate(pairs)]
         if len(pairs) > 1:

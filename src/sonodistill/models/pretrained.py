@@ -193,10 +193,15 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> Path:
     return path
 
 
+def is_pretrained(pretrained: str | None) -> bool:
+    """Whether a `model.pretrained` value names a start ('imagenet' or a PATH), not random weights ('none', '')."""
+    return pretrained not in ("", "none", None)
+
+
 def apply_pretrained(backbone: nn.Module, family: str | None, pretrained: str) -> str:
     """Initialise `backbone` from `pretrained` ('none', 'imagenet' or a PATH); returns what it started from
     (recorded in the run directory and the model card). `family` names the ImageNet weights it can take."""
-    if pretrained in ("", "none", None):
+    if not is_pretrained(pretrained):
         return "none (random initialisation)"
     if pretrained == "imagenet":
         if family is None or not hasattr(backbone, "load_imagenet"):

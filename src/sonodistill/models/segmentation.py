@@ -15,6 +15,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from sonodistill.errors import ConfigError
+from sonodistill.models.pretrained import is_pretrained
 
 __all__ = [
     "SegOutputs",
@@ -230,7 +231,7 @@ class SingleDecoderUNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         if encoder == "unet":
-            if pretrained not in ("none", ""):
+            if is_pretrained(pretrained):
                 raise ConfigError("the plain U-Net encoder has no pretrained weights: use model.backbone="
                                   "efficientnet_lite0 for an ImageNet start")
             self.channels = [max(1, round(int(c) * width)) for c in channels]

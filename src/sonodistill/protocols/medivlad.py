@@ -98,11 +98,18 @@ class VideoFeatures:
         return self.encoder
 
 
+def _encoder_start(cfg: RunConfig) -> str | None:
+    """Where the frozen encoder's weights come from: `recipe_options.init_from`, else a pretrained `model.pretrained`;
+    None for random weights."""
+    from sonodistill.models.pretrained import is_pretrained
+
+    return _options(cfg).init_from or (cfg.model.pretrained if is_pretrained(cfg.model.pretrained) else None)
+
+
 def _sibling_seed_features(cfg: RunConfig, key: str) -> Path | None:
     """features.npz of another seed of the same multi-seed run (RUN/seed_<s>/, `train --seeds`) made with the same
-    settings, when the frozen encoder does not depend on the seed (pretrained: `init_from` or `model.pretrained`)."""
-    pretrained = bool(_options(cfg).init_from) or cfg.model.pretrained not in ("", "none", None)
-    if not pretrained or not cfg.run_dir.name.startswith(SEED_DIR_PREFIX):
+    settings, when the frozen encoder does not depend on the seed (it has a pretrained start)."""
+    if _encoder_start(cfg) is None or not cfg.run_dir.name.startswith(SEED_DIR_PREFIX):
         return None
     for other in sorted(cfg.run_dir.parent.glob(f"{SEED_DIR_PREFIX}*/{FEATURES}")):
         if other.parent != cfg.run_dir and (other.parent / ENCODER).is_file() and str(np.load(other)["key"]) == key:
@@ -215,8 +222,7 @@ class MeDiVLADProtocol(Protocol):
 
     def title(self, run: Run) -> str:
         cfg, o = run.cfg, _options(run.cfg)
-        pretrained = cfg.model.pretrained if cfg.model.pretrained not in ("", "none", None) else "random init"
-        init = o.init_from or pretrained
+        init = _encoder_start(cfg) or "random init"
         if run.manifest.modality == "image":
             return f"{cfg.name}: medivlad frame finetuning ({init}) on {cfg.data.spec}"
         return f"{cfg.name}: medivlad ({', '.join(o.aggregators)}) on {cfg.data.spec}, frozen encoder {init}"

@@ -29,6 +29,7 @@ from sonodistill.config import RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.models.aggregators import AGGREGATORS, build_aggregator
+from sonodistill.models.pretrained import is_pretrained
 from sonodistill.models.stages import StagedBackbone
 from sonodistill.models.wrappers import VideoScorer
 from sonodistill.recipes.base import ClassificationRecipe
@@ -99,7 +100,7 @@ def video_stage_encoder(cfg: RunConfig) -> StagedBackbone:
     encoder = build_frame_backbone(cfg, start=not init_from)
     if init_from:
         load_backbone_weights(encoder, init_from)
-    elif cfg.model.pretrained in ("none", ""):
+    elif not is_pretrained(cfg.model.pretrained):
         log.warning("medivlad: no recipe_options.init_from and model.pretrained=none: the frame encoder is "
                     "randomly initialised")
     return encoder

@@ -204,9 +204,9 @@ def _start_line(cfg: Any, annotation: Any, arch: dict[str, Any]) -> str:
 
 def describe_start(pretrained: str) -> str:
     """What `model.pretrained` means, for people: ImageNet weights with their package and hash, a path, or none."""
-    from sonodistill.models.pretrained import IMAGENET_WEIGHTS
+    from sonodistill.models.pretrained import IMAGENET_WEIGHTS, is_pretrained
 
-    if pretrained in ("", "none", None):
+    if not is_pretrained(pretrained):
         return "random initialisation (no pretrained weights)"
     if pretrained == "imagenet":
         return "ImageNet weights (" + "; ".join(f"{w.pip_name}, sha256 {w.sha256[:12]}, {w.license}"
