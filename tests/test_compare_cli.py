@@ -179,6 +179,35 @@ def test_annotation_variants_of_a_sequence_run_are_compared_on_macro_f1(tmp_path
     assert sonodistill("compare", f"{run}:baseline", f"{run}:student", "--metrics", "accuracy", "--out", out) == 2
 
 
+def test_anomaly_runs_are_compared_on_the_anomaly_class(tmp_path):
+    """Two DISCOVR-like runs (predictions.csv with is_anomalous / anomaly_called / anomaly_score, as the discovr
+    protocol writes): compare scores F1, AUROC, ... of the anomaly class; a run with another normal class is refused."""
+    from sonodistill.evaluation.anomaly import anomaly_metrics
+
+    runs, tables = {}, {}
+    rng = np.random.default_rng(3)
+    for name, noise in (("video_only", 1.5), ("full", 0.3)):
+        run = make_run(tmp_path, name)
+        t = pd.read_csv(run / "predictions.csv")[["fold", "index", "group", "y_true"]]
+        t["is_anomalous"] = (t["y_true"] != 0).astype(int)
+        t["anomaly_score"] = t["is_anomalous"] + rng.normal(0, noise, len(t))
+        t["anomaly_called"] = (t["anomaly_score"] >= 0.5).astype(int)
+        t.to_csv(run / "predictions.csv", index=False)
+        runs[name], tables[name] = run, t
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", runs["video_only"], runs["full"], "--out", out, "--resamples", 300,
+                       "--permutations", 200) == 0
+    table = _read(out).set_index("metric")
+    assert list(table.index) == ["f1", "auroc", "balanced_accuracy", "precision", "recall"]
+    ref = {k: anomaly_metrics(t["anomaly_score"], t["is_anomalous"].astype(bool), 0.5) for k, t in tables.items()}
+    assert table.loc["f1", "baseline"] == pytest.approx(ref["video_only"]["f1"])
+    assert table.loc["auroc", "difference"] == pytest.approx(ref["full"]["auroc"] - ref["video_only"]["auroc"])
+    assert table.loc["auroc", "ci_low"] > 0
+    other = tables["full"].assign(is_anomalous=(tables["full"]["y_true"] != 1).astype(int))
+    other.to_csv(runs["full"] / "predictions.csv", index=False)
+    assert sonodistill("compare", runs["video_only"], runs["full"], "--out", out) == 2
+
+
 def test_segmentation_runs_compare_dice_and_iou(tmp_path):
     a = make_run(tmp_path, "seg_a", quality=0.7, segmentation=True, rng_seed=1)
     b = make_run(tmp_path, "seg_b", quality=0.8, segmentation=True, rng_seed=2)

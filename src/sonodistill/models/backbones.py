@@ -262,6 +262,11 @@ def backbone_family(name: str) -> str | None:
     return _spec(name).imagenet
 
 
+def accepts_option(name: str, option: str) -> bool:
+    """Whether a registered backbone's builder takes the keyword `option` (e.g. a ViT's `img_size`)."""
+    return option in inspect.signature(_spec(name).builder).parameters
+
+
 def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")

@@ -48,16 +48,32 @@ class Branch(nn.Module):
         self.head = head
 
 
-class DISCOVREncoders(nn.Module):
-    """The exported model: the video encoder (`forward` = its StageOutputs) and, when trained, the image encoder."""
+def frame_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A frame encoder applied to every frame of `B x C x T x H x W`: pooled features `B x T x D`."""
+    if x.ndim != 5:
+        raise ValueError(f"expected B x C x T x H x W, got shape {tuple(x.shape)}")
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    return encoder(frames).pooled.reshape(b, t, -1)
 
-    def __init__(self, video: nn.Module, image: nn.Module | None = None) -> None:
+
+class DISCOVREncoders(nn.Module):
+    """The exported model: the video encoder and, when trained, the image encoder. `forward` embeds a clip
+    `B x 1 x T x H x W` with the `embed` branch: the video encoder's StageOutputs, or ("image") the image encoder
+    per frame with its pooled features averaged over the clip (`pooled` `B x D`, no stages)."""
+
+    def __init__(self, video: nn.Module, image: nn.Module | None = None, embed: str = "video") -> None:
         super().__init__()
+        if embed not in ("video", "image") or (embed == "image" and image is None):
+            raise ValueError(f"DISCOVREncoders: cannot embed with {embed!r} (image encoder: {image is not None})")
         self.video = video
         self.image = image
+        self.embed = embed
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
-        return self.video(x)
+        if self.embed == "video":
+            return self.video(x)
+        return StageOutputs(stages=[], pooled=frame_features(self.image, x).mean(dim=1))
 
 
 class VideoScorer(nn.Module):
@@ -71,11 +87,7 @@ class VideoScorer(nn.Module):
         self.aggregator = aggregator
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5:
-            raise ValueError(f"VideoScorer expects B x C x T x H x W, got shape {tuple(x.shape)}")
-        b, c, t, h, w = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
-        return self.encoder(frames).pooled.reshape(b, t, -1)
+        return frame_features(self.encoder, x)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.aggregator(self.frame_features(x), mask)

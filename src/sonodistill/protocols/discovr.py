@@ -7,7 +7,8 @@ items) into RUN/final/model.safetensors, the features model that `sonodistill pr
 Per fold: fold_k/model.safetensors (the exported encoders), embeddings.npy and embedding_rows.npy (their manifest
 rows: training then test), test_predictions.csv, and eval.json, written last: it marks the fold finished. On
 resume a finished fold is re-evaluated from its saved embeddings, without pretraining again. The run: metrics.json
-(per fold and mean ± std) and report.md. `recipe_options.run_folds` runs a subset of the folds (no fold folder for
+(per fold and mean ± std), predictions.csv (the anomaly score and call of every test clip, which `sonodistill
+compare` pairs between runs) and report.md. `recipe_options.run_folds` runs a subset of the folds (no fold folder for
 the others).
 """
 
@@ -40,6 +41,8 @@ EVAL = "eval.json"
 EMBEDDINGS = "embeddings.npy"
 EMBEDDING_ROWS = "embedding_rows.npy"
 TEST_PREDICTIONS = "test_predictions"
+#: the run's predictions.csv (what `sonodistill compare` scores): the anomaly detection of every test clip
+ANOMALY_COLUMNS = ["fold", "index", "group", "y_true", "is_anomalous", "anomaly_score", "anomaly_called"]
 
 
 def _options(cfg: RunConfig) -> DISCOVROptions:
@@ -61,7 +64,8 @@ def pretrain_rows(manifest: Manifest, rows: np.ndarray, label: str | None) -> np
 
 
 def clip_embeddings(encoder: nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, seed: int) -> np.ndarray:
-    """Frozen [CLS] embeddings `len(rows) x D` of the given manifest rows (uniform frames, no augmentation)."""
+    """Frozen clip embeddings `len(rows) x D` of the given manifest rows (uniform frames, no augmentation): the
+    pooled output of `encoder` (DISCOVR's exported encoders embed with their `eval_branch`)."""
     from sonodistill.evaluation.probes import extract_features
     from sonodistill.recipes.data import build_dataset, make_loader
 
@@ -121,12 +125,13 @@ class DISCOVRProtocol(Protocol):
         rows = pretrain_rows(manifest, fold.train, o.train_on_label)
         t0 = time.perf_counter()
         fit_fold(cfg, manifest, rows, rows[:0], fold.index, fold.dir, resume=run.resume, **run.trainer_overrides)
-        record = {"fold": fold.index, "pretrain_items": int(rows.size), "pretrain_seconds": time.perf_counter() - t0}
+        record = {"fold": fold.index, "pretrain_items": int(rows.size), "pretrain_seconds": time.perf_counter() - t0,
+                  "image_pretrained": o.image_pretrained, "eval_branch": o.eval_branch}
         if fold.final or _rank() != 0:  # the final model has no test rows; rank 0 evaluates a fold
             return FoldResult(record=record)
         encoders = load_encoders(cfg, fold.dir / WEIGHTS)
         every = np.concatenate([fold.train, fold.test])
-        embeddings = clip_embeddings(encoders.video, cfg, manifest, every, fold.seed)
+        embeddings = clip_embeddings(encoders, cfg, manifest, every, fold.seed)  # the eval_branch's embeddings
         return self._scored(run, fold, every, embeddings, record)
 
     def _scored(self, run: Run, fold: Fold, rows: np.ndarray, embeddings: np.ndarray,
@@ -135,7 +140,9 @@ class DISCOVRProtocol(Protocol):
                                        fold.test)
         table.insert(0, "fold", fold.index)
         log.info("fold %d: %s", fold.index, {s: m.get("f1") for s, m in metrics.items()})
-        return FoldResult(embeddings=embeddings, tables={TEST_PREDICTIONS: table}, record=record | metrics)
+        anomaly = table[ANOMALY_COLUMNS] if set(ANOMALY_COLUMNS) <= set(table.columns) else None
+        return FoldResult(predictions=anomaly, embeddings=embeddings, tables={TEST_PREDICTIONS: table},
+                          record=record | metrics)
 
     @staticmethod
     def _write_eval(fold: Fold, result: FoldResult) -> None:
@@ -159,7 +166,8 @@ class DISCOVRProtocol(Protocol):
         if not all(f.is_file() for f in files):
             return None
         saved = json.loads(files[0].read_text())
-        record = {k: saved[k] for k in ("fold", "pretrain_items", "pretrain_seconds") if k in saved}
+        record = {k: saved[k] for k in ("fold", "pretrain_items", "pretrain_seconds", "image_pretrained", "eval_branch")
+                  if k in saved}
         result = self._scored(run, fold, np.load(files[2]), np.load(files[1]), record)
         if _rank() == 0:
             self._write_eval(fold, result)
@@ -174,11 +182,16 @@ class DISCOVRProtocol(Protocol):
         per_fold = [r.record for r in results if r.record]
         summary = summarise_sections(per_fold)
         write_embedding_metrics(run.dir, per_fold, summary)
-        notes = []
+        o = _options(cfg)
+        notes = [f"Scored embeddings: the {o.eval_branch} branch ({o.eval_encoder})"
+                 + (" per frame, averaged over the clip" if o.eval_branch == "image" else "")
+                 + (f"; image branch `{o.image_backbone}` started from `{o.image_pretrained}`"
+                    + (f", stem + {o.image_freeze_stages} stages frozen" if o.image_freeze_stages else "")
+                    if o.use_img or o.use_scd else "; no image branch") + ".", ""]
         if trains_final(cfg) and (run.dir / "final" / WEIGHTS).is_file():
-            label = _options(cfg).train_on_label
+            label = o.train_on_label
             n = len(pretrain_rows(run.manifest, np.arange(len(run.manifest)), label))
-            notes = [f"Final model: `final/{WEIGHTS}`, pretrained on all {n} items"
+            notes += [f"Final model: `final/{WEIGHTS}`, pretrained on all {n} items"
                      + (f" with label {label!r}" if label is not None else "")
                      + " (train.final); `sonodistill predict RUN CLIPS` embeds with it. Its embeddings are not "
                      "evaluated: the folds above estimate how an encoder pretrained this way does.", ""]

@@ -12,6 +12,10 @@ Training loss `L = L_vid + L_img + L_SCD` (each switchable):
   first frame of the tubelet); the image token grid is average-pooled to `h x w` when it is finer.
   The image features are detached: SCD trains the video student, the decoder and the prototypes only.
 
+The image branch is a frame ViT (token masking) or a CNN with stage features (`efficientnet_lite0`, which can start
+from ImageNet or the project's own pretraining: `image_pretrained`); a CNN's student sees its masked patches as
+black pixels (`image_mask_patch` squares) and its patch tokens are the `image_token_stage` map (stride 16).
+
 The protocol (per fold: pretrain, then evaluate frozen clip embeddings; the final model on all items) is
 `protocols.discovr`; its scoring is `evaluation.embedding_eval`.
 """
@@ -29,7 +33,7 @@ from torch import nn
 
 from sonodistill.config import RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
-from sonodistill.data.masking import random_patch_mask, tube_mask
+from sonodistill.data.masking import mask_pixel_patches, random_patch_mask, tube_mask
 from sonodistill.errors import ConfigError
 from sonodistill.evaluation.anomaly import THRESHOLD_RULES
 from sonodistill.evaluation.embedding_eval import EVALUATIONS, EmbeddingEvaluation
@@ -60,10 +64,14 @@ class DISCOVROptions:
     n_video_masks: int = 2               # M
     image_mask_ratio: float = 0.5
     n_image_masks: int = 2               # N
-    # image branch (frame ViT; its patch must divide the tubelet's spatial size, or equal it)
+    # image branch: a frame ViT (its patch must divide the tubelet's spatial size) or a CNN with stage features
     image_backbone: str = "vit_tiny_p8"
     image_width: float = 1.0
     image_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_pretrained: str = "none"       # none | imagenet | PATH: the image branch's start (training only)
+    image_freeze_stages: int = 0         # CNN: stem + this many stages stay fixed (ImageNet BatchNorm statistics)
+    image_token_stage: int = 3           # CNN: the stage map that gives the patch tokens (3: stride 16)
+    image_mask_patch: int = 16           # CNN: the student's masked squares, in pixels
     # DINO heads and teachers
     out_dim: int = 1024
     head_hidden_dim: int = 512
@@ -89,6 +97,8 @@ class DISCOVROptions:
     train_on_label: str | None = None    # pretrain only on items with this label (e.g. "0": lus-blues severity 0)
     normal_label: str | None = None      # anomaly detection: this label is normal (default: train_on_label)
     eval_encoder: str = "teacher"        # which video/image encoder is exported and evaluated: teacher | student
+    eval_branch: str = "video"           # whose clip embeddings are scored: video (the video encoder's pooled
+                                         # token) | image (the image encoder per frame, averaged over the clip)
     evaluate: list[str] = field(default_factory=lambda: list(EVALUATIONS))
     knn_k: int = 5                       # neighbours of the anomaly score
     threshold_rule: str = "max_f1"       # max_f1 | percentile (on leave-one-group-out training scores)
@@ -101,7 +111,8 @@ class DISCOVROptions:
         where = "recipe_options (discovr)"
         if not (self.use_vid or self.use_img or self.use_scd):
             raise ConfigError("discovr: use_vid, use_img and use_scd are all off; nothing to train")
-        for key in ("n_video_masks", "n_image_masks", "n_prototypes", "sinkhorn_iters", "decoder_depth", "knn_k"):
+        for key in ("n_video_masks", "n_image_masks", "n_prototypes", "sinkhorn_iters", "decoder_depth", "knn_k",
+                    "image_mask_patch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("video_mask_ratio", "image_mask_ratio"):
@@ -109,6 +120,12 @@ class DISCOVROptions:
                 raise ConfigError(f"{where}.{key} must be in [0, 1), got {getattr(self, key)}")
         if self.eval_encoder not in ("teacher", "student"):
             raise ConfigError(f"{where}.eval_encoder must be 'teacher' or 'student', got {self.eval_encoder!r}")
+        if self.eval_branch not in ("video", "image"):
+            raise ConfigError(f"{where}.eval_branch must be 'video' or 'image', got {self.eval_branch!r}")
+        if self.eval_branch == "image" and not (self.use_img or self.use_scd):
+            raise ConfigError(f"{where}.eval_branch=image needs an image branch (use_img or use_scd)")
+        if self.image_freeze_stages < 0:
+            raise ConfigError(f"{where}.image_freeze_stages must be >= 0, got {self.image_freeze_stages}")
         if self.threshold_rule not in THRESHOLD_RULES:
             raise ConfigError(f"{where}.threshold_rule must be one of {THRESHOLD_RULES}, got {self.threshold_rule!r}")
         unknown = sorted(set(self.evaluate) - set(EVALUATIONS))
@@ -139,17 +156,36 @@ def video_encoder(cfg: RunConfig) -> nn.Module:
     return video
 
 
-def image_encoder(cfg: RunConfig, o: DISCOVROptions) -> nn.Module | None:
-    """The frame ViT of `recipe_options.image_backbone` (random weights), or None when L_img and L_SCD are off."""
-    from sonodistill.models.backbones import build_backbone
+def is_token_encoder(image: nn.Module) -> bool:
+    """Whether an image encoder is a ViT (masks by dropping tokens) rather than a CNN (masks pixels)."""
+    return hasattr(image, "patch_size")
+
+
+def image_encoder(cfg: RunConfig, o: DISCOVROptions, start: bool = False) -> nn.Module | None:
+    """The frame encoder of `recipe_options.image_backbone` (a ViT or a staged CNN), from `image_pretrained` when
+    `start` (training; inference loads the trained weights), or None when L_img and L_SCD are off."""
+    from sonodistill.models.backbones import accepts_option, build_backbone
 
     if not (o.use_img or o.use_scd):
         return None
+    kwargs = dict(o.image_kwargs)
+    if accepts_option(o.image_backbone, "img_size"):
+        kwargs = {"img_size": cfg.data.size, **kwargs}
     image = build_backbone(o.image_backbone, in_channels=1, width=o.image_width,
-                           **{"img_size": cfg.data.size, **o.image_kwargs})
-    if getattr(image, "kind", None) != "frame" or not hasattr(image, "patch_size"):
-        raise ConfigError(f"discovr: image_backbone must be a frame ViT, got {o.image_backbone!r}")
+                           pretrained=o.image_pretrained if start else "none",
+                           freeze_stages=o.image_freeze_stages, **kwargs)
+    if getattr(image, "kind", None) != "frame":
+        raise ConfigError(f"discovr: image_backbone must be a frame encoder (a ViT or a 2D CNN), got "
+                          f"{o.image_backbone!r} ({getattr(image, 'kind', None)})")
+    if not is_token_encoder(image) and not -len(image.stage_channels) <= o.image_token_stage < len(image.stage_channels):
+        raise ConfigError(f"recipe_options (discovr).image_token_stage={o.image_token_stage}: {o.image_backbone!r} "
+                          f"has {len(image.stage_channels)} stages")
     return image
+
+
+def image_token_dim(image: nn.Module, o: DISCOVROptions) -> int:
+    """Channels of the image branch's patch tokens: a ViT's embedding, or the CNN's token-stage map."""
+    return int(image.embed_dim if is_token_encoder(image) else image.stage_channels[o.image_token_stage])
 
 
 class DISCOVRRecipe(TrainingHooks, L.LightningModule):
@@ -169,7 +205,7 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         """The untrained encoders of model.safetensors (no heads, decoder or prototypes); forward = the video
         encoder, `B x 1 x T x S x S` -> StageOutputs (`pooled` `B x D`)."""
         o = parse_options(DISCOVROptions, cfg.recipe_options, "discovr")
-        return DISCOVREncoders(video_encoder(cfg), image_encoder(cfg, o))
+        return DISCOVREncoders(video_encoder(cfg), image_encoder(cfg, o), embed=o.eval_branch)
 
     def __init__(self, cfg: RunConfig, num_classes: int = 0, steps_per_epoch: int = 1) -> None:
         super().__init__()
@@ -185,18 +221,20 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         dino_kwargs = dict(out_dim=o.out_dim, student_temp=o.student_temp, teacher_temp_schedule=temps,
                            center_momentum=o.center_momentum)
         self.loss_vid = MaskedViewDINOLoss(o.n_video_masks, **dino_kwargs)
-        image = image_encoder(cfg, o)
+        image = image_encoder(cfg, o, start=True)
         self.has_image = image is not None
         if image is not None:
-            self.patch = int(image.patch_size)
-            if self.tubelet[1] % self.patch or self.tubelet[2] % self.patch:
-                raise ConfigError(f"discovr: the image patch {self.patch} must divide the tubelet's spatial size "
-                                  f"{self.tubelet[1:]} so image tokens can be pooled onto video tokens")
+            self.tokens_from_vit = is_token_encoder(image)
+            if self.tokens_from_vit:
+                self.patch = int(image.patch_size)
+                if self.tubelet[1] % self.patch or self.tubelet[2] % self.patch:
+                    raise ConfigError(f"discovr: the image patch {self.patch} must divide the tubelet's spatial "
+                                      f"size {self.tubelet[1:]} so image tokens can be pooled onto video tokens")
             self.student_i = Branch(image, _dino_head(image.embed_dim, o))
             self.teacher_i = make_teacher(self.student_i)
             self.loss_img = MaskedViewDINOLoss(o.n_image_masks, **dino_kwargs)
         if o.use_scd:
-            d_img = self.student_i.backbone.embed_dim
+            d_img = image_token_dim(self.student_i.backbone, o)
             self.decoder = VideoTokenDecoder(video.embed_dim, d_img, o.decoder_dim, o.decoder_depth, o.decoder_heads)
             self.prototypes = PrototypeHead(d_img, o.n_prototypes)
             self.loss_scd = SemanticClusterDistillationLoss(o.scd_temperature, o.sinkhorn_epsilon, o.sinkhorn_iters)
@@ -219,16 +257,34 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         b, c, t, h, w = f.shape
         return f.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
 
-    def image_tokens_on_video_grid(self, out: StageOutputs, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Image patch tokens of the tubelet frames, pooled onto the video grid: `B x (T'*h*w) x D` (raster t,h,w)."""
-        t, h, w = grid
+    def image_token_maps(self, out: StageOutputs) -> torch.Tensor:
+        """The image branch's patch tokens as maps `N x D x h_i x w_i`: a ViT's tokens after [CLS], or a CNN's
+        `image_token_stage` map."""
+        if not self.tokens_from_vit:
+            return out.stages[self.o.image_token_stage]
         tok = out.tokens[:, 1:]
         n, p, d = tok.shape
         hi, wi = out.stages[-1].shape[-2:]
-        maps = tok.transpose(1, 2).reshape(n, d, hi, wi)
-        if (hi, wi) != (h, w):
+        return tok.transpose(1, 2).reshape(n, d, hi, wi)
+
+    def image_tokens_on_video_grid(self, out: StageOutputs, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Image patch tokens of the tubelet frames, pooled onto the video grid: `B x (T'*h*w) x D` (raster t,h,w)."""
+        t, h, w = grid
+        maps = self.image_token_maps(out)
+        d = maps.shape[1]
+        if tuple(maps.shape[-2:]) != (h, w):
             maps = F.adaptive_avg_pool2d(maps, (h, w))
         return maps.reshape(batch, t, d, h * w).permute(0, 1, 3, 2).reshape(batch, t * h * w, d)
+
+    def masked_image_student(self, frames: torch.Tensor, teacher_out: StageOutputs, g: torch.Generator) -> StageOutputs:
+        """The image student on one random patch masking of `frames` (`N x 1 x H x W`): a ViT drops the masked
+        tokens; a CNN sees them as black squares of `image_mask_patch` pixels."""
+        o = self.o
+        if self.tokens_from_vit:
+            grid_i = tuple(teacher_out.stages[-1].shape[-2:])
+            keep = random_patch_mask(frames.shape[0], grid_i, o.image_mask_ratio, g, device=frames.device)
+            return self.student_i.backbone(frames, keep=keep)
+        return self.student_i.backbone(mask_pixel_patches(frames, o.image_mask_patch, o.image_mask_ratio, g))
 
     # -- the loss -----------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -265,11 +321,8 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
             if o.use_img:
                 with torch.no_grad():
                     ti_logits = self.teacher_i.head(ti_out.pooled)
-                grid_i = tuple(ti_out.stages[-1].shape[-2:])
-                si_logits = []
-                for _ in range(o.n_image_masks):
-                    keep_i = random_patch_mask(frames.shape[0], grid_i, o.image_mask_ratio, g, device=x.device)
-                    si_logits.append(self.student_i.head(self.student_i.backbone(frames, keep=keep_i).pooled))
+                si_logits = [self.student_i.head(self.masked_image_student(frames, ti_out, g).pooled)
+                             for _ in range(o.n_image_masks)]
                 loss_img, p = self.loss_img(torch.cat(si_logits), ti_logits, epoch)
                 parts.update(prefixed(p, "img"))
                 parts["loss_img"] = loss_img.detach()
@@ -308,7 +361,7 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         image = None
         if self.has_image:
             image = (self.teacher_i if use_teacher else self.student_i).backbone
-        return DISCOVREncoders(video, image)
+        return DISCOVREncoders(video, image, embed=self.o.eval_branch)
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> StageOutputs:

@@ -195,7 +195,11 @@ def _annotation_metrics(run_dir: Path, info: dict[str, Any]) -> list[str]:
 
 
 def _start_line(cfg: Any, annotation: Any, arch: dict[str, Any]) -> str:
-    """The card's start line: `model.pretrained`, or an annotator's frame and clip encoder starts."""
+    """The card's start line: `model.pretrained`, DISCOVR's video and image encoder starts, or an annotator's frame
+    and clip encoder starts."""
+    if cfg.recipe == "discovr":
+        return (f"video encoder: {describe_start(cfg.model.pretrained)}; image encoder: "
+                f"{describe_start(cfg.recipe_options.get('image_pretrained', 'none'))}")
     if not annotation:
         return describe_start(cfg.model.pretrained)
     return (f"frame encoder: {describe_start(arch.get('frame_pretrained', 'none'))}; clip encoder: "
