@@ -1,7 +1,8 @@
 """DISCOVR benchmark: lus-blues anomaly detection and probes, hc18 frozen segmentation, memory and step time.
 
 Parts (run any subset with --parts; every part resumes from what OUT already holds):
-  main      full model and video-only, pretrained per fold on severity-0 training clips, all folds
+  main      full model, video-only and image-only (the image branch's own clip embeddings, frames averaged),
+            pretrained per fold on severity-0 training clips, all folds
   baseline  the same evaluation of the untrained video encoder (each fold's initialisation)
   ablation  full model with mask ratio 0.5, and with 16-frame clips, on --ablation-folds
   probe     linear-probe comparison with the supervised CV and MeDiVLAD runs found under --runs
@@ -10,11 +11,13 @@ Parts (run any subset with --parts; every part resumes from what OUT already hol
 Results: OUT/results.json and OUT/summary.md.
 
     flock /tmp/sonodistill-heavy.lock python benchmarks/discovr_lus.py --out runs/discovr-lus
+    python benchmarks/discovr_lus.py --config discovr-imagenet --out runs/bench19/discovr --parts seg   # CNN branch
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import statistics
@@ -35,10 +38,11 @@ log = logging.getLogger("discovr_lus")
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "video-only": ["recipe_options.use_img=false", "recipe_options.use_scd=false"],
+    "image-only": ["recipe_options.use_vid=false", "recipe_options.use_scd=false", "recipe_options.eval_branch=image"],
     "full-mask0.5": ["recipe_options.video_mask_ratio=0.5"],
     "full-16frames": ["data.num_frames=16", "model.kwargs.num_frames=16"],
 }
-MAIN = ["full", "video-only"]
+MAIN = ["full", "video-only", "image-only"]
 ABLATION = ["full-mask0.5", "full-16frames"]
 ANOMALY_COLUMNS = ["auroc", "f1", "balanced_accuracy", "precision", "recall", "f1_all_anomalous"]
 PROBE_COLUMNS = ["accuracy", "balanced_accuracy", "f1", "roc_auc"]
@@ -49,7 +53,7 @@ def variant_config(args: argparse.Namespace, variant: str, folds: list[int] | No
                  f"train.folds={args.folds}"] + VARIANTS[variant] + list(args.set)
     if folds is not None:
         overrides.append(f"recipe_options.run_folds={json.dumps(folds)}")
-    return load_config(packaged_config("discovr-cpu"), overrides)
+    return load_config(packaged_config(args.config), overrides)
 
 
 def run_variant(args: argparse.Namespace, variant: str, folds: list[int] | None, manifest: Any) -> dict[str, Any]:
@@ -188,23 +192,32 @@ def part_seg(args: argparse.Namespace, manifest: Any, results: dict[str, Any]) -
     from sonodistill.data.splits import grouped_kfold
     from sonodistill.evaluation.frozen_segmentation import frozen_segmentation_fold, patch_token_maps
     from sonodistill.recipes.data import build_dataset, make_loader
-    from sonodistill.recipes.discovr import DISCOVRRecipe, load_encoders
+    from sonodistill.config import parse_options
+    from sonodistill.models.backbones import build_backbone
+    from sonodistill.recipes.discovr import DISCOVROptions, DISCOVRRecipe, is_token_encoder, load_encoders
     from sonodistill.recipes.trainer import WEIGHTS
 
     cfg = variant_config(args, "full", None)
+    o = parse_options(DISCOVROptions, cfg.recipe_options, "discovr")
+    random_cfg = copy.deepcopy(cfg)
+    random_cfg.recipe_options = {**cfg.recipe_options, "image_pretrained": "none"}
     hc = load_adapter("hc18")
     data = build_dataset(hc, cfg.data, train=False, seed=0)
     loader = make_loader(data, cfg.data, train=False, seed=0)
     torch.manual_seed(0)
     encoders = {
         "discovr image encoder (lus-blues fold 0)": load_encoders(cfg, args.out / "full" / "fold_0" / WEIGHTS).image,
-        "same architecture, random init": DISCOVRRecipe(cfg).inference_model().image,
+        "same architecture, random init": DISCOVRRecipe(random_cfg).inference_model().image,
     }
+    if o.image_pretrained != "none":  # what the image branch started from, before any DISCOVR training
+        encoders[f"its start ({o.image_pretrained}), no DISCOVR training"] = build_backbone(
+            o.image_backbone, width=o.image_width, pretrained=o.image_pretrained, **o.image_kwargs)
+    stage = None if is_token_encoder(encoders["same architecture, random init"]) else o.image_token_stage
     folds = grouped_kfold(hc, n_splits=5, seed=0)
     out: dict[str, Any] = {"items": len(hc), "size": cfg.data.size, "folds": 5}
     for name, enc in encoders.items():
         t0 = time.perf_counter()
-        feats, masks, index = patch_token_maps(enc, loader)
+        feats, masks, index = patch_token_maps(enc, loader, stage)
         order = np.argsort(index)
         feats, masks = feats[order], masks[order]
         per_fold = []
@@ -301,7 +314,7 @@ def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
 def part_memory(args: argparse.Namespace, manifest: Any, results: dict[str, Any]) -> None:
     out = {}
     for v in MAIN:
-        cmd = [sys.executable, __file__, "--out", str(args.out), "--memory-probe", v, "--mem-steps",
+        cmd = [sys.executable, __file__, "--out", str(args.out), "--config", args.config, "--memory-probe", v, "--mem-steps",
                str(args.mem_steps), "--threads", str(args.threads), "--epochs", str(args.epochs)]
         for s in args.set:
             cmd += ["--set", s]
@@ -414,6 +427,7 @@ PARTS = {"main": part_main, "baseline": part_baseline, "ablation": part_ablation
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/discovr-lus"))
+    p.add_argument("--config", default="discovr-cpu", help="packaged discovr config the variants start from")
     p.add_argument("--runs", default="runs", help="where to look for supervised / MeDiVLAD runs")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--epochs", type=int, default=20)

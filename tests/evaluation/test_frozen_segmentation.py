@@ -68,3 +68,17 @@ def test_patch_token_maps_from_a_frame_vit():
     assert vit.training  # mode restored
     head = fit_linear_segmentation(feats, masks, epochs=2)
     assert head(feats, (32, 32)).shape == (5, 1, 32, 32)
+
+
+def test_patch_token_maps_from_a_cnn_stage():
+    """A CNN has no tokens: its named stage map is the patch grid (EfficientNet stride 16: 2x2 at 32 px)."""
+    from sonodistill.models.backbones import build_backbone
+
+    cnn = build_backbone("efficientnet_lite0").eval()
+    batches = [{"x": torch.rand(2, 1, 32, 32), "mask": torch.ones(2, 1, 32, 32), "index": torch.arange(2)}]
+    feats, _, _ = patch_token_maps(cnn, batches, stage=3)
+    assert feats.shape == (2, 112, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, cnn(batches[0]["x"]).stages[3])
+    with pytest.raises(ValueError, match="name the stage map"):
+        patch_token_maps(cnn, batches)

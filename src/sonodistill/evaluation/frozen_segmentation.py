@@ -16,11 +16,13 @@ from torch import nn
 
 
 @torch.no_grad()
-def patch_token_maps(encoder: nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Final-norm patch tokens of a frame ViT as maps `N x D x h x w`, masks `N x 1 x H x W`, dataset indices `N`.
+def patch_token_maps(encoder: nn.Module, loader: Any, stage: int | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       np.ndarray]:
+    """Patch features as maps `N x D x h x w`, masks `N x 1 x H x W`, dataset indices `N`: a frame ViT's
+    final-norm patch tokens (grid read from its last stage), or a CNN's `stage` map (e.g. 3: EfficientNet's
+    stride 16, what DISCOVR's CNN image branch gives as tokens).
 
     Batches are dicts with "x" (`B x C x H x W`), "mask" and "index" (a `FrameDataset` with masks).
-    The token grid is read from the encoder's last stage (`B x D x h x w`).
     """
     was_training = encoder.training
     encoder.eval()
@@ -29,9 +31,13 @@ def patch_token_maps(encoder: nn.Module, loader: Any) -> tuple[torch.Tensor, tor
         for batch in loader:
             out = encoder(batch["x"])
             if out.tokens is None:
-                raise ValueError(f"{type(encoder).__name__} returns no tokens; frozen segmentation needs a ViT")
-            b, d, h, w = out.stages[-1].shape
-            feats.append(out.tokens[:, 1:].transpose(1, 2).reshape(b, d, h, w).float())
+                if stage is None:
+                    raise ValueError(f"{type(encoder).__name__} returns no tokens: name the stage map to segment "
+                                     "from (stage=...), or use a ViT")
+                feats.append(out.stages[stage].float())
+            else:
+                b, d, h, w = out.stages[-1].shape
+                feats.append(out.tokens[:, 1:].transpose(1, 2).reshape(b, d, h, w).float())
             masks.append(batch["mask"].float())
             index.append(torch.as_tensor(batch["index"]).reshape(-1))
     finally:
