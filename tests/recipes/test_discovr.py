@@ -153,6 +153,15 @@ def test_video_only_variant_builds_no_image_branch():
     assert r.inference_model().image is None
 
 
+def test_image_only_variant_trains_the_image_branch_alone():
+    r = tiny_recipe("use_vid: false, use_scd: false")
+    loss, parts = r.compute_loss(clips())
+    assert set(k for k in parts if k.startswith("loss")) == {"loss_img"}
+    loss.backward()
+    assert all(g is None for g in _grads(r.student_v)), "the video student is not run"
+    assert r.student_i.backbone.patch_embed.weight.grad.abs().sum() > 0
+
+
 def test_bad_options_are_errors():
     with pytest.raises(ConfigError, match="unknown field"):
         tiny_recipe("use_image: true")

@@ -300,7 +300,7 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
 
         # video branch: teacher on the full clip, student on M tube-masked variants
         s_logits, s_views = [], []
-        for _ in range(o.n_video_masks):
+        for _ in range(o.n_video_masks if o.use_vid or o.use_scd else 0):  # image-only: no video student
             keep = tube_mask(b, grid, o.video_mask_ratio, g, device=x.device)
             out = self.student_v.backbone(x, keep=keep)
             if o.use_vid:
