@@ -202,8 +202,8 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
 
     @staticmethod
     def build_inference_model(cfg: RunConfig, manifest: Manifest | None = None) -> DISCOVREncoders:
-        """The untrained encoders of model.safetensors (no heads, decoder or prototypes); forward = the video
-        encoder, `B x 1 x T x S x S` -> StageOutputs (`pooled` `B x D`)."""
+        """The untrained encoders of model.safetensors (no heads, decoder or prototypes); forward embeds a clip
+        `B x 1 x T x S x S` with the `eval_branch` encoder -> StageOutputs (`pooled` `B x D`)."""
         o = parse_options(DISCOVROptions, cfg.recipe_options, "discovr")
         return DISCOVREncoders(video_encoder(cfg), image_encoder(cfg, o), embed=o.eval_branch)
 
