@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonodistill.models.stages import patch_maps
+
 
 @torch.no_grad()
 def patch_token_maps(encoder: nn.Module, loader: Any, stage: int | None = None) -> tuple[torch.Tensor, torch.Tensor,
@@ -29,15 +31,7 @@ def patch_token_maps(encoder: nn.Module, loader: Any, stage: int | None = None) 
     feats, masks, index = [], [], []
     try:
         for batch in loader:
-            out = encoder(batch["x"])
-            if out.tokens is None:
-                if stage is None:
-                    raise ValueError(f"{type(encoder).__name__} returns no tokens: name the stage map to segment "
-                                     "from (stage=...), or use a ViT")
-                feats.append(out.stages[stage].float())
-            else:
-                b, d, h, w = out.stages[-1].shape
-                feats.append(out.tokens[:, 1:].transpose(1, 2).reshape(b, d, h, w).float())
+            feats.append(patch_maps(encoder(batch["x"]), stage).float())
             masks.append(batch["mask"].float())
             index.append(torch.as_tensor(batch["index"]).reshape(-1))
     finally:

@@ -35,6 +35,19 @@ class StagedBackbone(nn.Module):
         raise NotImplementedError
 
 
+def patch_maps(out: StageOutputs, stage: int | None = None) -> torch.Tensor:
+    """A frame encoder's patch features as maps `N x D x h x w`: a ViT's patch tokens (after [CLS], on its last
+    stage's grid), or, for a CNN (no tokens), its `stage` map. A CNN without `stage` is a ValueError."""
+    if out.tokens is not None:
+        n, _, d = out.tokens.shape
+        h, w = out.stages[-1].shape[-2:]
+        return out.tokens[:, 1:].transpose(1, 2).reshape(n, d, h, w)
+    if stage is None:
+        raise ValueError("the encoder returns no tokens: name the stage map to take patch features from (stage=...), "
+                         "or use a ViT")
+    return out.stages[stage]
+
+
 def per_frame_stages(x: torch.Tensor, trunk: "Callable[[torch.Tensor], list[torch.Tensor]]") -> StageOutputs:
     """Apply a 2D `trunk` (`N x C x H x W` -> stage maps) to every frame of `B x C x T x H x W`; the maps come back
     as `B x C_i x T x H_i x W_i` and pooled is their last stage averaged over T, H, W."""

@@ -42,7 +42,7 @@ from sonodistill.losses.dino import MaskedViewDINOLoss
 from sonodistill.losses.ema import make_teacher, update_ema
 from sonodistill.losses.sinkhorn import SemanticClusterDistillationLoss
 from sonodistill.models.projection import DINOHead, PrototypeHead, cancel_last_layer_gradients
-from sonodistill.models.stages import StageOutputs
+from sonodistill.models.stages import StageOutputs, patch_maps
 from sonodistill.models.video_decoder import VideoTokenDecoder
 from sonodistill.models.wrappers import Branch, DISCOVREncoders
 from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
@@ -257,20 +257,11 @@ class DISCOVRRecipe(TrainingHooks, L.LightningModule):
         b, c, t, h, w = f.shape
         return f.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
 
-    def image_token_maps(self, out: StageOutputs) -> torch.Tensor:
-        """The image branch's patch tokens as maps `N x D x h_i x w_i`: a ViT's tokens after [CLS], or a CNN's
-        `image_token_stage` map."""
-        if not self.tokens_from_vit:
-            return out.stages[self.o.image_token_stage]
-        tok = out.tokens[:, 1:]
-        n, p, d = tok.shape
-        hi, wi = out.stages[-1].shape[-2:]
-        return tok.transpose(1, 2).reshape(n, d, hi, wi)
-
     def image_tokens_on_video_grid(self, out: StageOutputs, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Image patch tokens of the tubelet frames, pooled onto the video grid: `B x (T'*h*w) x D` (raster t,h,w)."""
+        """Image patch tokens of the tubelet frames (a ViT's tokens after [CLS], or a CNN's `image_token_stage`
+        map), pooled onto the video grid: `B x (T'*h*w) x D` (raster t,h,w)."""
         t, h, w = grid
-        maps = self.image_token_maps(out)
+        maps = patch_maps(out, self.o.image_token_stage)
         d = maps.shape[1]
         if tuple(maps.shape[-2:]) != (h, w):
             maps = F.adaptive_avg_pool2d(maps, (h, w))
