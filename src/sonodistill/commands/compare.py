@@ -27,6 +27,7 @@ import pandas as pd
 
 from sonodistill.config import SEED_DIR_PREFIX
 from sonodistill.errors import SonoDistillError
+from sonodistill.evaluation.embedding_eval import ANOMALY_OUTCOMES
 
 SEQUENCES = "sequences.csv"  # a sequence run's manifest of sequences (what its folds.json and predictions index)
 ANNOTATION_THRESHOLD = 0.5  # binary findings are predicted at this probability (DILBERT's default threshold)
@@ -63,13 +64,10 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return m.table, list(m.classes)
 
 
-ANOMALY_COLUMNS = ["is_anomalous", "anomaly_called", "anomaly_score"]  # a DISCOVR run's anomaly detection
-
-
 def _task_of(pred: pd.DataFrame, where: Path) -> str:
     if "dice" in pred.columns:
         return "segmentation"
-    if set(ANOMALY_COLUMNS) <= set(pred.columns):
+    if set(ANOMALY_OUTCOMES) <= set(pred.columns):  # a DISCOVR run's anomaly detection
         return "anomaly"
     if any(c.startswith("prob_") for c in pred.columns):
         return "classification"
@@ -273,7 +271,7 @@ def _metric_data(run: SeedPredictions, task: str, metrics: list[str]) -> np.ndar
 
         return outcome_matrix(run.predictions, ANNOTATION_THRESHOLD)[1]
     if task == "anomaly":
-        return run.predictions[ANOMALY_COLUMNS].to_numpy(np.float64)
+        return run.predictions[ANOMALY_OUTCOMES].to_numpy(np.float64)
     if task == "classification":
         from sonodistill.evaluation.report import prob_columns
 

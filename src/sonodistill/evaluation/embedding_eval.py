@@ -19,6 +19,10 @@ from sonodistill.data.manifest import Manifest
 #: what `evaluate_embeddings` can run
 EVALUATIONS = ("anomaly", "linear", "knn", "regression")
 
+#: per test item, the anomaly detection of the z-scored section: truth, call at the fold's threshold, score (the
+#: order `paired.anomaly_scorer` reads; DISCOVR's predictions.csv and `sonodistill compare` use these columns)
+ANOMALY_OUTCOMES = ["is_anomalous", "anomaly_called", "anomaly_score"]
+
 #: report.md: the columns shown per evaluation section
 REPORT_COLUMNS = {
     "anomaly": ["auroc", "f1", "balanced_accuracy", "precision", "recall", "f1_all_anomalous"],
@@ -59,6 +63,7 @@ def evaluate_embeddings(manifest: Manifest, feats: np.ndarray, train: np.ndarray
         table["y_true"] = y[test]
         if "anomaly" in wanted and how.normal_label is not None:
             ni = manifest.classes.index(str(how.normal_label))
+            table["is_anomalous"] = (y[test] != ni).astype(int)
             sections = [("anomaly", bool(how.anomaly_standardize))]
             if how.anomaly_standardize:
                 sections.append(("anomaly_raw", False))
@@ -68,7 +73,6 @@ def evaluate_embeddings(manifest: Manifest, feats: np.ndarray, train: np.ndarray
                                             percentile=float(how.threshold_percentile), standardize=scale)
                 table[f"{section}_score"] = res.pop("test_scores")
                 table[f"{section}_called"] = (table[f"{section}_score"] >= res["threshold"]).astype(int)
-                table["is_anomalous"] = (y[test] != ni).astype(int)
                 res.pop("train_scores")
                 metrics[section] = res
         for name, fn in (("linear", linear_probe), ("knn", knn_predict)):

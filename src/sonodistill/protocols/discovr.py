@@ -26,6 +26,7 @@ from sonodistill.config import RunConfig, parse_options
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.evaluation.embedding_eval import (
+    ANOMALY_OUTCOMES,
     EmbeddingEvaluation,
     evaluate_embeddings,
     summarise_sections,
@@ -42,7 +43,7 @@ EMBEDDINGS = "embeddings.npy"
 EMBEDDING_ROWS = "embedding_rows.npy"
 TEST_PREDICTIONS = "test_predictions"
 #: the run's predictions.csv (what `sonodistill compare` scores): the anomaly detection of every test clip
-ANOMALY_COLUMNS = ["fold", "index", "group", "y_true", "is_anomalous", "anomaly_score", "anomaly_called"]
+ANOMALY_COLUMNS = ["fold", "index", "group", "y_true", *ANOMALY_OUTCOMES]
 
 
 def _options(cfg: RunConfig) -> DISCOVROptions:
