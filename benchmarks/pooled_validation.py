@@ -5,7 +5,7 @@ directory per fold, `NAME-fK`); this script pools their predictions.csv per sett
 merged, e.g. lus-blues severity 0 / 1-2 / 3) and prints accuracy, balanced accuracy, macro F1 and macro ROC-AUC
 per setting, computed on the pooled validation items. Test folds are never read by such runs.
 
-    python benchmarks/pooled_validation.py runs/bench19/val --settings sup dd dd23 dd3 ddlight --folds 0 1 \
+    python benchmarks/pooled_validation.py runs/bench19/val --settings sup dd dd23 ddlight --folds 0 1 \
         --merge 0=0 --merge 1-2=1,2 --merge 3=3
 """
 
@@ -44,14 +44,6 @@ def pooled_metrics(runs: list[Path], merge: dict[str, list[str]] | None) -> dict
     return {"n": len(pred), **{k: float(m[k]) for k in COLUMNS}}
 
 
-def parse_merge(items: list[str]) -> dict[str, list[str]]:
-    out = {}
-    for item in items:
-        new, _, old = item.partition("=")
-        out[new] = [c for c in old.split(",") if c]
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="folder holding NAME-fK run directories")
@@ -59,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", nargs="+", type=int, required=True)
     p.add_argument("--merge", action="append", default=[], help="NEW=OLD1,OLD2 (repeated)")
     args = p.parse_args(argv)
+    from sonodistill.evaluation.run_dir import parse_merge  # what `eval` / `compare --merge` use
+
     merge = parse_merge(args.merge) or None
     lines = ["| setting | validation items | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
     for name in args.settings:
