@@ -144,7 +144,46 @@ def test_full_mi_prefers_half_foreground_and_the_conditional_term_does_not() -> 
     assert full(lh, lh.clone())[0].item() < full(lq, lq.clone())[0].item() - 0.1
     assert cond(lh, lh.clone())[0].item() == pytest.approx(cond(lq, lq.clone())[0].item(), abs=ATOL)
     with pytest.raises(ValueError, match="marginal"):
-        MutualInformationLoss(marginal="prior")
+        MutualInformationLoss(marginal="uniform")
+
+
+def test_mi_prior_hand_value() -> None:
+    # the same two pixels: symmetrised P = [[0.75, 0.125], [0.125, 0]], marginal m = (0.875, 0.125)
+    p1 = two_class_logits([1e-12, 0.5], (1, 1, 2))
+    p2 = two_class_logits([1e-12, 1e-12], (1, 1, 2))
+    h_joint = -(0.75 * math.log(0.75) + 2 * 0.125 * math.log(0.125))
+    h_marginal = -(0.875 * math.log(0.875) + 0.125 * math.log(0.125))
+    kl = 0.875 * math.log(0.875 / 0.9) + 0.125 * math.log(0.125 / 0.1)  # KL(m || (0.9, 0.1))
+    loss, parts = MutualInformationLoss(marginal="prior")(p1, p2, prior=torch.tensor([9.0, 1.0]))  # normalised
+    assert loss.item() == pytest.approx(h_joint - h_marginal + kl, abs=ATOL)
+    assert parts["marginal_kl"].item() == pytest.approx(kl, abs=ATOL)
+
+
+def test_mi_prior_uniform_equals_iic_plus_log_k() -> None:
+    """-I = H(Z1 | Z2) + KL(m || uniform) - log K: the prior variant with a uniform prior is IIC shifted."""
+    torch.manual_seed(1)
+    a, b = torch.randn(2, 3, 4, 4).double(), torch.randn(2, 3, 4, 4).double()
+    iic = MutualInformationLoss()(a, b)[0]
+    prior = MutualInformationLoss(marginal="prior")(a, b, prior=torch.ones(3))[0]
+    assert prior.item() == pytest.approx(iic.item() + math.log(3), abs=1e-9)
+
+
+def test_mi_prior_prefers_the_prior_foreground_fraction() -> None:
+    """With the labelled prior (3/4 background), agreeing confident predictions covering a quarter of the pixels
+    score lower than ones covering half: the opposite of IIC's pull towards 1/2."""
+    quarter = one_hot_logits((torch.arange(16) < 4).long().reshape(1, 4, 4), 2)
+    half = one_hot_logits((torch.arange(16) < 8).long().reshape(1, 4, 4), 2)
+    mi, prior = MutualInformationLoss(marginal="prior"), torch.tensor([0.75, 0.25])
+    assert mi(quarter, quarter.clone(), prior)[0].item() < mi(half, half.clone(), prior)[0].item() - 0.1
+    assert mi(quarter, quarter.clone(), prior)[0].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("prior, match", [(None, "needs prior"), (torch.tensor([1.0, 0.0, 0.0]), "2 non-negative"),
+                                          (torch.tensor([1.0, -0.5]), "non-negative"),
+                                          (torch.tensor([float("nan"), 1.0]), "non-negative")])
+def test_mi_prior_rejects_a_missing_or_bad_prior(prior, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        MutualInformationLoss(marginal="prior")(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), prior)
 
 
 def test_mi_bounds_and_gradients_on_random_inputs() -> None:
@@ -253,26 +292,29 @@ def _mi_worker(rank: int, world: int, tmp: str) -> None:
         data = torch.load(f"{tmp}/inputs.pt")
         a = data["a"][rank : rank + 1].clone().requires_grad_()
         b = data["b"][rank : rank + 1].clone().requires_grad_()
-        loss, parts = MutualInformationLoss()(a, b)
+        loss, parts = MutualInformationLoss(marginal=data["marginal"])(a, b, data["prior"])
         loss.backward()
-        torch.save({"mi": parts["mi"], "grad_a": a.grad}, f"{tmp}/out{rank}.pt")
+        torch.save({"mi": parts["mi"], "loss": loss.detach(), "grad_a": a.grad}, f"{tmp}/out{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_mi_joint_is_global_under_ddp(tmp_path) -> None:
+@pytest.mark.parametrize("marginal", ["entropy", "prior"])
+def test_mi_joint_is_global_under_ddp(tmp_path, marginal) -> None:
     torch.manual_seed(0)
     a = (2 * torch.randn(2, 3, 4, 4)).double()
     b = (2 * torch.randn(2, 3, 4, 4)).double()
-    torch.save({"a": a, "b": b}, tmp_path / "inputs.pt")
+    prior = torch.tensor([0.6, 0.3, 0.1]) if marginal == "prior" else None
+    torch.save({"a": a, "b": b, "marginal": marginal, "prior": prior}, tmp_path / "inputs.pt")
     run_two_processes(_mi_worker, str(tmp_path))
     outs = [torch.load(tmp_path / f"out{r}.pt") for r in range(2)]
     full_a = a.clone().requires_grad_()
-    loss, parts = MutualInformationLoss()(full_a, b)
+    loss, parts = MutualInformationLoss(marginal=marginal)(full_a, b, prior)
     loss.backward()
     local_mi = MutualInformationLoss()(a[:1], b[:1])[1]["mi"]
     for r, o in enumerate(outs):
         assert o["mi"].item() == pytest.approx(parts["mi"].item(), abs=1e-9)
+        assert o["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
         # DDP averages gradients over the 2 processes: (1/2) * local grad == exact grad of the global MI.
         torch.testing.assert_close(o["grad_a"] / 2, full_a.grad[r : r + 1])
     assert abs(local_mi.item() - parts["mi"].item()) > 1e-3  # a missing all-reduce would be caught

@@ -58,3 +58,26 @@ def test_consistency_weight_ramps_up_to_the_configured_value(tmp_path):
     from sonodistill.recipes.schedules import sigmoid_rampup
 
     assert sigmoid_rampup(10, recipe.rampup_steps) == 1.0
+
+
+def test_prior_marginal_uses_the_labelled_masks_pixel_frequencies(tmp_path):
+    recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=prior"), steps_per_epoch=10)
+    recipe.train()
+    labelled, unlabelled = synthetic_batch()
+    fg = float(labelled["mask"].mean())
+    assert 0.0 < fg < 0.5
+    loss, parts = recipe.compute_loss(labelled, unlabelled)
+    assert torch.isfinite(loss) and "hdc/mi/marginal_kl" in parts
+    torch.testing.assert_close(recipe.labelled_class_pixels.sum(), torch.tensor(float(labelled["mask"].numel()),
+                                                                                dtype=torch.float64))
+    # the running prior adds every labelled batch: an all-background batch of the same size halves the foreground
+    prior = recipe.labelled_prior(torch.zeros_like(labelled["mask"]))
+    torch.testing.assert_close(prior, torch.tensor([1 - fg / 2, fg / 2]))
+    assert "labelled_class_pixels" in recipe.state_dict()  # kept across a resumed run
+
+
+def test_mi_marginal_option_is_checked(tmp_path):
+    from sonodistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mi_marginal"):
+        HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=uniform"), steps_per_epoch=1)

@@ -119,17 +119,22 @@ class CorrelationGuidanceLoss(nn.Module):
 
 
 class MutualInformationLoss(nn.Module):
-    """IIC mutual information between two decoders' per-pixel class distributions; loss = -I.
+    """IIC mutual information between two decoders' per-pixel class distributions; loss = -I by default.
 
-    P = (1/N) sum_pixels p1 p2^T (`K x K`, N = all pixels of the batch, all-reduced under DDP), symmetrised (P + P^T)/2, marginals
-    P1, P2, I = sum P (log P - log P1 - log P2), logs clamped at `eps`. 0 <= I <= log K.
+    P = (1/N) sum_pixels p1 p2^T (`K x K`, N = all pixels of the batch, all-reduced under DDP), symmetrised
+    (P + P^T)/2, marginal m (row sums = column sums), I = sum P (log P - log m_i - log m_j), logs clamped at `eps`.
+    0 <= I <= log K.
 
-    Since -I = H(Z1 | Z2) - H(Z1), the full loss also maximises the entropy of the class marginal, pulling the
-    foreground fraction towards 1/K. `marginal="none"` keeps IIC's conditional term only: loss = H(Z1 | Z2)
-    = H(P) - H(P2) (the decoders agree, confidently, whatever the class balance).
+    -I = H(Z1 | Z2) - H(m) = H(Z1 | Z2) + KL(m || uniform) - log K: besides making the decoders agree
+    confidently, IIC pulls the class marginal towards uniform (foreground fraction 1/K). `marginal` chooses that
+    second term:
+    - "entropy" (IIC): loss = -I.
+    - "none": IIC's conditional term only, loss = H(Z1 | Z2) = H(P) - H(m), whatever the class balance.
+    - "prior": loss = H(Z1 | Z2) + KL(m || prior), the uniform replaced by a class prior (`K`, e.g. the labelled
+      masks' pixel frequencies) passed to forward; with a uniform prior it equals -I + log K.
     """
 
-    MARGINALS = ("entropy", "none")
+    MARGINALS = ("entropy", "none", "prior")
 
     def __init__(self, eps: float = 1e-8, marginal: str = "entropy") -> None:
         super().__init__()
@@ -138,7 +143,7 @@ class MutualInformationLoss(nn.Module):
         self.eps = eps
         self.marginal = marginal
 
-    def forward(self, logits1: torch.Tensor, logits2: torch.Tensor) -> LossOutput:
+    def forward(self, logits1: torch.Tensor, logits2: torch.Tensor, prior: torch.Tensor | None = None) -> LossOutput:
         _check_logits_pair(logits1, logits2, "MutualInformationLoss")
         k = logits1.shape[1]
         p1 = logits1.softmax(dim=1).movedim(1, -1).reshape(-1, k)
@@ -150,8 +155,28 @@ class MutualInformationLoss(nn.Module):
         log = lambda t: t.clamp_min(self.eps).log()  # noqa: E731
         mi = (joint * (log(joint) - log(m1) - log(m2))).sum()
         marginal_entropy = -(m1 * log(m1)).sum()
-        loss = -mi if self.marginal == "entropy" else -mi + marginal_entropy  # H(Z1|Z2) = H(Z1) - I
-        return LossOutput(loss, {"mi": mi.detach(), "marginal_entropy": marginal_entropy.detach()})
+        parts = {"mi": mi.detach(), "marginal_entropy": marginal_entropy.detach()}
+        if self.marginal == "entropy":
+            return LossOutput(-mi, parts)
+        conditional = -mi + marginal_entropy  # H(Z1 | Z2) = H(Z1) - I
+        if self.marginal == "none":
+            return LossOutput(conditional, parts)
+        prior = self._check_prior(prior, k, joint)
+        kl = (m1.squeeze(1) * (log(m1.squeeze(1)) - log(prior))).sum()
+        parts["marginal_kl"] = kl.detach()
+        return LossOutput(conditional + kl, parts)
+
+    @staticmethod
+    def _check_prior(prior: torch.Tensor | None, k: int, like: torch.Tensor) -> torch.Tensor:
+        """`prior` as a normalised `K` tensor of `like`'s dtype and device; ValueError when missing or invalid."""
+        if prior is None:
+            raise ValueError("MutualInformationLoss(marginal='prior'): forward needs prior, a K-vector of class "
+                             "frequencies (e.g. the labelled masks')")
+        prior = prior.detach().flatten().to(like)
+        if prior.numel() != k or not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
+            raise ValueError(f"MutualInformationLoss: prior must hold {k} non-negative class frequencies with a "
+                             f"positive sum, got {prior.tolist()}")
+        return prior / prior.sum()
 
     @staticmethod
     def _global_joint(pair_sum: torch.Tensor, n_pixels: int) -> torch.Tensor:
@@ -190,8 +215,9 @@ class PixelConsistencyLoss(nn.Module):
 
 
 class HDCLoss(nn.Module):
-    """HDC unsupervised objective: weight * (lambda_cg * CG(student enc, teacher enc) + lambda_mi * (-I(D1; D2))
-    + lambda_pc * PC(student D1, teacher D1)). `weight` is the ramp-up value chosen by the recipe."""
+    """HDC unsupervised objective: weight * (lambda_cg * CG(student enc, teacher enc) + lambda_mi * MI(D1, D2)
+    + lambda_pc * PC(student D1, teacher D1)), MI = -I(D1; D2) or its variant chosen by `mi_marginal`
+    (`MutualInformationLoss`). `weight` is the ramp-up value chosen by the recipe."""
 
     def __init__(
         self,
@@ -210,8 +236,10 @@ class HDCLoss(nn.Module):
         self.pc = PixelConsistencyLoss(pc_threshold)
 
     def forward(
-        self, student: SegOutputsLike, teacher: SegOutputsLike, weight: float | torch.Tensor = 1.0
+        self, student: SegOutputsLike, teacher: SegOutputsLike, weight: float | torch.Tensor = 1.0,
+        prior: torch.Tensor | None = None,
     ) -> LossOutput:
+        """`prior`: the class prior of the MI term's marginal (`K`), needed when `mi_marginal="prior"`."""
         if student.logits2 is None:
             raise ValueError(
                 "HDCLoss: student.logits2 is None; run the DualDecoderUNet student in training mode with dual=True"
@@ -220,7 +248,7 @@ class HDCLoss(nn.Module):
         if self.cg_layers is not None:
             fs, ft = [fs[i] for i in self.cg_layers], [ft[i] for i in self.cg_layers]
         cg, cg_parts = self.cg(fs, ft)
-        neg_mi, mi_parts = self.mi(student.logits1, student.logits2)
+        neg_mi, mi_parts = self.mi(student.logits1, student.logits2, prior)
         pc, pc_parts = self.pc(student.logits1, teacher.logits1)
         unweighted = self.lambda_cg * cg + self.lambda_mi * neg_mi + self.lambda_pc * pc
         loss = weight * unweighted

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sonodistill.config import RunConfig
 from sonodistill.errors import ConfigError
-from sonodistill.losses.consistency import HDCLoss
+from sonodistill.losses import distributed as dist_utils
+from sonodistill.losses.consistency import HDCLoss, MutualInformationLoss
 from sonodistill.models.segmentation import DualDecoderUNet
 from sonodistill.recipes.semi_supervised import (
     Batch,
@@ -42,12 +43,15 @@ class HDCOptions(MeanTeacherOptions):
     feature_noise: float = 0.3              # D2 input: f * (1 + U(-a, a)) ...
     feature_dropout: float = 0.5            # ... then channel dropout
     sup_d2: float = 1.0                     # weight of D2's supervised loss
-    mi_marginal: str = "entropy"            # -I (IIC, "entropy") or its conditional term H(D1 | D2) only ("none")
+    # MI term: -I (IIC, "entropy"), its conditional term H(D1 | D2) only ("none"), or H(D1 | D2) + KL(marginal ||
+    # the labelled masks' class frequencies) ("prior"); see losses.consistency.MutualInformationLoss
+    mi_marginal: str = "entropy"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mi_marginal not in ("entropy", "none"):
-            raise ConfigError(f"recipe_options (hdc).mi_marginal must be 'entropy' or 'none', got {self.mi_marginal!r}")
+        if self.mi_marginal not in MutualInformationLoss.MARGINALS:
+            raise ConfigError(f"recipe_options (hdc).mi_marginal must be one of {MutualInformationLoss.MARGINALS}, "
+                              f"got {self.mi_marginal!r}")
 
 
 class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
@@ -60,6 +64,8 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         self.make_teacher()
         o = self.options
         self.hdc_loss = HDCLoss(o.lambda_cg, o.lambda_mi, o.lambda_pc, o.cg_layers, o.pc_threshold, o.mi_marginal)
+        # pixels per class of every labelled mask seen so far (all processes): the prior of mi_marginal="prior"
+        self.register_buffer("labelled_class_pixels", torch.zeros(num_classes, dtype=torch.float64))
 
     def build_student(self) -> nn.Module:
         return DualDecoderUNet(feature_noise=float(self.options.feature_noise),
@@ -76,7 +82,16 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         parts.update(parts2)
         teacher = self.teacher_outputs(unlabelled["x_weak"])
         w = self.consistency_weight()
-        unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w)
+        prior = self.labelled_prior(labelled["mask"])
+        unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w, prior=prior)
         parts.update({k if k in ("weight", "unsup", "unsup_unweighted") else f"hdc/{k}": v for k, v in uparts.items()})
         parts.update(self.foreground_fractions(out.logits1[n:], labelled["mask"]))
         return sup1 + float(self.options.sup_d2) * sup2 + unsup, parts
+
+    def labelled_prior(self, mask: torch.Tensor) -> torch.Tensor:
+        """Adds a labelled batch's masks (`B x 1 x S x S` in {0, 1}, every process's under DDP) to the running pixel
+        counts and returns the class frequencies seen so far (`K`, float32): the labelled prior."""
+        labels = mask.detach().round().long().flatten()
+        counts = torch.bincount(labels, minlength=self.labelled_class_pixels.numel()).to(torch.float64)
+        self.labelled_class_pixels += dist_utils.all_reduce_sum(counts)
+        return (self.labelled_class_pixels / self.labelled_class_pixels.sum()).float()
