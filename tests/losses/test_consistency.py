@@ -44,6 +44,20 @@ def test_dicece_hand_value_2x2() -> None:
     assert loss.item() == pytest.approx((dice0 + dice1) / 2 + ce, abs=ATOL)
     assert parts["dice"].item() == pytest.approx((dice0 + dice1) / 2, abs=ATOL)
     assert parts["ce"].item() == pytest.approx(ce, abs=ATOL)
+    fg_only, fg_parts = DiceCELoss(include_background=False)(logits, target)
+    assert fg_only.item() == pytest.approx(dice1 + ce, abs=ATOL)  # foreground Dice only; CE unchanged
+    assert fg_parts["dice"].item() == pytest.approx(dice1, abs=ATOL)
+
+
+def test_foreground_dice_makes_an_empty_prediction_costlier() -> None:
+    """An all-background prediction of a small structure keeps half the Dice term with the background class
+    counted (background Dice ~ 0), the whole of it without: the loss that leaves empty masks cheaper."""
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, :2, :2] = 1  # 1/16 foreground
+    empty = torch.stack([torch.full((1, 8, 8), 6.0), torch.zeros(1, 8, 8)], dim=1)
+    with_bg = DiceCELoss()(empty, target)[1]["dice"].item()
+    fg_only = DiceCELoss(include_background=False)(empty, target)[1]["dice"].item()
+    assert with_bg == pytest.approx(0.5, abs=0.02) and fg_only == pytest.approx(1.0, abs=0.01)
 
 
 def test_dicece_matches_monai_and_accepts_channel_target() -> None:

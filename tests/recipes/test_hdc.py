@@ -75,9 +75,3 @@ def test_prior_marginal_uses_the_labelled_masks_pixel_frequencies(tmp_path):
     torch.testing.assert_close(prior, torch.tensor([1 - fg / 2, fg / 2]))
     assert "labelled_class_pixels" in recipe.state_dict()  # kept across a resumed run
 
-
-def test_mi_marginal_option_is_checked(tmp_path):
-    from sonodistill.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="mi_marginal"):
-        HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=uniform"), steps_per_epoch=1)

@@ -166,8 +166,8 @@ def test_teacher_gets_no_gradient(tmp_path):
 def test_unknown_or_bad_options_are_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"recipe_options \(HDCRecipe\): unknown field\(s\) \['lamda_cg'\]"):
         get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.lamda_cg=2"), steps_per_epoch=1)
-    with pytest.raises(ConfigError, match="mi_marginal must be 'entropy' or 'none'"):
-        get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=prior"), steps_per_epoch=1)
+    with pytest.raises(ConfigError, match=r"mi_marginal must be one of \('entropy', 'none', 'prior'\)"):
+        get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=uniform"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="labelled_fraction"):
         get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=0"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="model.backbone=unet"):
@@ -213,3 +213,11 @@ def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_
     (run / "report.md").unlink()
     segmentation_report_from_run_dir(run)
     assert (run / "report.md").read_text() == before
+
+
+def test_dice_background_option_reaches_the_supervised_loss(tmp_path):
+    recipe = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path, "recipe_options.dice_background=false"),
+                                        num_classes=2, steps_per_epoch=1)
+    assert recipe.sup_loss.inner.dice.include_background is False
+    default = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path), num_classes=2, steps_per_epoch=1)
+    assert default.sup_loss.inner.dice.include_background is True

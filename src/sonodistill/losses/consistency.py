@@ -48,16 +48,18 @@ def _check_logits_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 
 
 class DiceCELoss(nn.Module):
-    """Supervised loss: MONAI `DiceCELoss(to_onehot_y=True, softmax=True)` (soft Dice over all classes incl.
-    background, per image, + pixel CE). logits `B x K x H x W`, target `B x H x W` or `B x 1 x H x W` ints."""
+    """Supervised loss: MONAI `DiceCELoss(to_onehot_y=True, softmax=True)` (soft Dice per image over all classes,
+    background included unless `include_background=False`, + pixel CE over all classes). logits `B x K x H x W`,
+    target `B x H x W` or `B x 1 x H x W` ints."""
 
     def __init__(
-        self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5
+        self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+        include_background: bool = True,
     ) -> None:
         super().__init__()
         self.inner = _MonaiDiceCELoss(
             to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-            smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+            smooth_nr=smooth_nr, smooth_dr=smooth_dr, include_background=include_background,
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> LossOutput:

@@ -50,6 +50,7 @@ class SegmentationOptions:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # U-Net widths before model.width
     overlays: int = 4                    # overlay PNGs written per fold
     save_masks: bool = False             # also write predicted masks (PNG, original resolution) per fold
+    dice_background: bool = True         # supervised Dice over background too (MONAI's default), or foreground only
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
@@ -132,7 +133,7 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.total_steps = max(1, cfg.train.epochs * self.steps_per_epoch)
         self.rampup_steps = float(self.options.rampup_fraction) * self.total_steps
-        self.sup_loss = DiceCELoss()
+        self.sup_loss = DiceCELoss(include_background=bool(self.options.dice_background))
         self.student = self.build_student()
 
     # -- configuration ----------------------------------------------------------------------------
