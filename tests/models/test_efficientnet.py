@@ -179,3 +179,26 @@ def test_freeze_stages_fixes_early_weights_and_batchnorm_statistics():
         build_backbone("efficientnet_lite0", width=1.0, freeze_stages=5)
     with pytest.raises(ConfigError, match="does not support partial finetuning"):
         build_backbone("resnet18_2d", width=0.25, freeze_stages=1)
+
+
+def test_truncated_encoder_keeps_the_first_stages_and_their_imagenet_weights(tmp_path):
+    full = build_backbone("efficientnet_lite0", width=1.0, pretrained="imagenet").eval()
+    short = build_backbone("efficientnet_lite0", width=1.0, pretrained="imagenet", stages=4).eval()
+    x = torch.rand(2, 1, 64, 96)
+    out, ref = short(x), full(x)
+    assert [tuple(s.shape) for s in out.stages] == [tuple(s.shape) for s in ref.stages[:4]]
+    for a, b in zip(out.stages, ref.stages[:4]):  # the same ImageNet network up to stride 16
+        torch.testing.assert_close(a, b)
+    assert out.pooled.shape == (2, 112) and short.stage_channels == [16, 24, 40, 112] and short.embed_dim == 112
+    n_short, n_full = (sum(p.numel() for p in m.parameters()) for m in (short, full))
+    assert n_short < 0.3 * n_full
+    # a full network's own weights (e.g. ultrasound DINO) start a truncated one; the dropped stages are ignored
+    file = tmp_path / "model.safetensors"
+    save_file({f"backbone.{k}": v.contiguous() for k, v in full.state_dict().items()}, str(file))
+    from_path = build_backbone("efficientnet_lite0", width=1.0, pretrained=str(file), stages=4)
+    assert all(torch.equal(a, b) for a, b in zip(from_path.state_dict().values(), short.state_dict().values()))
+    # freezing counts the kept stages only; stage counts outside 1..5 are errors
+    with pytest.raises(ConfigError, match=r"freeze_stages must be in 0\.\.3"):
+        build_backbone("efficientnet_lite0", width=1.0, stages=4, freeze_stages=4)
+    with pytest.raises(ConfigError, match=r"stages must be in 1\.\.5"):
+        build_backbone("efficientnet_lite0", width=1.0, stages=6)

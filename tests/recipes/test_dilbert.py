@@ -212,3 +212,19 @@ def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
     reports = json.loads((export / "reports.json").read_text())
     assert set(reports) <= set(pairs.texts[:6])  # training reports only
     assert not (tmp_path / "tiny" / "fold_0" / "student" / "mutual" / "checkpoints").exists()
+
+
+def test_half_config_student_has_at_most_half_the_teachers_parameters():
+    """dilbert-imagenet-half: the student (truncated ImageNet frame encoder) is <= 1/2 of the teacher in
+    parameters of the deployed model (issue 18's size condition); dilbert-imagenet's is not."""
+    from sonodistill.config import load_config, packaged_config
+    from sonodistill.models.fusion import DILBERTModel, FusionConfig
+    from sonodistill.protocols.dilbert_stages import options
+
+    def size(config: str, role: str) -> int:
+        o = options(load_config(packaged_config(config), []))
+        fcfg = FusionConfig(vocab_size=o.vocab_size, n_binary=3, **{**vars(getattr(o, role)), "frame_pretrained": "none"})
+        return sum(p.numel() for p in DILBERTModel(fcfg).inference_model().parameters())
+
+    assert size("dilbert-imagenet-half", "student") <= 0.5 * size("dilbert-imagenet-half", "teacher")
+    assert size("dilbert-imagenet", "student") > 0.5 * size("dilbert-imagenet", "teacher")

@@ -171,9 +171,9 @@ def _check_fixed_architecture(name: str, width: float, norm: str) -> None:
                           f"(got width {width}, norm {norm!r})")
 
 
-def _efficientnet_lite0(in_channels: int, width: float, norm: str) -> StagedBackbone:
+def _efficientnet_lite0(in_channels: int, width: float, norm: str, stages: int = 5) -> StagedBackbone:
     _check_fixed_architecture("efficientnet_lite0", width, norm)
-    return EfficientNetLiteBackbone(in_channels)
+    return EfficientNetLiteBackbone(in_channels, stages)
 
 
 def _video_efficientnet_lite0(shift: bool) -> Callable[..., StagedBackbone]:

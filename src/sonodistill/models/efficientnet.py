@@ -136,24 +136,36 @@ class EfficientNetLite(nn.Module):
     """EfficientNet-Lite0 trunk with ImageNet input handling and the ImageNet classifier.
 
     `features(x)`: `B x 1|3 x H x W` -> five maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 1280 channels
-    (the last is the 1x1 head conv's output). `forward(x)`: `B x 1000` ImageNet logits.
+    (the last is the 1x1 head conv's output). `forward(x)`: `B x 1000` ImageNet logits. `num_stages` < 5 truncates
+    the network after that stage (no head, no classifier: `features` gives the first `num_stages` maps).
     """
 
     stage_channels = [16, 24, 40, 112, HEAD_CHANNELS]
 
     def __init__(self, blocks: tuple[BlockArgs, ...] = LITE0_BLOCKS, num_classes: int = 1000,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, num_stages: int = 5) -> None:
         super().__init__()
         self.input = ImageNetInput()
         self.stem_conv = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self.stem_bn = _bn(STEM_CHANNELS)
         self.blocks, self.stage_ends = _block_list(blocks)
-        self.head_conv = SameConv2d(blocks[-1].cout, HEAD_CHANNELS, 1, bias=False)
-        self.head_bn = _bn(HEAD_CHANNELS)
         self.act = nn.ReLU6(inplace=False)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
         self.frozen_blocks = 0  # stem + this many blocks are frozen (`freeze_stages`)
+        self.dropped: tuple[str, ...] = ()  # state-dict prefixes of the full network that a truncated one lacks
+        if not 1 <= num_stages <= len(self.stage_ends) + 1:
+            raise ConfigError(f"EfficientNet-Lite: stages must be in 1..{len(self.stage_ends) + 1}, got {num_stages}")
+        if num_stages <= len(self.stage_ends):  # truncated: the blocks after stage `num_stages` and the head go
+            kept = self.stage_ends[num_stages - 1] + 1
+            self.dropped = tuple(f"blocks.{i}." for i in range(kept, len(self.blocks))) + ("head_conv.", "head_bn.",
+                                                                                        "classifier.")
+            self.blocks, self.stage_ends = self.blocks[:kept], self.stage_ends[:num_stages - 1]
+            self.head_conv = self.head_bn = None
+            self.dropout, self.classifier = nn.Identity(), nn.Identity()
+        else:
+            self.head_conv = SameConv2d(blocks[-1].cout, HEAD_CHANNELS, 1, bias=False)
+            self.head_bn = _bn(HEAD_CHANNELS)
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
     def freeze_stages(self, n: int) -> None:
         """Freeze the stem and the first `n` resolution stages (no gradient, BatchNorm statistics fixed)."""
@@ -182,7 +194,7 @@ class EfficientNetLite(nn.Module):
                 x = block(x)
             if i in self.stage_ends:
                 stages.append(x)
-        stages.append(self.act(self.head_bn(self.head_conv(x))))
+        stages.append(x if self.head_conv is None else self.act(self.head_bn(self.head_conv(x))))
         return stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,18 +208,23 @@ def _check_channels(in_channels: int) -> None:
 
 
 class EfficientNetLiteBackbone(StagedBackbone):
-    """2D frame encoder: `B x 1 x H x W` in [0, 1] -> 5 stages (strides 2..32), pooled `B x 1280`."""
+    """2D frame encoder: `B x 1 x H x W` in [0, 1] -> 5 stages (strides 2..32), pooled `B x 1280`.
+
+    `stages` < 5 keeps only the first stages (e.g. 4: strides 2..16, pooled `B x 112`, 0.7 M instead of 3.4 M
+    parameters): a lighter encoder that still starts from the ImageNet weights of the stages it keeps."""
 
     kind = "frame"
 
-    def __init__(self, in_channels: int = 1) -> None:
+    def __init__(self, in_channels: int = 1, stages: int = 5) -> None:
         super().__init__()
         _check_channels(in_channels)
-        self.net = EfficientNetLite()
+        self.net = EfficientNetLite(num_stages=int(stages))
         self.net.classifier = nn.Identity()  # the ImageNet classifier is not part of the encoder
         self.net.dropout = nn.Identity()
-        self.stage_channels = list(EfficientNetLite.stage_channels)
-        self.embed_dim = HEAD_CHANNELS
+        self.stage_channels = list(EfficientNetLite.stage_channels[:int(stages)])  # a truncated net ends at a stage
+        self.embed_dim = self.stage_channels[-1]
+        # keys of a full EfficientNet-Lite0 backbone (ImageNet, or our own pretraining) this one does not have
+        self.unused_weight_prefixes = tuple(f"net.{p}" for p in self.net.dropped)
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
         if x.dim() != 4:
@@ -223,7 +240,7 @@ class EfficientNetLiteBackbone(StagedBackbone):
         """Load ImageNet weights (our key names, `models/pretrained.py`) strictly; the classifier is dropped."""
         from sonodistill.models.pretrained import load_matching
 
-        load_matching(self.net, state, str(path), ignore=("classifier.",))
+        load_matching(self.net, state, str(path), ignore=("classifier.", *self.net.dropped))
 
 
 class VideoEfficientNetLite(StagedBackbone):

@@ -177,15 +177,16 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> Path:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own types for damaged files
         raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
+    unused = tuple(getattr(backbone, "unused_weight_prefixes", ()))  # e.g. the stages a truncated network dropped
     want = set(backbone.state_dict())
     if set(state) != want:
         for prefix in _PREFIXES:
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub and set(sub) == want:
+            if sub and {k for k in sub if not k.startswith(unused)} == want:
                 state = sub
                 break
     try:
-        load_matching(backbone, state, path)
+        load_matching(backbone, state, path, ignore=unused)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} (is model.backbone / model.width / model.kwargs the same as in the "
                               "pretraining run?)") from None
