@@ -74,4 +74,9 @@ def test_prior_marginal_uses_the_labelled_masks_pixel_frequencies(tmp_path):
     prior = recipe.labelled_prior(torch.zeros_like(labelled["mask"]))
     torch.testing.assert_close(prior, torch.tensor([1 - fg / 2, fg / 2]))
     assert "labelled_class_pixels" in recipe.state_dict()  # kept across a resumed run
+    # a checkpoint from before the prior existed still resumes (strictly), with the counts from zero
+    old = {"state_dict": {k: v for k, v in recipe.state_dict().items() if k != "labelled_class_pixels"}}
+    recipe.on_load_checkpoint(old)
+    recipe.load_state_dict(old["state_dict"], strict=True)
+    assert float(recipe.labelled_class_pixels.sum()) == 0.0
 

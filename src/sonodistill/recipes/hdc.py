@@ -88,6 +88,10 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         parts.update(self.foreground_fractions(out.logits1[n:], labelled["mask"]))
         return sup1 + float(self.options.sup_d2) * sup2 + unsup, parts
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written before the labelled prior existed resumes with the counts starting from zero."""
+        checkpoint["state_dict"].setdefault("labelled_class_pixels", torch.zeros_like(self.labelled_class_pixels))
+
     def labelled_prior(self, mask: torch.Tensor) -> torch.Tensor:
         """Adds a labelled batch's masks (`B x 1 x S x S` in {0, 1}, every process's under DDP) to the running pixel
         counts and returns the class frequencies seen so far (`K`, float32): the labelled prior."""
