@@ -159,6 +159,14 @@ def test_segmentation_dice_hc_and_unscorable_items(tmp_path):
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["intervals"]["dice"]["value"] == pytest.approx(np.mean([r["dice"] for r in ref]))
     assert math.isclose(meta["intervals"]["dice"]["ci_high"], 1.0)
+    # the training masks' outline offset: each predicted HC 2 pi x 0.7 px x 0.5 mm shorter, the raw value kept
+    out2 = tmp_path / "score-offset"
+    assert sonodistill("score", pred, "--labels", tmp_path / "labels.csv", "--out", out2, "--resamples", 200,
+                       "--hc-outline-offset-px", 0.7) == 1
+    shifted = pd.read_csv(out2 / "predictions.csv")
+    np.testing.assert_allclose(shifted["hc_pred_mm"], table["hc_pred_mm"] - 2 * math.pi * 0.7 * 0.5)
+    np.testing.assert_allclose(shifted["hc_pred_uncorrected_mm"], table["hc_pred_mm"])
+    assert "0.7 px inside" in (out2 / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------- end to end

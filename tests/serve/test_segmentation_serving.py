@@ -168,3 +168,23 @@ def test_seg_supervised_run_and_the_review_page_analysis(seg_run, tmp_path):
     out = analyse_file(model, _images(run)[0], "head.png")
     assert out["result"]["masks"][0]["png"].startswith("data:image/png;base64,")
     assert out["gif"].startswith("data:image/gif;base64,")
+
+
+def test_head_circumference_is_corrected_by_each_folds_labelled_masks(seg_run):
+    """Every fold measures its labelled masks' outline offset (hc_calibration.json) and scores test HC with it."""
+    import json
+    import math
+
+    import pandas as pd
+
+    from sonodistill.data.manifest import Manifest
+
+    pred = pd.read_csv(seg_run / "predictions.csv")
+    table = Manifest.from_csv(seg_run / "manifest.csv").table
+    assert {"hc_pred_mm", "hc_pred_uncorrected_mm", "hc_abs_err_mm"} <= set(pred.columns)
+    for fold, rows in pred.groupby("fold"):
+        calibration = json.loads((seg_run / f"fold_{fold}" / "hc_calibration.json").read_text())
+        assert calibration["n_masks"] >= 1 and math.isfinite(calibration["outline_offset_px"])
+        size = table["pixel_size_mm"].to_numpy()[rows["index"].to_numpy()]
+        expected = rows["hc_pred_uncorrected_mm"] - 2 * math.pi * calibration["outline_offset_px"] * size
+        np.testing.assert_allclose(rows["hc_pred_mm"], expected, rtol=1e-9, atol=1e-9)

@@ -204,9 +204,9 @@ def _read_png(ref: str, folders: list[Path]) -> np.ndarray:
 
 
 def segmentation_frame(labels: pd.DataFrame, column: str, matched: Matched, labels_dir: Path,
-                       predictions_dir: Path) -> pd.DataFrame:
-    """Per-item Dice, IoU, HD95, ASD (and HC) at the original resolution; items that cannot be scored move to
-    `matched.errors` with the reason."""
+                       predictions_dir: Path, hc_outline_offset_px: float = 0.0) -> pd.DataFrame:
+    """Per-item Dice, IoU, HD95, ASD (and HC, less the masks' outline offset in pixels) at the original resolution;
+    items that cannot be scored move to `matched.errors` with the reason."""
     from sonodistill.data.readers import read_mask
     from sonodistill.evaluation.head_circumference import head_circumference_mm
     from sonodistill.evaluation.metrics import segmentation_metrics
@@ -235,8 +235,10 @@ def segmentation_frame(labels: pd.DataFrame, column: str, matched: Matched, labe
         spacing = float(labels["pixel_size_mm"].iloc[row]) if has_spacing else 1.0
         rec: dict[str, Any] = {"fold": 0, "index": row, "path": name, **segmentation_metrics(pred, truth, spacing)}
         if has_hc:
-            true_hc, pred_hc = float(labels["hc_mm"].iloc[row]), head_circumference_mm(pred, spacing)
-            rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc))
+            true_hc = float(labels["hc_mm"].iloc[row])
+            pred_hc = head_circumference_mm(pred, spacing, hc_outline_offset_px)
+            rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc),
+                       hc_pred_uncorrected_mm=head_circumference_mm(pred, spacing))
         records.append(rec)
         kept.append((row, r))
     matched.pairs = kept
@@ -309,7 +311,7 @@ def score_classification(frame: pd.DataFrame, classes: list[str], out: Path, tit
 
 
 def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: list[str], grouped: bool, units: str,
-                       n_resamples: int, level: float, seed: int) -> dict[str, Any]:
+                       n_resamples: int, level: float, seed: int, hc_outline_offset_px: float = 0.0) -> dict[str, Any]:
     from sonodistill.evaluation.paired import bootstrap_intervals, mean_scorer
     from sonodistill.evaluation.report import markdown_table
     from sonodistill.evaluation.segmentation_report import HC_METRICS, METRICS
@@ -327,15 +329,18 @@ def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: lis
              markdown_table({}, columns, extra={f"{len(frame)} items": cells})]
     if "hc_abs_err_mm" in columns:
         lines.append("hc_abs_err_mm: |HC of the least-squares ellipse fitted to the predicted mask's outer contour "
-                     "- hc_mm|; an image with no head predicted is a failure (NaN), counted in n_nan.\n")
+                     f"taken {hc_outline_offset_px:g} px inside (--hc-outline-offset-px) - hc_mm|; an image with no "
+                     "head predicted is a failure (NaN), counted in n_nan.\n")
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    return {"units": units, "undefined": undefined, "intervals": {i.metric: i.as_dict() for i in intervals}}
+    return {"units": units, "hc_outline_offset_px": hc_outline_offset_px, "undefined": undefined, "intervals": {i.metric: i.as_dict() for i in intervals}}
 
 
 def score_predictions(predictions: str | Path, labels: str | Path, out: str | Path | None = None,
                       merge: dict[str, list[str]] | None = None, n_resamples: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> tuple[Path, Matched]:
-    """Score a predictions JSON against a labels CSV; writes report.md, metrics.json, predictions.csv (+ plots)."""
+                      seed: int = 0, hc_outline_offset_px: float = 0.0) -> tuple[Path, Matched]:
+    """Score a predictions JSON against a labels CSV; writes report.md, metrics.json, predictions.csv (+ plots).
+    `hc_outline_offset_px`: the training masks' outline offset removed from predicted HC (a training run's
+    fold_k/hc_calibration.json); 0 scores the raw contour."""
     from sonodistill.evaluation.report import _json_ready
 
     payload = read_predictions_json(predictions)
@@ -361,7 +366,8 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         if matched.pairs:
             frame, classes = classification_frame(table, column, matched, classes, merge)
     else:
-        frame = segmentation_frame(table, column, matched, labels_path.parent, pred_path.parent)
+        frame = segmentation_frame(table, column, matched, labels_path.parent, pred_path.parent,
+                                   hc_outline_offset_px)
     if frame is None or frame.empty:
         raise SonoDistillError(f"no labelled input of {labels} has a usable prediction in {predictions}: "
                                f"{len(matched.missing)} without a prediction, {len(matched.errors)} failed")
@@ -371,7 +377,8 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         result = score_classification(frame, classes, out_dir, title, coverage, grouped, n_resamples, level, seed)
     else:
         units = "mm" if "pixel_size_mm" in table.columns else "px (original image pixels)"
-        result = score_segmentation(frame, out_dir, title, coverage, grouped, units, n_resamples, level, seed)
+        result = score_segmentation(frame, out_dir, title, coverage, grouped, units, n_resamples, level, seed,
+                                    hc_outline_offset_px)
     payload_out = {"title": title, "task": task, "predictions": str(pred_path), "labels": str(labels_path),
                    "model": model, "classes": classes if task == "classification" else None,
                    "counts": {"labelled": len(table), "scored": len(matched.pairs), "missing": len(matched.missing),
@@ -389,7 +396,7 @@ def _score(args: argparse.Namespace) -> int:
 
     merge = parse_merge(args.merge) if args.merge else None
     out, matched = score_predictions(args.predictions, args.labels, args.out, merge, args.resamples, args.level,
-                                     args.seed)
+                                     args.seed, args.hc_outline_offset_px)
     print((out / "report.md").read_text())
     print(f"written: {out}/ (report.md, metrics.json, predictions.csv)")
     incomplete = len(matched.missing) + len(matched.errors)
@@ -412,4 +419,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--hc-outline-offset-px", type=float, default=0.0, metavar="PX",
+                   help="head circumference: how far the training masks' outline lies outside the annotated ellipse "
+                        "(the training run's fold_k/hc_calibration.json outline_offset_px); default 0, the raw contour")
     p.set_defaults(func=_score)

@@ -4,7 +4,12 @@ HC is measured as the HC18 annotators did, on the head's outline: the ellipse is
 outer contour** of the largest connected component of the mask (holes filled; scikit-image's `find_contours` at the
 0.5 level and `EllipseModel`), in physical units (pixel spacing may differ per axis after resizing), and HC is
 Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` of its semi-axes, in mm. An empty mask, or a contour no
-ellipse fits, gives NaN: a failure to count, not a number. `fit_ellipse_moments` (the second moments of the filled
+ellipse fits, gives NaN: a failure to count, not a number.
+
+A data set's masks may lie a fixed distance outside the ellipse its `hc_mm` was measured on (HC18's do: about
+0.68 pixel, so the outline of a perfect mask reads about 1.2 mm too long). `outline_offset_px` measures that
+distance on labelled masks and `head_circumference_mm(..., outline_offset_px=d)` removes it: the curve at distance
+d inside a convex outline of perimeter P has perimeter P - 2 pi d. `fit_ellipse_moments` (the second moments of the filled
 region, the method used before) is kept for comparison: it under-reads heads whose mask is not a full ellipse.
 """
 
@@ -27,6 +32,8 @@ __all__ = [
     "fit_ellipse_moments",
     "fit_ellipse_contour",
     "head_circumference_mm",
+    "outline_offset_px",
+    "median_outline_offset_px",
     "PreprocessGeometry",
     "preprocess_geometry",
 ]
@@ -115,13 +122,34 @@ def fit_ellipse_contour(mask: np.ndarray, spacing: float | Sequence[float] = 1.0
     return Ellipse((float(cy), float(cx)), a, b, float(angle))
 
 
-def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float]) -> float:
+def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float],
+                          outline_offset_px: float = 0.0) -> float:
     """HC in mm of an H x W head mask whose pixels measure `pixel_size_mm` ((sy, sx) mm, or one value), from the
-    ellipse fitted to its outer contour; NaN if the mask is empty or no ellipse fits (a failure, to be counted).
+    ellipse fitted to its outer contour, minus 2 pi `outline_offset_px` pixels (the masks' outline convention, see
+    `outline_offset_px`); NaN if the mask is empty or no ellipse fits (a failure, to be counted).
 
     For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor)."""
     ellipse = fit_ellipse_contour(mask, pixel_size_mm)
-    return math.nan if ellipse is None else ellipse.perimeter
+    if ellipse is None:
+        return math.nan
+    sy, sx = _spacing(pixel_size_mm)
+    return ellipse.perimeter - 2.0 * math.pi * float(outline_offset_px) * (sy + sx) / 2.0
+
+
+def outline_offset_px(mask: np.ndarray, pixel_size_mm: float | Sequence[float], hc_mm: float) -> float:
+    """How far (pixels) a labelled mask's outline lies outside the ellipse whose perimeter is its `hc_mm`:
+    (HC of the mask - hc_mm) / (2 pi pixel size). NaN when no ellipse fits the mask."""
+    sy, sx = _spacing(pixel_size_mm)
+    return (head_circumference_mm(mask, (sy, sx)) - float(hc_mm)) / (2.0 * math.pi * (sy + sx) / 2.0)
+
+
+def median_outline_offset_px(labelled: Sequence[tuple[np.ndarray, float | Sequence[float], float]]) -> float:
+    """The median `outline_offset_px` over (mask, pixel size, hc_mm) of labelled images; ValueError if none fits."""
+    values = [v for mask, size, hc in labelled if math.isfinite(v := outline_offset_px(mask, size, hc))]
+    if not values:
+        raise ValueError(f"no ellipse fits any of the {len(labelled)} labelled masks: cannot measure their outline "
+                         "offset")
+    return float(np.median(values))
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,38 @@ def without_masks(manifest: Manifest) -> Manifest:
 
 # ----------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def has_head_circumference(manifest: Manifest) -> bool:
+    """Whether the items carry `pixel_size_mm` and a numeric `target` in mm (HC18): HC is then scored."""
+    table = manifest.table
+    return ("pixel_size_mm" in table.columns and "target" in table.columns
+            and pd.api.types.is_numeric_dtype(table["target"]))
+
+
+def hc_outline_calibration(manifest: Manifest, rows: np.ndarray) -> dict[str, Any]:
+    """The median outline offset (pixels) of the masks of `rows` (labelled training items) against their HC
+    `target`, measured at the original resolution: `{"outline_offset_px", "n_masks", "iqr_px"}`."""
+    from sonodistill.data.readers import read_mask
+    from sonodistill.evaluation.head_circumference import median_outline_offset_px, outline_offset_px
+
+    table = manifest.table
+    labelled = [(read_mask(str(table["mask"].iloc[r])).astype(bool), float(table["pixel_size_mm"].iloc[r]),
+                 float(table["target"].iloc[r])) for r in np.asarray(rows, dtype=np.int64)]
+    values = np.array([outline_offset_px(*item) for item in labelled])
+    values = values[np.isfinite(values)]
+    q1, q3 = (np.percentile(values, q) for q in (25, 75)) if values.size else (math.nan, math.nan)
+    return {"outline_offset_px": median_outline_offset_px(labelled), "n_masks": int(values.size),
+            "iqr_px": [float(q1), float(q3)]}
+
+
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
-                         fold_dir: Path, overlays: int = 0, save_masks: bool = False) -> pd.DataFrame:
+                         fold_dir: Path, overlays: int = 0, save_masks: bool = False,
+                         hc_outline_offset_px: float = 0.0) -> pd.DataFrame:
     """Predict `rows`, map each prediction back to its original image and score it against the original mask.
 
     hd95/asd are in mm when the manifest has `pixel_size_mm`, else in original pixels. With `pixel_size_mm` and a
-    numeric `target` (HC18), the head circumference of the predicted mask is compared with `target` (mm)."""
+    numeric `target` (HC18), the head circumference of the predicted mask, less the masks' outline offset
+    `hc_outline_offset_px` (`hc_outline_calibration`), is compared with `target` (mm); `hc_pred_uncorrected_mm`
+    keeps the value without that correction."""
     from torch.utils.data import DataLoader
 
     from sonodistill.data.datasets import FrameDataset
@@ -77,7 +103,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     dataset = FrameDataset(without_masks(manifest.subset(rows)), pre, cache=clip_cache(cfg), augment=None)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     has_spacing = "pixel_size_mm" in table.columns
-    has_hc = has_spacing and "target" in table.columns and pd.api.types.is_numeric_dtype(table["target"])
+    has_hc = has_head_circumference(manifest)
     n_overlays = int(overlays)
     was_training = model.training
     model.eval()
@@ -99,8 +125,9 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
                                    **segmentation_metrics(pred, truth, spacing)}
             if has_hc:
                 true_hc = float(table["target"].iloc[row])
-                pred_hc = head_circumference_mm(pred, spacing)
-                rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc))
+                pred_hc = head_circumference_mm(pred, spacing, hc_outline_offset_px)
+                rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc),
+                           hc_pred_uncorrected_mm=head_circumference_mm(pred, spacing))
             records.append(rec)
             stem = Path(image_path).stem
             if len(records) <= n_overlays:
@@ -196,7 +223,9 @@ def write_segmentation_report(run_dir: str | Path, predictions: pd.DataFrame, ti
              table]
     if "hc_abs_err_mm" in columns:
         lines.append("hc_abs_err_mm: |HC of the least-squares ellipse fitted to the predicted mask's outer contour "
-                     "- hc_mm|; an image with no head predicted is a failure (NaN), counted in n_nan.\n")
+                     "- hc_mm|, the contour taken the masks' outline offset inside (measured per fold on its labelled "
+                     "training masks: fold_k/hc_calibration.json; predictions.csv keeps hc_pred_uncorrected_mm); an "
+                     "image with no head predicted is a failure (NaN), counted in n_nan.\n")
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     payload = {"title": title, "n_folds": n_folds, "n_items": int(len(predictions)), "units": units,
                "summary": {k: {"mean": v.mean, "std": v.std, "n": v.n, "n_nan": v.n_nan} for k, v in summary.items()},

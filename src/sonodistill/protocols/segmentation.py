@@ -18,6 +18,8 @@ from sonodistill.errors import ConfigError
 from sonodistill.evaluation.segmentation_report import (
     SEGMENTATION_CLASSES,
     clip_cache,
+    has_head_circumference,
+    hc_outline_calibration,
     predict_segmentation,
     preprocess_config,
     segmentation_title,
@@ -113,8 +115,16 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
         return None
     if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
         return pd.DataFrame()
+    offset = 0.0
+    if has_head_circumference(manifest):  # the masks' outline convention, from the labelled training masks only
+        calibration = hc_outline_calibration(manifest, labelled)
+        (fold_dir / "hc_calibration.json").write_text(json.dumps(calibration))
+        offset = calibration["outline_offset_px"]
+        log.info("fold %d: labelled masks lie %.3f px outside their HC ellipse (median of %d)", fold, offset,
+                 calibration["n_masks"])
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir,
-                                overlays=int(options.overlays), save_masks=bool(options.save_masks))
+                                overlays=int(options.overlays), save_masks=bool(options.save_masks),
+                                hc_outline_offset_px=offset)
 
 
 class SegmentationProtocol(Protocol):
