@@ -44,8 +44,9 @@ class HDCOptions(MeanTeacherOptions):
     feature_dropout: float = 0.5            # ... then channel dropout
     sup_d2: float = 1.0                     # weight of D2's supervised loss
     # MI term: -I (IIC, "entropy"), its conditional term H(D1 | D2) only ("none"), or H(D1 | D2) + KL(marginal ||
-    # the labelled masks' class frequencies) ("prior"); see losses.consistency.MutualInformationLoss
-    mi_marginal: str = "entropy"
+    # the labelled masks' class frequencies) ("prior"); see losses.consistency.MutualInformationLoss. "none" was
+    # chosen on hc18 validation (pretrained U-Net, 10 % labels, docs/hdc.md); before 2026-12-03 it was "entropy"
+    mi_marginal: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
