@@ -33,7 +33,6 @@ __all__ = [
     "fit_ellipse_contour",
     "head_circumference_mm",
     "outline_offset_px",
-    "median_outline_offset_px",
     "PreprocessGeometry",
     "preprocess_geometry",
 ]
@@ -141,15 +140,6 @@ def outline_offset_px(mask: np.ndarray, pixel_size_mm: float | Sequence[float], 
     (HC of the mask - hc_mm) / (2 pi pixel size). NaN when no ellipse fits the mask."""
     sy, sx = _spacing(pixel_size_mm)
     return (head_circumference_mm(mask, (sy, sx)) - float(hc_mm)) / (2.0 * math.pi * (sy + sx) / 2.0)
-
-
-def median_outline_offset_px(labelled: Sequence[tuple[np.ndarray, float | Sequence[float], float]]) -> float:
-    """The median `outline_offset_px` over (mask, pixel size, hc_mm) of labelled images; ValueError if none fits."""
-    values = [v for mask, size, hc in labelled if math.isfinite(v := outline_offset_px(mask, size, hc))]
-    if not values:
-        raise ValueError(f"no ellipse fits any of the {len(labelled)} labelled masks: cannot measure their outline "
-                         "offset")
-    return float(np.median(values))
 
 
 @dataclass(frozen=True)

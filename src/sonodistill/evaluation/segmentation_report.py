@@ -57,7 +57,6 @@ def without_masks(manifest: Manifest) -> Manifest:
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def has_head_circumference(manifest: Manifest) -> bool:
     """Whether the items carry `pixel_size_mm` and a numeric `target` in mm (HC18): HC is then scored."""
     table = manifest.table
@@ -69,18 +68,22 @@ def hc_outline_calibration(manifest: Manifest, rows: np.ndarray) -> dict[str, An
     """The median outline offset (pixels) of the masks of `rows` (labelled training items) against their HC
     `target`, measured at the original resolution: `{"outline_offset_px", "n_masks", "iqr_px"}`."""
     from sonodistill.data.readers import read_mask
-    from sonodistill.evaluation.head_circumference import median_outline_offset_px, outline_offset_px
+    from sonodistill.evaluation.head_circumference import outline_offset_px
 
     table = manifest.table
-    labelled = [(read_mask(str(table["mask"].iloc[r])).astype(bool), float(table["pixel_size_mm"].iloc[r]),
-                 float(table["target"].iloc[r])) for r in np.asarray(rows, dtype=np.int64)]
-    values = np.array([outline_offset_px(*item) for item in labelled])
+    values = np.array([outline_offset_px(read_mask(str(table["mask"].iloc[r])).astype(bool),
+                                         float(table["pixel_size_mm"].iloc[r]), float(table["target"].iloc[r]))
+                       for r in np.asarray(rows, dtype=np.int64)])
     values = values[np.isfinite(values)]
-    q1, q3 = (np.percentile(values, q) for q in (25, 75)) if values.size else (math.nan, math.nan)
-    return {"outline_offset_px": median_outline_offset_px(labelled), "n_masks": int(values.size),
-            "iqr_px": [float(q1), float(q3)]}
+    if not values.size:
+        raise SonoDistillError(f"no ellipse fits any of the {len(rows)} labelled masks (e.g. "
+                               f"{table['mask'].iloc[int(rows[0])] if len(rows) else 'none given'}): cannot measure "
+                               "how far their outline lies from the head circumference")
+    q1, q3 = np.percentile(values, [25, 75])
+    return {"outline_offset_px": float(np.median(values)), "n_masks": int(values.size), "iqr_px": [float(q1), float(q3)]}
 
 
+@torch.no_grad()
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
                          fold_dir: Path, overlays: int = 0, save_masks: bool = False,
                          hc_outline_offset_px: float = 0.0) -> pd.DataFrame:
