@@ -208,7 +208,7 @@ def segmentation_frame(labels: pd.DataFrame, column: str, matched: Matched, labe
     """Per-item Dice, IoU, HD95, ASD (and HC, less the masks' outline offset in pixels) at the original resolution;
     items that cannot be scored move to `matched.errors` with the reason."""
     from sonodistill.data.readers import read_mask
-    from sonodistill.evaluation.head_circumference import head_circumference_mm
+    from sonodistill.evaluation.head_circumference import hc_scores
     from sonodistill.evaluation.metrics import segmentation_metrics
 
     if "mask" not in labels.columns:
@@ -235,10 +235,7 @@ def segmentation_frame(labels: pd.DataFrame, column: str, matched: Matched, labe
         spacing = float(labels["pixel_size_mm"].iloc[row]) if has_spacing else 1.0
         rec: dict[str, Any] = {"fold": 0, "index": row, "path": name, **segmentation_metrics(pred, truth, spacing)}
         if has_hc:
-            true_hc = float(labels["hc_mm"].iloc[row])
-            pred_hc = head_circumference_mm(pred, spacing, hc_outline_offset_px)
-            rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc),
-                       hc_pred_uncorrected_mm=head_circumference_mm(pred, spacing))
+            rec.update(hc_scores(pred, spacing, float(labels["hc_mm"].iloc[row]), hc_outline_offset_px))
         records.append(rec)
         kept.append((row, r))
     matched.pairs = kept
@@ -332,7 +329,8 @@ def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: lis
                      f"taken {hc_outline_offset_px:g} px inside (--hc-outline-offset-px) - hc_mm|; an image with no "
                      "head predicted is a failure (NaN), counted in n_nan.\n")
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    return {"units": units, "hc_outline_offset_px": hc_outline_offset_px, "undefined": undefined, "intervals": {i.metric: i.as_dict() for i in intervals}}
+    return {"units": units, "hc_outline_offset_px": hc_outline_offset_px, "undefined": undefined,
+            "intervals": {i.metric: i.as_dict() for i in intervals}}
 
 
 def score_predictions(predictions: str | Path, labels: str | Path, out: str | Path | None = None,

@@ -33,6 +33,7 @@ __all__ = [
     "fit_ellipse_contour",
     "head_circumference_mm",
     "outline_offset_px",
+    "hc_scores",
     "PreprocessGeometry",
     "preprocess_geometry",
 ]
@@ -129,17 +130,29 @@ def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[floa
 
     For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor)."""
     ellipse = fit_ellipse_contour(mask, pixel_size_mm)
-    if ellipse is None:
-        return math.nan
+    return math.nan if ellipse is None else ellipse.perimeter - outline_offset_px * _mm_per_outline_px(pixel_size_mm)
+
+
+def _mm_per_outline_px(pixel_size_mm: float | Sequence[float]) -> float:
+    """HC in mm that moving a convex outline by one pixel (mean of the two spacings) adds: 2 pi x pixel size."""
     sy, sx = _spacing(pixel_size_mm)
-    return ellipse.perimeter - 2.0 * math.pi * float(outline_offset_px) * (sy + sx) / 2.0
+    return 2.0 * math.pi * (sy + sx) / 2.0
 
 
 def outline_offset_px(mask: np.ndarray, pixel_size_mm: float | Sequence[float], hc_mm: float) -> float:
     """How far (pixels) a labelled mask's outline lies outside the ellipse whose perimeter is its `hc_mm`:
     (HC of the mask - hc_mm) / (2 pi pixel size). NaN when no ellipse fits the mask."""
-    sy, sx = _spacing(pixel_size_mm)
-    return (head_circumference_mm(mask, (sy, sx)) - float(hc_mm)) / (2.0 * math.pi * (sy + sx) / 2.0)
+    return (head_circumference_mm(mask, pixel_size_mm) - float(hc_mm)) / _mm_per_outline_px(pixel_size_mm)
+
+
+def hc_scores(mask: np.ndarray, pixel_size_mm: float | Sequence[float], hc_true_mm: float,
+              outline_offset_px: float = 0.0) -> dict[str, float]:
+    """The HC columns of one scored prediction (one ellipse fit): hc_true_mm, hc_pred_mm (less the outline offset),
+    hc_abs_err_mm and hc_pred_uncorrected_mm; NaN HC when no head is predicted."""
+    raw = head_circumference_mm(mask, pixel_size_mm)
+    pred = raw - outline_offset_px * _mm_per_outline_px(pixel_size_mm)
+    return {"hc_true_mm": float(hc_true_mm), "hc_pred_mm": pred, "hc_abs_err_mm": abs(pred - float(hc_true_mm)),
+            "hc_pred_uncorrected_mm": raw}
 
 
 @dataclass(frozen=True)

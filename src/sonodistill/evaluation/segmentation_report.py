@@ -97,7 +97,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
 
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.readers import read_clip, read_mask
-    from sonodistill.evaluation.head_circumference import head_circumference_mm, preprocess_geometry
+    from sonodistill.evaluation.head_circumference import hc_scores, preprocess_geometry
     from sonodistill.evaluation.metrics import segmentation_metrics
 
     rows = np.asarray(rows, dtype=np.int64)
@@ -127,10 +127,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
             rec: dict[str, Any] = {"fold": fold, "index": row, "path": image_path, "group": manifest.groups[row],
                                    **segmentation_metrics(pred, truth, spacing)}
             if has_hc:
-                true_hc = float(table["target"].iloc[row])
-                pred_hc = head_circumference_mm(pred, spacing, hc_outline_offset_px)
-                rec.update(hc_true_mm=true_hc, hc_pred_mm=pred_hc, hc_abs_err_mm=abs(pred_hc - true_hc),
-                           hc_pred_uncorrected_mm=head_circumference_mm(pred, spacing))
+                rec.update(hc_scores(pred, spacing, float(table["target"].iloc[row]), hc_outline_offset_px))
             records.append(rec)
             stem = Path(image_path).stem
             if len(records) <= n_overlays:

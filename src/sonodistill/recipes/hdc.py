@@ -83,7 +83,7 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         parts.update(parts2)
         teacher = self.teacher_outputs(unlabelled["x_weak"])
         w = self.consistency_weight()
-        prior = self.labelled_prior(labelled["mask"])
+        prior = self.labelled_prior(labelled["mask"]) if self.options.mi_marginal == "prior" else None
         unsup, uparts = self.hdc_loss(slice_outputs(out, n), teacher, weight=w, prior=prior)
         parts.update({k if k in ("weight", "unsup", "unsup_unweighted") else f"hdc/{k}": v for k, v in uparts.items()})
         parts.update(self.foreground_fractions(out.logits1[n:], labelled["mask"]))
