@@ -87,6 +87,9 @@ class TrainConfig:
     parallel_folds: int | str = 1         # folds trained at once, each in its own process with train.threads (0:
                                           # the CPUs shared evenly); auto: measured, as threads
     feature_engine: str = "onnxruntime"   # frozen-feature extraction: onnxruntime (2-3x faster on CPU) | torch
+    frozen_cache_views: int = 0           # supervised partial finetuning: run the model.freeze_stages frozen stages
+                                          # once per item and view (K augmented views, epoch e uses e mod K), not
+                                          # every step (recipes/frozen_cache.py); 0: no cache
 
 
 SEED_DIR_PREFIX = "seed_"  # a multi-seed run (`train --seeds`) keeps seed s in RUN/seed_<s>/

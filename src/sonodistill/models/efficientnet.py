@@ -186,12 +186,31 @@ class EfficientNetLite(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stages = []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_blocks):
             x = self.act(self.stem_bn(self.stem_conv(self.input(x))))
-        for i, block in enumerate(self.blocks):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_blocks):
+        return self._blocks_from(x, 0)
+
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output, without gradient: `B x 1|3 x H x W` -> the last frozen stage's map (e.g.
+        `B x 24 x H/4 x W/4` for `freeze_stages(2)`). `features_after_prefix` of it equals `features(x)[n:]`."""
+        if not self.frozen_blocks:
+            raise ConfigError("frozen_prefix needs frozen stages (model.freeze_stages >= 1)")
+        with torch.no_grad():
+            x = self.act(self.stem_bn(self.stem_conv(self.input(x))))
+            for block in self.blocks[:self.frozen_blocks]:
                 x = block(x)
+        return x
+
+    def features_after_prefix(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The stage maps after the frozen stages, from `frozen_prefix`'s output (trainable part only)."""
+        return self._blocks_from(h, self.frozen_blocks)
+
+    def _blocks_from(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Run blocks `start`.. on `x` (frozen ones without gradient): the stage maps they end, then the head's."""
+        stages = []
+        for i in range(start, len(self.blocks)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_blocks):
+                x = self.blocks[i](x)
             if i in self.stage_ends:
                 stages.append(x)
         stages.append(x if self.head_conv is None else self.act(self.head_bn(self.head_conv(x))))
@@ -236,6 +255,15 @@ class EfficientNetLiteBackbone(StagedBackbone):
         """Partial finetuning: the stem and the first `n` stages stay fixed (see `EfficientNetLite`)."""
         self.net.freeze_stages(n)
 
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """`B x 1 x H x W` -> the last frozen stage's map, no gradient (what `train.frozen_cache_views` caches)."""
+        return self.net.frozen_prefix(x)
+
+    def forward_from_prefix(self, h: torch.Tensor) -> StageOutputs:
+        """`frozen_prefix`'s output -> the stages after it and the pooled embedding (equal to `forward(x)`'s)."""
+        stages = self.net.features_after_prefix(h)
+        return StageOutputs(stages=stages, pooled=stages[-1].mean(dim=(2, 3)))
+
     def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
         """Load ImageNet weights (our key names, `models/pretrained.py`) strictly; the classifier is dropped."""
         from sonodistill.models.pretrained import load_matching
@@ -265,13 +293,26 @@ class VideoEfficientNetLite(StagedBackbone):
         self.embed_dim = self.frames.embed_dim
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
-        for block in self.shifted:
-            block.shift_frames = x.shape[2] if x.dim() == 5 else 1  # a wrong shape is refused below
+        self._set_frames(x)
         return per_frame_stages(x, self.frames.net.features)
 
     def freeze_stages(self, n: int) -> None:
         """Partial finetuning: the stem and the first `n` stages of the frame network stay fixed."""
         self.frames.freeze_stages(n)
+
+    def _set_frames(self, x: torch.Tensor) -> None:
+        for block in self.shifted:
+            block.shift_frames = x.shape[2] if x.dim() == 5 else 1  # a wrong shape is refused by per_frame_stages
+
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """`B x 1 x T x H x W` -> the last frozen stage's maps `B x C x T x h x w`, no gradient (shift included)."""
+        self._set_frames(x)
+        return per_frame_stages(x, lambda f: [self.frames.net.frozen_prefix(f)]).stages[0]
+
+    def forward_from_prefix(self, h: torch.Tensor) -> StageOutputs:
+        """`frozen_prefix`'s output -> the stages after it and the pooled embedding (equal to `forward(x)`'s)."""
+        self._set_frames(h)
+        return per_frame_stages(h, self.frames.net.features_after_prefix)
 
     def load_imagenet(self, state: dict[str, torch.Tensor], path: object) -> None:
         """ImageNet weights into the per-frame network (the shift has no parameters)."""

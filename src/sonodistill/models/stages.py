@@ -75,3 +75,7 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x).pooled)
+
+    def forward_from_prefix(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the backbone's frozen-prefix output (`backbone.frozen_prefix(x)`): equal to `forward(x)`."""
+        return self.head(self.backbone.forward_from_prefix(h).pooled)

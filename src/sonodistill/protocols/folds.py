@@ -151,9 +151,11 @@ def build_once(cfg: RunConfig, num_classes: int) -> None:
     """Build the recipe and its optimiser once from the config: a bad option fails before anything is written."""
     from sonodistill.recipes import get_recipe
     from sonodistill.recipes.base import build_optimizer
+    from sonodistill.recipes.frozen_cache import check_frozen_cache
 
     recipe = get_recipe(cfg.recipe)(cfg, num_classes=num_classes, steps_per_epoch=1)
     build_optimizer(recipe.parameters(), cfg.optim, cfg.train.epochs, 1)
+    check_frozen_cache(cfg, type(recipe), recipe.model.backbone)
 
 
 def validate_run(cfg: RunConfig, manifest: Manifest, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -166,6 +168,11 @@ def validate_run(cfg: RunConfig, manifest: Manifest, protocol: Protocol) -> list
     check_final_options(cfg, protocol, manifest)
     check_validation_options(cfg, protocol)
     check_parallel_folds(cfg)
+    if cfg.train.frozen_cache_views:  # recipes without the cache would ignore it: refuse instead
+        from sonodistill.recipes import get_recipe
+        from sonodistill.recipes.frozen_cache import check_frozen_cache
+
+        check_frozen_cache(cfg, get_recipe(cfg.recipe))
     manifest.validate(check_files=True)
     if manifest.has_labels:
         manifest.check_classes_nonempty()

@@ -69,7 +69,11 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
     """Video or frame classification. Subclasses add training-only modules and override `compute_loss`.
 
     Batches are dicts {"x": B x C x [T x] H x W float, "y": B int64}. `self.model` is the inference model.
+    With `inputs_are_prefix` (set by `recipes.frozen_cache`), training batches hold the frozen stages' output
+    instead of images; prediction always takes images.
     """
+
+    frozen_cache_ok = False  # whether `train.frozen_cache_views` applies (the base cross-entropy only)
 
     def __init__(self, cfg: RunConfig, num_classes: int, steps_per_epoch: int = 1) -> None:
         super().__init__()
@@ -79,11 +83,13 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
         self.num_classes = num_classes
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.model = build_classifier(cfg, num_classes, start=True)
+        self.inputs_are_prefix = False
 
     # -- the part methods override ------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Supervised cross-entropy on the final logits. Returns (loss, parts)."""
-        logits = self.model(batch["x"])
+        x = batch["x"]
+        logits = self.model.forward_from_prefix(x) if self.inputs_are_prefix else self.model(x)
         loss = F.cross_entropy(logits, batch["y"])
         return loss, {"ce": loss}
 

@@ -7,3 +7,5 @@ from sonodistill.recipes.base import ClassificationRecipe
 
 class SupervisedRecipe(ClassificationRecipe):
     """Cross-entropy on the final logits; nothing else. Inference model = backbone + head."""
+
+    frozen_cache_ok = True  # trains from cached frozen stages with `train.frozen_cache_views`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -260,6 +261,11 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
         n_batches = max(1, int(n_batches * cfg.train.limit_train_batches))
     steps_per_epoch = max(1, n_batches // max(1, cfg.train.devices))
     recipe = get_recipe(cfg.recipe)(cfg, num_classes=len(manifest.classes), steps_per_epoch=steps_per_epoch)
+    if cfg.train.frozen_cache_views:  # the same items and order; batches of cached tensors need no workers
+        from sonodistill.recipes.frozen_cache import cache_frozen_prefix
+
+        train_set = cache_frozen_prefix(cfg, recipe, train_set)
+        train_loader = make_loader(train_set, dataclasses.replace(cfg.data, num_workers=0), train=True, seed=seed)
     trainer = build_trainer(cfg, fold_dir, extra_callbacks, **trainer_overrides)
     fit(trainer, recipe, train_loader, fold_dir, resume, fold)
     if trainer.world_size > 1:
