@@ -5,6 +5,8 @@
     python benchmarks/hdc_table.py --data hc18 --out runs/hdc-bench --table-only   # rebuild the table
     # choose settings WITHOUT the test split: the same protocol inside the training rows of the test split
     python benchmarks/hdc_table.py --data hc18 --validation --methods hdc --tag mi0 --set recipe_options.lambda_mi=0
+    # several training seeds on the same folds: RUN/seed_<s>/ each (`sonodistill compare` pairs them seed by seed)
+    python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 0,1,2 --out runs/hdc-bench
 
 Each (method, fraction) is one run directory OUT/DATA[-val]-METHOD[-TAG]-PCT (resumed if it exists), trained with
 the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table.
@@ -24,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonodistill.config import RunConfig, load_config, packaged_config
+from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, packaged_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.folds import make_folds
-from sonodistill.protocols.folds import run_protocol
+from sonodistill.protocols.folds import run_protocol, run_seeds
 from sonodistill.recipes.data import load_manifest
 from _common import add_run_arguments, start_run
 
@@ -61,32 +63,40 @@ def run_name(pre: str, method: str, fraction: float, tag: str = "") -> str:
     return f"{pre}-{method}{'-' + tag if tag else ''}-{round(100 * fraction, 3):g}pct"
 
 
+def seed_runs(run: Path) -> list[tuple[int | None, Path]]:
+    """(seed, directory) of each training seed of a run: RUN/seed_<s>/ of a multi-seed run, else (None, RUN)."""
+    seeds = sorted((int(d.name[len(SEED_DIR_PREFIX):]), d) for d in run.glob(f"{SEED_DIR_PREFIX}*")
+                   if d.name[len(SEED_DIR_PREFIX):].isdigit())
+    return seeds or [(None, run)]
+
+
 def collect(out: Path, pre: str, methods: list[str], fractions: list[float], tag: str = "") -> pd.DataFrame:
-    """One row per finished run: fold-mean of each metric, item std, undefined counts, medians, wall time."""
+    """One row per finished run and seed: fold-mean of each metric, item std, undefined counts, medians, wall time."""
     rows = []
     for method in methods:
         for frac in fractions:
-            run = out / run_name(pre, method, frac, tag)
-            metrics = run / "metrics.json"
-            if not metrics.is_file():
-                continue
-            m = json.loads(metrics.read_text())
-            split_file = run / "fold_0" / "split.json"
-            split = json.loads(split_file.read_text()) if split_file.is_file() else {}
-            timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
-            row = {"method": method, "tag": tag, "labelled_fraction": frac,
-                   "n_labelled": len(split.get("labelled", [])), "n_unlabelled": len(split.get("unlabelled", [])),
-                   "n_test": m["n_items"], "n_folds": m["n_folds"], "train_eval_s": round(sum(timing.values()), 1)}
-            for c in COLUMNS:
-                if c in m["summary"]:
-                    row[c] = m["summary"][c]["mean"]
-                    row[f"{c}_item_std"] = m["items"][c]["std"]
-                    row[f"{c}_n_nan"] = m["items"][c]["n_nan"]
-            pred = pd.read_csv(run / "predictions.csv")
-            for c in MEDIANS:
-                if c in pred.columns:
-                    row[f"{c}_median"] = float(pred[c].median())
-            rows.append(row)
+            for seed, run in seed_runs(out / run_name(pre, method, frac, tag)):
+                metrics = run / "metrics.json"
+                if not metrics.is_file():
+                    continue
+                m = json.loads(metrics.read_text())
+                split_file = run / "fold_0" / "split.json"
+                split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+                timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
+                row = {"method": method, "tag": tag, "labelled_fraction": frac, "seed": seed,
+                       "n_labelled": len(split.get("labelled", [])),
+                       "n_unlabelled": len(split.get("unlabelled", [])), "n_test": m["n_items"],
+                       "n_folds": m["n_folds"], "train_eval_s": round(sum(timing.values()), 1)}
+                for c in COLUMNS:
+                    if c in m["summary"]:
+                        row[c] = m["summary"][c]["mean"]
+                        row[f"{c}_item_std"] = m["items"][c]["std"]
+                        row[f"{c}_n_nan"] = m["items"][c]["n_nan"]
+                pred = pd.read_csv(run / "predictions.csv")
+                for c in MEDIANS:
+                    if c in pred.columns:
+                        row[f"{c}_median"] = float(pred[c].median())
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -121,10 +131,18 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
         lines.append("|---|" + ":---:|" * (len(cols) + len(meds) + 1))
         for _, row in part.iterrows():
             name = NAMES.get(row["method"], row["method"]) + (f" ({row['tag']})" if row["tag"] else "")
+            name += "" if pd.isna(row.get("seed")) else f", seed {int(row['seed'])}"
             medians = [f"{100 * row[f'{c}_median']:.2f}" if c == "dice" else f"{row[f'{c}_median']:.2f}"
                        for c in meds]
             lines.append(f"| {name} | " + " | ".join([_cell(row, c) for c in cols] + medians)
                          + f" | {row['train_eval_s']:.0f} |")
+        for method, seeds in part[part["seed"].notna()].groupby("method", sort=False):
+            if len(seeds) > 1:  # the seeds' fold-means averaged, and their spread over seeds
+                cells = ["–" if seeds[c].isna().any() else  # a seed without the value: no mean that hides it
+                         f"{scale * seeds[c].mean():.2f} ± {scale * seeds[c].std():.2f} (over seeds)"
+                         for c in cols for scale in [100 if c in ("dice", "iou") else 1]]
+                lines.append(f"| **{NAMES.get(method, method)}, mean of {len(seeds)} seeds** | " + " | ".join(cells)
+                             + " |" + " |" * len(meds) + f" {seeds['train_eval_s'].sum():.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -140,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix of run names and table for a variant made with --set")
     p.add_argument("--validation", action="store_true",
                    help="run inside the main split's training rows (choose settings without the test split)")
+    p.add_argument("--seeds", default="",
+                   help="comma-separated training seeds on the same folds (RUN/seed_<s>/ each); default: the "
+                        "config's train.seed in RUN itself")
     add_run_arguments(p, folds=False)
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args(argv)
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {METHODS}")
     fractions = [float(f) for f in args.fractions.split(",") if f]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out)
     pre = prefix(args.data, args.validation)
     table_stem = pre + (f"-{args.tag}" if args.tag else "")
@@ -174,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(config, [f"recipe={method}", f"name={name}", f"out_dir={out}",
                                            f"data.spec={args.data}", f"recipe_options.labelled_fraction={frac}",
                                            *args.overrides])
-                if (cfg.run_dir / "metrics.json").is_file():
+                runs = [cfg.run_dir / f"{SEED_DIR_PREFIX}{s}" for s in seeds] if seeds else [cfg.run_dir]
+                if all((r / "metrics.json").is_file() for r in runs):
                     logging.info("%s: finished earlier, kept", name)
                     continue
                 t0 = time.perf_counter()
-                run_protocol(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
+                if seeds:
+                    run_seeds(cfg, seeds, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
+                else:
+                    run_protocol(cfg, resume=cfg.run_dir.exists(), manifest=manifest, enable_progress_bar=False)
                 logging.info("%s: done in %.0f s", name, time.perf_counter() - t0)
                 write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)
     write_table(out, table_stem, args.data, pre, methods, fractions, args.tag, command, args.validation)

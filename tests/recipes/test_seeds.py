@@ -42,3 +42,17 @@ def test_seeds_share_folds_and_compare_pairs_them(tmp_path, tiny_carotid, capsys
     # a second call without --resume refuses to overwrite; with --resume it keeps the finished seeds
     assert _train(tmp_path, csv, "a", []) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_run_seeds_trains_on_the_manifest_it_is_given(tmp_path, tiny_carotid):
+    """A benchmark's own manifest (a subset, e.g. BUSI lesions or a validation part) reaches every seed's folds."""
+    from sonodistill.config import load_config
+    from sonodistill.protocols.folds import run_seeds
+
+    part = tiny_carotid.subset(list(range(12)))
+    cfg = load_config(None, [f"out_dir={tmp_path / 'runs'}", "name=part", "data.spec=synthetic:none",
+                              f"data.cache_dir={tmp_path / 'cache'}"] + TINY)
+    run_seeds(cfg, [0, 1], manifest=part)
+    for s in (0, 1):
+        predicted = json.loads((tmp_path / "runs" / "part" / f"seed_{s}" / "metrics.json").read_text())["n_items"]
+        assert predicted == 12  # the 12 given items, not the data spec's (which does not exist)

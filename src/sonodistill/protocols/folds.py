@@ -155,7 +155,8 @@ def build_once(cfg: RunConfig, num_classes: int) -> None:
 
     recipe = get_recipe(cfg.recipe)(cfg, num_classes=num_classes, steps_per_epoch=1)
     build_optimizer(recipe.parameters(), cfg.optim, cfg.train.epochs, 1)
-    check_frozen_cache(cfg, type(recipe), recipe.model.backbone)
+    if cfg.train.frozen_cache_views:  # validate_run has refused recipes without `model.backbone` by now
+        check_frozen_cache(cfg, type(recipe), recipe.model.backbone)
 
 
 def validate_run(cfg: RunConfig, manifest: Manifest, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -400,10 +401,12 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     return protocol.report(run, results, title)
 
 
-def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, **trainer_overrides: Any) -> list[dict]:
+def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, manifest: Manifest | None = None,
+              **trainer_overrides: Any) -> list[dict]:
     """The same folds trained with several seeds, one full run directory each: RUN/seed_<s>/ (what
     `sonodistill compare` pairs seed by seed). RUN/config.yaml holds the shared config; the folds come from
-    `train.fold_seed` (default: the first seed), the training seed is s. Returns each seed's summary."""
+    `train.fold_seed` (default: the first seed), the training seed is s. `manifest` replaces `data.spec`'s (as in
+    `run_protocol`). Returns each seed's summary."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs distinct seeds, got {seeds}")
     base = copy.deepcopy(cfg)
@@ -420,10 +423,10 @@ def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, **trainer_
         if s == seeds[0]:  # validate before anything is written, then record the shared config
             from sonodistill.recipes.data import load_manifest
 
-            validate_run(one, load_manifest(one.data), get_protocol(one.recipe))
+            validate_run(one, manifest if manifest is not None else load_manifest(one.data), get_protocol(one.recipe))
             run_dir.mkdir(parents=True, exist_ok=True)
             base.save(run_dir / "config.yaml")
         log.info("seed %d of %s: %s", s, seeds, one.run_dir)
         summaries.append(run_protocol(one, resume=resume and (one.run_dir / "config.yaml").exists(),
-                                      **trainer_overrides))
+                                      manifest=manifest, **trainer_overrides))
     return summaries
