@@ -77,3 +77,17 @@ def test_bench_train_cli_with_concurrent_processes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| 2 x 1 |" in printed and "demo: fastest training throughput with" in printed
     assert main(["bench", "train", "demo", "--processes", "0", "--out", str(out)]) == 2
+
+
+def test_a_cached_config_times_the_step_after_the_frozen_stages():
+    from sonodistill.commands.bench import _config
+    from sonodistill.protocols.tuning import speed_batch
+
+    cfg = _config("pocus-finetune-imagenet", ["data.size=32", "model.pretrained=none", "train.frozen_cache_views=2"])
+    model, x, y = speed_batch(cfg, 2)
+    assert tuple(x.shape) == (2, 24, 8, 8)  # stage 2's map: what the cache holds, not the 32 px image
+    whole = measure_train_speed(*speed_batch(_config("pocus-finetune-imagenet", ["data.size=32",
+                                                                               "model.pretrained=none"]), 2),
+                                repeats=1, warmup=1)
+    cached = measure_train_speed(model, x, y, repeats=1, warmup=1)
+    assert 0 < cached["forward_gflop_per_item"] < whole["forward_gflop_per_item"]

@@ -50,7 +50,8 @@ def check_setting(name: str, value: Any, minimum: int) -> None:
 # ------------------------------------------------------------------------------------------- timing
 def speed_batch(cfg: RunConfig, batch_size: int | None, num_classes: int = 3, seed: int = 0):  # -> (model, x, y)
     """A config's trainable network (classification: the recipe's inference model; segmentation: its U-Net)
-    and a random batch of its input shape with targets."""
+    and a random batch of its input shape with targets; with `train.frozen_cache_views`, the network after the
+    frozen stages and a batch of their output (what a cached run trains)."""
     import torch
 
     from sonodistill.recipes import get_recipe
@@ -69,7 +70,13 @@ def speed_batch(cfg: RunConfig, batch_size: int | None, num_classes: int = 3, se
                           "segmentation networks only; give train.threads and train.parallel_folds as numbers")
     model = recipe_cls(cfg, num_classes=num_classes).inference_model()
     shape = (1, cfg.data.num_frames, s, s) if model.backbone.kind == "video" else (1, s, s)
-    return model, torch.rand(bs, *shape, generator=g), torch.randint(0, num_classes, (bs,), generator=g)
+    x, y = torch.rand(bs, *shape, generator=g), torch.randint(0, num_classes, (bs,), generator=g)
+    if cfg.train.frozen_cache_views:  # a cached run's step: the stages after the frozen ones, from their output
+        from sonodistill.recipes.frozen_cache import FromPrefix, check_frozen_cache
+
+        check_frozen_cache(cfg, recipe_cls, model.backbone)
+        return FromPrefix(model), model.backbone.frozen_prefix(x), y
+    return model, x, y
 
 
 def config_speed(cfg: RunConfig, batch_size: int | None, repeats: int, threads: int,

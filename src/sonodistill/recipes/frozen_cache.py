@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from sonodistill.config import RunConfig
@@ -91,6 +92,18 @@ class FrozenPrefixCache(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {**self.fields[self.view][index], "x": self.maps[self.view][index]}
+
+
+class FromPrefix(nn.Module):
+    """A classifier as a cached run trains it: `forward(h)` = `model.forward_from_prefix(h)`, h the frozen stages'
+    output (what `sonodistill bench train` times for a config with `train.frozen_cache_views`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from_prefix(h)
 
 
 def cache_frozen_prefix(cfg: RunConfig, recipe: Any, train_set: Dataset) -> Dataset:
