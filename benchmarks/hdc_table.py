@@ -132,7 +132,8 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
         for _, row in part.iterrows():
             name = NAMES.get(row["method"], row["method"]) + (f" ({row['tag']})" if row["tag"] else "")
             name += "" if pd.isna(row.get("seed")) else f", seed {int(row['seed'])}"
-            medians = [f"{100 * row[f'{c}_median']:.2f}" if c == "dice" else f"{row[f'{c}_median']:.2f}"
+            medians = ["–" if pd.isna(row[f"{c}_median"]) else  # every prediction empty: no HC to take a median of
+                       f"{100 * row[f'{c}_median']:.2f}" if c == "dice" else f"{row[f'{c}_median']:.2f}"
                        for c in meds]
             lines.append(f"| {name} | " + " | ".join([_cell(row, c) for c in cols] + medians)
                          + f" | {row['train_eval_s']:.0f} |")
