@@ -139,3 +139,33 @@ def test_the_probe_is_a_pytorch_model_with_the_probes_probabilities(tmp_path, mo
     only = _cfg(tmp_path, data, **{"train.cv": "false", "name": "probe-final"})
     assert run_protocol(only)["cv"] is False
     assert (only.run_dir / "final" / "model.safetensors").is_file() and not (only.run_dir / "folds.json").exists()
+
+
+def test_balanced_class_weights_raise_the_minority_recall():
+    """Balanced weights move the boundary towards the majority class: more of the rare class is called."""
+    from sonodistill.evaluation.probes import linear_probe
+
+    rng = np.random.default_rng(0)
+    n_major, n_minor = 90, 10
+    feats = np.concatenate([rng.normal(0.0, 1.0, (n_major, 2)), rng.normal(1.0, 1.0, (n_minor, 2))])
+    labels = np.array([0] * n_major + [1] * n_minor)
+    test = np.concatenate([rng.normal(0.0, 1.0, (200, 2)), rng.normal(1.0, 1.0, (200, 2))])
+    called = {w: int((linear_probe(feats, labels, test, C=1.0, class_weight=w).argmax(1)[200:] == 1).sum())
+              for w in (None, "balanced")}
+    assert called["balanced"] > called[None] + 50
+
+
+def test_class_weight_choose_picks_on_the_validation_split_and_records_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data, **{"recipe_options.class_weight": "choose"})
+    run_protocol(cfg)
+    choices = json.loads((cfg.run_dir / "probe_choices.json").read_text())
+    for ch in choices.values():
+        tried = ch["validation_balanced_accuracy_by_class_weight"]
+        assert set(tried) == {"none", "balanced"} and ch["class_weight"] in tried
+        best = max(max(scores.values()) for scores in tried.values())
+        assert max(tried[ch["class_weight"]].values()) == best and ch["validation_balanced_accuracy"] == \
+            tried[ch["class_weight"]]
+    with pytest.raises(ConfigError, match="class_weight must be one of"):
+        run_protocol(_cfg(tmp_path, data, **{"recipe_options.class_weight": "inverse", "name": "bad"}))

@@ -102,19 +102,22 @@ def knn_predict(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
 
 
 def fit_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, C: float = 1.0, max_iter: int = 2000,
-                     seed: int = 0) -> Any:
-    """The fitted scikit-learn pipeline (StandardScaler, multinomial L2 LogisticRegression with strength 1/C);
-    None when the training labels hold one class only."""
+                     seed: int = 0, class_weight: str | None = None) -> Any:
+    """The fitted scikit-learn pipeline (StandardScaler, multinomial L2 LogisticRegression with strength 1/C;
+    `class_weight="balanced"` weighs each class inversely to its frequency); None when the training labels hold
+    one class only."""
     tr = np.asarray(train_feats, dtype=np.float64)
     y = np.asarray(train_labels).astype(np.int64)
     if np.unique(y).size == 1:
         return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed,
+                                                             class_weight=class_weight))
     return clf.fit(tr, y)
 
 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, C: float = 1.0,
-                 max_iter: int = 2000, num_classes: int | None = None, seed: int = 0) -> np.ndarray:
+                 max_iter: int = 2000, num_classes: int | None = None, seed: int = 0,
+                 class_weight: str | None = None) -> np.ndarray:
     """Logistic regression (multinomial, L2, strength 1/C) on standardised features; probs [N_test, C].
 
     A class absent from the training labels gets probability 0 (columns follow class indices 0..C-1).
@@ -126,20 +129,21 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     if present.size == 1:
         probs[:, present[0]] = 1.0
         return probs
-    clf = fit_linear_probe(tr, y, C=C, max_iter=max_iter, seed=seed)
+    clf = fit_linear_probe(tr, y, C=C, max_iter=max_iter, seed=seed, class_weight=class_weight)
     probs[:, clf.classes_] = clf.predict_proba(te)
     return probs
 
 
 def choose_C(feats: np.ndarray, labels: np.ndarray, fit: np.ndarray, val: np.ndarray, grid: list[float],
-             num_classes: int, seed: int) -> tuple[float, dict[str, float]]:
+             num_classes: int, seed: int, class_weight: str | None = None) -> tuple[float, dict[str, float]]:
     """The C of `grid` with the best balanced accuracy on rows `val` of a probe fitted on rows `fit` (ties: the
     smaller C); returns it and every C's score."""
     from sklearn.metrics import balanced_accuracy_score
 
     scores = {}
     for c in sorted(float(x) for x in grid):
-        probs = linear_probe(feats[fit], labels[fit], feats[val], C=c, num_classes=num_classes, seed=seed)
+        probs = linear_probe(feats[fit], labels[fit], feats[val], C=c, num_classes=num_classes, seed=seed,
+                             class_weight=class_weight)
         scores[str(c)] = float(balanced_accuracy_score(labels[val], probs.argmax(1)))
     best = max(scores, key=lambda c: (scores[c], -float(c)))
     return float(best), scores

@@ -38,17 +38,23 @@ class LinearProbeProtocol(Protocol):
     def fit(self, run: Run, fold: Fold) -> FoldResult:
         from sonodistill.data.splits import validation_rows
         from sonodistill.evaluation.probes import choose_C, fit_linear_probe
-        from sonodistill.recipes.linear_probe import LinearProbeRecipe, probe_options
+        from sonodistill.recipes.linear_probe import CLASS_WEIGHTS, LinearProbeRecipe, probe_options
         from sonodistill.recipes.trainer import save_weights
 
         cfg, manifest, feats = run.cfg, run.manifest, run.state
         o = probe_options(cfg)
         labels, k = manifest.labels, len(manifest.classes)
         fit_rows, val_rows = validation_rows(manifest, fold.train, float(o.val_fraction), fold.seed)
-        c, scores = choose_C(feats, labels, fit_rows, val_rows, list(o.C_grid), k, fold.seed)
-        log.info("linear_probe fold %s: C=%g (validation balanced accuracy %.3f)",
-                 "final" if fold.final else fold.index, c, scores[str(c)])
-        clf = fit_linear_probe(feats[fold.train], labels[fold.train], C=c, seed=fold.seed)
+        tried = {}  # class weight -> (its best C, every C's validation balanced accuracy)
+        for w in CLASS_WEIGHTS[o.class_weight]:
+            tried[w or "none"] = choose_C(feats, labels, fit_rows, val_rows, list(o.C_grid), k, fold.seed,
+                                          class_weight=w)
+        weight = max(tried, key=lambda w: tried[w][1][str(tried[w][0])])  # ties: the first (unweighted)
+        c, scores = tried[weight]
+        log.info("linear_probe fold %s: C=%g, class_weight %s (validation balanced accuracy %.3f)",
+                 "final" if fold.final else fold.index, c, weight, scores[str(c)])
+        clf = fit_linear_probe(feats[fold.train], labels[fold.train], C=c, seed=fold.seed,
+                               class_weight=None if weight == "none" else weight)
         if clf is None:
             raise ConfigError(f"linear_probe fold {fold.index}: the training rows hold one class only")
         model = LinearProbeRecipe.build_inference_model(cfg, manifest)
@@ -62,8 +68,9 @@ class LinearProbeProtocol(Protocol):
         head.load_probe(scaler.mean_, scaler.scale_, logreg.coef_, logreg.intercept_, logreg.classes_)
         fold.dir.mkdir(parents=True, exist_ok=True)
         save_weights(model, fold.dir / "model.safetensors")
-        record = {"C": c, "validation_balanced_accuracy": scores, "fit_rows": int(len(fit_rows)),
-                  "validation_rows": int(len(val_rows))}
+        record = {"C": c, "class_weight": weight, "validation_balanced_accuracy": scores,
+                  "validation_balanced_accuracy_by_class_weight": {w: t[1] for w, t in tried.items()},
+                  "fit_rows": int(len(fit_rows)), "validation_rows": int(len(val_rows))}
         if len(fold.test) == 0:
             return FoldResult(record=record)
         test = fold.test

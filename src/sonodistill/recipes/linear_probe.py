@@ -33,6 +33,10 @@ from sonodistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# recipe_options.class_weight -> the scikit-learn class weights it tries (choose: both, on the validation split)
+CLASS_WEIGHTS: dict[str, list[str | None]] = {"none": [None], "balanced": ["balanced"], "choose": [None, "balanced"]}
+
+
 @dataclass
 class LinearProbeOptions:
     """recipe_options of `linear_probe`."""
@@ -40,12 +44,17 @@ class LinearProbeOptions:
     C_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])  # 1/L2 strengths
     val_fraction: float = 0.2   # grouped share of each fold's training rows used to choose C
     pool: str = "mean"          # videos: mean | meanmax over frames
+    class_weight: str = "none"  # none | balanced (classes weighed inversely to their frequency) | choose (the better
+                                # of the two on the same validation split that chooses C)
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.val_fraction) < 0.5:
             raise ConfigError(f"recipe_options (linear_probe).val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.pool not in ("mean", "meanmax"):
             raise ConfigError(f"recipe_options (linear_probe).pool must be mean or meanmax, got {self.pool!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ConfigError(f"recipe_options (linear_probe).class_weight must be one of {sorted(CLASS_WEIGHTS)}, "
+                              f"got {self.class_weight!r}")
         if not self.C_grid or any(float(c) <= 0 for c in self.C_grid):
             raise ConfigError(f"recipe_options (linear_probe).C_grid needs positive values, got {self.C_grid}")
 
