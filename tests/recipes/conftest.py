@@ -34,3 +34,17 @@ def read_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def image_folder(root: Path, n_per_class: int = 12) -> Path:
+    """A folder set of two classes that differ in brightness (bright / dark speckle, 40 px), one group per image."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, base in (("bright", 170), ("dark", 60)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = np.clip(base + rng.normal(0, 25, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / cls / f"{cls}{i}.png")
+    return root

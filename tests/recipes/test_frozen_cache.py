@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from sonodistill.config import load_config, packaged_config
 from sonodistill.errors import ConfigError
@@ -15,7 +14,7 @@ from sonodistill.models.heads import ClassificationHead
 from sonodistill.models.stages import Classifier
 from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes.frozen_cache import FrozenPrefixCache
-from tests.recipes.conftest import read_weights
+from tests.recipes.conftest import image_folder, read_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,20 +87,10 @@ def test_the_cache_holds_view_v_of_every_item_and_epoch_e_reads_view_e_mod_k():
     assert not torch.equal(cache[0]["x"], (cache.set_epoch(1), cache[0]["x"])[1])
 
 
-def _image_folder(root, n_per_class=8):
-    rng = np.random.default_rng(0)
-    for cls, base in (("bright", 170), ("dark", 60)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n_per_class):
-            img = np.clip(base + rng.normal(0, 25, (40, 40)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / cls / f"{cls}{i}.png")
-    return root
-
-
 def _cfg(tmp_path, name, *extra):
     data = tmp_path / "data"
     if not data.exists():
-        _image_folder(data)
+        image_folder(data, n_per_class=8)
     overrides = [f"out_dir={tmp_path / 'runs'}", f"name={name}", f"data.spec=folder:{data}", "data.size=32",
                  f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=4", "model.pretrained=none",
                  "train.folds=2", "train.fold=0", "train.epochs=2", "optim.warmup_epochs=0", *extra]

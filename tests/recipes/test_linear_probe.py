@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from sonodistill.config import load_config, packaged_config
 from sonodistill.data.manifest import Manifest
@@ -15,19 +14,9 @@ from sonodistill.errors import ConfigError
 from sonodistill.evaluation.probes import choose_C
 from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes import linear_probe as lp
+from tests.recipes.conftest import image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _image_folder(root, n_per_class=12):
-    """Two classes that differ in brightness: bright / dark speckle, one group per image."""
-    rng = np.random.default_rng(0)
-    for cls, base in (("bright", 170), ("dark", 60)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n_per_class):
-            img = np.clip(base + rng.normal(0, 25, (40, 40)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / cls / f"{cls}{i}.png")
-    return root
 
 
 def _cfg(tmp_path, data, **extra):
@@ -40,7 +29,7 @@ def _cfg(tmp_path, data, **extra):
 
 def test_probe_run_writes_a_cv_report_and_chooses_C_on_validation_rows_only(tmp_path, monkeypatch):
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data)
     summary = run_protocol(cfg)
     run = cfg.run_dir
@@ -95,7 +84,7 @@ def test_bad_options_are_config_errors(tmp_path):
 
 def test_on_validation_scores_only_training_rows_of_each_fold(tmp_path, monkeypatch):
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, **{"train.on_validation": "true"})
     run_protocol(cfg)
     pred = pd.read_csv(cfg.run_dir / "predictions.csv")
@@ -118,7 +107,7 @@ def test_the_probe_is_a_pytorch_model_with_the_probes_probabilities(tmp_path, mo
     from sonodistill.serve.loading import load_run
 
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, **{"train.final": "true"})
     run_protocol(cfg)
     run = cfg.run_dir
@@ -157,7 +146,7 @@ def test_balanced_class_weights_raise_the_minority_recall():
 
 def test_class_weight_choose_picks_on_the_validation_split_and_records_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SONODISTILL_CACHE", str(tmp_path / "cache"))
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, **{"recipe_options.class_weight": "choose"})
     run_protocol(cfg)
     choices = json.loads((cfg.run_dir / "probe_choices.json").read_text())
