@@ -116,7 +116,8 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
     meds = [c for c in MEDIANS if f"{c}_median" in df.columns]
     units = "mm" if data == "hc18" else "px"
     where = ("VALIDATION items (a grouped 80/20 split of the main split's training rows; no test image used)"
-             if validation else "Test items of one grouped 80/20 split")
+             if validation else "Test items of the subject-grouped folds that were run (fold 0 alone: one grouped "
+             "80/20 split; see each section's fold count)")
     lines = [f"# Semi-supervised segmentation on {data}: method x labelled fraction\n",
              f"Command: `{command}`\n",
              f"{where}, scored at the original image resolution; cells are mean ± std over items (Dice/IoU in %, "
@@ -126,7 +127,8 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
     for frac in sorted(df["labelled_fraction"].unique()):
         part = df[df["labelled_fraction"] == frac]
         lines.append(f"## {100 * frac:g} % labelled ({int(part['n_labelled'].iloc[0])} labelled, "
-                     f"{int(part['n_unlabelled'].iloc[0])} unlabelled, {int(part['n_test'].iloc[0])} scored images)\n")
+                     f"{int(part['n_unlabelled'].iloc[0])} unlabelled in fold 0; {int(part['n_test'].iloc[0])} scored "
+                     f"images over {int(part['n_folds'].iloc[0])} fold(s))\n")
         lines.append("| method | " + " | ".join(cols + [f"median {c}" for c in meds]) + " | train+eval s |")
         lines.append("|---|" + ":---:|" * (len(cols) + len(meds) + 1))
         for _, row in part.iterrows():
