@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, packaged_config
+from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, packaged_config, seed_run_dirs
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.folds import make_folds
 from sonodistill.protocols.folds import run_protocol, run_seeds
@@ -63,19 +63,13 @@ def run_name(pre: str, method: str, fraction: float, tag: str = "") -> str:
     return f"{pre}-{method}{'-' + tag if tag else ''}-{round(100 * fraction, 3):g}pct"
 
 
-def seed_runs(run: Path) -> list[tuple[int | None, Path]]:
-    """(seed, directory) of each training seed of a run: RUN/seed_<s>/ of a multi-seed run, else (None, RUN)."""
-    seeds = sorted((int(d.name[len(SEED_DIR_PREFIX):]), d) for d in run.glob(f"{SEED_DIR_PREFIX}*")
-                   if d.name[len(SEED_DIR_PREFIX):].isdigit())
-    return seeds or [(None, run)]
-
-
 def collect(out: Path, pre: str, methods: list[str], fractions: list[float], tag: str = "") -> pd.DataFrame:
     """One row per finished run and seed: fold-mean of each metric, item std, undefined counts, medians, wall time."""
     rows = []
     for method in methods:
         for frac in fractions:
-            for seed, run in seed_runs(out / run_name(pre, method, frac, tag)):
+            run = out / run_name(pre, method, frac, tag)
+            for seed, run in (seed_run_dirs(run) or {None: run}).items():  # RUN/seed_<s>/ each, or RUN itself
                 metrics = run / "metrics.json"
                 if not metrics.is_file():
                     continue

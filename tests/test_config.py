@@ -81,3 +81,13 @@ def test_every_packaged_config_loads_with_its_recipes_options(path):
         assert not cfg.recipe_options, f"{path.name}: recipe {cfg.recipe!r} takes no recipe_options"
     else:
         parse_options(cls, cfg.recipe_options, cfg.recipe)
+
+
+def test_seed_run_dirs_lists_the_seed_folders_in_seed_order(tmp_path):
+    from sonodistill.config import seed_run_dirs
+
+    for name in ("seed_10", "seed_2", "seed_-1", "seed_x", "fold_0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "seed_3").write_text("a file, not a seed folder")
+    assert seed_run_dirs(tmp_path) == {-1: tmp_path / "seed_-1", 2: tmp_path / "seed_2", 10: tmp_path / "seed_10"}
+    assert seed_run_dirs(tmp_path / "fold_0") == {}

@@ -95,6 +95,13 @@ class TrainConfig:
 SEED_DIR_PREFIX = "seed_"  # a multi-seed run (`train --seeds`) keeps seed s in RUN/seed_<s>/
 
 
+def seed_run_dirs(run: str | Path) -> dict[int, Path]:
+    """The seed directories of a multi-seed run, {seed: RUN/seed_<s>/} in seed order; {} for a one-seed run."""
+    found = {int(p.name[len(SEED_DIR_PREFIX):]): p for p in Path(run).glob(f"{SEED_DIR_PREFIX}*")
+             if p.is_dir() and p.name[len(SEED_DIR_PREFIX):].lstrip("-").isdigit()}
+    return dict(sorted(found.items()))
+
+
 @dataclass
 class RunConfig:
     name: str = "run"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sonodistill.config import SEED_DIR_PREFIX
+from sonodistill.config import seed_run_dirs
 from sonodistill.errors import SonoDistillError
 from sonodistill.evaluation.embedding_eval import ANOMALY_OUTCOMES
 
@@ -144,14 +144,11 @@ def read_run(path: str | Path) -> ComparedRun:
     run, model = split_model(path)
     if not (run / "config.yaml").is_file():
         raise SonoDistillError(f"{run} is not a run directory: config.yaml is missing")
-    seed_dirs = sorted((p for p in run.glob(f"{SEED_DIR_PREFIX}*")
-                        if p.is_dir() and p.name[len(SEED_DIR_PREFIX):].lstrip("-").isdigit()),
-                       key=lambda p: int(p.name[len(SEED_DIR_PREFIX):]))
+    seed_dirs = seed_run_dirs(run)
     seeds: dict[int, SeedPredictions] = {}
     if seed_dirs:
-        for d in seed_dirs:
-            seeds[int(d.name[len(SEED_DIR_PREFIX):])] = _read_seed(d, run, int(d.name[len(SEED_DIR_PREFIX):]),
-                                                                   model=model)
+        for s, d in seed_dirs.items():
+            seeds[s] = _read_seed(d, run, s, model=model)
     else:
         if not (run / "predictions.csv").is_file():
             raise SonoDistillError(f"{run}: predictions.csv is missing (an unfinished run?)")
