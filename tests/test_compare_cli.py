@@ -254,6 +254,32 @@ def test_runs_on_other_items_or_folds_are_refused_naming_the_difference(tmp_path
     assert not (tmp_path / "cmp").exists()
 
 
+def test_folds_option_compares_a_one_fold_run_with_that_fold_of_a_cross_validated_run(tmp_path, capsys):
+    """--folds 0: a run trained on fold 0 only is paired with fold 0 of a 3-fold run; other folds are dropped."""
+    quality = np.tile([1 / 3, 1.0, 0.0], 8)  # group g sits in fold g % 3: fold 0 right 1/3, fold 1 all, fold 2 none
+    a = make_run(tmp_path, "base", quality=quality)
+    b = make_run(tmp_path, "one_fold", quality=1.0)
+    pred = pd.read_csv(b / "predictions.csv")
+    pred[pred["fold"] == 0].to_csv(b / "predictions.csv", index=False)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--folds", "0", "--metrics", "accuracy",
+                       "--resamples", 200, "--permutations", 200) == 0
+    row = _read(out).iloc[0]
+    assert row["n_items"] == 24 and row["n_groups"] == 8  # fold 0 only: 8 groups x 3 items
+    assert row["baseline"] == pytest.approx(1 / 3) and row["other"] == 1.0
+    assert row["difference"] == pytest.approx(2 / 3)
+    assert "in 1 fold (0)" in (out / "comparison.md").read_text()
+    capsys.readouterr()
+    assert sonodistill("compare", a, b, "--out", tmp_path / "cmp1", "--folds", "0,1") == 2
+    err = capsys.readouterr().err
+    assert "has no predictions on fold 1" in err and "one_fold" in err
+    assert sonodistill("compare", a, b, "--out", tmp_path / "cmp2", "--folds", "7") == 2
+    assert "has no fold 7" in capsys.readouterr().err
+    assert sonodistill("compare", a, b, "--out", tmp_path / "cmp3", "--folds", "zero") == 2
+    assert "comma-separated fold numbers" in capsys.readouterr().err
+    assert not any((tmp_path / f"cmp{k}").exists() for k in (1, 2, 3))
+
+
 def test_same_data_under_another_root_is_comparable(tmp_path):
     a = make_run(tmp_path, "base")
     b = shutil.copytree(a, tmp_path / "moved")

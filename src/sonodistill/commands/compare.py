@@ -9,6 +9,9 @@ folds.json / manifest.csv, else the run's); a predictions.csv with a `seed` colu
 other run has one seed, its config's `train.seed`. Seeds are paired by value (one seed on each side: paired
 whatever their values); with several, the last rows average B_s - A_s over the seeds.
 
+Folds: `--folds 0` (or `0,2`) compares the runs on those test folds only, e.g. a run trained on one `--set
+train.fold=0` with the same fold of a cross-validated run; a run without predictions on a named fold is refused.
+
 Models: a run whose predictions.csv holds several models in a `model` column (e.g. medivlad's aggregators, trained
 on the same folds and features) is named `RUN:MODEL` to compare one of them; naming none is an error that lists them.
 """
@@ -166,6 +169,24 @@ def read_run(path: str | Path) -> ComparedRun:
     return ComparedRun(run, name, tasks.pop(), seeds)
 
 
+def restrict_folds(run: ComparedRun, folds: list[int]) -> None:
+    """Keep only test folds `folds` of every seed of `run` (predictions and folds.json) in place; SonoDistillError
+    naming a fold the run has no predictions on or does not define."""
+    wanted = sorted(set(int(k) for k in folds))
+    for s in run.seeds.values():
+        defined = {int(f["fold"]) for f in s.folds}
+        predicted = set(s.predictions["fold"].astype(int))
+        for k in wanted:
+            if k not in defined:
+                raise SonoDistillError(f"--folds: {run.path} has no fold {k} (its folds.json defines {sorted(defined)})")
+            if k not in predicted:
+                raise SonoDistillError(f"--folds: {s.source / 'predictions.csv'} has no predictions on fold {k} "
+                                       f"(predicted folds: {sorted(predicted)})")
+        keep = s.predictions["fold"].astype(int).isin(wanted).to_numpy()
+        s.predictions = s.predictions[keep].reset_index(drop=True)
+        s.folds = [f for f in s.folds if int(f["fold"]) in wanted]
+
+
 # ------------------------------------------------------------------------------------------- checks
 def _relative(paths: pd.Series) -> list[str]:
     """Paths relative to their common folder, so the same data under another root compares equal."""
@@ -309,10 +330,12 @@ def merge_run_classes(run: ComparedRun, merge: dict[str, list[str]]) -> None:
 
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
                  n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
-                 merge: dict[str, list[str]] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
+                 merge: dict[str, list[str]] | None = None,
+                 folds: list[int] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
 
-    `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing."""
+    `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing; `folds` keeps
+    only those test folds of every run."""
     from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, ANOMALY_METRICS,
                                                annotation_scorer, anomaly_scorer, classification_scorer, mean_scorer,
                                                paired_comparison)
@@ -320,6 +343,11 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
     runs = [read_run(p) for p in paths]
+    if folds is not None:
+        if not folds:
+            raise SonoDistillError("--folds names no fold")
+        for run in runs:
+            restrict_folds(run, folds)
     if merge:
         for run in runs:
             merge_run_classes(run, merge)
@@ -376,15 +404,16 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
     """The report: one table per compared run (rows metric x seed), with the method paragraph."""
     base = runs[0]
     first = next(iter(base.seeds.values()))
-    n_folds = first.predictions["fold"].nunique()
+    fold_ids = sorted(int(k) for k in first.predictions["fold"].unique())
+    n_folds = f"{len(fold_ids)} fold{'s' if len(fold_ids) > 1 else ''} ({', '.join(map(str, fold_ids))})"
     r0 = table.iloc[0]
     seeds = f" Seed '{ALL_SEEDS}': the difference averaged over seeds." if (table["seed"] == ALL_SEEDS).any() else ""
     perm = (f"all {int(r0['n_permutations'])} swaps (exact)" if bool(r0["exact"])
             else f"{int(r0['n_permutations'])} random swaps, p = (1 + k) / (1 + swaps)")
     merged = f" Classes merged: {merge}." if merge else ""
     lines = [f"# Paired comparison with {base.name} (baseline)\n",
-             f"Every run scored on the same {int(r0['n_items'])} items of {int(r0['n_groups'])} groups in {n_folds} "
-             f"fold(s) ({base.task}). Difference = run − baseline, each metric computed on the predictions pooled "
+             f"Every run scored on the same {int(r0['n_items'])} items of {int(r0['n_groups'])} groups in {n_folds}, "
+             f"{base.task}. Difference = run − baseline, each metric computed on the predictions pooled "
              f"over folds. {100 * level:g} % interval: percentile bootstrap over groups ({n_resamples} resamples, "
              f"seed {seed}; the same resamples for both runs). p: two-sided paired permutation test swapping the "
              f"two runs' predictions per group ({perm}). Pooled values can differ from the CV report's means over "
@@ -444,7 +473,14 @@ def _compare(args: argparse.Namespace) -> int:
 
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
     merge = parse_merge(args.merge) if args.merge else None
-    runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge)
+    folds = None
+    if args.folds is not None:
+        try:
+            folds = [int(k) for k in args.folds.split(",") if k.strip()]
+        except ValueError:
+            raise SonoDistillError(f"--folds takes comma-separated fold numbers, got {args.folds!r}") from None
+    runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge,
+                               folds)
     out = Path(args.out) if args.out else runs[0].path.parent / (
         "compare-" + "-vs-".join(r.name.replace(":", "-") for r in runs) + ("-merged" if merge else ""))
     text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge)
@@ -469,4 +505,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", action="append", metavar="NEW=OLD1,OLD2",
                    help="classification: merge classes before comparing (probabilities summed), as in `eval --merge`; "
                         "repeat for each new class")
+    p.add_argument("--folds", metavar="K[,K...]",
+                   help="compare on these test folds only (e.g. a run trained on one fold with that fold of a "
+                        "cross-validated run)")
     p.set_defaults(func=_compare)
