@@ -39,7 +39,7 @@ NAMES = {"seg_supervised": "Supervised only", "mean_teacher": "Mean Teacher", "f
 ANCHORS = {"hc18": "fully supervised, full resolution (HC18 literature): Dice 97.75 %, HC error 1.90 mm",
            "busi": "fully supervised (BUSI literature): Dice about 0.76"}
 COLUMNS = ["dice", "iou", "hd95", "asd", "hc_abs_err_mm"]
-MEDIANS = ["dice", "hc_abs_err_mm"]
+MEDIANS = ["dice", "hc_abs_err_mm", "hc_signed_err_mm"]  # signed = HC(pred) - hc_mm: > 0 over-segments
 
 
 def lesion_manifest(manifest: Manifest) -> Manifest:
@@ -87,6 +87,8 @@ def collect(out: Path, pre: str, methods: list[str], fractions: list[float], tag
                         row[f"{c}_item_std"] = m["items"][c]["std"]
                         row[f"{c}_n_nan"] = m["items"][c]["n_nan"]
                 pred = pd.read_csv(run / "predictions.csv")
+                if {"hc_pred_mm", "hc_true_mm"} <= set(pred.columns):
+                    pred["hc_signed_err_mm"] = pred["hc_pred_mm"] - pred["hc_true_mm"]
                 for c in MEDIANS:
                     if c in pred.columns:
                         row[f"{c}_median"] = float(pred[c].median())
@@ -115,8 +117,9 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
     lines = [f"# Semi-supervised segmentation on {data}: method x labelled fraction\n",
              f"Command: `{command}`\n",
              f"{where}, scored at the original image resolution; cells are mean ± std over items (Dice/IoU in %, "
-             f"hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|); '(k n/a)': k items where the value is "
-             "undefined (empty prediction) and left out; medians over items.\n",
+             f"hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|, hc_signed_err_mm = HC(pred) - hc_mm: above 0 "
+             "over-segments); '(k n/a)': k items where the value is "
+             "undefined (empty prediction) and left out; medians over items (NaN left out).\n",
              f"Anchor: {ANCHORS.get(data, '-')}.\n"]
     for frac in sorted(df["labelled_fraction"].unique()):
         part = df[df["labelled_fraction"] == frac]

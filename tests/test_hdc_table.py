@@ -1,0 +1,69 @@
+"""benchmarks/hdc_table.py: the table built from finished run directories (medians, signed HC error, seed rows)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def hdc_table():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("hdc_table")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _finished_run(run: Path, dice: list[float], hc_pred: list[float] | None = None,
+                  hc_true: list[float] | None = None) -> None:
+    """The files the table reads: metrics.json, timing.json, predictions.csv, fold_0/split.json (no HC columns
+    without `hc_pred`)."""
+    (run / "fold_0").mkdir(parents=True)
+    values = {"dice": np.asarray(dice)}
+    pred = pd.DataFrame({"fold": 0, "index": range(len(dice)), "dice": dice})
+    if hc_pred is not None:
+        values["hc_abs_err_mm"] = np.abs(np.asarray(hc_pred) - np.asarray(hc_true))
+        pred = pred.assign(hc_true_mm=hc_true, hc_pred_mm=hc_pred, hc_abs_err_mm=values["hc_abs_err_mm"])
+    summary = {c: {"mean": float(v.mean()), "std": 0.0, "n": 1, "n_nan": 0} for c, v in values.items()}
+    items = {c: {"mean": float(v.mean()), "std": float(v.std()), "n": len(v), "n_nan": 0} for c, v in values.items()}
+    (run / "metrics.json").write_text(json.dumps({"n_folds": 1, "n_items": len(dice), "summary": summary,
+                                                  "items": items}))
+    (run / "timing.json").write_text(json.dumps({"0": 10.0}))
+    (run / "fold_0" / "split.json").write_text(json.dumps({"labelled": [0, 1], "unlabelled": [2, 3, 4]}))
+    pred.to_csv(run / "predictions.csv", index=False)
+
+
+def test_table_reports_the_median_signed_hc_error_and_seed_means(tmp_path, hdc_table):
+    # supervised over-segments: HC(pred) - HC(true) = +1, +2, +6 (median +2); HDC's seeds -1, 0, +3 and 0, +1, +1
+    _finished_run(tmp_path / "hc18-seg_supervised-10pct", [0.90, 0.92, 0.94], [101, 102, 106], [100, 100, 100])
+    _finished_run(tmp_path / "hc18-hdc-10pct" / "seed_0", [0.95, 0.96, 0.97], [99, 100, 103], [100, 100, 100])
+    _finished_run(tmp_path / "hc18-hdc-10pct" / "seed_1", [0.93, 0.95, 0.97], [100, 101, 101], [100, 100, 100])
+    df = hdc_table.collect(tmp_path, "hc18", ["seg_supervised", "hdc"], [0.1])
+    sup = df[df["method"] == "seg_supervised"].iloc[0]
+    assert sup["hc_signed_err_mm_median"] == pytest.approx(2.0)
+    assert sup["hc_abs_err_mm_median"] == pytest.approx(2.0)
+    hdc = df[df["method"] == "hdc"].set_index("seed")
+    assert hdc.loc[0, "hc_signed_err_mm_median"] == pytest.approx(0.0)
+    assert hdc.loc[1, "hc_signed_err_mm_median"] == pytest.approx(1.0)
+    text = hdc_table.markdown(df, "hc18", "python benchmarks/hdc_table.py ...", validation=False)
+    assert "| method | dice | hc_abs_err_mm | median dice | median hc_abs_err_mm | median hc_signed_err_mm |" in text
+    sup_line = next(line for line in text.splitlines() if line.startswith("| Supervised only |"))
+    assert sup_line.split(" | ")[-2:] == ["2.00", "10 |"]  # median signed, then train+eval seconds
+    mean_line = next(line for line in text.splitlines() if "HDC, mean of 2 seeds" in line)
+    assert "95.50 ± 0.71 (over seeds)" in mean_line  # the two seeds' Dice means 96.0 and 95.0, std over seeds
+
+
+def test_table_without_head_circumference_has_no_hc_columns(tmp_path, hdc_table):
+    _finished_run(tmp_path / "busi-seg_supervised-10pct", [0.6, 0.7])
+    df = hdc_table.collect(tmp_path, "busi", ["seg_supervised"], [0.1])
+    assert "hc_signed_err_mm_median" not in df.columns
+    assert "median hc_signed_err_mm" not in hdc_table.markdown(df, "busi", "cmd", validation=False)
