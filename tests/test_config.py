@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import yaml
 
 from sonodistill.config import RunConfig, apply_overrides, load_config, packaged_config
 from sonodistill.errors import ConfigError
@@ -53,34 +56,24 @@ def test_apply_overrides_does_not_mutate():
     assert isinstance(RunConfig().run_dir.name, str)
 
 
-def _options_class(recipe: str):
-    """The typed Options dataclass that `recipe` parses its recipe_options into (None: no options)."""
-    from sonodistill.recipes import get_recipe
-    from sonodistill.recipes.dilbert import DILBERTOptions
-    from sonodistill.recipes.dino import DINOOptions
-    from sonodistill.recipes.discovr import DISCOVROptions
-    from sonodistill.recipes.dualdistill import DualDistillOptions
-    from sonodistill.recipes.linear_probe import LinearProbeOptions
-    from sonodistill.recipes.medivlad import MeDiVLADOptions
-
-    known = {"dilbert": DILBERTOptions, "dino": DINOOptions, "discovr": DISCOVROptions,
-             "dualdistill": DualDistillOptions, "linear_probe": LinearProbeOptions, "medivlad": MeDiVLADOptions}
-    return known.get(recipe) or getattr(get_recipe(recipe), "Options", None)
-
-
 @pytest.mark.parametrize("path", sorted((packaged_config("demo").parent).glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_packaged_config_loads_with_its_recipes_options(path):
     """Every shipped YAML has known, well-typed fields, and its recipe_options parse into the recipe's options."""
     from sonodistill.config import parse_options
-    from sonodistill.recipes import RECIPES
+    from sonodistill.recipes import RECIPES, options_class, resolved_recipe_options
 
     cfg = load_config(path)
     assert cfg.recipe in RECIPES
-    cls = _options_class(cfg.recipe)
+    cls = options_class(cfg.recipe)
     if cls is None:
         assert not cfg.recipe_options, f"{path.name}: recipe {cfg.recipe!r} takes no recipe_options"
     else:
         parse_options(cls, cfg.recipe_options, cfg.recipe)
+        # what a run's config.yaml records: every option, given or default, and reading it back changes nothing
+        resolved = resolved_recipe_options(cfg.recipe, cfg.recipe_options)
+        assert set(resolved) == {f.name for f in dataclasses.fields(cls)}
+        assert resolved_recipe_options(cfg.recipe, resolved) == resolved
+        assert yaml.safe_load(yaml.safe_dump(resolved)) == resolved
 
 
 def test_seed_run_dirs_lists_the_seed_folders_in_seed_order(tmp_path):

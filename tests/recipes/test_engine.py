@@ -236,6 +236,42 @@ def test_resume_with_another_config_names_the_fields(tiny_carotid, tiny_override
     assert (cfg.run_dir / "fold_1" / "predictions.csv").is_file()
 
 
+def test_config_yaml_records_every_recipe_option_so_a_changed_default_cannot_change_a_resumed_run(
+        tiny_carotid, tiny_overrides):
+    """config.yaml holds the recipe's options with their defaults; resuming after a default moved (simulated by
+    the saved value differing from today's default) is refused, naming the option and how to keep the saved value."""
+    import dataclasses
+
+    import yaml
+
+    from sonodistill.errors import ConfigError
+    from sonodistill.recipes.dualdistill import DualDistillOptions
+
+    base = tiny_overrides + ["recipe=dualdistill", "name=defaults", "train.epochs=1", "train.fold=0",
+                             "recipe_options={beta: 0.5}"]
+    cfg = load_config(None, base)
+    run_protocol(cfg, manifest=tiny_carotid)
+    saved_file = cfg.run_dir / "config.yaml"
+    saved = yaml.safe_load(saved_file.read_text())
+    assert set(saved["recipe_options"]) == {f.name for f in dataclasses.fields(DualDistillOptions)}
+    assert saved["recipe_options"]["beta"] == 0.5 and saved["recipe_options"]["temperature"] == 3.0
+    assert saved["recipe_options"]["student_stages"] == [1, 2, 3]
+    # the same command resumes (fold 1 trains): options left to their defaults compare equal to the recorded ones
+    run_protocol(load_config(None, base + ["train.fold=1"]), resume=True, manifest=tiny_carotid)
+    assert (cfg.run_dir / "fold_1" / "predictions.csv").is_file()
+    saved["recipe_options"]["temperature"] = 4.0  # as if the run had started when the default was 4
+    saved_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"recipe_options.temperature: saved 4.0, now 3.0.*default has changed"):
+        run_protocol(load_config(None, base + ["train.fold=2"]), resume=True, manifest=tiny_carotid)
+    with pytest.raises(ConfigError, match=r"recipe_options.beta: saved 0.5, now 0.7") as refused:
+        run_protocol(load_config(None, base + ["train.fold=2", "recipe_options.beta=0.7",
+                                               "recipe_options.temperature=4.0"]), resume=True, manifest=tiny_carotid)
+    assert "default has changed" not in str(refused.value)  # beta was given, not defaulted
+    run_protocol(load_config(None, base + ["train.fold=2", "recipe_options.temperature=4.0"]), resume=True,
+                 manifest=tiny_carotid)
+    assert (cfg.run_dir / "fold_2" / "predictions.csv").is_file()
+
+
 def test_resume_of_a_run_that_never_started_says_so(tiny_carotid, tiny_overrides, caplog):
     cfg = load_config(None, tiny_overrides + ["name=never", "train.epochs=1", "train.fold=0"])
     with caplog.at_level("WARNING", logger="sonodistill.evaluation.crossval"):

@@ -73,6 +73,15 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_resolved_options(cfg: RunConfig) -> RunConfig:
+    """A copy of `cfg` whose recipe_options hold every option's value, defaults included (what config.yaml records)."""
+    from sonodistill.recipes import resolved_recipe_options
+
+    out = copy.deepcopy(cfg)
+    out.recipe_options = resolved_recipe_options(cfg.recipe, cfg.recipe_options)
+    return out
+
+
 def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
     """'field: saved X, now Y' for every field (outside RESUME_FREE_FIELDS) whose value differs."""
     a, b = _flatten(saved.to_dict()), _flatten(now.to_dict())
@@ -88,11 +97,17 @@ def check_resume_config(cfg: RunConfig) -> bool:
     if not saved_file.is_file():
         log.warning("--resume: %s holds no run yet (no config.yaml); starting it from scratch", cfg.run_dir)
         return False
-    diffs = config_differences(load_config(saved_file), cfg)
+    saved = load_config(saved_file)
+    diffs = config_differences(with_resolved_options(saved), with_resolved_options(cfg))
     if diffs:
+        default_changed = any(d.startswith("recipe_options.") and  # an option not given now whose default moved
+                              d.split(":")[0].removeprefix("recipe_options.").split(".")[0] not in cfg.recipe_options
+                              for d in diffs)
         raise ConfigError(f"--resume: the resolved config differs from {saved_file} in {len(diffs)} field(s): "
                           + "; ".join(diffs) + ". Resume with the run's original options (same --config, --set, "
-                          "--data, ...), or start a new run with another --name")
+                          "--data, ...), or start a new run with another --name"
+                          + (". A recipe option's default has changed since the run started: pass its saved "
+                             "value with --set recipe_options.FIELD=VALUE" if default_changed else ""))
     return True
 
 
@@ -368,7 +383,7 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         if not resume:
-            cfg.save(run_dir / "config.yaml")
+            with_resolved_options(cfg).save(run_dir / "config.yaml")
         manifest.to_csv(run_dir / "manifest.csv")
         if parallelism is not None:
             (run_dir / "parallelism.json").write_text(json.dumps(parallelism, indent=1), encoding="utf-8")
@@ -425,7 +440,7 @@ def run_seeds(cfg: RunConfig, seeds: list[int], resume: bool = False, manifest: 
 
             validate_run(one, manifest if manifest is not None else load_manifest(one.data), get_protocol(one.recipe))
             run_dir.mkdir(parents=True, exist_ok=True)
-            base.save(run_dir / "config.yaml")
+            with_resolved_options(base).save(run_dir / "config.yaml")
         log.info("seed %d of %s: %s", s, seeds, one.run_dir)
         summaries.append(run_protocol(one, resume=resume and (one.run_dir / "config.yaml").exists(),
                                       manifest=manifest, **trainer_overrides))
