@@ -1,7 +1,8 @@
 """Empty-mask phases of the segmentation recipes on a synthetic small, low-contrast target (issue 17's collapse).
 
     python benchmarks/seg_empty_phase.py --methods seg_supervised,mean_teacher,fixmatch,cps --seeds 0,1,2
-    python benchmarks/seg_empty_phase.py --option dice_background=false      # supervised Dice on the foreground only
+    python benchmarks/seg_empty_phase.py --option dice_background=true       # background in the supervised Dice (the
+                                                                             # default before 2026-12-04)
 
 Each method trains a quarter-width 3-level U-Net (32 px) for `--steps` steps of 4 labelled + 4 unlabelled images
 (discs of 8 % of the image, `--contrast` above uniform noise of width 0.4), consistency weight at full value from

@@ -216,8 +216,8 @@ def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_
 
 
 def test_dice_background_option_reaches_the_supervised_loss(tmp_path):
-    recipe = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path, "recipe_options.dice_background=false"),
+    recipe = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path, "recipe_options.dice_background=true"),
                                         num_classes=2, steps_per_epoch=1)
-    assert recipe.sup_loss.inner.dice.include_background is False
+    assert recipe.sup_loss.inner.dice.include_background is True
     default = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path), num_classes=2, steps_per_epoch=1)
-    assert default.sup_loss.inner.dice.include_background is True
+    assert default.sup_loss.inner.dice.include_background is False

@@ -50,7 +50,9 @@ class SegmentationOptions:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # U-Net widths before model.width
     overlays: int = 4                    # overlay PNGs written per fold
     save_masks: bool = False             # also write predicted masks (PNG, original resolution) per fold
-    dice_background: bool = True         # supervised Dice over background too (MONAI's default), or foreground only
+    dice_background: bool = False        # supervised Dice on the foreground only (default since 2026-12-04: an
+                                         # empty mask of a small target then costs the whole Dice term, see
+                                         # docs/hdc.md); true: background counted too (MONAI's default)
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
