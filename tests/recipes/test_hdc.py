@@ -37,7 +37,8 @@ def test_loss_equals_sup_on_both_decoders_plus_weighted_hdc_terms(tmp_path):
     n = labelled["x"].shape[0]
     recipe_out = recipe.student(torch.cat([labelled["x"], unlabelled["x_strong"]]), dual=True)
     target = labelled["mask"].long()
-    sup = DiceCELoss()(recipe_out.logits1[:n], target)[0] + DiceCELoss()(recipe_out.logits2[:n], target)[0]
+    dice_ce = DiceCELoss(include_background=False)  # the default: supervised Dice on the foreground only
+    sup = dice_ce(recipe_out.logits1[:n], target)[0] + dice_ce(recipe_out.logits2[:n], target)[0]
     with torch.no_grad():
         teacher = recipe.teacher.module.eval()(unlabelled["x_weak"])
     w = 1.0 * math.exp(-5.0)  # sigmoid ramp-up at step 0

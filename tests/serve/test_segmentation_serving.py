@@ -3,6 +3,7 @@ predict (masks), export (ONNX parity 1e-4) and the review page's analysis, on fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -161,7 +162,11 @@ def test_seg_supervised_run_and_the_review_page_analysis(seg_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
     cfg = load_config(run / "config.yaml")
-    cfg.recipe = "seg_supervised"
+    cfg.recipe = "seg_supervised"  # the HDC run's config.yaml records HDC's own options too: keep the shared ones
+    from sonodistill.recipes.semi_supervised import SegmentationOptions
+
+    shared = {f.name for f in dataclasses.fields(SegmentationOptions)}
+    cfg.recipe_options = {k: v for k, v in cfg.recipe_options.items() if k in shared}
     cfg.save(run / "config.yaml")
     model = load_model(run, members="folds")
     assert model.recipe == "seg_supervised" and model.task == "segmentation"
