@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_scripts import benchmark_script
+
 
 
 @pytest.fixture(scope="module")
 def hdc_table():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("hdc_table")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_script("hdc_table") as module:
+        yield module
 
 
 def _finished_run(run: Path, dice: list[float], hc_pred: list[float] | None = None,
