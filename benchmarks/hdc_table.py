@@ -68,8 +68,8 @@ def collect(out: Path, pre: str, methods: list[str], fractions: list[float], tag
     rows = []
     for method in methods:
         for frac in fractions:
-            run = out / run_name(pre, method, frac, tag)
-            for seed, run in (seed_run_dirs(run) or {None: run}).items():  # RUN/seed_<s>/ each, or RUN itself
+            base = out / run_name(pre, method, frac, tag)
+            for seed, run in (seed_run_dirs(base) or {None: base}).items():  # RUN/seed_<s>/ each, or RUN itself
                 metrics = run / "metrics.json"
                 if not metrics.is_file():
                     continue
