@@ -221,3 +221,15 @@ def test_dice_background_option_reaches_the_supervised_loss(tmp_path):
     assert recipe.sup_loss.inner.dice.include_background is True
     default = get_recipe("mean_teacher")(tiny_cfg("mean_teacher", tmp_path), num_classes=2, steps_per_epoch=1)
     assert default.sup_loss.inner.dice.include_background is False
+
+
+def test_cps_without_rampup_warns_of_its_locked_state(tmp_path, caplog):
+    """CPS at full weight from step 0 can lock both networks (docs/hdc.md): said once at construction, not refused."""
+    with caplog.at_level("WARNING", logger="sonodistill.recipes.semi_supervised"):
+        get_recipe("cps")(tiny_cfg("cps", tmp_path, "recipe_options.rampup_fraction=0"), steps_per_epoch=1)
+    assert any("rampup_fraction=0" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sonodistill.recipes.semi_supervised"):
+        get_recipe("cps")(tiny_cfg("cps", tmp_path), steps_per_epoch=1)
+        get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.rampup_fraction=0"), steps_per_epoch=1)
+    assert not caplog.records

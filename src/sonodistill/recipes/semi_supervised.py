@@ -15,6 +15,7 @@ w(t) = `consistency` * `sigmoid_rampup(step, rampup_fraction * total_steps)`. Ev
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finit
 from sonodistill.recipes.schedules import sigmoid_rampup
 
 Batch = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
 
 @dataclass
 class SegmentationOptions:
@@ -293,6 +295,9 @@ class CrossPseudoSupervisionRecipe(SemiSupervisedSegmentationRecipe):
         super().__init__(cfg, num_classes, steps_per_epoch)
         self.student_b = self.build_student()  # different random initialisation
         self.cps_loss = CrossPseudoSupervisionLoss()
+        if self.options.rampup_fraction == 0 and self.options.consistency > 0:
+            log.warning("cps with rampup_fraction=0: hard cross pseudo-labels at full weight from the first step can "
+                        "lock both networks into their initial prediction (empty or all foreground); see docs/hdc.md")
 
     def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert unlabelled is not None
