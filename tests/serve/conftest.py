@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +21,33 @@ from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import save_weights
 
 CLASSES = ["a_lines", "b_lines", "consolidation"]
+
+
+@contextmanager
+def serving(srv: Any) -> Iterator[tuple[str, int]]:
+    """`srv` (from `make_server`) answering on a daemon thread inside the block: yields (host, port); shut down and
+    closed after, also when the block fails."""
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[:2]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def analyse_on_review_page(browser: Any, address: tuple[str, int], ready: str, clip: Path) -> tuple[Any, list[str]]:
+    """Open the review page at `address` in a 1200 x 900 Chromium page, wait for the model info to contain `ready`,
+    upload `clip` and wait until it is analysed. Returns (page, the page's JavaScript errors so far and later)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"http://{address[0]}:{address[1]}/")
+    # locators only: the page's Content-Security-Policy forbids eval, which wait_for_function needs
+    page.wait_for_selector(f"#model-info:has-text('{ready}')")
+    page.set_input_files("#file", str(clip))
+    page.click("#analyse")
+    page.wait_for_selector("#status:has-text('Done in')", timeout=60_000)
+    return page, errors
 
 
 def make_run(root: Path, name: str = "tiny", classes: list[str] | None = None, folds: int = 2, final: bool = False,

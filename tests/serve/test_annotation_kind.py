@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from sonodistill.serve.annotate import annotate_path, clip_tensor, load_annotato
 from sonodistill.serve.loading import load_model
 from sonodistill.serve.predict import predict_file, predict_many
 
-from .conftest import synthetic_frames
+from .conftest import analyse_on_review_page, serving, synthetic_frames
 from .test_browser import browser  # noqa: F401 - the fixture of the Chromium test below
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -247,10 +246,7 @@ def test_review_server_answers_with_findings(runs, video_file):
     from sonodistill.serve.app import make_server
 
     srv = make_server(load_model(runs["final"]), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host, port = srv.server_address[:2]
+    with serving(srv) as (host, port):
         with urllib.request.urlopen(f"http://{host}:{port}/api/info", timeout=30) as r:
             info = json.loads(r.read())
         assert info["task"] == "annotation" and not info["heatmaps"] and info["classes"] == []
@@ -260,9 +256,6 @@ def test_review_server_answers_with_findings(runs, video_file):
         resp = conn.getresponse()
         status, payload = resp.status, json.loads(resp.read())
         conn.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert status == 200, payload
     result = payload["result"]
     _same_annotation(result, _annotate(runs["final"] / "final" / "export" / "student", video_file))
@@ -303,18 +296,8 @@ def test_review_page_shows_the_findings_table_in_chromium(runs, video_file, tmp_
     from sonodistill.serve.app import make_server
 
     srv = make_server(load_model(runs["final"]), "127.0.0.1", 0, tmp_root=tmp_path)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        host, port = srv.server_address[:2]
-        page.goto(f"http://{host}:{port}/")
-        page.wait_for_selector("#model-info:has-text('annotation')")
-        page.set_input_files("#file", str(video_file))
-        page.click("#analyse")
-        page.wait_for_selector("#status:has-text('Done in')", timeout=60_000)
+    with serving(srv) as address:
+        page, errors = analyse_on_review_page(browser, address, "annotation", video_file)
         want = _annotate(runs["final"] / "final" / "export" / "student", video_file)
         rows = page.locator("#findings tr")
         assert rows.count() == len(want["findings"]) + len(want["categorical"])  # a-lines, b-lines, severity
@@ -326,6 +309,3 @@ def test_review_page_shows_the_findings_table_in_chromium(runs, video_file, tmp_
         assert want["nearest_report"]["text"] in page.inner_text("#nearest")
         assert page.inner_text("#prediction-class").startswith("Findings present (threshold 0.5)")
         assert "Grad-CAM does not apply" in page.inner_text("#heatmap-note") and errors == []
-    finally:
-        srv.shutdown()
-        srv.server_close()

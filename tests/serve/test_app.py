@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import threading
 import urllib.request
 
 import numpy as np
@@ -14,18 +13,15 @@ import pytest
 from sonodistill.serve.app import make_server, score_plot_svg, sniff_type
 from sonodistill.serve.loading import load_model
 
-from .conftest import CLASSES, synthetic_frames, write_dicom
+from .conftest import CLASSES, serving, synthetic_frames, write_dicom
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     uploads = tmp_path_factory.mktemp("uploads")
     srv = make_server(load_model(tiny_run), "127.0.0.1", 0, max_upload=2_000_000, tmp_root=uploads)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv, uploads
-    srv.shutdown()
-    srv.server_close()
+    with serving(srv):
+        yield srv, uploads
 
 
 def _post(srv, body: bytes, ext: str | None) -> tuple[int, dict]:
@@ -151,8 +147,7 @@ def test_stalled_uploads_time_out_and_excess_uploads_get_503(tiny_run, tmp_path,
     uploads = tmp_path / "uploads"
     uploads.mkdir()
     srv = make_server(load_model(tiny_run), "127.0.0.1", 0, tmp_root=uploads, read_timeout=1.0, max_uploads=2)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(srv):
         stalled = [_stalled_upload(srv), _stalled_upload(srv)]
         time.sleep(0.3)
         assert len(list(uploads.iterdir())) == 2  # both are being received
@@ -168,6 +163,3 @@ def test_stalled_uploads_time_out_and_excess_uploads_get_503(tiny_run, tmp_path,
         assert list(uploads.iterdir()) == []  # their temporary folders are gone
         assert _post(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the slots are free again
         assert json.loads(_get(srv, "/api/info")[2])["max_uploads"] == 2
-    finally:
-        srv.shutdown()
-        srv.server_close()

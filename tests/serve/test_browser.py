@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,7 +17,7 @@ import pytest
 from sonodistill.serve.app import make_server
 from sonodistill.serve.loading import load_model
 
-from .conftest import CLASSES
+from .conftest import CLASSES, analyse_on_review_page, serving
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "runs" / "screenshots" / "serve.png"
 
@@ -49,19 +48,8 @@ def browser():
 
 def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
     srv = make_server(load_model(tiny_run), "127.0.0.1", 0, tmp_root=tmp_path)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        host, port = srv.server_address[:2]
-        page.goto(f"http://{host}:{port}/")
-        # locators only: the page's Content-Security-Policy forbids eval, which wait_for_function needs
-        page.wait_for_selector("#model-info:has-text('classes:')")
-        page.set_input_files("#file", str(video_file))
-        page.click("#analyse")
-        page.wait_for_selector("#status:has-text('Done in')", timeout=60_000)
+    with serving(srv) as address:
+        page, errors = analyse_on_review_page(browser, address, "classes:", video_file)
         assert page.inner_text("#prediction-class") in CLASSES
         assert page.locator("#probabilities tr").count() == len(CLASSES)
         assert page.locator("#plot svg polyline").count() == len(CLASSES)
@@ -80,6 +68,3 @@ def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
         assert "Unsupported file type" in page.inner_text("#status")
         assert errors == []
         assert [p for p in tmp_path.iterdir() if p.name.startswith("sonodistill-upload-")] == []
-    finally:
-        srv.shutdown()
-        srv.server_close()
