@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -18,8 +19,18 @@ def test_no_process_group_is_identity():
     assert D.world_size() == 1 and D.rank() == 0
     t = torch.tensor([1.0, -2.0], requires_grad=True)
     for fn in (D.all_reduce_sum, D.all_reduce_mean, D.all_reduce_max, D.all_reduce_logsumexp,
-               D.all_gather_with_grad):
+               D.all_gather_with_grad, D.global_sum):
         assert fn(t) is t
+
+
+def test_global_means_without_a_process_group_are_plain_means():
+    a, b = torch.tensor(6.0, requires_grad=True), torch.tensor(5.0, requires_grad=True)
+    mean_a, mean_b = D.global_means([a, b], [torch.tensor(3), 0])
+    assert mean_a.item() == 2.0 and mean_b is None  # no item of the second term: left out, not 0 / 0
+    empty = D.global_mean(b, 0)
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="2 totals and 1 counts"):
+        D.global_means([a, b], [1])
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:
@@ -36,6 +47,10 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         gathered = D.all_gather_with_grad(e)
         (gathered * (rank + 1)).sum().backward()
         out["gathered"], out["grad"] = gathered.detach(), e.grad
+        try:  # batches of different sizes cannot be gathered: both processes say so (no hang)
+            D.all_gather_with_grad(torch.zeros(2 + rank, 3))
+        except ValueError as err:
+            out["unequal"] = str(err)
         half = data["scores"].shape[0] // world
         out["q"] = sinkhorn_knopp(data["scores"][rank * half:(rank + 1) * half], epsilon=0.05, n_iters=3)
         torch.save(out, f"{tmp}/out{rank}.pt")
@@ -60,6 +75,7 @@ def test_collectives_and_sinkhorn_over_two_processes(tmp_path):
         torch.testing.assert_close(o["x"], torch.tensor([1.0, 2.0]) * (r + 1))  # input untouched
         torch.testing.assert_close(o["gathered"], torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
         torch.testing.assert_close(o["grad"], torch.full((2, 3), 3.0))  # weights 1 + 2 summed over ranks
+        assert f"batches of different sizes (this one {2 + r} rows)" in o["unequal"]
     # Sinkhorn with marginals summed over processes equals Sinkhorn on the whole batch in one process
     q = torch.cat([outs[0]["q"], outs[1]["q"]])
     torch.testing.assert_close(q, sinkhorn_knopp(scores, epsilon=0.05, n_iters=3), rtol=1e-5, atol=1e-6)

@@ -182,20 +182,15 @@ class MutualInformationLoss(nn.Module):
 
     @staticmethod
     def _global_joint(pair_sum: torch.Tensor, n_pixels: int) -> torch.Tensor:
-        """`K x K` sum of p1 p2^T -> joint over all pixels of all processes. Under DDP the value is global and
-        the local term's gradient is scaled by the world size, so DDP's gradient averaging gives the exact
-        gradient of the global MI; without a process group it is `pair_sum / n_pixels`."""
-        if not dist_utils.is_distributed():
-            return pair_sum / n_pixels
-        total = dist_utils.all_reduce_sum(pair_sum)
-        n_total = dist_utils.all_reduce_sum(torch.tensor(float(n_pixels), dtype=pair_sum.dtype, device=pair_sum.device))
-        local = (pair_sum - pair_sum.detach()) * dist_utils.world_size()
-        return (total + local) / n_total
+        """`K x K` sum of p1 p2^T -> joint over all pixels of all processes (`global_mean`: the value is global and
+        DDP's gradient averaging gives the exact gradient of the global MI); `pair_sum / n_pixels` in one process."""
+        return dist_utils.global_mean(pair_sum, float(n_pixels))
 
 
 class PixelConsistencyLoss(nn.Module):
     """Mean squared error between student and (detached) teacher softmax probabilities, averaged over classes
-    and pixels; with `threshold`, only pixels where the teacher's max probability >= threshold count."""
+    and pixels; with `threshold`, only pixels where the teacher's max probability >= threshold count (their mean
+    over all processes' confident pixels under DDP; 0 when there are none)."""
 
     def __init__(self, threshold: float | None = None) -> None:
         super().__init__()
@@ -212,7 +207,7 @@ class PixelConsistencyLoss(nn.Module):
             loss = sq.mean()
             return LossOutput(loss, {"pc": loss.detach(), "mask_ratio": torch.ones((), device=sq.device)})
         mask = (pt.max(dim=1).values >= self.threshold).to(sq.dtype)
-        loss = (sq * mask).sum() / mask.sum().clamp_min(1.0)
+        loss = dist_utils.global_mean((sq * mask).sum(), mask.sum())  # over the confident pixels of every process
         return LossOutput(loss, {"pc": loss.detach(), "mask_ratio": mask.mean().detach()})
 
 

@@ -74,4 +74,40 @@ def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
         return t
     from torch.distributed.nn.functional import all_gather
 
+    rows = torch.tensor([float(t.shape[0])], dtype=torch.float64, device=t.device)
+    if all_reduce_max(rows).item() != -all_reduce_max(-rows).item():
+        raise ValueError(f"all_gather_with_grad: the processes hold batches of different sizes (this one "
+                         f"{t.shape[0]} rows); a relation over the global batch needs equal per-process batches "
+                         "(e.g. drop_last or a padded distributed sampler)")
     return torch.cat(all_gather(t), dim=0)
+
+
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over processes, element-wise, whose gradient is the local term's times the world size, so that
+    DDP's averaging of the processes' gradients gives the exact gradient of the global sum. A collective: every
+    process must call it. Without a process group, returns `t` itself."""
+    if not is_distributed():
+        return t
+    return all_reduce_sum(t) + (t - t.detach()) * world_size()
+
+
+def global_means(totals: list[torch.Tensor], counts: list[torch.Tensor | float]) -> list[torch.Tensor | None]:
+    """`sum_p total_k,p / sum_p count_k,p` for each term k: means over items the processes hold in different numbers
+    (masked tokens, known labels, confident pixels), exact under DDP's gradient averaging (`global_sum`); None for a
+    term that no process has items of. `totals[k]`: the local sum of term k's per-item values (a scalar with its
+    graph, 0 when this process has none); `counts[k]`: the local number of items. A collective: every process
+    calls it with the same number of terms, also one that holds no items."""
+    if len(totals) != len(counts) or not totals:
+        raise ValueError(f"global_means: {len(totals)} totals and {len(counts)} counts (need as many, at least one)")
+    like = totals[0]
+    n = torch.stack([torch.as_tensor(c, dtype=torch.float64, device=like.device).detach().reshape(())
+                     for c in counts])
+    n = all_reduce_sum(n).tolist()
+    return [global_sum(t) / n_k if n_k > 0 else None for t, n_k in zip(totals, n)]
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
+    """`sum_p total_p / sum_p count_p` (`global_means` of one term); 0, with the graph kept, when no process has
+    items. A collective: every process must call it."""
+    (mean,) = global_means([total], [count])
+    return total * 0.0 if mean is None else mean

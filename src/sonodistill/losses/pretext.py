@@ -24,6 +24,7 @@ from torch import nn
 
 from sonodistill.data.sequence_text import IGNORE
 from sonodistill.losses.base import LossOutput, prefixed
+from sonodistill.losses.distributed import global_mean, global_means
 from sonodistill.losses.relational import RelationalKD, ResponseKD
 
 
@@ -32,14 +33,15 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean CE over positions whose label is not IGNORE; `... x K` logits, `...` labels; 0 (with graph) if none."""
+    """Mean CE over positions whose label is not IGNORE (over every process's positions under DDP, `global_mean`);
+    `... x K` logits, `...` labels; 0 (with graph) if there are none."""
     flat_logits = logits.reshape(-1, logits.shape[-1]).float()
     flat = labels.reshape(-1)
     if flat_logits.shape[0] != flat.shape[0]:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
-    if not bool((flat != IGNORE).any()):
-        return _zero(flat_logits)
-    return F.cross_entropy(flat_logits, flat, ignore_index=IGNORE)
+    known = flat != IGNORE
+    total = F.cross_entropy(flat_logits[known], flat[known], reduction="sum")
+    return global_mean(total, known.sum())
 
 
 class MaskedLanguageModelLoss(nn.Module):
@@ -74,12 +76,9 @@ class MaskedRegionClassLoss(nn.Module):
                 raise ValueError("MOC with soft targets needs target `B x N x K` like the logits and a `B x N` mask")
             sel = mask.bool()
             n = sel.sum().float()
-            if not bool(sel.any()):
-                loss = _zero(logits)
-            else:
-                logp = F.log_softmax(logits[sel].float(), dim=-1)
-                t = target[sel].float()
-                loss = (t * (torch.log(t.clamp_min(1e-12)) - logp)).sum(-1).mean()
+            logp = F.log_softmax(logits[sel].float(), dim=-1)
+            t = target[sel].float()
+            loss = global_mean((t * (torch.log(t.clamp_min(1e-12)) - logp)).sum(), n)
         return LossOutput(loss, {"moc": loss.detach(), "moc/n": n})
 
 
@@ -87,12 +86,8 @@ class CrossModalMatchingLoss(nn.Module):
     """CMM: CE of matched (1) vs mismatched (0) pairs. forward(logits `P x 2`, labels `P`) -> (loss, parts)."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        if logits.shape[0] == 0:
-            loss = _zero(logits)
-            acc = loss.detach()
-        else:
-            loss = F.cross_entropy(logits.float(), labels)
-            acc = (logits.argmax(-1) == labels).float().mean()
+        loss = global_mean(F.cross_entropy(logits.float(), labels, reduction="sum"), logits.shape[0])
+        acc = (logits.argmax(-1) == labels).float().mean() if logits.shape[0] else loss.detach() * 0.0
         return LossOutput(loss, {"cmm": loss.detach(), "cmm/accuracy": acc.detach()})
 
 
@@ -135,7 +130,8 @@ def logit_groups(binary: torch.Tensor, categorical: Sequence[torch.Tensor]) -> l
 
 class AnnotationCE(nn.Module):
     """L_CE: BCE over known binary findings (NaN = unknown, skipped; optional `pos_weight` `F`) plus the CE of
-    each categorical target (-1 = unknown, skipped); the mean over the targets that have known labels."""
+    each categorical target (-1 = unknown, skipped); the mean over the targets that have known labels. Each target's
+    mean runs over the known labels of every process under DDP (`global_means`)."""
 
     def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -143,20 +139,25 @@ class AnnotationCE(nn.Module):
 
     def forward(self, binary: torch.Tensor, categorical: Sequence[torch.Tensor], y_binary: torch.Tensor,
                 y_categorical: torch.Tensor) -> LossOutput:
-        terms, parts = [], {}
+        names, totals, counts = [], [], []
         if binary.shape[1] > 0:
             known = ~torch.isnan(y_binary)
-            if bool(known.any()):
-                pw = self.pos_weight.to(binary.device).expand_as(binary)[known] if self.pos_weight is not None else None
-                bce = F.binary_cross_entropy_with_logits(binary[known].float(), y_binary[known].float(), pos_weight=pw)
-                terms.append(bce)
-                parts["ce/binary"] = bce.detach()
+            pw = self.pos_weight.to(binary.device).expand_as(binary)[known] if self.pos_weight is not None else None
+            totals.append(F.binary_cross_entropy_with_logits(binary[known].float(), y_binary[known].float(),
+                                                             pos_weight=pw, reduction="sum"))
+            counts.append(known.sum())
+            names.append("ce/binary")
         for j, logits in enumerate(categorical):
             y = y_categorical[:, j]
-            if bool((y >= 0).any()):
-                ce = F.cross_entropy(logits.float(), y, ignore_index=-1)
-                terms.append(ce)
-                parts[f"ce/cat{j}"] = ce.detach()
+            totals.append(F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum"))
+            counts.append((y >= 0).sum())
+            names.append(f"ce/cat{j}")
+        parts: dict[str, torch.Tensor] = {}
+        terms = []
+        for name, mean in zip(names, global_means(totals, counts) if totals else []):
+            if mean is not None:
+                terms.append(mean)
+                parts[name] = mean.detach()
         loss = torch.stack(terms).mean() if terms else _zero(binary)
         parts["ce"] = loss.detach()
         return LossOutput(loss, parts)

@@ -1,7 +1,9 @@
 """Response and relational knowledge distillation (Hinton et al. 2015; Park et al. 2019 RKD) for DILBERT.
 
 Every loss takes `(student, teacher)` tensors; the teacher side is detached unless `detach_teacher=False`
-(then one loss sends gradients to both models). Relations are computed within this process's batch.
+(then one loss sends gradients to both models). Under DDP the relations span the global batch (the processes'
+embeddings gathered with their gradients, `all_gather_with_grad`) and the response KD averages over every process's
+rows (`global_mean`), so DDP's gradient averaging gives the gradient of the one-process loss on the global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonodistill.losses.base import LossOutput, prefixed
+from sonodistill.losses.distributed import all_gather_with_grad, global_mean
 
 
 def _check_pair(name: str, student: torch.Tensor, teacher: torch.Tensor, min_rows: int) -> None:
@@ -19,6 +22,16 @@ def _check_pair(name: str, student: torch.Tensor, teacher: torch.Tensor, min_row
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
     if student.shape[0] < min_rows:
         raise ValueError(f"{name}: needs a batch of at least {min_rows} samples, got {student.shape[0]}")
+
+
+def _global_batch(student: torch.Tensor, teacher: torch.Tensor, name: str, min_rows: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher embeddings of every process (this one's alone without a process group), checked to hold
+    at least `min_rows` rows together."""
+    student, teacher = all_gather_with_grad(student), all_gather_with_grad(teacher)
+    if student.shape[0] < min_rows:
+        raise ValueError(f"{name}: needs a batch of at least {min_rows} samples, got {student.shape[0]}")
+    return student, teacher
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -39,7 +52,8 @@ def triplet_angles(e: torch.Tensor) -> torch.Tensor:
 
 
 class ResponseKD(nn.Module):
-    """`T^2 KL(softmax(t / T) || softmax(s / T))`, averaged over the batch; logits `B x C` -> (loss, parts)."""
+    """`T^2 KL(softmax(t / T) || softmax(s / T))`, averaged over the batch (every process's rows under DDP);
+    logits `B x C` -> (loss, parts)."""
 
     def __init__(self, temperature: float = 4.0, detach_teacher: bool = True) -> None:
         super().__init__()
@@ -52,12 +66,16 @@ class ResponseKD(nn.Module):
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(f"ResponseKD: logits shapes differ, {tuple(student_logits.shape)} vs "
                              f"{tuple(teacher_logits.shape)}")
+        loss = global_mean(self.kl_sum(student_logits, teacher_logits), student_logits.shape[0])
+        return LossOutput(loss, {"kl": loss.detach()})
+
+    def kl_sum(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """`T^2 KL` summed over this process's rows (`B x C` logits; 0 with the graph for no rows)."""
         t = teacher_logits.detach() if self.detach_teacher else teacher_logits
         tau = self.temperature
         log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
         log_p_t = F.log_softmax(t.float() / tau, dim=-1)
-        loss = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * tau**2
-        return LossOutput(loss, {"kl": loss.detach()})
+        return F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * tau**2
 
 
 class RKDDistanceLoss(nn.Module):
@@ -72,8 +90,8 @@ class RKDDistanceLoss(nn.Module):
         self.detach_teacher = detach_teacher
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> LossOutput:
-        _check_pair("RKDDistanceLoss", student, teacher, 2)
-        t = teacher.detach() if self.detach_teacher else teacher
+        _check_pair("RKDDistanceLoss", student, teacher, 1)
+        student, t = _global_batch(student, teacher.detach() if self.detach_teacher else teacher, "RKDDistanceLoss", 2)
         off = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
         t_d = pairwise_distances(t.float())
         t_d = t_d / t_d[off].mean().clamp_min(1e-12)
@@ -91,8 +109,8 @@ class RKDAngleLoss(nn.Module):
         self.detach_teacher = detach_teacher
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> LossOutput:
-        _check_pair("RKDAngleLoss", student, teacher, 3)
-        t = teacher.detach() if self.detach_teacher else teacher
+        _check_pair("RKDAngleLoss", student, teacher, 1)
+        student, t = _global_batch(student, teacher.detach() if self.detach_teacher else teacher, "RKDAngleLoss", 3)
         loss = F.smooth_l1_loss(triplet_angles(student.float()), triplet_angles(t.float()), reduction="mean")
         return LossOutput(loss, {"rkd_angle": loss.detach()})
 

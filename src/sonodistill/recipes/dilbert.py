@@ -33,6 +33,7 @@ from sonodistill.errors import ConfigError
 from sonodistill.knowledge import KnowledgeGraph
 from sonodistill.losses.base import prefixed
 from sonodistill.losses.pretext import DILBERTObjective, PretextLoss
+from sonodistill.losses.distributed import global_means
 from sonodistill.losses.relational import RelationalKD, ResponseKD
 from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTModel, FusionConfig
 from sonodistill.models.region_codebook import RegionCodebook
@@ -248,14 +249,18 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
 
     def _kd_heads(self, s: dict[str, torch.Tensor], t: dict[str, torch.Tensor],
                   targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Response KD (soft labels) of every pretext head at the positions that are trained."""
-        terms = []
+        """Response KD (soft labels) of every pretext head at the positions that are trained: the mean over the heads
+        that have such positions (on any process) of each head's mean over them (over every process's, under DDP)."""
+        totals, counts = [], []
         for name in ("mlm", "mdc", "moc"):
             sel = targets[name] != IGNORE
-            if bool(sel.any()):
-                terms.append(self.response(s[name][sel], t[name][sel]).loss)
-        if s["cmm"].shape[0]:
-            terms.append(self.response(s["cmm"], t["cmm"]).loss)
+            totals.append(self.response.kl_sum(s[name][sel], t[name][sel]))
+            counts.append(sel.sum())
+        totals.append(self.response.kl_sum(s["cmm"], t["cmm"]))
+        counts.append(s["cmm"].shape[0])
+        terms = [m for m in global_means(totals, counts) if m is not None]
+        if not terms:
+            raise ValueError("DILBERT distill: no masked token, region or matching pair in the batch to distil")
         return torch.stack(terms).mean()
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
