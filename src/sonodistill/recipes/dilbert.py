@@ -32,8 +32,8 @@ from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import ConfigError
 from sonodistill.knowledge import KnowledgeGraph
 from sonodistill.losses.base import prefixed
-from sonodistill.losses.pretext import DILBERTObjective, PretextLoss
 from sonodistill.losses.distributed import global_means
+from sonodistill.losses.pretext import DILBERTObjective, PretextLoss
 from sonodistill.losses.relational import RelationalKD, ResponseKD
 from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTModel, FusionConfig
 from sonodistill.models.region_codebook import RegionCodebook
