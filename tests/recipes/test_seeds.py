@@ -56,3 +56,29 @@ def test_run_seeds_trains_on_the_manifest_it_is_given(tmp_path, tiny_carotid):
     for s in (0, 1):
         predicted = json.loads((tmp_path / "runs" / "part" / f"seed_{s}" / "metrics.json").read_text())["n_items"]
         assert predicted == 12  # the 12 given items, not the data spec's (which does not exist)
+
+
+def test_a_one_seed_run_is_adopted_as_a_seed_of_a_multi_seed_run(tmp_path, tiny_carotid):
+    """A finished one-seed run moved to RUN/seed_<s> is kept by `--seeds ... --resume` (its name and unset fold seed
+    do not count as changes), and the new seeds train on its folds."""
+    csv = tmp_path / "manifest.csv"
+    tiny_carotid.to_csv(csv)
+    argv = ["train", "supervised", "--data", f"csv:{csv}", "--name", "one", "--out", str(tmp_path / "runs")]
+    for o in TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.seed=3"]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    one = tmp_path / "runs" / "one"
+    weights = (one / "fold_0" / "model.safetensors").read_bytes()
+    (tmp_path / "runs" / "multi").mkdir()
+    one.rename(tmp_path / "runs" / "multi" / "seed_3")
+    assert _train(tmp_path, csv, "multi", []) == 2  # without --resume: refused, the adopted seed is a run
+    argv = ["train", "supervised", "--data", f"csv:{csv}", "--name", "multi", "--out", str(tmp_path / "runs"),
+            "--seeds", "3,5", "--resume"]
+    for o in TINY + [f"data.cache_dir={tmp_path / 'cache'}"]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "multi"
+    assert (run / "seed_3" / "fold_0" / "model.safetensors").read_bytes() == weights  # not retrained
+    folds = [json.loads((run / f"seed_{s}" / "folds.json").read_text()) for s in (3, 5)]
+    assert folds[0] == folds[1]
+    assert (run / "seed_5" / "metrics.json").is_file()

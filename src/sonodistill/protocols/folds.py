@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 # Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
 # train.final too: `--resume --set train.final=true` adds the final model to a run whose folds are done.
-RESUME_FREE_FIELDS = ("out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final", "train.threads",
-                      "train.parallel_folds")
+# fields a resumed run may change: where and under which name the run directory lies (a renamed or moved run, a
+# one-seed run adopted as RUN/seed_<s> of a multi-seed run), and how it is computed, not what
+RESUME_FREE_FIELDS = ("name", "out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final",
+                      "train.threads", "train.parallel_folds")
 
 
 def process_rank() -> int:
@@ -83,8 +85,10 @@ def with_resolved_options(cfg: RunConfig) -> RunConfig:
 
 
 def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
-    """'field: saved X, now Y' for every field (outside RESUME_FREE_FIELDS) whose value differs."""
+    """'field: saved X, now Y' for every field (outside RESUME_FREE_FIELDS) whose value differs. `train.fold_seed`
+    is compared as the seed the folds come from (unset means `train.seed`)."""
     a, b = _flatten(saved.to_dict()), _flatten(now.to_dict())
+    a["train.fold_seed"], b["train.fold_seed"] = fold_seed_of(saved), fold_seed_of(now)
     return [f"{k}: saved {a.get(k, '(unset)')!r}, now {b.get(k, '(unset)')!r}"
             for k in sorted(set(a) | set(b)) if k not in RESUME_FREE_FIELDS and a.get(k) != b.get(k)]
 
