@@ -9,7 +9,8 @@
     python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 0,1,2 --out runs/hdc-bench
 
 Each (method, fraction) is one run directory OUT/DATA[-val]-METHOD[-TAG]-PCT (resumed if it exists), trained with
-the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table.
+the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table;
+after each fraction's rows, HDC minus each finished method, paired on the same test images (`sonodistill compare`).
 `--validation` replaces the manifest by the training rows of the main split (fold `train.fold` of `train.folds`
 grouped folds), so the runs split those rows again into train / validation and never see a test image.
 """
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sonodistill.commands.compare import ALL_SEEDS, compare_runs
 from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, packaged_config, seed_run_dirs
+from sonodistill.errors import SonoDistillError
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.folds import make_folds
 from sonodistill.protocols.folds import run_protocol, run_seeds
@@ -40,6 +43,7 @@ ANCHORS = {"hc18": "fully supervised, full resolution (HC18 literature): Dice 97
            "busi": "fully supervised (BUSI literature): Dice about 0.76"}
 COLUMNS = ["dice", "iou", "hd95", "asd", "hc_abs_err_mm"]
 MEDIANS = ["dice", "hc_abs_err_mm", "hc_signed_err_mm"]  # signed = HC(pred) - hc_mm: > 0 over-segments
+PAIRED = ["dice", "hc_abs_err_mm"]  # HDC - each other method, paired (`sonodistill compare`)
 
 
 def lesion_manifest(manifest: Manifest) -> Manifest:
@@ -107,7 +111,56 @@ def _cell(row: pd.Series, col: str) -> str:
     return text + (f" ({n_nan} n/a)" if n_nan else "")
 
 
-def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str:
+def finished(run: Path) -> bool:
+    """A run whose every seed (RUN/seed_<s>/, or RUN itself) has its metrics."""
+    dirs = list(seed_run_dirs(run).values()) or [run]
+    return all((d / "metrics.json").is_file() for d in dirs)
+
+
+def _signed(x: float, scale: float) -> str:
+    return f"{scale * x:+.2f}"
+
+
+def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: str = "") -> list[str]:
+    """Markdown rows: HDC minus each other finished method of this fraction on the same test items, Dice (points)
+    and HC MAE (mm), with the 95 % bootstrap interval over groups and the permutation p (`sonodistill compare`;
+    over several seeds: the seed-averaged difference). A pair `compare` refuses is listed with the reason."""
+    hdc = out / run_name(pre, "hdc", fraction, tag)
+    others = [m for m in methods if m != "hdc" and finished(out / run_name(pre, m, fraction, tag))]
+    if "hdc" not in methods or not finished(hdc) or not others:
+        return []
+    first = (list(seed_run_dirs(hdc).values()) or [hdc])[0]
+    columns = pd.read_csv(first / "predictions.csv", nrows=0).columns
+    metrics = [m for m in PAIRED if m in columns]
+    lines = ["HDC minus each method on the same test images (`sonodistill compare METHOD_RUN HDC_RUN`; 95 % "
+             "bootstrap interval over groups, paired permutation p):\n",
+             "| HDC minus | seeds | Dice, points [95 % interval], p | HC MAE, mm [95 % interval], p |",
+             "|---|:---:|:---:|:---:|"]
+    for method in others:
+        name = NAMES.get(method, method)
+        try:
+            _, table = compare_runs([out / run_name(pre, method, fraction, tag), hdc], metrics=metrics)
+        except SonoDistillError as err:  # other items, folds or seeds: said in the table, not dropped
+            lines.append(f"| {name} | – | not comparable: {' '.join(str(err).split())} | |")  # one table row
+            continue
+        seeds = sorted({str(s) for s in table["seed"]} - {ALL_SEEDS})
+        rows = table[table["seed"] == (ALL_SEEDS if len(seeds) > 1 else seeds[0])].set_index("metric")
+        cells = []
+        for metric, scale in (("dice", 100.0), ("hc_abs_err_mm", 1.0)):
+            if metric not in rows.index:
+                cells.append("–")
+                continue
+            r = rows.loc[metric]
+            cells.append(f"{_signed(r['difference'], scale)} [{_signed(r['ci_low'], scale)}, "
+                         f"{_signed(r['ci_high'], scale)}], p {r['p_value']:.2g}")
+        label = ("mean of " if len(seeds) > 1 else "") + ", ".join(seeds)
+        lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def markdown(df: pd.DataFrame, data: str, command: str, validation: bool,
+             paired: dict[float, list[str]] | None = None) -> str:
+    """The table's Markdown; `paired` (fraction -> `paired_lines`) follows each fraction's table."""
     cols = [c for c in COLUMNS if c in df.columns]
     meds = [c for c in MEDIANS if f"{c}_median" in df.columns]
     units = "mm" if data == "hc18" else "px"
@@ -144,6 +197,7 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool) -> str
                 lines.append(f"| **{NAMES.get(method, method)}, mean of {len(seeds)} seeds** | " + " | ".join(cells)
                              + " |" + " |" * len(meds) + f" {seeds['train_eval_s'].sum():.0f} |")
         lines.append("")
+        lines.extend((paired or {}).get(frac, []))
     return "\n".join(lines)
 
 
@@ -219,7 +273,8 @@ def write_table(out: Path, stem: str, data: str, pre: str, methods: list[str], f
         return
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{stem}-table.csv", index=False)
-    (out / f"{stem}-table.md").write_text(markdown(df, data, command, validation), encoding="utf-8")
+    paired = {frac: paired_lines(out, pre, methods, frac, tag) for frac in fractions}
+    (out / f"{stem}-table.md").write_text(markdown(df, data, command, validation, paired), encoding="utf-8")
     print((out / f"{stem}-table.md").read_text())
 
 

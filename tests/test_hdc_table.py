@@ -63,3 +63,26 @@ def test_table_without_head_circumference_has_no_hc_columns(tmp_path, hdc_table)
     df = hdc_table.collect(tmp_path, "busi", ["seg_supervised"], [0.1])
     assert "hc_signed_err_mm_median" not in df.columns
     assert "median hc_signed_err_mm" not in hdc_table.markdown(df, "busi", "cmd", validation=False)
+
+
+def test_paired_rows_give_hdc_minus_each_method_and_say_which_pair_is_not_comparable(tmp_path, hdc_table):
+    """HDC (Dice 0.8 per group) vs supervised-only (0.6): +20 points with an interval above 0; a run on other
+    items is listed as not comparable, with compare's reason, not dropped."""
+    from tests.test_compare_cli import make_run
+
+    make_run(tmp_path, "busi-seg_supervised-10pct", quality=0.6, segmentation=True, rng_seed=1)
+    make_run(tmp_path, "busi-hdc-10pct", quality=0.8, segmentation=True, rng_seed=2)
+    make_run(tmp_path, "busi-fixmatch-10pct", quality=0.7, segmentation=True, n_groups=20)
+    make_run(tmp_path, "busi-cps-10pct", quality=0.7, segmentation=True)
+    for name in ("seg_supervised", "hdc", "fixmatch"):  # CPS unfinished: no metrics.json, no row
+        (tmp_path / f"busi-{name}-10pct" / "metrics.json").write_text("{}")
+    lines = hdc_table.paired_lines(tmp_path, "busi", ["seg_supervised", "fixmatch", "cps", "hdc"], 0.1)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"HDC minus", "Supervised only", "FixMatch"}
+    sup = rows["Supervised only"].split(" | ")
+    assert sup[1] == "0" and sup[3].strip(" |") == "–"  # seed 0; no HC column in BUSI predictions
+    diff, low = float(sup[2].split(" ")[0]), float(sup[2].split("[")[1].split(",")[0])
+    assert diff == pytest.approx(20.0, abs=1.0) and low > 0
+    assert "not comparable" in rows["FixMatch"] and "items differ" in rows["FixMatch"]
+    assert all("\n" not in line for line in lines if line.startswith("| "))  # every row one Markdown line
+    assert hdc_table.paired_lines(tmp_path, "busi", ["seg_supervised", "fixmatch"], 0.1) == []  # no HDC: no rows
