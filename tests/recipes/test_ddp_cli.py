@@ -46,3 +46,25 @@ def test_ddp_segmentation_trains_every_fold(tmp_path):
          "--set", "recipe_options.labelled_bs=2", "--set", "recipe_options.labelled_fraction=1.0",
          "--set", "recipe_options.iterations_per_epoch=3"], timeout=300)
     assert sorted(pred["index"]) == list(range(12)) and sorted(pred["fold"].unique()) == [0, 1]
+
+
+@pytest.mark.slow
+def test_ddp_dilbert_trains_every_stage_and_rank_0_alone_writes(tmp_path):
+    """DILBERT's four stages under DDP (their losses gather and all-reduce across the ranks): every sequence of both
+    test folds predicted once per variant; the stage weights, tokenizer and exports written once (two ranks writing
+    the same file broke fold 1 with a missing temporary file)."""
+    options = ("{teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_width: 0.125}, student: {dim: 16, "
+               "layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32, variants: [student]}")
+    pred = synth_then_train_ddp(
+        tmp_path, ["lung", "-n", "12", "--frames", "8", "--size", "48"],
+        ["dilbert", "--folds", "2", "--epochs", "1", "--set", "data.num_frames=4", "--set", "data.size=32",
+         "--set", "data.batch_size=4", "--set", "data.augment=false", "--set", "optim.warmup_epochs=0",
+         "--set", f"recipe_options={options}"], timeout=600)
+    assert set(pred["variant"]) == {"teacher", "student", "teacher+mutual"}
+    for _, part in pred.groupby("variant"):
+        assert sorted(part["index"]) == list(range(12))
+    run = tmp_path / "runs" / "ddp"
+    for k in (0, 1):
+        assert (run / f"fold_{k}" / "export" / "student" / "annotator.safetensors").is_file()
+        assert (run / f"fold_{k}" / "student" / "mutual" / "done.json").is_file()
+    assert not list(run.rglob("*.tmp"))

@@ -153,6 +153,8 @@ def fit_stage(cfg: RunConfig, stage_dir: Path, stage: str, model: DILBERTModel, 
     t0 = time.perf_counter()
     trainer.fit(recipe, train_dataloaders=loader, ckpt_path=str(last) if resume and last.is_file() else None)
     seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:  # DDP: the weights are the same on every rank; rank 0 writes them
+        return seconds
     save_weights(model, stage_dir / "full.safetensors")
     if stage == "mutual" and teacher is not None:
         save_weights(teacher, stage_dir / "teacher_full.safetensors")
@@ -172,9 +174,11 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
              graph: KnowledgeGraph, resume: bool = False, **trainer_overrides: Any) -> dict[str, Any]:
     """All stages of one fold (no test rows: the final model); returns {"predictions": DataFrame (empty without
     test rows), "retrieval": {variant: {...}}, "seconds": {"<variant>/<stage>": s}}."""
+    from sonodistill.protocols.folds import process_rank
     from sonodistill.recipes.trainer import load_weights, save_weights
 
     o = options(cfg)
+    main = process_rank() == 0  # DDP: every rank trains; rank 0 alone writes files, evaluates and exports
     seed = cfg.train.seed + fold
     name = f"fold {fold}" if len(test) else f"final model (fold {fold})"
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,8 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
         tok = TextTokenizer.load(tok_path)
     else:
         tok = TextTokenizer.train(tr.texts, o.vocab_size, extra_texts=graph.terms(), spelling=graph.spelling)
-        tok.save(tok_path)
+        if main:
+            tok.save(tok_path)
     T, bs = int(cfg.data.num_frames), int(cfg.data.batch_size)
     if bs < 3:
         raise ConfigError(f"dilbert: data.batch_size must be >= 3 (relational distillation compares triplets), got {bs}")
@@ -206,7 +211,8 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
         load_weights(codebook, cb_path)
     else:
         codebook.fit([eval_tr[i]["x"][None] for i in range(len(eval_tr))], seed=seed)
-        save_weights(codebook, cb_path)
+        if main:
+            save_weights(codebook, cb_path)
     pos_weight = pos_weight_of(tr.binary, o.pos_weight)
     p_epochs = int(o.pretrain_epochs or cfg.train.epochs)
     f_epochs = int(o.finetune_epochs or cfg.train.epochs)
@@ -263,6 +269,8 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
         finetuned["student"], finetuned["teacher+mutual"] = s, t_mut
         judge("student", s)
         judge("teacher+mutual", t_mut)
+    if not main:
+        return {"predictions": pd.DataFrame(), "retrieval": {}, "seconds": seconds}
     (fold_dir / "timing.json").write_text(json.dumps(seconds, indent=1))
     (fold_dir / "pretrained_from.json").write_text(json.dumps(started_from, indent=1))
 

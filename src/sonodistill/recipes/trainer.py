@@ -153,9 +153,9 @@ class SeedEachEpoch(Callback):
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write a model's state_dict as safetensors via a temporary file and rename."""
+    """Write a model's state_dict as safetensors via a temporary file (this process's own) and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     os.chmod(tmp, _file_mode())  # safetensors writes 0600; other run files are 0666 less the umask
