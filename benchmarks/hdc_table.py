@@ -168,7 +168,7 @@ def markdown(df: pd.DataFrame, data: str, command: str, validation: bool,
              if validation else "Test items of the subject-grouped folds that were run (fold 0 alone: one grouped "
              "80/20 split; see each section's fold count)")
     lines = [f"# Semi-supervised segmentation on {data}: method x labelled fraction\n",
-             f"Command: `{command}`\n",
+             f"Command(s): `{command}`\n",
              f"{where}, scored at the original image resolution; cells are mean ± std over items (Dice/IoU in %, "
              f"hd95/asd in {units}, hc_abs_err_mm = |HC(pred) - hc_mm|, hc_signed_err_mm = HC(pred) - hc_mm: above 0 "
              "over-segments); '(k n/a)': k items where the value is "
@@ -232,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         packaged_config(args.config or f"seg-{args.data}-cpu")
     command = "python benchmarks/hdc_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     command_file = out / f"{table_stem}-command.txt"
-    if args.table_only and command_file.is_file():
-        command = command_file.read_text().strip()  # the command that trained the runs
-    elif not args.table_only:
+    earlier = command_file.read_text().splitlines() if command_file.is_file() else []
+    if args.table_only and earlier:
+        command = "`; `".join(earlier)  # the commands that trained the runs
+    elif not args.table_only:  # every distinct command that trained runs of this table, in order
         out.mkdir(parents=True, exist_ok=True)
-        command_file.write_text(command + "\n")
+        commands = earlier + [command] * (command not in earlier)
+        command_file.write_text("\n".join(commands) + "\n")
+        command = "`; `".join(commands)
     if not args.table_only:
         base = load_config(config, [f"data.spec={args.data}", *args.overrides])
         manifest = load_manifest(base.data)

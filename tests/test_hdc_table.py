@@ -86,3 +86,16 @@ def test_paired_rows_give_hdc_minus_each_method_and_say_which_pair_is_not_compar
     assert "not comparable" in rows["FixMatch"] and "items differ" in rows["FixMatch"]
     assert all("\n" not in line for line in lines if line.startswith("| "))  # every row one Markdown line
     assert hdc_table.paired_lines(tmp_path, "busi", ["seg_supervised", "fixmatch"], 0.1) == []  # no HDC: no rows
+
+
+def test_table_names_every_command_that_trained_its_runs(tmp_path, hdc_table):
+    """Runs of one table trained by several invocations (one method each): the table lists all their commands."""
+    _finished_run(tmp_path / "busi-seg_supervised-10pct", [0.6, 0.7])
+    _finished_run(tmp_path / "busi-hdc-10pct", [0.7, 0.8])
+    (tmp_path / "busi-command.txt").write_text("python benchmarks/hdc_table.py --methods seg_supervised\n"
+                                               "python benchmarks/hdc_table.py --methods hdc\n")
+    assert hdc_table.main(["--data", "busi", "--fractions", "0.1", "--out", str(tmp_path), "--table-only",
+                           "--methods", "seg_supervised,hdc"]) == 0
+    text = (tmp_path / "busi-table.md").read_text()
+    assert ("Command(s): `python benchmarks/hdc_table.py --methods seg_supervised`; "
+            "`python benchmarks/hdc_table.py --methods hdc`") in text
