@@ -24,10 +24,9 @@ from sonodistill.protocols.tuning import check_setting, is_auto, resolve_paralle
 
 log = logging.getLogger(__name__)
 
-# Fields that say where files go or how data is fed, not what is trained: they may change on --resume.
-# train.final too: `--resume --set train.final=true` adds the final model to a run whose folds are done.
-# fields a resumed run may change: where and under which name the run directory lies (a renamed or moved run, a
-# one-seed run adopted as RUN/seed_<s> of a multi-seed run), and how it is computed, not what
+# Fields that say where files go, under which name, or how data is fed, not what is trained: they may change on
+# --resume (a renamed or moved run; a one-seed run adopted as RUN/seed_<s> of a multi-seed run). train.final too:
+# `--resume --set train.final=true` adds the final model to a run whose folds are done.
 RESUME_FREE_FIELDS = ("name", "out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final",
                       "train.threads", "train.parallel_folds")
 
