@@ -111,10 +111,14 @@ def _cell(row: pd.Series, col: str) -> str:
     return text + (f" ({n_nan} n/a)" if n_nan else "")
 
 
+def run_dirs(run: Path) -> list[Path]:
+    """The run's seed folders RUN/seed_<s>/ in seed order, or RUN itself for a one-seed run."""
+    return list(seed_run_dirs(run).values()) or [run]
+
+
 def finished(run: Path) -> bool:
     """A run whose every seed (RUN/seed_<s>/, or RUN itself) has its metrics."""
-    dirs = list(seed_run_dirs(run).values()) or [run]
-    return all((d / "metrics.json").is_file() for d in dirs)
+    return all((d / "metrics.json").is_file() for d in run_dirs(run))
 
 
 def _signed(x: float, scale: float) -> str:
@@ -129,8 +133,7 @@ def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: 
     others = [m for m in methods if m != "hdc" and finished(out / run_name(pre, m, fraction, tag))]
     if "hdc" not in methods or not finished(hdc) or not others:
         return []
-    first = (list(seed_run_dirs(hdc).values()) or [hdc])[0]
-    columns = pd.read_csv(first / "predictions.csv", nrows=0).columns
+    columns = pd.read_csv(run_dirs(hdc)[0] / "predictions.csv", nrows=0).columns
     metrics = [m for m in PAIRED if m in columns]
     lines = ["HDC minus each method on the same test images (`sonodistill compare METHOD_RUN HDC_RUN`; 95 % "
              "bootstrap interval over groups, paired permutation p):\n",

@@ -24,13 +24,14 @@ def _check_pair(name: str, student: torch.Tensor, teacher: torch.Tensor, min_row
         raise ValueError(f"{name}: needs a batch of at least {min_rows} samples, got {student.shape[0]}")
 
 
-def _global_batch(student: torch.Tensor, teacher: torch.Tensor, name: str, min_rows: int
+def _global_batch(student: torch.Tensor, teacher: torch.Tensor, name: str, min_rows: int, detach_teacher: bool
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher embeddings of every process (this one's alone without a process group), checked to hold
-    at least `min_rows` rows together."""
-    student, teacher = all_gather_with_grad(student), all_gather_with_grad(teacher)
-    if student.shape[0] < min_rows:
-        raise ValueError(f"{name}: needs a batch of at least {min_rows} samples, got {student.shape[0]}")
+    """Student and teacher embeddings of every process (this one's alone without a process group), the teacher's
+    detached when asked; checked (`_check_pair`) before gathering and to hold `min_rows` rows after."""
+    _check_pair(name, student, teacher, 1)
+    student = all_gather_with_grad(student)
+    teacher = all_gather_with_grad(teacher.detach() if detach_teacher else teacher)
+    _check_pair(name, student, teacher, min_rows)
     return student, teacher
 
 
@@ -90,8 +91,7 @@ class RKDDistanceLoss(nn.Module):
         self.detach_teacher = detach_teacher
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> LossOutput:
-        _check_pair("RKDDistanceLoss", student, teacher, 1)
-        student, t = _global_batch(student, teacher.detach() if self.detach_teacher else teacher, "RKDDistanceLoss", 2)
+        student, t = _global_batch(student, teacher, "RKDDistanceLoss", 2, self.detach_teacher)
         off = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
         t_d = pairwise_distances(t.float())
         t_d = t_d / t_d[off].mean().clamp_min(1e-12)
@@ -109,8 +109,7 @@ class RKDAngleLoss(nn.Module):
         self.detach_teacher = detach_teacher
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> LossOutput:
-        _check_pair("RKDAngleLoss", student, teacher, 1)
-        student, t = _global_batch(student, teacher.detach() if self.detach_teacher else teacher, "RKDAngleLoss", 3)
+        student, t = _global_batch(student, teacher, "RKDAngleLoss", 3, self.detach_teacher)
         loss = F.smooth_l1_loss(triplet_angles(student.float()), triplet_angles(t.float()), reduction="mean")
         return LossOutput(loss, {"rkd_angle": loss.detach()})
 
