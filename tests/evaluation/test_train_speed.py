@@ -91,3 +91,37 @@ def test_a_cached_config_times_the_step_after_the_frozen_stages():
                                 repeats=1, warmup=1)
     cached = measure_train_speed(model, x, y, repeats=1, warmup=1)
     assert 0 < cached["forward_gflop_per_item"] < whole["forward_gflop_per_item"]
+
+
+def test_bf16_autocast_step_is_timed_against_a_bf16_matmul():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    r = measure_train_speed(model, x, y, repeats=1, warmup=1, precision="bf16-mixed", frozen=False)
+    assert r["precision"] == "bf16-mixed" and r["device"] == "cpu" and r["train_items_per_s"] > 0
+    # (the full row's 2048 x 2048 bf16 reference takes minutes on a CPU without bf16 units: a small one here)
+    assert matmul_gflops(n=64, repeats=1, precision="bf16-mixed") > 0
+
+
+def test_bench_train_refuses_a_precision_or_device_it_cannot_time(tmp_path, capsys):
+    from sonodistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision"):
+        measure_train_speed(nn.Linear(4, 2), torch.rand(2, 4), torch.tensor([0, 1]), precision="16-mixed")
+    out = str(tmp_path / "x.json")
+    if not torch.cuda.is_available():
+        assert main(["bench", "train", "demo", "--device", "cuda", "--out", out]) == 2
+        assert "no such CUDA device" in capsys.readouterr().err
+    assert main(["bench", "train", "demo", "--device", "meta", "--out", out]) == 2
+    assert "cpu or cuda" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_bench_train_on_cuda_reports_device_memory_and_a_device_peak(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["bench", "train", "seg-hc18-cpu", "--threads", "1", "--repeats", "2", "--batch-size", "2",
+                 "--device", "cuda", "--precision", "bf16-mixed", "--set", "data.size=64", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())[0]
+    assert row["device"] == "cuda" and row["train_peak_memory_gib"] > 0
+    assert row["matmul_gflops"] > 1e4  # a GPU's bf16 product: tens of TFLOP/s at least, far above any CPU here
+    assert "cuda bf16-mixed" in capsys.readouterr().out

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="training speed of configs: items/s and GFLOP/s of a step beside a same-run matmul's GFLOP/s",
         description="Times SGD steps of each config's network on random batches of its input shape (1 and 2 "
-                    "torch threads by default); FLOPs = 3 x forward (flop_counter). Prints Markdown, writes JSON.",
+                    "torch threads by default; --device cuda on a GPU, --precision bf16-mixed under autocast); "
+                    "FLOPs = 3 x forward (flop_counter). Prints Markdown, writes JSON.",
     )
     train.add_argument("configs", nargs="+", metavar="CONFIG", help="packaged config names or YAML paths")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -55,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "Default: %(default)s")
     train.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
     train.add_argument("--repeats", type=int, default=5)
+    train.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
+    train.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                       help="the step's and the matmul reference's precision (default: %(default)s)")
     train.add_argument("--out", default="runs/bench/train_speed.json")
     train.set_defaults(func=run_train_speed)
 
@@ -94,16 +98,37 @@ def _config(name: str, overrides: list[str]):  # -> RunConfig
     return load_config(path, overrides)
 
 
-def _speed_row(name: str, overrides: list[str], batch_size: int | None, repeats: int, threads: int) -> dict:
-    """`measure_train_speed` of one config with `threads` torch threads, in this process (a worker's job too)."""
+def _speed_row(name: str, overrides: list[str], batch_size: int | None, repeats: int, threads: int,
+               device: str = "cpu", precision: str = "32-true") -> dict:
+    """`measure_train_speed` of one config with `threads` torch threads on `device`, in this process (a worker's
+    job too)."""
     import os
 
     from sonodistill.protocols.tuning import config_speed
 
     cfg = _config(name, overrides)
-    row = config_speed(cfg, batch_size, repeats, threads)
+    row = config_speed(cfg, batch_size, repeats, threads, device=device, precision=precision)
     row.update(config=name, backbone=cfg.model.backbone, width=cfg.model.width, load_average=os.getloadavg())
     return row
+
+
+def _check_device(device: str) -> None:
+    """ConfigError unless `device` names the CPU or a CUDA device this machine has."""
+    import torch
+
+    from sonodistill.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r}: {exc}") from exc
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise ConfigError(f"--device {device!r}: training speed is timed on cpu or cuda")
+    if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device!r}: no such CUDA device on this machine "
+                          f"({torch.cuda.device_count()} found)")
 
 
 def run_train_speed(args: argparse.Namespace) -> int:
@@ -115,13 +140,16 @@ def run_train_speed(args: argparse.Namespace) -> int:
     process_counts = [int(p) for p in str(args.processes).split(",") if p]
     if not thread_counts or not process_counts or min(thread_counts + process_counts) < 1:
         raise ConfigError(f"--threads {args.threads!r} and --processes {args.processes!r} need counts >= 1")
+    _check_device(args.device)
+    if args.device != "cpu" and max(process_counts) > 1:
+        raise ConfigError("--processes above 1 time CPU processes side by side; on an accelerator give --processes 1")
     rows, best = [], []
     for name in args.configs:
         _config(name, args.overrides)  # a bad config fails here, not in a worker
         mine = []
         for processes in process_counts:
             for threads in thread_counts:
-                call = (name, args.overrides, args.batch_size, args.repeats, threads)
+                call = (name, args.overrides, args.batch_size, args.repeats, threads, args.device, args.precision)
                 row = _speed_row(*call) if processes == 1 else \
                     combine_concurrent(map_in_processes(_speed_row, [call] * processes, processes))
                 mine.append(row)

@@ -2,7 +2,7 @@
 
 HC is measured as the HC18 annotators did, on the head's outline: the ellipse is fitted by **least squares to the
 outer contour** of the largest connected component of the mask (holes filled; scikit-image's `find_contours` at the
-0.5 level and `EllipseModel`), in physical units (pixel spacing may differ per axis after resizing), and HC is
+0.5 level, and the direct least-squares fit of `EllipseModel`, `fit_ellipse_points`), in physical units (pixel spacing may differ per axis after resizing), and HC is
 Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` of its semi-axes, in mm. An empty mask, or a contour no
 ellipse fits, gives NaN: a failure to count, not a number.
 
@@ -30,6 +30,7 @@ __all__ = [
     "ramanujan_perimeter",
     "largest_component",
     "fit_ellipse_moments",
+    "fit_ellipse_points",
     "fit_ellipse_contour",
     "head_circumference_mm",
     "outline_offset_px",
@@ -99,27 +100,65 @@ def fit_ellipse_moments(mask: np.ndarray, spacing: float | Sequence[float] = 1.0
     return Ellipse((cy, cx), 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), float(math.atan2(major[1], major[0])))
 
 
+def fit_ellipse_points(x: np.ndarray, y: np.ndarray) -> Ellipse | None:
+    """Direct least-squares ellipse through points (x, y) (Fitzgibbon's constrained fit in Halir and Flusser's
+    numerically stable form, the method of scikit-image's `EllipseModel`), in their units; None when no ellipse
+    fits (fewer than 5 points, collinear points, or a conic that is not an ellipse).
+
+    Written here because `EllipseModel` breaks with NumPy 2.5 (its eigenvectors come back complex and its angle
+    arithmetic raises TypeError): only real eigenvectors enter this fit."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 5:
+        return None
+    ox, oy = x.mean(), y.mean()  # centre and scale the points: the scatter matrices stay well conditioned
+    scale = math.sqrt(((x - ox) ** 2 + (y - oy) ** 2).mean())
+    if not scale > 0:
+        return None
+    x, y = (x - ox) / scale, (y - oy) / scale
+    d1 = np.stack([x * x, x * y, y * y], axis=1)  # quadratic part of the conic A x^2 + B xy + C y^2 + D x + E y + F
+    d2 = np.stack([x, y, np.ones_like(x)], axis=1)
+    s1, s2, s3 = d1.T @ d1, d1.T @ d2, d2.T @ d2
+    try:
+        t = -np.linalg.solve(s3, s2.T)
+    except np.linalg.LinAlgError:
+        return None
+    m = s1 + s2 @ t
+    m = np.stack([m[2] / 2.0, -m[1], m[0] / 2.0])  # C1^-1 M, C1 the constraint 4AC - B^2 = 1
+    evals, evecs = np.linalg.eig(m)
+    real = np.abs(np.imag(evals)) <= 1e-12 * max(1.0, float(np.abs(evals).max()))
+    evecs = np.real(evecs[:, real])
+    cond = 4.0 * evecs[0] * evecs[2] - evecs[1] ** 2
+    if not (cond > 0).any():
+        return None
+    quad = evecs[:, int(np.argmax(cond))]
+    (a, b, c), (d, e, f) = quad, t @ quad
+    disc = b * b - 4.0 * a * c
+    if not disc < 0:
+        return None
+    cx, cy = (2.0 * c * d - b * e) / disc, (2.0 * a * e - b * d) / disc
+    level = f + (d * cx + e * cy) / 2.0  # the conic's value at the centre: (p - c)^T Q (p - c) = -level on it
+    evals_q, evecs_q = np.linalg.eigh(np.array([[a, b / 2.0], [b / 2.0, c]]))
+    sq = -level / evals_q  # squared semi-axes along Q's eigenvectors
+    if not (sq > 0).all():
+        return None
+    minor, major = np.sqrt(np.sort(sq))
+    direction = evecs_q[:, int(np.argmax(sq))]  # the major axis: Q's eigenvalue of smaller magnitude
+    angle = math.atan2(direction[1], direction[0])
+    return Ellipse((float(cy * scale + oy), float(cx * scale + ox)), float(major * scale), float(minor * scale),
+                   float(angle % math.pi))
+
+
 def fit_ellipse_contour(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> Ellipse | None:
     """Least-squares ellipse through the outer contour of the largest component of an H x W mask, in units of
     `spacing` ((sy, sx) or one value per pixel). None when the mask is empty or no ellipse fits."""
-    from skimage.measure import EllipseModel, find_contours
+    from skimage.measure import find_contours
 
     sy, sx = _spacing(spacing)
     region = largest_component(mask)
     if not region.any():
         return None
     contour = max(find_contours(np.pad(region, 1).astype(np.float64), 0.5), key=len) - 1.0  # (row, col)
-    if len(contour) < 5:
-        return None
-    model = EllipseModel.from_estimate(np.stack([contour[:, 1] * sx, contour[:, 0] * sy], axis=1))
-    if not model:
-        return None
-    (cx, cy), axes, theta = model.center, model.axis_lengths, float(model.theta)
-    a, b = float(max(axes)), float(min(axes))
-    if not (math.isfinite(a) and math.isfinite(b) and b > 0):
-        return None
-    angle = theta if axes[0] >= axes[1] else theta + math.pi / 2
-    return Ellipse((float(cy), float(cx)), a, b, float(angle))
+    return fit_ellipse_points(contour[:, 1] * sx, contour[:, 0] * sy)
 
 
 def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float],

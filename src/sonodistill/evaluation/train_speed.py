@@ -1,6 +1,7 @@
 """Training speed of a config's network on this machine: items/s and achieved GFLOP/s of an optimisation step,
-beside a large fp32 matmul's GFLOP/s measured in the same run (the machine's practical peak), so the ratio is
-comparable across noisy, shared machines.
+beside a large matmul's GFLOP/s measured in the same run on the same device in the same precision (the machine's
+practical peak: fp32 on the CPU; on a GPU fp32 or bf16 under autocast), so the ratio is comparable across noisy,
+shared machines.
 
 FLOPs: `torch.utils.flop_counter` on the forward pass (2 per multiply-add), times 3 for forward + backward (the
 counter's own backward count over-counts depthwise convolutions). Frozen-feature throughput (inference only, no
@@ -11,68 +12,105 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+PRECISIONS = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}  # Lightning's names for the timed modes
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Median GFLOP/s of an `n x n` fp32 matmul (2 n^3 FLOPs) with the current torch thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
+def _dtype(precision: str) -> torch.dtype:
+    """The compute dtype of a Lightning precision string this benchmark times; ConfigError for another."""
+    from sonodistill.errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"training speed is timed in precision {sorted(PRECISIONS)}, not {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a host clock read alone times the launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall seconds of `step()` over `repeats` calls after `warmup` untimed ones, device work included."""
     times = []
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
+        _synchronize(device)
         t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        step()
+        _synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int | None = None, repeats: int = 5, device: str | torch.device = "cpu",
+                  precision: str = "32-true") -> float:
+    """Median GFLOP/s of an `n x n` matmul (2 n^3 FLOPs) on `device` in `precision`'s dtype, random operands
+    (n default: 2048 on the CPU, 8192 on an accelerator, whose peak a smaller product does not reach)."""
+    device = torch.device(device)
+    n = n or (2048 if device.type == "cpu" else 8192)
+    dtype = _dtype(precision)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    return 2 * n**3 / _median_seconds(lambda: torch.mm(a, b), device, 1, repeats) / 1e9
 
 
 def measure_train_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5,
-                        warmup: int = 2, frozen: bool = True) -> dict[str, Any]:
+                        warmup: int = 2, frozen: bool = True, device: str | torch.device = "cpu",
+                        precision: str = "32-true") -> dict[str, Any]:
     """Median SGD step time, items/s and achieved GFLOP/s of `model` on batch `x` (`B x ...`) with cross-entropy
-    against `y` (`B` class indices, or `B x H x W` for segmentation logits); the same-run matmul GFLOP/s and the
-    ratio; frozen-feature (inference-mode) items/s. frozen=False: the training step only (no matmul, no frozen
-    features, no FLOP count: what choosing threads needs)."""
+    against `y` (`B` class indices, or `B x H x W` for segmentation logits); the same-run matmul GFLOP/s (same
+    device and precision) and the ratio; frozen-feature (inference-mode) items/s. On `device` (model and batch moved
+    there), under autocast for `bf16-mixed`; on CUDA also the peak memory of the training step. frozen=False: the
+    training step only (no matmul, no frozen features, no FLOP count: what choosing threads needs)."""
     from sonodistill.models.backbones import count_flops
 
+    device = torch.device(device)
+    dtype = _dtype(precision)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     bs = x.shape[0]
     model.eval()
     fwd_flops = count_flops(model, x[:1]) * bs if frozen else 0
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    model.train()
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def train_step() -> None:
+        with autocast:
+            loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step = _median_seconds(train_step, device, warmup, repeats)
+    out: dict[str, Any] = {"input": list(x.shape), "threads": torch.get_num_threads(), "device": device.type,
+                           "precision": precision, "train_step_s": step, "train_items_per_s": bs / step}
+    if device.type == "cuda":
+        out["train_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if not frozen:
-        return {"input": list(x.shape), "threads": torch.get_num_threads(), "train_step_s": step,
-                "train_items_per_s": bs / step}
+        return out
     model.eval()
-    infer = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast:
             model(x)
-            if i >= warmup:
-                infer.append(time.perf_counter() - t0)
-    peak = matmul_gflops()
+
+    infer_s = _median_seconds(infer, device, warmup, repeats)
+    peak = matmul_gflops(device=device, precision=precision)
     achieved = 3 * fwd_flops / step / 1e9
-    ort = frozen_onnxruntime_items_per_s(model, x, repeats, warmup)
+    ort = frozen_onnxruntime_items_per_s(model.cpu(), x.cpu(), repeats, warmup) if device.type == "cpu" else None
     return {
-        "input": list(x.shape), "threads": torch.get_num_threads(),
-        "train_step_s": step, "train_items_per_s": bs / step, "train_gflops": achieved,
+        **out, "train_gflops": achieved,
         "forward_gflop_per_item": fwd_flops / bs / 1e9,
         "matmul_gflops": peak, "fraction_of_matmul_peak": achieved / peak,
-        "frozen_items_per_s": bs / statistics.median(infer),
+        "frozen_items_per_s": bs / infer_s,
         "frozen_ort_items_per_s": ort,
     }
 
@@ -128,14 +166,22 @@ def best_setting(rows: list[dict[str, Any]]) -> str:
             f"{best['train_items_per_s']:.1f} training items/s")
 
 
+def _device(r: dict[str, Any]) -> str:
+    """'cpu', or e.g. 'cuda bf16-mixed, 3.2 GiB' (precision and peak training memory) for an accelerator row."""
+    if r.get("device", "cpu") == "cpu":
+        return "cpu"
+    memory = r.get("train_peak_memory_gib")
+    return f"{r['device']} {r['precision']}" + ("" if memory is None else f", {memory:.1f} GiB")
+
+
 def speed_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of `measure_train_speed` results, one row each; threads 'P x T' for P concurrent processes
-    of T threads (their rates summed)."""
-    head = ("| config | backbone | input (B x ...) | threads | step (s) | train items/s | train GFLOP/s | "
+    of T threads (their rates summed); device with precision and peak training memory on an accelerator."""
+    head = ("| config | backbone | input (B x ...) | device | threads | step (s) | train items/s | train GFLOP/s | "
             "matmul GFLOP/s | fraction of peak | frozen items/s (torch) | frozen items/s (ONNX Runtime) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
-        f"| {r['config']} | {r['backbone']} | {' x '.join(map(str, r['input']))} | "
+        f"| {r['config']} | {r['backbone']} | {' x '.join(map(str, r['input']))} | {_device(r)} | "
         f"{_threads(r)} | {r['train_step_s']:.3f} | {r['train_items_per_s']:.1f} | {r['train_gflops']:.1f} | "
         f"{r['matmul_gflops']:.1f} | {r['fraction_of_matmul_peak']:.0%} | {r['frozen_items_per_s']:.1f} | "
         f"{_fmt(r.get('frozen_ort_items_per_s'))} |\n"

@@ -80,15 +80,17 @@ def speed_batch(cfg: RunConfig, batch_size: int | None, num_classes: int = 3, se
 
 
 def config_speed(cfg: RunConfig, batch_size: int | None, repeats: int, threads: int,
-                 frozen: bool = True) -> dict[str, Any]:
-    """`measure_train_speed` of `cfg`'s network with `threads` torch threads, in this process (a worker's job too)."""
+                 frozen: bool = True, device: str = "cpu", precision: str = "32-true") -> dict[str, Any]:
+    """`measure_train_speed` of `cfg`'s network with `threads` torch threads on `device` in `precision`, in this
+    process (a worker's job too)."""
     import torch
 
     from sonodistill.evaluation.train_speed import measure_train_speed
 
     torch.set_num_threads(threads)
     model, x, y = speed_batch(cfg, batch_size)
-    return measure_train_speed(model, x, y, repeats=repeats, warmup=1 if not frozen else 2, frozen=frozen)
+    return measure_train_speed(model, x, y, repeats=repeats, warmup=1 if not frozen else 2, frozen=frozen,
+                               device=device, precision=precision)
 
 
 def time_setting(cfg: RunConfig, processes: int, threads: int, repeats: int = REPEATS) -> dict[str, Any]:

