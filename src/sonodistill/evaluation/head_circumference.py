@@ -2,9 +2,10 @@
 
 HC is measured as the HC18 annotators did, on the head's outline: the ellipse is fitted by **least squares to the
 outer contour** of the largest connected component of the mask (holes filled; scikit-image's `find_contours` at the
-0.5 level, and the direct least-squares fit of `EllipseModel`, `fit_ellipse_points`), in physical units (pixel spacing may differ per axis after resizing), and HC is
-Ramanujan's perimeter `pi (3(a+b) - sqrt((3a+b)(a+3b)))` of its semi-axes, in mm. An empty mask, or a contour no
-ellipse fits, gives NaN: a failure to count, not a number.
+0.5 level, then `fit_ellipse_points`: the direct least-squares fit of scikit-image's `EllipseModel`), in physical
+units (pixel spacing may differ per axis after resizing), and HC is Ramanujan's perimeter
+`pi (3(a+b) - sqrt((3a+b)(a+3b)))` of its semi-axes, in mm. An empty mask, or a contour no ellipse fits, gives NaN:
+a failure to count, not a number.
 
 A data set's masks may lie a fixed distance outside the ellipse its `hc_mm` was measured on (HC18's do: about
 0.68 pixel, so the outline of a perfect mask reads about 1.2 mm too long). `outline_offset_px` measures that
