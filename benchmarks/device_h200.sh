@@ -101,7 +101,8 @@ elif [ "$PART" = busi ]; then
         dir="$OUT/busi/$m-$frac-s$seed"
         mkdir -p "$dir"
         timeout "$(left)" $PY benchmarks/hdc_table.py --data busi --fractions "$frac" --config seg-hc18-imagenet \
-          --set train.fold=0 --set data.target=lesions --set train.accelerator=$ACC --set train.threads=1 \
+          --set train.fold=0 --set train.fold_seed=0 --set data.target=lesions --set train.accelerator=$ACC \
+          --set train.threads=1 \
           --threads 1 --out "$dir" --methods "$m" --seeds "$seed" "${opt[@]}" "${EXTRA[@]}" >"$dir/log.txt" 2>&1 &
         pids+=($!)
       done

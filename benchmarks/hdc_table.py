@@ -128,7 +128,8 @@ def _signed(x: float, scale: float) -> str:
 def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: str = "") -> list[str]:
     """Markdown rows: HDC minus each other finished method of this fraction on the same test items, Dice (points)
     and HC MAE (mm), with the 95 % bootstrap interval over groups and the permutation p (`sonodistill compare`;
-    over several seeds: the seed-averaged difference). A pair `compare` refuses is listed with the reason."""
+    over several seeds: the seed-averaged difference, or one row per seed where the seeds' fold splits differ). A
+    pair `compare` refuses is listed with the reason."""
     hdc = out / run_name(pre, "hdc", fraction, tag)
     others = [m for m in methods if m != "hdc" and finished(out / run_name(pre, m, fraction, tag))]
     if "hdc" not in methods or not finished(hdc) or not others:
@@ -147,17 +148,20 @@ def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: 
             lines.append(f"| {name} | – | not comparable: {' '.join(str(err).split())} | |")  # one table row
             continue
         seeds = sorted({str(s) for s in table["seed"]} - {ALL_SEEDS})
-        rows = table[table["seed"] == (ALL_SEEDS if len(seeds) > 1 else seeds[0])].set_index("metric")
-        cells = []
-        for metric, scale in (("dice", 100.0), ("hc_abs_err_mm", 1.0)):
-            if metric not in rows.index:
-                cells.append("–")
-                continue
-            r = rows.loc[metric]
-            cells.append(f"{_signed(r['difference'], scale)} [{_signed(r['ci_low'], scale)}, "
-                         f"{_signed(r['ci_high'], scale)}], p {r['p_value']:.2g}")
-        label = ("mean of " if len(seeds) > 1 else "") + ", ".join(seeds)
-        lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+        # one row: the seed-averaged difference; one per seed where the seeds scored different items (fold splits)
+        shown = [ALL_SEEDS] if len(seeds) > 1 and (table["seed"] == ALL_SEEDS).any() else seeds
+        for seed in shown:
+            rows = table[table["seed"].astype(str) == seed].set_index("metric")
+            cells = []
+            for metric, scale in (("dice", 100.0), ("hc_abs_err_mm", 1.0)):
+                if metric not in rows.index:
+                    cells.append("–")
+                    continue
+                r = rows.loc[metric]
+                cells.append(f"{_signed(r['difference'], scale)} [{_signed(r['ci_low'], scale)}, "
+                             f"{_signed(r['ci_high'], scale)}], p {r['p_value']:.2g}")
+            label = "mean of " + ", ".join(seeds) if seed == ALL_SEEDS else seed
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

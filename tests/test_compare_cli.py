@@ -318,6 +318,17 @@ def test_seed_folders_give_per_seed_rows_and_a_mean(tmp_path):
 
         compare_runs([a, c])
 
+    # seeds trained on other fold splits score other items: per-seed rows only, never row k of one seed paired
+    # with row k of another (seed 1 here predicted only the items of its folds 1 and 2)
+    for run in (a, b):
+        pred = pd.read_csv(run / "seed_1" / "predictions.csv")
+        pred[pred["fold"] != 0].to_csv(run / "seed_1" / "predictions.csv", index=False)
+    out = tmp_path / "cmp-other-items"
+    assert sonodistill("compare", a, b, "--out", out, "--metrics", "accuracy", "--resamples", 50,
+                       "--permutations", 50) == 0
+    assert list(_read(out)["seed"].astype(str)) == ["0", "1"]
+    assert "no seed-averaged row" in (out / "comparison.md").read_text()
+
 
 def test_bad_arguments_are_errors(tmp_path, capsys):
     a = make_run(tmp_path, "base")

@@ -88,6 +88,30 @@ def test_paired_rows_give_hdc_minus_each_method_and_say_which_pair_is_not_compar
     assert hdc_table.paired_lines(tmp_path, "busi", ["seg_supervised", "fixmatch"], 0.1) == []  # no HDC: no rows
 
 
+def test_paired_rows_per_seed_when_the_seeds_scored_other_items(tmp_path, hdc_table):
+    """Seeds on their own fold splits (`train.fold_seed` = the seed) test other images: one paired row per seed,
+    no seed average (which would pair image k of one split with image k of another)."""
+    import shutil
+
+    from tests.test_compare_cli import make_run
+
+    for method, quality in (("seg_supervised", 0.6), ("hdc", 0.8)):
+        run = tmp_path / f"busi-{method}-10pct"
+        for seed in (0, 1):
+            one = make_run(tmp_path / "tmp", f"{method}_{seed}", quality=quality, segmentation=True, seed=seed)
+            (run / f"seed_{seed}").mkdir(parents=True)
+            for f in ("config.yaml", "manifest.csv", "folds.json", "predictions.csv"):
+                shutil.copy(one / f, run / f"seed_{seed}" / f)
+            (run / f"seed_{seed}" / "metrics.json").write_text("{}")
+        shutil.copy(run / "seed_0" / "config.yaml", run / "config.yaml")
+        pred = pd.read_csv(run / "seed_1" / "predictions.csv")
+        pred[pred["fold"] != 0].to_csv(run / "seed_1" / "predictions.csv", index=False)
+    lines = hdc_table.paired_lines(tmp_path, "busi", ["seg_supervised", "hdc"], 0.1)
+    rows = [line.split(" | ") for line in lines if line.startswith("| Supervised only")]
+    assert [r[1] for r in rows] == ["0", "1"]
+    assert all(float(r[2].split(" ")[0]) == pytest.approx(20.0, abs=1.0) for r in rows)
+
+
 def test_table_names_every_command_that_trained_its_runs(tmp_path, hdc_table):
     """Runs of one table trained by several invocations (one method each): the table lists all their commands."""
     _finished_run(tmp_path / "busi-seg_supervised-10pct", [0.6, 0.7])

@@ -280,6 +280,13 @@ def check_comparable(a: ComparedRun, b: ComparedRun) -> list[tuple[SeedPredictio
     return pairs
 
 
+def seeds_score_the_same_items(seeds: list[SeedPredictions]) -> bool:
+    """Whether every seed predicted the same items in the same rows: the seed-averaged difference pairs row k of
+    each seed. Seeds trained on other fold splits (`train.fold_seed` = the seed) score other items: no average."""
+    first = seeds[0].predictions["index"].to_numpy()
+    return all(np.array_equal(s.predictions["index"].to_numpy(), first) for s in seeds[1:])
+
+
 # ------------------------------------------------------------------------------------------- statistics
 def _metric_data(run: SeedPredictions, task: str, metrics: list[str]) -> np.ndarray:
     """Per-item model output N x D: class probabilities (classification), outcomes [known | true | predicted] per
@@ -364,26 +371,28 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
         if absent:
             raise SonoDistillError(f"metric(s) {sorted(set(absent))} are not in every run's predictions.csv")
     rows = []
+
+    def scorer_of(seed_predictions: SeedPredictions, data: np.ndarray):  # -> the task's scorer of these items
+        if base.task == "classification":
+            return classification_scorer(seed_predictions.predictions["y_true"].to_numpy(np.int64),
+                                         len(seed_predictions.classes), metrics)
+        if base.task == "annotation":
+            return annotation_scorer(data.shape[1] // 3, metrics)  # outcomes N x 3F
+        return anomaly_scorer(metrics) if base.task == "anomaly" else mean_scorer(metrics)
+
     for run, pairs in zip(runs[1:], pairs_per_run):
-        first = pairs[0][0]
         a = [_metric_data(sa, base.task, metrics) for sa, _ in pairs]
         b = [_metric_data(sb, base.task, metrics) for _, sb in pairs]
-        if base.task == "classification":
-            scorer = classification_scorer(first.predictions["y_true"].to_numpy(np.int64), len(first.classes), metrics)
-        elif base.task == "annotation":
-            scorer = annotation_scorer(a[0].shape[1] // 3, metrics)  # outcomes N x 3F
-        elif base.task == "anomaly":
-            scorer = anomaly_scorer(metrics)
-        else:
-            scorer = mean_scorer(metrics)
-        groups = first.manifest["group"].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]
+        scorers = [scorer_of(sa, data) for (sa, _), data in zip(pairs, a)]
+        groups = [sa.manifest["group"].astype(str).to_numpy()[sa.predictions["index"].to_numpy(np.int64)]
+                  for sa, _ in pairs]  # per seed: seeds on other fold splits scored other items
         blocks = [([i], f"{sa.seed}" if sa.seed == sb.seed else f"{sa.seed}/{sb.seed}") for i, (sa, sb) in
                   enumerate(pairs)]
-        if len(pairs) > 1:
+        if len(pairs) > 1 and seeds_score_the_same_items([sa for sa, _ in pairs]):
             blocks.append((list(range(len(pairs))), ALL_SEEDS))
         for idx, label in blocks:
-            for r in paired_comparison(scorer, [a[i] for i in idx], [b[i] for i in idx], groups, n_resamples,
-                                       n_permutations, level, seed):
+            for r in paired_comparison(scorers[idx[0]], [a[i] for i in idx], [b[i] for i in idx], groups[idx[0]],
+                                       n_resamples, n_permutations, level, seed):
                 rows.append({"baseline": base.name, "run": run.name, "seed": label, **r.as_dict()})
     return runs, pd.DataFrame(rows)
 
@@ -408,6 +417,9 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
     n_folds = f"{len(fold_ids)} fold{'s' if len(fold_ids) > 1 else ''} ({', '.join(map(str, fold_ids))})"
     r0 = table.iloc[0]
     seeds = f" Seed '{ALL_SEEDS}': the difference averaged over seeds." if (table["seed"] == ALL_SEEDS).any() else ""
+    if not seeds and len(seed_labels := set(table["seed"])) > 1:
+        seeds = (f" The {len(seed_labels)} seeds scored different items (other fold splits: `train.fold_seed`), so "
+                 "there is no seed-averaged row.")
     perm = (f"all {int(r0['n_permutations'])} swaps (exact)" if bool(r0["exact"])
             else f"{int(r0['n_permutations'])} random swaps, p = (1 + k) / (1 + swaps)")
     merged = f" Classes merged: {merge}." if merge else ""
@@ -432,11 +444,17 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
 
 
 def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float) -> None:
-    """Horizontal error bars: difference and interval per metric (one colour per run; seed 'mean' or the only seed)."""
+    """Horizontal error bars: difference and interval per metric (one colour per run; seed 'mean' or the only seed;
+    one colour per run and seed where the seeds scored different items)."""
     from sonodistill.evaluation.report import _new_figure
 
     seeds = set(table["seed"])
-    rows = table[table["seed"] == ALL_SEEDS] if ALL_SEEDS in seeds else table
+    if ALL_SEEDS in seeds:
+        rows = table[table["seed"] == ALL_SEEDS]
+    elif len(seeds) > 1:
+        rows = table.assign(run=[f"{r} (seed {s})" for r, s in zip(table["run"], table["seed"])])
+    else:
+        rows = table
     metrics = list(dict.fromkeys(rows["metric"]))
     names = list(dict.fromkeys(rows["run"]))
     fig = _new_figure(6.5, 1.0 + 0.55 * len(metrics) * max(1, len(names)))
