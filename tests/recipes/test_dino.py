@@ -198,3 +198,21 @@ def test_dino_continues_from_imagenet_on_the_efficientnet(tmp_path, monkeypatch)
 
     _trainer(tmp_path, max_epochs=1).fit(recipe, DataLoader(_Views(4), batch_size=2))
     assert not torch.equal(recipe.student.backbone.net.head_conv.weight, state["head_conv.weight"])
+
+
+def test_image_sets_with_masks_join_pretraining_without_their_masks(tmp_path):
+    """hc18 / busi style manifests (a mask column) give multi-crop views of the image; their masks are not read."""
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.multicrop import MultiCropAugment, MultiCropConfig
+    from sonodistill.data.preprocess import PreprocessConfig
+    from sonodistill.data.pretraining import pretraining_dataset
+    from sonodistill.data.synthetic import write_dataset
+
+    m = Manifest.from_csv(write_dataset("fetal-head", tmp_path / "heads", n=2, seed=0, size=48, workers=1))
+    assert "mask" in m.table.columns
+    m.table["mask"] = [str(tmp_path / "no-such-mask.png")] * len(m)  # would fail if a mask were loaded
+    crops = MultiCropAugment(MultiCropConfig(global_size=32, local_size=16, n_local=2))
+    ds = pretraining_dataset([m], PreprocessConfig(size=48), None, crops, frames_per_video=1, seed=0)
+    views = ds[0]["x"]
+    assert [tuple(v.shape) for v in views] == [(1, 32, 32)] * 2 + [(1, 16, 16)] * 2
+    assert "mask" in m.table.columns  # the caller's manifest is left as it was
