@@ -101,7 +101,6 @@ def test_unlabelled_stream_refuses_items_with_masks_and_keeps_geometry():
 def test_loader_over_real_frame_datasets_never_reads_unlabelled_masks(tmp_path):
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.preprocess import PreprocessConfig
-    from sonodistill.evaluation.segmentation_report import without_masks
     from tests.recipes.test_semi_supervised import write_ellipse_set
 
     manifest = write_ellipse_set(tmp_path / "d", n=6)
@@ -109,7 +108,7 @@ def test_loader_over_real_frame_datasets_never_reads_unlabelled_masks(tmp_path):
     for p in unl.table["mask"]:
         Path(p).write_bytes(b"garbage")  # reading any of these would raise
     pre = PreprocessConfig(size=32, crop_region=False, remove_overlay=False)
-    loader = build_two_stream_loader(FrameDataset(lab, pre), FrameDataset(without_masks(unl), pre), labelled_bs=1,
+    loader = build_two_stream_loader(FrameDataset(lab, pre), FrameDataset(unl.without_masks(), pre), labelled_bs=1,
                                      unlabelled_bs=2, iterations=3, seed=0, strong=strong_photometric_augment())
     batches = list(loader)
     assert len(batches) == 3

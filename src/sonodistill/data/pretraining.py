@@ -61,14 +61,6 @@ class EpochIndexSampler(Sampler[int]):
         return len(self.order)
 
 
-def without_masks(manifest: Manifest) -> Manifest:
-    """`manifest` without its segmentation-mask column: pretraining reads no labels, and a frame's multi-crop views
-    are made from the image alone (an image set with masks, such as hc18 or busi, can then join)."""
-    if "mask" not in manifest.table.columns:
-        return manifest
-    return Manifest(manifest.table.drop(columns=["mask"]), list(manifest.classes), manifest.modality, manifest.name)
-
-
 def pretraining_dataset(manifests: list[Manifest], pre: Any, cache: Any, crops: Callable, frames_per_video: int,
                         seed: int) -> EpochConcat:
     """Every frame of image manifests plus `frames_per_video` random frames per video and epoch, each item the
@@ -76,7 +68,7 @@ def pretraining_dataset(manifests: list[Manifest], pre: Any, cache: Any, crops: 
     from sonodistill.data.datasets import FrameDataset, VideoFrameDataset
 
     parts: list[Dataset] = []
-    for m in map(without_masks, manifests):
+    for m in (manifest.without_masks() for manifest in manifests):  # views of the image alone: masks are labels
         if m.modality == "image":
             ds: Dataset = FrameDataset(m, pre, cache=cache, augment=crops, seed=seed)
         else:

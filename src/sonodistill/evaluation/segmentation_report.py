@@ -50,12 +50,6 @@ def clip_cache(cfg: RunConfig) -> Any:
     return ClipCache(cache_root(cfg.data.cache_dir) / "clips")
 
 
-def without_masks(manifest: Manifest) -> Manifest:
-    """The same rows with the `mask` column removed: datasets built on it can never read a mask."""
-    return Manifest(manifest.table.drop(columns=["mask"], errors="ignore"), list(manifest.classes),
-                    manifest.modality, manifest.name)
-
-
 # ----------------------------------------------------------------------------------------- evaluation
 def has_head_circumference(manifest: Manifest) -> bool:
     """Whether the items carry `pixel_size_mm` and a numeric `target` in mm (HC18): HC is then scored."""
@@ -103,7 +97,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     rows = np.asarray(rows, dtype=np.int64)
     table = manifest.table
     pre = preprocess_config(cfg)
-    dataset = FrameDataset(without_masks(manifest.subset(rows)), pre, cache=clip_cache(cfg), augment=None)
+    dataset = FrameDataset(manifest.subset(rows).without_masks(), pre, cache=clip_cache(cfg), augment=None)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     has_spacing = "pixel_size_mm" in table.columns
     has_hc = has_head_circumference(manifest)

@@ -24,7 +24,6 @@ from sonodistill.evaluation.segmentation_report import (
     preprocess_config,
     segmentation_title,
     segmentation_units,
-    without_masks,
     write_segmentation_report,
 )
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
@@ -67,7 +66,7 @@ def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray,
     weak = weak_augment(cfg.data.size) if cfg.data.augment else None
     lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak, seed=seed)
     # Another seed for the unlabelled stream: its item k must not repeat the draws of labelled item k.
-    unl_ds = (FrameDataset(without_masks(manifest.subset(unlabelled)), pre, cache=cache, augment=weak,
+    unl_ds = (FrameDataset(manifest.subset(unlabelled).without_masks(), pre, cache=cache, augment=weak,
                            seed=seed + 1_000_003)
               if ubs else None)
     iterations = options.iterations_per_epoch
