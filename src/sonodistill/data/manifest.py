@@ -70,12 +70,12 @@ class Manifest:
     def where(self, mask: Iterable[bool]) -> "Manifest":
         return self.subset(np.flatnonzero(np.asarray(list(mask), dtype=bool)))
 
-    # -- validation ---------------------------------------------------------------------------
     def without_masks(self) -> "Manifest":
         """The same rows without the `mask` column: datasets built on it can never read a mask (a label)."""
         return Manifest(self.table.drop(columns=["mask"], errors="ignore"), list(self.classes), self.modality,
                         self.name)
 
+    # -- validation ---------------------------------------------------------------------------
     def validate(self, check_files: bool = True) -> None:
         """Raise ManifestError naming the first bad row: missing columns/files, unknown labels, empty classes."""
         t = self.table
