@@ -149,7 +149,7 @@ def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: 
             continue
         seeds = sorted({str(s) for s in table["seed"]} - {ALL_SEEDS})
         # one row: the seed-averaged difference; one per seed where the seeds scored different items (fold splits)
-        shown = [ALL_SEEDS] if len(seeds) > 1 and (table["seed"] == ALL_SEEDS).any() else seeds
+        shown = [ALL_SEEDS] if (table["seed"] == ALL_SEEDS).any() else seeds  # compare writes a mean only for 2+ seeds
         for seed in shown:
             rows = table[table["seed"].astype(str) == seed].set_index("metric")
             cells = []
