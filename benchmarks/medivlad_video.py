@@ -10,7 +10,9 @@ Writes OUT/video-<encoder>-<target>/ (report.md, predictions.csv, ...) and OUT/t
 
 Encoders (`--encoders`): `dino` (the ViT teacher of medivlad_frames.py), `random` (its architecture, random
 weights), `imagenet` (the shipped ImageNet EfficientNet-Lite0 at 128 px) and `imagenet-dino` (the same network
-after ultrasound DINO, `--dino-effnet RUN`, e.g. configs/dino-efficientnet-imagenet.yaml's run). `--seeds 0,1,2`
+after ultrasound DINO, `--dino-effnet RUN`, e.g. configs/dino-efficientnet-imagenet.yaml's run); `--weights NAME=PATH`
+(repeatable) adds an encoder NAME: the EfficientNet-Lite0 with the backbone weights of PATH, e.g. a `supervised` run's
+`final/` finetuned on pocus-frames (the chain ImageNet [-> DINO] -> finetune on labelled frames -> aggregators). `--seeds 0,1,2`
 trains every aggregator with each seed on the same folds (RUN/seed_<s>/). Dual-level VLAD is compared with every
 other aggregator by `sonodistill compare RUN:<aggregator> RUN:dual_vlad` (OUT/compare-<encoder>-<target>.md).
 
@@ -54,7 +56,31 @@ def encoder_overrides(out: Path, encoder: str, args: argparse.Namespace) -> list
         if not Path(args.dino_effnet).is_dir():
             raise SystemExit(f"no EfficientNet DINO run at {args.dino_effnet} (--dino-effnet)")
         return EFFICIENTNET + [f"recipe_options.init_from={args.dino_effnet}"]
-    raise SystemExit(f"unknown encoder {encoder!r}; choose from {sorted(TITLES)}")
+    if encoder in args.weights:
+        if not Path(args.weights[encoder]).exists():
+            raise SystemExit(f"encoder {encoder}: no weights at {args.weights[encoder]} (--weights)")
+        return EFFICIENTNET + [f"recipe_options.init_from={args.weights[encoder]}"]
+    raise SystemExit(f"unknown encoder {encoder!r}; choose from {sorted(TITLES)} or name one with --weights NAME=PATH")
+
+
+def parse_weights(specs: list[str]) -> dict[str, str]:
+    """`--weights NAME=PATH` values as {NAME: PATH}; a malformed or reused NAME is an error."""
+    weights: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--weights {spec!r}: expected NAME=PATH")
+        if name in TITLES or name in weights:
+            raise SystemExit(f"--weights {spec!r}: encoder name {name!r} is already taken")
+        weights[name] = path
+    return weights
+
+
+def title(encoder: str, args: argparse.Namespace) -> str:
+    """The table heading of one encoder."""
+    if encoder in args.weights:
+        return f"frozen EfficientNet-Lite0 with the weights of {args.weights[encoder]} ({encoder})"
+    return TITLES[encoder]
 
 
 def run_encoder(out: Path, encoder: str, args: argparse.Namespace) -> tuple[dict, float, Path]:
@@ -97,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoders", default="dino,random", help=f"comma-separated, from {sorted(TITLES)}")
     p.add_argument("--dino-effnet", default="runs/bench17/dino-pocus-effnet",
                    help="the EfficientNet DINO run of the imagenet-dino encoder")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="an encoder NAME (use it in --encoders): EfficientNet-Lite0 with PATH's backbone weights")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (the folds come from the first)")
     add_run_arguments(p, folds=True)
     args = p.parse_args(argv)
     args.seeds = [int(x) for x in args.seeds.split(",")]
+    args.weights = parse_weights(args.weights)
     start_run(args.threads)
     from sonodistill.evaluation.report import markdown_table
 
@@ -112,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {LABELS[a]: summary[a] for a in AGGREGATORS}
         results[enc] = {"seconds": seconds, "summary": {a: {k: list(v) for k, v in summary[a].items()}
                                                         for a in AGGREGATORS}}
-        lines += [f"## {TITLES[enc]}\n", markdown_table(rows, COLUMNS, index_name="aggregator"),
+        lines += [f"## {title(enc, args)}\n", markdown_table(rows, COLUMNS, index_name="aggregator"),
                   f"(f1 = macro F1; roc_auc = macro one-vs-rest; mean ± std over {args.folds} folds of seed "
                   f"{args.seeds[0]}; {seconds:.0f} s for {len(args.seeds)} seed(s) incl. feature extraction)\n"]
         cmp = compare_with_dual_vlad(run, out, f"{enc}-{args.target}")
