@@ -4,6 +4,7 @@ predict (masks), export (ONNX parity 1e-4) and the review page's analysis, on fo
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -193,3 +194,29 @@ def test_head_circumference_is_corrected_by_each_folds_labelled_masks(seg_run):
         size = table["pixel_size_mm"].to_numpy()[rows["index"].to_numpy()]
         expected = rows["hc_pred_uncorrected_mm"] - 2 * math.pi * calibration["outline_offset_px"] * size
         np.testing.assert_allclose(rows["hc_pred_mm"], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_flip_tta_run_predicts_and_exports_the_mirror_averaged_probabilities(seg_run, tmp_path):
+    """recipe_options.flip_tta: `predict` and the ONNX export both average the image's and its mirror's output."""
+    from sonodistill.config import load_config
+    from sonodistill.serve.loading import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    cfg = load_config(run / "config.yaml", ["recipe_options.flip_tta=true"])
+    cfg.save(run / "config.yaml")
+    plain, flipped = load_model(seg_run), load_model(run)
+    assert flipped.describe()["flip_tta"] is True and "flip_tta" not in plain.describe()
+    x = np.random.default_rng(1).random((3, 1, 32, 32), dtype=np.float32)
+    p, mirrored = plain.probabilities(x), plain.probabilities(np.ascontiguousarray(x[..., ::-1]))[..., ::-1]
+    gap = float(np.abs(p - mirrored).max())
+    assert gap > 1e-5  # the fold models (one epoch: nearly constant) are not mirror-symmetric
+    np.testing.assert_allclose(flipped.probabilities(x), (p + mirrored) / 2, rtol=0, atol=gap / 100)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    from sonodistill.serve.export import export_model
+
+    folder = export_model(run, tmp_path / "onnx", "onnx")
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert meta["flip_tta"] is True and meta["max_abs_diff_vs_torch"] <= 1e-4
+    np.testing.assert_allclose(load_model(folder).probabilities(x), (p + mirrored) / 2, rtol=0, atol=gap / 10)

@@ -80,19 +80,21 @@ def hc_outline_calibration(manifest: Manifest, rows: np.ndarray) -> dict[str, An
 @torch.no_grad()
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
                          fold_dir: Path, overlays: int = 0, save_masks: bool = False,
-                         hc_outline_offset_px: float = 0.0) -> pd.DataFrame:
+                         hc_outline_offset_px: float = 0.0, flip_tta: bool = False) -> pd.DataFrame:
     """Predict `rows`, map each prediction back to its original image and score it against the original mask.
 
     hd95/asd are in mm when the manifest has `pixel_size_mm`, else in original pixels. With `pixel_size_mm` and a
     numeric `target` (HC18), the head circumference of the predicted mask, less the masks' outline offset
     `hc_outline_offset_px` (`hc_outline_calibration`), is compared with `target` (mm); `hc_pred_uncorrected_mm`
-    keeps the value without that correction."""
+    keeps the value without that correction. `flip_tta`: class probabilities averaged with those of the mirrored
+    image (`models.segmentation.flip_averaged`)."""
     from torch.utils.data import DataLoader
 
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.readers import read_clip, read_mask
     from sonodistill.evaluation.head_circumference import hc_scores, preprocess_geometry
     from sonodistill.evaluation.metrics import segmentation_metrics
+    from sonodistill.models.segmentation import flip_averaged
 
     rows = np.asarray(rows, dtype=np.int64)
     table = manifest.table
@@ -105,9 +107,14 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+
+    def softmax_of(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x).float(), dim=1)
+
     records = []
     for batch in loader:
-        probs = torch.softmax(model(batch["x"].to(device)).float(), dim=1).cpu()
+        x = batch["x"].to(device)
+        probs = (flip_averaged(softmax_of, x) if flip_tta else softmax_of(x)).cpu()
         for p, local in zip(probs, batch["index"].tolist()):
             row = int(rows[local])
             image_path, mask_path = str(table["path"].iloc[row]), str(table["mask"].iloc[row])

@@ -6,7 +6,7 @@ Shapes: input `B x C_in x H x W` (H, W divisible by 2 ** (levels - 1)), logits `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,8 @@ __all__ = [
     "EfficientNetUNetEncoder",
     "UNetDecoder",
     "SegmentationNet",
+    "FlipAveraged",
+    "flip_averaged",
     "SingleDecoderUNet",
     "DualDecoderUNet",
 ]
@@ -202,6 +204,24 @@ class SegmentationNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, self.size_factor)
         return self.decoder(self.encoder(x))[0]
+
+
+def flip_averaged(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Horizontal-flip test-time augmentation: `(fn(x) + mirror(fn(mirror(x)))) / 2` for per-pixel outputs
+    `B x K x H x W` (e.g. probabilities) of images `B x C x H x W`; mirror = flip of the last (width) axis."""
+    return (fn(x) + fn(x.flip(-1)).flip(-1)) / 2
+
+
+class FlipAveraged(nn.Module):
+    """`module`'s per-pixel output averaged with that of the mirrored image, mirrored back (`flip_averaged`);
+    wraps the served probabilities module, so `predict` and the export run the same test-time augmentation."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return flip_averaged(self.module, x)
 
 
 class SingleDecoderUNet(nn.Module):

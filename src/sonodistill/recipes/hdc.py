@@ -56,7 +56,8 @@ class HDCOptions(MeanTeacherOptions):
 
 
 class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
-    """HDC; inference model = encoder + D1 (no D2, no perturbation, no teacher)."""
+    """HDC; inference model = encoder + D1 of the student (or of the EMA teacher, `eval_model: teacher`); no D2,
+    no perturbation."""
 
     Options = HDCOptions
 

@@ -33,7 +33,7 @@ from sonodistill.losses.consistency import (
     PixelConsistencyLoss,
 )
 from sonodistill.losses.ema import EMATeacher
-from sonodistill.models.segmentation import SEGMENTATION_ENCODERS, SegOutputs, SingleDecoderUNet
+from sonodistill.models.segmentation import SEGMENTATION_ENCODERS, SegmentationNet, SegOutputs, SingleDecoderUNet
 from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 from sonodistill.recipes.schedules import sigmoid_rampup
 
@@ -55,6 +55,8 @@ class SegmentationOptions:
     dice_background: bool = False        # supervised Dice on the foreground only (default since 2026-12-04: an
                                          # empty mask of a small target then costs the whole Dice term, see
                                          # docs/hdc.md); true: background counted too (MONAI's default)
+    flip_tta: bool = False               # score and serve the mean of the softmax of the image and of its mirror
+                                         # (mirrored back); exported with the model
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
@@ -66,6 +68,13 @@ class SegmentationOptions:
 @dataclass
 class MeanTeacherOptions(SegmentationOptions):
     ema_momentum: float = 0.99
+    eval_model: str = "student"          # what is saved, scored and served: the student's or the EMA teacher's
+                                         # encoder + D1 (same architecture and parameter names)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_model not in ("student", "teacher"):
+            raise ConfigError(f"recipe_options.eval_model must be 'student' or 'teacher', got {self.eval_model!r}")
 
 
 @dataclass
@@ -225,6 +234,13 @@ class _TeacherMixin:
     def teacher_outputs(self, x: torch.Tensor) -> SegOutputs:
         self.teacher.eval()
         return self.teacher(x)
+
+    def inference_model(self) -> nn.Module:
+        """Encoder + D1 of the student, or of the EMA teacher with `eval_model: teacher` (`SegmentationNet`)."""
+        if self.options.eval_model == "teacher":  # type: ignore[attr-defined]
+            module = self.teacher.module
+            return SegmentationNet(module.encoder, module.decoder1, self.student.in_channels)  # type: ignore[attr-defined]
+        return super().inference_model()  # type: ignore[misc]
 
     def update_teacher(self, step: int) -> float:
         """EMA step after optimiser step number `step` (0-based); returns the momentum used."""

@@ -24,7 +24,14 @@ import torch
 from sonodistill import __version__
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.serve.kinds import get_model_kind
-from sonodistill.serve.loading import EXPORT_META, LoadedModel, OnnxRunner, load_run, served_module
+from sonodistill.serve.loading import (
+    EXPORT_META,
+    LoadedModel,
+    OnnxRunner,
+    load_run,
+    served_module,
+    serves_flip_tta,
+)
 from sonodistill.serve.model_card import write_model_card
 
 log = logging.getLogger(__name__)
@@ -87,7 +94,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
     run_dir = Path(run_dir)
     model = load_run(run_dir, members)
     kind = get_model_kind(model.task)
-    module = served_module(kind, model.members)
+    module = served_module(kind, model.members, model.cfg)
     folder = Path(out_dir) if out_dir is not None else run_dir / f"export-{fmt}"
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / FORMATS[fmt]
@@ -113,6 +120,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "num_frames": model.num_frames,
         "members": model.member_names,
         "recipe": model.recipe,
+        "flip_tta": serves_flip_tta(model.cfg),  # the exported module averages the mirrored image's output
         "source_run": str(run_dir.resolve()),
         "sonodistill_version": __version__,
         "torch_version": torch.__version__,

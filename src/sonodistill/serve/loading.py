@@ -256,10 +256,25 @@ def input_kind_of(model: nn.Module) -> InputKind:
     return "frame"
 
 
-def served_module(kind: ModelKind, members: list[nn.Module]) -> nn.Module:
-    """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`."""
+def serves_flip_tta(cfg: RunConfig | None) -> bool:
+    """True for a segmentation run with `recipe_options.flip_tta`: its predictions average the mirrored image's."""
+    if cfg is None or recipe_task(cfg.recipe) != "segmentation":
+        return False
+    from sonodistill.recipes import get_recipe
+
+    return bool(get_recipe(cfg.recipe).resolve_options(cfg.recipe_options).flip_tta)
+
+
+def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
+    """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`;
+    wrapped in `FlipAveraged` when the run `cfg` asks for flip test-time augmentation (`serves_flip_tta`)."""
     combine = kind.combine or ProbabilityEnsemble
-    return combine(members).eval()
+    module = combine(members)
+    if serves_flip_tta(cfg):
+        from sonodistill.models.segmentation import FlipAveraged
+
+        module = FlipAveraged(module)
+    return module.eval()
 
 
 def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
@@ -294,7 +309,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
             raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: "
                                   f"{first_line[0].strip()}") from exc
         models.append(m.eval())
-    module = served_module(kind, models)
+    module = served_module(kind, models, cfg)
     input_kind = input_kind_of(models[0])
     names = [member_name(run_dir, d) for d in dirs]
     log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(names))
@@ -303,7 +318,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
-                       recipe=cfg.recipe)
+                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {})
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
