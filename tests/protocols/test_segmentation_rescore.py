@@ -72,6 +72,12 @@ def test_the_teacher_option_scores_the_ema_teachers_weights(hdc_run, tmp_path):
     out = tmp_path / "teacher"
     rescore_segmentation_run(hdc_run, out, ["recipe_options.eval_model=teacher"])
     assert load_config(out / "config.yaml").recipe_options["eval_model"] == "teacher"
+    from sonodistill.serve.loading import load_model
+
+    served_run = load_model(out)  # the rescored run serves the teacher's weights it scored
+    assert served_run.member_names == ["fold_0", "fold_1"]
+    for name, value in served_run.members[0].state_dict().items():
+        assert torch.equal(value, served[name]), name
     got = pd.read_csv(out / "fold_0" / "predictions.csv")
     want = _scored(recipe.inference_model(), cfg, hdc_run, tmp_path / "direct")
     np.testing.assert_allclose(got["hc_pred_uncorrected_mm"], want["hc_pred_uncorrected_mm"], atol=1e-9)

@@ -3,8 +3,9 @@
 The inference settings are the options that change what is scored, not what is trained: `recipe_options.eval_model`
 (the student or the EMA teacher of Mean Teacher / HDC), `flip_tta` (horizontal-flip test-time augmentation),
 `overlays` and `save_masks`. The new run directory holds the same folds, split and outline calibration as the
-source, its own `config.yaml` (the overrides applied), `predictions.csv` and report, so `sonodistill compare` pairs it
-with the source image by image. A multi-seed run (`seed_<s>/` folders) is rescored seed by seed.
+source, its own `config.yaml` (the overrides applied), `predictions.csv`, report and each fold's scored weights
+(`fold_k/model.safetensors`: `predict` and `export` serve it), so `sonodistill compare` pairs it with the source
+image by image. A multi-seed run (`seed_<s>/` folders) is rescored seed by seed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def load_trained_recipe(cfg: RunConfig, checkpoint: Path) -> torch.nn.Module:
 def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.DataFrame:
     """Rescore the folds of one seed's run directory into `out_dir`; returns the pooled predictions."""
     from sonodistill.recipes import get_recipe
+    from sonodistill.recipes.trainer import WEIGHTS, save_weights
 
     cfg = load_config(run_dir / "config.yaml", overrides)
     manifest = Manifest.from_csv(run_dir / "manifest.csv")
@@ -106,6 +108,7 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
             (target / "hc_calibration.json").write_text(json.dumps(calibration))
             offset = float(calibration["outline_offset_px"])
         recipe = load_trained_recipe(cfg, fold_dir / LAST_CHECKPOINT)
+        save_weights(recipe.inference_model(), target / WEIGHTS)  # the rescored run serves what it scored
         pred = predict_segmentation(recipe.inference_model(), cfg, manifest, np.asarray(split["test"]), k, target,
                                     overlays=int(options.overlays), save_masks=bool(options.save_masks),
                                     hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta))
