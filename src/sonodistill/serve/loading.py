@@ -260,9 +260,7 @@ def serves_flip_tta(cfg: RunConfig | None) -> bool:
     """True for a segmentation run with `recipe_options.flip_tta`: its predictions average the mirrored image's."""
     if cfg is None or recipe_task(cfg.recipe) != "segmentation":
         return False
-    from sonodistill.recipes import get_recipe
-
-    return bool(get_recipe(cfg.recipe).resolve_options(cfg.recipe_options).flip_tta)
+    return cfg.recipe_options.get("flip_tta", False) is True  # the recipes' SegmentationOptions default: false
 
 
 def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
