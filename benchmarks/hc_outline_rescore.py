@@ -11,7 +11,6 @@ reported as they are. Prints one Markdown row per run: raw and corrected HC MAE,
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from sonodistill.data.manifest import Manifest
-from sonodistill.evaluation.segmentation_report import hc_outline_calibration
+from sonodistill.evaluation.segmentation_report import fold_outline_calibration
 
 
 def rescore(run: Path) -> dict[str, float]:
@@ -28,14 +27,8 @@ def rescore(run: Path) -> dict[str, float]:
     pred = pd.read_csv(run / "predictions.csv")
     raw = pred["hc_pred_uncorrected_mm"] if "hc_pred_uncorrected_mm" in pred.columns else pred["hc_pred_mm"]
     corrected = pred["hc_pred_mm"].copy() if "hc_pred_uncorrected_mm" in pred.columns else None
-    offsets = {}
-    for fold in sorted(pred["fold"].unique()):
-        cal_file = run / f"fold_{fold}" / "hc_calibration.json"
-        if cal_file.is_file():
-            offsets[int(fold)] = json.loads(cal_file.read_text())["outline_offset_px"]
-            continue
-        labelled = np.asarray(json.loads((run / f"fold_{fold}" / "split.json").read_text())["labelled"])
-        offsets[int(fold)] = hc_outline_calibration(manifest, labelled)["outline_offset_px"]
+    offsets = {int(fold): fold_outline_calibration(manifest, run / f"fold_{fold}")["outline_offset_px"]
+               for fold in sorted(pred["fold"].unique())}
     if corrected is None:
         size = manifest.table["pixel_size_mm"].to_numpy()[pred["index"].to_numpy()]
         shift = np.array([offsets[int(f)] for f in pred["fold"]])

@@ -168,6 +168,9 @@ def test_an_unfinished_or_missing_checkpoint_is_an_error_naming_it(hdc_run, tmp_
     (run / "fold_1" / LAST_CHECKPOINT).unlink()
     with pytest.raises(CheckpointError, match=r"fold_1/checkpoints/last.ckpt: not found"):
         rescore_segmentation_run(run, tmp_path / "out", [])
+    shutil.rmtree(run / "fold_1")  # a fold the run's config trains but whose folder is gone: not skipped
+    with pytest.raises(CheckpointError, match=r"fold_1/checkpoints/last.ckpt: not found"):
+        rescore_segmentation_run(run, tmp_path / "out2", [])
 
 
 def test_a_multi_seed_run_is_rescored_seed_by_seed(hdc_run, tmp_path):

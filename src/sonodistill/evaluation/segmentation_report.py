@@ -77,6 +77,16 @@ def hc_outline_calibration(manifest: Manifest, rows: np.ndarray) -> dict[str, An
     return {"outline_offset_px": float(np.median(values)), "n_masks": int(values.size), "iqr_px": [float(q1), float(q3)]}
 
 
+def fold_outline_calibration(manifest: Manifest, fold_dir: Path) -> dict[str, Any]:
+    """A finished fold's outline calibration: its `hc_calibration.json`, or (a run scored before that file existed)
+    measured now on the labelled rows of its `split.json`, exactly as the protocol does."""
+    saved = Path(fold_dir) / "hc_calibration.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    labelled = np.asarray(json.loads((Path(fold_dir) / "split.json").read_text())["labelled"], dtype=np.int64)
+    return hc_outline_calibration(manifest, labelled)
+
+
 @torch.no_grad()
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
                          fold_dir: Path, overlays: int = 0, save_masks: bool = False,

@@ -26,8 +26,8 @@ from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
 from sonodistill.evaluation.run_dir import PREDICTIONS
 from sonodistill.evaluation.segmentation_report import (
     SEGMENTATION_CLASSES,
+    fold_outline_calibration,
     has_head_circumference,
-    hc_outline_calibration,
     predict_segmentation,
     segmentation_title,
     segmentation_units,
@@ -50,12 +50,12 @@ def check_inference_overrides(overrides: list[str]) -> None:
                               f"{item!r} would describe another training run")
 
 
-def fold_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """(k, RUN/fold_k) for every fold folder of a one-seed run, by k; SonoDistillError when there is none."""
-    found = sorted((int(p.name[5:]), p) for p in run_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit())
-    if not found:
-        raise SonoDistillError(f"{run_dir}: no fold_k folders to rescore")
-    return found
+def scored_folds(run_dir: Path) -> list[int]:
+    """The folds a finished one-seed run scored, from its predictions.csv (its config's `train.fold` can be stale: a
+    run of one fold resumed for all keeps its first config.yaml); SonoDistillError when it has none."""
+    if not (run_dir / PREDICTIONS).is_file():
+        raise SonoDistillError(f"{run_dir}: {PREDICTIONS} is missing (an unfinished run?): nothing to rescore")
+    return sorted(int(k) for k in pd.read_csv(run_dir / PREDICTIONS, usecols=["fold"])["fold"].unique())
 
 
 def load_trained_recipe(cfg: RunConfig, checkpoint: Path) -> torch.nn.Module:
@@ -95,21 +95,19 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
     for name in ("manifest.csv", "folds.json"):
         shutil.copyfile(run_dir / name, out_dir / name)
     frames = []
-    for k, fold_dir in fold_dirs(run_dir):
+    for k in scored_folds(run_dir):
+        fold_dir, target = run_dir / f"fold_{k}", out_dir / f"fold_{k}"
+        net = load_trained_recipe(cfg, fold_dir / LAST_CHECKPOINT).inference_model()  # a missing fold: its error
         split = json.loads((fold_dir / "split.json").read_text())
-        target = out_dir / fold_dir.name
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fold_dir / "split.json", target / "split.json")
         offset = 0.0
         if has_head_circumference(manifest):
-            calibration_file = fold_dir / "hc_calibration.json"
-            calibration = (json.loads(calibration_file.read_text()) if calibration_file.is_file()
-                           else hc_outline_calibration(manifest, np.asarray(split["labelled"])))
+            calibration = fold_outline_calibration(manifest, fold_dir)
             (target / "hc_calibration.json").write_text(json.dumps(calibration))
             offset = float(calibration["outline_offset_px"])
-        recipe = load_trained_recipe(cfg, fold_dir / LAST_CHECKPOINT)
-        save_weights(recipe.inference_model(), target / WEIGHTS)  # the rescored run serves what it scored
-        pred = predict_segmentation(recipe.inference_model(), cfg, manifest, np.asarray(split["test"]), k, target,
+        save_weights(net, target / WEIGHTS)  # the rescored run serves what it scored
+        pred = predict_segmentation(net, cfg, manifest, np.asarray(split["test"]), k, target,
                                     overlays=int(options.overlays), save_masks=bool(options.save_masks),
                                     hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta))
         pred.to_csv(target / PREDICTIONS, index=False)
