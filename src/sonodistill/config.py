@@ -35,6 +35,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None          # None: SONODISTILL_CACHE or ~/.cache/sonodistill
     augment: bool = True
+    rotate_degrees: float = 0.0           # training augmentation: rotation drawn in +-degrees (0: none)
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])  # and zoom factor range (< 1 shrinks, pads black)
     synthetic_n: int = 120                # items generated for synthetic:PRESET
     synthetic_frames: int = 16
     synthetic_size: int = 96

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from sonodistill.data.augment import (
@@ -15,6 +18,7 @@ from sonodistill.data.augment import (
     GaussianBlur,
     HorizontalFlip,
     RandomResizedCrop,
+    RandomRotateZoom,
     SpeckleNoise,
     strong_augment,
     video_train_augment,
@@ -87,6 +91,57 @@ def test_cutout_same_hole_every_frame():
     out = Cutout(holes=2, max_frac=0.4, p=1.0, generator=_gen(2))(clip)
     zeros = out == 0
     assert zeros.any() and (zeros[0] == zeros[0, :1]).all()
+
+
+def _rotate_zoom_exact(x: torch.Tensor, degrees: float, factor: float) -> torch.Tensor:
+    """The warp of RandomRotateZoom for one fixed angle and factor (its `theta`), nearest sampling."""
+    h, w = x.shape[-2:]
+    theta = RandomRotateZoom().theta(h, w, math.radians(degrees), factor).float()[None]
+    grid = F.affine_grid(theta, [1, 1, h, w], align_corners=False)
+    return F.grid_sample(x.reshape(1, -1, h, w), grid, mode="nearest", align_corners=False).reshape(x.shape)
+
+
+def test_rotate_zoom_geometry():
+    # a quarter turn is torch.rot90 (counter-clockwise on screen), on a non-square image too
+    x = torch.rand(1, 8, 8)
+    torch.testing.assert_close(_rotate_zoom_exact(x, 90.0, 1.0), torch.rot90(x, 1, dims=(-2, -1)))
+    sq = torch.zeros(1, 20, 30)
+    sq[0, 8:12, 5:25] = 1.0  # a horizontal bar through the centre (10, 15), 20 px long
+    turned = _rotate_zoom_exact(sq, 90.0, 1.0)[0]
+    ys, xs = torch.nonzero(turned, as_tuple=True)
+    assert int(ys.max() - ys.min()) + 1 == 20 and int(xs.max() - xs.min()) + 1 == 4  # square pixels: still 20 x 4
+    # zoom < 1 shrinks the content about the centre and pads with zeros; > 1 enlarges it
+    box = torch.zeros(1, 40, 40)
+    box[0, 10:30, 10:30] = 1.0
+    x, m = RandomRotateZoom(0.0, (0.5, 0.5))(box, box[0].long())
+    assert float(x.sum()) == pytest.approx(100.0, abs=1.0) and int(m.sum()) == 100 and float(x[0, :14].sum()) == 0.0
+    x, m = RandomRotateZoom(0.0, (1.5, 1.5))(box, box[0].long())
+    assert int(m.sum()) == 900 and m.dtype == torch.long
+
+
+def test_rotate_zoom_same_draw_for_frames_and_mask():
+    disc = _disc(48, 48)
+    clip = disc[None, None].repeat(1, 4, 1, 1) * torch.tensor([1.0, 0.9, 0.8, 0.7])[None, :, None, None]
+    for seed in range(4):
+        x, m = RandomRotateZoom(30.0, (0.7, 1.3), generator=_gen(seed))(clip, disc[None].clone())
+        assert x.shape == clip.shape and m.shape == (1, 48, 48)
+        for t in range(1, 4):  # bilinear is linear: one draw for all frames keeps frame t = frame 0 * scale_t
+            torch.testing.assert_close(x[0, t], x[0, 0] * (1.0 - 0.1 * t), atol=1e-5, rtol=1e-4)
+        assert (m[0][x[0, 0] > 0.99] == 1).all() and (m[0][x[0, 0] < 0.01] == 0).all()
+    a = RandomRotateZoom(30.0, (0.7, 1.3), generator=_gen(1))(clip)
+    b = RandomRotateZoom(30.0, (0.7, 1.3), generator=_gen(2))(clip)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="zoom"):
+        RandomRotateZoom(10.0, (1.2, 0.8))
+
+
+def test_rotate_zoom_off_by_default_keeps_the_draws():
+    assert "RandomRotateZoom" not in repr(weak_augment(32)) and "RandomRotateZoom" not in repr(video_train_augment(32))
+    assert "RandomRotateZoom" in repr(weak_augment(32, rotate_degrees=15.0))
+    assert "RandomRotateZoom" in repr(video_train_augment(32, zoom=(0.8, 1.2)))
+    img = torch.rand(1, 50, 60)
+    torch.testing.assert_close(weak_augment(40, generator=_gen(3), rotate_degrees=0.0, zoom=(1.0, 1.0))(img),
+                               weak_augment(40, generator=_gen(3))(img))
 
 
 def test_compose_determinism_and_shapes():

@@ -142,6 +142,47 @@ class Resize(Transform):
         return x, mask
 
 
+class RandomRotateZoom(Transform):
+    """Rotate by an angle drawn in +-`degrees` and zoom by a factor drawn log-uniformly in `zoom` about the centre
+    (same for every frame and the mask); a factor < 1 shrinks the content and pads with zeros (black, as outside
+    the ultrasound sector). Image bilinear, mask nearest; the output keeps the input's size."""
+
+    def __init__(self, degrees: float = 0.0, zoom: tuple[float, float] = (1.0, 1.0), p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(p, generator)
+        if degrees < 0 or not 0 < zoom[0] <= zoom[1]:
+            raise ValueError(f"RandomRotateZoom needs degrees >= 0 and 0 < zoom[0] <= zoom[1], got {degrees}, {zoom}")
+        self.degrees, self.zoom = float(degrees), (float(zoom[0]), float(zoom[1]))
+
+    def theta(self, h: int, w: int, angle: float, factor: float) -> Tensor:
+        """The 2 x 3 `affine_grid` matrix (output -> input, normalised coordinates) rotating the content by `angle`
+        radians counter-clockwise on screen and scaling it by `factor`, with square pixels on any H x W."""
+        c, s = math.cos(angle), math.sin(angle)
+        # pixel offsets from the centre: in = R(angle)^T out / factor; normalised x = 2 px / W, y = 2 py / H
+        a = torch.tensor([[c, -s], [s, c]], dtype=torch.float64) / factor
+        to_px = torch.diag(torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64))
+        to_norm = torch.diag(torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64))
+        return torch.cat([to_norm @ a @ to_px, torch.zeros(2, 1, dtype=torch.float64)], dim=1)
+
+    def apply(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        g = self.generator
+        angle = math.radians(_uniform(-self.degrees, self.degrees, g))
+        factor = math.exp(_uniform(math.log(self.zoom[0]), math.log(self.zoom[1]), g))
+        h, w = x.shape[-2:]
+        grid = F.affine_grid(self.theta(h, w, angle, factor).to(x.dtype).unsqueeze(0), [1, 1, h, w],
+                             align_corners=False)
+
+        def warp(t: Tensor, mode: str) -> Tensor:
+            flat = t.reshape(1, -1, h, w)
+            return F.grid_sample(flat, grid.to(flat.dtype), mode=mode, padding_mode="zeros",
+                                 align_corners=False).reshape(t.shape)
+
+        x = warp(x, "bilinear")
+        if mask is not None:
+            mask = warp(mask.float(), "nearest").to(mask.dtype)
+        return x, mask
+
+
 class HorizontalFlip(Transform):
     """Mirror left-right with probability p (image and mask)."""
 
@@ -240,10 +281,22 @@ class Cutout(Transform):
 
 
 # -- builders ---------------------------------------------------------------------------------------
-def weak_augment(size: int, generator: torch.Generator | None = None) -> Compose:
-    """Mild: large crops, flips, small gain changes (e.g. the teacher view in FixMatch-style training)."""
+def _rotate_zoom(degrees: float, zoom: Sequence[float], generator: torch.Generator | None) -> list[Transform]:
+    """[RandomRotateZoom] when it would change anything, else [] (the builders' draws stay as they were)."""
+    if len(zoom) != 2:
+        raise ValueError(f"zoom must be a range (low, high), got {list(zoom)}")
+    if degrees == 0 and tuple(float(z) for z in zoom) == (1.0, 1.0):
+        return []
+    return [RandomRotateZoom(degrees, (zoom[0], zoom[1]), generator=generator)]
+
+
+def weak_augment(size: int, generator: torch.Generator | None = None, rotate_degrees: float = 0.0,
+                 zoom: Sequence[float] = (1.0, 1.0)) -> Compose:
+    """Mild: large crops, flips, small gain changes (e.g. the teacher view in FixMatch-style training); with
+    `rotate_degrees` > 0 or a `zoom` range other than (1, 1), a random rotation / zoom after the crop."""
     return Compose([
         RandomResizedCrop(size, scale=(0.8, 1.0), generator=generator),
+        *_rotate_zoom(rotate_degrees, zoom, generator),
         HorizontalFlip(0.5, generator=generator),
         Gain((0.9, 1.1), generator=generator),
     ])
@@ -262,10 +315,12 @@ def strong_augment(size: int, generator: torch.Generator | None = None) -> Compo
     ])
 
 
-def video_train_augment(size: int, generator: torch.Generator | None = None) -> Compose:
-    """Clip training: one crop/flip for all frames, gain/gamma, light speckle."""
+def video_train_augment(size: int, generator: torch.Generator | None = None, rotate_degrees: float = 0.0,
+                        zoom: Sequence[float] = (1.0, 1.0)) -> Compose:
+    """Clip training: one crop/flip for all frames, gain/gamma, light speckle; rotation / zoom as in `weak_augment`."""
     return Compose([
         RandomResizedCrop(size, scale=(0.6, 1.0), generator=generator),
+        *_rotate_zoom(rotate_degrees, zoom, generator),
         HorizontalFlip(0.5, generator=generator),
         Gain((0.8, 1.25), p=0.8, generator=generator),
         Gamma((0.7, 1.4), p=0.5, generator=generator),

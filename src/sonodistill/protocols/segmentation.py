@@ -51,9 +51,9 @@ def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float,
 def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray, unlabelled: np.ndarray,
                        options: Any, uses_unlabelled: bool, seed: int) -> tuple[Any, int]:
     """Two-stream DataLoader and its iterations per epoch (before `limit_train_batches`)."""
-    from sonodistill.data.augment import weak_augment
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.two_stream import build_two_stream_loader, default_iterations, strong_photometric_augment
+    from sonodistill.recipes.data import train_augment
     from sonodistill.recipes.semi_supervised import labelled_batch_size
 
     pre, cache = preprocess_config(cfg), clip_cache(cfg)
@@ -63,7 +63,7 @@ def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray,
     if uses_unlabelled and (ubs < 1 or len(unlabelled) == 0):
         raise ConfigError(f"{cfg.recipe} needs unlabelled images: labelled_bs={lbs} of batch_size={bs}, "
                           f"{len(unlabelled)} unlabelled rows (labelled_fraction={options.labelled_fraction})")
-    weak = weak_augment(cfg.data.size) if cfg.data.augment else None
+    weak = train_augment(cfg.data, "image")
     lab_ds = FrameDataset(manifest.subset(labelled), pre, cache=cache, augment=weak, seed=seed)
     # Another seed for the unlabelled stream: its item k must not repeat the draws of labelled item k.
     unl_ds = (FrameDataset(manifest.subset(unlabelled).without_masks(), pre, cache=cache, augment=weak,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -75,9 +75,22 @@ def set_data_epoch(dataset: object, epoch: int) -> None:
         set_data_epoch(child, epoch)
 
 
+def train_augment(data: DataConfig, modality: str) -> Any:
+    """The training augmentation of `data` for a video or image set (`data.rotate_degrees`, `data.zoom`
+    included), or None when `data.augment` is off; a bad rotation / zoom setting is a ConfigError."""
+    from sonodistill.data import augment as aug
+
+    if not data.augment:
+        return None
+    builder = aug.video_train_augment if modality == "video" else aug.weak_augment
+    try:
+        return builder(data.size, rotate_degrees=float(data.rotate_degrees), zoom=tuple(data.zoom))
+    except ValueError as e:
+        raise ConfigError(f"data.rotate_degrees / data.zoom: {e}") from e
+
+
 def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) -> Dataset:
     """ClipDataset for video manifests, FrameDataset for image manifests; augmentation on training sets only."""
-    from sonodistill.data import augment as aug
     from sonodistill.data.cache import ClipCache
     from sonodistill.data.datasets import ClipDataset, FrameDataset
     from sonodistill.data.preprocess import PreprocessConfig
@@ -85,11 +98,11 @@ def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) 
     pre = PreprocessConfig.from_data(data)
     cache = ClipCache(cache_root(data.cache_dir) / "clips")
     if manifest.modality == "video":
-        transform = aug.video_train_augment(data.size) if (train and data.augment) else None
+        transform = train_augment(data, "video") if train else None
         return ClipDataset(manifest, pre, num_frames=data.num_frames,
                            sampling=data.sampling if train else "uniform", cache=cache, augment=transform, seed=seed)
     if manifest.modality == "image":
-        transform = aug.weak_augment(data.size) if (train and data.augment) else None
+        transform = train_augment(data, "image") if train else None
         return FrameDataset(manifest, pre, cache=cache, augment=transform, seed=seed)
     raise ConfigError(f"unsupported modality {manifest.modality!r}")
 
