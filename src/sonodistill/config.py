@@ -42,6 +42,11 @@ class DataConfig:
     synthetic_size: int = 96
     synthetic_seed: int = 0               # simulator seed: another seed gives an independent set (e.g. to tune on)
 
+    def __post_init__(self) -> None:
+        if self.rotate_degrees < 0 or len(self.zoom) != 2 or not 0 < self.zoom[0] <= self.zoom[1]:
+            raise ConfigError(f"data.rotate_degrees / data.zoom: need degrees >= 0 and a zoom range [low, high] with "
+                              f"0 < low <= high, got {self.rotate_degrees} and {list(self.zoom)}")
+
 
 @dataclass
 class ModelConfig:

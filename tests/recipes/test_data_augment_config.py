@@ -23,5 +23,7 @@ def test_rotation_and_zoom_from_the_config():
 @pytest.mark.parametrize("override", ["data.zoom=[1.3,0.8]", "data.zoom=[0.8]", "data.zoom=[0,1]",
                                       "data.rotate_degrees=-5"])
 def test_bad_rotation_or_zoom_is_a_config_error(override):
-    with pytest.raises(ConfigError, match="data.rotate_degrees / data.zoom"):
-        train_augment(load_config(None, [override]).data, "image")
+    # refused when the config is loaded (before a run directory is written), augmentation on or off
+    for augment in ("true", "false"):
+        with pytest.raises(ConfigError, match="data.rotate_degrees / data.zoom"):
+            load_config(None, [override, f"data.augment={augment}"])
