@@ -131,8 +131,11 @@ def test_rotate_zoom_same_draw_for_frames_and_mask():
     a = RandomRotateZoom(30.0, (0.7, 1.3), generator=_gen(1))(clip)
     b = RandomRotateZoom(30.0, (0.7, 1.3), generator=_gen(2))(clip)
     assert not torch.equal(a, b)
-    with pytest.raises(ValueError, match="zoom"):
-        RandomRotateZoom(10.0, (1.2, 0.8))
+    for zoom in ((1.2, 0.8), (0.8,), (0.7, 0.9, 1.2)):
+        with pytest.raises(ValueError, match="zoom range"):
+            RandomRotateZoom(10.0, zoom)
+        with pytest.raises(ValueError, match="zoom range"):
+            weak_augment(32, zoom=zoom)
 
 
 def test_rotate_zoom_off_by_default_keeps_the_draws():

@@ -150,8 +150,9 @@ class RandomRotateZoom(Transform):
     def __init__(self, degrees: float = 0.0, zoom: tuple[float, float] = (1.0, 1.0), p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(p, generator)
-        if degrees < 0 or not 0 < zoom[0] <= zoom[1]:
-            raise ValueError(f"RandomRotateZoom needs degrees >= 0 and 0 < zoom[0] <= zoom[1], got {degrees}, {zoom}")
+        if degrees < 0 or len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
+            raise ValueError(f"RandomRotateZoom needs degrees >= 0 and a zoom range (low, high) with 0 < low <= high, "
+                             f"got {degrees}, {zoom}")
         self.degrees, self.zoom = float(degrees), (float(zoom[0]), float(zoom[1]))
 
     def theta(self, h: int, w: int, angle: float, factor: float) -> Tensor:
@@ -283,11 +284,9 @@ class Cutout(Transform):
 # -- builders ---------------------------------------------------------------------------------------
 def _rotate_zoom(degrees: float, zoom: Sequence[float], generator: torch.Generator | None) -> list[Transform]:
     """[RandomRotateZoom] when it would change anything, else [] (the builders' draws stay as they were)."""
-    if len(zoom) != 2:
-        raise ValueError(f"zoom must be a range (low, high), got {list(zoom)}")
     if degrees == 0 and tuple(float(z) for z in zoom) == (1.0, 1.0):
         return []
-    return [RandomRotateZoom(degrees, (zoom[0], zoom[1]), generator=generator)]
+    return [RandomRotateZoom(degrees, tuple(zoom), generator=generator)]
 
 
 def weak_augment(size: int, generator: torch.Generator | None = None, rotate_degrees: float = 0.0,

@@ -77,16 +77,13 @@ def set_data_epoch(dataset: object, epoch: int) -> None:
 
 def train_augment(data: DataConfig, modality: str) -> Any:
     """The training augmentation of `data` for a video or image set (`data.rotate_degrees`, `data.zoom`
-    included), or None when `data.augment` is off; a bad rotation / zoom setting is a ConfigError."""
+    included, checked by DataConfig when the config is loaded), or None when `data.augment` is off."""
     from sonodistill.data import augment as aug
 
     if not data.augment:
         return None
     builder = aug.video_train_augment if modality == "video" else aug.weak_augment
-    try:
-        return builder(data.size, rotate_degrees=float(data.rotate_degrees), zoom=tuple(data.zoom))
-    except ValueError as e:
-        raise ConfigError(f"data.rotate_degrees / data.zoom: {e}") from e
+    return builder(data.size, rotate_degrees=float(data.rotate_degrees), zoom=tuple(data.zoom))
 
 
 def build_dataset(manifest: Manifest, data: DataConfig, train: bool, seed: int) -> Dataset:
