@@ -2,6 +2,8 @@
 
     python benchmarks/hdc_table.py --data hc18 --fractions 0.05,0.1,0.2 --out runs/hdc-bench
     python benchmarks/hdc_table.py --data busi --fractions 0.1 --methods seg_supervised,hdc --out runs/hdc-bench
+    # a config's by_recipe section gives one method its own settings (seg-busi-imagenet: HDC's mi_marginal)
+    python benchmarks/hdc_table.py --data busi --config seg-busi-imagenet --methods seg_supervised,fixmatch,hdc
     python benchmarks/hdc_table.py --data hc18 --out runs/hdc-bench --table-only   # rebuild the table
     # choose settings WITHOUT the test split: the same protocol inside the training rows of the test split
     python benchmarks/hdc_table.py --data hc18 --validation --methods hdc --tag mi0 --set recipe_options.lambda_mi=0

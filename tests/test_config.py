@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -62,18 +63,68 @@ def test_every_packaged_config_loads_with_its_recipes_options(path):
     from sonodistill.config import parse_options
     from sonodistill.recipes import RECIPES, options_class, resolved_recipe_options
 
-    cfg = load_config(path)
-    assert cfg.recipe in RECIPES
-    cls = options_class(cfg.recipe)
-    if cls is None:
-        assert not cfg.recipe_options, f"{path.name}: recipe {cfg.recipe!r} takes no recipe_options"
-    else:
+    default = load_config(path)
+    # the YAML's own recipe, and every recipe it gives a by_recipe section
+    for recipe in [default.recipe, *(yaml.safe_load(path.read_text()).get("by_recipe") or {})]:
+        cfg = load_config(path, [f"recipe={recipe}"])
+        assert cfg.recipe in RECIPES
+        cls = options_class(cfg.recipe)
+        if cls is None:
+            assert not cfg.recipe_options, f"{path.name}: recipe {cfg.recipe!r} takes no recipe_options"
+            continue
         parse_options(cls, cfg.recipe_options, cfg.recipe)
         # what a run's config.yaml records: every option, given or default, and reading it back changes nothing
         resolved = resolved_recipe_options(cfg.recipe, cfg.recipe_options)
         assert set(resolved) == {f.name for f in dataclasses.fields(cls)}
         assert resolved_recipe_options(cfg.recipe, resolved) == resolved
         assert yaml.safe_load(yaml.safe_dump(resolved)) == resolved
+
+
+BY_RECIPE_YAML = """
+recipe: seg_supervised
+optim: {lr: 0.001}
+recipe_options: {labelled_fraction: 0.1}
+by_recipe:
+  hdc:
+    optim: {lr: 0.0005}
+    recipe_options: {mi_marginal: prior}
+  fixmatch:
+    recipe_options: {threshold: 0.9}
+"""
+
+
+def test_by_recipe_section_merges_for_its_recipe_only(tmp_path):
+    """A recipe's by_recipe section sits over the file and under the command line; other recipes never see it,
+    and the resolved config (what config.yaml records) no longer holds by_recipe."""
+    path = tmp_path / "c.yaml"
+    path.write_text(BY_RECIPE_YAML)
+    hdc = load_config(path, ["recipe=hdc"])
+    assert hdc.recipe_options == {"labelled_fraction": 0.1, "mi_marginal": "prior"} and hdc.optim.lr == 0.0005
+    sup = load_config(path)  # the file's recipe: no section
+    assert sup.recipe_options == {"labelled_fraction": 0.1} and sup.optim.lr == 0.001
+    assert load_config(path, ["recipe=fixmatch"]).recipe_options["threshold"] == 0.9
+    # the command line wins over the section, and can edit the section itself
+    assert load_config(path, ["recipe=hdc", "recipe_options.mi_marginal=none"]).recipe_options["mi_marginal"] == "none"
+    assert load_config(path, ["recipe=hdc", "by_recipe.hdc.optim.lr=0.01"]).optim.lr == 0.01
+    assert load_config(path, ["by_recipe.hdc.optim.lr=0.01"]).optim.lr == 0.001  # still seg_supervised
+    saved = tmp_path / "saved.yaml"
+    hdc.save(saved)
+    assert "by_recipe" not in yaml.safe_load(saved.read_text())
+    assert load_config(saved) == hdc
+
+
+@pytest.mark.parametrize("section, message", [
+    ("by_recipe: {hcd: {recipe_options: {mi_marginal: prior}}}", "unknown recipe(s) ['hcd']"),
+    ("by_recipe: [hdc]", "must map recipe names"),
+    ("by_recipe: {hdc: 3}", "by_recipe.hdc must be a mapping"),
+    ("by_recipe: {hdc: {recipe: fixmatch}}", "may not set `recipe`"),
+    ("by_recipe: {hdc: {optim: {lrr: 1}}}", "unknown field"),
+])
+def test_bad_by_recipe_sections_name_the_cause(tmp_path, section, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: hdc\n" + section + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
 
 
 def test_seed_run_dirs_lists_the_seed_folders_in_seed_order(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from sonodistill.errors import ConfigError
+from sonodistill.recipe_registry import RECIPES
 
 T = typing.TypeVar("T")
 
@@ -260,9 +261,13 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+BY_RECIPE = "by_recipe"  # config key: {recipe name: {section: {field: value}}}, merged only for that recipe
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> RunConfig:
-    """Load YAML (optional) over `base`, apply overrides, validate, return a RunConfig."""
+    """Load YAML (optional) over `base`, merge the chosen recipe's `by_recipe` section, apply overrides, validate,
+    return a RunConfig."""
     values: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
@@ -272,8 +277,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         values = _merge(values, loaded)
-    values = apply_overrides(values, overrides or [])
-    return config_from_dict(values)
+    return config_from_dict(_with_recipe_section(values, list(overrides or [])))
+
+
+def _with_recipe_section(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`values` with `overrides` applied, and between the two the `by_recipe` section of the final recipe merged in
+    (file < that recipe's section < command line); `by_recipe` itself is dropped, so a run's config.yaml records
+    what it ran. ConfigError for a section of an unknown recipe, one that sets `recipe`, or a non-mapping."""
+    full = apply_overrides(values, overrides)  # the final recipe, and any by_recipe.* override
+    sections = full.pop(BY_RECIPE, None)
+    if sections is None:
+        return full
+    if not isinstance(sections, dict):
+        raise ConfigError(f"{BY_RECIPE} must map recipe names to config sections, got {sections!r}")
+    unknown = sorted(set(sections) - set(RECIPES))
+    if unknown:
+        raise ConfigError(f"{BY_RECIPE}: unknown recipe(s) {unknown}; available: {sorted(RECIPES)}")
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{BY_RECIPE}.{name} must be a mapping of config sections, got {section!r}")
+        if {"recipe", BY_RECIPE} & set(section):
+            raise ConfigError(f"{BY_RECIPE}.{name} may not set `recipe` or `{BY_RECIPE}`")
+    recipe = full.get("recipe", RunConfig.recipe)
+    base = {k: v for k, v in values.items() if k != BY_RECIPE}
+    rest = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] != BY_RECIPE]
+    return apply_overrides(_merge(base, sections.get(recipe, {})), rest)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

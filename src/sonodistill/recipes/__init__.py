@@ -8,25 +8,7 @@ import json
 from typing import Any
 
 from sonodistill.errors import ConfigError
-
-# name -> "module:Class"
-RECIPES: dict[str, str] = {
-    "supervised": "sonodistill.recipes.supervised:SupervisedRecipe",
-    "dualdistill": "sonodistill.recipes.dualdistill:DualDistillRecipe",
-    # semi-supervised segmentation (one engine, different losses)
-    "seg_supervised": "sonodistill.recipes.semi_supervised:SupervisedSegmentationRecipe",
-    "mean_teacher": "sonodistill.recipes.semi_supervised:MeanTeacherRecipe",
-    "fixmatch": "sonodistill.recipes.semi_supervised:FixMatchRecipe",
-    "cps": "sonodistill.recipes.semi_supervised:CrossPseudoSupervisionRecipe",
-    "hdc": "sonodistill.recipes.hdc:HDCRecipe",
-    # self-supervised and multimodal
-    "dino": "sonodistill.recipes.dino:DINORecipe",
-    "medivlad": "sonodistill.recipes.medivlad:MeDiVLADRecipe",
-    "discovr": "sonodistill.recipes.discovr:DISCOVRRecipe",
-    "dilbert": "sonodistill.recipes.dilbert:DILBERTRecipe",
-    # frozen pretrained features + logistic regression (CPU baseline)
-    "linear_probe": "sonodistill.recipes.linear_probe:LinearProbeRecipe",
-}
+from sonodistill.recipe_registry import RECIPES  # name -> "module:Class" (re-exported: one dict object)
 
 
 def get_recipe(name: str) -> type:
