@@ -118,7 +118,8 @@ def test_by_recipe_section_merges_for_its_recipe_only(tmp_path):
     ("by_recipe: [hdc]", "must map recipe names"),
     ("by_recipe: {hdc: 3}", "by_recipe.hdc must be a mapping"),
     ("by_recipe: {hdc: {recipe: fixmatch}}", "may not set `recipe`"),
-    ("by_recipe: {hdc: {optim: {lrr: 1}}}", "unknown field"),
+    ("by_recipe: {hdc: {optim: {lrr: 1}}}", "by_recipe.hdc: config.optim: unknown field(s) ['lrr']"),
+    ("by_recipe: {fixmatch: {train: {epochs: many}}}", "by_recipe.fixmatch: config.train.epochs"),  # not running
 ])
 def test_bad_by_recipe_sections_name_the_cause(tmp_path, section, message):
     path = tmp_path / "c.yaml"

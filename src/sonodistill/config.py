@@ -283,7 +283,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _with_recipe_section(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`values` with `overrides` applied, and between the two the `by_recipe` section of the final recipe merged in
     (file < that recipe's section < command line); `by_recipe` itself is dropped, so a run's config.yaml records
-    what it ran. ConfigError for a section of an unknown recipe, one that sets `recipe`, or a non-mapping."""
+    what it ran. ConfigError for a section of an unknown recipe, one that sets `recipe`, a non-mapping, or a
+    section with an unknown or mistyped field (every section is checked, not only the running recipe's)."""
     full = apply_overrides(values, overrides)  # the final recipe, and any by_recipe.* override
     sections = full.pop(BY_RECIPE, None)
     if sections is None:
@@ -298,6 +299,10 @@ def _with_recipe_section(values: dict[str, Any], overrides: list[str]) -> dict[s
             raise ConfigError(f"{BY_RECIPE}.{name} must be a mapping of config sections, got {section!r}")
         if {"recipe", BY_RECIPE} & set(section):
             raise ConfigError(f"{BY_RECIPE}.{name} may not set `recipe` or `{BY_RECIPE}`")
+        try:  # every section's field names and types, whichever recipe runs now (a section alone is a config)
+            config_from_dict(section)
+        except ConfigError as err:
+            raise ConfigError(f"{BY_RECIPE}.{name}: {err}") from err
     recipe = full.get("recipe", RunConfig.recipe)
     base = {k: v for k, v in values.items() if k != BY_RECIPE}
     rest = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] != BY_RECIPE]
