@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+from types import ModuleType
 from typing import Any
 
 from sonodistill.errors import ConfigError
 from sonodistill.recipe_registry import RECIPES  # name -> "module:Class" (re-exported: one dict object)
 
 
-def get_recipe(name: str) -> type:
-    """The recipe class registered under `name`."""
+def recipe_module(name: str) -> ModuleType:
+    """The module recipe `name` is registered in (ConfigError naming the known recipes for an unknown name)."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
-    module, _, cls = RECIPES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return importlib.import_module(RECIPES[name].partition(":")[0])
+
+
+def get_recipe(name: str) -> type:
+    """The recipe class registered under `name`."""
+    return getattr(recipe_module(name), RECIPES[name].partition(":")[2])
 
 
 def options_class(name: str) -> type | None:

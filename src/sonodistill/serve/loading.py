@@ -40,12 +40,9 @@ def recipe_task(recipe: str) -> str:
 
 def recipe_explainers(recipe: str) -> dict[str, Callable[..., torch.Tensor]]:
     """The recipe module's `EXPLAINERS` (name -> callable or 'module:function'), resolved; {} when absent."""
-    from sonodistill.recipes import RECIPES
+    from sonodistill.recipes import recipe_module
 
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
-    module = importlib.import_module(RECIPES[recipe].partition(":")[0])
-    found: dict[str, Any] = dict(getattr(module, "EXPLAINERS", {}) or {})
+    found: dict[str, Any] = dict(getattr(recipe_module(recipe), "EXPLAINERS", {}) or {})
     out: dict[str, Callable[..., torch.Tensor]] = {}
     for name, fn in found.items():
         if isinstance(fn, str):
