@@ -227,6 +227,32 @@ def test_pixel_consistency_hand_value_and_mask() -> None:
     assert loss.item() == 0.0 and parts["mask_ratio"].item() == 0.0
 
 
+def test_pixel_consistency_ce_is_cross_entropy_to_the_teachers_argmax() -> None:
+    student = two_class_logits([0.75, 0.5, 0.2], (1, 1, 3))
+    teacher = two_class_logits([0.4, 0.96, 0.7], (1, 1, 3))  # argmax 0, 1, 1; max probability 0.6, 0.96, 0.7
+    # student's probability of the teacher's class: 1 - 0.75, 0.5, 0.2
+    loss, parts = PixelConsistencyLoss(kind="ce")(student, teacher)
+    assert loss.item() == pytest.approx(-(math.log(0.25) + math.log(0.5) + math.log(0.2)) / 3, abs=ATOL)
+    assert parts["mask_ratio"].item() == 1.0
+    # threshold: only pixel 1 (0.96) and pixel 2 (0.7) at 0.65; their mean
+    loss, parts = PixelConsistencyLoss(threshold=0.65, kind="ce")(student, teacher)
+    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.2)) / 2, abs=ATOL)
+    assert parts["mask_ratio"].item() == pytest.approx(2 / 3)
+
+
+def test_pixel_consistency_ce_pulls_the_student_towards_the_pseudo_label() -> None:
+    student = two_class_logits([0.3], (1, 1, 1)).requires_grad_()
+    teacher = two_class_logits([0.9], (1, 1, 1))
+    PixelConsistencyLoss(kind="ce")(student, teacher).loss.backward()
+    # d CE / d logit_1 = p_1 - 1 < 0: a gradient step raises the foreground logit (MSE would too, more weakly)
+    assert student.grad[0, 1].item() == pytest.approx(0.3 - 1.0, abs=ATOL)
+
+
+def test_pixel_consistency_rejects_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match=r"kind must be one of \('mse', 'ce'\), got 'kl'"):
+        PixelConsistencyLoss(kind="kl")
+
+
 def test_pixel_consistency_teacher_gets_no_grad() -> None:
     torch.manual_seed(0)
     s = torch.randn(2, 3, 4, 4, requires_grad=True)

@@ -48,6 +48,8 @@ def _case_inputs() -> dict[str, dict]:
         "relational_mutual": {"tensors": {"s": randn(6, 4), "t": randn(6, 5)}, "rows": [[0, 1, 2], [3, 4, 5]],
                               "leaves": ["s", "t"]},
         "pc_threshold": {"tensors": {"s": randn(2, 2, 4, 4), "t": teacher_pc}, "rows": [[0], [1]], "leaves": ["s"]},
+        "pc_ce_threshold": {"tensors": {"s": randn(2, 2, 4, 4), "t": teacher_pc}, "rows": [[0], [1]],
+                            "leaves": ["s"]},
     }
 
 
@@ -68,6 +70,8 @@ def _loss(case: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return RelationalKD(b1=2.0, detach_teacher=False)(x["s"], x["t"]).loss
     if case == "pc_threshold":
         return PixelConsistencyLoss(threshold=0.8)(x["s"], x["t"]).loss
+    if case == "pc_ce_threshold":
+        return PixelConsistencyLoss(threshold=0.8, kind="ce")(x["s"], x["t"]).loss
     raise KeyError(case)
 
 

@@ -51,6 +51,22 @@ def test_loss_equals_sup_on_both_decoders_plus_weighted_hdc_terms(tmp_path):
     assert -1e-6 <= float(parts["hdc/mi"]) <= math.log(2) + 1e-6  # I >= 0 up to float32 rounding
 
 
+def test_pc_loss_ce_routes_hard_pseudo_labels_into_the_hdc_loss(tmp_path):
+    recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.pc_loss=ce", "recipe_options.pc_threshold=0.5",
+                                "recipe_options.feature_dropout=0.0", "recipe_options.feature_noise=0.0"),
+                       steps_per_epoch=10)
+    assert recipe.hdc_loss.pc.kind == "ce" and recipe.hdc_loss.pc.threshold == 0.5
+    recipe.train()
+    labelled, unlabelled = synthetic_batch()
+    _, parts = recipe.compute_loss(labelled, unlabelled)
+    n = labelled["x"].shape[0]
+    with torch.no_grad():
+        student = recipe.student(torch.cat([labelled["x"], unlabelled["x_strong"]]), dual=True).logits1[n:]
+        teacher = recipe.teacher.module.eval()(unlabelled["x_weak"]).logits1
+    expected = torch.nn.functional.cross_entropy(student, teacher.argmax(dim=1))  # threshold 0.5: every pixel
+    torch.testing.assert_close(parts["hdc/pc"], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_consistency_weight_ramps_up_to_the_configured_value(tmp_path):
     recipe = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.consistency=0.5",
                                 "recipe_options.rampup_fraction=0.5", "train.epochs=2"), steps_per_epoch=10)

@@ -188,26 +188,37 @@ class MutualInformationLoss(nn.Module):
 
 
 class PixelConsistencyLoss(nn.Module):
-    """Mean squared error between student and (detached) teacher softmax probabilities, averaged over classes
-    and pixels; with `threshold`, only pixels where the teacher's max probability >= threshold count (their mean
-    over all processes' confident pixels under DDP; 0 when there are none)."""
+    """Pixel consistency of a student with a (detached) teacher, per pixel then averaged:
 
-    def __init__(self, threshold: float | None = None) -> None:
+    - `kind="mse"` (Mean Teacher's): squared error between the two softmax distributions, mean over the classes;
+    - `kind="ce"` (hard pseudo-labels): cross-entropy of the student logits to the teacher's argmax class.
+
+    Without `threshold` every pixel counts; with it only pixels where the teacher's max probability >= threshold
+    (their mean over all processes' confident pixels under DDP; 0 when there are none)."""
+
+    KINDS = ("mse", "ce")
+
+    def __init__(self, threshold: float | None = None, kind: str = "mse") -> None:
         super().__init__()
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"PixelConsistencyLoss: threshold must be in [0, 1], got {threshold}")
-        self.threshold = threshold
+        if kind not in self.KINDS:
+            raise ValueError(f"PixelConsistencyLoss: kind must be one of {self.KINDS}, got {kind!r}")
+        self.threshold, self.kind = threshold, kind
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> LossOutput:
         _check_logits_pair(student_logits, teacher_logits, "PixelConsistencyLoss")
-        ps = student_logits.softmax(dim=1)
         pt = teacher_logits.detach().softmax(dim=1)
-        sq = ((ps - pt) ** 2).mean(dim=1)  # B x H x W
+        if self.kind == "ce":
+            per_pixel = F.cross_entropy(student_logits, pt.argmax(dim=1), reduction="none")  # B x H x W
+        else:
+            per_pixel = ((student_logits.softmax(dim=1) - pt) ** 2).mean(dim=1)  # B x H x W
         if self.threshold is None:
-            loss = sq.mean()
-            return LossOutput(loss, {"pc": loss.detach(), "mask_ratio": torch.ones((), device=sq.device)})
-        mask = (pt.max(dim=1).values >= self.threshold).to(sq.dtype)
-        loss = dist_utils.global_mean((sq * mask).sum(), mask.sum())  # over the confident pixels of every process
+            loss = per_pixel.mean()
+            return LossOutput(loss, {"pc": loss.detach(), "mask_ratio": torch.ones((), device=per_pixel.device)})
+        mask = (pt.max(dim=1).values >= self.threshold).to(per_pixel.dtype)
+        # mean over the confident pixels of every process
+        loss = dist_utils.global_mean((per_pixel * mask).sum(), mask.sum())
         return LossOutput(loss, {"pc": loss.detach(), "mask_ratio": mask.mean().detach()})
 
 
@@ -224,13 +235,14 @@ class HDCLoss(nn.Module):
         cg_layers: Sequence[int] | None = None,
         pc_threshold: float | None = None,
         mi_marginal: str = "entropy",
+        pc_loss: str = "mse",
     ) -> None:
         super().__init__()
         self.lambda_cg, self.lambda_mi, self.lambda_pc = float(lambda_cg), float(lambda_mi), float(lambda_pc)
         self.cg_layers = None if cg_layers is None else list(cg_layers)
         self.cg = CorrelationGuidanceLoss()
         self.mi = MutualInformationLoss(marginal=mi_marginal)
-        self.pc = PixelConsistencyLoss(pc_threshold)
+        self.pc = PixelConsistencyLoss(pc_threshold, kind=pc_loss)
 
     def forward(
         self, student: SegOutputsLike, teacher: SegOutputsLike, weight: float | torch.Tensor = 1.0,

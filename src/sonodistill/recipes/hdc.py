@@ -6,7 +6,9 @@
   feature perturbation (D2 input).
 - Loss: `sup(D1) + sup_d2 * sup(D2)` (Dice + CE, labelled images) `+ w(t) * HDCLoss`, where HDCLoss =
   lambda_cg * correlation guidance (student vs teacher encoder features) + lambda_mi * (-I(D1; D2))
-  + lambda_pc * MSE(student D1, teacher D1) on the unlabelled images, w(t) the sigmoid ramp-up.
+  + lambda_pc * PC(student D1, teacher D1) on the unlabelled images, w(t) the sigmoid ramp-up; PC is the MSE of
+  the softmax (`pc_loss: mse`, default) or the CE to the teacher's argmax (`pc_loss: ce`), over the pixels where
+  the teacher is confident (`pc_threshold`) or all.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from sonodistill.config import RunConfig
 from sonodistill.errors import ConfigError
 from sonodistill.losses import distributed as dist_utils
-from sonodistill.losses.consistency import HDCLoss, MutualInformationLoss
+from sonodistill.losses.consistency import HDCLoss, MutualInformationLoss, PixelConsistencyLoss
 from sonodistill.models.segmentation import DualDecoderUNet
 from sonodistill.recipes.semi_supervised import (
     Batch,
@@ -40,6 +42,8 @@ class HDCOptions(MeanTeacherOptions):
     lambda_pc: float = 1.0
     cg_layers: list[int] | None = None      # encoder levels used by correlation guidance (None: all)
     pc_threshold: float | None = None       # teacher confidence threshold of the pixel consistency (None: every pixel)
+    pc_loss: str = "mse"                    # pixel consistency: MSE of the softmax ("mse", Mean Teacher's) or CE to
+                                            # the teacher's argmax ("ce", hard pseudo-labels as in FixMatch / CPS)
     feature_noise: float = 0.3              # D2 input: f * (1 + U(-a, a)) ...
     feature_dropout: float = 0.5            # ... then channel dropout
     sup_d2: float = 1.0                     # weight of D2's supervised loss
@@ -53,6 +57,9 @@ class HDCOptions(MeanTeacherOptions):
         if self.mi_marginal not in MutualInformationLoss.MARGINALS:
             raise ConfigError(f"recipe_options (hdc).mi_marginal must be one of {MutualInformationLoss.MARGINALS}, "
                               f"got {self.mi_marginal!r}")
+        if self.pc_loss not in PixelConsistencyLoss.KINDS:
+            raise ConfigError(f"recipe_options (hdc).pc_loss must be one of {PixelConsistencyLoss.KINDS}, "
+                              f"got {self.pc_loss!r}")
 
 
 class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
@@ -65,7 +72,8 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         super().__init__(cfg, num_classes, steps_per_epoch)
         self.make_teacher()
         o = self.options
-        self.hdc_loss = HDCLoss(o.lambda_cg, o.lambda_mi, o.lambda_pc, o.cg_layers, o.pc_threshold, o.mi_marginal)
+        self.hdc_loss = HDCLoss(o.lambda_cg, o.lambda_mi, o.lambda_pc, o.cg_layers, o.pc_threshold, o.mi_marginal,
+                                o.pc_loss)
         # pixels per class of every labelled mask seen so far (all processes): the prior of mi_marginal="prior"
         self.register_buffer("labelled_class_pixels", torch.zeros(num_classes, dtype=torch.float64))
 
