@@ -171,6 +171,15 @@ def test_mi_prior_hand_value() -> None:
     loss, parts = MutualInformationLoss(marginal="prior")(p1, p2, prior=torch.tensor([9.0, 1.0]))  # normalised
     assert loss.item() == pytest.approx(h_joint - h_marginal + kl, abs=ATOL)
     assert parts["marginal_kl"].item() == pytest.approx(kl, abs=ATOL)
+    loss, parts = MutualInformationLoss(marginal="prior", prior_weight=10.0)(p1, p2, prior=torch.tensor([9.0, 1.0]))
+    assert loss.item() == pytest.approx(h_joint - h_marginal + 10 * kl, abs=ATOL)  # only the KL term is weighted
+    assert parts["marginal_kl"].item() == pytest.approx(kl, abs=ATOL)
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_mi_prior_weight_must_be_finite_and_non_negative(weight) -> None:
+    with pytest.raises(ValueError, match="prior_weight must be a finite number >= 0"):
+        MutualInformationLoss(marginal="prior", prior_weight=weight)
 
 
 def test_mi_prior_uniform_equals_iic_plus_log_k() -> None:

@@ -91,6 +91,10 @@ def test_prior_marginal_uses_the_labelled_masks_pixel_frequencies(tmp_path):
     prior = recipe.labelled_prior(torch.zeros_like(labelled["mask"]))
     torch.testing.assert_close(prior, torch.tensor([1 - fg / 2, fg / 2]))
     assert "labelled_class_pixels" in recipe.state_dict()  # kept across a resumed run
+    assert recipe.hdc_loss.mi.prior_weight == 1.0
+    weighted = HDCRecipe(tiny_cfg("hdc", tmp_path, "recipe_options.mi_marginal=prior",
+                                  "recipe_options.mi_prior_weight=10"), steps_per_epoch=10)
+    assert weighted.hdc_loss.mi.prior_weight == 10.0
     # a checkpoint from before the prior existed still resumes (strictly), with the counts from zero
     old = {"state_dict": {k: v for k, v in recipe.state_dict().items() if k != "labelled_class_pixels"}}
     recipe.on_load_checkpoint(old)

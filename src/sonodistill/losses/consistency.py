@@ -7,6 +7,7 @@ Every loss is an `nn.Module` whose forward returns `(loss, parts)`: a scalar ten
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -132,18 +133,23 @@ class MutualInformationLoss(nn.Module):
     second term:
     - "entropy" (IIC): loss = -I.
     - "none": IIC's conditional term only, loss = H(Z1 | Z2) = H(P) - H(m), whatever the class balance.
-    - "prior": loss = H(Z1 | Z2) + KL(m || prior), the uniform replaced by a class prior (`K`, e.g. the labelled
-      masks' pixel frequencies) passed to forward; with a uniform prior it equals -I + log K.
+    - "prior": loss = H(Z1 | Z2) + prior_weight * KL(m || prior), the uniform replaced by a class prior (`K`, e.g.
+      the labelled masks' pixel frequencies) passed to forward; with a uniform prior and weight 1 it equals -I + log K.
+      A weight above 1 holds the marginal nearer the prior (the conditional term favours confident majority-class
+      pixels, which shrinks a small foreground).
     """
 
     MARGINALS = ("entropy", "none", "prior")
 
-    def __init__(self, eps: float = 1e-8, marginal: str = "entropy") -> None:
+    def __init__(self, eps: float = 1e-8, marginal: str = "entropy", prior_weight: float = 1.0) -> None:
         super().__init__()
         if marginal not in self.MARGINALS:
             raise ValueError(f"MutualInformationLoss: marginal must be one of {self.MARGINALS}, got {marginal!r}")
+        if not (math.isfinite(prior_weight) and prior_weight >= 0):
+            raise ValueError(f"MutualInformationLoss: prior_weight must be a finite number >= 0, got {prior_weight}")
         self.eps = eps
         self.marginal = marginal
+        self.prior_weight = float(prior_weight)
 
     def forward(self, logits1: torch.Tensor, logits2: torch.Tensor, prior: torch.Tensor | None = None) -> LossOutput:
         _check_logits_pair(logits1, logits2, "MutualInformationLoss")
@@ -166,7 +172,7 @@ class MutualInformationLoss(nn.Module):
         prior = self._check_prior(prior, k, joint)
         kl = (m1.squeeze(1) * (log(m1.squeeze(1)) - log(prior))).sum()
         parts["marginal_kl"] = kl.detach()
-        return LossOutput(conditional + kl, parts)
+        return LossOutput(conditional + self.prior_weight * kl, parts)
 
     @staticmethod
     def _check_prior(prior: torch.Tensor | None, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -236,12 +242,13 @@ class HDCLoss(nn.Module):
         pc_threshold: float | None = None,
         mi_marginal: str = "entropy",
         pc_loss: str = "mse",
+        mi_prior_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.lambda_cg, self.lambda_mi, self.lambda_pc = float(lambda_cg), float(lambda_mi), float(lambda_pc)
         self.cg_layers = None if cg_layers is None else list(cg_layers)
         self.cg = CorrelationGuidanceLoss()
-        self.mi = MutualInformationLoss(marginal=mi_marginal)
+        self.mi = MutualInformationLoss(marginal=mi_marginal, prior_weight=mi_prior_weight)
         self.pc = PixelConsistencyLoss(pc_threshold, kind=pc_loss)
 
     def forward(

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -51,12 +53,16 @@ class HDCOptions(MeanTeacherOptions):
     # the labelled masks' class frequencies) ("prior"); see losses.consistency.MutualInformationLoss. "none" was
     # chosen on hc18 validation (pretrained U-Net, 10 % labels, docs/hdc.md); before 2026-12-03 it was "entropy"
     mi_marginal: str = "none"
+    mi_prior_weight: float = 1.0            # weight of KL(marginal || labelled prior) with mi_marginal "prior"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mi_marginal not in MutualInformationLoss.MARGINALS:
             raise ConfigError(f"recipe_options (hdc).mi_marginal must be one of {MutualInformationLoss.MARGINALS}, "
                               f"got {self.mi_marginal!r}")
+        if not (math.isfinite(float(self.mi_prior_weight)) and float(self.mi_prior_weight) >= 0):
+            raise ConfigError(f"recipe_options (hdc).mi_prior_weight must be a finite number >= 0, "
+                              f"got {self.mi_prior_weight}")
         if self.pc_loss not in PixelConsistencyLoss.KINDS:
             raise ConfigError(f"recipe_options (hdc).pc_loss must be one of {PixelConsistencyLoss.KINDS}, "
                               f"got {self.pc_loss!r}")
@@ -73,7 +79,7 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         self.make_teacher()
         o = self.options
         self.hdc_loss = HDCLoss(o.lambda_cg, o.lambda_mi, o.lambda_pc, o.cg_layers, o.pc_threshold, o.mi_marginal,
-                                o.pc_loss)
+                                o.pc_loss, float(o.mi_prior_weight))
         # pixels per class of every labelled mask seen so far (all processes): the prior of mi_marginal="prior"
         self.register_buffer("labelled_class_pixels", torch.zeros(num_classes, dtype=torch.float64))
 
