@@ -47,3 +47,22 @@ def test_seg_rescore_refuses_a_training_setting_with_a_message(tmp_path, capsys)
     with benchmark_script("seg_rescore") as script:
         assert script.main([str(tmp_path), "--out", str(tmp_path / "out"), "--set", "optim.lr=0.1"]) == 2
         assert "inference settings only" in capsys.readouterr().err
+
+
+def test_seg_train_shares_reads_the_last_epoch_of_every_fold(tmp_path, capsys):
+    log = tmp_path / "run" / "seed_0" / "fold_0" / "logs"
+    log.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 0, 1, 1, 1], "step": [0, 1, 2, 3, 4],
+                  "train/unsup/fg_fraction": [0.5, 0.4, 0.1, float("nan"), 0.3],  # epoch-end rows have NaN
+                  "train/sup/fg_fraction": [0.1, 0.1, 0.08, 0.12, 0.1],
+                  "train/hdc/mi/marginal_entropy": [0.6, 0.6, 0.3251, 0.3251, 0.3251]}).to_csv(log / "metrics.csv")
+    with benchmark_script("seg_train_shares") as script:
+        row = script.last_epoch_shares(log / "metrics.csv")
+        assert row["unlabelled fg"] == pytest.approx(0.2) and row["labelled fg"] == pytest.approx(0.1)
+        assert row["marginal fg"] == pytest.approx(0.1, abs=1e-4)  # H(0.1, 0.9) = 0.3251 nats
+        assert script.main([str(tmp_path / "run")]) == 0
+        assert "seed_0/fold_0" in capsys.readouterr().out
+        assert script.main([str(tmp_path)]) == 0  # the folder above finds the same log
+        (tmp_path / "empty").mkdir()
+        assert script.main([str(tmp_path / "empty")]) == 2
+        assert "no fold_*/logs/metrics.csv" in capsys.readouterr().err
