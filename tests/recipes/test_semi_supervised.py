@@ -172,6 +172,8 @@ def test_unknown_or_bad_options_are_errors(tmp_path):
         get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.pc_loss=kl"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match=r"mi_prior_weight must be a finite number >= 0, got -1"):
         get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_prior_weight=-1"), steps_per_epoch=1)
+    with pytest.raises(ConfigError, match="applies to mi_marginal 'prior' only"):
+        get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_prior_weight=10"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="labelled_fraction"):
         get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=0"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="model.backbone=unet"):

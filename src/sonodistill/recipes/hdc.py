@@ -63,6 +63,9 @@ class HDCOptions(MeanTeacherOptions):
         if not (math.isfinite(float(self.mi_prior_weight)) and float(self.mi_prior_weight) >= 0):
             raise ConfigError(f"recipe_options (hdc).mi_prior_weight must be a finite number >= 0, "
                               f"got {self.mi_prior_weight}")
+        if float(self.mi_prior_weight) != 1.0 and self.mi_marginal != "prior":
+            raise ConfigError(f"recipe_options (hdc).mi_prior_weight weights the prior's KL term and applies to "
+                              f"mi_marginal 'prior' only (got mi_marginal {self.mi_marginal!r})")
         if self.pc_loss not in PixelConsistencyLoss.KINDS:
             raise ConfigError(f"recipe_options (hdc).pc_loss must be one of {PixelConsistencyLoss.KINDS}, "
                               f"got {self.pc_loss!r}")
