@@ -60,10 +60,11 @@ class HDCOptions(MeanTeacherOptions):
         if self.mi_marginal not in MutualInformationLoss.MARGINALS:
             raise ConfigError(f"recipe_options (hdc).mi_marginal must be one of {MutualInformationLoss.MARGINALS}, "
                               f"got {self.mi_marginal!r}")
-        if not (math.isfinite(float(self.mi_prior_weight)) and float(self.mi_prior_weight) >= 0):
+        prior_weight = float(self.mi_prior_weight)
+        if not (math.isfinite(prior_weight) and prior_weight >= 0):
             raise ConfigError(f"recipe_options (hdc).mi_prior_weight must be a finite number >= 0, "
                               f"got {self.mi_prior_weight}")
-        if float(self.mi_prior_weight) != 1.0 and self.mi_marginal != "prior":
+        if prior_weight != 1.0 and self.mi_marginal != "prior":
             raise ConfigError(f"recipe_options (hdc).mi_prior_weight weights the prior's KL term and applies to "
                               f"mi_marginal 'prior' only (got mi_marginal {self.mi_marginal!r})")
         if self.pc_loss not in PixelConsistencyLoss.KINDS:
