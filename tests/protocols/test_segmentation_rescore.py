@@ -142,6 +142,70 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(hdc_run, tmp_path)
     np.testing.assert_allclose(got["hc_pred_uncorrected_mm"], want["hc_pred_uncorrected_mm"], atol=1e-9)
 
 
+class _Blobs(torch.nn.Module):
+    """A fixed segmenter: foreground where `level` > 0 (a 10 x 10 square and a separate 3 x 3 one), or, with
+    `level` < 0 everywhere, no foreground at all but a probability peak on the big square."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = torch.full(x.shape[:1] + x.shape[-2:], -8.0)
+        fg[:, 6:16, 6:16] = self.level
+        fg[:, 24:27, 24:27] = self.level - 1.0
+        return torch.stack([torch.zeros_like(fg), fg], dim=1)
+
+
+def _components(png: Path) -> int:
+    from PIL import Image
+    from scipy import ndimage
+
+    return int(ndimage.label(np.asarray(Image.open(png)) > 0, structure=np.ones((3, 3), bool))[1])
+
+
+def _masks_of(net, cfg, run: Path, out: Path, mode: str) -> tuple[pd.DataFrame, list[Path]]:
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.evaluation.segmentation_report import predict_segmentation
+
+    split = json.loads((run / "fold_0" / "split.json").read_text())
+    pred = predict_segmentation(net, cfg, Manifest.from_csv(run / "manifest.csv"), np.asarray(split["test"]), 0, out,
+                                save_masks=True, mask_postprocess=mode)
+    return pred, sorted((out / "masks").glob("*.png"))
+
+
+def test_mask_postprocess_scores_one_object_per_image(hdc_run, tmp_path):
+    from sonodistill.config import load_config
+    from sonodistill.protocols.segmentation_rescore import rescore_segmentation_run
+
+    cfg = load_config(hdc_run / "config.yaml")
+    _, plain = _masks_of(_Blobs(5.0), cfg, hdc_run, tmp_path / "plain", "none")
+    assert plain and all(_components(m) == 2 for m in plain)
+    pred, largest = _masks_of(_Blobs(5.0), cfg, hdc_run, tmp_path / "largest", "largest")
+    assert all(_components(m) == 1 for m in largest)
+    from PIL import Image
+
+    for a, b in zip(plain, largest):  # the small square removed, the big one kept as it was
+        pa, pb = np.asarray(Image.open(a)) > 0, np.asarray(Image.open(b)) > 0
+        assert (pb <= pa).all() and 0 < pb.sum() < pa.sum()
+    empty, _ = _masks_of(_Blobs(-1.0), cfg, hdc_run, tmp_path / "empty", "largest")
+    assert (empty["dice"] == 0).all() and empty["hd95"].isna().all()  # no object: a failure, scored as one
+    found, peaks = _masks_of(_Blobs(-1.0), cfg, hdc_run, tmp_path / "peak", "largest_nonempty")
+    assert all(_components(m) == 1 for m in peaks) and (found["dice"] > 0).all()
+    for p, b in zip(peaks, largest):  # the peak region lies on the big square
+        pp, pb = np.asarray(Image.open(p)) > 0, np.asarray(Image.open(b)) > 0
+        assert (pp & pb).sum() >= 0.5 * pp.sum()
+
+    out = tmp_path / "rescored"  # the rescoring path takes it as an inference setting and records it
+    rescore_segmentation_run(hdc_run, out, ["recipe_options.mask_postprocess=largest_nonempty",
+                                            "recipe_options.save_masks=true"])
+    assert load_config(out / "config.yaml").recipe_options["mask_postprocess"] == "largest_nonempty"
+    assert all(_components(m) == 1 for m in (out / "fold_1" / "masks").glob("*.png"))
+    with pytest.raises(ConfigError, match="mask_postprocess must be one of"):
+        rescore_segmentation_run(hdc_run, tmp_path / "x", ["recipe_options.mask_postprocess=all"])
+
+
 def test_training_settings_and_bad_values_are_refused(hdc_run, tmp_path):
     from sonodistill.protocols.segmentation_rescore import rescore_segmentation_run
 

@@ -220,3 +220,64 @@ def test_a_flip_tta_run_predicts_and_exports_the_mirror_averaged_probabilities(s
     meta = json.loads((folder / "sonodistill-model.json").read_text())
     assert meta["flip_tta"] is True and meta["max_abs_diff_vs_torch"] <= 1e-4
     np.testing.assert_allclose(load_model(folder).probabilities(x), (p + mirrored) / 2, rtol=0, atol=gap / 10)
+
+
+def test_mask_postprocess_is_served_by_predict_and_recorded_in_the_export(seg_run, tmp_path):
+    """recipe_options.mask_postprocess: `predict` (run directory and export folder) applies it after the model, the
+    export's metadata and model card record it, and a bad value in the metadata is refused naming the file."""
+    from scipy import ndimage
+
+    from sonodistill.config import load_config
+    from sonodistill.errors import CheckpointError
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_many
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    cfg = load_config(run / "config.yaml", ["recipe_options.mask_postprocess=largest_nonempty"])
+    cfg.save(run / "config.yaml")
+    model = load_model(run)
+    assert model.describe()["mask_postprocess"] == "largest_nonempty"
+    assert "mask_postprocess" not in load_model(seg_run).describe()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, path in enumerate(_images(run)):
+        shutil.copyfile(path, folder / f"{i}{path.suffix}")
+
+    def components(result: dict) -> int:
+        mask = np.asarray(Image.open(result["masks"][0]["png"])) > 0
+        return int(ndimage.label(mask, structure=np.ones((3, 3), bool))[1])
+
+    def blobs(level: float):  # probabilities of a fixed segmenter: two squares, foreground where level > 0
+        def runner(x: np.ndarray) -> np.ndarray:
+            fg = np.full((x.shape[0], 32, 32), -8.0, dtype=np.float32)
+            fg[:, 4:14, 4:14], fg[:, 20:24, 20:24] = level, level - 1.0
+            return np.stack([1 / (1 + np.exp(fg)), 1 / (1 + np.exp(-fg))], axis=1)  # softmax of (0, fg)
+        return runner
+
+    def counts(loaded, name: str) -> list[int]:
+        payload = predict_many(loaded, [folder], PredictOptions(mask_dir=tmp_path / name))
+        return [components(r) for r in payload["results"]]
+
+    assert set(counts(dataclasses.replace(model, runner=blobs(5.0), mask_postprocess="none"), "a")) == {2}
+    assert set(counts(dataclasses.replace(model, runner=blobs(5.0), mask_postprocess="largest"), "b")) == {1}
+    assert set(counts(dataclasses.replace(model, runner=blobs(-1.0), mask_postprocess="largest"), "c")) == {0}
+    assert set(counts(dataclasses.replace(model, runner=blobs(-1.0)), "d")) == {1}  # largest_nonempty: the peak
+    payload = predict_many(model, [folder], PredictOptions(mask_dir=tmp_path / "masks"))  # the run's own models
+    assert all(components(r) == 1 for r in payload["results"])
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    from sonodistill.serve.export import export_model
+
+    exported = export_model(run, tmp_path / "onnx", "onnx")
+    meta = json.loads((exported / "sonodistill-model.json").read_text())
+    assert meta["mask_postprocess"] == "largest_nonempty"
+    assert "Mask post-processing `largest_nonempty`" in (exported / "MODEL_CARD.md").read_text()
+    served = predict_many(load_model(exported), [folder], PredictOptions(mask_dir=tmp_path / "masks-onnx"))
+    for a, b in zip(payload["results"], served["results"]):
+        assert np.array_equal(np.asarray(Image.open(a["masks"][0]["png"])),
+                              np.asarray(Image.open(b["masks"][0]["png"]))), a["input"]
+    meta["mask_postprocess"] = "biggest"
+    (exported / "sonodistill-model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="sonodistill-model.json: recipe_options.mask_postprocess must be"):
+        load_model(exported)

@@ -216,6 +216,11 @@ class PreprocessGeometry:
     def to_original(self, probs: torch.Tensor | np.ndarray) -> np.ndarray:
         """`K x size x size` class probabilities -> int64 `H x W` label map in the original image (argmax after
         bilinear resampling of the un-padded part back to the crop; outside the crop: class 0)."""
+        return self.probabilities_to_original(probs).argmax(axis=0)
+
+    def probabilities_to_original(self, probs: torch.Tensor | np.ndarray) -> np.ndarray:
+        """`K x size x size` class probabilities -> float32 `K x H x W` in the original image: the un-padded part
+        resampled bilinearly back to the crop; outside the crop, class 0 with probability 1."""
         p = torch.as_tensor(np.asarray(probs) if not isinstance(probs, torch.Tensor) else probs).float()
         if p.dim() != 3 or p.shape[-2:] != (self.size, self.size):
             raise ValueError(f"expected K x {self.size} x {self.size} probabilities, got {tuple(p.shape)}")
@@ -223,8 +228,9 @@ class PreprocessGeometry:
         inner = p[:, self.top:self.top + self.nh, self.left:self.left + self.nw]
         if (self.nh, self.nw) != (y1 - y0, x1 - x0):
             inner = F.interpolate(inner[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
-        out = np.zeros((self.height, self.width), dtype=np.int64)
-        out[y0:y1, x0:x1] = inner.argmax(dim=0).numpy()
+        out = np.zeros((p.shape[0], self.height, self.width), dtype=np.float32)
+        out[0] = 1.0
+        out[:, y0:y1, x0:x1] = inner.numpy()
         return out
 
 

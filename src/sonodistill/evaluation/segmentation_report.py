@@ -90,22 +90,26 @@ def fold_outline_calibration(manifest: Manifest, fold_dir: Path) -> dict[str, An
 @torch.no_grad()
 def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manifest, rows: np.ndarray, fold: int,
                          fold_dir: Path, overlays: int = 0, save_masks: bool = False,
-                         hc_outline_offset_px: float = 0.0, flip_tta: bool = False) -> pd.DataFrame:
+                         hc_outline_offset_px: float = 0.0, flip_tta: bool = False,
+                         mask_postprocess: str = "none") -> pd.DataFrame:
     """Predict `rows`, map each prediction back to its original image and score it against the original mask.
 
     hd95/asd are in mm when the manifest has `pixel_size_mm`, else in original pixels. With `pixel_size_mm` and a
     numeric `target` (HC18), the head circumference of the predicted mask, less the masks' outline offset
     `hc_outline_offset_px` (`hc_outline_calibration`), is compared with `target` (mm); `hc_pred_uncorrected_mm`
     keeps the value without that correction. `flip_tta`: class probabilities averaged with those of the mirrored
-    image (`models.segmentation.flip_averaged`)."""
+    image (`models.segmentation.flip_averaged`). `mask_postprocess`: `evaluation.mask_postprocess` (none, largest,
+    largest_nonempty), on the probabilities mapped back to the original image."""
     from torch.utils.data import DataLoader
 
     from sonodistill.data.datasets import FrameDataset
     from sonodistill.data.readers import read_clip, read_mask
     from sonodistill.evaluation.head_circumference import hc_scores, preprocess_geometry
+    from sonodistill.evaluation.mask_postprocess import check_mask_postprocess, postprocess_mask
     from sonodistill.evaluation.metrics import segmentation_metrics
     from sonodistill.models.segmentation import flip_averaged
 
+    check_mask_postprocess(mask_postprocess)
     rows = np.asarray(rows, dtype=np.int64)
     table = manifest.table
     pre = preprocess_config(cfg)
@@ -129,7 +133,8 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
             row = int(rows[local])
             image_path, mask_path = str(table["path"].iloc[row]), str(table["mask"].iloc[row])
             geometry = preprocess_geometry(image_path, pre)
-            pred = geometry.to_original(p) == 1
+            original = geometry.probabilities_to_original(p)
+            pred = postprocess_mask(original.argmax(axis=0) == 1, original[1], mask_postprocess)
             truth = read_mask(mask_path).astype(bool)
             if truth.shape != pred.shape:
                 raise SonoDistillError(f"{mask_path}: mask size {truth.shape} differs from image {image_path} "

@@ -123,7 +123,8 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
                  calibration["n_masks"])
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir,
                                 overlays=int(options.overlays), save_masks=bool(options.save_masks),
-                                hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta))
+                                hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),
+                                mask_postprocess=str(options.mask_postprocess))
 
 
 class SegmentationProtocol(Protocol):

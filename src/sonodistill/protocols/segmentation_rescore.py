@@ -2,10 +2,11 @@
 
 The inference settings are the options that change what is scored, not what is trained: `recipe_options.eval_model`
 (the student or the EMA teacher of Mean Teacher / HDC), `flip_tta` (horizontal-flip test-time augmentation),
-`overlays` and `save_masks`. The new run directory holds the same folds, split and outline calibration as the
-source, its own `config.yaml` (the overrides applied), `predictions.csv`, report and each fold's scored weights
-(`fold_k/model.safetensors`: `predict` and `export` serve it), so `sonodistill compare` pairs it with the source
-image by image. A multi-seed run (`seed_<s>/` folders) is rescored seed by seed.
+`mask_postprocess` (largest component, non-empty), `overlays` and `save_masks`. The new run directory holds the same
+folds, split and outline calibration as the source, its own `config.yaml` (the overrides applied), `predictions.csv`,
+report and each fold's scored weights (`fold_k/model.safetensors`: `predict` and `export` serve it), so
+`sonodistill compare` pairs it with the source image by image. A multi-seed run (`seed_<s>/` folders) is rescored
+seed by seed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sonodistill.evaluation.segmentation_report import (
 
 log = logging.getLogger(__name__)
 
-INFERENCE_OPTIONS = ("eval_model", "flip_tta", "overlays", "save_masks")
+INFERENCE_OPTIONS = ("eval_model", "flip_tta", "mask_postprocess", "overlays", "save_masks")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -109,7 +110,8 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
         save_weights(net, target / WEIGHTS)  # the rescored run serves what it scored
         pred = predict_segmentation(net, cfg, manifest, np.asarray(split["test"]), k, target,
                                     overlays=int(options.overlays), save_masks=bool(options.save_masks),
-                                    hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta))
+                                    hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),
+                                mask_postprocess=str(options.mask_postprocess))
         pred.to_csv(target / PREDICTIONS, index=False)
         log.info("%s fold %d: %d items rescored, Dice %.4f", run_dir, k, len(pred), pred["dice"].mean())
         frames.append(pred)

@@ -26,6 +26,7 @@ from torch import nn
 
 from sonodistill.config import ModelConfig, RunConfig, parse_options
 from sonodistill.errors import ConfigError
+from sonodistill.evaluation.mask_postprocess import check_mask_postprocess
 from sonodistill.losses.consistency import (
     CrossPseudoSupervisionLoss,
     DiceCELoss,
@@ -57,12 +58,16 @@ class SegmentationOptions:
                                          # docs/hdc.md); true: background counted too (MONAI's default)
     flip_tta: bool = False               # score and serve the mean of the softmax of the image and of its mirror
                                          # (mirrored back); exported with the model
+    mask_postprocess: str = "none"       # none | largest (largest component, holes filled) | largest_nonempty
+                                         # (and an empty mask becomes the peak region): evaluation.mask_postprocess;
+                                         # scored, predicted and recorded in the export alike
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
             raise ConfigError(f"recipe_options.labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
         if not 0.0 <= float(self.rampup_fraction) <= 1.0:
             raise ConfigError(f"recipe_options.rampup_fraction must be in [0, 1], got {self.rampup_fraction}")
+        check_mask_postprocess(self.mask_postprocess)
 
 
 @dataclass

@@ -121,6 +121,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "members": model.member_names,
         "recipe": model.recipe,
         "flip_tta": serves_flip_tta(model.cfg),  # the exported module averages the mirrored image's output
+        "mask_postprocess": model.mask_postprocess,  # applied by predict after the graph (not in it)
         "source_run": str(run_dir.resolve()),
         "sonodistill_version": __version__,
         "torch_version": torch.__version__,

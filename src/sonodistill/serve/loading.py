@@ -22,6 +22,7 @@ from sonodistill.config import RunConfig, load_config
 from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
+from sonodistill.evaluation.mask_postprocess import check_mask_postprocess
 from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class LoadedModel:
     classes: the run's classes; empty when the output is not per class (features, annotation).
     extra: kind-specific state; `extra["describe"]` (a dict) is added to `describe()`, `extra["warnings"]` (a list of
         texts) replaces the fold-ensemble warnings of `predict.ensemble_warnings`.
+    mask_postprocess: a segmentation model's post-processing of its masks (`evaluation.mask_postprocess`), applied
+        by `predict` after the runner, outside the exported graph.
     """
 
     task: str
@@ -177,6 +180,7 @@ class LoadedModel:
     run_dir: Path | None = None
     recipe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    mask_postprocess: str = "none"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -193,7 +197,8 @@ class LoadedModel:
         """JSON-ready summary (what predict/serve print as "model")."""
         return {"source": self.source, "task": self.task, "backend": self.backend, "members": self.member_names,
                 "classes": self.classes, "input_kind": self.input_kind, "input_shape": list(self.input_shape),
-                "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {})}
+                "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {}),
+                **({"mask_postprocess": self.mask_postprocess} if self.mask_postprocess != "none" else {})}
 
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
@@ -260,6 +265,13 @@ def serves_flip_tta(cfg: RunConfig | None) -> bool:
     return cfg.recipe_options.get("flip_tta", False) is True  # the recipes' SegmentationOptions default: false
 
 
+def served_mask_postprocess(cfg: RunConfig | None) -> str:
+    """A segmentation run's `recipe_options.mask_postprocess` (checked), "none" for any other run."""
+    if cfg is None or recipe_task(cfg.recipe) != "segmentation":
+        return "none"
+    return check_mask_postprocess(cfg.recipe_options.get("mask_postprocess", "none"))  # SegmentationOptions default
+
+
 def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
     """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`;
     wrapped in `FlipAveraged` when the run `cfg` asks for flip test-time augmentation (`serves_flip_tta`)."""
@@ -313,7 +325,8 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
-                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {})
+                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {},
+                       mask_postprocess=served_mask_postprocess(cfg))
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
@@ -349,11 +362,16 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
     pre = PreprocessConfig(**meta["preprocessing"])
     kind: InputKind = "video" if meta["input_kind"] == "video" else "frame"
     get_model_kind(str(meta["task"]))
+    try:
+        mask_postprocess = check_mask_postprocess(meta.get("mask_postprocess", "none"))  # absent before 2026-12-05
+    except ConfigError as exc:
+        raise CheckpointError(f"{folder / EXPORT_META}: {exc}") from exc
     return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
-                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}})
+                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}},
+                       mask_postprocess=mask_postprocess)
 
 
 def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:

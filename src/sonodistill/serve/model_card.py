@@ -104,6 +104,13 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
             f"{', '.join(members) if members else 'n/a'}).",
             f"- Classes (output order): {', '.join(f'`{c}`' for c in manifest.classes) or 'none'}.",
         ]
+    if meta.get("flip_tta"):
+        lines.append("- Test-time augmentation: the output averages the image's and its mirror's (in the graph).")
+    if meta.get("mask_postprocess", "none") != "none":
+        lines.append(f"- Mask post-processing `{meta['mask_postprocess']}` (largest foreground component, holes "
+                     "filled" + ("; an empty mask becomes the region around the peak foreground probability"
+                              if meta["mask_postprocess"] == "largest_nonempty" else "")
+                     + "): applied by `sonodistill predict` after the graph; **not in the exported file**.")
     if meta.get("format"):
         lines.append(f"- Format: {meta['format']}" + (f", opset {meta['opset']}" if meta.get("opset") else "")
                      + f"; file `{meta.get('file')}`.")

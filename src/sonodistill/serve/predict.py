@@ -218,7 +218,8 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
-    """Per-frame label masks (argmax over classes) in the original geometry, as PNG files or data URIs.
+    """Per-frame label masks (argmax over classes, then the model's `mask_postprocess`) in the original geometry,
+    as PNG files or data URIs.
 
     PNG values: 0/255 for two classes (background/foreground), else the class index.
     """
@@ -227,13 +228,20 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     if probs.ndim != 4:
         raise SonoDistillError(f"segmentation model output has shape {probs.shape}, expected N x K x H x W")
     k = probs.shape[1]
+    if model.mask_postprocess != "none" and k != 2:
+        raise SonoDistillError(f"mask_postprocess {model.mask_postprocess!r} applies to background / foreground "
+                               f"masks; this model outputs {k} classes")
     classes = model.classes if len(model.classes) == k else [str(i) for i in range(k)]
     from sonodistill.evaluation.head_circumference import geometry_from_frames
+    from sonodistill.evaluation.mask_postprocess import postprocess_mask
 
     geometry = geometry_from_frames(item.frames, model.preprocess)  # the CV evaluation's inverse geometry
     masks = []
     for i, p in enumerate(probs):
-        label = geometry.to_original(p).astype(np.uint8)  # bilinear probabilities back, then argmax
+        original = geometry.probabilities_to_original(p)  # bilinear probabilities back, then argmax
+        label = original.argmax(axis=0).astype(np.uint8)
+        if model.mask_postprocess != "none":
+            label = postprocess_mask(label == 1, original[1], model.mask_postprocess).astype(np.uint8)
         fractions = np.bincount(label.ravel(), minlength=k)[:k] / label.size
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
         areas = dict(zip(classes, round_list(fractions, options.decimals)))
