@@ -347,6 +347,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_video_repr_is_short() -> None:
     v = Video(np.zeros((100, 64, 64), np.uint8), 25.0, "x.mp4")
     assert repr(v) == "Video(frames=uint8[100, 64, 64], fps=25.0, source='x.mp4')"
+    v = Video(np.zeros((1, 8, 8), np.uint8), None, "x.dcm", (0.25, 0.3))
+    assert repr(v) == "Video(frames=uint8[1, 8, 8], fps=None, source='x.dcm', pixel_spacing_mm=(0.25, 0.3))"
 
 
 # -- headers that declare more than the file holds (issue 16, item 1) ------------------------------
@@ -376,3 +378,48 @@ def test_decoded_size_limit_and_growing_buffer(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(readers, "MAX_FRAME_PIXELS", 15 * 15)
     with pytest.raises(DataError, match="16x16 frames, above the limit"):
         read_video(path)
+
+
+# -- DICOM pixel spacing ----------------------------------------------------------------------------
+def _region(units: int, dx: float, dy: float, box: tuple[int, int, int, int], spatial: int = 1):
+    from pydicom.dataset import Dataset
+
+    r = Dataset()
+    r.RegionSpatialFormat = spatial
+    r.PhysicalUnitsXDirection, r.PhysicalUnitsYDirection = units, units
+    r.PhysicalDeltaX, r.PhysicalDeltaY = dx, dy
+    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = box
+    return r
+
+
+def test_dicom_pixel_spacing_from_the_largest_2d_centimetre_region(tmp_path: Path) -> None:
+    from pydicom.sequence import Sequence
+
+    from sonodistill.data.readers import dicom_pixel_spacing_mm
+
+    regions = Sequence([_region(3, 0.02, 0.03, (0, 0, 40, 30)),          # small 2D region, cm
+                        _region(3, 0.025, 0.035, (0, 0, 100, 80)),       # the largest 2D region, cm: used
+                        _region(4, 0.5, 0.5, (0, 0, 200, 200)),          # Doppler: seconds, not a distance
+                        _region(3, 0.9, 0.9, (0, 0, 300, 300), spatial=3)])  # spectral region: not 2D tissue
+    _write_dicom(tmp_path / "r.dcm", np.zeros((1, 8, 8), np.uint8), SequenceOfUltrasoundRegions=regions,
+                 PixelSpacing=[0.7, 0.7])
+    assert read_dicom(tmp_path / "r.dcm").pixel_spacing_mm == pytest.approx((0.35, 0.25))  # (rows, columns) in mm
+    _write_dicom(tmp_path / "p.dcm", np.zeros((1, 8, 8), np.uint8), PixelSpacing=[0.3, 0.2])
+    assert read_dicom(tmp_path / "p.dcm").pixel_spacing_mm == pytest.approx((0.3, 0.2))   # no regions: PixelSpacing
+    _write_dicom(tmp_path / "n.dcm", np.zeros((1, 8, 8), np.uint8),
+                 SequenceOfUltrasoundRegions=Sequence([_region(4, 0.5, 0.5, (0, 0, 8, 8))]))
+    assert read_dicom(tmp_path / "n.dcm").pixel_spacing_mm is None                      # nothing says a distance
+    from pydicom.dataset import Dataset
+
+    bad = Dataset()
+    bad.SequenceOfUltrasoundRegions = Sequence([_region(3, 0.0, 0.02, (0, 0, 8, 8))])  # a zero delta: unusable
+    assert dicom_pixel_spacing_mm(bad) is None
+    assert read_clip(tmp_path / "r.dcm").pixel_spacing_mm == pytest.approx((0.35, 0.25))
+
+
+def test_real_obstetric_dicom_spacing(shared_data: Path) -> None:
+    """The obstetric example's B-mode region: 0.0262 cm a pixel; its Doppler region (units 4) is not used."""
+    v = read_dicom(shared_data / "dicom" / "OBXXXX1A.dcm")
+    assert v.pixel_spacing_mm == pytest.approx((0.26229, 0.26229), abs=1e-5)
+    assert read_dicom(shared_data / "dicom" / "US1_UNCR.dcm").pixel_spacing_mm is None  # no regions, no spacing
+    assert read_clip(shared_data / "lus-blues" / _lus_rows(shared_data).file.iloc[0]).pixel_spacing_mm is None

@@ -60,10 +60,16 @@ def test_segmentation_final_model_is_trained_on_all_items_and_predict_uses_it(se
     images = Path(Manifest.from_csv(run / "manifest.csv").paths[0]).parent
     capsys.readouterr()
     out = tmp_path / "pred.json"
-    assert main(["predict", str(run), str(images), "--out", str(out), "--mask-dir", str(tmp_path / "masks")]) == 0
+    assert main(["predict", str(run), str(images), "--out", str(out), "--mask-dir", str(tmp_path / "masks"),
+                 "--pixel-size-mm", "0.2"]) == 0
     payload = json.loads(out.read_text())
     assert payload["model"]["members"] == ["final"]
     assert payload["results"] and all(r["task"] == "segmentation" and r["masks"] for r in payload["results"])
+    # the final model's outline calibration (its labelled masks) is saved, so predict reports head circumferences
+    calibration = json.loads((run / "final" / "hc_calibration.json").read_text())
+    assert payload["model"]["head_circumference"]["outline_offset_px"] == calibration["outline_offset_px"]
+    assert all("head_circumference_mm" in m for r in payload["results"] for m in r["masks"])
+    assert all(r["pixel_spacing_source"] == "option" for r in payload["results"])
 
 
 def test_final_only_trains_the_same_final_model_and_says_there_is_no_cv_estimate(seg_runs, capsys):

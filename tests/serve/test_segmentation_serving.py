@@ -281,3 +281,97 @@ def test_mask_postprocess_is_served_by_predict_and_recorded_in_the_export(seg_ru
     (exported / "sonodistill-model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="sonodistill-model.json: recipe_options.mask_postprocess must be"):
         load_model(exported)
+
+
+def _ellipse_runner(a: float = 12.0, b: float = 8.0, size: int = 32):
+    """Probabilities of a fixed segmenter: foreground inside the ellipse of semi-axes a (columns) and b (rows)
+    around the centre of the `size x size` input, whatever the image."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    inside = (((yy - size / 2) / b) ** 2 + ((xx - size / 2) / a) ** 2 <= 1).astype(np.float32)
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        fg = np.broadcast_to(inside, (x.shape[0], size, size))
+        return np.stack([1 - fg, fg], axis=1).astype(np.float32)
+    return runner
+
+
+def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
+    """A head-circumference run: `predict` with a pixel size gives each mask's HC as the CV evaluation measures it
+    (outer-contour ellipse, less the folds' mean outline offset) and its area in mm^2; without one it says why."""
+    from sonodistill.evaluation.head_circumference import head_circumference_mm, ramanujan_perimeter
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_file
+
+    model = load_model(seg_run)
+    offsets = [json.loads((seg_run / f"fold_{k}" / "hc_calibration.json").read_text())["outline_offset_px"]
+               for k in (0, 1)]
+    assert model.hc_outline_offset_px == pytest.approx(np.mean(offsets))
+    assert model.describe()["head_circumference"]["outline_offset_px"] == pytest.approx(np.mean(offsets))
+    fixed = dataclasses.replace(model, runner=_ellipse_runner())
+    image = _images(seg_run)[0]  # 48 x 48: the model's 32 px ellipse of semi-axes 12 x 8 is 18 x 12 pixels there
+    result = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "m", pixel_size_mm=0.5))
+    assert result["pixel_spacing_mm"] == [0.5, 0.5] and result["pixel_spacing_source"] == "option"
+    entry = result["masks"][0]
+    mask = np.asarray(Image.open(entry["png"])) > 0
+    offset = fixed.hc_outline_offset_px
+    assert entry["head_circumference_mm"] == pytest.approx(head_circumference_mm(mask, 0.5, offset), abs=0.006)
+    analytic = ramanujan_perimeter(18, 12) * 0.5 - 2 * np.pi * offset * 0.5
+    assert entry["head_circumference_mm"] == pytest.approx(analytic, rel=0.03)
+    background, foreground = result["classes_in_mask"]
+    assert entry["area_mm2"][foreground] == pytest.approx(mask.sum() * 0.25, abs=1e-6)
+    assert entry["area_mm2"][foreground] == pytest.approx(np.pi * 18 * 12 * 0.25, rel=0.05)
+    assert entry["area_mm2"][background] == pytest.approx((~mask).sum() * 0.25, abs=1e-6)
+
+    plain = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "n"))  # a PNG says no pixel size
+    assert "pixel size is unknown" in plain["head_circumference_unavailable"]
+    assert "head_circumference_mm" not in plain["masks"][0] and "area_mm2" not in plain["masks"][0]
+    empty = predict_file(dataclasses.replace(model, runner=_ellipse_runner(a=0.1, b=0.1)), image,
+                         PredictOptions(mask_dir=tmp_path / "e", pixel_size_mm=0.5))
+    assert empty["masks"][0]["head_circumference_mm"] is None
+    assert empty["masks"][0]["head_circumference_failure"] == "no head in the mask"
+    with pytest.raises(Exception, match="pixel_size_mm must be a positive number"):
+        PredictOptions(pixel_size_mm=-0.2)
+
+
+def test_predict_reads_the_pixel_size_of_a_real_obstetric_dicom(seg_run, shared_data, tmp_path):
+    from sonodistill.evaluation.head_circumference import ramanujan_perimeter
+    from sonodistill.serve.loading import load_model
+    from sonodistill.serve.predict import PredictOptions, predict_file
+
+    model = dataclasses.replace(load_model(seg_run), runner=_ellipse_runner())
+    result = predict_file(model, shared_data / "dicom" / "OBXXXX1A.dcm", PredictOptions(mask_dir=tmp_path))
+    assert result["pixel_spacing_source"] == "dicom"
+    assert result["pixel_spacing_mm"] == pytest.approx([0.26229, 0.26229], abs=1e-5)
+    # 800 x 600 pixels resized to 32 x 24 (scale 25): the ellipse is 300 x 200 pixels of 0.262 mm
+    hc = result["masks"][0]["head_circumference_mm"]
+    assert hc == pytest.approx(ramanujan_perimeter(300, 200) * 0.26229, rel=0.02)
+    given = predict_file(model, shared_data / "dicom" / "OBXXXX1A.dcm",
+                         PredictOptions(mask_dir=tmp_path / "given", pixel_size_mm=0.1))  # the option wins
+    assert given["pixel_spacing_source"] == "option"
+    assert given["masks"][0]["head_circumference_mm"] == pytest.approx(hc * 0.1 / 0.26229, rel=0.01)
+
+
+def test_head_circumference_calibration_travels_with_the_export(seg_run, tmp_path):
+    from sonodistill.errors import CheckpointError
+    from sonodistill.serve.loading import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    (run / "fold_1" / "hc_calibration.json").unlink()  # a run scored before the calibration was saved
+    old = load_model(run)
+    assert old.hc_outline_offset_px is None
+    assert "fold_1/hc_calibration.json is missing" in old.describe()["head_circumference_unavailable"]
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    from sonodistill.serve.export import export_model
+
+    model = load_model(seg_run)
+    folder = export_model(seg_run, tmp_path / "onnx", "onnx")
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert meta["head_circumference"]["outline_offset_px"] == pytest.approx(model.hc_outline_offset_px)
+    assert "- Head circumference: `sonodistill predict` reports it in mm" in (folder / "MODEL_CARD.md").read_text()
+    assert load_model(folder).hc_outline_offset_px == pytest.approx(model.hc_outline_offset_px)
+    meta["head_circumference"] = {"outline_offset_px": "x"}
+    (folder / "sonodistill-model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="head_circumference.outline_offset_px must be a number"):
+        load_model(folder)

@@ -23,7 +23,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, members=args.members, threads=args.threads)
     options = PredictOptions(stride=args.stride, clip_mode=args.clip_mode, batch_size=args.batch_size,
-                             mask_dir=Path(args.mask_dir) if args.mask_dir else None)
+                             mask_dir=Path(args.mask_dir) if args.mask_dir else None,
+                             pixel_size_mm=args.pixel_size_mm)
     payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip)
     text = json.dumps(payload, indent=1)
     if args.out:
@@ -293,6 +294,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--members", choices=["auto", "final", "folds"], default="auto",
                    help="run directory: final/ model, fold ensemble, or final when present (auto)")
     p.add_argument("--mask-dir", help="segmentation models: write mask PNGs here (default: inline in the JSON)")
+    p.add_argument("--pixel-size-mm", type=float, metavar="MM",
+                   help="segmentation models: the inputs' pixel size in mm, for mask areas and head circumferences "
+                        "(default: a DICOM's own ultrasound-region spacing; other files have none)")
     p.add_argument("--folder-as-clip", action="store_true", help="a folder of images is the frames of one clip")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.set_defaults(func=_predict)

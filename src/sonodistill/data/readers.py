@@ -34,14 +34,18 @@ _PHI_KEYWORDS = (
 
 @dataclass
 class Video:
-    """A decoded clip: `frames` uint8 T x H x W (grayscale) or T x H x W x 3, frame rate if known."""
+    """A decoded clip: `frames` uint8 T x H x W (grayscale) or T x H x W x 3, frame rate if known, and the size of
+    a pixel in mm, (rows, columns), where the file says it (DICOM: `dicom_pixel_spacing_mm`)."""
 
     frames: np.ndarray
     fps: float | None
     source: str
+    pixel_spacing_mm: tuple[float, float] | None = None
 
     def __repr__(self) -> str:  # never dump pixels
-        return f"Video(frames={self.frames.dtype}{list(self.frames.shape)}, fps={self.fps}, source={self.source!r})"
+        spacing = "" if self.pixel_spacing_mm is None else f", pixel_spacing_mm={self.pixel_spacing_mm}"
+        shape = f"{self.frames.dtype}{list(self.frames.shape)}"
+        return f"Video(frames={shape}, fps={self.fps}, source={self.source!r}{spacing})"
 
 
 @dataclass
@@ -237,6 +241,48 @@ def _dicom_fps(ds, path: str | Path) -> float | None:
     return None
 
 
+_CM = 3            # DICOM PhysicalUnits code for centimetres
+_TISSUE_2D = 1     # DICOM RegionSpatialFormat code for a 2D (B-mode) region
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        v = abs(float(value))
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def dicom_pixel_spacing_mm(ds: Any) -> tuple[float, float] | None:
+    """(rows, columns) mm per pixel of a DICOM dataset: from its ultrasound regions (`SequenceOfUltrasoundRegions`:
+    the largest 2D region whose physical units are centimetres, `PhysicalDeltaY/X` x 10), else `PixelSpacing` (mm);
+    None when neither says it. Doppler / M-mode regions (time or velocity units) are never used."""
+    best: tuple[float, tuple[float, float]] | None = None
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        if region.get("PhysicalUnitsXDirection") != _CM or region.get("PhysicalUnitsYDirection") != _CM:
+            continue
+        if region.get("RegionSpatialFormat", _TISSUE_2D) != _TISSUE_2D:
+            continue
+        dy, dx = _positive(region.get("PhysicalDeltaY")), _positive(region.get("PhysicalDeltaX"))
+        if dy is None or dx is None:
+            continue
+        try:
+            area = float((int(region.RegionLocationMaxX1) - int(region.RegionLocationMinX0)) *
+                         (int(region.RegionLocationMaxY1) - int(region.RegionLocationMinY0)))
+        except (AttributeError, TypeError, ValueError):
+            area = 0.0
+        if best is None or area > best[0]:
+            best = (area, (10.0 * dy, 10.0 * dx))
+    if best is not None:
+        return best[1]
+    spacing = ds.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        dy, dx = _positive(spacing[0]), _positive(spacing[1])
+        if dy is not None and dx is not None:
+            return (dy, dx)
+    return None
+
+
 def _mono_to_uint8(arr: np.ndarray, ds) -> np.ndarray:
     """Monochrome pixels of any integer depth -> uint8 over the BitsStored range; MONOCHROME1 inverted."""
     if arr.dtype != np.uint8:
@@ -315,7 +361,7 @@ def read_dicom(path: str | Path, grayscale: bool = True) -> Video:
         warnings.warn(_redact(str(w.message), secrets), w.category, stacklevel=2)
     if frames.ndim not in (3, 4) or frames.shape[0] == 0:
         raise DataError(path, f"unexpected decoded pixel shape {frames.shape}")
-    return Video(np.ascontiguousarray(frames), fps, str(path))
+    return Video(np.ascontiguousarray(frames), fps, str(path), dicom_pixel_spacing_mm(ds))
 
 
 # -- images and masks -------------------------------------------------------------------------------

@@ -112,15 +112,15 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     fit(trainer, recipe, loader, fold_dir, resume, fold)
     if not trainer.is_global_zero:
         return None
-    if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
-        return pd.DataFrame()
     offset = 0.0
     if has_head_circumference(manifest):  # the masks' outline convention, from the labelled training masks only
-        calibration = hc_outline_calibration(manifest, labelled)
+        calibration = hc_outline_calibration(manifest, labelled)  # (the final model's too: `predict` reports HC)
         (fold_dir / "hc_calibration.json").write_text(json.dumps(calibration))
         offset = calibration["outline_offset_px"]
         log.info("fold %d: labelled masks lie %.3f px outside their HC ellipse (median of %d)", fold, offset,
                  calibration["n_masks"])
+    if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
+        return pd.DataFrame()
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir,
                                 overlays=int(options.overlays), save_masks=bool(options.save_masks),
                                 hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),

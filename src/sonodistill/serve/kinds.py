@@ -9,6 +9,7 @@ with `register_model_kind(...)` (see docs/bedside.md, "Extension points").
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +27,16 @@ CLIP_MODES = ("windows", "uniform")
 @dataclass
 class PredictOptions:
     """stride: window step in frames (None: T // 2); batch_size: windows per forward pass;
-    mask_dir: segmentation masks are written there as PNG (None: inline `data:image/png;base64` URIs)."""
+    mask_dir: segmentation masks are written there as PNG (None: inline `data:image/png;base64` URIs);
+    pixel_size_mm: the inputs' pixel size in mm, for areas and head circumferences of segmentation masks (None: the
+    file's own, where a DICOM says it; given, it replaces the file's)."""
 
     stride: int | None = None
     clip_mode: str = "windows"
     batch_size: int = 8
     mask_dir: Path | None = None
     decimals: int = 6
+    pixel_size_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.clip_mode not in CLIP_MODES:
@@ -41,16 +45,20 @@ class PredictOptions:
             raise ConfigError(f"stride must be >= 1, got {self.stride}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.pixel_size_mm is not None and not (math.isfinite(float(self.pixel_size_mm)) and self.pixel_size_mm > 0):
+            raise ConfigError(f"pixel_size_mm must be a positive number of mm, got {self.pixel_size_mm}")
 
 
 @dataclass
 class PreparedInput:
-    """One input: display name, raw uint8 `T x H x W` frames, preprocessed uint8 `T x S x S` clip, fps."""
+    """One input: display name, raw uint8 `T x H x W` frames, preprocessed uint8 `T x S x S` clip, fps, and the
+    file's pixel size in mm (rows, columns) where it says it."""
 
     name: str
     frames: np.ndarray
     clip: np.ndarray
     fps: float | None
+    pixel_spacing_mm: tuple[float, float] | None = None
 
 
 @dataclass

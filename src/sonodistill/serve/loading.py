@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -164,6 +165,9 @@ class LoadedModel:
         texts) replaces the fold-ensemble warnings of `predict.ensemble_warnings`.
     mask_postprocess: a segmentation model's post-processing of its masks (`evaluation.mask_postprocess`), applied
         by `predict` after the runner, outside the exported graph.
+    hc_outline_offset_px: set for a head-circumference model (trained on HC18-like items: `pixel_size_mm` and an HC
+        `target`): how far its training masks' outline lies outside the HC ellipse (mean over the members' folds),
+        removed from the HC `predict` reports; None: no HC is reported.
     """
 
     task: str
@@ -181,6 +185,7 @@ class LoadedModel:
     recipe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     mask_postprocess: str = "none"
+    hc_outline_offset_px: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -198,7 +203,9 @@ class LoadedModel:
         return {"source": self.source, "task": self.task, "backend": self.backend, "members": self.member_names,
                 "classes": self.classes, "input_kind": self.input_kind, "input_shape": list(self.input_shape),
                 "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {}),
-                **({"mask_postprocess": self.mask_postprocess} if self.mask_postprocess != "none" else {})}
+                **({"mask_postprocess": self.mask_postprocess} if self.mask_postprocess != "none" else {}),
+                **({"head_circumference": {"outline_offset_px": self.hc_outline_offset_px}}
+                   if self.hc_outline_offset_px is not None else {})}
 
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
@@ -272,6 +279,21 @@ def served_mask_postprocess(cfg: RunConfig | None) -> str:
     return check_mask_postprocess(cfg.recipe_options.get("mask_postprocess", "none"))  # SegmentationOptions default
 
 
+def members_outline_offset_px(manifest: Manifest, dirs: list[Path]) -> tuple[float | None, str | None]:
+    """A head-circumference run's outline offset for its served members, the mean of their `hc_calibration.json`,
+    and None; for a run whose items carry no HC (None, None); for one whose members lack the file (None, why)."""
+    from sonodistill.evaluation.segmentation_report import has_head_circumference
+
+    if not has_head_circumference(manifest):
+        return None, None
+    missing = [str(d / "hc_calibration.json") for d in dirs if not (d / "hc_calibration.json").is_file()]
+    if missing:
+        return None, (f"{missing[0]} is missing (trained before the outline calibration was saved): retrain, or "
+                      "rescore the folds with benchmarks/seg_rescore.py, to report head circumferences")
+    offsets = [float(json.loads((d / "hc_calibration.json").read_text())["outline_offset_px"]) for d in dirs]
+    return float(np.mean(offsets)), None
+
+
 def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
     """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`;
     wrapped in `FlipAveraged` when the run `cfg` asks for flip test-time augmentation (`serves_flip_tta`)."""
@@ -318,6 +340,11 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
         models.append(m.eval())
     module = served_module(kind, models, cfg)
     input_kind = input_kind_of(models[0])
+    describe: dict[str, Any] = {"flip_tta": True} if serves_flip_tta(cfg) else {}
+    offset, no_hc = members_outline_offset_px(manifest, dirs) if task == "segmentation" else (None, None)
+    if no_hc is not None:
+        log.warning("%s: no head circumferences: %s", run_dir, no_hc)
+        describe["head_circumference_unavailable"] = no_hc
     names = [member_name(run_dir, d) for d in dirs]
     log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(names))
     return LoadedModel(task=task, classes=list(manifest.classes) if kind.per_class else [],
@@ -325,8 +352,8 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
-                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {},
-                       mask_postprocess=served_mask_postprocess(cfg))
+                       recipe=cfg.recipe, extra={"describe": describe} if describe else {},
+                       mask_postprocess=served_mask_postprocess(cfg), hc_outline_offset_px=offset)
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
@@ -366,12 +393,18 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
         mask_postprocess = check_mask_postprocess(meta.get("mask_postprocess", "none"))  # absent before 2026-12-05
     except ConfigError as exc:
         raise CheckpointError(f"{folder / EXPORT_META}: {exc}") from exc
+    hc = meta.get("head_circumference")
+    offset = None if hc is None else hc.get("outline_offset_px") if isinstance(hc, dict) else math.nan
+    if hc is not None and not (isinstance(offset, (int, float)) and math.isfinite(offset)):
+        raise CheckpointError(f"{folder / EXPORT_META}: head_circumference.outline_offset_px must be a number, "
+                              f"got {hc!r}")
     return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
                        extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}},
-                       mask_postprocess=mask_postprocess)
+                       mask_postprocess=mask_postprocess,
+                       hc_outline_offset_px=None if offset is None else float(offset))
 
 
 def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:

@@ -111,6 +111,10 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
                      "filled" + ("; an empty mask becomes the region around the peak foreground probability"
                               if meta["mask_postprocess"] == "largest_nonempty" else "")
                      + "): applied by `sonodistill predict` after the graph; **not in the exported file**.")
+    if isinstance(meta.get("head_circumference"), dict):
+        lines.append("- Head circumference: `sonodistill predict` reports it in mm where the pixel size is known "
+                     "(`--pixel-size-mm` or the DICOM's own), less the training masks' outline offset "
+                     f"({meta['head_circumference']['outline_offset_px']:.3f} px).")
     if meta.get("format"):
         lines.append(f"- Format: {meta['format']}" + (f", opset {meta['opset']}" if meta.get("opset") else "")
                      + f"; file `{meta.get('file')}`.")

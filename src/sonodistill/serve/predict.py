@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,7 +87,7 @@ def prepare(model: LoadedModel, video: Video, name: str) -> PreparedInput:
     """Apply the run's preprocessing (crop, overlay removal, resize) to a decoded clip."""
     frames = np.ascontiguousarray(video.frames)
     clip = preprocess_clip(frames, model.preprocess)
-    return PreparedInput(name, frames, clip, video.fps)
+    return PreparedInput(name, frames, clip, video.fps, video.pixel_spacing_mm)
 
 
 # ------------------------------------------------------------------------------------------- windows
@@ -219,7 +220,8 @@ def _png(arr: np.ndarray) -> bytes:
 
 def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
     """Per-frame label masks (argmax over classes, then the model's `mask_postprocess`) in the original geometry,
-    as PNG files or data URIs.
+    as PNG files or data URIs; with a known pixel size (`options.pixel_size_mm`, else the file's), each class's area
+    in mm^2, and for a head-circumference model the HC of each frame's mask (`measure_head_circumference`).
 
     PNG values: 0/255 for two classes (background/foreground), else the class index.
     """
@@ -236,6 +238,16 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     from sonodistill.evaluation.mask_postprocess import postprocess_mask
 
     geometry = geometry_from_frames(item.frames, model.preprocess)  # the CV evaluation's inverse geometry
+    spacing, source = input_pixel_spacing(item, options)
+    out: dict[str, Any] = {"classes_in_mask": classes}
+    if spacing is not None:
+        out.update({"pixel_spacing_mm": round_list(np.asarray(spacing), options.decimals),
+                    "pixel_spacing_source": source})
+    if "head_circumference_unavailable" in model.extra.get("describe", {}):
+        out["head_circumference_unavailable"] = model.extra["describe"]["head_circumference_unavailable"]
+    elif model.hc_outline_offset_px is not None and spacing is None:
+        out["head_circumference_unavailable"] = ("the pixel size is unknown: pass --pixel-size-mm, or a DICOM whose "
+                                                 "ultrasound regions or PixelSpacing give it")
     masks = []
     for i, p in enumerate(probs):
         original = geometry.probabilities_to_original(p)  # bilinear probabilities back, then argmax
@@ -246,6 +258,12 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
         areas = dict(zip(classes, round_list(fractions, options.decimals)))
         entry: dict[str, Any] = {"frame": i, "area_fraction": areas}
+        if spacing is not None:
+            pixel_mm2 = spacing[0] * spacing[1]
+            entry["area_mm2"] = dict(zip(classes, round_list(np.bincount(label.ravel(), minlength=k)[:k] * pixel_mm2,
+                                                             options.decimals)))
+            if model.hc_outline_offset_px is not None:
+                entry.update(measure_head_circumference(label == 1, spacing, model.hc_outline_offset_px))
         if options.mask_dir is not None:
             target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
             if target.exists():
@@ -256,7 +274,31 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         else:
             entry["png"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         masks.append(entry)
-    return {"classes_in_mask": classes, "masks": masks}
+    return {**out, "masks": masks}
+
+
+def input_pixel_spacing(item: PreparedInput, options: PredictOptions) -> tuple[tuple[float, float] | None, str]:
+    """(rows, columns) mm per original pixel and where it came from: `options.pixel_size_mm` ("option"), else the
+    file's own (DICOM: "dicom"), else (None, "unknown")."""
+    if options.pixel_size_mm is not None:
+        return (float(options.pixel_size_mm), float(options.pixel_size_mm)), "option"
+    if item.pixel_spacing_mm is not None:
+        return (float(item.pixel_spacing_mm[0]), float(item.pixel_spacing_mm[1])), "dicom"
+    return None, "unknown"
+
+
+def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], outline_offset_px: float
+                               ) -> dict[str, Any]:
+    """`{"head_circumference_mm": HC}` of a bool H x W head mask in the original image (the CV evaluation's
+    measurement: least-squares ellipse on the outer contour of the largest component, less the model's outline
+    offset), or `{"head_circumference_mm": None, "head_circumference_failure": why}` when no head is found."""
+    from sonodistill.evaluation.head_circumference import head_circumference_mm
+
+    hc = head_circumference_mm(head, spacing, outline_offset_px)
+    if math.isfinite(hc):
+        return {"head_circumference_mm": round(float(hc), 2)}
+    why = "no head in the mask" if not head.any() else "no ellipse fits the mask's outline"
+    return {"head_circumference_mm": None, "head_circumference_failure": why}
 
 
 def _build_classifier(cfg: Any, manifest: Any) -> torch.nn.Module:
