@@ -365,6 +365,9 @@ def test_head_circumference_calibration_travels_with_the_export(seg_run, tmp_pat
         return
     from sonodistill.serve.export import export_model
 
+    old_export = load_model(export_model(run, tmp_path / "old-onnx", "onnx"))  # says why, as the run does
+    assert old_export.hc_outline_offset_px is None
+    assert "fold_1/hc_calibration.json is missing" in old_export.describe()["head_circumference_unavailable"]
     model = load_model(seg_run)
     folder = export_model(seg_run, tmp_path / "onnx", "onnx")
     meta = json.loads((folder / "sonodistill-model.json").read_text())

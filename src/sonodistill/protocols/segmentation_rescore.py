@@ -111,7 +111,7 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
         pred = predict_segmentation(net, cfg, manifest, np.asarray(split["test"]), k, target,
                                     overlays=int(options.overlays), save_masks=bool(options.save_masks),
                                     hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),
-                                mask_postprocess=str(options.mask_postprocess))
+                                    mask_postprocess=str(options.mask_postprocess))
         pred.to_csv(target / PREDICTIONS, index=False)
         log.info("%s fold %d: %d items rescored, Dice %.4f", run_dir, k, len(pred), pred["dice"].mean())
         frames.append(pred)

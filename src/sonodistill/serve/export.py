@@ -124,6 +124,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "mask_postprocess": model.mask_postprocess,  # applied by predict after the graph (not in it)
         **({"head_circumference": {"outline_offset_px": model.hc_outline_offset_px}}  # predict's HC correction
            if model.hc_outline_offset_px is not None else {}),
+        **{k: v for k, v in model.extra.get("describe", {}).items() if k == "head_circumference_unavailable"},
         "source_run": str(run_dir.resolve()),
         "sonodistill_version": __version__,
         "torch_version": torch.__version__,

@@ -28,6 +28,9 @@ from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind
 
 log = logging.getLogger(__name__)
 
+# export metadata fields that `describe()` of a loaded export repeats
+EXPORT_DESCRIBE_KEYS = ("annotation", "head_circumference_unavailable")
+
 EXPORT_META = "sonodistill-model.json"
 WEIGHTS = "model.safetensors"
 InputKind = Literal["video", "frame"]
@@ -402,7 +405,7 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
-                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}},
+                       extra={"export": meta, "describe": {k: meta[k] for k in EXPORT_DESCRIBE_KEYS if k in meta}},
                        mask_postprocess=mask_postprocess,
                        hc_outline_offset_px=None if offset is None else float(offset))
 
