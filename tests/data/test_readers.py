@@ -418,8 +418,19 @@ def test_dicom_pixel_spacing_from_the_largest_2d_centimetre_region(tmp_path: Pat
 
 
 def test_real_obstetric_dicom_spacing(shared_data: Path) -> None:
-    """The obstetric example's B-mode region: 0.0262 cm a pixel; its Doppler region (units 4) is not used."""
+    """The obstetric example's B-mode region: 0.0262 cm a pixel; its Doppler region (units 4) is not used. The
+    scanner burnt a caliper measurement into the image ("Cist Mag 1.06 cm"): the two '+' marks, 9-10 pixels
+    wide, found here by their bright pixels, lie 1.06 cm apart at that spacing."""
+    from scipy import ndimage
+
     v = read_dicom(shared_data / "dicom" / "OBXXXX1A.dcm")
     assert v.pixel_spacing_mm == pytest.approx((0.26229, 0.26229), abs=1e-5)
+    window = v.frames[0, 280:312, 445:510] > 200           # the caliper and its dotted line
+    labels, n = ndimage.label(window, structure=np.ones((3, 3), bool))
+    boxes = [b for b in ndimage.find_objects(labels) if b[0].stop - b[0].start >= 9]  # the two crosses, not the dots
+    assert len(boxes) == 2
+    centres = np.array([[(b[0].start + b[0].stop - 1) / 2, (b[1].start + b[1].stop - 1) / 2] for b in boxes])
+    distance_mm = float(np.linalg.norm((centres[0] - centres[1]) * np.asarray(v.pixel_spacing_mm)))
+    assert distance_mm == pytest.approx(10.6, abs=0.1)
     assert read_dicom(shared_data / "dicom" / "US1_UNCR.dcm").pixel_spacing_mm is None  # no regions, no spacing
     assert read_clip(shared_data / "lus-blues" / _lus_rows(shared_data).file.iloc[0]).pixel_spacing_mm is None
