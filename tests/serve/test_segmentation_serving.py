@@ -298,6 +298,7 @@ def _ellipse_runner(a: float = 12.0, b: float = 8.0, size: int = 32):
 def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     """A head-circumference run: `predict` with a pixel size gives each mask's HC as the CV evaluation measures it
     (outer-contour ellipse, less the folds' mean outline offset) and its area in mm^2; without one it says why."""
+    from sonodistill.data.manifest import Manifest
     from sonodistill.evaluation.head_circumference import head_circumference_mm, ramanujan_perimeter
     from sonodistill.serve.loading import load_model
     from sonodistill.serve.predict import PredictOptions, predict_file
@@ -305,15 +306,17 @@ def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     model = load_model(seg_run)
     offsets = [json.loads((seg_run / f"fold_{k}" / "hc_calibration.json").read_text())["outline_offset_px"]
                for k in (0, 1)]
-    assert model.hc_outline_offset_px == pytest.approx(np.mean(offsets))
+    assert model.head_circumference.outline_offset_px == pytest.approx(np.mean(offsets))
     assert model.describe()["head_circumference"]["outline_offset_px"] == pytest.approx(np.mean(offsets))
+    hcs = Manifest.from_csv(seg_run / "manifest.csv").table["target"]
+    assert model.head_circumference.range_mm == (pytest.approx(hcs.min()), pytest.approx(hcs.max()))
     fixed = dataclasses.replace(model, runner=_ellipse_runner())
     image = _images(seg_run)[0]  # 48 x 48: the model's 32 px ellipse of semi-axes 12 x 8 is 18 x 12 pixels there
     result = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "m", pixel_size_mm=0.5))
     assert result["pixel_spacing_mm"] == [0.5, 0.5] and result["pixel_spacing_source"] == "option"
     entry = result["masks"][0]
     mask = np.asarray(Image.open(entry["png"])) > 0
-    offset = fixed.hc_outline_offset_px
+    offset = fixed.head_circumference.outline_offset_px
     assert entry["head_circumference_mm"] == pytest.approx(head_circumference_mm(mask, 0.5, offset), abs=0.006)
     analytic = ramanujan_perimeter(18, 12) * 0.5 - 2 * np.pi * offset * 0.5
     assert entry["head_circumference_mm"] == pytest.approx(analytic, rel=0.03)
@@ -322,6 +325,13 @@ def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     assert entry["area_mm2"][foreground] == pytest.approx(np.pi * 18 * 12 * 0.25, rel=0.05)
     assert entry["area_mm2"][background] == pytest.approx((~mask).sum() * 0.25, abs=1e-6)
 
+    from sonodistill.serve.loading import HeadCircumferenceModel
+
+    for (low, high), flagged in (((100.0, 200.0), True), ((10.0, 400.0), False)):  # HC here: about 45 mm
+        ranged = dataclasses.replace(fixed, head_circumference=HeadCircumferenceModel(offset, (low, high)))
+        got = predict_file(ranged, image, PredictOptions(mask_dir=tmp_path / f"r{low}", pixel_size_mm=0.5))["masks"][0]
+        assert got["head_circumference_mm"] == entry["head_circumference_mm"]
+        assert ("outside the 100-200 mm of the heads" in got.get("head_circumference_warning", "")) is flagged
     plain = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "n"))  # a PNG says no pixel size
     assert "pixel size is unknown" in plain["head_circumference_unavailable"]
     assert "head_circumference_mm" not in plain["masks"][0] and "area_mm2" not in plain["masks"][0]
@@ -359,22 +369,24 @@ def test_head_circumference_calibration_travels_with_the_export(seg_run, tmp_pat
     shutil.copytree(seg_run, run)
     (run / "fold_1" / "hc_calibration.json").unlink()  # a run scored before the calibration was saved
     old = load_model(run)
-    assert old.hc_outline_offset_px is None
+    assert old.head_circumference is None
     assert "fold_1/hc_calibration.json is missing" in old.describe()["head_circumference_unavailable"]
     if importlib.util.find_spec("onnxruntime") is None:
         return
     from sonodistill.serve.export import export_model
 
     old_export = load_model(export_model(run, tmp_path / "old-onnx", "onnx"))  # says why, as the run does
-    assert old_export.hc_outline_offset_px is None
+    assert old_export.head_circumference is None
     assert "fold_1/hc_calibration.json is missing" in old_export.describe()["head_circumference_unavailable"]
     model = load_model(seg_run)
     folder = export_model(seg_run, tmp_path / "onnx", "onnx")
     meta = json.loads((folder / "sonodistill-model.json").read_text())
-    assert meta["head_circumference"]["outline_offset_px"] == pytest.approx(model.hc_outline_offset_px)
+    assert meta["head_circumference"] == model.head_circumference.to_json()
     assert "- Head circumference: `sonodistill predict` reports it in mm" in (folder / "MODEL_CARD.md").read_text()
-    assert load_model(folder).hc_outline_offset_px == pytest.approx(model.hc_outline_offset_px)
-    meta["head_circumference"] = {"outline_offset_px": "x"}
-    (folder / "sonodistill-model.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="head_circumference.outline_offset_px must be a number"):
-        load_model(folder)
+    assert load_model(folder).head_circumference == model.head_circumference
+    for bad in ({"outline_offset_px": "x", "range_mm": [40, 300]}, {"outline_offset_px": 0.6},
+                {"outline_offset_px": 0.6, "range_mm": [300, 40]}):
+        meta["head_circumference"] = bad
+        (folder / "sonodistill-model.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="sonodistill-model.json: head_circumference"):
+            load_model(folder)

@@ -122,8 +122,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "recipe": model.recipe,
         "flip_tta": serves_flip_tta(model.cfg),  # the exported module averages the mirrored image's output
         "mask_postprocess": model.mask_postprocess,  # applied by predict after the graph (not in it)
-        **({"head_circumference": {"outline_offset_px": model.hc_outline_offset_px}}  # predict's HC correction
-           if model.hc_outline_offset_px is not None else {}),
+        **({"head_circumference": model.head_circumference.to_json()}  # how predict measures HC
+           if model.head_circumference is not None else {}),
         **{k: v for k, v in model.extra.get("describe", {}).items() if k == "head_circumference_unavailable"},
         "source_run": str(run_dir.resolve()),
         "sonodistill_version": __version__,

@@ -157,6 +157,31 @@ class TorchScriptRunner(TorchRunner):
 
 # ------------------------------------------------------------------------------------------- the model
 @dataclass
+class HeadCircumferenceModel:
+    """How `predict` measures head circumference for a model trained on HC18-like items: the outline offset of its
+    training masks (pixels; the mean of its members' `hc_calibration.json`), removed from each HC, and the range of
+    the HCs (mm) in the data it was trained on, outside which a measurement is flagged."""
+
+    outline_offset_px: float
+    range_mm: tuple[float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outline_offset_px": self.outline_offset_px, "range_mm": list(self.range_mm)}
+
+    @classmethod
+    def from_json(cls, value: Any, where: Path) -> HeadCircumferenceModel:
+        """From an export's metadata; CheckpointError naming `where` when a field is missing or not a number."""
+        try:
+            offset, low, high = (float(x) for x in (value["outline_offset_px"], *value["range_mm"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{where}: head_circumference must hold outline_offset_px and range_mm [low, high] "
+                                  f"as numbers, got {value!r}") from exc
+        if not all(math.isfinite(v) for v in (offset, low, high)) or not low <= high:
+            raise CheckpointError(f"{where}: head_circumference values must be finite, low <= high: {value!r}")
+        return cls(offset, (low, high))
+
+
+@dataclass
 class LoadedModel:
     """A model ready for `serve.predict`: how to preprocess, what it outputs, and a runner.
 
@@ -168,9 +193,8 @@ class LoadedModel:
         texts) replaces the fold-ensemble warnings of `predict.ensemble_warnings`.
     mask_postprocess: a segmentation model's post-processing of its masks (`evaluation.mask_postprocess`), applied
         by `predict` after the runner, outside the exported graph.
-    hc_outline_offset_px: set for a head-circumference model (trained on HC18-like items: `pixel_size_mm` and an HC
-        `target`): how far its training masks' outline lies outside the HC ellipse (mean over the members' folds),
-        removed from the HC `predict` reports; None: no HC is reported.
+    head_circumference: set for a head-circumference model (trained on HC18-like items: `pixel_size_mm` and an HC
+        `target`): how `predict` measures HC (`HeadCircumferenceModel`); None: no HC is reported.
     """
 
     task: str
@@ -188,7 +212,7 @@ class LoadedModel:
     recipe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     mask_postprocess: str = "none"
-    hc_outline_offset_px: float | None = None
+    head_circumference: HeadCircumferenceModel | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -207,8 +231,8 @@ class LoadedModel:
                 "classes": self.classes, "input_kind": self.input_kind, "input_shape": list(self.input_shape),
                 "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {}),
                 **({"mask_postprocess": self.mask_postprocess} if self.mask_postprocess != "none" else {}),
-                **({"head_circumference": {"outline_offset_px": self.hc_outline_offset_px}}
-                   if self.hc_outline_offset_px is not None else {})}
+                **({"head_circumference": self.head_circumference.to_json()}
+                   if self.head_circumference is not None else {})}
 
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
@@ -282,9 +306,9 @@ def served_mask_postprocess(cfg: RunConfig | None) -> str:
     return check_mask_postprocess(cfg.recipe_options.get("mask_postprocess", "none"))  # SegmentationOptions default
 
 
-def members_outline_offset_px(manifest: Manifest, dirs: list[Path]) -> tuple[float | None, str | None]:
-    """A head-circumference run's outline offset for its served members, the mean of their `hc_calibration.json`,
-    and None; for a run whose items carry no HC (None, None); for one whose members lack the file (None, why)."""
+def run_head_circumference(manifest: Manifest, dirs: list[Path]) -> tuple[HeadCircumferenceModel | None, str | None]:
+    """A head-circumference run's measurement for its served members and None; for a run whose items carry no HC
+    (None, None); for one whose members lack `hc_calibration.json` (None, why)."""
     from sonodistill.evaluation.segmentation_report import has_head_circumference
 
     if not has_head_circumference(manifest):
@@ -294,7 +318,9 @@ def members_outline_offset_px(manifest: Manifest, dirs: list[Path]) -> tuple[flo
         return None, (f"{missing[0]} is missing (trained before the outline calibration was saved): retrain, or "
                       "rescore the folds with benchmarks/seg_rescore.py, to report head circumferences")
     offsets = [float(json.loads((d / "hc_calibration.json").read_text())["outline_offset_px"]) for d in dirs]
-    return float(np.mean(offsets)), None
+    hc = manifest.table["target"].to_numpy(dtype=np.float64)
+    hc = hc[np.isfinite(hc)]
+    return HeadCircumferenceModel(float(np.mean(offsets)), (float(hc.min()), float(hc.max()))), None
 
 
 def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
@@ -344,7 +370,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
     module = served_module(kind, models, cfg)
     input_kind = input_kind_of(models[0])
     describe: dict[str, Any] = {"flip_tta": True} if serves_flip_tta(cfg) else {}
-    offset, no_hc = members_outline_offset_px(manifest, dirs) if task == "segmentation" else (None, None)
+    hc_model, no_hc = run_head_circumference(manifest, dirs) if task == "segmentation" else (None, None)
     if no_hc is not None:
         log.warning("%s: no head circumferences: %s", run_dir, no_hc)
         describe["head_circumference_unavailable"] = no_hc
@@ -356,7 +382,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
                        recipe=cfg.recipe, extra={"describe": describe} if describe else {},
-                       mask_postprocess=served_mask_postprocess(cfg), hc_outline_offset_px=offset)
+                       mask_postprocess=served_mask_postprocess(cfg), head_circumference=hc_model)
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
@@ -397,17 +423,14 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
     except ConfigError as exc:
         raise CheckpointError(f"{folder / EXPORT_META}: {exc}") from exc
     hc = meta.get("head_circumference")
-    offset = None if hc is None else hc.get("outline_offset_px") if isinstance(hc, dict) else math.nan
-    if hc is not None and not (isinstance(offset, (int, float)) and math.isfinite(offset)):
-        raise CheckpointError(f"{folder / EXPORT_META}: head_circumference.outline_offset_px must be a number, "
-                              f"got {hc!r}")
+    hc_model = None if hc is None else HeadCircumferenceModel.from_json(hc, folder / EXPORT_META)
     return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
                        extra={"export": meta, "describe": {k: meta[k] for k in EXPORT_DESCRIBE_KEYS if k in meta}},
                        mask_postprocess=mask_postprocess,
-                       hc_outline_offset_px=None if offset is None else float(offset))
+                       head_circumference=hc_model)
 
 
 def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:

@@ -27,7 +27,7 @@ from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_E
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
-from sonodistill.serve.loading import EmbeddingConcat, LoadedModel
+from sonodistill.serve.loading import EmbeddingConcat, HeadCircumferenceModel, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
                     "pixel_spacing_source": source})
     if "head_circumference_unavailable" in model.extra.get("describe", {}):
         out["head_circumference_unavailable"] = model.extra["describe"]["head_circumference_unavailable"]
-    elif model.hc_outline_offset_px is not None and spacing is None:
+    elif model.head_circumference is not None and spacing is None:
         out["head_circumference_unavailable"] = ("the pixel size is unknown: pass --pixel-size-mm, or a DICOM whose "
                                                  "ultrasound regions or PixelSpacing give it")
     masks = []
@@ -262,8 +262,8 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
             pixel_mm2 = spacing[0] * spacing[1]
             entry["area_mm2"] = dict(zip(classes, round_list(np.bincount(label.ravel(), minlength=k)[:k] * pixel_mm2,
                                                              options.decimals)))
-            if model.hc_outline_offset_px is not None:
-                entry.update(measure_head_circumference(label == 1, spacing, model.hc_outline_offset_px))
+            if model.head_circumference is not None:
+                entry.update(measure_head_circumference(label == 1, spacing, model.head_circumference))
         if options.mask_dir is not None:
             target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
             if target.exists():
@@ -287,16 +287,22 @@ def input_pixel_spacing(item: PreparedInput, options: PredictOptions) -> tuple[t
     return None, "unknown"
 
 
-def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], outline_offset_px: float
+def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], hc_model: HeadCircumferenceModel
                                ) -> dict[str, Any]:
     """`{"head_circumference_mm": HC}` of a bool H x W head mask in the original image (the CV evaluation's
     measurement: least-squares ellipse on the outer contour of the largest component, less the model's outline
-    offset), or `{"head_circumference_mm": None, "head_circumference_failure": why}` when no head is found."""
+    offset), with `head_circumference_warning` when HC lies outside the training data's range, or
+    `{"head_circumference_mm": None, "head_circumference_failure": why}` when no head is found."""
     from sonodistill.evaluation.head_circumference import head_circumference_mm
 
-    hc = head_circumference_mm(head, spacing, outline_offset_px)
+    hc = head_circumference_mm(head, spacing, hc_model.outline_offset_px)
     if math.isfinite(hc):
-        return {"head_circumference_mm": round(float(hc), 2)}
+        out: dict[str, Any] = {"head_circumference_mm": round(float(hc), 2)}
+        low, high = hc_model.range_mm
+        if not low <= hc <= high:
+            out["head_circumference_warning"] = (f"outside the {low:.0f}-{high:.0f} mm of the heads the model was "
+                                                 "trained on: check the mask (is a head in the image?)")
+        return out
     why = "no head in the mask" if not head.any() else "no ellipse fits the mask's outline"
     return {"head_circumference_mm": None, "head_circumference_failure": why}
 
