@@ -254,14 +254,12 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         label = original.argmax(axis=0).astype(np.uint8)
         if model.mask_postprocess != "none":
             label = postprocess_mask(label == 1, original[1], model.mask_postprocess).astype(np.uint8)
-        fractions = np.bincount(label.ravel(), minlength=k)[:k] / label.size
+        pixels = np.bincount(label.ravel(), minlength=k)[:k]
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
-        areas = dict(zip(classes, round_list(fractions, options.decimals)))
+        areas = dict(zip(classes, round_list(pixels / label.size, options.decimals)))
         entry: dict[str, Any] = {"frame": i, "area_fraction": areas}
         if spacing is not None:
-            pixel_mm2 = spacing[0] * spacing[1]
-            entry["area_mm2"] = dict(zip(classes, round_list(np.bincount(label.ravel(), minlength=k)[:k] * pixel_mm2,
-                                                             options.decimals)))
+            entry["area_mm2"] = dict(zip(classes, round_list(pixels * spacing[0] * spacing[1], options.decimals)))
             if model.head_circumference is not None:
                 entry.update(measure_head_circumference(label == 1, spacing, model.head_circumference))
         if options.mask_dir is not None:
