@@ -122,9 +122,14 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     if len(test_rows) == 0:  # a final model trained on all items: nothing held out to score
         return pd.DataFrame()
     return predict_segmentation(recipe.inference_model(), cfg, manifest, test_rows, fold, fold_dir,
-                                overlays=int(options.overlays), save_masks=bool(options.save_masks),
-                                hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),
-                                mask_postprocess=str(options.mask_postprocess))
+                                hc_outline_offset_px=offset, **scoring_options(options))
+
+
+def scoring_options(options: Any) -> dict[str, Any]:
+    """The inference settings of a recipe's resolved options (`SegmentationOptions`) as `predict_segmentation`'s
+    keyword arguments: the one place training-time scoring and rescoring read them from."""
+    return {"overlays": int(options.overlays), "save_masks": bool(options.save_masks),
+            "flip_tta": bool(options.flip_tta), "mask_postprocess": str(options.mask_postprocess)}
 
 
 class SegmentationProtocol(Protocol):

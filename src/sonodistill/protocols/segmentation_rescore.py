@@ -34,6 +34,7 @@ from sonodistill.evaluation.segmentation_report import (
     segmentation_units,
     write_segmentation_report,
 )
+from sonodistill.protocols.segmentation import scoring_options
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,7 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
             offset = float(calibration["outline_offset_px"])
         save_weights(net, target / WEIGHTS)  # the rescored run serves what it scored
         pred = predict_segmentation(net, cfg, manifest, np.asarray(split["test"]), k, target,
-                                    overlays=int(options.overlays), save_masks=bool(options.save_masks),
-                                    hc_outline_offset_px=offset, flip_tta=bool(options.flip_tta),
-                                    mask_postprocess=str(options.mask_postprocess))
+                                    hc_outline_offset_px=offset, **scoring_options(options))
         pred.to_csv(target / PREDICTIONS, index=False)
         log.info("%s fold %d: %d items rescored, Dice %.4f", run_dir, k, len(pred), pred["dice"].mean())
         frames.append(pred)
