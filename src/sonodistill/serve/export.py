@@ -124,7 +124,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "mask_postprocess": model.mask_postprocess,  # applied by predict after the graph (not in it)
         **({"head_circumference": model.head_circumference.to_json()}  # how predict measures HC
            if model.head_circumference is not None else {}),
-        **{k: v for k, v in model.extra.get("describe", {}).items() if k == "head_circumference_unavailable"},
+        **({"head_circumference_unavailable": model.head_circumference_unavailable}
+           if model.head_circumference_unavailable is not None else {}),
         "source_run": str(run_dir.resolve()),
         "sonodistill_version": __version__,
         "torch_version": torch.__version__,

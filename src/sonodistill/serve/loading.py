@@ -28,9 +28,6 @@ from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind
 
 log = logging.getLogger(__name__)
 
-# export metadata fields that `describe()` of a loaded export repeats
-EXPORT_DESCRIBE_KEYS = ("annotation", "head_circumference_unavailable")
-
 EXPORT_META = "sonodistill-model.json"
 WEIGHTS = "model.safetensors"
 InputKind = Literal["video", "frame"]
@@ -195,6 +192,7 @@ class LoadedModel:
         by `predict` after the runner, outside the exported graph.
     head_circumference: set for a head-circumference model (trained on HC18-like items: `pixel_size_mm` and an HC
         `target`): how `predict` measures HC (`HeadCircumferenceModel`); None: no HC is reported.
+    head_circumference_unavailable: for a head-circumference model that cannot report HC, why (no calibration).
     """
 
     task: str
@@ -213,6 +211,7 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     mask_postprocess: str = "none"
     head_circumference: HeadCircumferenceModel | None = None
+    head_circumference_unavailable: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -232,7 +231,9 @@ class LoadedModel:
                 "preprocessing": asdict(self.preprocess), "recipe": self.recipe, **self.extra.get("describe", {}),
                 **({"mask_postprocess": self.mask_postprocess} if self.mask_postprocess != "none" else {}),
                 **({"head_circumference": self.head_circumference.to_json()}
-                   if self.head_circumference is not None else {})}
+                   if self.head_circumference is not None else {}),
+                **({"head_circumference_unavailable": self.head_circumference_unavailable}
+                   if self.head_circumference_unavailable is not None else {})}
 
 
 def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
@@ -369,11 +370,9 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
         models.append(m.eval())
     module = served_module(kind, models, cfg)
     input_kind = input_kind_of(models[0])
-    describe: dict[str, Any] = {"flip_tta": True} if serves_flip_tta(cfg) else {}
     hc_model, no_hc = run_head_circumference(manifest, dirs) if task == "segmentation" else (None, None)
     if no_hc is not None:
         log.warning("%s: no head circumferences: %s", run_dir, no_hc)
-        describe["head_circumference_unavailable"] = no_hc
     names = [member_name(run_dir, d) for d in dirs]
     log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(names))
     return LoadedModel(task=task, classes=list(manifest.classes) if kind.per_class else [],
@@ -381,8 +380,9 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
-                       recipe=cfg.recipe, extra={"describe": describe} if describe else {},
-                       mask_postprocess=served_mask_postprocess(cfg), head_circumference=hc_model)
+                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {},
+                       mask_postprocess=served_mask_postprocess(cfg), head_circumference=hc_model,
+                       head_circumference_unavailable=no_hc)
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
@@ -424,13 +424,16 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
         raise CheckpointError(f"{folder / EXPORT_META}: {exc}") from exc
     hc = meta.get("head_circumference")
     hc_model = None if hc is None else HeadCircumferenceModel.from_json(hc, folder / EXPORT_META)
+    no_hc = meta.get("head_circumference_unavailable")
+    if no_hc is not None and not isinstance(no_hc, str):
+        raise CheckpointError(f"{folder / EXPORT_META}: head_circumference_unavailable must be a text, got {no_hc!r}")
     return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
-                       extra={"export": meta, "describe": {k: meta[k] for k in EXPORT_DESCRIBE_KEYS if k in meta}},
-                       mask_postprocess=mask_postprocess,
-                       head_circumference=hc_model)
+                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}},
+                       mask_postprocess=mask_postprocess, head_circumference=hc_model,
+                       head_circumference_unavailable=no_hc)
 
 
 def load_model(path: str | Path, members: str = "auto", threads: int | None = None) -> LoadedModel:

@@ -243,8 +243,8 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     if spacing is not None:
         out.update({"pixel_spacing_mm": round_list(np.asarray(spacing), options.decimals),
                     "pixel_spacing_source": source})
-    if "head_circumference_unavailable" in model.extra.get("describe", {}):
-        out["head_circumference_unavailable"] = model.extra["describe"]["head_circumference_unavailable"]
+    if model.head_circumference_unavailable is not None:
+        out["head_circumference_unavailable"] = model.head_circumference_unavailable
     elif model.head_circumference is not None and spacing is None:
         out["head_circumference_unavailable"] = ("the pixel size is unknown: pass --pixel-size-mm, or a DICOM whose "
                                                  "ultrasound regions or PixelSpacing give it")
