@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 from collections.abc import Iterator
@@ -35,15 +36,34 @@ def serving(srv: Any) -> Iterator[tuple[str, int]]:
         srv.server_close()
 
 
-def analyse_on_review_page(browser: Any, address: tuple[str, int], ready: str, clip: Path) -> tuple[Any, list[str]]:
+def post_upload(srv: Any, body: bytes, ext: str | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """POST `body` to the review server's /api/predict with `X-File-Extension: ext` (none when None) and any extra
+    `headers`; returns (status, JSON payload)."""
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    sent = {"Content-Type": "application/octet-stream", **(headers or {})}
+    if ext is not None:
+        sent["X-File-Extension"] = ext
+    conn.request("POST", "/api/predict", body=body, headers=sent)
+    resp = conn.getresponse()
+    status, payload = resp.status, json.loads(resp.read())
+    conn.close()
+    return status, payload
+
+
+def analyse_on_review_page(browser: Any, address: tuple[str, int], ready: str, clip: Path,
+                           pixel_size: str | None = None) -> tuple[Any, list[str]]:
     """Open the review page at `address` in a 1200 x 900 Chromium page, wait for the model info to contain `ready`,
-    upload `clip` and wait until it is analysed. Returns (page, the page's JavaScript errors so far and later)."""
+    upload `clip` (typing `pixel_size` into the pixel-size field first, when given) and wait until it is analysed.
+    Returns (page, the page's JavaScript errors so far and later)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"http://{address[0]}:{address[1]}/")
     # locators only: the page's Content-Security-Policy forbids eval, which wait_for_function needs
     page.wait_for_selector(f"#model-info:has-text('{ready}')")
+    if pixel_size is not None:
+        page.fill("#pixel-size", pixel_size)
     page.set_input_files("#file", str(clip))
     page.click("#analyse")
     page.wait_for_selector("#status:has-text('Done in')", timeout=60_000)
@@ -202,3 +222,42 @@ def lus_clip(shared_data) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+def seg_config(recipe: str, root: Path, *extra: str) -> RunConfig:
+    """A segmentation recipe's config for tiny 32 px runs: 1 epoch, 2 folds, a narrow U-Net."""
+    from sonodistill.config import load_config
+
+    return load_config(None, [
+        f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
+        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
+        "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=2",
+        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
+        "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0, "
+        "save_masks: true}", *extra])
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """HDC trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images (48 x 48, pixel size in mm)."""
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.synthetic import write_dataset
+    from sonodistill.protocols.folds import run_protocol
+
+    root = tmp_path_factory.mktemp("seg-serving")
+    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
+    cfg = seg_config("hdc", root)
+    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
+    return cfg.run_dir
+
+
+def ellipse_runner(a: float = 12.0, b: float = 8.0, size: int = 32):
+    """Probabilities of a fixed segmenter: foreground inside the ellipse of semi-axes a (columns) and b (rows)
+    around the centre of the `size x size` input, whatever the image."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    inside = (((yy - size / 2) / b) ** 2 + ((xx - size / 2) / a) ** 2 <= 1).astype(np.float32)
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        fg = np.broadcast_to(inside, (x.shape[0], size, size))
+        return np.stack([1 - fg, fg], axis=1).astype(np.float32)
+    return runner

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import urllib.request
@@ -13,7 +12,7 @@ import pytest
 from sonodistill.serve.app import make_server, score_plot_svg, sniff_type
 from sonodistill.serve.loading import load_model
 
-from .conftest import CLASSES, serving, synthetic_frames, write_dicom
+from .conftest import CLASSES, post_upload, serving, synthetic_frames, write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +21,6 @@ def server(tiny_run, tmp_path_factory):
     srv = make_server(load_model(tiny_run), "127.0.0.1", 0, max_upload=2_000_000, tmp_root=uploads)
     with serving(srv):
         yield srv, uploads
-
-
-def _post(srv, body: bytes, ext: str | None) -> tuple[int, dict]:
-    host, port = srv.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    headers = {"Content-Type": "application/octet-stream"}
-    if ext is not None:
-        headers["X-File-Extension"] = ext
-    conn.request("POST", "/api/predict", body=body, headers=headers)
-    resp = conn.getresponse()
-    status, payload = resp.status, json.loads(resp.read())
-    conn.close()
-    return status, payload
 
 
 def _get(srv, path: str) -> tuple[int, str, bytes]:
@@ -55,7 +41,7 @@ def test_page_and_info(server):
 
 def test_upload_video_gives_prediction_plot_and_heatmap(server, video_file):
     srv, uploads = server
-    status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+    status, payload = post_upload(srv, video_file.read_bytes(), ".mp4")
     assert status == 200, payload
     r = payload["result"]
     assert set(r["probabilities"]) == set(CLASSES) and r["frames"] == 20 and r["input"] == "upload.mp4"
@@ -68,13 +54,13 @@ def test_upload_video_gives_prediction_plot_and_heatmap(server, video_file):
 def test_rejections(server, video_file, tmp_path):
     srv, uploads = server
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
-    assert _post(srv, b"MZ" + b"\x00" * 300, ".exe")[0] == 415
-    assert _post(srv, png, None)[0] == 415  # no extension given
-    status, payload = _post(srv, png, ".mp4")  # extension and content disagree
+    assert post_upload(srv, b"MZ" + b"\x00" * 300, ".exe")[0] == 415
+    assert post_upload(srv, png, None)[0] == 415  # no extension given
+    status, payload = post_upload(srv, png, ".mp4")  # extension and content disagree
     assert status == 415 and "does not match" in payload["error"]
-    status, payload = _post(srv, b"\x00" * 2_000_001, ".mp4")
+    status, payload = post_upload(srv, b"\x00" * 2_000_001, ".mp4")
     assert status == 413 and "exceeds" in payload["error"]
-    status, payload = _post(srv, b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500, ".mp4")  # sniffs as mp4, undecodable
+    status, payload = post_upload(srv, b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500, ".mp4")  # sniffs as mp4, undecodable
     assert status == 422 and "upload.mp4" in payload["error"] and str(uploads) not in payload["error"]
     assert list(uploads.iterdir()) == []
 
@@ -84,7 +70,7 @@ def test_dicom_patient_fields_never_leave_the_server(server, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     dcm = write_dicom(tmp_path / "Doe_Jane.dcm", synthetic_frames(10, 64, 80), patient_name="Doe^Jane")
     assert b"Doe^Jane" in dcm.read_bytes()
-    status, payload = _post(srv, dcm.read_bytes(), ".dcm")
+    status, payload = post_upload(srv, dcm.read_bytes(), ".dcm")
     assert status == 200 and payload["result"]["frames"] == 10
     text = json.dumps(payload) + caplog.text
     for secret in ("Doe", "Jane", "JD-0042", "19700101"):
@@ -108,7 +94,7 @@ def test_hostile_avi_and_unexpected_errors_answer_input_and_error(server, tmp_pa
     from tests.data.hostile import write_huge_frame_count_avi
 
     srv, uploads = server
-    status, payload = _post(srv, write_huge_frame_count_avi(tmp_path / "huge.avi").read_bytes(), ".avi")
+    status, payload = post_upload(srv, write_huge_frame_count_avi(tmp_path / "huge.avi").read_bytes(), ".avi")
     assert status == 422 and payload["input"] == "upload.avi" and "2147483647 frames" in payload["error"]
     assert str(uploads) not in payload["error"]
 
@@ -116,10 +102,10 @@ def test_hostile_avi_and_unexpected_errors_answer_input_and_error(server, tmp_pa
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(app_module, "analyse_file", explode)
-    status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+    status, payload = post_upload(srv, video_file.read_bytes(), ".mp4")
     assert status == 500 and payload == {"input": "upload.mp4", "error": "RuntimeError: decoder exploded"}
     monkeypatch.undo()
-    assert _post(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the server still answers
+    assert post_upload(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the server still answers
     assert list(uploads.iterdir()) == []
 
 
@@ -152,7 +138,7 @@ def test_stalled_uploads_time_out_and_excess_uploads_get_503(tiny_run, tmp_path,
         time.sleep(0.3)
         assert len(list(uploads.iterdir())) == 2  # both are being received
         t0 = time.perf_counter()
-        status, payload = _post(srv, video_file.read_bytes(), ".mp4")
+        status, payload = post_upload(srv, video_file.read_bytes(), ".mp4")
         assert status == 503 and "2 upload(s) in progress" in payload["error"]
         assert time.perf_counter() - t0 < 0.9  # answered at once, not after the stalled ones time out
         for sock in stalled:
@@ -161,5 +147,5 @@ def test_stalled_uploads_time_out_and_excess_uploads_get_503(tiny_run, tmp_path,
             sock.close()
         assert time.perf_counter() - t0 < 5
         assert list(uploads.iterdir()) == []  # their temporary folders are gone
-        assert _post(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the slots are free again
+        assert post_upload(srv, video_file.read_bytes(), ".mp4")[0] == 200  # the slots are free again
         assert json.loads(_get(srv, "/api/info")[2])["max_uploads"] == 2

@@ -7,6 +7,8 @@ CI (`CI=true`), where a missing piece is a failure: CI must test the review page
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,9 +19,10 @@ import pytest
 from sonodistill.serve.app import make_server
 from sonodistill.serve.loading import load_model
 
-from .conftest import CLASSES, analyse_on_review_page, serving
+from .conftest import CLASSES, analyse_on_review_page, ellipse_runner, serving
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "runs" / "screenshots" / "serve.png"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "runs" / "screenshots"
+SCREENSHOT = SCREENSHOTS / "serve.png"
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +55,7 @@ def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
         page, errors = analyse_on_review_page(browser, address, "classes:", video_file)
         assert page.inner_text("#prediction-class") in CLASSES
         assert page.locator("#probabilities tr").count() == len(CLASSES)
-        assert page.locator("#plot svg polyline").count() == len(CLASSES)
+        assert page.locator("#plot svg polyline").count() == len(CLASSES) and page.locator("#plot-block").is_visible()
         src = page.get_attribute("#overlay img", "src")
         assert src.startswith("data:image/gif;base64,")
         assert page.locator("#overlay img").evaluate("img => img.naturalWidth") == 64  # the GIF decoded
@@ -68,3 +71,39 @@ def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
         assert "Unsupported file type" in page.inner_text("#status")
         assert errors == []
         assert [p for p in tmp_path.iterdir() if p.name.startswith("sonodistill-upload-")] == []
+
+
+def test_segmentation_on_the_review_page(browser, seg_run, tmp_path):
+    """A head-circumference model: the mask drawn over the image, the HC and areas in mm from the pixel size typed
+    on the page, and without it the reason there is no HC."""
+    from sonodistill.data.manifest import Manifest
+
+    image = Path(Manifest.from_csv(seg_run / "manifest.csv").paths[0])  # 48 x 48 PNG
+    model = dataclasses.replace(load_model(seg_run), runner=ellipse_runner())
+    srv = make_server(model, "127.0.0.1", 0, tmp_root=tmp_path)
+    with serving(srv) as address:
+        page, errors = analyse_on_review_page(browser, address, "output:", image, pixel_size="0.5")
+        result = json.loads(page.text_content("#raw"))  # inside a closed <details>: not rendered text
+        hc = result["masks"][0]["head_circumference_mm"]
+        assert page.inner_text("#prediction-class") == f"Head circumference {hc:.1f} mm"
+        assert "Pixel size 0.5000 x 0.5000 mm (as entered)." in page.inner_text("#segmentation-summary")
+        rows = page.locator("#segmentation tbody tr")
+        assert rows.count() == 1
+        cells = rows.first.locator("td").all_inner_texts()
+        area = result["masks"][0]["area_mm2"]["foreground"]
+        assert cells[:3] == ["0", f"{area:.1f} mm² ({100 * result['masks'][0]['area_fraction']['foreground']:.1f} %)",
+                             f"{hc:.1f} mm"]
+        assert page.locator("#overlay img").evaluate("img => img.naturalWidth") == 48  # the original image
+        assert "magenta" in page.inner_text("#heatmap-note")
+        assert page.locator("#plot-block").is_hidden()  # no per-frame class scores to plot
+        page.screenshot(path=str(tmp_path / "serve-segmentation.png"), full_page=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "serve-segmentation.png", SCREENSHOTS / "serve-segmentation.png")
+        page.fill("#pixel-size", "")  # a PNG says no pixel size: the page says why there is no HC
+        page.set_input_files("#file", str(image))
+        page.click("#analyse")
+        page.wait_for_selector("#segmentation-summary:has-text('Pixel size unknown')", timeout=60_000)
+        assert "No head circumference: the pixel size is unknown" in page.inner_text("#segmentation-summary")
+        assert page.inner_text("#prediction-class") == "Masks of 1 frame(s): foreground"
+        assert page.locator("#segmentation tbody tr td").all_inner_texts()[1].endswith(" %")
+        assert errors == []

@@ -141,7 +141,8 @@ def test_segmentation_kind_writes_masks_in_original_geometry(tmp_path, toyseg_re
     truth = img > 127
     iou = (truth & (mask > 0)).sum() / (truth | (mask > 0)).sum()
     assert iou > 0.9
-    assert out["masks"][0]["area_fraction"]["1"] == pytest.approx(truth.mean(), abs=0.02)
+    assert out["classes_in_mask"] == ["background", "foreground"]
+    assert out["masks"][0]["area_fraction"]["foreground"] == pytest.approx(truth.mean(), abs=0.02)
     inline = predict_file(model, tmp_path / "image.png")
     assert inline["masks"][0]["png"].startswith("data:image/png;base64,")
 

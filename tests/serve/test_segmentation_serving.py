@@ -16,25 +16,15 @@ from PIL import Image
 
 from sonodistill.recipes import get_recipe
 
+from .conftest import ellipse_runner, seg_config
+
 SEG_RECIPES = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
-
-
-def _cfg(recipe: str, root: Path, *extra: str):
-    from sonodistill.config import load_config
-
-    return load_config(None, [
-        f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
-        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
-        "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=2",
-        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
-        "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0, "
-        "save_masks: true}", *extra])
 
 
 @pytest.mark.parametrize("recipe", SEG_RECIPES)
 def test_inference_builder_matches_what_training_saves(recipe, tmp_path):
     cls = get_recipe(recipe)
-    cfg = _cfg(recipe, tmp_path)
+    cfg = seg_config(recipe, tmp_path)
     built = cls.build_inference_model(cfg, None)
     trained = cls(cfg, steps_per_epoch=1).inference_model()
     got, want = built.state_dict(), trained.state_dict()
@@ -42,20 +32,6 @@ def test_inference_builder_matches_what_training_saves(recipe, tmp_path):
     assert all(got[k].shape == want[k].shape for k in got)
     x = torch.rand(2, 1, 32, 32)
     assert built.eval()(x).shape == (2, 2, 32, 32)
-
-
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory) -> Path:
-    """HDC trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images (48 x 48, pixel size in mm)."""
-    from sonodistill.data.manifest import Manifest
-    from sonodistill.data.synthetic import write_dataset
-    from sonodistill.protocols.folds import run_protocol
-
-    root = tmp_path_factory.mktemp("seg-serving")
-    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
-    cfg = _cfg("hdc", root)
-    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
-    return cfg.run_dir
 
 
 def _images(run: Path) -> list[Path]:
@@ -283,18 +259,6 @@ def test_mask_postprocess_is_served_by_predict_and_recorded_in_the_export(seg_ru
         load_model(exported)
 
 
-def _ellipse_runner(a: float = 12.0, b: float = 8.0, size: int = 32):
-    """Probabilities of a fixed segmenter: foreground inside the ellipse of semi-axes a (columns) and b (rows)
-    around the centre of the `size x size` input, whatever the image."""
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    inside = (((yy - size / 2) / b) ** 2 + ((xx - size / 2) / a) ** 2 <= 1).astype(np.float32)
-
-    def runner(x: np.ndarray) -> np.ndarray:
-        fg = np.broadcast_to(inside, (x.shape[0], size, size))
-        return np.stack([1 - fg, fg], axis=1).astype(np.float32)
-    return runner
-
-
 def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     """A head-circumference run: `predict` with a pixel size gives each mask's HC as the CV evaluation measures it
     (outer-contour ellipse, less the folds' mean outline offset) and its area in mm^2; without one it says why."""
@@ -310,7 +274,7 @@ def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     assert model.describe()["head_circumference"]["outline_offset_px"] == pytest.approx(np.mean(offsets))
     hcs = Manifest.from_csv(seg_run / "manifest.csv").table["target"]
     assert model.head_circumference.range_mm == (pytest.approx(hcs.min()), pytest.approx(hcs.max()))
-    fixed = dataclasses.replace(model, runner=_ellipse_runner())
+    fixed = dataclasses.replace(model, runner=ellipse_runner())
     image = _images(seg_run)[0]  # 48 x 48: the model's 32 px ellipse of semi-axes 12 x 8 is 18 x 12 pixels there
     result = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "m", pixel_size_mm=0.5))
     assert result["pixel_spacing_mm"] == [0.5, 0.5] and result["pixel_spacing_source"] == "option"
@@ -335,7 +299,7 @@ def test_predict_reports_head_circumference_and_areas_in_mm(seg_run, tmp_path):
     plain = predict_file(fixed, image, PredictOptions(mask_dir=tmp_path / "n"))  # a PNG says no pixel size
     assert "pixel size is unknown" in plain["head_circumference_unavailable"]
     assert "head_circumference_mm" not in plain["masks"][0] and "area_mm2" not in plain["masks"][0]
-    empty = predict_file(dataclasses.replace(model, runner=_ellipse_runner(a=0.1, b=0.1)), image,
+    empty = predict_file(dataclasses.replace(model, runner=ellipse_runner(a=0.1, b=0.1)), image,
                          PredictOptions(mask_dir=tmp_path / "e", pixel_size_mm=0.5))
     assert empty["masks"][0]["head_circumference_mm"] is None
     assert empty["masks"][0]["head_circumference_failure"] == "no head in the mask"
@@ -348,7 +312,7 @@ def test_predict_reads_the_pixel_size_of_a_real_obstetric_dicom(seg_run, shared_
     from sonodistill.serve.loading import load_model
     from sonodistill.serve.predict import PredictOptions, predict_file
 
-    model = dataclasses.replace(load_model(seg_run), runner=_ellipse_runner())
+    model = dataclasses.replace(load_model(seg_run), runner=ellipse_runner())
     result = predict_file(model, shared_data / "dicom" / "OBXXXX1A.dcm", PredictOptions(mask_dir=tmp_path))
     assert result["pixel_spacing_source"] == "dicom"
     assert result["pixel_spacing_mm"] == pytest.approx([0.26229, 0.26229], abs=1e-5)

@@ -1,4 +1,5 @@
-"""Heat maps over ultrasound frames: colour overlay, a PNG strip of frames and an animated GIF (Pillow)."""
+"""Heat maps and segmentation masks over ultrasound frames: colour overlays, a fitted ellipse, a PNG strip of frames
+and an animated GIF (Pillow)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,57 @@ def overlay(clip: np.ndarray, cam: np.ndarray, alpha: float = 0.45, colormap: st
     w = (alpha * np.clip(cam, 0.0, 1.0))[..., None]
     out = (1.0 - w) * gray + w * colorize(cam, colormap).astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# Colours of the foreground classes 1, 2, ... of a label mask (cycled), chosen to stand out on gray B-mode images.
+CLASS_COLOURS = np.array([[255, 140, 0], [30, 144, 255], [50, 205, 50], [220, 20, 60], [186, 85, 211],
+                          [255, 215, 0]], dtype=np.uint8)
+
+
+def class_colour(label: int) -> np.ndarray:
+    """RGB uint8 colour of foreground class `label` (>= 1) in `mask_overlay`."""
+    if label < 1:
+        raise ValueError(f"class 0 is the background and has no colour, got {label}")
+    return CLASS_COLOURS[(label - 1) % len(CLASS_COLOURS)]
+
+
+def mask_overlay(frames: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """uint8 frames `T x H x W` + integer label maps `T x H x W` (0 = background) -> uint8 `T x H x W x 3`.
+
+    Each foreground class is tinted with its colour (weight `alpha`) and its outline (pixels of the class with a
+    4-neighbour outside it) drawn in that colour at full strength; background pixels keep the gray image.
+    """
+    from scipy import ndimage
+
+    frames, labels = np.asarray(frames), np.asarray(labels)
+    if frames.shape != labels.shape or frames.ndim != 3:
+        raise ValueError(f"frames {frames.shape} and label maps {labels.shape} must both be T x H x W")
+    out = np.repeat(frames.astype(np.float32)[..., None], 3, axis=-1)
+    for c in np.unique(labels):
+        if c == 0:
+            continue
+        colour = class_colour(int(c)).astype(np.float32)
+        region = labels == c
+        out[region] = (1.0 - alpha) * out[region] + alpha * colour
+        inner = np.stack([ndimage.binary_erosion(r, border_value=0) for r in region])
+        out[region & ~inner] = colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def draw_ellipse(image: np.ndarray, center_xy: tuple[float, float], semi_axes: tuple[float, float], angle: float,
+                 colour: tuple[int, int, int] = (255, 0, 255)) -> np.ndarray:
+    """Draw the outline of an ellipse (centre (x, y) and semi-axes (a, b) in pixels, the a axis at `angle` radians
+    from the x axis, y pointing down) onto a uint8 `H x W x 3` image, in place; returns the image. Points outside
+    the image are skipped."""
+    h, w = image.shape[:2]
+    (cx, cy), (a, b) = center_xy, semi_axes
+    t = np.linspace(0.0, 2.0 * np.pi, max(64, int(np.ceil(8.0 * max(a, b)))), endpoint=False)
+    x = cx + a * np.cos(angle) * np.cos(t) - b * np.sin(angle) * np.sin(t)
+    y = cy + a * np.sin(angle) * np.cos(t) + b * np.cos(angle) * np.sin(t)
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    keep = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    image[yi[keep], xi[keep]] = colour
+    return image
 
 
 def strip_indices(n: int, max_frames: int) -> np.ndarray:

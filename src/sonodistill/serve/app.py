@@ -1,7 +1,8 @@
 """`sonodistill serve`: a local review page (standard-library HTTP server) for one model.
 
 POST /api/predict with the raw file as body and `X-File-Extension: .mp4` (the page sends only the extension:
-file names never leave the browser, and are never used as paths). Uploads are limited in size (413) and
+file names never leave the browser, and are never used as paths), and for segmentation models optionally
+`X-Pixel-Size-Mm: 0.12` (areas in mm^2 and head circumference where the file does not say its pixel size). Uploads are limited in size (413) and
 type (extension AND content sniffing, 415), written under a fresh `tempfile.TemporaryDirectory` with a
 generated name and deleted before the response is sent. DICOM metadata is never read into the response.
 """
@@ -13,6 +14,7 @@ import html
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import tempfile
 import threading
@@ -140,22 +142,31 @@ def heatmap_problem(model: LoadedModel) -> str | None:
     return grad_cam_problem(model.members[0])
 
 
-def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: bool = True) -> dict[str, Any]:
-    """Prediction, score plot (SVG) and the clip as a GIF (Grad-CAM overlay when possible) for one file."""
+def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: bool = True,
+                 pixel_size_mm: float | None = None) -> dict[str, Any]:
+    """Prediction, score plot (SVG) and the clip as a GIF for one file: a segmentation model's masks (and head
+    ellipse) over the original frames, else the model's input with a Grad-CAM overlay when possible.
+    `pixel_size_mm`: the file's pixel size for areas and head circumference (None: the file's own, if any)."""
     from sonodistill.explain.overlay import gif_bytes, overlay
     from sonodistill.serve.kinds import PredictOptions
     from sonodistill.serve.predict import clip_heatmaps, predict_prepared, prepare, read_input
+    from sonodistill.serve.segmentation_view import segmentation_frames
 
     t0 = time.perf_counter()
     item = prepare(model, read_input(path), display_name)
-    result = predict_prepared(model, item, PredictOptions())
+    result = predict_prepared(model, item, PredictOptions(pixel_size_mm=pixel_size_mm))
     out: dict[str, Any] = {"result": result, "plot_svg": None, "gif": None, "heatmap": None, "note": None}
     if "per_frame" in result:
         out["plot_svg"] = score_plot_svg(result["per_frame"], model.classes, item.fps)
     idx = _gif_frames(item.clip.shape[0])
     frames = item.clip[idx]
     problem = heatmap_problem(model)
-    if explain and problem is None:
+    if "masks" in result:
+        frames = segmentation_frames(item.frames, result, idx)
+        out["heatmap"] = "Predicted mask: each class tinted and outlined in its colour" + (
+            "; magenta: the ellipse fitted to the head's outline, whose perimeter gives the head circumference"
+            if model.head_circumference is not None else "")
+    elif explain and problem is None:
         target = model.classes.index(result["prediction"])
         cam = clip_heatmaps(model, item.clip, target)
         frames = overlay(item.clip, cam)[idx]
@@ -166,6 +177,20 @@ def analyse_file(model: LoadedModel, path: Path, display_name: str, explain: boo
     out["gif"] = "data:image/gif;base64," + base64.b64encode(gif_bytes(frames, fps)).decode("ascii")
     out["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def parse_pixel_size(text: str | None) -> float | None:
+    """The `X-Pixel-Size-Mm` header: None when absent or blank, else a positive finite number of mm per pixel
+    (ValueError saying what was sent otherwise)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"X-Pixel-Size-Mm must be a positive number of mm per pixel, got {text.strip()[:40]!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------- HTTP
@@ -298,6 +323,11 @@ class ReviewHandler(BaseHTTPRequestHandler):
                                  f"upload of {length} bytes exceeds the limit of {self.server.max_upload} bytes")
         if length == 0:
             raise UploadRejected(HTTPStatus.BAD_REQUEST, "empty upload")
+        try:
+            pixel_size_mm = parse_pixel_size(self.headers.get("X-Pixel-Size-Mm"))
+        except ValueError as exc:
+            self._discard(length)
+            raise UploadRejected(HTTPStatus.BAD_REQUEST, str(exc)) from None
         ext = (self.headers.get("X-File-Extension") or "").strip().lower()
         if not ext.startswith("."):
             ext = "." + ext
@@ -316,7 +346,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             name = "upload" + ext
             with self.server.lock:
                 try:
-                    out = analyse_file(self.server.model, path, name, self.server.explain)
+                    out = analyse_file(self.server.model, path, name, self.server.explain, pixel_size_mm)
                 except Exception as exc:  # noqa: BLE001 - every failure is this upload's {"input", "error"} answer
                     log_failure(name, exc)
                     message = failure_message(exc).replace(str(path), name).replace(tmp, "")
@@ -410,6 +440,8 @@ INDEX_HTML = """<!doctype html>
 after each answer; patient data in DICOM headers is never shown.</p></header>
 <div id="drop">
  <input type="file" id="file" accept=".mp4,.m4v,.mov,.avi,.mkv,.webm,.dcm,.dicom,.png,.jpg,.jpeg,.bmp,.tif,.tiff">
+ <span id="pixel-size-block" hidden><label for="pixel-size">Pixel size (mm)</label>
+  <input id="pixel-size" type="number" min="0" step="any" placeholder="from the file" size="10"></span>
  <button id="analyse" type="button">Analyse</button>
 </div>
 <div id="status" role="status"></div>
@@ -417,10 +449,12 @@ after each answer; patient data in DICOM headers is never shown.</p></header>
  <div class="grid">
   <div><h2>Prediction</h2><div id="prediction"><div id="prediction-class"></div><table id="probabilities"></table></div>
    <div id="findings-block" hidden><h3>Findings</h3><table id="findings"></table></div>
-   <div id="description-block" hidden><h3>Description</h3><p id="description"></p><p id="nearest"></p></div></div>
+   <div id="description-block" hidden><h3>Description</h3><p id="description"></p><p id="nearest"></p></div>
+   <div id="segmentation-block" hidden><h3>Segmentation</h3><p id="segmentation-summary"></p>
+    <table id="segmentation"></table><p id="segmentation-more"></p></div></div>
   <div id="overlay"><h2>Clip</h2><img alt="clip with heat map overlay"><p id="heatmap-note"></p></div>
  </div>
- <h2>Score per frame</h2><div id="plot"></div>
+ <div id="plot-block"><h2>Score per frame</h2><div id="plot"></div></div>
  <details><summary>Raw JSON</summary><pre id="raw"></pre></details>
 </section>
 <script src="/app.js"></script>
@@ -437,7 +471,46 @@ fetch('/api/info').then(r => r.json()).then(j => {
     (j.classes.length ? `classes: ${j.classes.join(', ')}` : `output: ${j.output}`) +
     `; uploads up to ${Math.round(j.max_upload_bytes / 1048576)} MB.`;
   if (j.warnings && j.warnings.length) { $('model-info').textContent += ` Warning: ${j.warnings.join(' ')}`; }
+  $('pixel-size-block').hidden = j.task !== 'segmentation';
 });
+const SEGMENTATION_ROWS = 30;
+function showSegmentation(r) {
+  const masks = r.masks || [];
+  $('segmentation-block').hidden = masks.length === 0;
+  if (!masks.length) { return; }
+  const foreground = r.classes_in_mask.slice(1);
+  const measured = masks.some(m => 'head_circumference_mm' in m);
+  const summary = [];
+  if (r.pixel_spacing_mm) {
+    summary.push(`Pixel size ${r.pixel_spacing_mm.map(v => v.toPrecision(4)).join(' x ')} mm ` +
+      (r.pixel_spacing_source === 'dicom' ? '(from the DICOM).' : '(as entered).'));
+  } else {
+    summary.push('Pixel size unknown: areas are fractions of the image (enter the pixel size for mm).');
+  }
+  if (r.head_circumference_unavailable) { summary.push(`No head circumference: ${r.head_circumference_unavailable}.`); }
+  $('segmentation-summary').textContent = summary.join(' ');
+  const table = $('segmentation'); table.replaceChildren();
+  const head = table.createTHead().insertRow();
+  for (const h of ['Frame', ...foreground.map(c => `${c} area`), ...(measured ? ['Head circumference'] : []), 'Note']) {
+    const th = document.createElement('th'); th.textContent = h; head.append(th); }
+  const body = table.createTBody();
+  for (const m of masks.slice(0, SEGMENTATION_ROWS)) {
+    const tr = body.insertRow(); tr.insertCell().textContent = m.frame;
+    for (const c of foreground) {
+      const share = `${(100 * m.area_fraction[c]).toFixed(1)} %`;
+      tr.insertCell().textContent = m.area_mm2 ? `${m.area_mm2[c].toFixed(1)} mm² (${share})` : share; }
+    if (measured) {
+      tr.insertCell().textContent = typeof m.head_circumference_mm === 'number'
+        ? `${m.head_circumference_mm.toFixed(1)} mm` : 'none'; }
+    tr.insertCell().textContent = m.head_circumference_failure || m.head_circumference_warning || '';
+  }
+  $('segmentation-more').textContent = masks.length > SEGMENTATION_ROWS
+    ? `... and ${masks.length - SEGMENTATION_ROWS} more frames in the raw JSON below.` : '';
+  const first = masks[0];
+  $('prediction-class').textContent = masks.length === 1 && typeof first.head_circumference_mm === 'number'
+    ? `Head circumference ${first.head_circumference_mm.toFixed(1)} mm`
+    : `Masks of ${masks.length} frame(s): ${foreground.join(', ')}`;
+}
 function extensionOf(name) { const i = name.lastIndexOf('.'); return i >= 0 ? name.slice(i).toLowerCase() : ''; }
 function show(payload) {
   const r = payload.result;
@@ -472,10 +545,12 @@ function show(payload) {
   if (r.entities !== undefined && r.prediction === undefined) {
     $('prediction-class').textContent = `Findings present (threshold ${r.threshold}): ` +
       (r.entities.length ? r.entities.join(', ') : 'none'); }
+  showSegmentation(r);
   $('description-block').hidden = !r.description; $('description').textContent = r.description || '';
   $('nearest').textContent = r.nearest_report ? `Nearest training report (score ${r.nearest_report.score}): ` +
     r.nearest_report.text : '';
-  $('plot').innerHTML = payload.plot_svg || '<p>no per-frame scores for this model</p>';
+  $('plot-block').hidden = !payload.plot_svg;  // only classifiers score frames
+  $('plot').innerHTML = payload.plot_svg || '';
   const img = $('overlay').querySelector('img');
   if (payload.gif) { img.src = payload.gif; img.hidden = false; } else { img.hidden = true; }
   $('heatmap-note').textContent = payload.heatmap || payload.note || '';
@@ -489,8 +564,10 @@ async function analyse() {
   if (info && file.size > info.max_upload_bytes) { status('File too large.', true); return; }
   status('Analysing...', false); $('analyse').disabled = true;
   try {
-    const resp = await fetch('/api/predict', { method: 'POST', body: file,
-      headers: { 'X-File-Extension': ext, 'Content-Type': 'application/octet-stream' } });
+    const headers = { 'X-File-Extension': ext, 'Content-Type': 'application/octet-stream' };
+    const pixelSize = $('pixel-size').value.trim();
+    if (info && info.task === 'segmentation' && pixelSize) { headers['X-Pixel-Size-Mm'] = pixelSize; }
+    const resp = await fetch('/api/predict', { method: 'POST', body: file, headers });
     const payload = await resp.json();
     if (!resp.ok) { status(`Error ${resp.status}: ${payload.error}`, true); return; }
     show(payload); status(`Done in ${payload.elapsed_s} s.`, false);

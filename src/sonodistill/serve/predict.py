@@ -221,7 +221,8 @@ def _png(arr: np.ndarray) -> bytes:
 def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) -> dict[str, Any]:
     """Per-frame label masks (argmax over classes, then the model's `mask_postprocess`) in the original geometry,
     as PNG files or data URIs; with a known pixel size (`options.pixel_size_mm`, else the file's), each class's area
-    in mm^2, and for a head-circumference model the HC of each frame's mask (`measure_head_circumference`).
+    in mm^2, and for a head-circumference model the HC of each frame's mask (`measure_head_circumference`) and the
+    fitted ellipse in pixels (`head_ellipse_px`, also without a pixel size).
 
     PNG values: 0/255 for two classes (background/foreground), else the class index.
     """
@@ -233,7 +234,7 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     if model.mask_postprocess != "none" and k != 2:
         raise SonoDistillError(f"mask_postprocess {model.mask_postprocess!r} applies to background / foreground "
                                f"masks; this model outputs {k} classes")
-    classes = model.classes if len(model.classes) == k else [str(i) for i in range(k)]
+    classes = mask_class_names(model.classes, k)
     from sonodistill.evaluation.head_circumference import geometry_from_frames
     from sonodistill.evaluation.mask_postprocess import postprocess_mask
 
@@ -262,6 +263,8 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
             entry["area_mm2"] = dict(zip(classes, round_list(pixels * spacing[0] * spacing[1], options.decimals)))
             if model.head_circumference is not None:
                 entry.update(measure_head_circumference(label == 1, spacing, model.head_circumference))
+        if model.head_circumference is not None:
+            entry.update(head_ellipse_px(label == 1))
         if options.mask_dir is not None:
             target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
             if target.exists():
@@ -275,6 +278,14 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
     return {**out, "masks": masks}
 
 
+def mask_class_names(classes: list[str], k: int) -> list[str]:
+    """Names of a segmentation model's K output classes: its own when it has K, else `background` / `foreground`
+    for two and `0` .. `K-1` for more."""
+    if len(classes) == k:
+        return list(classes)
+    return ["background", "foreground"] if k == 2 else [str(i) for i in range(k)]
+
+
 def input_pixel_spacing(item: PreparedInput, options: PredictOptions) -> tuple[tuple[float, float] | None, str]:
     """(rows, columns) mm per original pixel and where it came from: `options.pixel_size_mm` ("option"), else the
     file's own (DICOM: "dicom"), else (None, "unknown")."""
@@ -283,6 +294,22 @@ def input_pixel_spacing(item: PreparedInput, options: PredictOptions) -> tuple[t
     if item.pixel_spacing_mm is not None:
         return (float(item.pixel_spacing_mm[0]), float(item.pixel_spacing_mm[1])), "dicom"
     return None, "unknown"
+
+
+def head_ellipse_px(head: np.ndarray) -> dict[str, Any]:
+    """`{"head_ellipse_px": {"center_xy", "semi_axes", "angle_deg"}}`: the least-squares ellipse on the outer contour
+    of the largest component of a bool H x W head mask, in original pixels (x = column, y = row, the semi-axis a at
+    `angle_deg` from the x axis, y down): the ellipse HC is measured on, before the outline offset (with non-square
+    pixels HC fits it in mm instead). `{}` when no ellipse fits."""
+    from sonodistill.evaluation.head_circumference import fit_ellipse_contour
+
+    ellipse = fit_ellipse_contour(head)
+    if ellipse is None:
+        return {}
+    cy, cx = ellipse.center
+    return {"head_ellipse_px": {"center_xy": [round(cx, 2), round(cy, 2)],
+                                "semi_axes": [round(ellipse.a, 2), round(ellipse.b, 2)],
+                                "angle_deg": round(math.degrees(ellipse.angle), 2)}}
 
 
 def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], hc_model: HeadCircumferenceModel
