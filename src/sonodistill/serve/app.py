@@ -2,9 +2,10 @@
 
 POST /api/predict with the raw file as body and `X-File-Extension: .mp4` (the page sends only the extension:
 file names never leave the browser, and are never used as paths), and for segmentation models optionally
-`X-Pixel-Size-Mm: 0.12` (areas in mm^2 and head circumference where the file does not say its pixel size). Uploads are limited in size (413) and
-type (extension AND content sniffing, 415), written under a fresh `tempfile.TemporaryDirectory` with a
-generated name and deleted before the response is sent. DICOM metadata is never read into the response.
+`X-Pixel-Size-Mm: 0.12` (areas in mm^2 and head circumference where the file does not say its pixel size).
+Uploads are limited in size (413) and type (extension AND content sniffing, 415), written under a fresh
+`tempfile.TemporaryDirectory` with a generated name and deleted before the response is sent. DICOM metadata is
+never read into the response.
 """
 
 from __future__ import annotations
