@@ -13,18 +13,14 @@ import pytest
 import torch
 
 from sonodistill.errors import CheckpointError, ConfigError
+from tests.tiny_segmentation import seg_config
 
 
 def _cfg(root: Path, *extra: str):
-    from sonodistill.config import load_config
-
-    return load_config(None, [
-        "recipe=hdc", "name=hdc", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
-        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
-        "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=2", "train.folds=2",
-        "train.log_every_n_steps=1", "optim.warmup_epochs=0", "optim.lr=0.01",
-        "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 3, channels: [8, 16, 32], overlays: 0, "
-        "ema_momentum: 0.5}", *extra])
+    """The tiny HDC config of the serving tests, trained longer (2 epochs x 3 steps) with a fast EMA teacher."""
+    return seg_config("hdc", root, "train.epochs=2", "optim.lr=0.01",
+                      "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 3, channels: [8, 16, 32], "
+                      "overlays: 0, ema_momentum: 0.5}", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import save_weights
+from tests.tiny_segmentation import seg_config
 
 CLASSES = ["a_lines", "b_lines", "consolidation"]
 
@@ -222,19 +223,6 @@ def lus_clip(shared_data) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
-
-
-def seg_config(recipe: str, root: Path, *extra: str) -> RunConfig:
-    """A segmentation recipe's config for tiny 32 px runs: 1 epoch, 2 folds, a narrow U-Net."""
-    from sonodistill.config import load_config
-
-    return load_config(None, [
-        f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
-        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
-        "data.augment=false", "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=2",
-        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
-        "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0, "
-        "save_masks: true}", *extra])
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,9 @@ from PIL import Image
 
 from sonodistill.recipes import get_recipe
 
-from .conftest import ellipse_runner, seg_config
+from tests.tiny_segmentation import seg_config
+
+from .conftest import ellipse_runner
 
 SEG_RECIPES = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
 
