@@ -123,6 +123,20 @@ def finished(run: Path) -> bool:
     return all((d / "metrics.json").is_file() for d in run_dirs(run))
 
 
+def covers_folds(run: Path, folds: list[int]) -> bool:
+    """Whether the finished run `run` (one seed's folder) scored every test fold in `folds`: a run of fold 0 alone,
+    asked again with train.fold=null, is resumed for the other folds instead of kept."""
+    if not (run / "metrics.json").is_file():
+        return False
+    scored = set(pd.read_csv(run / "predictions.csv", usecols=["fold"])["fold"].astype(int))
+    return set(folds) <= scored
+
+
+def wanted_folds(cfg: RunConfig) -> list[int]:
+    """The test folds a run of `cfg` scores: train.fold alone, or all train.folds."""
+    return [int(cfg.train.fold)] if cfg.train.fold is not None else list(range(int(cfg.train.folds)))
+
+
 def _signed(x: float, scale: float) -> str:
     return f"{scale * x:+.2f}"
 
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                                            f"data.spec={args.data}", f"recipe_options.labelled_fraction={frac}",
                                            *args.overrides])
                 runs = [cfg.run_dir / f"{SEED_DIR_PREFIX}{s}" for s in seeds] if seeds else [cfg.run_dir]
-                if all((r / "metrics.json").is_file() for r in runs):
+                if all(covers_folds(r, wanted_folds(cfg)) for r in runs):
                     logging.info("%s: finished earlier, kept", name)
                     continue
                 t0 = time.perf_counter()

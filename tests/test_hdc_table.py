@@ -123,3 +123,16 @@ def test_table_names_every_command_that_trained_its_runs(tmp_path, hdc_table):
     text = (tmp_path / "busi-table.md").read_text()
     assert ("Command(s): `python benchmarks/hdc_table.py --methods seg_supervised`; "
             "`python benchmarks/hdc_table.py --methods hdc`") in text
+
+
+def test_a_run_of_fold_0_alone_is_not_finished_for_a_command_that_asks_every_fold(tmp_path, hdc_table):
+    """A seed trained on fold 0 alone, asked again with train.fold=null, is resumed for folds 1-4, not kept."""
+    run = tmp_path / "busi-hdc-10pct" / "seed_1"
+    _finished_run(run, [0.7, 0.8])
+    cfg = hdc_table.load_config(hdc_table.packaged_config("seg-busi-cpu"), ["train.fold=null"])
+    assert hdc_table.wanted_folds(cfg) == [0, 1, 2, 3, 4]
+    assert not hdc_table.covers_folds(run, hdc_table.wanted_folds(cfg))
+    assert hdc_table.covers_folds(run, [0])
+    pd.DataFrame({"fold": [0, 1, 2, 3, 4], "index": range(5), "dice": 0.5}).to_csv(run / "predictions.csv", index=False)
+    assert hdc_table.covers_folds(run, hdc_table.wanted_folds(cfg))
+    assert not hdc_table.covers_folds(tmp_path / "busi-hdc-10pct" / "seed_2", [0])  # never run

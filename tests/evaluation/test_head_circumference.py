@@ -12,6 +12,8 @@ import torch
 from sonodistill.data.cache import resize_pad_nearest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.evaluation.head_circumference import (
+    Ellipse,
+    fit_ellipse_contour,
     fit_ellipse_moments,
     head_circumference_mm,
     largest_component,
@@ -53,6 +55,19 @@ def test_anisotropic_pixels_after_resize():
     mask = ellipse_mask(200, 300, 30.0, 30.0, 20.0, 12.0, 0.4, sy=0.3, sx=0.2)
     hc = head_circumference_mm(mask, (0.3, 0.2))
     assert abs(hc - ramanujan_perimeter(20.0, 12.0)) / ramanujan_perimeter(20.0, 12.0) < 0.01
+
+
+def test_an_ellipse_fitted_in_pixels_is_scaled_for_square_pixels_and_refitted_for_others():
+    """head_circumference_mm(ellipse_px=...) equals the fit in mm with square pixels (one fit instead of two), and is
+    not used with non-square pixels, where the fit in mm differs from a scaled pixel fit."""
+    mask = ellipse_mask(200, 300, 100.0, 150.0, 70.0, 40.0, 0.6)
+    ellipse = fit_ellipse_contour(mask)
+    for offset in (0.0, 1.5):
+        assert head_circumference_mm(mask, 0.2, offset, ellipse) == pytest.approx(
+            head_circumference_mm(mask, 0.2, offset), rel=1e-9)
+    stand_in = Ellipse(center=(0.0, 0.0), a=10.0, b=10.0, angle=0.0)  # not this mask's: shows which path ran
+    assert head_circumference_mm(mask, 0.2, 0.0, stand_in) == pytest.approx(0.2 * ramanujan_perimeter(10.0, 10.0))
+    assert head_circumference_mm(mask, (0.3, 0.2), 0.0, stand_in) == head_circumference_mm(mask, (0.3, 0.2))
 
 
 def test_empty_mask_and_largest_component():

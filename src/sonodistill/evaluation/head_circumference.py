@@ -163,14 +163,23 @@ def fit_ellipse_contour(mask: np.ndarray, spacing: float | Sequence[float] = 1.0
 
 
 def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float],
-                          outline_offset_px: float = 0.0) -> float:
+                          outline_offset_px: float = 0.0, ellipse_px: Ellipse | None = None) -> float:
     """HC in mm of an H x W head mask whose pixels measure `pixel_size_mm` ((sy, sx) mm, or one value), from the
     ellipse fitted to its outer contour, minus 2 pi `outline_offset_px` pixels (the masks' outline convention, see
     `outline_offset_px`); NaN if the mask is empty or no ellipse fits (a failure, to be counted).
 
-    For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor)."""
-    ellipse = fit_ellipse_contour(mask, pixel_size_mm)
-    return math.nan if ellipse is None else ellipse.perimeter - outline_offset_px * _mm_per_outline_px(pixel_size_mm)
+    For a mask at model resolution pass `PreprocessGeometry.mm_per_pixel(pixel_size_mm)` (the resize factor).
+    `ellipse_px`: the mask's ellipse already fitted in pixels (`fit_ellipse_contour(mask)`); with square pixels it is
+    scaled instead of fitted again (the least-squares fit commutes with a uniform scale), else it is not used."""
+    sy, sx = _spacing(pixel_size_mm)
+    if ellipse_px is not None and sy == sx:
+        perimeter = ellipse_px.perimeter * sy
+    else:
+        ellipse = fit_ellipse_contour(mask, (sy, sx))
+        if ellipse is None:
+            return math.nan
+        perimeter = ellipse.perimeter
+    return perimeter - outline_offset_px * _mm_per_outline_px((sy, sx))
 
 
 def _mm_per_outline_px(pixel_size_mm: float | Sequence[float]) -> float:

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
 from sonodistill.serve.loading import EmbeddingConcat, HeadCircumferenceModel, LoadedModel
+
+if TYPE_CHECKING:
+    from sonodistill.evaluation.head_circumference import Ellipse
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +238,7 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         raise SonoDistillError(f"mask_postprocess {model.mask_postprocess!r} applies to background / foreground "
                                f"masks; this model outputs {k} classes")
     classes = mask_class_names(model.classes, k)
-    from sonodistill.evaluation.head_circumference import geometry_from_frames
+    from sonodistill.evaluation.head_circumference import fit_ellipse_contour, geometry_from_frames
     from sonodistill.evaluation.mask_postprocess import postprocess_mask
 
     geometry = geometry_from_frames(item.frames, model.preprocess)  # the CV evaluation's inverse geometry
@@ -259,12 +262,13 @@ def segment(model: LoadedModel, item: PreparedInput, options: PredictOptions) ->
         png = _png((label * 255).astype(np.uint8) if k == 2 else label)
         areas = dict(zip(classes, round_list(pixels / label.size, options.decimals)))
         entry: dict[str, Any] = {"frame": i, "area_fraction": areas}
+        ellipse = fit_ellipse_contour(label == 1) if model.head_circumference is not None else None
         if spacing is not None:
             entry["area_mm2"] = dict(zip(classes, round_list(pixels * spacing[0] * spacing[1], options.decimals)))
             if model.head_circumference is not None:
-                entry.update(measure_head_circumference(label == 1, spacing, model.head_circumference))
+                entry.update(measure_head_circumference(label == 1, spacing, model.head_circumference, ellipse))
         if model.head_circumference is not None:
-            entry.update(head_ellipse_px(label == 1))
+            entry.update(head_ellipse_px(ellipse))
         if options.mask_dir is not None:
             target = Path(options.mask_dir) / f"{Path(item.name).stem}.frame{i:04d}.mask.png"
             if target.exists():
@@ -296,14 +300,11 @@ def input_pixel_spacing(item: PreparedInput, options: PredictOptions) -> tuple[t
     return None, "unknown"
 
 
-def head_ellipse_px(head: np.ndarray) -> dict[str, Any]:
-    """`{"head_ellipse_px": {"center_xy", "semi_axes", "angle_deg"}}`: the least-squares ellipse on the outer contour
-    of the largest component of a bool H x W head mask, in original pixels (x = column, y = row, the semi-axis a at
-    `angle_deg` from the x axis, y down): the ellipse HC is measured on, before the outline offset (with non-square
-    pixels HC fits it in mm instead). `{}` when no ellipse fits."""
-    from sonodistill.evaluation.head_circumference import fit_ellipse_contour
-
-    ellipse = fit_ellipse_contour(head)
+def head_ellipse_px(ellipse: Ellipse | None) -> dict[str, Any]:
+    """`{"head_ellipse_px": {"center_xy", "semi_axes", "angle_deg"}}` of the least-squares ellipse fitted in original
+    pixels to a head mask's outer contour (`fit_ellipse_contour`; x = column, y = row, the semi-axis a at `angle_deg`
+    from the x axis, y down): the ellipse HC is measured on, before the outline offset (with non-square pixels HC
+    fits it in mm instead). `{}` when no ellipse fits (None)."""
     if ellipse is None:
         return {}
     cy, cx = ellipse.center
@@ -312,15 +313,16 @@ def head_ellipse_px(head: np.ndarray) -> dict[str, Any]:
                                 "angle_deg": round(math.degrees(ellipse.angle), 2)}}
 
 
-def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], hc_model: HeadCircumferenceModel
-                               ) -> dict[str, Any]:
+def measure_head_circumference(head: np.ndarray, spacing: tuple[float, float], hc_model: HeadCircumferenceModel,
+                               ellipse_px: Ellipse | None = None) -> dict[str, Any]:
     """`{"head_circumference_mm": HC}` of a bool H x W head mask in the original image (the CV evaluation's
     measurement: least-squares ellipse on the outer contour of the largest component, less the model's outline
     offset), with `head_circumference_warning` when HC lies outside the training data's range, or
-    `{"head_circumference_mm": None, "head_circumference_failure": why}` when no head is found."""
+    `{"head_circumference_mm": None, "head_circumference_failure": why}` when no head is found. `ellipse_px`: the
+    mask's ellipse already fitted in pixels (`fit_ellipse_contour`), reused with square pixels."""
     from sonodistill.evaluation.head_circumference import head_circumference_mm
 
-    hc = head_circumference_mm(head, spacing, hc_model.outline_offset_px)
+    hc = head_circumference_mm(head, spacing, hc_model.outline_offset_px, ellipse_px)
     if math.isfinite(hc):
         out: dict[str, Any] = {"head_circumference_mm": round(float(hc), 2)}
         low, high = hc_model.range_mm
