@@ -81,9 +81,46 @@ def test_a_non_empty_mask_is_not_replaced_by_the_peak_region():
     np.testing.assert_array_equal(postprocess_mask(mask, fg, "largest_nonempty"), mask)
 
 
+def _ellipse_pixels(shape, cy, cx, a, b, t):
+    """Pixels whose centres lie inside the ellipse (a along angle t from the column axis, rows down)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+    v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def test_ellipse_replaces_the_largest_component_by_its_filled_contour_ellipse():
+    """A rotated ellipse whose outline pixels are flipped at random (30 %), with a hole and a separate blob:
+    `ellipse` gives back the smooth ellipse (hole filled, blob gone, a sixth of the wrong pixels); an exact
+    ellipse mask comes back nearly unchanged."""
+    from scipy import ndimage
+
+    truth = _ellipse_pixels((80, 100), 40.0, 50.0, 30.0, 18.0, 0.5)
+    outline = ndimage.binary_dilation(truth) & ~ndimage.binary_erosion(truth)
+    mask = truth ^ (outline & (np.random.default_rng(0).random(truth.shape) < 0.3))
+    mask[40, 50] = False                                 # a hole
+    mask[2:5, 2:5] = True                                # a separate blob
+    got = postprocess_mask(mask, mask.astype(float), "ellipse")
+    assert got[40, 50] and not got[2:5, 2:5].any()
+    assert (got ^ truth).sum() < (mask ^ truth).sum() / 4
+    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.99
+    exact = postprocess_mask(truth, truth.astype(float), "ellipse")
+    assert (exact ^ truth).sum() <= 0.005 * truth.sum()
+
+
+def test_ellipse_leaves_an_empty_mask_empty_and_a_component_without_an_ellipse_as_largest_gives_it():
+    empty = np.zeros((10, 10), bool)
+    assert not postprocess_mask(empty, np.full((10, 10), 0.3), "ellipse").any()
+    line = np.zeros((10, 10), bool)
+    line[5, 2:8] = True          # collinear contour points: no ellipse fits
+    line[0, 0] = True
+    want = postprocess_mask(line, line.astype(float), "largest")
+    np.testing.assert_array_equal(postprocess_mask(line, line.astype(float), "ellipse"), want)
+
+
 def test_unknown_mode_and_shape_mismatch_are_refused():
     mask, fg = _two_blobs()
-    with pytest.raises(ConfigError, match="mask_postprocess must be one of none, largest, largest_nonempty"):
+    with pytest.raises(ConfigError, match="mask_postprocess must be one of none, largest, largest_nonempty, ellipse"):
         postprocess_mask(mask, fg, "biggest")
     with pytest.raises(ValueError, match="differ in shape"):
         postprocess_mask(mask, fg[:-1], "largest")

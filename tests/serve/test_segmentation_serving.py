@@ -241,6 +241,13 @@ def test_mask_postprocess_is_served_by_predict_and_recorded_in_the_export(seg_ru
     assert set(counts(dataclasses.replace(model, runner=blobs(5.0), mask_postprocess="largest"), "b")) == {1}
     assert set(counts(dataclasses.replace(model, runner=blobs(-1.0), mask_postprocess="largest"), "c")) == {0}
     assert set(counts(dataclasses.replace(model, runner=blobs(-1.0)), "d")) == {1}  # largest_nonempty: the peak
+    def masks(mode: str, name: str) -> list[np.ndarray]:
+        loaded = dataclasses.replace(model, runner=blobs(5.0), mask_postprocess=mode)
+        return [np.asarray(Image.open(r["masks"][0]["png"])) > 0
+                for r in predict_many(loaded, [folder], PredictOptions(mask_dir=tmp_path / name))["results"]]
+
+    for square, rounded in zip(masks("largest", "e"), masks("ellipse", "f")):  # ellipse: the square's corners cut
+        assert ndimage.label(rounded, structure=np.ones((3, 3), bool))[1] == 1 and (square ^ rounded).any()
     payload = predict_many(model, [folder], PredictOptions(mask_dir=tmp_path / "masks"))  # the run's own models
     assert all(components(r) == 1 for r in payload["results"])
     if importlib.util.find_spec("onnxruntime") is None:

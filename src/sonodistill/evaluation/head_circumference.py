@@ -33,6 +33,7 @@ __all__ = [
     "fit_ellipse_moments",
     "fit_ellipse_points",
     "fit_ellipse_contour",
+    "filled_ellipse",
     "head_circumference_mm",
     "outline_offset_px",
     "hc_scores",
@@ -160,6 +161,17 @@ def fit_ellipse_contour(mask: np.ndarray, spacing: float | Sequence[float] = 1.0
         return None
     contour = max(find_contours(np.pad(region, 1).astype(np.float64), 0.5), key=len) - 1.0  # (row, col)
     return fit_ellipse_points(contour[:, 1] * sx, contour[:, 0] * sy)
+
+
+def filled_ellipse(shape: tuple[int, int], ellipse: Ellipse) -> np.ndarray:
+    """Bool H x W: the pixels whose centres lie inside `ellipse` (fitted in pixel units: centre (row, column),
+    semi-axes a, b, angle from the column axis with rows pointing down, as `fit_ellipse_contour` gives it)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    cy, cx = ellipse.center
+    c, s = math.cos(ellipse.angle), math.sin(ellipse.angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    return (u / ellipse.a) ** 2 + (v / ellipse.b) ** 2 <= 1.0
 
 
 def head_circumference_mm(mask: np.ndarray, pixel_size_mm: float | Sequence[float],

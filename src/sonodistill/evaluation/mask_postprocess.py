@@ -7,6 +7,10 @@
                     filled, of the pixels whose foreground probability is at least half the image's peak, around
                     the peak. For sets where every image holds an object (a head in HC18, a lesion in BUSI benign +
                     malignant), an empty mask is always wrong; the peak region is the model's best guess.
+  ellipse           as `largest`, then replaced by the filled least-squares ellipse of its outer contour (the fit
+                    head circumference is measured on): for objects that are ellipses and annotated as such (HC18's
+                    reference masks are filled ellipses). An empty mask stays empty (a failure, counted); a component
+                    no ellipse fits (too few or collinear contour points) stays as `largest` gives it.
 It runs on the probabilities mapped back to the original image, after flip TTA, outside the exported graph.
 """
 
@@ -16,9 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 from sonodistill.errors import ConfigError
-from sonodistill.evaluation.head_circumference import largest_component
+from sonodistill.evaluation.head_circumference import filled_ellipse, fit_ellipse_contour, largest_component
 
-MASK_POSTPROCESS = ("none", "largest", "largest_nonempty")
+MASK_POSTPROCESS = ("none", "largest", "largest_nonempty", "ellipse")
 PEAK_FRACTION = 0.5  # the peak region: pixels at >= this fraction of the peak foreground probability
 
 __all__ = ["MASK_POSTPROCESS", "PEAK_FRACTION", "check_mask_postprocess", "peak_region", "postprocess_mask"]
@@ -55,4 +59,9 @@ def postprocess_mask(mask: np.ndarray, foreground: np.ndarray, mode: str) -> np.
         return mask
     if mode == "largest_nonempty" and not mask.any():
         return peak_region(foreground)
-    return largest_component(mask)
+    largest = largest_component(mask)
+    if mode == "ellipse" and largest.any():
+        ellipse = fit_ellipse_contour(largest)
+        if ellipse is not None:
+            return filled_ellipse(largest.shape, ellipse)
+    return largest

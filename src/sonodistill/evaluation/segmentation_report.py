@@ -99,7 +99,7 @@ def predict_segmentation(model: torch.nn.Module, cfg: RunConfig, manifest: Manif
     `hc_outline_offset_px` (`hc_outline_calibration`), is compared with `target` (mm); `hc_pred_uncorrected_mm`
     keeps the value without that correction. `flip_tta`: class probabilities averaged with those of the mirrored
     image (`models.segmentation.flip_averaged`). `mask_postprocess`: `evaluation.mask_postprocess` (none, largest,
-    largest_nonempty), on the probabilities mapped back to the original image."""
+    largest_nonempty, ellipse), on the probabilities mapped back to the original image."""
     from torch.utils.data import DataLoader
 
     from sonodistill.data.datasets import FrameDataset

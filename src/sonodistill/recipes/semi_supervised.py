@@ -59,7 +59,8 @@ class SegmentationOptions:
     flip_tta: bool = False               # score and serve the mean of the softmax of the image and of its mirror
                                          # (mirrored back); exported with the model
     mask_postprocess: str = "none"       # none | largest (largest component, holes filled) | largest_nonempty
-                                         # (and an empty mask becomes the peak region): evaluation.mask_postprocess;
+                                         # (and an empty mask becomes the peak region) | ellipse (the largest
+                                         # component's filled contour ellipse): evaluation.mask_postprocess;
                                          # scored, predicted and recorded in the export alike
 
     def __post_init__(self) -> None:

@@ -12,6 +12,10 @@ from sonodistill import __version__
 from sonodistill.config import load_config
 from sonodistill.data.manifest import Manifest
 
+POSTPROCESS_NOTES = {  # what each mask post-processing adds to "largest foreground component, holes filled"
+    "largest_nonempty": "; an empty mask becomes the region around the peak foreground probability",
+    "ellipse": ", then replaced by the filled least-squares ellipse of its outline",
+}
 METRIC_ORDER = ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"]
 
 
@@ -108,8 +112,7 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         lines.append("- Test-time augmentation: the output averages the image's and its mirror's (in the graph).")
     if meta.get("mask_postprocess", "none") != "none":
         lines.append(f"- Mask post-processing `{meta['mask_postprocess']}` (largest foreground component, holes "
-                     "filled" + ("; an empty mask becomes the region around the peak foreground probability"
-                              if meta["mask_postprocess"] == "largest_nonempty" else "")
+                     "filled" + POSTPROCESS_NOTES.get(meta["mask_postprocess"], "")
                      + "): applied by `sonodistill predict` after the graph; **not in the exported file**.")
     if isinstance(meta.get("head_circumference"), dict):
         lines.append("- Head circumference: `sonodistill predict` reports it in mm where the pixel size is known "
