@@ -95,3 +95,12 @@ def test_torchscript_export_from_the_command_line(tmp_path, video_file, capsys):
     a = predict_file(load_model(run), video_file)
     b = predict_file(load_model(folder), video_file)
     np.testing.assert_allclose(a["windows"]["probabilities"], b["windows"]["probabilities"], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,text", [("largest", "(largest foreground component, holes filled): applied"),
+                                       ("largest_nonempty", "an empty mask becomes the region around the peak"),
+                                       ("ellipse", "then replaced by the filled least-squares ellipse of its outline")])
+def test_model_card_says_which_mask_post_processing_predict_applies(tmp_path, mode, text):
+    card = model_card(make_run(tmp_path, folds=1), {"task": "segmentation", "mask_postprocess": mode})
+    assert f"Mask post-processing `{mode}`" in card and text in card and "not in the exported file" in card
+    assert "Mask post-processing" not in model_card(make_run(tmp_path / "none", folds=1), {"task": "segmentation"})
