@@ -91,7 +91,7 @@ def _ellipse_pixels(shape, cy, cx, a, b, t):
 
 def test_ellipse_replaces_the_largest_component_by_its_filled_contour_ellipse():
     """A rotated ellipse whose outline pixels are flipped at random (30 %), with a hole and a separate blob:
-    `ellipse` gives back the smooth ellipse (hole filled, blob gone, a sixth of the wrong pixels); an exact
+    `ellipse` gives back the smooth ellipse (hole filled, blob gone, under a quarter of the wrong pixels); an exact
     ellipse mask comes back nearly unchanged."""
     from scipy import ndimage
 

@@ -241,6 +241,7 @@ def test_mask_postprocess_is_served_by_predict_and_recorded_in_the_export(seg_ru
     assert set(counts(dataclasses.replace(model, runner=blobs(5.0), mask_postprocess="largest"), "b")) == {1}
     assert set(counts(dataclasses.replace(model, runner=blobs(-1.0), mask_postprocess="largest"), "c")) == {0}
     assert set(counts(dataclasses.replace(model, runner=blobs(-1.0)), "d")) == {1}  # largest_nonempty: the peak
+
     def masks(mode: str, name: str) -> list[np.ndarray]:
         loaded = dataclasses.replace(model, runner=blobs(5.0), mask_postprocess=mode)
         return [np.asarray(Image.open(r["masks"][0]["png"])) > 0
