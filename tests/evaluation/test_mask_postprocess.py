@@ -9,6 +9,7 @@ import torch
 
 from sonodistill.errors import ConfigError
 from sonodistill.evaluation.mask_postprocess import peak_region, postprocess_mask
+from tests.ellipses import ellipse_mask
 
 
 def _two_blobs() -> tuple[np.ndarray, np.ndarray]:
@@ -81,21 +82,13 @@ def test_a_non_empty_mask_is_not_replaced_by_the_peak_region():
     np.testing.assert_array_equal(postprocess_mask(mask, fg, "largest_nonempty"), mask)
 
 
-def _ellipse_pixels(shape, cy, cx, a, b, t):
-    """Pixels whose centres lie inside the ellipse (a along angle t from the column axis, rows down)."""
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
-    u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
-    v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
-    return (u / a) ** 2 + (v / b) ** 2 <= 1
-
-
 def test_ellipse_replaces_the_largest_component_by_its_filled_contour_ellipse():
     """A rotated ellipse whose outline pixels are flipped at random (30 %), with a hole and a separate blob:
     `ellipse` gives back the smooth ellipse (hole filled, blob gone, under a quarter of the wrong pixels); an exact
     ellipse mask comes back nearly unchanged."""
     from scipy import ndimage
 
-    truth = _ellipse_pixels((80, 100), 40.0, 50.0, 30.0, 18.0, 0.5)
+    truth = ellipse_mask(80, 100, 40.0, 50.0, 30.0, 18.0, 0.5)
     outline = ndimage.binary_dilation(truth) & ~ndimage.binary_erosion(truth)
     mask = truth ^ (outline & (np.random.default_rng(0).random(truth.shape) < 0.3))
     mask[40, 50] = False                                 # a hole

@@ -59,9 +59,8 @@ def postprocess_mask(mask: np.ndarray, foreground: np.ndarray, mode: str) -> np.
         return mask
     if mode == "largest_nonempty" and not mask.any():
         return peak_region(foreground)
-    largest = largest_component(mask)
-    if mode == "ellipse" and largest.any():
-        ellipse = fit_ellipse_contour(largest)
+    if mode == "ellipse":  # fit_ellipse_contour takes the largest component itself; None when empty or no fit
+        ellipse = fit_ellipse_contour(mask)
         if ellipse is not None:
-            return filled_ellipse(largest.shape, ellipse)
-    return largest
+            return filled_ellipse(mask.shape, ellipse)
+    return largest_component(mask)
