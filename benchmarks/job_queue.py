@@ -11,6 +11,7 @@ appended while the queue runs are picked up. Run the same command again to resum
 jobs that failed are skipped unless `--retry-failed`, and a job taken by a runner that is gone (its process no
 longer exists) is taken again. `python` in a command is this interpreter (its folder leads PATH), and every job gets
 `OMP_NUM_THREADS` / `MKL_NUM_THREADS` = `--threads` (default 1: one heavy job per core on a shared CPU).
+`--status` prints each job's state (waiting, running, finished, failed, orphaned) and runs nothing.
 """
 
 from __future__ import annotations
@@ -134,6 +135,18 @@ class JobQueue:
         self.note(f"{worker} end {job.name} rc={rc} {time.monotonic() - start:.0f} s")
         return rc
 
+    def state(self, name: str) -> str:
+        """'finished' (exit 0), 'failed (exit N)', 'running' (claimed by a live runner), 'orphaned' (claimed by a
+        runner that is gone: runs again on resume) or 'waiting'."""
+        rc = self.status(name)
+        if rc is not None:
+            return "finished" if rc == 0 else f"failed (exit {rc})"
+        claim = self.logs / f"{name}.claim"
+        if claim.is_file():
+            text = claim.read_text().strip()
+            return "running" if text.isdigit() and _alive(int(text)) else "orphaned"
+        return "waiting"
+
     def work(self, worker: str) -> None:
         """Runs jobs until none is left; stops (with a note) if the jobs file is made unreadable meanwhile."""
         while True:
@@ -155,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="jobs run at once (default 2)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of each job (default 1)")
     p.add_argument("--retry-failed", action="store_true", help="run jobs that exited non-zero again (once)")
+    p.add_argument("--status", action="store_true", help="print each job's state and run nothing")
     args = p.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         p.error("--workers and --threads must be >= 1")
@@ -164,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job_queue: {e}", file=sys.stderr)
         return 2
     queue = JobQueue(args.jobs, args.logs, args.retry_failed, args.threads)
+    if args.status:
+        for job in jobs:
+            print(f"{job.name}\t{queue.state(job.name)}")
+        return 0
     for name in queue.release_stale_claims():
         queue.note(f"released the claim of {name} (its runner is gone)")
     workers = [threading.Thread(target=queue.work, args=(f"w{i}",)) for i in range(args.workers)]

@@ -31,6 +31,8 @@ def test_every_job_runs_once_with_its_log_and_status_and_a_rerun_skips_finished_
         assert (logs / "j0.rc").read_text().strip() == "0" and (logs / "bad.rc").read_text().strip() == "3"
         assert not list(logs.glob("*.claim"))
         assert "bad exited 3" in capsys.readouterr().err
+        assert script.main([str(jobs), "--logs", str(logs), "--status"]) == 0
+        assert "bad\tfailed (exit 3)" in capsys.readouterr().out
         queue_log = (logs / "queue.log").read_text()
         assert (logs / "py.log").read_text().splitlines()[-1] == sys.executable   # `python` is this interpreter
         assert queue_log.count(" start ") == 6 and "end bad rc=3" in queue_log
@@ -43,9 +45,12 @@ def test_every_job_runs_once_with_its_log_and_status_and_a_rerun_skips_finished_
         _jobs(jobs, [f"bad test -e {out}/ran"])
         assert script.main([str(jobs), "--logs", str(logs), "--retry-failed"]) == 0
         assert (logs / "bad.rc").read_text().strip() == "0"
+        capsys.readouterr()
+        assert script.main([str(jobs), "--logs", str(logs), "--status"]) == 0
+        assert capsys.readouterr().out.split() == ["bad", "finished"]
 
 
-def test_a_job_taken_by_a_runner_that_is_gone_runs_again_and_a_live_claim_is_left(tmp_path):
+def test_a_job_taken_by_a_runner_that_is_gone_runs_again_and_a_live_claim_is_left(tmp_path, capsys):
     with benchmark_script("job_queue") as script:
         logs = tmp_path / "logs"
         logs.mkdir()
@@ -54,6 +59,8 @@ def test_a_job_taken_by_a_runner_that_is_gone_runs_again_and_a_live_claim_is_lef
         gone.wait()
         (logs / "dead.claim").write_text(str(gone.pid))
         (logs / "live.claim").write_text(str(os.getpid()))   # a runner still alive (this test)
+        assert script.main([str(jobs), "--logs", str(logs), "--status"]) == 0
+        assert capsys.readouterr().out.split() == ["dead", "orphaned", "live", "running"]
         assert script.main([str(jobs), "--logs", str(logs)]) == 0
         assert (tmp_path / "dead").exists() and not (tmp_path / "live").exists()
         assert "released the claim of dead" in (logs / "queue.log").read_text()
