@@ -116,6 +116,26 @@ def test_better_run_interval_excludes_zero_and_p_small(tmp_path):
         assert table.loc[("worse", metric), "p_value"] < 0.01, metric
 
 
+def test_runs_with_the_same_folder_name_get_names_that_tell_them_apart(tmp_path, capsys):
+    """Seed folders of three runs (all `seed_0`) and one folder given twice: the rows, the Markdown and the plot are
+    keyed by names long enough to differ (three `seed_0` runs crashed the plot before)."""
+    a = make_run(tmp_path / "a", "seed_0", quality=0.5)
+    b = make_run(tmp_path / "b", "seed_0", quality=1.0)
+    c = make_run(tmp_path / "c", "seed_0", quality=0.0)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, c, a, "--out", out, "--resamples", 200, "--permutations", 100) == 0
+    table = _read(out)
+    assert sorted(set(table["run"])) == ["a/seed_0 (2)", "b/seed_0", "c/seed_0"]
+    acc = table.set_index(["run", "metric"])["difference"]
+    assert acc[("b/seed_0", "accuracy")] > 0 > acc[("c/seed_0", "accuracy")] and acc[("a/seed_0 (2)", "accuracy")] == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Paired comparison with a/seed_0 (baseline)")
+    assert "## b/seed_0 − a/seed_0" in printed and "## c/seed_0 − a/seed_0" in printed
+    assert (out / "comparison.png").stat().st_size > 1000
+    assert sonodistill("compare", a, b, "--resamples", 50, "--permutations", 20) == 0   # the default --out folder
+    assert (a.parent / "compare-a-seed_0-vs-b-seed_0" / "comparison.md").is_file()
+
+
 def test_models_of_one_run_are_compared_as_run_colon_model(tmp_path):
     """A predictions.csv with a `model` column (medivlad's aggregators): RUN:MODEL selects one model; the bare run
     and an unknown model are errors that list the models."""

@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,6 +336,30 @@ def merge_run_classes(run: ComparedRun, merge: dict[str, list[str]]) -> None:
         s.predictions, s.classes = merge_classes(s.predictions, s.classes, merge)
 
 
+def distinct_names(runs: list[ComparedRun]) -> list[ComparedRun]:
+    """Runs whose folder names collide (seed folders `a/seed_0` and `b/seed_0`, a run and its rescored copy) named
+    by as many trailing path parts as tell them apart, `" (2)"` ... added for the same folder given twice; the
+    tables and the plot key their rows by these names."""
+    groups: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(run.name, []).append(i)
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        parts = [runs[i].path.resolve().parts for i in members]
+        suffix = name[len(parts[0][-1]):]  # ":MODEL", the same for the whole group
+        distinct = len(set(parts))
+        for k in range(2, max(len(p) for p in parts) + 1):
+            longer = ["/".join(p[-k:]) + suffix for p in parts]
+            if len(set(longer)) == distinct:
+                break
+        seen: dict[str, int] = {}
+        for i, new in zip(members, longer):
+            seen[new] = seen.get(new, 0) + 1
+            runs[i].name = new if seen[new] == 1 else f"{new} ({seen[new]})"
+    return runs
+
+
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
                  n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
                  merge: dict[str, list[str]] | None = None,
@@ -349,7 +374,7 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
-    runs = [read_run(p) for p in paths]
+    runs = distinct_names([read_run(p) for p in paths])
     if folds is not None:
         if not folds:
             raise SonoDistillError("--folds names no fold")
@@ -500,7 +525,7 @@ def _compare(args: argparse.Namespace) -> int:
     runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge,
                                folds)
     out = Path(args.out) if args.out else runs[0].path.parent / (
-        "compare-" + "-vs-".join(r.name.replace(":", "-") for r in runs) + ("-merged" if merge else ""))
+        "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs) + ("-merged" if merge else ""))
     text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
