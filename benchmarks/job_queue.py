@@ -111,7 +111,8 @@ class JobQueue:
                     continue
                 with os.fdopen(fd, "w") as f:
                     f.write(str(os.getpid()))
-                if rc is not None:
+                if rc is not None:  # a failed job taken again: its old status goes, so --status shows it running
+                    (self.logs / f"{job.name}.rc").unlink(missing_ok=True)
                     self.retried.add(job.name)
                 return job
         return None
