@@ -73,6 +73,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _held(claim: Path) -> bool:
+    """Whether a claim file's runner (the pid it holds) is still alive."""
+    text = claim.read_text().strip()
+    return text.isdigit() and _alive(int(text))
+
+
 class JobQueue:
     """The state of a jobs file's jobs in a log folder: `NAME.claim` (taken: the runner's pid), `NAME.rc` (finished:
     the exit status), `NAME.log` (output)."""
@@ -92,8 +98,7 @@ class JobQueue:
         """Removes the claims of runners whose process is gone (a killed or crashed runner): their jobs run again."""
         released = []
         for claim in self.logs.glob("*.claim"):
-            text = claim.read_text().strip()
-            if not text.isdigit() or not _alive(int(text)):
+            if not _held(claim):
                 claim.unlink(missing_ok=True)
                 released.append(claim.stem)
         return released
@@ -144,8 +149,7 @@ class JobQueue:
             return "finished" if rc == 0 else f"failed (exit {rc})"
         claim = self.logs / f"{name}.claim"
         if claim.is_file():
-            text = claim.read_text().strip()
-            return "running" if text.isdigit() and _alive(int(text)) else "orphaned"
+            return "running" if _held(claim) else "orphaned"
         return "waiting"
 
     def work(self, worker: str) -> None:
