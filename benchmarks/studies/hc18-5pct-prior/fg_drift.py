@@ -1,0 +1,48 @@
+"""Per epoch, the student's foreground share on unlabelled images against the labelled masks' share (HDC runs).
+
+Usage: python benchmarks/studies/hc18-5pct-prior/fg_drift.py RUN_DIR [RUN_DIR ...]
+Reads every `fold_*/logs/metrics.csv` under each run directory (seed folders included) and prints one line per
+fold: the epoch means of `train/unsup/fg_fraction`, the labelled share (mean of `train/sup/fg_fraction` over the
+run) and the drift guard of rule.txt: min over epochs >= FIRST (after the ramp) of unlabelled / labelled share.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+FIRST_GUARDED_EPOCH = 4  # the ramp (rampup_fraction 0.4 of 8 epochs) ends inside epoch 3
+
+
+def epoch_shares(metrics_csv: Path) -> tuple[pd.Series, float]:
+    """(epoch -> mean unlabelled foreground share, labelled share) of one fold's Lightning CSV log."""
+    df = pd.read_csv(metrics_csv)
+    for col in ("train/unsup/fg_fraction", "train/sup/fg_fraction"):
+        if col not in df.columns:
+            raise SystemExit(f"{metrics_csv}: no column {col!r} (not an HDC / consistency run?)")
+    unsup = df.dropna(subset=["train/unsup/fg_fraction"]).groupby("epoch")["train/unsup/fg_fraction"].mean()
+    return unsup, float(df["train/sup/fg_fraction"].dropna().mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    args = p.parse_args(argv)
+    for run in args.runs:
+        logs = sorted(run.glob("**/fold_*/logs/metrics.csv"))
+        if not logs:
+            raise SystemExit(f"{run}: no fold_*/logs/metrics.csv under it")
+        for log in logs:
+            unsup, labelled = epoch_shares(log)
+            late = unsup[unsup.index >= FIRST_GUARDED_EPOCH]
+            guard = float(late.min() / labelled) if len(late) else float("nan")
+            shares = " ".join(f"{v:.3f}" for v in unsup.to_numpy())
+            print(f"{log.parent.parent.relative_to(run.parent)}: labelled {labelled:.3f}; unlabelled by epoch {shares}; "
+                  f"guard (min epoch>={FIRST_GUARDED_EPOCH} / labelled) {guard:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
