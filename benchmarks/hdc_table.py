@@ -9,12 +9,17 @@
     python benchmarks/hdc_table.py --data hc18 --validation --methods hdc --tag mi0 --set recipe_options.lambda_mi=0
     # several training seeds on the same folds: RUN/seed_<s>/ each (`sonodistill compare` pairs them seed by seed)
     python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 0,1,2 --out runs/hdc-bench
+    python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 1 --out runs/hdc-bench   # seed 1 alone: same folds
 
 Each (method, fraction) is one run directory OUT/DATA[-val]-METHOD[-TAG]-PCT (resumed if it exists), trained with
 the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table;
 after each fraction's rows, HDC minus each finished method, paired on the same test images (`sonodistill compare`).
 `--validation` replaces the manifest by the training rows of the main split (fold `train.fold` of `train.folds`
 grouped folds), so the runs split those rows again into train / validation and never see a test image.
+With `--seeds`, the fold split's seed is `train.fold_seed` if set, else the config's `train.seed` (0 unless set),
+whichever seeds one command trains: `--seeds 1` alone and `--seeds 0,1,2` give seed 1 the same folds, so one table's
+seeds can be run by separate processes. (`sonodistill train --seeds` takes the first seed instead; before session
+24 this script did too: add `--set train.fold_seed=S` to reproduce an earlier `--seeds S` command's split.)
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sonodistill.commands.compare import ALL_SEEDS, compare_runs
 from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, packaged_config, seed_run_dirs
 from sonodistill.errors import SonoDistillError
 from sonodistill.data.manifest import Manifest
-from sonodistill.data.folds import make_folds
+from sonodistill.data.folds import fold_seed_of, make_folds
 from sonodistill.protocols.folds import run_protocol, run_seeds
 from sonodistill.recipes.data import load_manifest
 from _common import add_run_arguments, start_run
@@ -56,9 +61,15 @@ def lesion_manifest(manifest: Manifest) -> Manifest:
 
 def validation_manifest(manifest: Manifest, cfg: RunConfig) -> Manifest:
     """The training rows of the main split (the same folds run_protocol makes), as a manifest of their own."""
-    train_rows, _ = make_folds(manifest, cfg.train.folds, cfg.train.seed)[cfg.train.fold or 0]
+    train_rows, _ = make_folds(manifest, cfg.train.folds, fold_seed_of(cfg))[cfg.train.fold or 0]
     sub = manifest.subset(np.sort(train_rows))
     return Manifest(sub.table, list(sub.classes), sub.modality, f"{manifest.name}-train-part")
+
+
+def with_table_fold_seed(overrides: list[str], base: RunConfig, seeds: list[int]) -> list[str]:
+    """`overrides` plus `train.fold_seed` = `base`'s fold seed (its `train.fold_seed`, else its `train.seed`) when
+    seeds are given: every command of a table splits the same folds, whichever seeds it trains."""
+    return [*overrides, f"train.fold_seed={fold_seed_of(base)}"] if seeds else list(overrides)
 
 
 def prefix(data: str, validation: bool) -> str:
@@ -265,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "`; `".join(commands)
     if not args.table_only:
         base = load_config(config, [f"data.spec={args.data}", *args.overrides])
+        overrides = with_table_fold_seed(args.overrides, base, seeds)
         manifest = load_manifest(base.data)
         if args.data == "busi":
             manifest = lesion_manifest(manifest)
@@ -275,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = run_name(pre, method, frac, args.tag)
                 cfg = load_config(config, [f"recipe={method}", f"name={name}", f"out_dir={out}",
                                            f"data.spec={args.data}", f"recipe_options.labelled_fraction={frac}",
-                                           *args.overrides])
+                                           *overrides])
                 runs = [cfg.run_dir / f"{SEED_DIR_PREFIX}{s}" for s in seeds] if seeds else [cfg.run_dir]
                 if all(covers_folds(r, wanted_folds(cfg)) for r in runs):
                     logging.info("%s: finished earlier, kept", name)

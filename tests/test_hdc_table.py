@@ -136,3 +136,34 @@ def test_a_run_of_fold_0_alone_is_not_finished_for_a_command_that_asks_every_fol
     pd.DataFrame({"fold": [0, 1, 2, 3, 4], "index": range(5), "dice": 0.5}).to_csv(run / "predictions.csv", index=False)
     assert hdc_table.covers_folds(run, hdc_table.wanted_folds(cfg))
     assert not hdc_table.covers_folds(tmp_path / "busi-hdc-10pct" / "seed_2", [0])  # never run
+
+
+def test_seeds_run_by_separate_commands_share_the_tables_folds(tmp_path, hdc_table, monkeypatch):
+    """`--seeds 1` alone splits with the config's seed (0), as `--seeds 0,1,2` does, unless train.fold_seed is set:
+    before, a one-seed command took its own seed as the fold seed and tested other images."""
+    from sonodistill.data.manifest import Manifest
+
+    table = pd.DataFrame({"path": [f"img{i}.png" for i in range(20)], "label": ["head"] * 20,
+                          "group": [f"s{i // 2}" for i in range(20)]})
+    monkeypatch.setattr(hdc_table, "load_manifest", lambda data: Manifest(table, ["head"], "image", "tiny"))
+    monkeypatch.setattr(hdc_table, "write_table", lambda *a, **k: None)
+    trained: list[tuple[int | None, list[int], int]] = []
+
+    def fake_run_seeds(cfg, seeds, resume=False, manifest=None, **kw):
+        trained.append((cfg.train.fold_seed, seeds, len(manifest)))
+
+    monkeypatch.setattr(hdc_table, "run_seeds", fake_run_seeds)
+    base = ["--data", "hc18", "--fractions", "0.1", "--methods", "hdc", "--out", str(tmp_path)]
+    assert hdc_table.main([*base, "--seeds", "1"]) == 0
+    assert hdc_table.main([*base, "--seeds", "0,1,2"]) == 0
+    assert hdc_table.main([*base, "--seeds", "1", "--set", "train.fold_seed=1", "--tag", "own"]) == 0
+    assert hdc_table.main([*base, "--seeds", "2", "--set", "train.seed=3", "--tag", "s3"]) == 0
+    assert [(f, s) for f, s, _ in trained] == [(0, [1]), (0, [0, 1, 2]), (1, [1]), (3, [2])]
+    trained.clear()  # --validation: the outer split (the training rows kept) follows the same fold seed
+    assert hdc_table.main([*base, "--validation", "--seeds", "1"]) == 0
+    assert hdc_table.main([*base, "--validation", "--seeds", "1", "--set", "train.fold_seed=1", "--tag", "own"]) == 0
+    assert trained[0][0] == 0 and trained[1][0] == 1 and trained[0][2] == trained[1][2] == 16
+    keep = [hdc_table.validation_manifest(Manifest(table, ["head"], "image", "tiny"),
+                                          hdc_table.load_config(None, [f"train.fold_seed={f}", "train.folds=5"]))
+            for f in (0, 1)]
+    assert set(keep[0].table["path"]) != set(keep[1].table["path"])
