@@ -219,6 +219,16 @@ def test_segmentation_cv_never_reads_unlabelled_masks_and_writes_the_report(tmp_
     (run / "report.md").unlink()
     segmentation_report_from_run_dir(run)
     assert (run / "report.md").read_text() == before
+    # the training warnings read the fold's log: a student whose unlabelled foreground share drifts is reported
+    log = pd.read_csv(fold / "logs" / "metrics.csv")
+    assert {"train/unsup/fg_fraction", "train/sup/fg_fraction"} <= set(log.columns)
+    drifted = log["train/unsup/fg_fraction"].notna()
+    log.loc[drifted, "train/unsup/fg_fraction"] = 0.2 * log.loc[drifted, "train/sup/fg_fraction"].mean()
+    log.to_csv(fold / "logs" / "metrics.csv", index=False)
+    segmentation_report_from_run_dir(run)
+    report = (run / "report.md").read_text()
+    assert "## Training warnings" in report and "- fold_0: in epoch" in report and "0.20x" in report
+    assert json.loads((run / "metrics.json").read_text())["warnings"][0].startswith("fold_0:")
 
 
 def test_dice_background_option_reaches_the_supervised_loss(tmp_path):

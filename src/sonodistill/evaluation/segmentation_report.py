@@ -206,9 +206,20 @@ def _json_ready(x: Any) -> Any:
     return x
 
 
+def training_warnings(run_dir: str | Path, cfg: RunConfig) -> list[str]:
+    """Report lines on what the training logs show went wrong without test labels: the folds whose unlabelled
+    foreground share drifted from the labelled one after the consistency ramp (`cfg` with resolved options; [] for
+    recipes without a ramp)."""
+    from sonodistill.evaluation.foreground_drift import foreground_drift_warnings
+
+    ramp = cfg.recipe_options.get("rampup_fraction")
+    return [] if ramp is None else foreground_drift_warnings(run_dir, float(ramp), int(cfg.train.epochs))
+
+
 def write_segmentation_report(run_dir: str | Path, predictions: pd.DataFrame, title: str,
-                              units: str = "px") -> dict[str, Any]:
-    """metrics_per_fold.csv, metrics.json and report.md from per-item predictions; returns metric -> MeanStd."""
+                              units: str = "px", warnings: list[str] | None = None) -> dict[str, Any]:
+    """metrics_per_fold.csv, metrics.json and report.md from per-item predictions, with `warnings` (training_warnings)
+    under their own heading and in metrics.json; returns metric -> MeanStd."""
     from sonodistill.evaluation.metrics import MeanStd, summarise
     from sonodistill.evaluation.report import markdown_table
 
@@ -242,11 +253,14 @@ def write_segmentation_report(run_dir: str | Path, predictions: pd.DataFrame, ti
                      "- hc_mm|, the contour taken the masks' outline offset inside (measured per fold on its labelled "
                      "training masks: fold_k/hc_calibration.json; predictions.csv keeps hc_pred_uncorrected_mm); an "
                      "image with no head predicted is a failure (NaN), counted in n_nan.\n")
+    warnings = list(warnings or [])
+    if warnings:
+        lines += ["## Training warnings\n", *[f"- {w}" for w in warnings], ""]
     (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     payload = {"title": title, "n_folds": n_folds, "n_items": int(len(predictions)), "units": units,
                "summary": {k: {"mean": v.mean, "std": v.std, "n": v.n, "n_nan": v.n_nan} for k, v in summary.items()},
                "items": {k: {"mean": v.mean, "std": v.std, "n": v.n, "n_nan": v.n_nan} for k, v in items.items()},
-               "per_fold": per_fold}
+               "per_fold": per_fold, "warnings": warnings}
     (run_dir / "metrics.json").write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=False),
                                           encoding="utf-8")
     return summary
@@ -268,4 +282,5 @@ def segmentation_report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     cfg, manifest, predictions = read_run_dir(run_dir)
-    return write_segmentation_report(run_dir, predictions, segmentation_title(cfg), segmentation_units(manifest))
+    return write_segmentation_report(run_dir, predictions, segmentation_title(cfg), segmentation_units(manifest),
+                                     training_warnings(run_dir, cfg))

@@ -24,6 +24,7 @@ from sonodistill.evaluation.segmentation_report import (
     preprocess_config,
     segmentation_title,
     segmentation_units,
+    training_warnings,
     write_segmentation_report,
 )
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
@@ -154,4 +155,9 @@ class SegmentationProtocol(Protocol):
 
     def report(self, run: Run, results: list[FoldResult], title: str) -> dict[str, Any]:
         predictions = pd.concat([r.predictions for r in results if r.predictions is not None], ignore_index=True)
-        return write_segmentation_report(run.dir, predictions, title, segmentation_units(run.manifest))
+        from sonodistill.protocols.folds import with_resolved_options
+
+        warnings = training_warnings(run.dir, with_resolved_options(run.cfg))
+        for line in warnings:
+            log.warning("%s: %s", run.dir, line)
+        return write_segmentation_report(run.dir, predictions, title, segmentation_units(run.manifest), warnings)

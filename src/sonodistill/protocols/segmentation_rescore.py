@@ -32,6 +32,7 @@ from sonodistill.evaluation.segmentation_report import (
     predict_segmentation,
     segmentation_title,
     segmentation_units,
+    training_warnings,
     write_segmentation_report,
 )
 from sonodistill.protocols.segmentation import scoring_options
@@ -117,7 +118,8 @@ def rescore_one_seed(run_dir: Path, out_dir: Path, overrides: list[str]) -> pd.D
     predictions = pd.concat(frames, ignore_index=True)
     predictions.to_csv(out_dir / PREDICTIONS, index=False)
     write_segmentation_report(out_dir, predictions, segmentation_title(cfg) + " (rescored: " +
-                              (", ".join(overrides) or "same settings") + ")", segmentation_units(manifest))
+                              (", ".join(overrides) or "same settings") + ")", segmentation_units(manifest),
+                              training_warnings(run_dir, cfg))  # the training logs stay in the source run
     return predictions
 
 
