@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from sonodistill.evaluation.foreground_drift import epoch_foreground_shares
+
 FIRST_GUARDED_EPOCH = 4  # the ramp (rampup_fraction 0.4 of 8 epochs) ends inside epoch 3
 
 
 def epoch_shares(metrics_csv: Path) -> tuple[pd.Series, float]:
     """(epoch -> mean unlabelled foreground share, labelled share) of one fold's Lightning CSV log."""
-    df = pd.read_csv(metrics_csv)
-    for col in ("train/unsup/fg_fraction", "train/sup/fg_fraction"):
-        if col not in df.columns:
-            raise SystemExit(f"{metrics_csv}: no column {col!r} (not an HDC / consistency run?)")
-    unsup = df.dropna(subset=["train/unsup/fg_fraction"]).groupby("epoch")["train/unsup/fg_fraction"].mean()
-    return unsup, float(df["train/sup/fg_fraction"].dropna().mean())
+    shares = epoch_foreground_shares(metrics_csv)
+    if shares is None:
+        raise SystemExit(f"{metrics_csv}: no foreground-share columns (not an HDC / consistency run?)")
+    return shares
 
 
 def main(argv: list[str] | None = None) -> int:
