@@ -136,3 +136,16 @@ def test_seed_run_dirs_lists_the_seed_folders_in_seed_order(tmp_path):
     (tmp_path / "seed_3").write_text("a file, not a seed folder")
     assert seed_run_dirs(tmp_path) == {-1: tmp_path / "seed_-1", 2: tmp_path / "seed_2", 10: tmp_path / "seed_10"}
     assert seed_run_dirs(tmp_path / "fold_0") == {}
+
+
+def test_the_hc18_5pct_config_is_the_10pct_one_but_for_the_fraction_and_hdcs_own_setting():
+    """seg-hc18-imagenet-5pct must follow seg-hc18-imagenet (every method's protocol) except the labelled fraction and
+    HDC's consistency / MI marginal chosen at 5 % (docs/hdc.md, session 24)."""
+    for recipe in ("seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"):
+        ten = load_config(packaged_config("seg-hc18-imagenet"), [f"recipe={recipe}"]).to_dict()
+        five = load_config(packaged_config("seg-hc18-imagenet-5pct"), [f"recipe={recipe}"]).to_dict()
+        assert five["recipe_options"].pop("labelled_fraction") == 0.05
+        assert ten["recipe_options"].pop("labelled_fraction") == 0.1
+        if recipe == "hdc":
+            assert (five["recipe_options"].pop("consistency"), five["recipe_options"].pop("mi_marginal")) == (3, "prior")
+        assert five == ten, recipe
