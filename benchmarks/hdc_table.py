@@ -9,7 +9,7 @@
     python benchmarks/hdc_table.py --data hc18 --validation --methods hdc --tag mi0 --set recipe_options.lambda_mi=0
     # several training seeds on the same folds: RUN/seed_<s>/ each (`sonodistill compare` pairs them seed by seed)
     python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 0,1,2 --out runs/hdc-bench
-    python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 1 --out runs/hdc-bench   # seed 1 alone: same folds
+    python benchmarks/hdc_table.py --data hc18 --fractions 0.1 --seeds 1 --out runs/hdc-bench   # same folds
 
 Each (method, fraction) is one run directory OUT/DATA[-val]-METHOD[-TAG]-PCT (resumed if it exists), trained with
 the packaged config seg-DATA-cpu plus `--set` overrides. The table (Markdown + CSV) goes to OUT/DATA[-val][-TAG]-table;

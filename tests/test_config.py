@@ -147,5 +147,6 @@ def test_the_hc18_5pct_config_is_the_10pct_one_but_for_the_fraction_and_hdcs_own
         assert five["recipe_options"].pop("labelled_fraction") == 0.05
         assert ten["recipe_options"].pop("labelled_fraction") == 0.1
         if recipe == "hdc":
-            assert (five["recipe_options"].pop("consistency"), five["recipe_options"].pop("mi_marginal")) == (3, "prior")
+            options = five["recipe_options"]
+            assert (options.pop("consistency"), options.pop("mi_marginal")) == (3, "prior")
         assert five == ten, recipe

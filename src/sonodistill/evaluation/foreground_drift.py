@@ -64,22 +64,24 @@ def first_epoch_after_ramp(rampup_fraction: float, epochs: int) -> int:
     return min(int(math.ceil(rampup_fraction * epochs - 1e-9)), max(epochs - 1, 0))
 
 
+def _fold_order(log: Path) -> tuple[int, str]:
+    """Sort key of `RUN/<fold>/logs/metrics.csv`: fold_0, fold_1, ..., fold_10, then final/."""
+    name = log.parent.parent.name
+    return (int(name[5:]), "") if name.startswith("fold_") and name[5:].isdigit() else (1 << 30, name)
+
+
 def foreground_drift_warnings(run_dir: str | Path, rampup_fraction: float, epochs: int) -> list[str]:
     """One line per fold (`fold_k/logs/metrics.csv`, and `final/`) whose unlabelled foreground share left
     [LOW, HIGH] x the labelled share in an epoch after the ramp; [] when none did or nothing was logged."""
-    run_dir = Path(run_dir)
     first = first_epoch_after_ramp(rampup_fraction, epochs)
     lines = []
-    def order(log: Path) -> tuple[int, str]:  # fold_0, fold_1, ..., fold_10, then final/
-        name = log.parent.parent.name
-        return (int(name[5:]), "") if name.startswith("fold_") and name[5:].isdigit() else (1 << 30, name)
-
-    for log in sorted(run_dir.glob("*/logs/metrics.csv"), key=order):
+    for log in sorted(Path(run_dir).glob("*/logs/metrics.csv"), key=_fold_order):
         drift = worst_drift(log, first)
         if drift is None or LOW <= drift.ratio <= HIGH:
             continue
         towards = "background: small structures may be lost" if drift.ratio < LOW else "foreground: over-segmentation"
         lines.append(f"{log.parent.parent.name}: in epoch {drift.epoch} (after the ramp) the student predicted "
-                     f"{100 * drift.unlabelled:.1f} % of unlabelled pixels as foreground against {100 * drift.labelled:.1f} % "
-                     f"in the labelled masks ({drift.ratio:.2f}x, outside {LOW}-{HIGH}x): drift towards {towards}.")
+                     f"{100 * drift.unlabelled:.1f} % of unlabelled pixels as foreground against "
+                     f"{100 * drift.labelled:.1f} % in the labelled masks ({drift.ratio:.2f}x, outside {LOW}-{HIGH}x): "
+                     f"drift towards {towards}.")
     return lines
