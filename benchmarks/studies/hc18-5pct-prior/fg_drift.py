@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sonodistill.evaluation.foreground_drift import epoch_foreground_shares
+from sonodistill.evaluation.foreground_drift import epoch_foreground_shares, first_epoch_after_ramp
 
-FIRST_GUARDED_EPOCH = 4  # the ramp (rampup_fraction 0.4 of 8 epochs) ends inside epoch 3
+FIRST_GUARDED_EPOCH = first_epoch_after_ramp(0.4, 8)  # 4: the ramp (0.4 of 8 epochs) ends inside epoch 3
 
 
 def epoch_shares(metrics_csv: Path) -> tuple[pd.Series, float]:
@@ -24,6 +24,12 @@ def epoch_shares(metrics_csv: Path) -> tuple[pd.Series, float]:
     if shares is None:
         raise SystemExit(f"{metrics_csv}: no foreground-share columns (not an HDC / consistency run?)")
     return shares
+
+
+def guard_ratio(by_epoch: pd.Series, labelled: float) -> float:
+    """rule.txt's drift guard: the lowest unlabelled share in an epoch >= FIRST_GUARDED_EPOCH over the labelled share."""
+    late = by_epoch[by_epoch.index >= FIRST_GUARDED_EPOCH]
+    return float(late.min() / labelled) if len(late) else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{run}: no fold_*/logs/metrics.csv under it")
         for log in logs:
             unsup, labelled = epoch_shares(log)
-            late = unsup[unsup.index >= FIRST_GUARDED_EPOCH]
-            guard = float(late.min() / labelled) if len(late) else float("nan")
+            guard = guard_ratio(unsup, labelled)
             shares = " ".join(f"{v:.3f}" for v in unsup.to_numpy())
             print(f"{log.parent.parent.relative_to(run.parent)}: labelled {labelled:.3f}; unlabelled by epoch {shares}; "
                   f"guard (min epoch>={FIRST_GUARDED_EPOCH} / labelled) {guard:.2f}")

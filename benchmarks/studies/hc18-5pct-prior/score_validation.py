@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fg_drift import FIRST_GUARDED_EPOCH, epoch_shares  # noqa: E402
+from fg_drift import epoch_shares, guard_ratio  # noqa: E402
 
 RUNS = {  # setting -> {(fold, seed): run directory name under --val}
     "supervised-only": {(0, 0): "hc18-val-seg_supervised-c1-5pct", (0, 1): "hc18-val-seg_supervised-c1-5pct",
@@ -31,8 +31,7 @@ def run_numbers(seed_dir: Path) -> dict[str, float]:
            "no_head": items["hc_abs_err_mm"]["n_nan"], "n": items["dice"]["n"]}
     logs = sorted(seed_dir.glob("fold_*/logs/metrics.csv"))
     if logs and "seg_supervised" not in seed_dir.parent.name:
-        by_epoch, labelled = epoch_shares(logs[0])
-        out["guard"] = float(by_epoch[by_epoch.index >= FIRST_GUARDED_EPOCH].min() / labelled)
+        out["guard"] = guard_ratio(*epoch_shares(logs[0]))
     return out
 
 
