@@ -110,9 +110,12 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    """Rebuild a run's report, or re-score it with merged classes (--merge) or per group (--per-group)."""
+    """Rebuild a run's report, re-score it with merged classes (--merge) or per group (--per-group), or join the
+    folds of separately trained runs into it (--join)."""
     from sonodistill.evaluation.run_dir import check_has_cv_estimate, merged_report, parse_merge, report_from_run_dir
 
+    if args.join:
+        return _eval_join(Path(args.run_dir), args.join, refused=args.merge or args.per_group)
     check_has_cv_estimate(args.run_dir)
     if args.merge and args.per_group:
         from sonodistill.errors import ConfigError
@@ -135,6 +138,21 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         report_from_run_dir(args.run_dir)
     print((Path(args.run_dir) / "report.md").read_text())
+    return 0
+
+
+def _eval_join(dest: Path, sources: list[str], refused: bool) -> int:
+    """`eval DEST --join RUN...`: the finished folds of RUN... copied into DEST and reported together (no training)."""
+    from sonodistill.errors import ConfigError
+    from sonodistill.protocols.join import join_fold_runs
+
+    if refused:
+        raise ConfigError("eval: --join writes a run; re-score it with --merge or --per-group in a second command")
+    join_fold_runs(dest, sources)
+    reports = sorted(dest.glob("seed_*/report.md")) or [dest / "report.md"]
+    for report in reports:
+        print(report.read_text())
+    print(f"joined run directory: {dest}  (compare it with: sonodistill compare BASELINE_RUN {dest})")
     return 0
 
 
@@ -183,4 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--per-group", action="store_true",
                    help="score per group (patient): each group's probabilities averaged over its items, for "
                         "per-patient labels; writes RUN/per_group/")
+    e.add_argument("--join", nargs="+", metavar="RUN",
+                   help="copy the finished folds of runs trained separately (one job or machine a fold: --set "
+                        "train.fold=K; same config and folds.json) into RUN_DIR and report them together, without "
+                        "training; multi-seed runs are joined seed by seed, and RUN_DIR may already hold some folds")
     e.set_defaults(func=_eval)

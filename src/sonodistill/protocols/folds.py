@@ -245,15 +245,23 @@ def fit_and_save(run: Run, protocol: Protocol, fold: Fold) -> FoldResult | None:
 
 
 def fit_folds(run: Run, protocol: Protocol, folds: list[tuple[np.ndarray, np.ndarray]],
-              source: Manifest | None = None) -> list[FoldResult]:
+              source: Manifest | None = None, fit_missing: bool = True) -> list[FoldResult]:
     """Fit every wanted fold with `protocol.fit`; with resume, a finished fold (`protocol.load_finished`) is kept.
     With train.parallel_folds > 1 the other folds are fitted in worker processes first and read back (`source`:
-    the manifest before `protocol.prepare`). Returns the folds' results (rank 0 only saves them)."""
+    the manifest before `protocol.prepare`). `fit_missing=False`: nothing is trained, the unfinished folds are left
+    out (SonoDistillError when no fold is finished). Returns the folds' results (rank 0 only saves them)."""
     from sonodistill.recipes.trainer import STOP
 
     wanted = protocol.folds_to_run(run, len(folds))
     kept = {k: r for k in wanted
             if run.resume and (r := protocol.load_finished(run, make_fold(run, folds, k))) is not None}
+    if not fit_missing:
+        if not kept:
+            raise SonoDistillError(f"{run.dir} holds no finished fold (fold_K/{PREDICTIONS}) to report")
+        if left_out := [k for k in wanted if k not in kept]:
+            log.info("folds %s of %s are not finished: left out of the report (nothing is trained)", left_out,
+                     run.dir)
+        wanted = sorted(kept)
     trained: dict[int, float] = {}
     if int(run.cfg.train.parallel_folds) > 1:
         trained = fit_in_processes(run, folds, [k for k in wanted if k not in kept], source or run.manifest)
@@ -356,13 +364,14 @@ def save_predictions(run: Run, results: list[FoldResult]) -> None:
         pd.concat(frames, ignore_index=True).to_csv(run.dir / PREDICTIONS, index=False)
 
 
-def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None,
+def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None = None, fit_missing: bool = True,
                  **trainer_overrides: Any) -> dict[str, Any] | None:
     """Run `cfg.recipe`'s protocol: every fold (or `train.fold`), the final model with train.final (only it with
     train.cv=false), then the report; returns the report's summary (None on DDP ranks other than 0).
 
     Everything is validated before the run directory is written. With `resume`, the config must equal the saved
-    one; finished folds are kept and an unfinished fold restarts from its last checkpoint.
+    one; finished folds are kept and an unfinished fold restarts from its last checkpoint. `fit_missing=False`
+    (with `resume`): nothing is trained, the report covers the finished folds (how `join_fold_runs` reports).
     """
     from sonodistill.recipes.data import load_manifest
 
@@ -410,8 +419,8 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     if cfg.train.on_validation:
         folds = validation_folds(cfg, run.manifest, folds)
         title += ", scored on VALIDATION splits of the training rows (test folds not read)"
-    results = fit_folds(run, protocol, folds, manifest)
-    if cfg.train.final and cfg.train.fold is None:  # (train.final with train.fold is refused by validate_run)
+    results = fit_folds(run, protocol, folds, manifest, fit_missing)
+    if cfg.train.final and cfg.train.fold is None and fit_missing:  # (train.final with train.fold: refused earlier)
         train_final_model(run, protocol)
     if rank != 0:
         return None
