@@ -94,6 +94,13 @@ def _edit_config(run, **train) -> None:
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
 
 
+def _swap_test_folds(run) -> None:
+    """`run`'s folds.json as if made by another split: the test rows of folds 0 and 1 swapped."""
+    folds = json.loads((run / "folds.json").read_text())
+    folds[0]["test"], folds[1]["test"] = folds[1]["test"], folds[0]["test"]
+    (run / "folds.json").write_text(json.dumps(folds))
+
+
 def test_runs_that_do_not_belong_together_are_refused(runs, tmp_path) -> None:
     dest = tmp_path / "bad"
     other_epochs = _copy(runs, tmp_path, "f1")
@@ -101,9 +108,7 @@ def test_runs_that_do_not_belong_together_are_refused(runs, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"f1-copy trains another config than .*train\.epochs: saved 1, now 2"):
         join_fold_runs(dest, [runs / "f0", other_epochs])
     other_folds = _copy(runs, tmp_path, "f2")
-    folds = json.loads((other_folds / "folds.json").read_text())
-    folds[0]["test"], folds[1]["test"] = folds[1]["test"], folds[0]["test"]
-    (other_folds / "folds.json").write_text(json.dumps(folds))
+    _swap_test_folds(other_folds)
     with pytest.raises(ConfigError, match="f2-copy/folds.json differs .* another fold split"):
         join_fold_runs(dest, [runs / "f0", other_folds])
     with pytest.raises(ConfigError, match="fold 0 is finished in both"):
@@ -138,3 +143,8 @@ def test_multi_seed_runs_are_joined_seed_by_seed(tmp_path, monkeypatch) -> None:
         assert set(pd.read_csv(dest / f"seed_{s}" / "predictions.csv")["fold"]) == {0, 2}
     with pytest.raises(ConfigError, match="mix of multi-seed runs"):
         join_fold_runs(tmp_path / "mixed", [tmp_path / "s0", dest / "seed_0"])
+    other = shutil.copytree(tmp_path / "s2", tmp_path / "s2-other-split")  # seed 1 on another split: refused
+    _swap_test_folds(other / "seed_1")
+    with pytest.raises(ConfigError, match="s2-other-split/seed_1/folds.json differs"):
+        join_fold_runs(tmp_path / "refused", [tmp_path / "s0", other])
+    assert not (tmp_path / "refused").exists()  # seed 0 was fine, but every seed is checked before writing

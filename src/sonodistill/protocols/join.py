@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sonodistill.config import SEED_DIR_PREFIX, load_config, seed_run_dirs
+from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, seed_run_dirs
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
 from sonodistill.evaluation.run_dir import PREDICTIONS
@@ -63,8 +64,19 @@ def _merged_timing(folds: dict[int, Path]) -> dict[str, float]:
     return timing
 
 
-def _join_one(dest: Path, sources: list[Path]) -> dict[str, Any] | None:
-    """Join one seed's runs into `dest` (a new directory, or a run of the same config whose folds are kept)."""
+@dataclass
+class JoinPlan:
+    """One run to write: `dest`, the run whose files it takes (`first`), each fold's source run, the config."""
+
+    dest: Path
+    first: Path
+    folds: dict[int, Path]
+    cfg: RunConfig
+
+
+def plan_join(dest: Path, sources: list[Path]) -> JoinPlan:
+    """Every check of joining `sources` (one seed's runs) into `dest` (new, or a run of the same config whose
+    folds are kept), before anything is written: ConfigError naming the run and the cause."""
     runs = ([dest] if (dest / "config.yaml").is_file() else []) + [s for s in sources if s.resolve() != dest.resolve()]
     for run in runs:
         _check_run(run)
@@ -84,14 +96,20 @@ def _join_one(dest: Path, sources: list[Path]) -> dict[str, Any] | None:
     if not protocol.cross_validates or not cfg.train.cv:
         raise ConfigError(f"--join: {runs[0]} ({cfg.recipe}{'' if cfg.train.cv else ', train.cv=false'}) has no "
                           "cross-validation folds to join")
-    timing = _merged_timing(folds)
-    created = not dest.exists()
+    return JoinPlan(dest, runs[0], folds, cfg)
+
+
+def write_join(plan: JoinPlan) -> dict[str, Any] | None:
+    """Copy the planned folds into `plan.dest` and report them (`run_protocol` without training); a failure
+    removes a `dest` this call created."""
+    created = not plan.dest.exists()
     try:
-        _copy_folds(dest, runs[0], folds, timing)
-        return run_protocol(cfg, resume=True, manifest=Manifest.from_csv(dest / "manifest.csv"), fit_missing=False)
+        _copy_folds(plan.dest, plan.first, plan.folds, _merged_timing(plan.folds))
+        return run_protocol(plan.cfg, resume=True, manifest=Manifest.from_csv(plan.dest / "manifest.csv"),
+                            fit_missing=False)
     except BaseException:
         if created:  # no half-joined run left behind
-            shutil.rmtree(dest, ignore_errors=True)
+            shutil.rmtree(plan.dest, ignore_errors=True)
         raise
 
 
@@ -129,7 +147,7 @@ def join_fold_runs(dest: str | Path, sources: list[str | Path]) -> list[dict[str
         raise ConfigError("--join: mix of multi-seed runs (RUN/seed_<s>/) and one-seed runs: "
                           + ", ".join(f"{p} ({'seeds' if m else 'one seed'})" for p, m in zip(paths, multi)))
     if not multi[0]:
-        return [_join_one(dest, paths)]
+        return [write_join(plan_join(dest, paths))]
     parents = ([dest] if (dest / "config.yaml").is_file() else []) + paths
     for p in parents:
         if not (p / "config.yaml").is_file():
@@ -137,8 +155,9 @@ def join_fold_runs(dest: str | Path, sources: list[str | Path]) -> list[dict[str
     for p in parents[1:]:
         _check_same_config(parents[0], p)
     seeds = sorted({s for p in paths for s in seed_run_dirs(p)})
-    dest.mkdir(parents=True, exist_ok=True)
+    plans = [plan_join(dest / f"{SEED_DIR_PREFIX}{s}", [p / f"{SEED_DIR_PREFIX}{s}" for p in paths
+                                                        if (p / f"{SEED_DIR_PREFIX}{s}").is_dir()]) for s in seeds]
+    dest.mkdir(parents=True, exist_ok=True)  # every seed checked first: a refusal writes nothing
     if not (dest / "config.yaml").is_file():
         shutil.copy2(paths[0] / "config.yaml", dest / "config.yaml")
-    return [_join_one(dest / f"{SEED_DIR_PREFIX}{s}", [p / f"{SEED_DIR_PREFIX}{s}" for p in paths
-                                                       if (p / f"{SEED_DIR_PREFIX}{s}").is_dir()]) for s in seeds]
+    return [write_join(plan) for plan in plans]
