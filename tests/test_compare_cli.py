@@ -300,6 +300,36 @@ def test_folds_option_compares_a_one_fold_run_with_that_fold_of_a_cross_validate
     assert not any((tmp_path / f"cmp{k}").exists() for k in (1, 2, 3))
 
 
+def test_exclude_items_leaves_the_listed_items_out_of_every_run(tmp_path, capsys):
+    """--exclude-items FILE: the items it lists (e.g. those a validation split chose a setting on) are dropped from
+    both runs before pairing; a plain list and a CSV with a path column give the same table."""
+    a = make_run(tmp_path, "base", quality=1 / 3)
+    b = make_run(tmp_path, "other", quality=np.tile([1.0, 0.0, 0.0], 8))  # group g in fold g % 3: fold 0 all right
+    pred = pd.read_csv(b / "predictions.csv")
+    seen = pred[pred["fold"] != 0]
+    listed = tmp_path / "seen.txt"
+    listed.write_text("# items of folds 1-2\n" + "\n".join(seen["path"]) + "\n/data/elsewhere/x.png\n\n")
+    seen.to_csv(tmp_path / "seen.csv", index=False)
+    for k, file in enumerate((listed, tmp_path / "seen.csv")):
+        out = tmp_path / f"cmp{k}"
+        assert sonodistill("compare", a, b, "--out", out, "--exclude-items", file, "--metrics", "accuracy",
+                           "--resamples", 200, "--permutations", 200) == 0
+        row = _read(out).iloc[0]
+        assert row["n_items"] == 24 and row["n_groups"] == 8
+        assert row["baseline"] == pytest.approx(1 / 3) and row["other"] == 1.0
+        assert f"Items excluded: those listed in `{file}`" in (out / "comparison.md").read_text()
+    capsys.readouterr()
+    (tmp_path / "elsewhere.txt").write_text("/other/root/item000.png\n")
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad1", "--exclude-items", tmp_path / "elsewhere.txt") == 2
+    assert "none of the 1 listed paths is a scored item" in capsys.readouterr().err
+    pred.to_csv(tmp_path / "all.csv", index=False)
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad2", "--exclude-items", tmp_path / "all.csv") == 2
+    assert "leaves no scored item" in capsys.readouterr().err
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad3", "--exclude-items", tmp_path / "no.txt") == 2
+    assert "--exclude-items: file not found" in capsys.readouterr().err
+    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3))
+
+
 def test_same_data_under_another_root_is_comparable(tmp_path):
     a = make_run(tmp_path, "base")
     b = shutil.copytree(a, tmp_path / "moved")

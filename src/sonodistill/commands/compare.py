@@ -188,6 +188,38 @@ def restrict_folds(run: ComparedRun, folds: list[int]) -> None:
         s.folds = [f for f in s.folds if int(f["fold"]) in wanted]
 
 
+def read_item_list(path: str | Path) -> set[str]:
+    """The item paths listed in `path`: a CSV with a `path` column (e.g. a run's predictions.csv), else one path a
+    line ('#' comments and blank lines skipped); SonoDistillError when the file is missing or lists nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise SonoDistillError(f"--exclude-items: file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if lines and "path" in [c.strip() for c in lines[0].split(",")]:
+        lines = pd.read_csv(path, comment="#")["path"].dropna().astype(str).tolist()
+    if not lines:
+        raise SonoDistillError(f"--exclude-items: {path} lists no item path")
+    return {os.path.normpath(ln) for ln in lines}
+
+
+def exclude_items(run: ComparedRun, paths: set[str]) -> int:
+    """Drop every seed's predictions of the items whose manifest path is in `paths`, in place; returns how many of
+    the first seed's scored items were dropped. SonoDistillError when the manifest has no path column or nothing
+    is left."""
+    dropped = []
+    for s in run.seeds.values():
+        if "path" not in s.manifest.columns:
+            raise SonoDistillError(f"--exclude-items: {s.source}'s items have no path column to match")
+        item_paths = s.manifest["path"].astype(str).map(os.path.normpath).to_numpy()
+        drop = np.isin(item_paths[s.predictions["index"].to_numpy(np.int64)], sorted(paths))
+        if drop.all():
+            raise SonoDistillError(f"--exclude-items leaves no scored item of {s.source}")
+        s.predictions = s.predictions[~drop].reset_index(drop=True)
+        dropped.append(int(drop.sum()))
+    return dropped[0]
+
+
 # ------------------------------------------------------------------------------------------- checks
 def _relative(paths: pd.Series) -> list[str]:
     """Paths relative to their common folder, so the same data under another root compares equal."""
@@ -362,12 +394,13 @@ def distinct_names(runs: list[ComparedRun]) -> list[ComparedRun]:
 
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
                  n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
-                 merge: dict[str, list[str]] | None = None,
-                 folds: list[int] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
+                 merge: dict[str, list[str]] | None = None, folds: list[int] | None = None,
+                 exclude: set[str] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing; `folds` keeps
-    only those test folds of every run."""
+    only those test folds of every run; `exclude` (item paths) drops those items from every run (SonoDistillError
+    when none of them is a scored item of the baseline: another data root?)."""
     from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, ANOMALY_METRICS,
                                                annotation_scorer, anomaly_scorer, classification_scorer, mean_scorer,
                                                paired_comparison)
@@ -380,6 +413,11 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
             raise SonoDistillError("--folds names no fold")
         for run in runs:
             restrict_folds(run, folds)
+    if exclude is not None:
+        dropped = [exclude_items(run, exclude) for run in runs]
+        if dropped[0] == 0:
+            raise SonoDistillError(f"--exclude-items: none of the {len(exclude)} listed paths is a scored item of "
+                                   f"{runs[0].path} (paths are matched exactly: another data root?)")
     if merge:
         for run in runs:
             merge_run_classes(run, merge)
@@ -434,8 +472,8 @@ def _fmt_p(p: float) -> str:
 
 
 def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resamples: int, level: float,
-                        seed: int, merge: dict[str, list[str]] | None = None) -> str:
-    """The report: one table per compared run (rows metric x seed), with the method paragraph."""
+                        seed: int, merge: dict[str, list[str]] | None = None, note: str = "") -> str:
+    """The report: one table per compared run (rows metric x seed), with the method paragraph (and `note`)."""
     base = runs[0]
     first = next(iter(base.seeds.values()))
     fold_ids = sorted(int(k) for k in first.predictions["fold"].unique())
@@ -454,7 +492,7 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
              f"over folds. {100 * level:g} % interval: percentile bootstrap over groups ({n_resamples} resamples, "
              f"seed {seed}; the same resamples for both runs). p: two-sided paired permutation test swapping the "
              f"two runs' predictions per group ({perm}). Pooled values can differ from the CV report's means over "
-             f"folds.{seeds}{merged}\n"]
+             f"folds.{seeds}{merged}{' ' + note if note else ''}\n"]
     for run_name, part in table.groupby("run", sort=False):
         lines.append(f"## {run_name} − {base.name}\n")
         lines.append(f"| metric | seed | {base.name} | {run_name} | difference | {100 * level:g} % interval | p |")
@@ -501,10 +539,10 @@ def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float
 
 
 def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_resamples: int, level: float,
-                     seed: int, merge: dict[str, list[str]] | None = None) -> str:
+                     seed: int, merge: dict[str, list[str]] | None = None, note: str = "") -> str:
     """comparison.md, comparison.csv and comparison.png into `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    text = comparison_markdown(runs, table, n_resamples, level, seed, merge)
+    text = comparison_markdown(runs, table, n_resamples, level, seed, merge, note)
     (out / "comparison.md").write_text(text, encoding="utf-8")
     table.to_csv(out / "comparison.csv", index=False)
     plot_comparison(table, runs[0].name, out / "comparison.png", level)
@@ -522,11 +560,14 @@ def _compare(args: argparse.Namespace) -> int:
             folds = [int(k) for k in args.folds.split(",") if k.strip()]
         except ValueError:
             raise SonoDistillError(f"--folds takes comma-separated fold numbers, got {args.folds!r}") from None
+    exclude = read_item_list(args.exclude_items) if args.exclude_items else None
     runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge,
-                               folds)
+                               folds, exclude)
     out = Path(args.out) if args.out else runs[0].path.parent / (
         "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs) + ("-merged" if merge else ""))
-    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge)
+    note = (f"Items excluded: those listed in `{args.exclude_items}` ({len(exclude)} paths; --exclude-items)."
+            if exclude else "")
+    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge, note)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
     return 0
@@ -551,4 +592,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", metavar="K[,K...]",
                    help="compare on these test folds only (e.g. a run trained on one fold with that fold of a "
                         "cross-validated run)")
+    p.add_argument("--exclude-items", metavar="FILE",
+                   help="leave out the items whose paths FILE lists (one a line, or a CSV with a path column, e.g. "
+                        "the predictions.csv of the validation runs that chose a setting) from every run")
     p.set_defaults(func=_compare)
