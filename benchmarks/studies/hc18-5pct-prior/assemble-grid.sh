@@ -27,5 +27,9 @@ for m in ("seg_supervised", "hdc"):
         print(f"{m} seed {s}: test folds {folds}")
 EOF
 sonodistill compare "$OUT/hc18-seg_supervised-5pct" "$OUT/hc18-hdc-5pct" --out "$OUT/compare"
+# the same without the 244 images of the validation splits that chose c3-prior (folds 0 and 1's)
+python benchmarks/studies/hc18-5pct-prior/validation_overlap.py "$OUT/validation-items.txt"
+sonodistill compare "$OUT/hc18-seg_supervised-5pct" "$OUT/hc18-hdc-5pct" --exclude-items "$OUT/validation-items.txt" \
+  --out "$OUT/compare-unseen"
 python benchmarks/studies/hc18-5pct-prior/fg_drift.py "$OUT"/hc18-hdc-5pct/seed_*
 python benchmarks/hc18_by_size.py "$OUT/hc18-seg_supervised-5pct" "$OUT/hc18-hdc-5pct"

@@ -1,9 +1,10 @@
 """How many test images of each main fold were scored in the validation splits that chose c3-prior (folds 0 and 1).
 
-    python benchmarks/studies/hc18-5pct-prior/validation_overlap.py
+    python benchmarks/studies/hc18-5pct-prior/validation_overlap.py [LIST]   # LIST: write their paths, one a line
 
 The choice saw those images' validation scores (as items of the training rows of folds 0 / 1), so on the grid's
-folds 2-4 they are not fully unseen by the decision. Reads runs only; prints a count a test fold.
+folds 2-4 they are not fully unseen by the decision. Reads runs only; prints a count a test fold, and writes the
+images' paths to LIST for `sonodistill compare --exclude-items LIST`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> int:
         print(f"test fold {k}: {counts[k]} of {sizes[k]} test images were in a validation split")
     later = [k for k in sizes if k >= 2]
     print(f"folds 2-4: {sum(counts[k] for k in later)} of {sum(sizes[k] for k in later)}")
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text("".join(f"{p}\n" for p in sorted(union)), encoding="utf-8")
     return 0
 
 
