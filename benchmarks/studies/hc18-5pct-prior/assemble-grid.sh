@@ -26,6 +26,8 @@ for m in ("seg_supervised", "hdc"):
         folds = sorted(pd.read_csv(f"{sys.argv[1]}/hc18-{m}-5pct/seed_{s}/predictions.csv")["fold"].unique())
         print(f"{m} seed {s}: test folds {folds}")
 EOF
+python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 --methods seg_supervised,hdc --out "$OUT" \
+  --table-only   # OUT/hc18-table.md: per seed and seed-mean rows, paired rows
 sonodistill compare "$OUT/hc18-seg_supervised-5pct" "$OUT/hc18-hdc-5pct" --out "$OUT/compare"
 # the same without the 244 images of the validation splits that chose c3-prior (folds 0 and 1's)
 python benchmarks/studies/hc18-5pct-prior/validation_overlap.py "$OUT/validation-items.txt"
