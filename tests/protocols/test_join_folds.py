@@ -12,20 +12,13 @@ import pytest
 import yaml
 
 from sonodistill.cli import main
-from sonodistill.config import load_config, packaged_config
 from sonodistill.errors import ConfigError
 from sonodistill.protocols.folds import run_protocol, run_seeds
 from sonodistill.protocols.join import join_fold_runs
 from sonodistill.recipes.data import load_manifest
+from tests.tiny_demo import demo_config
 
-TINY = ["data.synthetic_n=18", "data.synthetic_frames=4", "data.synthetic_size=32", "data.size=32",
-        "data.num_frames=4", "train.epochs=1", "train.folds=3", "train.threads=1"]
 KEEP = 15  # the runs train on a subset of the data spec's 18 clips: the join must use the runs' own manifest
-
-
-def _cfg(root, name: str, *extra: str):
-    return load_config(packaged_config("demo"), TINY + [f"name={name}", f"out_dir={root}",
-                                                        f"data.cache_dir={root / 'cache'}", *extra])
 
 
 def _subset(cfg):
@@ -36,10 +29,10 @@ def _subset(cfg):
 def runs(tmp_path_factory):
     """RUN whole (3 folds in one process) and RUN f0 / f1 / f2 (one fold each), on the same 15 clips."""
     root = tmp_path_factory.mktemp("join")
-    whole = _cfg(root, "whole")
+    whole = demo_config(root, "whole")
     run_protocol(whole, manifest=_subset(whole), enable_progress_bar=False)
     for k in range(3):
-        cfg = _cfg(root, f"f{k}", f"train.fold={k}")
+        cfg = demo_config(root, f"f{k}", f"train.fold={k}")
         run_protocol(cfg, manifest=_subset(cfg), enable_progress_bar=False)
     return root
 
@@ -79,7 +72,7 @@ def test_a_partial_join_reports_its_folds_and_can_be_completed(runs, tmp_path, m
     assert set(pd.read_csv(dest / "predictions.csv")["fold"]) == {0, 2}
     assert sorted(json.loads((dest / "timing.json").read_text())) == ["0", "2"]
     monkeypatch.undo()  # `train --resume` of the joined run trains the missing fold 1 alone
-    cfg = _cfg(tmp_path, "part", f"data.cache_dir={runs / 'cache'}")  # the runs' synthetic clips
+    cfg = demo_config(tmp_path, "part", f"data.cache_dir={runs / 'cache'}")  # the runs' synthetic clips
     run_protocol(cfg, resume=True, manifest=_subset(cfg), enable_progress_bar=False)
     pd.testing.assert_frame_equal(pd.read_csv(dest / "predictions.csv"), pd.read_csv(runs / "whole" / "predictions.csv"))
 
@@ -133,7 +126,7 @@ def test_a_failure_while_reporting_leaves_no_half_joined_run(runs, tmp_path, mon
 
 def test_multi_seed_runs_are_joined_seed_by_seed(tmp_path, monkeypatch) -> None:
     for k in (0, 2):
-        cfg = _cfg(tmp_path, f"s{k}", f"train.fold={k}", "train.fold_seed=0")
+        cfg = demo_config(tmp_path, f"s{k}", f"train.fold={k}", "train.fold_seed=0")
         run_seeds(cfg, [0, 1], manifest=_subset(cfg), enable_progress_bar=False)
     _no_training(monkeypatch)
     dest = tmp_path / "seeds"

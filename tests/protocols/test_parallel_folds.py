@@ -8,22 +8,14 @@ import json
 import pandas as pd
 import pytest
 
-from sonodistill.config import load_config, packaged_config
 from sonodistill.errors import ConfigError
 from sonodistill.protocols.folds import run_protocol
-
-TINY = ["data.synthetic_n=18", "data.synthetic_frames=4", "data.synthetic_size=32", "data.size=32",
-        "data.num_frames=4", "train.epochs=1", "train.folds=3", "train.threads=1"]
-
-
-def _cfg(tmp_path, name: str, *extra: str):
-    return load_config(packaged_config("demo"), TINY + [f"name={name}", f"out_dir={tmp_path}",
-                                                        f"data.cache_dir={tmp_path / 'cache'}", *extra])
+from tests.tiny_demo import demo_config
 
 
 def test_parallel_folds_equal_sequential_folds(tmp_path) -> None:
-    run_protocol(_cfg(tmp_path, "one_by_one"), enable_progress_bar=False)
-    run_protocol(_cfg(tmp_path, "parallel", "train.parallel_folds=2"), enable_progress_bar=False)
+    run_protocol(demo_config(tmp_path, "one_by_one"), enable_progress_bar=False)
+    run_protocol(demo_config(tmp_path, "parallel", "train.parallel_folds=2"), enable_progress_bar=False)
     seq, par = tmp_path / "one_by_one", tmp_path / "parallel"
     for k in range(3):  # same seeds, one thread each: byte-identical weights
         assert (seq / f"fold_{k}" / "model.safetensors").read_bytes() == \
@@ -37,9 +29,9 @@ def test_parallel_folds_equal_sequential_folds(tmp_path) -> None:
 
 
 def test_parallel_folds_resume_keeps_finished_folds(tmp_path) -> None:
-    run_protocol(_cfg(tmp_path, "r", "train.fold=1"), enable_progress_bar=False)
+    run_protocol(demo_config(tmp_path, "r", "train.fold=1"), enable_progress_bar=False)
     kept = (tmp_path / "r" / "fold_1" / "model.safetensors").stat().st_mtime_ns
-    run_protocol(_cfg(tmp_path, "r", "train.parallel_folds=2"), resume=True, enable_progress_bar=False)
+    run_protocol(demo_config(tmp_path, "r", "train.parallel_folds=2"), resume=True, enable_progress_bar=False)
     assert (tmp_path / "r" / "fold_1" / "model.safetensors").stat().st_mtime_ns == kept
     assert len(pd.read_csv(tmp_path / "r" / "predictions.csv")) == 18
 
@@ -51,7 +43,7 @@ def test_parallel_folds_resume_keeps_finished_folds(tmp_path) -> None:
 ])
 def test_bad_parallel_folds_refused_before_anything_is_written(tmp_path, extra, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        run_protocol(_cfg(tmp_path, "bad", *extra))
+        run_protocol(demo_config(tmp_path, "bad", *extra))
     assert not (tmp_path / "bad").exists()
 
 
@@ -61,7 +53,7 @@ def test_a_failing_worker_is_the_error(tmp_path) -> None:
     from sonodistill.errors import DataError
     from sonodistill.recipes.data import load_manifest
 
-    cfg = _cfg(tmp_path, "fails", "train.parallel_folds=2")
+    cfg = demo_config(tmp_path, "fails", "train.parallel_folds=2")
     manifest = load_manifest(cfg.data)
     bad = tmp_path / "corrupt_clip.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4000)
