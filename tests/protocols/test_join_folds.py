@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sonodistill.cli import main
-from sonodistill.errors import ConfigError
+from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.protocols.folds import run_protocol, run_seeds
 from sonodistill.protocols.join import join_fold_runs
 from sonodistill.recipes.data import load_manifest
@@ -106,6 +106,10 @@ def test_runs_that_do_not_belong_together_are_refused(runs, tmp_path) -> None:
         join_fold_runs(dest, [runs / "f0", other_folds])
     with pytest.raises(ConfigError, match="fold 0 is finished in both"):
         join_fold_runs(dest, [runs / "f0", runs / "whole"])
+    final_only = _copy(runs, tmp_path, "f0")
+    _edit_config(final_only, cv=False)
+    with pytest.raises(SonoDistillError, match="f0-copy holds a final model only"):
+        join_fold_runs(dest, [runs / "f1", final_only])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="empty is not a cross-validation run directory"):
         join_fold_runs(dest, [runs / "f0", tmp_path / "empty"])

@@ -14,7 +14,7 @@ from typing import Any
 from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config, seed_run_dirs
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError
-from sonodistill.evaluation.run_dir import PREDICTIONS
+from sonodistill.evaluation.run_dir import PREDICTIONS, check_has_cv_estimate
 from sonodistill.protocols import get_protocol
 from sonodistill.protocols.folds import config_differences, run_protocol, with_resolved_options
 
@@ -30,6 +30,7 @@ def finished_folds(run_dir: Path) -> list[int]:
 
 
 def _check_run(run_dir: Path) -> None:
+    check_has_cv_estimate(run_dir)  # a final-only run (train.cv=false) has no folds
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise ConfigError(f"--join: {run_dir} is not a cross-validation run directory (no {', '.join(missing)})")
@@ -92,10 +93,8 @@ def plan_join(dest: Path, sources: list[Path]) -> JoinPlan:
         raise ConfigError(f"--join: no finished fold (fold_K/{PREDICTIONS}) in {', '.join(map(str, runs))}")
     cfg = load_config(runs[0] / "config.yaml", [f"out_dir={dest.parent}", f"name={dest.name}", "train.fold=null",
                                                  "train.threads=0", "train.parallel_folds=1"])
-    protocol = get_protocol(cfg.recipe)
-    if not protocol.cross_validates or not cfg.train.cv:
-        raise ConfigError(f"--join: {runs[0]} ({cfg.recipe}{'' if cfg.train.cv else ', train.cv=false'}) has no "
-                          "cross-validation folds to join")
+    if not get_protocol(cfg.recipe).cross_validates:
+        raise ConfigError(f"--join: {runs[0]} ({cfg.recipe}) trains one model on every item: no folds to join")
     return JoinPlan(dest, runs[0], folds, cfg)
 
 
