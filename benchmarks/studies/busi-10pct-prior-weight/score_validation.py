@@ -1,0 +1,79 @@
+"""The rule's numbers (rule.txt): HDC w 30's validation Dice, empty masks and unlabelled foreground share per fold,
+against w 10 (session 21's runs, not in this checkout: their per-fold Dice from docs/hdc.md, checked by this study's
+re-run of fold 0), and the decision. Run from the repository root after validation.jobs has finished.
+
+    python benchmarks/studies/busi-10pct-prior-weight/score_validation.py [--val runs/bench38]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sonodistill.evaluation.foreground_drift import epoch_foreground_shares
+
+FOLDS = range(5)
+# session 21 (docs/hdc.md, "HDC's MI marginal chosen on the validation splits of all five folds"): w 10, seed 0
+W10_SESSION21_DICE = {0: 68.41, 1: 70.01, 2: 67.01, 3: 57.75, 4: 66.35}
+W10_SESSION21_EMPTY_TOTAL = 20
+REPRODUCTION_TOLERANCE = 0.01  # Dice points (rule.txt)
+
+
+def run_numbers(val: Path, fold: int, tag: str) -> dict[str, float] | None:
+    """Dice (%), empty masks and last-epoch unlabelled / labelled foreground share of one validation run."""
+    seed_dir = val / f"busi-val-f{fold}" / f"busi-val-hdc-{tag}-10pct" / "seed_0"
+    if not (seed_dir / "metrics.json").is_file():
+        return None
+    items = json.loads((seed_dir / "metrics.json").read_text())["items"]
+    out = {"dice": 100 * items["dice"]["mean"], "empty": items["hd95"]["n_nan"], "n": items["dice"]["n"]}
+    logs = sorted(seed_dir.glob("fold_*/logs/metrics.csv"))
+    shares = epoch_foreground_shares(logs[0]) if logs else None
+    if shares is not None:
+        by_epoch, labelled = shares
+        out["share"], out["labelled"] = 100 * float(by_epoch.iloc[-1]), 100 * labelled
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--val", type=Path, default=Path("runs/bench38"))
+    args = p.parse_args(argv)
+    w30 = {k: run_numbers(args.val, k, "prior-w30") for k in FOLDS}
+    w10_f0 = run_numbers(args.val, 0, "prior-w10")
+    missing = [f"w30 fold {k}" for k, r in w30.items() if r is None] + (["w10 fold 0"] if w10_f0 is None else [])
+    if missing:
+        print("not finished:", ", ".join(missing))
+        return 1
+    reproduced = abs(w10_f0["dice"] - W10_SESSION21_DICE[0]) <= REPRODUCTION_TOLERANCE
+    print(f"w10 fold 0 re-run: {w10_f0['dice']:.2f} Dice, {w10_f0['empty']} empty (session 21: "
+          f"{W10_SESSION21_DICE[0]:.2f}): {'reproduced' if reproduced else 'NOT reproduced: re-run w10 on folds 1-4'}")
+    print("\n| busi validation, 10 %, flip TTA, seed 0 | " + " | ".join(f"fold {k}" for k in FOLDS)
+          + " | **score** | empty masks | unlabelled fg share at the last epoch (labelled) |")
+    print("|---|" + ":---:|" * 8)
+    print("| `prior`, w 10 (session 21; fold 0 re-run here) | "
+          + " | ".join(f"{W10_SESSION21_DICE[k]:.2f}" for k in FOLDS)
+          + f" | {np.mean(list(W10_SESSION21_DICE.values())):.2f} | {W10_SESSION21_EMPTY_TOTAL} | |")
+    print("| `prior`, w 30 | " + " | ".join(f"{w30[k]['dice']:.2f}" for k in FOLDS)
+          + f" | **{np.mean([r['dice'] for r in w30.values()]):.2f}** | {sum(r['empty'] for r in w30.values())} | "
+          + " / ".join(f"{r.get('share', float('nan')):.1f} ({r.get('labelled', float('nan')):.1f})"
+                       for r in w30.values()) + " % |")
+    if not reproduced:
+        print("\ndecision: waits for the w10 re-runs (rule.txt)")
+        return 0
+    gain = np.mean([w30[k]["dice"] for k in FOLDS]) - np.mean(list(W10_SESSION21_DICE.values()))
+    lower = sum(w30[k]["dice"] < W10_SESSION21_DICE[k] for k in FOLDS)
+    empty = sum(r["empty"] for r in w30.values())
+    checks = {"(a) score >= w10 + 0.50": gain >= 0.50, "(b) lower on at most two folds": lower <= 2,
+              f"(c) empty masks <= {W10_SESSION21_EMPTY_TOTAL}": empty <= W10_SESSION21_EMPTY_TOTAL}
+    print(f"\nw30 - w10: {gain:+.2f} points, lower on {lower} fold(s), {empty} empty masks")
+    for name, ok in checks.items():
+        print(f"{name}: {'pass' if ok else 'FAIL'}")
+    print("decision:", "adopt w 30 at 10 %" if all(checks.values()) else "the packaged w 10 stays")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
