@@ -15,6 +15,7 @@ from sonodistill.cli import main
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.protocols.folds import run_protocol, run_seeds
 from sonodistill.protocols.join import join_fold_runs
+from sonodistill.provenance import source_digest
 from sonodistill.recipes.data import load_manifest
 from tests.tiny_demo import demo_config
 
@@ -60,6 +61,9 @@ def test_joined_folds_equal_the_run_trained_in_one_process(runs, tmp_path, monke
         assert (dest / f"fold_{k}" / "model.safetensors").read_bytes() == \
             (whole / f"fold_{k}" / "model.safetensors").read_bytes()
     assert (dest / "report.md").is_file()
+    for k in range(3):  # each fold carries the record of the software that trained it
+        env = json.loads((dest / f"fold_{k}" / "environment.json").read_text())
+        assert env["source_sha256"] == source_digest() and env["seconds"] > 0
 
 
 def test_a_partial_join_reports_its_folds_and_can_be_completed(runs, tmp_path, monkeypatch) -> None:

@@ -53,6 +53,7 @@ def seg_runs(tmp_path_factory) -> tuple[Path, Path]:
 def test_segmentation_final_model_is_trained_on_all_items_and_predict_uses_it(seg_runs, tmp_path, capsys):
     run, _ = seg_runs
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
+    assert json.loads((run / "final" / "environment.json").read_text())["seconds"] > 0  # what trained it
     assert (run / "metrics.json").is_file() and (run / "fold_1" / "predictions.csv").is_file()
     _final_split_is_all_items(run)
     from sonodistill.data.manifest import Manifest

@@ -97,6 +97,31 @@ def test_torchscript_export_from_the_command_line(tmp_path, video_file, capsys):
     np.testing.assert_allclose(a["windows"]["probabilities"], b["windows"]["probabilities"], atol=1e-5)
 
 
+def test_the_export_records_the_software_each_member_was_trained_with(tmp_path):
+    """Each member's fold_K/environment.json goes into the export's metadata and one line of the model card; a
+    member trained with other software is flagged; a run made before the records were written has neither."""
+    from sonodistill.provenance import ENVIRONMENT_FILE, source_digest, write_environment
+
+    run = make_run(tmp_path, folds=2)
+    for k in range(2):
+        write_environment(run / f"fold_{k}")
+    folder = export_model(run, tmp_path / "same", "torchscript")
+    meta = json.loads((folder / "sonodistill-model.json").read_text())
+    assert sorted(meta["trained_with"]) == ["fold_0", "fold_1"]
+    assert meta["trained_with"]["fold_0"]["source_sha256"] == source_digest()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert f"source sha256 {source_digest()[:12]}" in card and "different software" not in card
+    record = json.loads((run / "fold_1" / ENVIRONMENT_FILE).read_text())
+    record["packages"]["numpy"] = "0.0-other"
+    (run / "fold_1" / ENVIRONMENT_FILE).write_text(json.dumps(record))
+    assert "**the members were trained with different software**" in \
+        (export_model(run, tmp_path / "mixed", "torchscript") / "MODEL_CARD.md").read_text()
+    old = make_run(tmp_path, name="old", folds=1)
+    folder = export_model(old, tmp_path / "old-export", "torchscript")
+    assert json.loads((folder / "sonodistill-model.json").read_text())["trained_with"] == {}
+    assert "Trained with:" not in (folder / "MODEL_CARD.md").read_text()
+
+
 @pytest.mark.parametrize("mode,text", [("largest", "(largest foreground component, holes filled): applied"),
                                        ("largest_nonempty", "an empty mask becomes the region around the peak"),
                                        ("ellipse", "then replaced by the filled least-squares ellipse of its outline")])

@@ -549,6 +549,29 @@ def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_
     return text
 
 
+def software_note(runs: list[ComparedRun], most: int = 6) -> str:
+    """A sentence on the software the compared folds were trained with (each `fold_K/environment.json`, written
+    since session 26): the same, or which folds differ from the baseline's first fold in code or library versions
+    (a result that moves between two such runs may be the software, not the method)."""
+    from sonodistill.provenance import environment_differences, read_environment
+
+    records = [(f"{run.name} seed {s.seed} {d.name}", read_environment(d))
+               for run in runs for s in run.seeds.values() for d in sorted(s.source.glob("fold_*"))]
+    known = [(where, r) for where, r in records if r is not None]
+    unknown = len(records) - len(known)
+    missing = f" {unknown} of {len(records)} folds record no software environment." if unknown else ""
+    if not known:
+        return f"Software: no fold records its environment (trained before it was recorded).{missing}".strip()
+    reference_where, reference = known[0]
+    differing = [(where, diff) for where, r in known[1:] if (diff := environment_differences(reference, r))]
+    if not differing:
+        return f"Software: every recorded fold was trained with the same code and library versions.{missing}"
+    shown = "; ".join(f"{where}: {', '.join(diff)}" for where, diff in differing[:most])
+    more = f" (and {len(differing) - most} more folds)" if len(differing) > most else ""
+    return (f"**Software differs** from {reference_where}'s (code or library versions, fold_K/environment.json): "
+            f"{shown}{more}.{missing}")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from sonodistill.evaluation.run_dir import parse_merge
 
@@ -565,8 +588,8 @@ def _compare(args: argparse.Namespace) -> int:
                                folds, exclude)
     out = Path(args.out) if args.out else runs[0].path.parent / (
         "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs) + ("-merged" if merge else ""))
-    note = (f"Items excluded: those listed in `{args.exclude_items}` ({len(exclude)} paths; --exclude-items)."
-            if exclude else "")
+    note = (f"Items excluded: those listed in `{args.exclude_items}` ({len(exclude)} paths; --exclude-items). "
+            if exclude else "") + software_note(runs)
     text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge, note)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")

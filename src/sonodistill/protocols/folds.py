@@ -21,6 +21,7 @@ from sonodistill.evaluation.run_dir import NO_CV_ESTIMATE, PREDICTIONS
 from sonodistill.protocols import get_protocol
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 from sonodistill.protocols.tuning import check_setting, is_auto, resolve_parallelism
+from sonodistill.provenance import write_environment
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ def fit_and_save(run: Run, protocol: Protocol, fold: Fold) -> FoldResult | None:
     if process_rank() != 0:  # DDP: rank 0 saves and reports
         return None
     protocol.save_fold(run, fold, result)
+    write_environment(fold.dir, seconds=result.seconds)  # what trained it: code, library versions, threads
     log.info("fold %d done in %.1f s (process %d)", fold.index, result.seconds, os.getpid())
     return result
 
@@ -332,7 +334,7 @@ def train_final_model(run: Run, protocol: Protocol) -> FoldResult | None:
         estimate = ("the CV report is its estimate" if cfg.train.cv and protocol.cross_validates else
                     f"{NO_CV_ESTIMATE}: no cross-validation was run (train.cv=false)" if protocol.cross_validates
                     else "this method trains no folds")
-        final_dir.mkdir(parents=True, exist_ok=True)
+        write_environment(final_dir, seconds=result.seconds)
         (final_dir / "done").write_text(f"trained on all {len(rows)} items; {estimate}\n")
     return result
 

@@ -23,6 +23,7 @@ import torch
 
 from sonodistill import __version__
 from sonodistill.errors import ConfigError, SonoDistillError
+from sonodistill.provenance import read_environment
 from sonodistill.serve.kinds import get_model_kind
 from sonodistill.serve.loading import (
     EXPORT_META,
@@ -127,6 +128,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         **({"head_circumference_unavailable": model.head_circumference_unavailable}
            if model.head_circumference_unavailable is not None else {}),
         "source_run": str(run_dir.resolve()),
+        "trained_with": {name: env for name in model.member_names  # each member's fold_K|final/environment.json
+                         if (env := read_environment(run_dir / name)) is not None},
         "sonodistill_version": __version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -11,6 +11,7 @@ from typing import Any
 from sonodistill import __version__
 from sonodistill.config import load_config
 from sonodistill.data.manifest import Manifest
+from sonodistill.provenance import environment_differences
 
 POSTPROCESS_NOTES = {  # what each mask post-processing adds to "largest foreground component, holes filled"
     "largest_nonempty": "; an empty mask becomes the region around the peak foreground probability",
@@ -69,6 +70,18 @@ def _folds_section(run_dir: Path, manifest: Manifest) -> list[str]:
     return lines + [""]
 
 
+def _software_line(trained_with: dict[str, dict[str, Any]]) -> str:
+    """One line for the members' software records: sonodistill, code digest, torch (and whether members differ)."""
+    first = next(iter(trained_with.values()))
+    git = first.get("git") or {}
+    code = (f"commit {git['commit'][:10]}{' with local changes' if git.get('dirty') else ''}, " if git.get("commit")
+            else "") + f"source sha256 {str(first.get('source_sha256'))[:12]}"
+    same = all(environment_differences(first, r) == [] for r in trained_with.values())
+    return (f"sonodistill {first.get('sonodistill')} ({code}), torch {(first.get('torch') or {}).get('version')}, "
+            f"Python {first.get('python')}" + ("" if same else "; **the members were trained with different "
+                                               "software**"))
+
+
 def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -> str:
     """The model card text for a run directory (and the export it accompanies, if any)."""
     run_dir = Path(run_dir)
@@ -118,6 +131,9 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         lines.append("- Head circumference: `sonodistill predict` reports it in mm where the pixel size is known "
                      "(`--pixel-size-mm` or the DICOM's own), less the training masks' outline offset "
                      f"({meta['head_circumference']['outline_offset_px']:.3f} px).")
+    if meta.get("trained_with"):
+        lines.append(f"- Trained with: {_software_line(meta['trained_with'])} (`trained_with` in "
+                     "sonodistill-model.json; each member's `environment.json` in the run directory).")
     if meta.get("format"):
         lines.append(f"- Format: {meta['format']}" + (f", opset {meta['opset']}" if meta.get("opset") else "")
                      + f"; file `{meta.get('file')}`.")
