@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -84,3 +86,25 @@ def test_compare_says_when_folds_record_no_environment(tmp_path) -> None:
     out = tmp_path / "cmp"
     assert sonodistill("compare", a, b, "--out", out, "--resamples", 50, "--permutations", 50) == 0
     assert "3 of 6 folds record no software environment" in (out / "comparison.md").read_text()
+
+
+def test_git_is_named_only_for_files_git_tracks(tmp_path) -> None:
+    from sonodistill.provenance import PACKAGE_DIR, git_commit
+
+    here = git_commit.__wrapped__(PACKAGE_DIR)
+    if here is not None:  # a git checkout (CI, development): the commit of HEAD
+        assert len(here["commit"]) == 40 and isinstance(here["dirty"], bool)
+    copy = tmp_path / "site-packages" / "sonodistill"  # an installed copy outside any checkout
+    copy.mkdir(parents=True)
+    (copy / "__init__.py").write_text("")
+    assert git_commit.__wrapped__(copy) is None
+    if shutil.which("git") is None:
+        return
+    repo = tmp_path / "checkout"  # the same copy inside a checkout that ignores it (a .venv in the repository)
+    (repo / ".venv" / "sonodistill").mkdir(parents=True)
+    (repo / ".venv" / "sonodistill" / "__init__.py").write_text("")
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "init"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    assert git_commit.__wrapped__(repo / ".venv" / "sonodistill") is None

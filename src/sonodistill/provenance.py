@@ -43,10 +43,13 @@ def source_digest(root: Path = PACKAGE_DIR) -> str:
 @lru_cache(maxsize=1)
 def git_commit(root: Path = PACKAGE_DIR) -> dict[str, Any] | None:
     """{"commit", "dirty"} of the git checkout holding the package (dirty: uncommitted changes under it); None when
-    the package is not in a git checkout or git is not installed."""
+    the package's files are not tracked by a git checkout (e.g. an installed copy inside an ignored .venv) or git is
+    not installed."""
     try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=root, capture_output=True,
+                                 text=True, timeout=10)
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
+        if tracked.returncode != 0 or head.returncode != 0:
             return None
         status = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=root, capture_output=True,
                                 text=True, timeout=10)
