@@ -86,6 +86,10 @@ def test_compare_says_when_folds_record_no_environment(tmp_path) -> None:
     out = tmp_path / "cmp"
     assert sonodistill("compare", a, b, "--out", out, "--resamples", 50, "--permutations", 50) == 0
     assert "3 of 6 folds record no software environment" in (out / "comparison.md").read_text()
+    for k in range(3):
+        (b / f"fold_{k}" / ENVIRONMENT_FILE).unlink()
+    assert sonodistill("compare", a, b, "--out", out, "--resamples", 50, "--permutations", 50) == 0
+    assert "Software: no compared fold records its environment" in (out / "comparison.md").read_text()
 
 
 def test_git_is_named_only_for_files_git_tracks(tmp_path) -> None:

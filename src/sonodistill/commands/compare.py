@@ -561,7 +561,7 @@ def software_note(runs: list[ComparedRun], most: int = 6) -> str:
     unknown = len(records) - len(known)
     missing = f" {unknown} of {len(records)} folds record no software environment." if unknown else ""
     if not known:
-        return f"Software: no fold records its environment (trained before it was recorded).{missing}".strip()
+        return "Software: no compared fold records its environment (trained before it was recorded)."
     reference_where, reference = known[0]
     differing = [(where, diff) for where, r in known[1:] if (diff := environment_differences(reference, r))]
     if not differing:
