@@ -4,16 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean constraints
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# torch first, pinned to the CPU build, so that no CUDA wheel is pulled in.
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test,text,export]"
+# torch first, pinned to the CPU build, so that no CUDA wheel is pulled in. Every version comes from
+# constraints.txt, so a fresh checkout trains on the stack the README's recent numbers were measured with.
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,text,export]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +40,12 @@ test-fast: install
 
 bench: install
 	$(VENV)/bin/sonodistill bench data
+
+# Re-freeze constraints.txt from .venv (keeping its header), after a deliberate upgrade and a full `make test`.
+# Local build labels (+cpu, +cu124) are dropped so that the pins hold for CPU and CUDA builds alike.
+constraints: $(PY)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
