@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Seed 1 at 5 % on test folds 0 and 1 (baselines-seed1.jobs: Mean Teacher and FixMatch), joined with the same seed and
-# folds of supervised-only and HDC c3-prior (fold 0: session 24's runs/bench36/test5; fold 1: the grid's f1-s1) and
+# Seed 1 at 5 % on test folds 0-2 (baselines-seed1.jobs: Mean Teacher and FixMatch), joined with the same seed and
+# folds of supervised-only and HDC c3-prior (fold 0: session 24's runs/bench36/test5; folds 1-2: the grid's fK-s1) and
 # paired against HDC. Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-seed1.sh
+# FOLDS="0 1" OUT=runs/bench39/all-s1-f01 bash ... joins the first two folds only (docs/hdc.md's first seed-1 table).
 set -eu
-OUT=${OUT:-runs/bench39/all-s1}
+FOLDS=${FOLDS:-0 1 2}; OUT=${OUT:-runs/bench39/all-s1}
 rm -rf "$OUT"  # derived copies only
-join_folds() {  # METHOD FOLD0_RUN FOLD1_RUN
-  sonodistill eval "$OUT/hc18-$1-5pct/seed_1" --join "$2/seed_1" "$3/seed_1" > "$OUT-$1-join.log"
-  cp "$3/config.yaml" "$OUT/hc18-$1-5pct/config.yaml"
+run_of() {  # METHOD FOLD -> the run directory that trained that method's fold at seed 1
+  case $1 in
+    seg_supervised|hdc)
+      if [ "$2" = 0 ]; then name=$1; [ $1 = hdc ] && name=hdc-c3-prior; echo runs/bench36/test5/hc18-$name-5pct
+      else echo runs/bench37/grid5/f$2-s1/hc18-$1-5pct; fi ;;
+    mean_teacher) echo runs/bench39/f$2-mt-s1/hc18-$1-5pct ;;
+    fixmatch) echo runs/bench39/f$2-fm-s1/hc18-$1-5pct ;;
+  esac
 }
-join_folds seg_supervised runs/bench36/test5/hc18-seg_supervised-5pct runs/bench37/grid5/f1-s1/hc18-seg_supervised-5pct
-join_folds hdc runs/bench36/test5/hc18-hdc-c3-prior-5pct runs/bench37/grid5/f1-s1/hc18-hdc-5pct
-join_folds mean_teacher runs/bench39/f0-mt-s1/hc18-mean_teacher-5pct runs/bench39/f1-mt-s1/hc18-mean_teacher-5pct
-join_folds fixmatch runs/bench39/f0-fm-s1/hc18-fixmatch-5pct runs/bench39/f1-fm-s1/hc18-fixmatch-5pct
+for m in seg_supervised hdc mean_teacher fixmatch; do
+  runs=""; for k in $FOLDS; do runs="$runs $(run_of $m $k)/seed_1"; done
+  sonodistill eval "$OUT/hc18-$m-5pct/seed_1" --join $runs > "$OUT-$m-join.log"
+  cp "$(run_of $m 1)/config.yaml" "$OUT/hc18-$m-5pct/config.yaml"
+done
 python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 1 --methods seg_supervised,mean_teacher,fixmatch,hdc \
   --out "$OUT" --table-only
 sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
