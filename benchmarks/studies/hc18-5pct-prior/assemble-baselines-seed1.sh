@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Seed 1 at 5 % on test folds 0-2 (baselines-seed1.jobs: Mean Teacher and FixMatch), joined with the same seed and
-# folds of supervised-only and HDC c3-prior (fold 0: session 24's runs/bench36/test5; folds 1-2: the grid's fK-s1) and
+# Seed 1 at 5 % on test folds 0-3 (baselines-seed1.jobs: Mean Teacher and FixMatch), joined with the same seed and
+# folds of supervised-only and HDC c3-prior (fold 0: session 24's runs/bench36/test5; folds 1-3: the grid's fK-s1) and
 # paired against HDC. Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-seed1.sh
 # FOLDS="0 1" OUT=runs/bench39/all-s1-f01 bash ... joins the first two folds only (docs/hdc.md's first seed-1 table).
 set -eu
-FOLDS=${FOLDS:-0 1 2}; OUT=${OUT:-runs/bench39/all-s1}
+FOLDS=${FOLDS:-0 1 2 3}; OUT=${OUT:-runs/bench39/all-s1}
 rm -rf "$OUT"  # derived copies only
 run_of() {  # METHOD FOLD -> the run directory that trained that method's fold at seed 1
   case $1 in
