@@ -29,9 +29,14 @@ def prob_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("prob_")]
 
 
+def log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """log p with p clipped at 1e-12: `N x K` -> `N x K`."""
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
 def biased_probabilities(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """softmax(log p + b) row by row: `N x K` probabilities, `K` biases -> `N x K` probabilities."""
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) + bias
+    logits = log_probabilities(probs) + bias
     logits -= logits.max(axis=1, keepdims=True)
     out = np.exp(logits)
     return out / out.sum(axis=1, keepdims=True)
@@ -42,11 +47,12 @@ def choose_bias(probs: np.ndarray, y: np.ndarray, fixed: int, grid: np.ndarray =
     argmax on (`probs` `N x K`, labels `y` `N`); ties go to the smallest sum of |bias| (no bias when nothing helps)."""
     k = probs.shape[1]
     free = [c for c in range(k) if c != fixed]
+    log_probs = log_probabilities(probs)  # once, not once per grid point
     best, best_key = np.zeros(k), None
     for values in itertools.product(grid, repeat=len(free)):
         bias = np.zeros(k)
         bias[free] = values
-        score = balanced_accuracy_score(y, (np.log(np.clip(probs, 1e-12, 1.0)) + bias).argmax(axis=1))
+        score = balanced_accuracy_score(y, (log_probs + bias).argmax(axis=1))
         key = (round(score, 12), -float(np.abs(bias).sum()))
         if best_key is None or key > best_key:
             best, best_key = bias, key
