@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Seeds 0-2 at 5 % on the five test folds (fold seed 0): supervised-only, HDC c3-prior, Mean Teacher and FixMatch,
+# each seed joined into one 5-fold run a method, then the seed-mean table and the paired comparison against HDC;
+# CPS (seed 0 on five folds, seed 1 on the folds in CPS_FOLDS) is paired against HDC of the same seeds and folds.
+# Trained runs: supervised-only and HDC, session 25's grid joined by assemble-grid.sh (runs/bench37/grid5/all);
+# seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); Mean Teacher and FixMatch at seed 1,
+# folds 0-3 baselines-seed1.jobs (runs/bench39/fK-{mt,fm}-s1), fold 4 and seed 2 baselines-seeds12.jobs
+# (runs/bench40/fK-{mt,fm}-sS), as CPS at seed 1 (runs/bench40/fK-cps-s1).
+# `sonodistill eval DEST --join RUN...` checks config and folds.json and retrains nothing.
+# Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-3seeds.sh
+set -eu
+OUT=${OUT:-runs/bench40/all3}; CPS_FOLDS=${CPS_FOLDS:-0 1 2 3 4}
+rm -rf "$OUT" "$OUT-cps"  # derived copies only: the trained runs stay where their jobs wrote them
+mkdir -p "$OUT"
+for m in seg_supervised hdc; do  # already joined a seed by assemble-grid.sh
+  cp -r runs/bench37/grid5/all/hc18-$m-5pct "$OUT/"
+done
+for m in mean_teacher fixmatch; do
+  short=mt; [ $m = fixmatch ] && short=fm
+  cp -r runs/bench39/all/hc18-$m-5pct "$OUT/"  # config.yaml and seed_0
+  sonodistill eval "$OUT/hc18-$m-5pct/seed_1" --join runs/bench39/f[0-3]-$short-s1/hc18-$m-5pct/seed_1 \
+    runs/bench40/f4-$short-s1/hc18-$m-5pct/seed_1 > "$OUT-$m-seed1-join.log"
+  sonodistill eval "$OUT/hc18-$m-5pct/seed_2" --join runs/bench40/f[0-4]-$short-s2/hc18-$m-5pct/seed_2 \
+    > "$OUT-$m-seed2-join.log"
+done
+python - "$OUT" <<'PY'
+import sys, pandas as pd
+for m in ("seg_supervised", "hdc", "mean_teacher", "fixmatch"):
+    for s in range(3):
+        folds = sorted(pd.read_csv(f"{sys.argv[1]}/hc18-{m}-5pct/seed_{s}/predictions.csv")["fold"].unique())
+        print(f"{m} seed {s}: test folds {folds}")
+PY
+python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 --methods seg_supervised,mean_teacher,fixmatch,hdc \
+  --out "$OUT" --table-only   # OUT/hc18-table.md: per seed and seed-mean rows
+sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
+  --out "$OUT/compare-vs-hdc"
+# CPS: seed 0 (five folds) and seed 1 (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
+C="$OUT-cps"; mkdir -p "$C/hc18-hdc-5pct"
+cp -r runs/bench39/all/hc18-cps-5pct "$C/"
+cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0,seed_1} "$C/hc18-hdc-5pct/"
+runs=""; for k in $CPS_FOLDS; do runs="$runs runs/bench40/f$k-cps-s1/hc18-cps-5pct/seed_1"; done
+sonodistill eval "$C/hc18-cps-5pct/seed_1" --join $runs > "$C-seed1-join.log"
+sonodistill compare "$C"/hc18-{hdc,cps}-5pct --metrics dice,hc_abs_err_mm --folds "$(echo $CPS_FOLDS | tr ' ' ,)" \
+  --out "$C/compare-vs-hdc"
