@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seeds 0-2 at 5 % on the five test folds (fold seed 0): supervised-only, HDC c3-prior, Mean Teacher and FixMatch,
 # each seed joined into one 5-fold run a method, then the seed-mean table and the paired comparison against HDC;
-# CPS (seed 0 on five folds, seed 1 on the folds in CPS_FOLDS) is paired against HDC of the same seeds and folds.
+# with CPS_FOLDS="0 1 ..." CPS (seed 0 on five folds, seed 1 on those folds) is also paired against HDC of the same
+# seeds and folds (session 28 ran no CPS at seed 1: its jobs in baselines-seeds12.jobs are deferred).
 # Trained runs: supervised-only and HDC, session 25's grid joined by assemble-grid.sh (runs/bench37/grid5/all);
 # seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); Mean Teacher and FixMatch at seed 1,
 # folds 0-3 baselines-seed1.jobs (runs/bench39/fK-{mt,fm}-s1), fold 4 and seed 2 baselines-seeds12.jobs
@@ -9,7 +10,7 @@
 # `sonodistill eval DEST --join RUN...` checks config and folds.json and retrains nothing.
 # Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-3seeds.sh
 set -eu
-OUT=${OUT:-runs/bench40/all3}; CPS_FOLDS=${CPS_FOLDS:-0 1 2 3 4}
+OUT=${OUT:-runs/bench40/all3}; CPS_FOLDS=${CPS_FOLDS:-}
 rm -rf "$OUT" "$OUT-cps"  # derived copies only: the trained runs stay where their jobs wrote them
 mkdir -p "$OUT"
 for m in seg_supervised hdc; do  # already joined a seed by assemble-grid.sh
@@ -34,7 +35,12 @@ python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 --meth
   --out "$OUT" --table-only   # OUT/hc18-table.md: per seed and seed-mean rows
 sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
   --out "$OUT/compare-vs-hdc"
+# the same without the 244 images of the validation splits that chose HDC's c3-prior (folds 0 and 1's)
+python benchmarks/studies/hc18-5pct-prior/validation_overlap.py "$OUT/validation-items.txt"
+sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
+  --exclude-items "$OUT/validation-items.txt" --out "$OUT/compare-vs-hdc-unseen"
 # CPS: seed 0 (five folds) and seed 1 (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
+[ -n "$CPS_FOLDS" ] || exit 0
 C="$OUT-cps"; mkdir -p "$C/hc18-hdc-5pct"
 cp -r runs/bench39/all/hc18-cps-5pct "$C/"
 cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0,seed_1} "$C/hc18-hdc-5pct/"
