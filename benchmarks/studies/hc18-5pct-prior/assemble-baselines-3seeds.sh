@@ -2,7 +2,7 @@
 # Seeds 0-2 at 5 % on the five test folds (fold seed 0): supervised-only, HDC c3-prior, Mean Teacher and FixMatch,
 # each seed joined into one 5-fold run a method, then the seed-mean table and the paired comparison against HDC;
 # with CPS_FOLDS="0 1 ..." CPS (seed 0 on five folds, seed 1 on those folds) is also paired against HDC of the same
-# seeds and folds (session 28 ran no CPS at seed 1: its jobs in baselines-seeds12.jobs are deferred).
+# seeds and folds (CPS at seed 1: baselines-seeds12.jobs, started at the end of session 28).
 # Trained runs: supervised-only and HDC, session 25's grid joined by assemble-grid.sh (runs/bench37/grid5/all);
 # seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); Mean Teacher and FixMatch at seed 1,
 # folds 0-3 baselines-seed1.jobs (runs/bench39/fK-{mt,fm}-s1), fold 4 and seed 2 baselines-seeds12.jobs
