@@ -12,35 +12,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-# one validation run's numbers, as session 26's study reads them (the same folders, metrics and log columns)
+# one validation run's numbers and the pooled per-image difference, as session 26's study reads them (the same
+# folders, metrics and log columns)
 _spec = importlib.util.spec_from_file_location(
     "prior_weight_study", Path(__file__).parents[1] / "busi-10pct-prior-weight" / "score_validation.py")
 assert _spec is not None and _spec.loader is not None
 _prior_weight_study = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_prior_weight_study)
 run_numbers = _prior_weight_study.run_numbers
+validation_dice = _prior_weight_study.validation_dice
+pooled_difference = _prior_weight_study.pooled_difference
 
 FOLDS = range(5)
 CANDIDATE, REFERENCE = "prior-w10-c3", "prior-w10"
 MAX_DRIFT = 1.5  # (d): unlabelled / labelled foreground share at the last epoch, every fold
-
-
-def validation_dice(val: Path, tag: str) -> pd.Series:
-    """Per-image validation Dice (points) of one setting over the five folds, indexed by image path."""
-    frames = [pd.read_csv(val / f"busi-val-f{k}" / f"busi-val-hdc-{tag}-10pct" / "seed_0" / "predictions.csv")
-              for k in FOLDS]
-    return 100 * pd.concat(frames).set_index("path")["dice"]
-
-
-def pooled_difference(candidate: pd.Series, reference: pd.Series, resamples: int = 2000) -> str:
-    """Mean paired per-image difference with a 95 % bootstrap interval over images (BUSI images are independent)."""
-    diff = (candidate - reference).dropna().to_numpy()
-    rng = np.random.default_rng(0)
-    boot = np.array([rng.choice(diff, diff.size).mean() for _ in range(resamples)])
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return f"pooled over {diff.size} images: {diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] Dice points"
 
 
 def main(argv: list[str] | None = None) -> int:
