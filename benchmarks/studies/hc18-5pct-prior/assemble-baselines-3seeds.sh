@@ -4,9 +4,9 @@
 # with CPS_FOLDS="0 1 ..." CPS (seed 0 on five folds, seed 1 on those folds) is also paired against HDC of the same
 # seeds and folds (CPS at seed 1: baselines-seeds12.jobs, started at the end of session 28).
 # Trained runs: supervised-only and HDC, session 25's grid joined by assemble-grid.sh (runs/bench37/grid5/all);
-# seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); Mean Teacher and FixMatch at seed 1,
-# folds 0-3 baselines-seed1.jobs (runs/bench39/fK-{mt,fm}-s1), fold 4 and seed 2 baselines-seeds12.jobs
-# (runs/bench40/fK-{mt,fm}-sS), as CPS at seed 1 (runs/bench40/fK-cps-s1).
+# seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); seed 1 of Mean Teacher and FixMatch,
+# joined over five folds by `FOLDS="0 1 2 3 4" OUT=runs/bench40/all-s1 bash .../assemble-baselines-seed1.sh` (run
+# that first); seed 2 of both, baselines-seeds12.jobs (runs/bench40/fK-{mt,fm}-s2), as CPS at seed 1 (fK-cps-s1).
 # `sonodistill eval DEST --join RUN...` checks config and folds.json and retrains nothing.
 # Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-3seeds.sh
 set -eu
@@ -19,8 +19,7 @@ done
 for m in mean_teacher fixmatch; do
   short=mt; [ $m = fixmatch ] && short=fm
   cp -r runs/bench39/all/hc18-$m-5pct "$OUT/"  # config.yaml and seed_0
-  sonodistill eval "$OUT/hc18-$m-5pct/seed_1" --join runs/bench39/f[0-3]-$short-s1/hc18-$m-5pct/seed_1 \
-    runs/bench40/f4-$short-s1/hc18-$m-5pct/seed_1 > "$OUT-$m-seed1-join.log"
+  cp -r runs/bench40/all-s1/hc18-$m-5pct/seed_1 "$OUT/hc18-$m-5pct/"
   sonodistill eval "$OUT/hc18-$m-5pct/seed_2" --join runs/bench40/f[0-4]-$short-s2/hc18-$m-5pct/seed_2 \
     > "$OUT-$m-seed2-join.log"
 done
