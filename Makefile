@@ -14,7 +14,7 @@ $(PY):
 # constraints.txt, so a fresh checkout trains on the stack the README's recent numbers were measured with.
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,text,export]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,text,export,larger-encoders]"
 	touch $(STAMP)
 
 install: $(STAMP)

