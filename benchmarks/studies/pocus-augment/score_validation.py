@@ -55,7 +55,8 @@ def conditions(reference: Runs, candidate: Runs, name: str = "B", ref_name: str 
     above = sum(candidate[k]["balanced_accuracy"] > reference[k]["balanced_accuracy"] for k in FOLDS)
     return {
         f"(a) score gain {gain:+.3f} >= {MIN_GAIN:+.3f}": gain >= MIN_GAIN,
-        f"(b) accuracy change {accuracy_change:+.3f} >= {-MAX_ACCURACY_LOSS:+.3f}": accuracy_change >= -MAX_ACCURACY_LOSS,
+        f"(b) accuracy change {accuracy_change:+.3f} >= {-MAX_ACCURACY_LOSS:+.3f}":
+            accuracy_change >= -MAX_ACCURACY_LOSS,
         f"(c) {name} above {ref_name} on {above} of 5 folds (>= {MIN_FOLDS_ABOVE})": above >= MIN_FOLDS_ABOVE,
     }, gain
 

