@@ -52,6 +52,8 @@ LITE0_BLOCKS = (
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 CHANNEL_DIVISOR = 8
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # PyTorch convention (TensorFlow's 0.99)
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,6 @@ def lite_blocks(variant: str) -> tuple[BlockArgs, ...]:
                   cin=STEM_CHANNELS if i == 0 else round_channels(args.cin, scale.width),
                   cout=round_channels(args.cout, scale.width))
         for i, args in enumerate(LITE0_BLOCKS))
-
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01  # PyTorch convention (TensorFlow's 0.99)
 
 
 class SameConv2d(nn.Conv2d):
@@ -290,7 +289,7 @@ class EfficientNetLiteBackbone(StagedBackbone):
         self.net.dropout = nn.Identity()
         self.stage_channels = list(self.net.stage_channels)  # a truncated net ends at a stage
         self.embed_dim = self.stage_channels[-1]
-        # keys of a full EfficientNet-Lite0 backbone (ImageNet, or our own pretraining) this one does not have
+        # keys of a full EfficientNet-Lite backbone (ImageNet, or our own pretraining) this one does not have
         self.unused_weight_prefixes = tuple(f"net.{p}" for p in self.net.dropped)
 
     def forward(self, x: torch.Tensor) -> StageOutputs:
