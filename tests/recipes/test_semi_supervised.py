@@ -176,8 +176,15 @@ def test_unknown_or_bad_options_are_errors(tmp_path):
         get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "recipe_options.mi_prior_weight=10"), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="labelled_fraction"):
         get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=0"), steps_per_epoch=1)
-    with pytest.raises(ConfigError, match="model.backbone=unet"):
+    with pytest.raises(ConfigError, match="model.backbone=unet, or one of .*efficientnet_lite2"):
         get_recipe("cps")(tiny_cfg("cps", tmp_path, "model.backbone=resnet18"), steps_per_epoch=1)
+
+
+def test_a_larger_efficientnet_lite_encoder_builds_the_dual_decoder_student(tmp_path):
+    recipe = get_recipe("hdc")(tiny_cfg("hdc", tmp_path, "model.backbone=efficientnet_lite2", "model.width=1.0"),
+                               steps_per_epoch=1)
+    assert recipe.student.encoder.trunk.stage_channels == [16, 24, 48, 120, 1280]  # Lite2's, not Lite0's
+    assert recipe.inference_model().eval()(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
 
 def test_labelled_fraction_is_a_set_override():
