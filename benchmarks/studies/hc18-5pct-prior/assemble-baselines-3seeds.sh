@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Seeds 0-2 at 5 % on the five test folds (fold seed 0): supervised-only, HDC c3-prior, Mean Teacher and FixMatch,
 # each seed joined into one 5-fold run a method, then the seed-mean table and the paired comparison against HDC;
-# with CPS_FOLDS="0 1 ..." CPS (seed 0 on five folds, seed 1 on those folds) is also paired against HDC of the same
-# seeds and folds (CPS at seed 1: baselines-seeds12.jobs, started at the end of session 28).
+# with CPS_FOLDS="0 1 ..." CPS (seed 0 on five folds, seeds CPS_SEEDS, default "1", on those folds) is also paired
+# against HDC of the same seeds and folds (CPS at seeds 1 and 2: baselines-seeds12.jobs, sessions 28-29); with
+# CPS_FOLDS="0 1 2 3 4" CPS_SEEDS="1 2" CPS joins the five-method table and comparison of OUT as well.
 # Trained runs: supervised-only and HDC, session 25's grid joined by assemble-grid.sh (runs/bench37/grid5/all);
 # seed 0 of the baselines, assemble-baselines-seed0.sh (runs/bench39/all); seed 1 of Mean Teacher and FixMatch,
 # joined over five folds by `FOLDS="0 1 2 3 4" OUT=runs/bench40/all-s1 bash .../assemble-baselines-seed1.sh` (run
@@ -10,7 +11,7 @@
 # `sonodistill eval DEST --join RUN...` checks config and folds.json and retrains nothing.
 # Run from the repository root: bash benchmarks/studies/hc18-5pct-prior/assemble-baselines-3seeds.sh
 set -eu
-OUT=${OUT:-runs/bench40/all3}; CPS_FOLDS=${CPS_FOLDS:-}
+OUT=${OUT:-runs/bench40/all3}; CPS_FOLDS=${CPS_FOLDS:-}; CPS_SEEDS=${CPS_SEEDS:-1}
 rm -rf "$OUT" "$OUT-cps"  # derived copies only: the trained runs stay where their jobs wrote them
 mkdir -p "$OUT"
 for m in seg_supervised hdc; do  # already joined a seed by assemble-grid.sh
@@ -38,12 +39,24 @@ sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct 
 python benchmarks/studies/hc18-5pct-prior/validation_overlap.py "$OUT/validation-items.txt"
 sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
   --exclude-items "$OUT/validation-items.txt" --out "$OUT/compare-vs-hdc-unseen"
-# CPS: seed 0 (five folds) and seed 1 (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
+# CPS: seed 0 (five folds) and seeds CPS_SEEDS (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
 [ -n "$CPS_FOLDS" ] || exit 0
 C="$OUT-cps"; mkdir -p "$C/hc18-hdc-5pct"
 cp -r runs/bench39/all/hc18-cps-5pct "$C/"
-cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0,seed_1} "$C/hc18-hdc-5pct/"
-runs=""; for k in $CPS_FOLDS; do runs="$runs runs/bench40/f$k-cps-s1/hc18-cps-5pct/seed_1"; done
-sonodistill eval "$C/hc18-cps-5pct/seed_1" --join $runs > "$C-seed1-join.log"
+cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0} "$C/hc18-hdc-5pct/"
+for s in $CPS_SEEDS; do
+  cp -r "$OUT/hc18-hdc-5pct/seed_$s" "$C/hc18-hdc-5pct/"
+  runs=""; for k in $CPS_FOLDS; do runs="$runs runs/bench40/f$k-cps-s$s/hc18-cps-5pct/seed_$s"; done
+  sonodistill eval "$C/hc18-cps-5pct/seed_$s" --join $runs > "$C-seed$s-join.log"
+done
 sonodistill compare "$C"/hc18-{hdc,cps}-5pct --metrics dice,hc_abs_err_mm --folds "$(echo $CPS_FOLDS | tr ' ' ,)" \
   --out "$C/compare-vs-hdc"
+# every fold at every seed: CPS joins the main table and comparison (the files above stay for the CPS-only view)
+[ "$CPS_FOLDS" = "0 1 2 3 4" ] && [ "$CPS_SEEDS" = "1 2" ] || exit 0
+cp -r "$C/hc18-cps-5pct" "$OUT/"
+python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 \
+  --methods seg_supervised,mean_teacher,fixmatch,cps,hdc --out "$OUT" --table-only
+sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch,cps}-5pct --metrics dice,hc_abs_err_mm \
+  --out "$OUT/compare-vs-hdc"
+sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch,cps}-5pct --metrics dice,hc_abs_err_mm \
+  --exclude-items "$OUT/validation-items.txt" --out "$OUT/compare-vs-hdc-unseen"
