@@ -44,7 +44,8 @@ def print_table(runs: dict[str, Runs]) -> None:
             print(f"| {s} {key} | " + " | ".join(cells) + f" | {mean} |")
 
 
-def conditions(reference: Runs, candidate: Runs, name: str = "B", ref_name: str = "A") -> tuple[dict[str, bool], float]:
+def conditions(reference: Runs, candidate: Runs, name: str = "B",
+               ref_name: str = "A") -> tuple[dict[str, bool], float]:
     """The rule's conditions (a)-(c) for `candidate` against `reference` (finished runs of every fold), and the
     candidate's score gain (mean validation balanced accuracy minus the reference's)."""
     def mean(runs: Runs, key: str) -> float:

@@ -2,7 +2,8 @@
 splits of the five folds, each candidate's conditions, and the decision. Run from the repository root after
 validation.jobs has finished.
 
-    python benchmarks/studies/pocus-lite2/score_validation.py [--val runs/bench41/pocus-val] [--reference runs/bench39/pocus-val]
+    python benchmarks/studies/pocus-lite2/score_validation.py [--val runs/bench41/pocus-val] \
+        [--reference runs/bench39/pocus-val]
 """
 from __future__ import annotations
 
