@@ -31,32 +31,30 @@ for m in ("seg_supervised", "hdc", "mean_teacher", "fixmatch"):
         folds = sorted(pd.read_csv(f"{sys.argv[1]}/hc18-{m}-5pct/seed_{s}/predictions.csv")["fold"].unique())
         print(f"{m} seed {s}: test folds {folds}")
 PY
-python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 --methods seg_supervised,mean_teacher,fixmatch,hdc \
+METHODS="seg_supervised mean_teacher fixmatch"
+# CPS: seed 0 (five folds) and seeds CPS_SEEDS (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
+if [ -n "$CPS_FOLDS" ]; then
+  C="$OUT-cps"; mkdir -p "$C/hc18-hdc-5pct"
+  cp -r runs/bench39/all/hc18-cps-5pct "$C/"
+  cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0} "$C/hc18-hdc-5pct/"
+  for s in $CPS_SEEDS; do
+    cp -r "$OUT/hc18-hdc-5pct/seed_$s" "$C/hc18-hdc-5pct/"
+    runs=""; for k in $CPS_FOLDS; do runs="$runs runs/bench40/f$k-cps-s$s/hc18-cps-5pct/seed_$s"; done
+    sonodistill eval "$C/hc18-cps-5pct/seed_$s" --join $runs > "$C-seed$s-join.log"
+  done
+  sonodistill compare "$C"/hc18-{hdc,cps}-5pct --metrics dice,hc_abs_err_mm --folds "$(echo $CPS_FOLDS | tr ' ' ,)" \
+    --out "$C/compare-vs-hdc"
+  # every fold at every seed: CPS joins the table and comparisons below (OUT-cps stays for the CPS-only view)
+  if [ "$CPS_FOLDS" = "0 1 2 3 4" ] && [ "$CPS_SEEDS" = "1 2" ]; then
+    cp -r "$C/hc18-cps-5pct" "$OUT/"
+    METHODS="$METHODS cps"
+  fi
+fi
+python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 --methods "$(echo $METHODS hdc | tr ' ' ,)" \
   --out "$OUT" --table-only   # OUT/hc18-table.md: per seed and seed-mean rows
-sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
-  --out "$OUT/compare-vs-hdc"
+RUNS="$OUT/hc18-hdc-5pct"; for m in $METHODS; do RUNS="$RUNS $OUT/hc18-$m-5pct"; done
+sonodistill compare $RUNS --metrics dice,hc_abs_err_mm --out "$OUT/compare-vs-hdc"
 # the same without the 244 images of the validation splits that chose HDC's c3-prior (folds 0 and 1's)
 python benchmarks/studies/hc18-5pct-prior/validation_overlap.py "$OUT/validation-items.txt"
-sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch}-5pct --metrics dice,hc_abs_err_mm \
-  --exclude-items "$OUT/validation-items.txt" --out "$OUT/compare-vs-hdc-unseen"
-# CPS: seed 0 (five folds) and seeds CPS_SEEDS (CPS_FOLDS), against HDC's same seeds, on CPS_FOLDS
-[ -n "$CPS_FOLDS" ] || exit 0
-C="$OUT-cps"; mkdir -p "$C/hc18-hdc-5pct"
-cp -r runs/bench39/all/hc18-cps-5pct "$C/"
-cp -r "$OUT"/hc18-hdc-5pct/{config.yaml,seed_0} "$C/hc18-hdc-5pct/"
-for s in $CPS_SEEDS; do
-  cp -r "$OUT/hc18-hdc-5pct/seed_$s" "$C/hc18-hdc-5pct/"
-  runs=""; for k in $CPS_FOLDS; do runs="$runs runs/bench40/f$k-cps-s$s/hc18-cps-5pct/seed_$s"; done
-  sonodistill eval "$C/hc18-cps-5pct/seed_$s" --join $runs > "$C-seed$s-join.log"
-done
-sonodistill compare "$C"/hc18-{hdc,cps}-5pct --metrics dice,hc_abs_err_mm --folds "$(echo $CPS_FOLDS | tr ' ' ,)" \
-  --out "$C/compare-vs-hdc"
-# every fold at every seed: CPS joins the main table and comparison (the files above stay for the CPS-only view)
-[ "$CPS_FOLDS" = "0 1 2 3 4" ] && [ "$CPS_SEEDS" = "1 2" ] || exit 0
-cp -r "$C/hc18-cps-5pct" "$OUT/"
-python benchmarks/hdc_table.py --data hc18 --fractions 0.05 --seeds 0,1,2 \
-  --methods seg_supervised,mean_teacher,fixmatch,cps,hdc --out "$OUT" --table-only
-sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch,cps}-5pct --metrics dice,hc_abs_err_mm \
-  --out "$OUT/compare-vs-hdc"
-sonodistill compare "$OUT"/hc18-{hdc,seg_supervised,mean_teacher,fixmatch,cps}-5pct --metrics dice,hc_abs_err_mm \
-  --exclude-items "$OUT/validation-items.txt" --out "$OUT/compare-vs-hdc-unseen"
+sonodistill compare $RUNS --metrics dice,hc_abs_err_mm --exclude-items "$OUT/validation-items.txt" \
+  --out "$OUT/compare-vs-hdc-unseen"
