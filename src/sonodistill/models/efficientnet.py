@@ -188,7 +188,6 @@ class EfficientNetLite(nn.Module):
                  num_stages: int = 5) -> None:
         super().__init__()
         blocks = lite_blocks(variant)
-        self.variant = variant
         self.input = ImageNetInput()
         self.stem_conv = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self.stem_bn = _bn(STEM_CHANNELS)
