@@ -7,6 +7,7 @@ import torch
 
 from sonodistill.errors import ConfigError
 from sonodistill.models.segmentation import (
+    DecoderAveragedNet,
     DualDecoderUNet,
     FeatureDropout,
     FeatureNoise,
@@ -103,6 +104,28 @@ def test_inference_model_is_encoder_plus_d1(x: torch.Tensor) -> None:
         logits = net(x)
         assert isinstance(logits, torch.Tensor)
         assert torch.equal(logits, model(x).logits1)
+
+
+def test_both_decoders_serve_the_mean_of_their_probabilities(x: torch.Tensor) -> None:
+    """inference_model("both"): softmax(output) = (softmax(D1) + softmax(D2)) / 2 on unperturbed features, the
+    parameters shared with the student (D2 included), the names of the one-decoder model plus decoder2.*."""
+    torch.manual_seed(1)
+    model = DualDecoderUNet(channels=SMALL).eval()
+    net = model.inference_model(decoders="both")
+    assert isinstance(net, DecoderAveragedNet)
+    assert {id(p) for p in net.parameters()} == {id(p) for p in model.parameters()}
+    assert set(net.state_dict()) == set(model.inference_model().state_dict()) | {
+        f"decoder2.{k}" for k in model.decoder2.state_dict()}
+    with torch.no_grad():
+        features = model.encoder(x)
+        p1 = model.decoder1(features)[0].softmax(dim=1)
+        p2 = model.decoder2(features)[0].softmax(dim=1)
+        got = net(x).softmax(dim=1)
+    assert (p1 - p2).abs().max() > 1e-3  # two different decoders: the average is neither of them
+    torch.testing.assert_close(got, (p1 + p2) / 2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(net(x).exp().sum(dim=1), torch.ones(2, 32, 32))  # log-probabilities
+    with pytest.raises(ConfigError, match="'d1' or 'both'"):
+        model.inference_model(decoders="d2")
 
 
 def test_gradient_of_d2_loss_skips_d1(x: torch.Tensor) -> None:

@@ -3,6 +3,7 @@ teacher and flip test-time augmentation score what they say, and training settin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -136,6 +137,43 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(hdc_run, tmp_path)
     want = _scored(trained, cfg, hdc_run, tmp_path / "direct", flip_tta=True)
     got = pd.read_csv(out / "fold_0" / "predictions.csv")
     np.testing.assert_allclose(got["hc_pred_uncorrected_mm"], want["hc_pred_uncorrected_mm"], atol=1e-9)
+
+
+def test_both_decoders_score_and_serve_the_mean_of_d1_and_d2(hdc_run, tmp_path):
+    """inference_decoders=both: the rescored run scores and serves the mean of the checkpoint's D1 and D2
+    probabilities (not D1's), and its ONNX export gives the same probabilities."""
+    from sonodistill.config import load_config
+    from sonodistill.protocols.segmentation_rescore import LAST_CHECKPOINT, load_trained_recipe, rescore_segmentation_run
+    from sonodistill.serve.loading import load_model
+
+    out = tmp_path / "both"
+    rescore_segmentation_run(hdc_run, out, ["recipe_options.inference_decoders=both"])
+    assert load_config(out / "config.yaml").recipe_options["inference_decoders"] == "both"
+    student = load_trained_recipe(load_config(hdc_run / "config.yaml"), hdc_run / "fold_0" / LAST_CHECKPOINT).student
+    x = torch.rand(3, 1, 32, 32)  # the run's data.size
+    with torch.no_grad():
+        features = student.encoder(x)
+        p1, p2 = (d(features)[0].softmax(dim=1) for d in (student.decoder1, student.decoder2))
+    assert (p1 - p2).abs().max() > 1e-4  # D2 learned something else than D1
+    served = load_model(out)
+    assert served.member_names == ["fold_0", "fold_1"]
+    fold0 = served.members[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fold0(x).softmax(dim=1), (p1 + p2) / 2, rtol=0, atol=1e-6)
+    want = _scored(fold0, load_config(out / "config.yaml"), hdc_run, tmp_path / "direct")
+    np.testing.assert_allclose(pd.read_csv(out / "fold_0" / "predictions.csv")["dice"], want["dice"], atol=1e-12)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from sonodistill.serve.export import export_model
+
+        folder = export_model(out, tmp_path / "onnx", "onnx")
+        assert json.loads((folder / "sonodistill-model.json").read_text())["max_abs_diff_vs_torch"] <= 1e-4
+        np.testing.assert_allclose(load_model(folder).probabilities(x.numpy()), served.probabilities(x.numpy()),
+                                   rtol=0, atol=1e-4)
+    with pytest.raises(ConfigError, match="EMA teacher"):
+        rescore_segmentation_run(hdc_run, tmp_path / "x", ["recipe_options.inference_decoders=both",
+                                                           "recipe_options.eval_model=teacher"])
+    with pytest.raises(ConfigError, match="inference_decoders must be one of"):
+        rescore_segmentation_run(hdc_run, tmp_path / "y", ["recipe_options.inference_decoders=d2"])
 
 
 class _Blobs(torch.nn.Module):

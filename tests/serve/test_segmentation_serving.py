@@ -23,10 +23,11 @@ from .conftest import ellipse_runner
 SEG_RECIPES = ["seg_supervised", "mean_teacher", "fixmatch", "cps", "hdc"]
 
 
-@pytest.mark.parametrize("recipe", SEG_RECIPES)
-def test_inference_builder_matches_what_training_saves(recipe, tmp_path):
+@pytest.mark.parametrize(("recipe", "extra"), [(r, ()) for r in SEG_RECIPES]
+                         + [("hdc", ("recipe_options.inference_decoders=both",))])
+def test_inference_builder_matches_what_training_saves(recipe, extra, tmp_path):
     cls = get_recipe(recipe)
-    cfg = seg_config(recipe, tmp_path)
+    cfg = seg_config(recipe, tmp_path, *extra)
     built = cls.build_inference_model(cfg, None)
     trained = cls(cfg, steps_per_epoch=1).inference_model()
     got, want = built.state_dict(), trained.state_dict()

@@ -6,6 +6,7 @@ Shapes: input `B x C_in x H x W` (H, W divisible by 2 ** (levels - 1)), logits `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -207,6 +208,23 @@ class SegmentationNet(nn.Module):
         return self.decoder(self.encoder(x))[0]
 
 
+class DecoderAveragedNet(SegmentationNet):
+    """Encoder + two decoders whose class probabilities are averaged (HDC's `inference_decoders: both`):
+    `B x C_in x H x W` -> `B x K x H x W` logits, the log of the mean softmax, so a softmax downstream gives the
+    averaged probabilities and their argmax the ensemble's mask."""
+
+    def __init__(self, encoder: nn.Module, decoder: UNetDecoder, decoder2: UNetDecoder, in_channels: int) -> None:
+        super().__init__(encoder, decoder, in_channels)
+        self.decoder2 = decoder2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, self.size_factor)
+        features = self.encoder(x)
+        log_probs = torch.stack([self.decoder(features)[0].log_softmax(dim=1),
+                                 self.decoder2(features)[0].log_softmax(dim=1)])
+        return torch.logsumexp(log_probs, dim=0) - math.log(2.0)
+
+
 def flip_averaged(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Horizontal-flip test-time augmentation: `(fn(x) + mirror(fn(mirror(x)))) / 2` for per-pixel outputs
     `B x K x H x W` (e.g. probabilities) of images `B x C x H x W`; mirror = flip of the last (width) axis."""
@@ -303,3 +321,12 @@ class DualDecoderUNet(SingleDecoderUNet):
         if not (self.training and dual):
             return None
         return self.decoder2(self.perturb(features))[0]
+
+    def inference_model(self, decoders: str = "d1") -> SegmentationNet:
+        """Encoder + D1 (`decoders="d1"`), or encoder + D1 and D2 with their probabilities averaged (`"both"`,
+        `DecoderAveragedNet`; no feature perturbation); shares, not copies, the parameters."""
+        if decoders == "d1":
+            return super().inference_model()
+        if decoders == "both":
+            return DecoderAveragedNet(self.encoder, self.decoder1, self.decoder2, self.in_channels)
+        raise ConfigError(f"inference decoders must be 'd1' or 'both', got {decoders!r}")

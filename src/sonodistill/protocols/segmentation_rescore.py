@@ -1,8 +1,9 @@
 """Score a finished segmentation run again with other inference settings, from each fold's last checkpoint.
 
 The inference settings are the options that change what is scored, not what is trained: `recipe_options.eval_model`
-(the student or the EMA teacher of Mean Teacher / HDC), `flip_tta` (horizontal-flip test-time augmentation),
-`mask_postprocess` (largest component, non-empty), `overlays` and `save_masks`. The new run directory holds the same
+(the student or the EMA teacher of Mean Teacher / HDC), `inference_decoders` (HDC's D1, or D1 and D2 averaged),
+`flip_tta` (horizontal-flip test-time augmentation), `mask_postprocess` (largest component, non-empty), `overlays`
+and `save_masks`. The new run directory holds the same
 folds, split and outline calibration as the source, its own `config.yaml` (the overrides applied), `predictions.csv`,
 report and each fold's scored weights (`fold_k/model.safetensors`: `predict` and `export` serve it), so
 `sonodistill compare` pairs it with the source image by image. A multi-seed run (`seed_<s>/` folders) is rescored
@@ -39,7 +40,7 @@ from sonodistill.protocols.segmentation import scoring_options
 
 log = logging.getLogger(__name__)
 
-INFERENCE_OPTIONS = ("eval_model", "flip_tta", "mask_postprocess", "overlays", "save_masks")
+INFERENCE_OPTIONS = ("eval_model", "inference_decoders", "flip_tta", "mask_postprocess", "overlays", "save_masks")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 

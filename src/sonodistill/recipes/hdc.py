@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-
-from dataclasses import dataclass
 
 from sonodistill.config import RunConfig
 from sonodistill.errors import ConfigError
@@ -33,6 +33,9 @@ from sonodistill.recipes.semi_supervised import (
     slice_outputs,
     unet_kwargs,
 )
+
+
+INFERENCE_DECODERS = ("d1", "both")
 
 
 @dataclass
@@ -54,6 +57,8 @@ class HDCOptions(MeanTeacherOptions):
     # chosen on hc18 validation (pretrained U-Net, 10 % labels, docs/hdc.md); before 2026-12-03 it was "entropy"
     mi_marginal: str = "none"
     mi_prior_weight: float = 1.0            # weight of KL(marginal || labelled prior) with mi_marginal "prior"
+    inference_decoders: str = "d1"          # what is scored and served: D1 ("d1") or the mean of D1's and D2's
+                                            # class probabilities ("both": one more decoder pass; D2 unperturbed)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,14 +72,20 @@ class HDCOptions(MeanTeacherOptions):
         if prior_weight != 1.0 and self.mi_marginal != "prior":
             raise ConfigError(f"recipe_options (hdc).mi_prior_weight weights the prior's KL term and applies to "
                               f"mi_marginal 'prior' only (got mi_marginal {self.mi_marginal!r})")
+        if self.inference_decoders not in INFERENCE_DECODERS:
+            raise ConfigError(f"recipe_options (hdc).inference_decoders must be one of {INFERENCE_DECODERS}, "
+                              f"got {self.inference_decoders!r}")
+        if self.inference_decoders == "both" and self.eval_model == "teacher":
+            raise ConfigError("recipe_options (hdc): inference_decoders 'both' needs the student's two decoders; the "
+                              "EMA teacher (eval_model 'teacher') has D1 only")
         if self.pc_loss not in PixelConsistencyLoss.KINDS:
             raise ConfigError(f"recipe_options (hdc).pc_loss must be one of {PixelConsistencyLoss.KINDS}, "
                               f"got {self.pc_loss!r}")
 
 
 class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
-    """HDC; inference model = encoder + D1 of the student (or of the EMA teacher, `eval_model: teacher`); no D2,
-    no perturbation."""
+    """HDC; inference model = encoder + D1 of the student (or of the EMA teacher, `eval_model: teacher`), or with
+    `inference_decoders: both` encoder + D1 and D2 with their probabilities averaged; no perturbation."""
 
     Options = HDCOptions
 
@@ -91,6 +102,21 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         return DualDecoderUNet(feature_noise=float(self.options.feature_noise),
                                feature_dropout=float(self.options.feature_dropout),
                                **unet_kwargs(self.cfg, self.options))
+
+    @classmethod
+    def build_inference_model(cls, cfg: RunConfig, manifest: Any = None) -> nn.Module:
+        """The untrained served / exported network (weights loaded after): encoder + D1 (`SegmentationNet`), or
+        with `inference_decoders: both` encoder + D1 + D2 (`DecoderAveragedNet`); `B x 1 x S x S` -> `B x 2 x S x S`
+        logits, the parameter names `inference_model()` saves."""
+        options = cls.resolve_options(cfg.recipe_options)
+        if options.inference_decoders == "d1":
+            return super().build_inference_model(cfg, manifest)
+        return DualDecoderUNet(**unet_kwargs(cfg, options)).inference_model(decoders="both")
+
+    def inference_model(self) -> nn.Module:
+        if self.options.inference_decoders == "both":
+            return self.student.inference_model(decoders="both")
+        return super().inference_model()
 
     def compute_loss(self, labelled: Batch, unlabelled: Batch | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert unlabelled is not None
