@@ -1,0 +1,69 @@
+"""Keep the scored results of finished runs in the repository, so a later checkout can join and compare them.
+
+    python benchmarks/keep_results.py runs/bench42/busi10 --into benchmarks/studies/busi-10pct-both-decoders/results
+
+`runs/` is not committed and a fresh checkout starts without it, so a study that spans sessions (5 folds x 3 seeds at
+13-30 min a run on two cores) loses its finished runs with the machine. This copies, from every run directory under
+each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read: configs,
+folds and splits, the manifest (paths to ../shared/data and labels, not the data), per-item predictions, metrics,
+timings, software records and training-log CSVs; never weights, checkpoints, masks or images. The layout under INTO
+mirrors the layout under the SOURCE's parent, so `cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand
+where the runs stood. Git stores identical files (a manifest shared by many runs) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+KEPT_NAMES = frozenset({
+    "config.yaml", "folds.json", "manifest.csv", "predictions.csv", "metrics.json", "report.md", "timing.json",
+    "split.json", "environment.json", "hc_calibration.json",
+})
+KEPT_LOGS = ("logs/metrics.csv",)  # each fold's training curves (foreground shares, losses)
+
+
+def is_kept(relative: Path) -> bool:
+    """Whether a file (its path relative to the copied tree) is one of the scored results this script keeps."""
+    if relative.name in KEPT_NAMES or relative.name.endswith("-command.txt"):
+        return True
+    return any(relative.as_posix().endswith("/" + log) for log in KEPT_LOGS)
+
+
+def keep_results(source: Path, into: Path) -> list[Path]:
+    """Copy the kept files under `source` to `into / source.name / ...`; returns the written paths. FileNotFoundError
+    when `source` is not a folder; ValueError when it holds no predictions.csv (nothing was scored)."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: not a folder")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and is_kept(p.relative_to(source.parent)))
+    if not any(p.name == "predictions.csv" for p in files):
+        raise ValueError(f"{source}: no predictions.csv under it (no finished, scored run to keep)")
+    written = []
+    for p in files:
+        target = into / p.relative_to(source.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="+", type=Path, help="run directories, or folders holding them")
+    p.add_argument("--into", type=Path, required=True, help="folder in the repository that receives the copies")
+    args = p.parse_args(argv)
+    try:
+        for source in args.sources:
+            written = keep_results(source, args.into)
+            size = sum(w.stat().st_size for w in written)
+            print(f"{source} -> {args.into / source.name}: {len(written)} files, {size / 1e6:.2f} MB")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
