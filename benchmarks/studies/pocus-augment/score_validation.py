@@ -1,7 +1,7 @@
 """The rule's numbers (rule.txt): A and B's validation accuracy and balanced accuracy per fold, the score, the three
 conditions and the decision. Run from the repository root after validation.jobs has finished.
 
-    python benchmarks/studies/pocus-augment/score_validation.py [--val runs/bench39/pocus-val]
+    python benchmarks/studies/pocus-augment/score_validation.py [--val runs/bench39/pocus-val] [--candidate B]
 
 `fold_numbers`, `print_table` and `conditions` are shared with later pocus studies (pocus-lite2).
 """
@@ -65,17 +65,19 @@ def conditions(reference: Runs, candidate: Runs, name: str = "B",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--val", type=Path, default=Path("runs/bench39/pocus-val"))
+    p.add_argument("--candidate", default="B", help="the candidate's run name suffix (pocus-val-NAME); A is the packaged")
     args = p.parse_args(argv)
-    runs = {s: {k: fold_numbers(args.val / f"f{k}" / f"pocus-val-{s}") for k in FOLDS} for s in ("A", "B")}
+    c = args.candidate
+    runs = {s: {k: fold_numbers(args.val / f"f{k}" / f"pocus-val-{s}") for k in FOLDS} for s in ("A", c)}
     print_table(runs)
     missing = missing_runs(runs)
     if missing:
         print(f"not finished: {', '.join(missing)}: no decision")
         return 1
-    checks, _ = conditions(runs["A"], runs["B"])
+    checks, _ = conditions(runs["A"], runs[c], name=c)
     for text, ok in checks.items():
         print(f"{text}: {'yes' if ok else 'no'}")
-    print("decision: " + ("B adopted: run test.jobs" if all(checks.values()) else "A stays (B not adopted)"))
+    print("decision: " + (f"{c} adopted: run test.jobs" if all(checks.values()) else f"A stays ({c} not adopted)"))
     return 0
 
 
