@@ -8,21 +8,13 @@ import numpy as np
 import pytest
 
 from tests.benchmark_scripts import benchmark_script
-from tests.tiny_segmentation import seg_config
+from tests.tiny_segmentation import trained_seg_run
 
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory) -> Path:
     """seg_supervised trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images."""
-    from sonodistill.data.manifest import Manifest
-    from sonodistill.data.synthetic import write_dataset
-    from sonodistill.protocols.folds import run_protocol
-
-    root = tmp_path_factory.mktemp("keep")
-    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
-    cfg = seg_config("seg_supervised", root)
-    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
-    return cfg.run_dir
+    return trained_seg_run(tmp_path_factory.mktemp("keep"), "seg_supervised")
 
 
 def test_kept_results_hold_no_weights_and_compare_and_join_like_the_run(seg_run, tmp_path, capsys):

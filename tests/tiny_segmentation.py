@@ -16,3 +16,16 @@ def seg_config(recipe: str, root: Path, *extra: str) -> RunConfig:
         "train.log_every_n_steps=1", "optim.warmup_epochs=0",
         "recipe_options={labelled_fraction: 0.5, iterations_per_epoch: 2, channels: [8, 16, 32], overlays: 0, "
         "save_masks: true}", *extra])
+
+
+def trained_seg_run(root: Path, recipe: str = "hdc", *extra: str) -> Path:
+    """`recipe` trained by `seg_config` (1 epoch, 2 folds) on 8 synthetic fetal-head images (48 x 48, pixel size in
+    mm) written under `root`; returns the run directory."""
+    from sonodistill.data.manifest import Manifest
+    from sonodistill.data.synthetic import write_dataset
+    from sonodistill.protocols.folds import run_protocol
+
+    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
+    cfg = seg_config(recipe, root, *extra)
+    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
+    return cfg.run_dir

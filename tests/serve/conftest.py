@@ -20,7 +20,7 @@ from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import save_weights
-from tests.tiny_segmentation import seg_config
+from tests.tiny_segmentation import trained_seg_run
 
 CLASSES = ["a_lines", "b_lines", "consolidation"]
 
@@ -228,15 +228,7 @@ def lus_clip(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def seg_run(tmp_path_factory) -> Path:
     """HDC trained 1 epoch on each of 2 folds of 8 synthetic fetal-head images (48 x 48, pixel size in mm)."""
-    from sonodistill.data.manifest import Manifest
-    from sonodistill.data.synthetic import write_dataset
-    from sonodistill.protocols.folds import run_protocol
-
-    root = tmp_path_factory.mktemp("seg-serving")
-    manifest = Manifest.from_csv(write_dataset("fetal-head", root / "data", n=8, seed=1, size=48, workers=1))
-    cfg = seg_config("hdc", root)
-    run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
-    return cfg.run_dir
+    return trained_seg_run(tmp_path_factory.mktemp("seg-serving"), "hdc")
 
 
 def ellipse_runner(a: float = 12.0, b: float = 8.0, size: int = 32):

@@ -9,18 +9,16 @@ validation.jobs has finished and each run was rescored:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 
 # one validation run's numbers and the pooled per-image difference, as session 26's study reads them
-_spec = importlib.util.spec_from_file_location(
-    "prior_weight_study", Path(__file__).parents[1] / "busi-10pct-prior-weight" / "score_validation.py")
-assert _spec is not None and _spec.loader is not None
-_prior_weight_study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_prior_weight_study)
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from study_script import load_study_script  # noqa: E402
+
+_prior_weight_study = load_study_script("busi-10pct-prior-weight")
 run_numbers = _prior_weight_study.run_numbers
 validation_dice = _prior_weight_study.validation_dice
 pooled_difference = _prior_weight_study.pooled_difference

@@ -8,16 +8,14 @@ validation.jobs has finished.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 # one run's numbers, the table and the conditions (a)-(c), as session 27's pocus study reads and judges them
-_spec = importlib.util.spec_from_file_location(
-    "pocus_augment_study", Path(__file__).parents[1] / "pocus-augment" / "score_validation.py")
-assert _spec is not None and _spec.loader is not None
-_augment_study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_augment_study)
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from study_script import load_study_script  # noqa: E402
+
+_augment_study = load_study_script("pocus-augment")
 FOLDS, fold_numbers = _augment_study.FOLDS, _augment_study.fold_numbers
 
 CANDIDATES = {"B": "EfficientNet-Lite2", "C": "3 epochs"}
