@@ -18,10 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from study_script import load_study_script  # noqa: E402
 
-_prior_weight_study = load_study_script("busi-10pct-prior-weight")
-run_numbers = _prior_weight_study.run_numbers
-validation_dice = _prior_weight_study.validation_dice
-pooled_difference = _prior_weight_study.pooled_difference
+session26 = load_study_script("busi-10pct-prior-weight")
 
 FOLDS = range(5)
 TAG = "prior-w10"  # the packaged HDC's runs (validation.jobs)
@@ -32,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=Path, default=Path("runs/bench42"), help="this study's validation runs")
     args = p.parse_args(argv)
     both_root = args.val / "both"
-    d1 = {k: run_numbers(args.val, k, TAG) for k in FOLDS}
-    both = {k: run_numbers(both_root, k, TAG) for k in FOLDS}
+    d1 = {k: session26.run_numbers(args.val, k, TAG) for k in FOLDS}
+    both = {k: session26.run_numbers(both_root, k, TAG) for k in FOLDS}
     missing = [f"{name} fold {k}" for name, runs in (("D1 (trained)", d1), ("both (rescored)", both))
                for k, r in runs.items() if r is None]
     if missing:
@@ -55,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     lower = sum(both[k]["dice"] < d1[k]["dice"] for k in FOLDS)
     empty, d1_empty = sum(r["empty"] for r in both.values()), sum(r["empty"] for r in d1.values())
     print(f"both - D1: {gain:+.2f} points, lower on {lower} fold(s), {empty} empty masks (D1 {d1_empty})")
-    print("both - D1,", pooled_difference(validation_dice(both_root, TAG), validation_dice(args.val, TAG)))
+    print("both - D1,", session26.pooled_difference(session26.validation_dice(both_root, TAG),
+                                                   session26.validation_dice(args.val, TAG)))
     checks = {"(a) score >= D1 + 0.50": gain >= 0.50, "(b) lower on at most two folds": lower <= 2,
               f"(c) empty masks <= {d1_empty}": empty <= d1_empty}
     for name, ok in checks.items():
