@@ -168,7 +168,8 @@ class SemiSupervisedSegmentationRecipe(TrainingHooks, L.LightningModule):
     def build_inference_model(cls, cfg: RunConfig, manifest: Any = None) -> nn.Module:
         """The untrained served / exported network of a run of this recipe (weights loaded after): encoder + D1
         as `SegmentationNet`, `B x 1 x S x S` -> `B x 2 x S x S` logits, the parameter names `inference_model()`
-        saves. Every method shares it: D2, the teacher and CPS' network B are training-only."""
+        saves. Every method shares it: D2, the teacher and CPS' network B are training-only (but for HDC's
+        `inference_decoders: both`, which serves D2 too: `HDCRecipe` overrides this)."""
         return SingleDecoderUNet(**unet_kwargs(cfg, cls.resolve_options(cfg.recipe_options))).inference_model()
 
     def inference_model(self) -> nn.Module:
