@@ -5,10 +5,11 @@
 `runs/` is not committed and a fresh checkout starts without it, so a study that spans sessions (5 folds x 3 seeds at
 13-30 min a run on two cores) loses its finished runs with the machine. This copies, from every run directory under
 each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read: configs,
-folds and splits, the manifest (paths to ../shared/data and labels, not the data), per-item predictions, metrics,
-timings, software records and training-log CSVs; never weights, checkpoints, masks or images. The layout under INTO
-mirrors the layout under the SOURCE's parent, so `cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand
-where the runs stood. Git stores identical files (a manifest shared by many runs) once.
+folds and splits, per-item predictions, metrics, timings, software records and training-log CSVs; never weights,
+checkpoints, masks or images. Manifests keep only the columns that identify and label an item (`path`, `group`,
+`label`, `target`, `mask`): a data set's other columns (clinicians' comments, findings, licences) are the data's,
+which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
+`cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs stood. Git stores identical files (a manifest shared by many runs) once.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 KEPT_NAMES = frozenset({
     "config.yaml", "folds.json", "manifest.csv", "predictions.csv", "metrics.json", "report.md", "timing.json",
     "split.json", "environment.json", "hc_calibration.json",
 })
 KEPT_LOGS = ("logs/metrics.csv",)  # each fold's training curves (foreground shares, losses)
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "group", "label", "target", "mask")  # what compare and join check of a manifest
 
 
 def is_kept(relative: Path) -> bool:
@@ -44,9 +49,22 @@ def keep_results(source: Path, into: Path) -> list[Path]:
     for p in files:
         target = into / p.relative_to(source.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
+        if p.name == MANIFEST:
+            write_item_columns(p, target)
+        else:
+            shutil.copyfile(p, target)
         written.append(target)
     return written
+
+
+def write_item_columns(manifest: Path, target: Path) -> None:
+    """`manifest` (its `# sonodistill-manifest` header line, if any, then CSV) with only MANIFEST_COLUMNS, to
+    `target`; the same input always gives the same bytes (joined runs must hold equal manifests)."""
+    lines = manifest.read_text().splitlines(keepends=True)
+    header = lines[0] if lines and lines[0].startswith("#") else ""
+    table = pd.read_csv(manifest, skiprows=1 if header else 0, dtype=str, keep_default_na=False)
+    kept = table[[c for c in MANIFEST_COLUMNS if c in table.columns]]
+    target.write_text(header + kept.to_csv(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

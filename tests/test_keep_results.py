@@ -30,6 +30,11 @@ def test_kept_results_hold_no_weights_and_compare_and_join_like_the_run(seg_run,
             "fold_1/split.json", "fold_1/logs/metrics.csv"} <= names
     heavy = [p for p in seg_run.rglob("*") if p.is_file() and p.suffix in (".ckpt", ".safetensors", ".png")]
     assert heavy and not any(n.endswith((".ckpt", ".safetensors", ".png")) for n in names)
+    manifest = (kept / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == (seg_run / "manifest.csv").read_text().splitlines()[0]  # the header line kept
+    assert (seg_run / "manifest.csv").read_text().splitlines()[1].endswith(",text,findings")
+    assert manifest[1] == "path,group,target,mask"  # a data set's other columns (its report text here) are not copied
+    assert len(manifest) == len((seg_run / "manifest.csv").read_text().splitlines())
     table = compare_runs([seg_run, kept], metrics=["dice"], n_resamples=200)[1]
     assert len(table) == 1 and np.allclose(table["difference"], 0.0)
     joined = tmp_path / "joined"  # a later checkout joins kept folds into one run without the weights
