@@ -9,7 +9,8 @@ folds and splits, per-item predictions, metrics, timings, software records and t
 checkpoints, masks or images. Manifests keep only the columns that identify and label an item (`path`, `group`,
 `label`, `target`, `mask`): a data set's other columns (clinicians' comments, findings, licences) are the data's,
 which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
-`cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs stood. Git stores identical files (a manifest shared by many runs) once.
+`cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs stood. Git stores identical files
+(a manifest shared by many runs) once.
 """
 
 from __future__ import annotations
