@@ -3,7 +3,7 @@ and judges its runs as the earlier one did:
 
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from study_script import load_study_script
-    earlier = load_study_script("busi-10pct-prior-weight")      # benchmarks/studies/busi-10pct-prior-weight/score_validation.py
+    earlier = load_study_script("busi-10pct-prior-weight")  # its score_validation.py
 """
 from __future__ import annotations
 

@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def row(name: str, runs: dict[int, dict[str, float]]) -> str:
-        return (f"| {name} | " + " | ".join(f"{r['dice']:.2f}" for r in runs.values())
-                + f" | **{np.mean([r['dice'] for r in runs.values()]):.2f}** | {sum(r['empty'] for r in runs.values())} |")
+        score, empty = np.mean([r["dice"] for r in runs.values()]), sum(r["empty"] for r in runs.values())
+        cells = " | ".join(f"{r['dice']:.2f}" for r in runs.values())
+        return f"| {name} | {cells} | **{score:.2f}** | {empty} |"
 
     print("| busi validation, 10 %, flip TTA, seed 0 | " + " | ".join(f"fold {k}" for k in FOLDS)
           + " | score | empty masks |")

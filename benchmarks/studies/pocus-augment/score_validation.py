@@ -65,7 +65,7 @@ def conditions(reference: Runs, candidate: Runs, name: str = "B",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--val", type=Path, default=Path("runs/bench39/pocus-val"))
-    p.add_argument("--candidate", default="B", help="the candidate's run name suffix (pocus-val-NAME); A is the packaged")
+    p.add_argument("--candidate", default="B", help="the candidate's run name (pocus-val-NAME); A: the packaged")
     args = p.parse_args(argv)
     c = args.candidate
     runs = {s: {k: fold_numbers(args.val / f"f{k}" / f"pocus-val-{s}") for k in FOLDS} for s in ("A", c)}
