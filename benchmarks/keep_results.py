@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from sonodistill.evaluation.run_dir import PREDICTIONS
+
 KEPT_NAMES = frozenset({
-    "config.yaml", "folds.json", "manifest.csv", "predictions.csv", "metrics.json", "report.md", "timing.json",
+    "config.yaml", "folds.json", "manifest.csv", PREDICTIONS, "metrics.json", "report.md", "timing.json",
     "split.json", "environment.json", "hc_calibration.json",
 })
 KEPT_LOGS = ("logs/metrics.csv",)  # each fold's training curves (foreground shares, losses)
@@ -44,8 +46,8 @@ def keep_results(source: Path, into: Path) -> list[Path]:
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: not a folder")
     files = sorted(p for p in source.rglob("*") if p.is_file() and is_kept(p.relative_to(source.parent)))
-    if not any(p.name == "predictions.csv" for p in files):
-        raise ValueError(f"{source}: no predictions.csv under it (no finished, scored run to keep)")
+    if not any(p.name == PREDICTIONS for p in files):
+        raise ValueError(f"{source}: no {PREDICTIONS} under it (no finished, scored run to keep)")
     written = []
     for p in files:
         target = into / p.relative_to(source.parent)
@@ -61,8 +63,9 @@ def keep_results(source: Path, into: Path) -> list[Path]:
 def write_item_columns(manifest: Path, target: Path) -> None:
     """`manifest` (its `# sonodistill-manifest` header line, if any, then CSV) with only MANIFEST_COLUMNS, to
     `target`; the same input always gives the same bytes (joined runs must hold equal manifests)."""
-    lines = manifest.read_text().splitlines(keepends=True)
-    header = lines[0] if lines and lines[0].startswith("#") else ""
+    with manifest.open() as f:
+        first = f.readline()
+    header = first if first.startswith("#") else ""
     table = pd.read_csv(manifest, skiprows=1 if header else 0, dtype=str, keep_default_na=False)
     kept = table[[c for c in MANIFEST_COLUMNS if c in table.columns]]
     target.write_text(header + kept.to_csv(index=False))

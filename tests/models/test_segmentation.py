@@ -124,7 +124,7 @@ def test_both_decoders_serve_the_mean_of_their_probabilities(x: torch.Tensor) ->
     assert (p1 - p2).abs().max() > 1e-3  # two different decoders: the average is neither of them
     torch.testing.assert_close(got, (p1 + p2) / 2, rtol=0, atol=1e-6)
     torch.testing.assert_close(net(x).exp().sum(dim=1), torch.ones(2, 32, 32))  # log-probabilities
-    with pytest.raises(ConfigError, match="'d1' or 'both'"):
+    with pytest.raises(ConfigError, match="inference decoders must be one of"):
         model.inference_model(decoders="d2")
 
 

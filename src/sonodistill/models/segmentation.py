@@ -208,6 +208,9 @@ class SegmentationNet(nn.Module):
         return self.decoder(self.encoder(x))[0]
 
 
+INFERENCE_DECODERS = ("d1", "both")  # what a dual-decoder U-Net serves: D1, or D1 and D2 averaged
+
+
 class DecoderAveragedNet(SegmentationNet):
     """Encoder + two decoders whose class probabilities are averaged (HDC's `inference_decoders: both`):
     `B x C_in x H x W` -> `B x K x H x W` logits, the log of the mean softmax, so a softmax downstream gives the
@@ -329,4 +332,4 @@ class DualDecoderUNet(SingleDecoderUNet):
             return super().inference_model()
         if decoders == "both":
             return DecoderAveragedNet(self.encoder, self.decoder1, self.decoder2, self.in_channels)
-        raise ConfigError(f"inference decoders must be 'd1' or 'both', got {decoders!r}")
+        raise ConfigError(f"inference decoders must be one of {INFERENCE_DECODERS}, got {decoders!r}")

@@ -24,7 +24,7 @@ from sonodistill.config import RunConfig
 from sonodistill.errors import ConfigError
 from sonodistill.losses import distributed as dist_utils
 from sonodistill.losses.consistency import HDCLoss, MutualInformationLoss, PixelConsistencyLoss
-from sonodistill.models.segmentation import DualDecoderUNet
+from sonodistill.models.segmentation import INFERENCE_DECODERS, DualDecoderUNet
 from sonodistill.recipes.semi_supervised import (
     Batch,
     MeanTeacherOptions,
@@ -33,9 +33,6 @@ from sonodistill.recipes.semi_supervised import (
     slice_outputs,
     unet_kwargs,
 )
-
-
-INFERENCE_DECODERS = ("d1", "both")
 
 
 @dataclass
@@ -109,9 +106,7 @@ class HDCRecipe(_TeacherMixin, SemiSupervisedSegmentationRecipe):
         with `inference_decoders: both` encoder + D1 + D2 (`DecoderAveragedNet`); `B x 1 x S x S` -> `B x 2 x S x S`
         logits, the parameter names `inference_model()` saves."""
         options = cls.resolve_options(cfg.recipe_options)
-        if options.inference_decoders == "d1":
-            return super().build_inference_model(cfg, manifest)
-        return DualDecoderUNet(**unet_kwargs(cfg, options)).inference_model(decoders="both")
+        return DualDecoderUNet(**unet_kwargs(cfg, options)).inference_model(decoders=options.inference_decoders)
 
     def inference_model(self) -> nn.Module:
         if self.options.inference_decoders == "both":
