@@ -45,6 +45,47 @@ def test_order_is_seeded_by_epoch():
     assert list(s) != a
 
 
+def test_epochs_continue_the_streams_so_short_epochs_reach_every_item():
+    """Epoch e takes the next stretch of each stream: with 2 iterations x 3 unlabelled items an epoch (6 of 17),
+    epochs 0-2 together are one permutation's first 18 draws (17 distinct), epochs 3-5 continue it; and the
+    sequence is one endless stream, the same whether cut into epochs of 2 or drawn as one epoch of 6 iterations."""
+    s = TwoStreamBatchSampler(5, 17, 1, 3, iterations=2, seed=4)
+    epochs = []
+    for e in range(6):
+        s.set_epoch(e)
+        epochs.append([i for b in s for i in b[1:]])
+    drawn = [i for ep in epochs for i in ep]
+    assert len(set(drawn[:17])) == 17 and len(set(drawn[17:34])) == 17  # every item once before any twice
+    long = TwoStreamBatchSampler(5, 17, 1, 3, iterations=12, seed=4)
+    assert [i for b in long for i in b[1:]] == drawn
+    assert epochs[1] != epochs[0]
+
+
+def test_strong_view_depends_on_seed_epoch_and_item_only():
+    """The strong view's draws are seeded like the weak view's: the same for (seed, epoch, item) whatever the
+    global random state (resume-exact, worker-independent), new for another epoch, and the caller's stream untouched."""
+    class Frames(torch.utils.data.Dataset):
+        seed, epoch = 5, 0
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"x": torch.full((1, 16, 16), 0.5), "index": i}
+
+    ds = Frames()
+    stream = UnlabelledStream(ds, strong_photometric_augment())
+    torch.manual_seed(0)
+    a = stream[1]["x_strong"]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert torch.equal(stream[1]["x_strong"], a)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(stream[2]["x_strong"], a)
+    ds.epoch = 1
+    assert not torch.equal(stream[1]["x_strong"], a)
+
+
 def test_ranks_get_disjoint_shards_of_the_global_sequence():
     full = list(TwoStreamBatchSampler(6, 12, 1, 2, iterations=6, seed=0, rank=0, world_size=1))
     r0 = list(TwoStreamBatchSampler(6, 12, 1, 2, iterations=3, seed=0, rank=0, world_size=2))

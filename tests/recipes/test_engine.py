@@ -14,6 +14,7 @@ from sonodistill.protocols.folds import run_protocol
 from sonodistill.recipes import RECIPES
 from sonodistill.recipes.supervised import SupervisedRecipe
 from tests.recipes.conftest import read_weights
+from tests.recipes.interrupt import kill_when_parked
 
 
 def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
@@ -44,56 +45,6 @@ def test_crossval_writes_run_directory(tiny_carotid, tiny_overrides):
         run_protocol(cfg, manifest=tiny_carotid)
 
 
-# A training process parked mid-epoch 1 (after epoch 0's checkpoint and one step of epoch 1), then killed.
-_PARKED_DRIVER = """
-import json, sys, time
-from pathlib import Path
-import lightning as L
-import torch
-from sonodistill.config import load_config
-from sonodistill.data.manifest import Manifest
-from sonodistill.protocols.folds import run_protocol
-
-overrides, manifest, threads, mark = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-
-
-class Park(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == 1 and batch_idx == 1:
-            mark.write_text("parked")
-            time.sleep(600)
-
-
-torch.set_num_threads(threads)
-run_protocol(load_config(None, overrides), manifest=Manifest.from_csv(manifest), extra_callbacks=[Park()])
-"""
-
-
-def _kill_when_parked(tmp_path, overrides: list[str], manifest) -> None:
-    """Run the parked driver in a subprocess and SIGKILL it once it is mid-epoch 1 of fold 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    driver, csv, mark = tmp_path / "driver.py", tmp_path / "manifest.csv", tmp_path / "parked"
-    driver.write_text(_PARKED_DRIVER)
-    manifest.to_csv(csv)
-    proc = subprocess.Popen([sys.executable, str(driver), json.dumps(overrides), str(csv),
-                             str(torch.get_num_threads()), str(mark)])
-    try:
-        deadline = time.monotonic() + 300
-        while not mark.exists():
-            assert proc.poll() is None, f"driver exited with {proc.returncode} before epoch 1"
-            assert time.monotonic() < deadline, "driver never reached epoch 1"
-            time.sleep(0.2)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 def test_resume_after_kill_equals_uninterrupted(tiny_carotid, tiny_overrides, tmp_path):
     """kill -9 mid-fold with augmentation and random frame sampling on, then --resume: same weights and predictions."""
     base = tiny_overrides + ["train.fold=0", "train.epochs=3", "data.augment=true", "data.sampling=random"]
@@ -101,7 +52,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_carotid, tiny_overrides, tm
     run_protocol(full, manifest=tiny_carotid)
 
     cut = load_config(None, base + ["name=cut"])
-    _kill_when_parked(tmp_path, base + ["name=cut"], tiny_carotid)
+    kill_when_parked(tmp_path, base + ["name=cut"], tiny_carotid)
     assert not (cut.run_dir / "fold_0" / "predictions.csv").exists()
     saved = torch.load(cut.run_dir / "fold_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0  # killed during epoch 1: epoch 0 was checkpointed

@@ -48,14 +48,17 @@ def write_ellipse_set(root: Path, n: int = 12, h: int = 40, w: int = 56, seed: i
     return Manifest.from_csv(root / "manifest.csv")
 
 
+_TINY_OVERRIDES = [
+    "name=run", "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
+    "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=3", "train.fold=0",
+    "train.log_every_n_steps=1", "optim.warmup_epochs=0",
+    "recipe_options={labelled_fraction: 0.3, iterations_per_epoch: 2, channels: [8, 16, 32]}",
+]
+
+
 def tiny_cfg(recipe: str, tmp_path: Path, *extra: str):
-    return load_config(None, [
-        f"recipe={recipe}", f"out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "name=run",
-        "data.size=32", "data.batch_size=4", "data.crop_region=false", "data.remove_overlay=false",
-        "model.backbone=unet", "model.width=0.25", "train.epochs=1", "train.folds=3", "train.fold=0",
-        "train.log_every_n_steps=1", "optim.warmup_epochs=0",
-        "recipe_options={labelled_fraction: 0.3, iterations_per_epoch: 2, channels: [8, 16, 32]}", *extra,
-    ])
+    return load_config(None, [f"recipe={recipe}", f"out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                              *_TINY_OVERRIDES, *extra])
 
 
 def synthetic_batch(n_l: int = 2, n_u: int = 2, size: int = 32, seed: int = 0):
@@ -256,3 +259,62 @@ def test_cps_without_rampup_warns_of_its_locked_state(tmp_path, caplog):
         get_recipe("cps")(tiny_cfg("cps", tmp_path), steps_per_epoch=1)
         get_recipe("fixmatch")(tiny_cfg("fixmatch", tmp_path, "recipe_options.rampup_fraction=0"), steps_per_epoch=1)
     assert not caplog.records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch", "cps", "hdc"])
+def test_resume_after_kill_equals_uninterrupted(method, tmp_path):
+    """kill -9 in epoch 1 (random weak / strong views, both streams' permutations, EMA teacher, CPS's second network,
+    HDC's feature noise and labelled-prior counts), then resume: the same weights and predictions as a run never
+    stopped. Long grids (docs/hdc.md) resume their runs across sessions, so their numbers must not depend on it."""
+    from sonodistill.protocols.folds import run_protocol
+    from tests.recipes.conftest import read_weights
+    from tests.recipes.interrupt import kill_when_parked
+
+    manifest = write_ellipse_set(tmp_path / "data", n=12)
+    extra = ["train.epochs=3", "data.augment=true"]
+    if method == "hdc":
+        extra.append("recipe_options={labelled_fraction: 0.3, iterations_per_epoch: 2, channels: [8, 16, 32], "
+                     "mi_marginal: prior}")
+    full = tiny_cfg(method, tmp_path, *extra, "name=full")
+    run_protocol(full, manifest=manifest, enable_progress_bar=False)
+
+    cut = tiny_cfg(method, tmp_path, *extra, "name=cut")
+    kill_when_parked(tmp_path, [f"recipe={method}", f"out_dir={tmp_path / 'runs'}",
+                                f"data.cache_dir={tmp_path / 'cache'}", *_TINY_OVERRIDES, *extra, "name=cut"], manifest)
+    assert not (cut.run_dir / "fold_0" / "predictions.csv").exists()
+    saved = torch.load(cut.run_dir / "fold_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0  # killed during epoch 1: epoch 0 was checkpointed
+    torch.manual_seed(12345)  # this process's global RNG state must not matter
+    run_protocol(cut, resume=True, manifest=manifest, enable_progress_bar=False)
+
+    a = read_weights(full.run_dir / "fold_0" / "model.safetensors")
+    b = read_weights(cut.run_dir / "fold_0" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert (full.run_dir / "predictions.csv").read_text() == (cut.run_dir / "predictions.csv").read_text()
+
+
+def test_each_epoch_draws_new_two_stream_batches_and_reaches_every_unlabelled_image(tmp_path):
+    """The two-stream sampler's epoch reaches it in a real run: batches differ between epochs, and with fewer
+    iterations than one pass over the unlabelled images the epochs still cover them all (they repeated epoch 0's
+    batches, leaving the same images unseen, while only Lightning was trusted to call its set_epoch)."""
+    import lightning as L
+
+    from sonodistill.protocols.folds import run_protocol
+
+    manifest = write_ellipse_set(tmp_path / "data", n=24)
+    seen: dict[int, list[int]] = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).extend(batch["unlabelled"]["index"].tolist())
+
+    cfg = tiny_cfg("mean_teacher", tmp_path, "train.epochs=6", "data.augment=false")
+    run_protocol(cfg, manifest=manifest, enable_progress_bar=False, extra_callbacks=[Record()])
+    split = json.loads((cfg.run_dir / "fold_0" / "split.json").read_text())
+    n_unlabelled = len(split["unlabelled"])
+    assert len(seen[0]) < n_unlabelled  # 2 iterations x 2 unlabelled images: less than one pass an epoch
+    assert seen[1] != seen[0]
+    assert set().union(*seen.values()) == set(range(n_unlabelled))

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from sonodistill.data.augment import seeded_rng
 from sonodistill.errors import ConfigError
 
 __all__ = [
@@ -66,11 +67,18 @@ class LabelledStream(Dataset):
         return {"x": item["x"], "mask": item["mask"], "index": item["index"], "stream": LABELLED}
 
 
+#: last element of the strong view's random key (seed, epoch, item, STRONG_VIEW): its draws differ from the weak
+#: view's, which the wrapped dataset makes under the key (seed, epoch, item).
+STRONG_VIEW = 1
+
+
 class UnlabelledStream(Dataset):
     """Wraps a mask-free FrameDataset (weak geometric augmentation inside): {"x_weak", "x_strong", "index"}.
 
-    `x_strong` = `strong(x_weak)`, intensity-only, so both views share the geometry. A wrapped item that carries a
-    mask is an error: the unlabelled manifest must have no mask column (so masks are never read)."""
+    `x_strong` = `strong(x_weak)`, intensity-only, so both views share the geometry. Its draws are seeded by the
+    wrapped dataset's (seed, epoch) and the item, as the weak view's are: the same after a resume and with any number
+    of DataLoader workers. A wrapped item that carries a mask is an error: the unlabelled manifest must have no mask
+    column (so masks are never read)."""
 
     def __init__(self, dataset: Dataset, strong: Callable | None = None) -> None:
         self.dataset = dataset
@@ -85,7 +93,12 @@ class UnlabelledStream(Dataset):
             raise ConfigError(f"unlabelled item {i} came with a mask: drop the 'mask' column from the unlabelled "
                               "manifest so that masks of unlabelled images are never read")
         x = item["x"]
-        strong = self.strong(x) if self.strong is not None else x
+        if self.strong is None:
+            strong = x
+        else:
+            key = (int(getattr(self.dataset, "seed", 0)), int(getattr(self.dataset, "epoch", 0)), int(i), STRONG_VIEW)
+            with seeded_rng(*key):
+                strong = self.strong(x)
         return {"x_weak": x, "x_strong": strong, "index": item["index"], "stream": UNLABELLED}
 
 
@@ -98,9 +111,14 @@ def _dist_info() -> tuple[int, int]:
 class TwoStreamBatchSampler(Sampler[list[int]]):
     """Batches of `labelled_bs` indices from `[0, n_labelled)` + `unlabelled_bs` from `[n_labelled, n_l + n_u)`.
 
-    An epoch is `iterations` batches per process. Both streams are reshuffled permutations that cycle when
-    exhausted, drawn from a generator seeded by (seed, epoch) (`set_epoch`, called by Lightning), so a resumed
-    run sees the same order. With a process group active (or explicit `rank`/`world_size`), every process draws
+    An epoch is `iterations` batches per process. Each stream is an endless sequence of permutations of its items,
+    permutation k drawn from a generator seeded by (seed, stream, k), and epoch e takes the next stretch of it (from
+    position e x the items an epoch uses): every item comes once before any comes twice, across epochs too, and the
+    order depends only on (seed, epoch), so a resumed run sees the same batches. `set_epoch` must be called every
+    epoch (the recipes' `TrainingHooks.on_train_epoch_start` does; Lightning's own
+    `_set_sampler_epoch` looks only at a loader's `sampler` and `batch_sampler.sampler`, never at the batch sampler
+    itself): without it every epoch repeats epoch 0's batches, and with fewer iterations than one pass the same
+    subset of the unlabelled images. With a process group active (or explicit `rank`/`world_size`), every process draws
     the same global sequence of `iterations * world_size` batches and keeps batches `rank, rank + W, ...`: the
     processes see disjoint items within a pass. Use it with `use_distributed_sampler=False` in the Trainer.
     """
@@ -134,19 +152,23 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"two-stream sampler: rank {rank} outside world size {world}")
         return rank, world
 
-    @staticmethod
-    def _stream(n: int, count: int, offset: int, g: torch.Generator) -> list[int]:
+    def _stream(self, stream: int, n: int, count: int, offset: int) -> list[int]:
+        """Items [start, start + count) of stream `stream`'s endless permutation sequence, start = epoch x count;
+        indices shifted by `offset` (the stream's place in the ConcatDataset)."""
+        start = self.epoch * count
+        k, skip = divmod(start, n)
         out: list[int] = []
-        while len(out) < count:
+        while len(out) < skip + count:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + stream * 100_003 + k)
             out += torch.randperm(n, generator=g).tolist()
-        return [offset + i for i in out[:count]]
+            k += 1
+        return [offset + i for i in out[skip:skip + count]]
 
     def __iter__(self) -> Iterator[list[int]]:
         rank, world = self._shard()
         total = self.iterations * world
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        lab = self._stream(self.n_labelled, total * self.labelled_bs, 0, g)
-        unl = (self._stream(self.n_unlabelled, total * self.unlabelled_bs, self.n_labelled, g)
+        lab = self._stream(0, self.n_labelled, total * self.labelled_bs, 0)
+        unl = (self._stream(1, self.n_unlabelled, total * self.unlabelled_bs, self.n_labelled)
                if self.unlabelled_bs else [])
         for b in range(rank, total, world):
             batch = lab[b * self.labelled_bs:(b + 1) * self.labelled_bs]

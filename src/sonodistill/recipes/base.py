@@ -46,9 +46,15 @@ class TrainingHooks:
         # New random frame positions and augmentations each epoch, reproducible from (seed, epoch, item): resume-safe.
         from sonodistill.recipes.data import set_data_epoch
 
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
         if dataset is not None:
             set_data_epoch(dataset, int(self.current_epoch))
+        # A batch sampler with its own epoch (the two-stream sampler): Lightning sets only `sampler` and
+        # `batch_sampler.sampler`. Its iterator runs after this hook, at the epoch's first batch.
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if callable(getattr(batch_sampler, "set_epoch", None)):
+            batch_sampler.set_epoch(int(self.current_epoch))
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:

@@ -137,19 +137,38 @@ class SaveInferenceWeights(Callback):
 class SeedEachEpoch(Callback):
     """Reseed torch, numpy and `random` at every epoch start from (the seed set before fit, epoch).
 
-    Whatever a recipe draws from the global random state during an epoch (dropout, masks, views, the seeds of
-    DataLoader workers) is then the same after a resume from the previous epoch's checkpoint."""
+    Whatever a recipe draws from the global random state during an epoch (dropout, masks, feature noise) is then the
+    same after a resume from the previous epoch's checkpoint. One detail makes that exact: Lightning creates the
+    train DataLoader's iterator, which draws its base seed from torch's global generator, before this hook in a
+    process's first epoch (`FitLoop.setup_data`) but after it in every later one (`TrainingEpochLoop.on_run_start`).
+    An uninterrupted run's epochs >= 1 therefore start one draw further on than a resumed run's first epoch would;
+    that draw is made here for a resumed first epoch (tested for classification in tests/recipes/test_engine.py and
+    for the semi-supervised recipes, whose strong views and feature noise draw in the main process, in
+    tests/recipes/test_semi_supervised.py)."""
 
     def __init__(self) -> None:
         self.seed: int | None = None
+        self.first_epoch_of_fit = True
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seed = torch.initial_seed()  # the seed of `L.seed_everything` in the fit functions
+        self.first_epoch_of_fit = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.seed is not None
         epoch_seed = int(np.random.SeedSequence([self.seed, int(trainer.current_epoch)]).generate_state(1)[0])
         L.seed_everything(epoch_seed, workers=True, verbose=False)
+        if self.first_epoch_of_fit and trainer.current_epoch > 0 and _new_iterator_each_epoch(trainer.train_dataloader):
+            torch.empty((), dtype=torch.int64).random_()  # the base-seed draw of DataLoader's iterator
+        self.first_epoch_of_fit = False
+
+
+def _new_iterator_each_epoch(loader: Any) -> bool:
+    """Whether a DataLoader makes a new iterator every epoch, drawing its base seed from torch's global generator
+    (not when its workers persist: their iterator is reset, with no draw; not with a generator of its own)."""
+    if not isinstance(loader, torch.utils.data.DataLoader) or loader.generator is not None:
+        return False
+    return not (loader.num_workers > 0 and loader.persistent_workers)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
