@@ -5,4 +5,4 @@ set -eu
 R=${R:-runs/bench44}; OUT=${OUT:-runs/bench44/busi-sup100}
 rm -rf "$OUT"
 sonodistill eval "$OUT" --join "$R"/busi-sup100-f[0-4]
-python -c "import json,sys; m=json.load(open(sys.argv[1])); print({k: m[k] for k in ('dice', 'hd95') if k in m})" "$OUT/metrics.json"
+python -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({k: (round(s[k]['mean'], 4), round(s[k]['std'], 4)) for k in ('dice', 'hd95')})" "$OUT/metrics.json"
