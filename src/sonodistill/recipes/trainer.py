@@ -142,9 +142,8 @@ class SeedEachEpoch(Callback):
     train DataLoader's iterator, which draws its base seed from torch's global generator, before this hook in a
     process's first epoch (`FitLoop.setup_data`) but after it in every later one (`TrainingEpochLoop.on_run_start`).
     An uninterrupted run's epochs >= 1 therefore start one draw further on than a resumed run's first epoch would;
-    that draw is made here for a resumed first epoch (tested for classification in tests/recipes/test_engine.py and
-    for the semi-supervised recipes, whose strong views and feature noise draw in the main process, in
-    tests/recipes/test_semi_supervised.py)."""
+    that draw is made here for a resumed first epoch (tests/recipes/test_semi_supervised.py: HDC's feature noise
+    draws from the global generator, and its resumed run differs from the uninterrupted one without the draw)."""
 
     def __init__(self) -> None:
         self.seed: int | None = None
