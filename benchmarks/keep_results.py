@@ -24,12 +24,12 @@ import pandas as pd
 
 from sonodistill.evaluation.run_dir import PREDICTIONS
 
+MANIFEST = "manifest.csv"
 KEPT_NAMES = frozenset({
-    "config.yaml", "folds.json", "manifest.csv", PREDICTIONS, "metrics.json", "report.md", "timing.json",
+    "config.yaml", "folds.json", MANIFEST, PREDICTIONS, "metrics.json", "report.md", "timing.json",
     "split.json", "environment.json", "hc_calibration.json",
 })
 KEPT_LOGS = ("logs/metrics.csv",)  # each fold's training curves (foreground shares, losses)
-MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "group", "label", "target", "mask")  # what compare and join check of a manifest
 
 

@@ -56,9 +56,13 @@ _TINY_OVERRIDES = [
 ]
 
 
+def tiny_overrides(recipe: str, tmp_path: Path, *extra: str) -> list[str]:
+    return [f"recipe={recipe}", f"out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+            *_TINY_OVERRIDES, *extra]
+
+
 def tiny_cfg(recipe: str, tmp_path: Path, *extra: str):
-    return load_config(None, [f"recipe={recipe}", f"out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
-                              *_TINY_OVERRIDES, *extra])
+    return load_config(None, tiny_overrides(recipe, tmp_path, *extra))
 
 
 def synthetic_batch(n_l: int = 2, n_u: int = 2, size: int = 32, seed: int = 0):
@@ -272,16 +276,13 @@ def test_resume_after_kill_equals_uninterrupted(method, tmp_path):
     from tests.recipes.interrupt import kill_when_parked
 
     manifest = write_ellipse_set(tmp_path / "data", n=12)
-    extra = ["train.epochs=3", "data.augment=true"]
-    if method == "hdc":
-        extra.append("recipe_options={labelled_fraction: 0.3, iterations_per_epoch: 2, channels: [8, 16, 32], "
-                     "mi_marginal: prior}")
+    extra = ["train.epochs=3", "data.augment=true"] + (["recipe_options.mi_marginal=prior"] if method == "hdc" else [])
     full = tiny_cfg(method, tmp_path, *extra, "name=full")
     run_protocol(full, manifest=manifest, enable_progress_bar=False)
 
     cut = tiny_cfg(method, tmp_path, *extra, "name=cut")
-    kill_when_parked(tmp_path, [f"recipe={method}", f"out_dir={tmp_path / 'runs'}",
-                                f"data.cache_dir={tmp_path / 'cache'}", *_TINY_OVERRIDES, *extra, "name=cut"], manifest)
+    assert method != "hdc" or cut.recipe_options["mi_marginal"] == "prior"
+    kill_when_parked(tmp_path, tiny_overrides(method, tmp_path, *extra, "name=cut"), manifest)
     assert not (cut.run_dir / "fold_0" / "predictions.csv").exists()
     saved = torch.load(cut.run_dir / "fold_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0  # killed during epoch 1: epoch 0 was checkpointed

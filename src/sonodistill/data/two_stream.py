@@ -96,8 +96,7 @@ class UnlabelledStream(Dataset):
         if self.strong is None:
             strong = x
         else:
-            key = (int(getattr(self.dataset, "seed", 0)), int(getattr(self.dataset, "epoch", 0)), int(i), STRONG_VIEW)
-            with seeded_rng(*key):
+            with seeded_rng(int(self.dataset.seed), int(self.dataset.epoch), int(i), STRONG_VIEW):  # type: ignore[attr-defined]
                 strong = self.strong(x)
         return {"x_weak": x, "x_strong": strong, "index": item["index"], "stream": UNLABELLED}
 
