@@ -8,6 +8,7 @@ and judges its runs as the earlier one did:
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,5 +23,6 @@ def load_study_script(study: str, script: str = "score_validation.py") -> Module
     spec = importlib.util.spec_from_file_location(f"{study.replace('-', '_')}_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # registered first, as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
