@@ -4,12 +4,14 @@
 # (runs/bench42/hc18-10/fK-sS, or the kept results: R=benchmarks/studies/hc18-10pct-five-methods/results/hc18-10).
 # Run from the repository root: SEEDS="0" bash benchmarks/studies/hc18-10pct-five-methods/assemble.sh
 # The 20 % grid (../hc18-20pct-five-methods) is assembled by the same script with PCT=20 (R and OUT then default to
-# runs/bench43/hc18-20 and runs/bench43/hc18-20-all).
+# runs/bench43/hc18-20 and runs/bench43/hc18-20-all), the 5 % one (../hc18-5pct-fixed-sampler) with PCT=5
+# (runs/bench46/hc18-5); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
 set -eu
 PCT=${PCT:-10}
-case "$PCT" in 10) B=bench42; FRACTION=0.1;; 20) B=bench43; FRACTION=0.2;; *) echo "PCT must be 10 or 20" >&2; exit 2;; esac
+case "$PCT" in 5) B=bench46; FRACTION=0.05;; 10) B=bench42; FRACTION=0.1;; 20) B=bench43; FRACTION=0.2;;
+  *) echo "PCT must be 5, 10 or 20" >&2; exit 2;; esac
 R=${R:-runs/$B/hc18-$PCT}; OUT=${OUT:-runs/$B/hc18-$PCT-all}; SEEDS=${SEEDS:-0}
-METHODS="seg_supervised mean_teacher fixmatch cps hdc"
+METHODS=${METHODS:-"seg_supervised mean_teacher fixmatch cps hdc"}
 rm -rf "$OUT"; mkdir -p "$OUT"  # derived copies only
 for m in $METHODS; do
   mkdir -p "$OUT/hc18-$m-${PCT}pct"
@@ -20,5 +22,5 @@ for m in $METHODS; do
 done
 python benchmarks/hdc_table.py --data hc18 --fractions $FRACTION --seeds "$(echo $SEEDS | tr ' ' ,)" \
   --methods "$(echo $METHODS | tr ' ' ,)" --out "$OUT" --table-only   # OUT/hc18-table.md
-RUNS="$OUT/hc18-hdc-${PCT}pct"; for m in seg_supervised mean_teacher fixmatch cps; do RUNS="$RUNS $OUT/hc18-$m-${PCT}pct"; done
+RUNS="$OUT/hc18-hdc-${PCT}pct"; for m in $METHODS; do [ "$m" = hdc ] || RUNS="$RUNS $OUT/hc18-$m-${PCT}pct"; done
 sonodistill compare $RUNS --metrics dice,hc_abs_err_mm --out "$OUT/compare-vs-hdc"
