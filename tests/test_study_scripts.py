@@ -1,0 +1,57 @@
+"""The studies' decision scripts (benchmarks/studies/*/score_validation.py) apply their written rules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+STUDIES = Path(__file__).resolve().parents[1] / "benchmarks" / "studies"
+
+
+@pytest.fixture()
+def dilbert_lus():
+    """dilbert-lus-imagenet's score_validation.py, loaded as later studies load it (it defines a dataclass)."""
+    sys.path.insert(0, str(STUDIES))
+    try:
+        from study_script import load_study_script
+        yield load_study_script("dilbert-lus-imagenet")
+    finally:
+        sys.path.remove(str(STUDIES))
+
+
+def _scored(val: Path, a: str, f1: float) -> None:
+    run = val / f"a{a}" / "lus"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"variants": {"student": {"pooled": {"macro": {"f1": f1}}}}}))
+
+
+def _ended(logs: Path, a: str, rc: int, text: str) -> None:
+    logs.mkdir(exist_ok=True)
+    (logs / f"dlv-a{a}.rc").write_text(f"{rc}\n")
+    (logs / f"dlv-a{a}.log").write_text(text)
+
+
+def test_dilbert_lus_rule_adopts_a1_only_on_a_gain_of_two_points_or_a_collapse_of_the_paper_setting(dilbert_lus):
+    O = dilbert_lus.Outcome
+    assert dilbert_lus.decide(O("scored", 0.40), O("scored", 0.42)) == "1.0"   # exactly +0.02 (floats)
+    assert dilbert_lus.decide(O("scored", 0.40), O("scored", 0.419)) == "0.2"
+    assert dilbert_lus.decide(O("collapsed"), O("scored", 0.30)) == "1.0"
+    assert dilbert_lus.decide(O("scored", 0.30), O("collapsed")) == "0.2"
+    assert dilbert_lus.decide(O("collapsed"), O("collapsed")) == "0.2"
+
+
+def test_dilbert_lus_decide_waits_for_pending_runs_and_stops_on_a_crash(dilbert_lus, tmp_path, capsys):
+    val, logs = tmp_path / "val", tmp_path / "logs"
+    args = ["--val", str(val), "--logs", str(logs), "--decide"]
+    _scored(val, "0.2", 0.339)
+    assert dilbert_lus.main(args) == dilbert_lus.PENDING                     # a = 1.0 still running
+    _ended(logs, "1.0", 1, "Traceback ...\nCollapseError: dilbert fold 0, variant 'student': training collapsed")
+    capsys.readouterr()
+    assert dilbert_lus.main(args) == 0 and capsys.readouterr().out.strip() == "0.2"  # the candidate collapsed
+    _ended(logs, "1.0", 1, "Traceback ...\nRuntimeError: out of memory")
+    assert dilbert_lus.main(args) == dilbert_lus.FAILED                      # not the guard: no decision
+    _scored(val, "1.0", 0.395)
+    assert dilbert_lus.main(args) == 0 and capsys.readouterr().out.strip().endswith("1.0")
