@@ -5,22 +5,30 @@
 # Run from the repository root: SEEDS="0" bash benchmarks/studies/hc18-10pct-five-methods/assemble.sh
 # The 20 % grid (../hc18-20pct-five-methods) is assembled by the same script with PCT=20 (R and OUT then default to
 # runs/bench43/hc18-20 and runs/bench43/hc18-20-all), the 5 % one (../hc18-5pct-fixed-sampler) with PCT=5
-# (runs/bench46/hc18-5); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
+# (runs/bench46/hc18-5), the busi 10 % one (../busi-10pct-fixed-sampler) with DATA=busi (runs/bench47/busi10; HDC
+# compared on Dice and hd95); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
 set -eu
-PCT=${PCT:-10}
-case "$PCT" in 5) B=bench46; FRACTION=0.05;; 10) B=bench42; FRACTION=0.1;; 20) B=bench43; FRACTION=0.2;;
-  *) echo "PCT must be 5, 10 or 20" >&2; exit 2;; esac
-R=${R:-runs/$B/hc18-$PCT}; OUT=${OUT:-runs/$B/hc18-$PCT-all}; SEEDS=${SEEDS:-0}
+DATA=${DATA:-hc18}; PCT=${PCT:-10}
+case "$DATA-$PCT" in
+  hc18-5) B=bench46; FRACTION=0.05; D=hc18-5;;
+  hc18-10) B=bench42; FRACTION=0.1; D=hc18-10;;
+  hc18-20) B=bench43; FRACTION=0.2; D=hc18-20;;
+  busi-10) B=bench47; FRACTION=0.1; D=busi10;;
+  *) echo "DATA-PCT must be hc18-5, hc18-10, hc18-20 or busi-10" >&2; exit 2;;
+esac
+case "$DATA" in hc18) METRICS=dice,hc_abs_err_mm;; busi) METRICS=dice,hd95;; esac
+R=${R:-runs/$B/$D}; OUT=${OUT:-runs/$B/$D-all}; SEEDS=${SEEDS:-0}
 METHODS=${METHODS:-"seg_supervised mean_teacher fixmatch cps hdc"}
 rm -rf "$OUT"; mkdir -p "$OUT"  # derived copies only
 for m in $METHODS; do
-  mkdir -p "$OUT/hc18-$m-${PCT}pct"
-  cp "$R/f0-s0/hc18-$m-${PCT}pct/config.yaml" "$OUT/hc18-$m-${PCT}pct/"
+  run=$DATA-$m-${PCT}pct
+  mkdir -p "$OUT/$run"
+  cp "$R/f0-s0/$run/config.yaml" "$OUT/$run/"
   for s in $SEEDS; do
-    sonodistill eval "$OUT/hc18-$m-${PCT}pct/seed_$s" --join "$R"/f[0-4]-s$s/hc18-$m-${PCT}pct/seed_$s > "$OUT/join-$m-s$s.log"
+    sonodistill eval "$OUT/$run/seed_$s" --join "$R"/f[0-4]-s$s/$run/seed_$s > "$OUT/join-$m-s$s.log"
   done
 done
-python benchmarks/hdc_table.py --data hc18 --fractions $FRACTION --seeds "$(echo $SEEDS | tr ' ' ,)" \
-  --methods "$(echo $METHODS | tr ' ' ,)" --out "$OUT" --table-only   # OUT/hc18-table.md
-RUNS="$OUT/hc18-hdc-${PCT}pct"; for m in $METHODS; do [ "$m" = hdc ] || RUNS="$RUNS $OUT/hc18-$m-${PCT}pct"; done
-sonodistill compare $RUNS --metrics dice,hc_abs_err_mm --out "$OUT/compare-vs-hdc"
+python benchmarks/hdc_table.py --data $DATA --fractions $FRACTION --seeds "$(echo $SEEDS | tr ' ' ,)" \
+  --methods "$(echo $METHODS | tr ' ' ,)" --out "$OUT" --table-only   # OUT/$DATA-table.md
+RUNS="$OUT/$DATA-hdc-${PCT}pct"; for m in $METHODS; do [ "$m" = hdc ] || RUNS="$RUNS $OUT/$DATA-$m-${PCT}pct"; done
+sonodistill compare $RUNS --metrics $METRICS --out "$OUT/compare-vs-hdc"
