@@ -50,7 +50,9 @@ ANCHORS = {"hc18": "fully supervised, full resolution (HC18 literature): Dice 97
            "busi": "fully supervised (BUSI literature): Dice about 0.76"}
 COLUMNS = ["dice", "iou", "hd95", "asd", "hc_abs_err_mm"]
 MEDIANS = ["dice", "hc_abs_err_mm", "hc_signed_err_mm"]  # signed = HC(pred) - hc_mm: > 0 over-segments
-PAIRED = ["dice", "hc_abs_err_mm"]  # HDC - each other method, paired (`sonodistill compare`)
+# HDC - each other method, paired (`sonodistill compare`): Dice, then the first of these the predictions carry
+# (HC18: head circumference error; BUSI, which has no HC: the boundary distance)
+PAIRED_SECOND = (("hc_abs_err_mm", "HC MAE, mm"), ("hd95", "hd95, px"))
 
 
 def lesion_manifest(manifest: Manifest) -> Manifest:
@@ -154,18 +156,19 @@ def _signed(x: float, scale: float) -> str:
 
 def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: str = "") -> list[str]:
     """Markdown rows: HDC minus each other finished method of this fraction on the same test items, Dice (points)
-    and HC MAE (mm), with the 95 % bootstrap interval over groups and the permutation p (`sonodistill compare`;
-    over several seeds: the seed-averaged difference, or one row per seed where the seeds' fold splits differ). A
-    pair `compare` refuses is listed with the reason."""
+    and HC MAE (mm; hd95 in px where the predictions have no HC, as on BUSI), with the 95 % bootstrap interval over
+    groups and the permutation p (`sonodistill compare`; over several seeds: the seed-averaged difference, or one row
+    per seed where the seeds' fold splits differ). A pair `compare` refuses is listed with the reason."""
     hdc = out / run_name(pre, "hdc", fraction, tag)
     others = [m for m in methods if m != "hdc" and finished(out / run_name(pre, m, fraction, tag))]
     if "hdc" not in methods or not finished(hdc) or not others:
         return []
     columns = pd.read_csv(run_dirs(hdc)[0] / "predictions.csv", nrows=0).columns
-    metrics = [m for m in PAIRED if m in columns]
+    second, second_label = next(((m, label) for m, label in PAIRED_SECOND if m in columns), (None, "HC MAE, mm"))
+    metrics = ["dice"] + [second] * (second is not None)
     lines = ["HDC minus each method on the same test images (`sonodistill compare METHOD_RUN HDC_RUN`; 95 % "
              "bootstrap interval over groups, paired permutation p):\n",
-             "| HDC minus | seeds | Dice, points [95 % interval], p | HC MAE, mm [95 % interval], p |",
+             f"| HDC minus | seeds | Dice, points [95 % interval], p | {second_label} [95 % interval], p |",
              "|---|:---:|:---:|:---:|"]
     for method in others:
         name = NAMES.get(method, method)
@@ -180,7 +183,7 @@ def paired_lines(out: Path, pre: str, methods: list[str], fraction: float, tag: 
         for seed in shown:
             rows = table[table["seed"].astype(str) == seed].set_index("metric")
             cells = []
-            for metric, scale in (("dice", 100.0), ("hc_abs_err_mm", 1.0)):
+            for metric, scale in (("dice", 100.0), (second, 1.0)):
                 if metric not in rows.index:
                     cells.append("–")
                     continue

@@ -66,12 +66,14 @@ def test_table_without_head_circumference_has_no_hc_columns(tmp_path, hdc_table)
 
 
 def test_paired_rows_give_hdc_minus_each_method_and_say_which_pair_is_not_comparable(tmp_path, hdc_table):
-    """HDC (Dice 0.8 per group) vs supervised-only (0.6): +20 points with an interval above 0; a run on other
-    items is listed as not comparable, with compare's reason, not dropped."""
+    """HDC (Dice 0.8 per group, hd95 3 px) vs supervised-only (0.6, 5 px): +20 Dice points with an interval above
+    0 and -2 px hd95 (BUSI has no HC column); a run on other items is listed as not comparable, with compare's
+    reason, not dropped."""
     from tests.test_compare_cli import make_run
 
     make_run(tmp_path, "busi-seg_supervised-10pct", quality=0.6, segmentation=True, rng_seed=1)
-    make_run(tmp_path, "busi-hdc-10pct", quality=0.8, segmentation=True, rng_seed=2)
+    hdc = make_run(tmp_path, "busi-hdc-10pct", quality=0.8, segmentation=True, rng_seed=2)
+    pd.read_csv(hdc / "predictions.csv").assign(hd95=3.0).to_csv(hdc / "predictions.csv", index=False)
     make_run(tmp_path, "busi-fixmatch-10pct", quality=0.7, segmentation=True, n_groups=20)
     make_run(tmp_path, "busi-cps-10pct", quality=0.7, segmentation=True)
     for name in ("seg_supervised", "hdc", "fixmatch"):  # CPS unfinished: no metrics.json, no row
@@ -80,7 +82,8 @@ def test_paired_rows_give_hdc_minus_each_method_and_say_which_pair_is_not_compar
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"HDC minus", "Supervised only", "FixMatch"}
     sup = rows["Supervised only"].split(" | ")
-    assert sup[1] == "0" and sup[3].strip(" |") == "–"  # seed 0; no HC column in BUSI predictions
+    assert sup[1] == "0" and sup[3].startswith("-2.00 [-2.00, -2.00]")  # seed 0; hd95 in px, HDC 2 px tighter
+    assert "| hd95, px [95 % interval], p |" in next(line for line in lines if line.startswith("| HDC minus"))
     diff, low = float(sup[2].split(" ")[0]), float(sup[2].split("[")[1].split(",")[0])
     assert diff == pytest.approx(20.0, abs=1.0) and low > 0
     assert "not comparable" in rows["FixMatch"] and "items differ" in rows["FixMatch"]
@@ -167,3 +170,17 @@ def test_seeds_run_by_separate_commands_share_the_tables_folds(tmp_path, hdc_tab
                                           hdc_table.load_config(None, [f"train.fold_seed={f}", "train.folds=5"]))
             for f in (0, 1)]
     assert set(keep[0].table["path"]) != set(keep[1].table["path"])
+
+
+def test_paired_rows_give_the_hc_error_where_the_predictions_have_one(tmp_path, hdc_table):
+    """HC18 predictions carry both hd95 and the HC error: the second paired column is the HC error (mm)."""
+    from tests.test_compare_cli import make_run
+
+    for method, hc_err in (("seg_supervised", 4.0), ("hdc", 3.0)):
+        run = make_run(tmp_path, f"hc18-{method}-10pct", quality=0.9, segmentation=True)
+        pd.read_csv(run / "predictions.csv").assign(hc_abs_err_mm=hc_err).to_csv(run / "predictions.csv", index=False)
+        (run / "metrics.json").write_text("{}")
+    lines = hdc_table.paired_lines(tmp_path, "hc18", ["seg_supervised", "hdc"], 0.1)
+    assert "| HC MAE, mm [95 % interval], p |" in next(line for line in lines if line.startswith("| HDC minus"))
+    sup = next(line for line in lines if line.startswith("| Supervised only")).split(" | ")
+    assert sup[3].startswith("-1.00 [-1.00, -1.00]")
