@@ -454,3 +454,37 @@ def test_merge_must_use_every_class_once(tmp_path, capsys):
     a = make_run(tmp_path, "base")
     assert sonodistill("compare", a, a, "--merge", "ab=a,b", "--out", tmp_path / "c") == 2
     assert "must use each class of ['a', 'b', 'c'] exactly once" in capsys.readouterr().err
+
+
+def test_by_column_compares_within_each_subgroup(tmp_path, capsys):
+    """--by label: the rows on all items equal those without --by; each class's rows score only that class's items
+    (accuracy there = the share of them predicted right, by hand), with their own item and group counts."""
+    a = make_run(tmp_path, "base", quality=1 / 3)
+    b = make_run(tmp_path, "other", quality=np.tile([1.0, 0.0, 0.0], 8))
+    plain, by = tmp_path / "plain", tmp_path / "by"
+    common = ("--metrics", "accuracy,f1", "--resamples", 200, "--permutations", 200)
+    assert sonodistill("compare", a, b, "--out", plain, *common) == 0
+    assert sonodistill("compare", a, b, "--out", by, "--by", "label", *common) == 0
+    table, whole = _read(by), _read(plain)
+    assert list(dict.fromkeys(table["subgroup"])) == ["all items", "a", "b", "c"]
+    everything = table[table["subgroup"] == "all items"].drop(columns="subgroup").reset_index(drop=True)
+    pd.testing.assert_frame_equal(everything, whole)
+    manifest = pd.read_csv(a / "manifest.csv", comment="#")
+    for name, run in (("baseline", a), ("other", b)):
+        pred = pd.read_csv(run / "predictions.csv")
+        label = manifest["label"].to_numpy()[pred["index"]]
+        right = pred[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(axis=1) == pred["y_true"]
+        for k, c in enumerate(CLASSES):
+            row = table[(table["subgroup"] == c) & (table["metric"] == "accuracy")].iloc[0]
+            assert row[name] == pytest.approx(right[label == c].mean())
+            assert row["n_items"] == (label == c).sum()
+            assert row["n_groups"] == len(set(pred["group"][label == c]))
+    text = (by / "comparison.md").read_text()
+    assert "| label (items) | metric | seed |" in text and "Subgroups by the manifest's `label`" in text
+    assert f"| a ({(manifest['label'] == 'a').sum()}) | accuracy | 0 |" in text
+    capsys.readouterr()
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad1", "--by", "site") == 2
+    assert "no 'site' column; they have ['path', 'group', 'label']" in capsys.readouterr().err
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad2", "--by", "group") == 2
+    assert "24 different values over the scored items (at most 12)" in capsys.readouterr().err
+    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2))

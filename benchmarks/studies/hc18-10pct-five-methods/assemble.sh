@@ -6,7 +6,8 @@
 # The 20 % grid (../hc18-20pct-five-methods) is assembled by the same script with PCT=20 (R and OUT then default to
 # runs/bench43/hc18-20 and runs/bench43/hc18-20-all), the 5 % one (../hc18-5pct-fixed-sampler) with PCT=5
 # (runs/bench46/hc18-5), the busi 10 % one (../busi-10pct-fixed-sampler) with DATA=busi (runs/bench47/busi10; HDC
-# compared on Dice and hd95); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
+# compared on Dice and hd95, on all lesions and then per benign / malignant, `compare --by label`: descriptive, the
+# rule reads the rows on all lesions); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
 set -eu
 DATA=${DATA:-hc18}; PCT=${PCT:-10}
 case "$DATA-$PCT" in
@@ -16,7 +17,7 @@ case "$DATA-$PCT" in
   busi-10) B=bench47; FRACTION=0.1; D=busi10;;
   *) echo "DATA-PCT must be hc18-5, hc18-10, hc18-20 or busi-10" >&2; exit 2;;
 esac
-case "$DATA" in hc18) METRICS=dice,hc_abs_err_mm;; busi) METRICS=dice,hd95;; esac
+case "$DATA" in hc18) METRICS=dice,hc_abs_err_mm; BY="";; busi) METRICS=dice,hd95; BY="--by label";; esac
 R=${R:-runs/$B/$D}; OUT=${OUT:-runs/$B/$D-all}; SEEDS=${SEEDS:-0}
 METHODS=${METHODS:-"seg_supervised mean_teacher fixmatch cps hdc"}
 rm -rf "$OUT"; mkdir -p "$OUT"  # derived copies only
@@ -31,4 +32,4 @@ done
 python benchmarks/hdc_table.py --data $DATA --fractions $FRACTION --seeds "$(echo $SEEDS | tr ' ' ,)" \
   --methods "$(echo $METHODS | tr ' ' ,)" --out "$OUT" --table-only   # OUT/$DATA-table.md
 RUNS="$OUT/$DATA-hdc-${PCT}pct"; for m in $METHODS; do [ "$m" = hdc ] || RUNS="$RUNS $OUT/$DATA-$m-${PCT}pct"; done
-sonodistill compare $RUNS --metrics $METRICS --out "$OUT/compare-vs-hdc"
+sonodistill compare $RUNS --metrics $METRICS $BY --out "$OUT/compare-vs-hdc"  # busi: also benign / malignant

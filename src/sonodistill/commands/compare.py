@@ -14,6 +14,10 @@ train.fold=0` with the same fold of a cross-validated run; a run without predict
 
 Models: a run whose predictions.csv holds several models in a `model` column (e.g. medivlad's aggregators, trained
 on the same folds and features) is named `RUN:MODEL` to compare one of them; naming none is an error that lists them.
+
+Subgroups: `--by COLUMN` repeats the comparison within each value of a manifest column (e.g. busi's `label`:
+benign / malignant lesions), after the rows on all items; each subgroup's interval resamples its own groups, and
+its p-value is not corrected for the number of subgroups.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,7 @@ from sonodistill.evaluation.embedding_eval import ANOMALY_OUTCOMES
 SEQUENCES = "sequences.csv"  # a sequence run's manifest of sequences (what its folds.json and predictions index)
 ANNOTATION_THRESHOLD = 0.5  # binary findings are predicted at this probability (DILBERT's default threshold)
 ALL_SEEDS = "mean"
+ALL_ITEMS = "all items"  # the subgroup of the rows on every item, with --by
 
 
 @dataclass
@@ -220,6 +225,39 @@ def exclude_items(run: ComparedRun, paths: set[str]) -> int:
     return dropped[0]
 
 
+MAX_SUBGROUPS = 12  # more values than this: an identifier or a number, not a subgroup column
+
+
+def subgroup_values(run: ComparedRun, column: str) -> list[str]:
+    """The values of manifest column `column` over the items `run` scored (first seed), sorted; SonoDistillError
+    when the column is missing or has more than MAX_SUBGROUPS values."""
+    first = next(iter(run.seeds.values()))
+    if column not in first.manifest.columns:
+        raise SonoDistillError(f"--by {column}: {first.source}'s items have no {column!r} column; they have "
+                               f"{list(first.manifest.columns)}")
+    scored = first.manifest[column].astype(str).to_numpy()[first.predictions["index"].to_numpy(np.int64)]
+    values = sorted(set(scored))
+    if len(values) > MAX_SUBGROUPS:
+        raise SonoDistillError(f"--by {column}: {len(values)} different values over the scored items (at most "
+                               f"{MAX_SUBGROUPS}): an identifier or a number, not a subgroup column")
+    return values
+
+
+def subgroup_of(run: ComparedRun, column: str, value: str) -> ComparedRun:
+    """A copy of `run` whose seeds keep only the predictions of items with manifest `column` == `value`;
+    SonoDistillError naming a seed that scored none of them."""
+    seeds = {}
+    for key, s in run.seeds.items():
+        if column not in s.manifest.columns:
+            raise SonoDistillError(f"--by {column}: {s.source}'s items have no {column!r} column")
+        item_values = s.manifest[column].astype(str).to_numpy()
+        keep = item_values[s.predictions["index"].to_numpy(np.int64)] == value
+        if not keep.any():
+            raise SonoDistillError(f"--by {column}: {s.source} scored no item with {column} = {value!r}")
+        seeds[key] = replace(s, predictions=s.predictions[keep].reset_index(drop=True))
+    return replace(run, seeds=seeds)
+
+
 # ------------------------------------------------------------------------------------------- checks
 def _relative(paths: pd.Series) -> list[str]:
     """Paths relative to their common folder, so the same data under another root compares equal."""
@@ -395,15 +433,15 @@ def distinct_names(runs: list[ComparedRun]) -> list[ComparedRun]:
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
                  n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
                  merge: dict[str, list[str]] | None = None, folds: list[int] | None = None,
-                 exclude: set[str] | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
+                 exclude: set[str] | None = None, by: str | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
+    `by` (a manifest column) adds a `subgroup` column: the rows on all items (ALL_ITEMS), then the same rows within
+    each of the column's values.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing; `folds` keeps
     only those test folds of every run; `exclude` (item paths) drops those items from every run (SonoDistillError
     when none of them is a scored item of the baseline: another data root?)."""
-    from sonodistill.evaluation.paired import (ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, ANOMALY_METRICS,
-                                               annotation_scorer, anomaly_scorer, classification_scorer, mean_scorer,
-                                               paired_comparison)
+    from sonodistill.evaluation.paired import ALL_CLASSIFICATION_METRICS, ANNOTATION_METRICS, ANOMALY_METRICS
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
@@ -433,7 +471,29 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
         absent = [m for m in metrics for r in runs for s in r.seeds.values() if m not in s.predictions.columns]
         if absent:
             raise SonoDistillError(f"metric(s) {sorted(set(absent))} are not in every run's predictions.csv")
-    rows = []
+    values = subgroup_values(base, by) if by is not None else []
+    rows = comparison_rows(base, list(zip(runs[1:], pairs_per_run)), metrics, n_resamples, n_permutations, level,
+                           seed)
+    if by is not None:
+        rows = [{"subgroup": ALL_ITEMS, **r} for r in rows]
+        for value in values:
+            parts = [subgroup_of(run, by, value) for run in runs]
+            pairs = [check_comparable(parts[0], part) for part in parts[1:]]
+            rows += [{"subgroup": value, **r} for r in comparison_rows(parts[0], list(zip(parts[1:], pairs)),
+                                                                       metrics, n_resamples, n_permutations,
+                                                                       level, seed)]
+    return runs, pd.DataFrame(rows)
+
+
+SeedPairs = list[tuple[SeedPredictions, SeedPredictions]]
+
+
+def comparison_rows(base: ComparedRun, compared: list[tuple[ComparedRun, SeedPairs]], metrics: list[str],
+                    n_resamples: int, n_permutations: int, level: float, seed: int) -> list[dict]:
+    """One row per (run, seed, metric) of each compared run against `base`, from its checked seed pairs; plus
+    seed 'mean' rows where several seeds scored the same items."""
+    from sonodistill.evaluation.paired import (annotation_scorer, anomaly_scorer, classification_scorer, mean_scorer,
+                                               paired_comparison)
 
     def scorer_of(seed_predictions: SeedPredictions, data: np.ndarray):  # -> the task's scorer of these items
         if base.task == "classification":
@@ -443,7 +503,8 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
             return annotation_scorer(data.shape[1] // 3, metrics)  # outcomes N x 3F
         return anomaly_scorer(metrics) if base.task == "anomaly" else mean_scorer(metrics)
 
-    for run, pairs in zip(runs[1:], pairs_per_run):
+    rows = []
+    for run, pairs in compared:
         a = [_metric_data(sa, base.task, metrics) for sa, _ in pairs]
         b = [_metric_data(sb, base.task, metrics) for _, sb in pairs]
         scorers = [scorer_of(sa, data) for (sa, _), data in zip(pairs, a)]
@@ -457,7 +518,7 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
             for r in paired_comparison(scorers[idx[0]], [a[i] for i in idx], [b[i] for i in idx], groups[idx[0]],
                                        n_resamples, n_permutations, level, seed):
                 rows.append({"baseline": base.name, "run": run.name, "seed": label, **r.as_dict()})
-    return runs, pd.DataFrame(rows)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -472,8 +533,10 @@ def _fmt_p(p: float) -> str:
 
 
 def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resamples: int, level: float,
-                        seed: int, merge: dict[str, list[str]] | None = None, note: str = "") -> str:
-    """The report: one table per compared run (rows metric x seed), with the method paragraph (and `note`)."""
+                        seed: int, merge: dict[str, list[str]] | None = None, note: str = "",
+                        by: str | None = None) -> str:
+    """The report: one table per compared run (rows metric x seed, and subgroup with `by`), with the method
+    paragraph (and `note`)."""
     base = runs[0]
     first = next(iter(base.seeds.values()))
     fold_ids = sorted(int(k) for k in first.predictions["fold"].unique())
@@ -486,19 +549,25 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
     perm = (f"all {int(r0['n_permutations'])} swaps (exact)" if bool(r0["exact"])
             else f"{int(r0['n_permutations'])} random swaps, p = (1 + k) / (1 + swaps)")
     merged = f" Classes merged: {merge}." if merge else ""
+    subgroups = (f" Subgroups by the manifest's `{by}` (items in brackets): each compared within itself, its groups "
+                 "resampled within it; the p-values are not corrected for the number of subgroups." if by else "")
     lines = [f"# Paired comparison with {base.name} (baseline)\n",
              f"Every run scored on the same {int(r0['n_items'])} items of {int(r0['n_groups'])} groups in {n_folds}, "
              f"{base.task}. Difference = run − baseline, each metric computed on the predictions pooled "
              f"over folds. {100 * level:g} % interval: percentile bootstrap over groups ({n_resamples} resamples, "
              f"seed {seed}; the same resamples for both runs). p: two-sided paired permutation test swapping the "
              f"two runs' predictions per group ({perm}). Pooled values can differ from the CV report's means over "
-             f"folds.{seeds}{merged}{' ' + note if note else ''}\n"]
+             f"folds.{seeds}{merged}{subgroups}{' ' + note if note else ''}\n"]
+    with_subgroups = "subgroup" in table.columns
     for run_name, part in table.groupby("run", sort=False):
         lines.append(f"## {run_name} − {base.name}\n")
-        lines.append(f"| metric | seed | {base.name} | {run_name} | difference | {100 * level:g} % interval | p |")
-        lines.append("|---|---|---:|---:|---:|:---:|---:|")
+        first = f"| {by} (items) " if with_subgroups else ""
+        lines.append(f"{first}| metric | seed | {base.name} | {run_name} | difference | {100 * level:g} % interval "
+                     "| p |")
+        lines.append(("|---" if with_subgroups else "") + "|---|---|---:|---:|---:|:---:|---:|")
         for _, r in part.iterrows():
-            lines.append(f"| {r['metric']} | {r['seed']} | {_fmt(r['baseline'])} | {_fmt(r['other'])} | "
+            first = f"| {r['subgroup']} ({int(r['n_items'])}) " if with_subgroups else ""
+            lines.append(f"{first}| {r['metric']} | {r['seed']} | {_fmt(r['baseline'])} | {_fmt(r['other'])} | "
                          f"{_fmt(r['difference'])} | [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | "
                          f"{_fmt_p(r['p_value'])} |")
         lines.append("")
@@ -508,9 +577,11 @@ def comparison_markdown(runs: list[ComparedRun], table: pd.DataFrame, n_resample
 
 def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float) -> None:
     """Horizontal error bars: difference and interval per metric (one colour per run; seed 'mean' or the only seed;
-    one colour per run and seed where the seeds scored different items)."""
+    one colour per run and seed where the seeds scored different items; all items only, with subgroups)."""
     from sonodistill.evaluation.report import _new_figure
 
+    if "subgroup" in table.columns:  # --by: the rows on all items
+        table = table[table["subgroup"] == ALL_ITEMS]
     seeds = set(table["seed"])
     if ALL_SEEDS in seeds:
         rows = table[table["seed"] == ALL_SEEDS]
@@ -539,10 +610,11 @@ def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float
 
 
 def write_comparison(runs: list[ComparedRun], table: pd.DataFrame, out: Path, n_resamples: int, level: float,
-                     seed: int, merge: dict[str, list[str]] | None = None, note: str = "") -> str:
+                     seed: int, merge: dict[str, list[str]] | None = None, note: str = "",
+                     by: str | None = None) -> str:
     """comparison.md, comparison.csv and comparison.png into `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    text = comparison_markdown(runs, table, n_resamples, level, seed, merge, note)
+    text = comparison_markdown(runs, table, n_resamples, level, seed, merge, note, by)
     (out / "comparison.md").write_text(text, encoding="utf-8")
     table.to_csv(out / "comparison.csv", index=False)
     plot_comparison(table, runs[0].name, out / "comparison.png", level)
@@ -585,12 +657,12 @@ def _compare(args: argparse.Namespace) -> int:
             raise SonoDistillError(f"--folds takes comma-separated fold numbers, got {args.folds!r}") from None
     exclude = read_item_list(args.exclude_items) if args.exclude_items else None
     runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge,
-                               folds, exclude)
+                               folds, exclude, args.by)
     out = Path(args.out) if args.out else runs[0].path.parent / (
         "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs) + ("-merged" if merge else ""))
     note = (f"Items excluded: those listed in `{args.exclude_items}` ({len(exclude)} paths; --exclude-items). "
             if exclude else "") + software_note(runs)
-    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge, note)
+    text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge, note, args.by)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
     return 0
@@ -618,4 +690,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-items", metavar="FILE",
                    help="leave out the items whose paths FILE lists (one a line, or a CSV with a path column, e.g. "
                         "the predictions.csv of the validation runs that chose a setting) from every run")
+    p.add_argument("--by", metavar="COLUMN",
+                   help="also compare within each value of this manifest column (e.g. label: busi's benign and "
+                        "malignant lesions), after the rows on all items")
     p.set_defaults(func=_compare)
