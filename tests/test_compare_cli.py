@@ -488,3 +488,20 @@ def test_by_column_compares_within_each_subgroup(tmp_path, capsys):
     assert sonodistill("compare", a, b, "--out", tmp_path / "bad2", "--by", "group") == 2
     assert "24 different values over the scored items (at most 12)" in capsys.readouterr().err
     assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2))
+
+
+def test_calibration_metrics_compare_like_the_others(tmp_path):
+    """--metrics brier,ece: every item at 0.7 / 0.15 / 0.15, a run right on all of them against one right on a
+    third. Brier by hand: right 0.3^2 + 2 x 0.15^2 = 0.135, wrong 0.85^2 + 0.7^2 + 0.15^2 = 1.235; ECE (one bin):
+    |1 - 0.7| = 0.3 vs |1/3 - 0.7| = |1 - 3 x 0.7| / 3."""
+    a = make_run(tmp_path, "base", quality=1 / 3)
+    b = make_run(tmp_path, "better", quality=1.0)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--metrics", "brier,ece", "--resamples", 200,
+                       "--permutations", 200) == 0
+    table = _read(out).set_index("metric")
+    assert table.loc["brier", "other"] == pytest.approx(0.135)
+    assert table.loc["brier", "baseline"] == pytest.approx((0.135 + 2 * 1.235) / 3)
+    assert table.loc["brier", "ci_high"] < 0 and table.loc["ece", "difference"] < 0
+    assert table.loc["ece", "other"] == pytest.approx(0.3)
+    assert table.loc["ece", "baseline"] == pytest.approx(abs(1 - 3 * 0.7) / 3)

@@ -61,12 +61,12 @@ def test_classification_metrics_coverage_and_exit_code(classification_case, tmp_
             "be scored; 1 prediction(s) without a label (not scored).") in report
     assert "- clip11.mp4" in report and "- clip10.mp4: videos/clip10.mp4: cannot decode" in report
     assert "bootstrap interval over 5 groups" in report  # p0..p4 hold the 10 scored clips
-    for name in ("confusion_matrix.png", "roc.png", "predictions.csv", "metrics.json"):
+    for name in ("confusion_matrix.png", "roc.png", "calibration.png", "predictions.csv", "metrics.json"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["counts"] == {"labelled": 12, "scored": 10, "missing": 1, "errors": 1, "unlabelled_predictions": 1}
     ref = classification_metrics(y[:10], probs[:10], CLASSES)
-    for m in ("accuracy", "balanced_accuracy", "f1", "roc_auc"):
+    for m in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "brier", "ece"):
         assert meta["metrics"][m] == pytest.approx(ref[m]), m
         ci = meta["intervals"][m]
         assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["value"] == pytest.approx(ref[m])

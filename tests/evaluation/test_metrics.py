@@ -11,6 +11,7 @@ from scipy.ndimage import binary_erosion
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     precision_score,
@@ -64,6 +65,28 @@ def test_classification_matches_sklearn_three_classes(rng):
         assert m[f"roc_auc/{c}"] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
     assert m["confusion_matrix"] == confusion_matrix(y, pred).tolist()
     assert all(isinstance(v, int) for row in m["confusion_matrix"] for v in row)
+
+
+def test_brier_and_ece_hand_computed():
+    """Brier: (0.14 + 0.06 + 0.54 + 0.62) / 4 = 0.34, as scikit-learn's multi-class brier_score_loss. ECE, 15 bins:
+    confidences 0.7 / 0.8 / 0.4 right and 0.5 wrong each alone in a bin: (0.3 + 0.2 + 0.6 + 0.5) / 4 = 0.4."""
+    y = np.array([0, 1, 2, 1])
+    probs = np.array([[.7, .2, .1], [.1, .8, .1], [.3, .3, .4], [.5, .4, .1]])
+    m = classification_metrics(y, probs, CLASSES3)
+    assert m["brier"] == pytest.approx(0.34) and m["brier"] == pytest.approx(brier_score_loss(y, probs, labels=[0, 1, 2]))
+    assert m["ece"] == pytest.approx(0.4)
+    perfect = classification_metrics(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), ["a", "b"])
+    assert perfect["brier"] == 0.0 and perfect["ece"] == 0.0
+
+
+def test_ece_pools_a_bin_before_taking_the_absolute_gap():
+    """Confidence 0.75 right and exactly 0.8 = 12/15 wrong share the bin (11/15, 12/15]: |0.25 - 0.8| / 2 = 0.275,
+    not (0.25 + 0.8) / 2; moved to 0.81 (the next bin) the wrong one counts alone: (0.25 + 0.81) / 2 = 0.53."""
+    y = np.array([0, 1])
+    same_bin = classification_metrics(y, np.array([[0.75, 0.25], [0.8, 0.2]]), ["a", "b"])
+    assert same_bin["ece"] == pytest.approx(0.275)
+    next_bin = classification_metrics(y, np.array([[0.75, 0.25], [0.81, 0.19]]), ["a", "b"])
+    assert next_bin["ece"] == pytest.approx(0.53)
 
 
 def test_specificity_hand_computed_3x3():

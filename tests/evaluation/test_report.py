@@ -62,17 +62,24 @@ def test_markdown_table_nan_and_skipped_folds():
 
 def test_write_cv_report_files_and_values(tmp_path):
     summary = write_cv_report(tmp_path, hand_predictions(), CLASSES, "Hand case", extra_rows={"paper": {"f1": "0.9"}})
-    for name in ("metrics_per_fold.csv", "metrics.json", "report.md", "confusion_matrix.png", "roc.png"):
+    for name in ("metrics_per_fold.csv", "metrics.json", "report.md", "confusion_matrix.png", "roc.png",
+                 "calibration.png"):
         assert (tmp_path / name).is_file(), name
-    for png in ("confusion_matrix.png", "roc.png"):
+    for png in ("confusion_matrix.png", "roc.png", "calibration.png"):
         with Image.open(tmp_path / png) as im:
             assert im.format == "PNG" and min(im.size) > 200
 
     assert summary["accuracy"] == pytest.approx((0.75, math.sqrt(0.125)))
+    # Brier (two classes: 2 (p_b_lines - y)^2 per item): fold 0 0.465 / 4, fold 1 2.82 / 4. ECE: fold 0 confidences
+    # 0.7 | 0.75, 0.8, 0.8 all right -> (0.3 + 0.65) / 4; fold 1 0.7 right | 0.8 wrong, 0.8 wrong, 0.8 right ->
+    # (0.3 + |-0.8 - 0.8 + 0.2|) / 4
+    assert summary["brier"].mean == pytest.approx((0.465 / 4 + 2.82 / 4) / 2)
+    assert summary["ece"].mean == pytest.approx((0.95 / 4 + 1.7 / 4) / 2)
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Hand case")
     assert "| 2-fold CV | 0.750 ± 0.354 | 0.750 ± 0.354 |" in report
-    assert "| paper | – | – | – | – | – | 0.9 | – |" in report
+    assert "| paper | – | – | – | – | – | 0.9 | – | – | – |" in report
+    assert "| brier | ece |" in report and "![reliability diagram, pooled over folds](calibration.png)" in report
     assert "| normal | 3 | 1 |" in report and "| b_lines | 1 | 3 |" in report  # summed confusion
     assert "![confusion matrix](confusion_matrix.png)" in report and "roc.png)" in report
 
@@ -111,7 +118,7 @@ def test_write_cv_report_model_comparison(tmp_path):
     assert "## base" in report and "## distilled" in report
     for m in ("base", "distilled"):
         assert (tmp_path / f"confusion_matrix_{m}.png").is_file()
-        assert (tmp_path / f"roc_{m}.png").is_file()
+        assert (tmp_path / f"roc_{m}.png").is_file() and (tmp_path / f"calibration_{m}.png").is_file()
     per_fold = pd.read_csv(tmp_path / "metrics_per_fold.csv")
     assert per_fold[["model", "fold"]].values.tolist() == [["base", 0], ["base", 1], ["distilled", 0], ["distilled", 1]]
     assert set(strict_json(tmp_path / "metrics.json")["models"]) == {"base", "distilled"}

@@ -599,7 +599,10 @@ def plot_comparison(table: pd.DataFrame, baseline: str, path: Path, level: float
         y = np.arange(len(metrics)) + (j - (len(names) - 1) / 2) * height
         d = part["difference"].to_numpy(float)
         err = np.vstack([d - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - d])
-        ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=4, label=f"{name} − {baseline}")
+        # clipped: a difference that is the same in every resample has bounds one rounding away from it (and a
+        # percentile interval of a non-linear metric such as ECE need not hold the observed value)
+        ax.errorbar(d, y, xerr=np.clip(np.nan_to_num(err), 0.0, None), fmt="o", capsize=4,
+                    label=f"{name} − {baseline}")
     ax.axvline(0.0, color="grey", lw=1, ls="--")
     ax.set_yticks(np.arange(len(metrics)), metrics)
     ax.invert_yaxis()

@@ -281,6 +281,7 @@ def score_classification(frame: pd.DataFrame, classes: list[str], out: Path, tit
         confusion_markdown,
         markdown_table,
         plot_confusion_matrix,
+        plot_reliability,
         plot_roc,
         prob_columns,
     )
@@ -297,12 +298,14 @@ def score_classification(frame: pd.DataFrame, classes: list[str], out: Path, tit
     plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{title}: confusion matrix",
                           out / "confusion_matrix.png")
     plot_roc(y, probs, classes, f"{title}: ROC one-vs-rest", out / "roc.png")
+    plot_reliability(y, probs, f"{title}: reliability", out / "calibration.png")
     lines = [f"# {title}\n", *coverage,
              _interval_text(intervals[0].n_groups if grouped else None, n, n_resamples, level, seed),
              "## Summary\n", markdown_table({}, SUMMARY_COLUMNS, extra=summary),
              "## Per class (one-vs-rest)\n", markdown_table({}, PER_CLASS_COLUMNS, extra=per_class, index_name="class"),
              "## Confusion matrix\n", confusion_markdown(metrics["confusion_matrix"], classes),
-             "## Plots\n", "![confusion matrix](confusion_matrix.png)\n\n![ROC curves, one-vs-rest](roc.png)\n"]
+             "## Plots\n", "![confusion matrix](confusion_matrix.png)\n\n![ROC curves, one-vs-rest](roc.png)\n\n"
+             "![reliability diagram](calibration.png)\n"]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return {"metrics": metrics, "intervals": {i.metric: i.as_dict() for i in intervals}}
 

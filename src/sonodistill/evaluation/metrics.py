@@ -7,6 +7,10 @@ Conventions (see docs/evaluation.md):
 - Undefined values are NaN (sensitivity of a class absent from ``y_true``, specificity of a class that is
   every item, ROC-AUC without both positives and negatives), except precision of a never-predicted class,
   which is 0 (scikit-learn ``zero_division=0``), as is its F1.
+- Calibration: ``brier`` is the multi-class Brier score, mean over items of sum_k (p_k - 1[y = k])^2 (0 perfect,
+  2 worst; Brier 1950); ``ece`` the expected calibration error of the top class (Guo et al. 2017): items put in
+  ECE_BINS equal-width bins ((m-1)/M, m/M] of their highest probability, sum over bins of the bin's share of items
+  times |accuracy - mean highest probability| in it. Both: lower is better.
 - Segmentation: both masks empty -> dice 1, iou 1, hd95 0, asd 0; exactly one empty -> dice 0, iou 0,
   hd95 NaN, asd NaN (no surface to measure to). ``summarise`` skips NaN and counts them in ``n_nan``.
 """
@@ -31,6 +35,7 @@ from sklearn.metrics import (
 )
 
 PROB_SUM_TOLERANCE = 1e-3
+ECE_BINS = 15  # Guo et al. 2017's equal-width confidence bins
 
 
 class MeanStd(tuple):
@@ -107,13 +112,33 @@ def _specificity(cm: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, tn / np.maximum(denom, 1), np.nan)
 
 
+def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Multi-class Brier score: mean over items of sum_k (probs[i, k] - 1[y_true[i] = k])^2; y [N], probs N x C."""
+    onehot = np.asarray(y_true)[:, None] == np.arange(probs.shape[1])
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def confidence_bins(probs: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index [N] in 0..n_bins-1 of each item's highest probability: bin m holds (m/n_bins, (m+1)/n_bins]."""
+    confidence = probs.max(axis=1)  # 1e-9: a confidence of exactly m / n_bins (0.8 * 15 = 12.000000000000002) in bin m-1
+    return np.clip(np.ceil(confidence * n_bins - 1e-9).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-class ECE: sum over confidence bins of (items in bin / N) * |accuracy - mean confidence| in the bin."""
+    gap = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64) - probs.max(axis=1)
+    per_bin = np.bincount(confidence_bins(probs, n_bins), weights=gap, minlength=n_bins)
+    return float(np.abs(per_bin).sum() / len(gap))
+
+
 def _mean_or_nan(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else math.nan
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float | list]:
-    """Accuracy, balanced accuracy, macro and per-class sensitivity/specificity/precision/F1/ROC-AUC, confusion.
+    """Accuracy, balanced accuracy, macro and per-class sensitivity/specificity/precision/F1/ROC-AUC, Brier score
+    and ECE (calibration), confusion matrix.
 
     y_true: int [N] class indices; probs: float [N, C], rows summing to 1; prediction = argmax.
     """
@@ -144,6 +169,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "precision": float(np.mean(precision[present])),
         "f1": float(np.mean(f1[present])),
         "roc_auc": _mean_or_nan(auc),
+        "brier": brier_score(y_true, probs),
+        "ece": expected_calibration_error(y_true, probs),
     }
     for k, name in enumerate(classes):
         out[f"sensitivity/{name}"] = float(sensitivity[k])

@@ -14,8 +14,9 @@ groups (a group drawn twice counts twice), never averaged over per-group values.
 
 Metrics are computed with item *weights* (multiplicities, `R x N` for R resamples at once) by a `Scorer`:
 ``classification_scorer`` (accuracy, balanced accuracy, macro sensitivity / specificity / precision / F1,
-macro one-vs-rest ROC-AUC, with exactly the conventions of ``metrics.classification_metrics``, which the tests
-hold it to; vectorised because 2000 resamples x 2 models x 4000 calls of that function take minutes),
+macro one-vs-rest ROC-AUC, Brier score, top-class ECE, with exactly the conventions of
+``metrics.classification_metrics``, which the tests hold it to; vectorised because 2000 resamples x 2 models x 4000
+calls of that function take minutes),
 ``anomaly_scorer`` (DISCOVR's anomaly class: F1, precision, recall, balanced accuracy, AUROC), ``annotation_scorer``
 (DILBERT's findings) and ``mean_scorer`` (mean of per-item values such as Dice, NaN left out, as in the
 segmentation report).
@@ -29,9 +30,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sonodistill.evaluation.metrics import ECE_BINS, confidence_bins
+
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
 ALL_CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1",
-                              "roc_auc")
+                              "roc_auc", "brier", "ece")
 SEGMENTATION_METRICS = ("dice", "iou", "hc_abs_err_mm")
 ANNOTATION_METRICS = ("f1", "sensitivity", "precision")  # macro over findings (DILBERT)
 ANOMALY_METRICS = ("f1", "auroc", "balanced_accuracy", "precision", "recall")  # of the anomaly class (DISCOVR)
@@ -121,6 +124,12 @@ def classification_scorer(y_true: np.ndarray, n_classes: int,
         if "roc_auc" in names:
             aucs = np.stack([_weighted_auc(probs[:, k], true_1h[:, k], w) for k in range(n_classes)], axis=1)
             out["roc_auc"] = _nanmean_rows(aucs)
+        if "brier" in names:
+            out["brier"] = _divide(w @ ((probs - true_1h) ** 2).sum(axis=1), total[:, 0], math.nan)
+        if "ece" in names:  # per bin, |sum of weight x (correct - confidence)|, summed over bins
+            gap = (pred_1h & true_1h).any(axis=1) - probs.max(axis=1)
+            in_bin = confidence_bins(probs)[:, None] == np.arange(ECE_BINS)  # N x B
+            out["ece"] = _divide(np.abs(w @ (gap[:, None] * in_bin)).sum(axis=1), total[:, 0], math.nan)
         return np.stack([out[m] for m in names], axis=1)
 
     return Scorer(names, fn)

@@ -20,9 +20,11 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score, roc_curve
 
 from sonodistill.errors import DataError
-from sonodistill.evaluation.metrics import MeanStd, classification_metrics, summarise
+from sonodistill.evaluation.metrics import (ECE_BINS, MeanStd, brier_score, classification_metrics, confidence_bins,
+                                            expected_calibration_error, summarise)
 
-SUMMARY_COLUMNS = ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"]
+SUMMARY_COLUMNS = ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "brier",
+                   "ece"]
 PER_CLASS_COLUMNS = ["sensitivity", "specificity", "precision", "f1", "roc_auc"]
 PREDICTION_COLUMNS = ["fold", "index", "group", "y_true"]
 PROB_PREFIX = "prob_"
@@ -140,6 +142,32 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], titl
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, title: str, path: Path) -> None:
+    """Save a reliability diagram: accuracy against mean highest probability per occupied confidence bin (marker
+    area by item count), the diagonal, and ECE / Brier score in the title."""
+    bins = confidence_bins(probs)
+    confidence, right = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    occupied = np.unique(bins)
+    count = np.array([np.sum(bins == b) for b in occupied])
+    mean_conf = np.array([confidence[bins == b].mean() for b in occupied])
+    accuracy = np.array([right[bins == b].mean() for b in occupied])
+    fig = _new_figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(mean_conf, accuracy, color="tab:blue", lw=1)
+    ax.scatter(mean_conf, accuracy, s=20 + 180 * count / count.max(), color="tab:blue", alpha=0.8,
+               label=f"{ECE_BINS} confidence bins (area: items)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean highest probability in the bin (confidence)")
+    ax.set_ylabel("accuracy in the bin")
+    ece, brier = expected_calibration_error(y_true, probs), brier_score(y_true, probs)
+    ax.set_title(f"{title}\nECE {ece:.3f}, Brier {brier:.3f} ({len(y_true)} items)")
+    ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
@@ -269,14 +297,16 @@ def _per_class_rows(summary: Mapping[str, MeanStd], classes: Sequence[str]) -> d
     return {c: {m: summary[f"{m}/{c}"] for m in PER_CLASS_COLUMNS} for c in classes}
 
 
-def _model_section(res: dict, classes: Sequence[str], cm_png: str, roc_png: str, level: str) -> list[str]:
+def _model_section(res: dict, classes: Sequence[str], cm_png: str, roc_png: str, level: str,
+                   calibration_png: str) -> list[str]:
     return [
         f"{level} Per class (one-vs-rest, mean ± std over folds)\n",
         markdown_table(_per_class_rows(res["summary"], classes), PER_CLASS_COLUMNS, index_name="class"),
         f"{level} Confusion matrix (summed over {res['n_folds']} folds)\n",
         confusion_markdown(res["confusion_matrix"], classes),
         f"{level} Plots\n",
-        f"![confusion matrix]({cm_png})\n\n![ROC curves, one-vs-rest, pooled over folds]({roc_png})\n",
+        f"![confusion matrix]({cm_png})\n\n![ROC curves, one-vs-rest, pooled over folds]({roc_png})\n\n"
+        f"![reliability diagram, pooled over folds]({calibration_png})\n",
     ]
 
 
@@ -343,12 +373,16 @@ def write_cv_report(
         )
         for m, res in results.items():
             lines.append(f"## {m}\n")
-            lines += _model_section(res, classes, f"confusion_matrix_{files[m]}.png", f"roc_{files[m]}.png", "###")
+            lines += _model_section(res, classes, f"confusion_matrix_{files[m]}.png", f"roc_{files[m]}.png", "###",
+                                    f"calibration_{files[m]}.png")
             plot_confusion_matrix(res["confusion_matrix"], classes, f"{m}: confusion matrix ({n_folds} folds)",
                                   out / f"confusion_matrix_{files[m]}.png")
             part = groups[m]
-            plot_roc(part["y_true"].to_numpy(np.int64), part[prob_columns(classes)].to_numpy(np.float64), classes,
-                     f"{m}: ROC one-vs-rest (pooled over {n_folds} folds)", out / f"roc_{files[m]}.png")
+            y, probs = part["y_true"].to_numpy(np.int64), part[prob_columns(classes)].to_numpy(np.float64)
+            plot_roc(y, probs, classes, f"{m}: ROC one-vs-rest (pooled over {n_folds} folds)",
+                     out / f"roc_{files[m]}.png")
+            plot_reliability(y, probs, f"{m}: reliability (pooled over {n_folds} folds)",
+                             out / f"calibration_{files[m]}.png")
         payload = {"title": title, "classes": list(classes), "models": results}
         returned = {m: r["summary"] for m, r in results.items()}
     else:
@@ -359,11 +393,12 @@ def write_cv_report(
         )
         lines.append("## Summary\n")
         lines.append(markdown_table({f"{n_folds}-fold CV": res["summary"]}, SUMMARY_COLUMNS, extra=extra_rows))
-        lines += _model_section(res, classes, "confusion_matrix.png", "roc.png", "##")
+        lines += _model_section(res, classes, "confusion_matrix.png", "roc.png", "##", "calibration.png")
         plot_confusion_matrix(res["confusion_matrix"], classes, f"{title}: confusion matrix ({n_folds} folds)",
                               out / "confusion_matrix.png")
-        plot_roc(predictions["y_true"].to_numpy(np.int64), predictions[prob_columns(classes)].to_numpy(np.float64),
-                 classes, f"{title}: ROC one-vs-rest (pooled over {n_folds} folds)", out / "roc.png")
+        y, probs = predictions["y_true"].to_numpy(np.int64), predictions[prob_columns(classes)].to_numpy(np.float64)
+        plot_roc(y, probs, classes, f"{title}: ROC one-vs-rest (pooled over {n_folds} folds)", out / "roc.png")
+        plot_reliability(y, probs, f"{title}: reliability (pooled over {n_folds} folds)", out / "calibration.png")
         payload = {"title": title, "classes": list(classes), **res}
         returned = res["summary"]
 
