@@ -122,6 +122,12 @@ class Protocol:
         if result.record:
             (fold.dir / FOLD_RECORD).write_text(json.dumps(result.record, indent=1, default=float))
         predictions = result.predictions if result.predictions is not None else pd.DataFrame()
+        # float32 columns (softmax outputs) widened first: float64 text reads back to the same value, so the report
+        # made from this frame equals what `eval` recomputes from predictions.csv (Brier score and ECE depend on the
+        # values themselves, not only on their order as accuracy and ROC-AUC do)
+        wide = {c: np.float64 for c, t in predictions.dtypes.items() if t == np.float32}
+        if wide:
+            predictions = result.predictions = predictions.astype(wide)
         predictions.to_csv(fold.dir / PREDICTIONS, index=False)
 
     def title(self, run: Run) -> str:
