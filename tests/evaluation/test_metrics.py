@@ -73,7 +73,8 @@ def test_brier_and_ece_hand_computed():
     y = np.array([0, 1, 2, 1])
     probs = np.array([[.7, .2, .1], [.1, .8, .1], [.3, .3, .4], [.5, .4, .1]])
     m = classification_metrics(y, probs, CLASSES3)
-    assert m["brier"] == pytest.approx(0.34) and m["brier"] == pytest.approx(brier_score_loss(y, probs, labels=[0, 1, 2]))
+    assert m["brier"] == pytest.approx(0.34)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, probs, labels=[0, 1, 2]))
     assert m["ece"] == pytest.approx(0.4)
     perfect = classification_metrics(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), ["a", "b"])
     assert perfect["brier"] == 0.0 and perfect["ece"] == 0.0

@@ -120,7 +120,8 @@ def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 def confidence_bins(probs: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     """Bin index [N] in 0..n_bins-1 of each item's highest probability: bin m holds (m/n_bins, (m+1)/n_bins]."""
-    confidence = probs.max(axis=1)  # 1e-9: a confidence of exactly m / n_bins (0.8 * 15 = 12.000000000000002) in bin m-1
+    # the 1e-9 keeps a confidence of exactly m / n_bins in bin m - 1 (0.8 * 15 is 12.000000000000002)
+    confidence = probs.max(axis=1)
     return np.clip(np.ceil(confidence * n_bins - 1e-9).astype(np.int64) - 1, 0, n_bins - 1)
 
 
