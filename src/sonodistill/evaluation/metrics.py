@@ -125,11 +125,19 @@ def confidence_bins(probs: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     return np.clip(np.ceil(confidence * n_bins - 1e-9).astype(np.int64) - 1, 0, n_bins - 1)
 
 
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray,
+                     n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per confidence bin [n_bins]: items, sum of highest probabilities, right predictions (ECE, reliability plot)."""
+    bins = confidence_bins(probs, n_bins)
+    right = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    return (np.bincount(bins, minlength=n_bins), np.bincount(bins, weights=probs.max(axis=1), minlength=n_bins),
+            np.bincount(bins, weights=right, minlength=n_bins))
+
+
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Top-class ECE: sum over confidence bins of (items in bin / N) * |accuracy - mean confidence| in the bin."""
-    gap = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64) - probs.max(axis=1)
-    per_bin = np.bincount(confidence_bins(probs, n_bins), weights=gap, minlength=n_bins)
-    return float(np.abs(per_bin).sum() / len(gap))
+    count, confidence, right = reliability_bins(y_true, probs, n_bins)
+    return float(np.abs(right - confidence).sum() / count.sum())
 
 
 def _mean_or_nan(values: np.ndarray) -> float:

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score, roc_curve
 
 from sonodistill.errors import DataError
-from sonodistill.evaluation.metrics import (ECE_BINS, MeanStd, brier_score, classification_metrics, confidence_bins,
-                                            expected_calibration_error, summarise)
+from sonodistill.evaluation.metrics import (ECE_BINS, MeanStd, brier_score, classification_metrics,
+                                            expected_calibration_error, reliability_bins, summarise)
 
 SUMMARY_COLUMNS = ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "brier",
                    "ece"]
@@ -149,12 +149,10 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], titl
 def plot_reliability(y_true: np.ndarray, probs: np.ndarray, title: str, path: Path) -> None:
     """Save a reliability diagram: accuracy against mean highest probability per occupied confidence bin (marker
     area by item count), the diagonal, and ECE / Brier score in the title."""
-    bins = confidence_bins(probs)
-    confidence, right = probs.max(axis=1), probs.argmax(axis=1) == y_true
-    occupied = np.unique(bins)
-    count = np.array([np.sum(bins == b) for b in occupied])
-    mean_conf = np.array([confidence[bins == b].mean() for b in occupied])
-    accuracy = np.array([right[bins == b].mean() for b in occupied])
+    count, confidence, right = reliability_bins(y_true, probs)
+    occupied = count > 0
+    count, mean_conf, accuracy = count[occupied], (confidence / np.maximum(count, 1))[occupied], \
+        (right / np.maximum(count, 1))[occupied]
     fig = _new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
