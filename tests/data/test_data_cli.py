@@ -93,3 +93,21 @@ def test_probe_reports_an_unexpected_error_and_goes_on(tmp_path: Path, capsys: p
     assert main(["data", "probe", str(odd), str(good)]) == 1
     out = capsys.readouterr().out
     assert f"{odd}\terror: MemoryError: cannot allocate" in out and f"{good}\tframes=3" in out
+
+
+def test_probe_folders(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dicoms = sorted(p for p in (shared_data / "dicom").iterdir() if p.suffix == ".dcm")
+    assert main(["data", "probe", "--no-progress", str(shared_data / "dicom")]) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert list(lines) == [str(p) for p in dicoms]  # the folder's DICOMs in order; inventory.csv, licence skipped
+    assert "frames=30\theight=240\twidth=320\tchannels=3\tfps=30" in lines[str(shared_data / "dicom" /
+                                                                         "examples_ybr_color.dcm")]
+    series = tmp_path / "export" / "series1"
+    series.mkdir(parents=True)
+    (series / "IM0001").write_bytes((shared_data / "dicom" / "color-pl.dcm").read_bytes())
+    assert main(["data", "probe", str(tmp_path / "export")]) == 1  # its file is in a sub-folder
+    captured = capsys.readouterr()
+    assert "export\terror: no supported files in it (its sub-folders are read with --recursive)" in captured.out
+    assert "1 of 1 file(s) failed" in captured.err
+    assert main(["data", "probe", "-r", str(tmp_path / "export")]) == 0
+    assert list(_lines(capsys.readouterr().out)) == [str(series / "IM0001")]

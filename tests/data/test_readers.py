@@ -13,6 +13,8 @@ from PIL import Image
 from sonodistill.data.readers import (
     _gray_into,
     Video,
+    files_in_folder,
+    is_supported_file,
     probe_file,
     read_clip,
     read_dicom,
@@ -434,3 +436,43 @@ def test_real_obstetric_dicom_spacing(shared_data: Path) -> None:
     assert distance_mm == pytest.approx(10.6, abs=0.1)
     assert read_dicom(shared_data / "dicom" / "US1_UNCR.dcm").pixel_spacing_mm is None  # no regions, no spacing
     assert read_clip(shared_data / "lus-blues" / _lus_rows(shared_data).file.iloc[0]).pixel_spacing_mm is None
+
+
+def _export_tree(shared_data: Path, root: Path) -> None:
+    """A scanner export: DICOMs named without a DICOM suffix in series folders, its DICOMDIR index, a hidden folder, notes."""
+    dcm = (shared_data / "dicom" / "US1_UNCR.dcm").read_bytes()
+    (root / "S1").mkdir(parents=True)
+    (root / "S2" / "deeper").mkdir(parents=True)
+    (root / ".thumbs").mkdir()
+    (root / "DICOMDIR").write_bytes(dcm)  # has a DICM preamble, but is an export's index
+    (root / "S1" / "IM0002").write_bytes(dcm)
+    (root / "S1" / "IM0001").write_bytes(dcm)
+    (root / "S1" / "1.2.840.10008.5.1").write_bytes(dcm)  # named by its UID: a "suffix" of digits
+    (root / "S2" / "deeper" / "clip.MP4").write_bytes(b"")  # suffixes are compared in lower case
+    (root / ".thumbs" / "x.png").write_bytes(b"")
+    (root / ".hidden.png").write_bytes(b"")
+    (root / "notes.txt").write_text("no pixels here")
+    (root / "README").write_text("no suffix, no DICOM preamble")
+    (root / "top.png").write_bytes(b"")
+
+
+def test_files_in_folder_lists_what_the_readers_take(shared_data: Path, tmp_path: Path) -> None:
+    _export_tree(shared_data, tmp_path)
+    assert files_in_folder(tmp_path) == [tmp_path / "top.png"]
+    assert files_in_folder(tmp_path, recursive=True) == [
+        tmp_path / "S1" / "1.2.840.10008.5.1", tmp_path / "S1" / "IM0001", tmp_path / "S1" / "IM0002", tmp_path / "S2" / "deeper" / "clip.MP4",
+        tmp_path / "top.png"]
+    assert not is_supported_file(tmp_path / "DICOMDIR") and is_supported_file(tmp_path / "S1" / "IM0001")
+
+
+def test_files_in_folder_errors_name_the_folder(shared_data: Path, tmp_path: Path) -> None:
+    _export_tree(shared_data, tmp_path / "export")
+    (tmp_path / "export" / "top.png").unlink()
+    with pytest.raises(DataError, match=r"export.*no supported files in it \(its sub-folders are read with "
+                                        r"--recursive\)"):
+        files_in_folder(tmp_path / "export")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"empty.*no supported files in it or its sub-folders"):
+        files_in_folder(tmp_path / "empty", recursive=True)
+    with pytest.raises(DataError, match="not a folder"):
+        files_in_folder(tmp_path / "export" / "notes.txt")

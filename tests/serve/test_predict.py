@@ -175,6 +175,21 @@ def test_predict_command_writes_json(tiny_run, video_file, tmp_path, capsys):
     assert "could not be read" in captured.err
 
 
+def test_predict_command_reads_sub_folders_with_recursive(tiny_run, video_file, tmp_path, capsys):
+    from sonodistill.cli import main
+
+    study = tmp_path / "study"
+    (study / "series2").mkdir(parents=True)
+    (study / "series2" / "clip.mp4").write_bytes(video_file.read_bytes())
+    assert main(["predict", str(tiny_run), str(study)]) == 1  # the folder itself holds no file
+    captured = capsys.readouterr()
+    [entry] = json.loads(captured.out)["results"]
+    assert entry["input"] == str(study) and "sub-folders are read with --recursive" in entry["error"]
+    assert main(["predict", str(tiny_run), str(study), "--recursive"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["results"]
+    assert entry["input"] == str(study / "series2" / "clip.mp4") and "probabilities" in entry
+
+
 def test_any_per_file_failure_is_an_entry_and_the_others_are_kept(tiny_run, video_file, tmp_path, monkeypatch,
                                                                     caplog):
     """Issue 16 item 1: a hostile AVI (2^31-1 frames declared) and an unexpected exception lose nothing else."""

@@ -25,7 +25,8 @@ def _predict(args: argparse.Namespace) -> int:
     options = PredictOptions(stride=args.stride, clip_mode=args.clip_mode, batch_size=args.batch_size,
                              mask_dir=Path(args.mask_dir) if args.mask_dir else None,
                              pixel_size_mm=args.pixel_size_mm)
-    payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip)
+    payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip,
+                           recursive=args.recursive)
     text = json.dumps(payload, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +299,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="segmentation models: the inputs' pixel size in mm, for mask areas and head circumferences "
                         "(default: a DICOM's own ultrasound-region spacing; other files have none)")
     p.add_argument("--folder-as-clip", action="store_true", help="a folder of images is the frames of one clip")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="a folder stands for the supported files of its sub-folders too (default: its own only)")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.set_defaults(func=_predict)
 

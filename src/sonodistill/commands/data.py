@@ -17,16 +17,38 @@ def _fmt_fps(fps: float | None) -> str:
     return "none" if fps is None else f"{fps:.3f}".rstrip("0").rstrip(".")
 
 
+def _probe_items(names: list[str], recursive: bool) -> list[tuple[str, DataError | None]]:
+    """What `data probe` reports on, in order: each file as given, each folder's supported files
+    (`readers.files_in_folder`), or a folder's error (no supported files) in its place."""
+    from pathlib import Path
+
+    from sonodistill.data.readers import files_in_folder
+
+    items: list[tuple[str, DataError | None]] = []
+    for name in names:
+        if not Path(name).is_dir():
+            items.append((name, None))
+            continue
+        try:
+            items.extend((str(f), None) for f in files_in_folder(name, recursive))
+        except DataError as exc:
+            items.append((name, exc))
+    return items
+
+
 def _probe(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sonodistill.data.readers import probe_file
 
     failed = 0
-    bar = tqdm(args.files, desc="probe", unit="file", file=sys.stderr,
-               disable=len(args.files) < _PROGRESS_MIN_FILES or args.no_progress)
-    for path in bar:
+    items = _probe_items(args.files, args.recursive)
+    bar = tqdm(items, desc="probe", unit="file", file=sys.stderr,
+               disable=len(items) < _PROGRESS_MIN_FILES or args.no_progress)
+    for path, error in bar:
         try:
+            if error is not None:
+                raise error
             r = probe_file(path)
         except DataError as exc:
             failed += 1
@@ -40,7 +62,7 @@ def _probe(args: argparse.Namespace) -> int:
                     f"channels={r.channels}\tfps={_fmt_fps(r.fps)}")
         tqdm.write(line, file=sys.stdout)
     if failed:
-        print(f"{failed} of {len(args.files)} file(s) failed", file=sys.stderr)
+        print(f"{failed} of {len(items)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -96,7 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
     pr = dsub.add_parser("probe", help="decode files completely; print frames, size, channels, fps or the error")
-    pr.add_argument("files", nargs="+", metavar="FILE")
+    pr.add_argument("files", nargs="+", metavar="FILE", help="files, or folders (their supported files)")
+    pr.add_argument("-r", "--recursive", action="store_true", help="folders: their sub-folders' files too")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_probe)
 

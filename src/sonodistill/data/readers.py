@@ -7,6 +7,7 @@ DICOM patient-identifying values never appear in errors, warnings or reprs.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from sonodistill.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# The one table of file formats (lower-case suffixes); DICOM files without a suffix are sniffed (`_is_dicom`).
+# The one table of file formats (lower-case suffixes); DICOM files of other names are sniffed (`_is_dicom`).
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".gif")  # PyAV
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS + DICOM_EXTENSIONS + IMAGE_EXTENSIONS
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 # Tags whose values must never reach a message (values are redacted if a library echoes them).
 _PHI_KEYWORDS = (
@@ -80,12 +82,49 @@ def _check_file(path: str | Path) -> Path:
     return p
 
 
-def _is_dicom(p: Path) -> bool:
-    if p.suffix.lower() in DICOM_EXTENSIONS:
-        return True
-    with open(p, "rb") as f:
-        head = f.read(132)
+def _has_dicom_preamble(p: Path) -> bool:
+    """Whether the file holds 'DICM' at byte 128 (DICOM Part 10); False for a file that cannot be opened."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_dicom(p: Path) -> bool:
+    return p.suffix.lower() in DICOM_EXTENSIONS or _has_dicom_preamble(p)
+
+
+def is_supported_file(p: Path) -> bool:
+    """Whether `p` is a file the readers take: a listed suffix, or a DICOM preamble whatever the name (scanner
+    exports name images `IM000001` or by their UID, `1.2.840...`). A `DICOMDIR` (an export's index) is not."""
+    if p.name.upper() == "DICOMDIR":
+        return False
+    return p.suffix.lower() in SUPPORTED_EXTENSIONS or _has_dicom_preamble(p)
+
+
+def files_in_folder(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The supported files of a folder (`is_supported_file`), sorted by path; hidden files and folders skipped.
+    With `recursive`, those of every sub-folder too (symbolic links to folders are not followed). A folder without
+    any is a DataError naming it."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(folder, "not a folder")
+    found: list[Path] = []
+    has_subfolders = False
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        has_subfolders = has_subfolders or bool(dirs)
+        if not recursive:
+            dirs.clear()
+        found.extend(Path(here) / f for f in files if not f.startswith(".") and is_supported_file(Path(here) / f))
+    if not found:
+        where = ("in it or its sub-folders" if recursive else
+                 "in it (its sub-folders are read with --recursive)" if has_subfolders else "in it")
+        raise DataError(folder, f"no supported files {where}; supported: {', '.join(SUPPORTED_EXTENSIONS)} "
+                                "and DICOM files of any name")
+    return sorted(found)
 
 
 # -- video ------------------------------------------------------------------------------------------

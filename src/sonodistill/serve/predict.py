@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
-from sonodistill.data.readers import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, read_clip, read_image
+from sonodistill.data.readers import IMAGE_EXTENSIONS, Video, files_in_folder, read_clip, read_image
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
@@ -34,35 +34,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_EXTENSIONS = VIDEO_EXTENSIONS + DICOM_EXTENSIONS + IMAGE_EXTENSIONS
-
 
 # ------------------------------------------------------------------------------------------- inputs
-def _is_dicom_file(p: Path) -> bool:
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def expand_inputs(inputs: list[str | Path], folder_as_clip: bool = False) -> list[Path]:
-    """Files to predict: files as given; folders -> their supported files (sorted, not recursive).
-
-    With folder_as_clip, a folder stays one input (its images are the frames of one clip).
-    """
+def expand_inputs(inputs: list[str | Path], folder_as_clip: bool = False, recursive: bool = False) -> list[Path]:
+    """Files to predict: files as given; folders -> their supported files (`readers.files_in_folder`: sorted,
+    sub-folders too with `recursive`). With folder_as_clip, a folder stays one input (its images are the frames of
+    one clip)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if not p.exists():
             raise DataError(p, "file not found")
         if p.is_dir() and not folder_as_clip:
-            found = [f for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")
-                     and (f.suffix.lower() in SUPPORTED_EXTENSIONS or (not f.suffix and _is_dicom_file(f)))]
-            if not found:
-                raise DataError(p, f"folder has no supported files ({', '.join(SUPPORTED_EXTENSIONS)})")
-            out.extend(found)
+            out.extend(files_in_folder(p, recursive))
         else:
             out.append(p)
     return out
@@ -419,9 +403,9 @@ def ensemble_warnings(model: LoadedModel) -> list[str]:
 
 
 def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictOptions | None = None,
-                 folder_as_clip: bool = False) -> dict[str, Any]:
+                 folder_as_clip: bool = False, recursive: bool = False) -> dict[str, Any]:
     """{"model", "warnings", "results"}; an input that fails, whatever the exception, gives {"input", "error"}
-    and the others go on."""
+    and the others go on. Folders are expanded by `expand_inputs`."""
     options = options or PredictOptions()
     warnings = ensemble_warnings(model)
     for w in warnings:
@@ -429,7 +413,7 @@ def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictO
     results = []
     for item in inputs:
         try:
-            paths = expand_inputs([item], folder_as_clip)
+            paths = expand_inputs([item], folder_as_clip, recursive)
         except Exception as exc:  # noqa: BLE001 - every failure becomes this input's error entry
             log_failure(str(item), exc)
             results.append({"input": str(item), "error": failure_message(exc)})
