@@ -255,3 +255,21 @@ def test_labels_1_and_1_0_are_one_class(tmp_path):
         _touch(tmp_path / "folders" / cls / f"{cls}.png")
     with pytest.raises(ManifestError, match=r"labels '1' \(row 0\) and '1.0' \(row 1\) are the same number"):
         load_adapter("folder", tmp_path / "folders")
+
+
+def test_folder_sub_folders_are_groups_and_dicoms_of_any_name_count(tmp_path):
+    """A class folder of scanner exports: one sub-folder a patient (their files one group: no leakage between
+    folds), DICOMs named IM0001 or by UID, the export's DICOMDIR skipped."""
+    from tests.serve.conftest import write_dicom
+
+    frames = np.zeros((2, 8, 8), np.uint8)
+    for cls, patient in (("a", "p1"), ("a", "p2"), ("b", "p3")):
+        for name in ("IM0001", "1.2.840.10008.7", "DICOMDIR"):  # each file its own SOP instance UID: new bytes
+            write_dicom(tmp_path / cls / patient / name, frames)
+    write_dicom(tmp_path / "b" / "loose.dcm", frames)
+    m = load_adapter("folder", tmp_path)
+    assert m.modality == "video" and len(m) == 7
+    assert sorted(m.groups) == ["loose", "p1", "p1", "p2", "p2", "p3", "p3"]
+    (tmp_path / "b" / "p3" / "notes.txt").write_text("not an image")
+    with pytest.raises(ManifestError, match=r"unsupported file extension '\.txt'.*notes\.txt"):
+        load_adapter("folder", tmp_path)

@@ -299,16 +299,17 @@ def busi(root: Path, **options: object) -> Manifest:
 
 # -- generic: folder per class ---------------------------------------------------------------------
 def modality_of(paths: list[str]) -> Modality:
-    """'video' or 'image' from file extensions; a mix (or an unknown extension) is an error naming a file."""
+    """'video' or 'image' from file extensions, DICOMs of any name (`readers.is_supported_file`) as video; a mix
+    (or an unsupported file) is an error naming a file."""
     kinds: dict[str, str] = {}
     for p in paths:
         ext = Path(p).suffix.lower()
-        if ext in VIDEO_EXTENSIONS:
-            kinds.setdefault("video", p)
-        elif ext in IMAGE_EXTENSIONS:
+        if ext in IMAGE_EXTENSIONS:
             kinds.setdefault("image", p)
+        elif ext in VIDEO_EXTENSIONS or readers.is_supported_file(Path(p)):
+            kinds.setdefault("video", p)
         else:
-            raise ManifestError(f"unsupported file extension '{ext}': {p}")
+            raise ManifestError(f"unsupported file extension '{ext}' (and no DICOM preamble): {p}")
     if len(kinds) != 1:
         raise ManifestError(
             f"mixed videos and images (e.g. {kinds.get('video')} and {kinds.get('image')}); "
@@ -317,9 +318,17 @@ def modality_of(paths: list[str]) -> Modality:
     return next(iter(kinds))  # type: ignore[return-value]
 
 
+def _folder_group(relative: Path) -> str:
+    """A file's group from its path under its class folder: the sub-folder it is in (`patient_3/IM0001` ->
+    `patient_3`: one patient's or study's files stay together), or its stem when it lies in the class folder."""
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
 @register_adapter("folder")
 def folder(root: Path, group_regex: str | None = None, **options: object) -> Manifest:
-    """One sub-folder per class holding videos or images; group = file stem, or `group_regex`'s first group.
+    """One sub-folder per class holding videos or images (DICOMs of any name; an export's DICOMDIR skipped).
+    Group: the sub-folder of the class folder a file is in, else the file's stem (`_folder_group`); or
+    `group_regex`'s first group, matched on the file name.
 
     Example: group_regex=r"^(patient_\\d+)_" groups "patient_3_L1.mp4" and "patient_3_R2.mp4" together.
     """
@@ -331,14 +340,15 @@ def folder(root: Path, group_regex: str | None = None, **options: object) -> Man
         raise ManifestError(f"folder adapter: no class sub-folders in {root}")
     rows: list[tuple[str, str]] = []
     for c in classes:
-        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in (root / c).rglob("*")
+                       if p.is_file() and not p.name.startswith(".") and not readers.is_dicomdir(p))
         if not files:
             raise ManifestError(f"folder adapter: class folder '{c}' is empty: {root / c}")
         rows += [(str(p), c) for p in files]
     paths = [p for p, _ in rows]
     modality = modality_of(paths)
     if group_regex is None:
-        groups = [Path(p).stem for p in paths]
+        groups = [_folder_group(Path(p).relative_to(root / c)) for p, c in rows]
     else:
         rx = re.compile(group_regex)
         groups = []

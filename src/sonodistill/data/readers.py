@@ -99,9 +99,14 @@ def _is_dicom(p: Path) -> bool:
 def is_supported_file(p: Path) -> bool:
     """Whether `p` is a file the readers take: a listed suffix, or a DICOM preamble whatever the name (scanner
     exports name images `IM000001` or by their UID, `1.2.840...`). A `DICOMDIR` (an export's index) is not."""
-    if p.name.upper() == "DICOMDIR":
+    if is_dicomdir(p):
         return False
     return p.suffix.lower() in SUPPORTED_EXTENSIONS or _has_dicom_preamble(p)
+
+
+def is_dicomdir(p: Path) -> bool:
+    """Whether `p` is a DICOM export's index file (`DICOMDIR`: records of the other files, no pixels)."""
+    return p.name.upper() == "DICOMDIR"
 
 
 def files_in_folder(folder: str | Path, recursive: bool = False) -> list[Path]:
