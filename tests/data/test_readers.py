@@ -439,7 +439,8 @@ def test_real_obstetric_dicom_spacing(shared_data: Path) -> None:
 
 
 def _export_tree(shared_data: Path, root: Path) -> None:
-    """A scanner export: DICOMs named without a DICOM suffix in series folders, its DICOMDIR index, a hidden folder, notes."""
+    """A scanner export: DICOMs named without a DICOM suffix in series folders, its DICOMDIR index, a hidden
+    folder, notes."""
     dcm = (shared_data / "dicom" / "US1_UNCR.dcm").read_bytes()
     (root / "S1").mkdir(parents=True)
     (root / "S2" / "deeper").mkdir(parents=True)
@@ -460,8 +461,8 @@ def test_files_in_folder_lists_what_the_readers_take(shared_data: Path, tmp_path
     _export_tree(shared_data, tmp_path)
     assert files_in_folder(tmp_path) == [tmp_path / "top.png"]
     assert files_in_folder(tmp_path, recursive=True) == [
-        tmp_path / "S1" / "1.2.840.10008.5.1", tmp_path / "S1" / "IM0001", tmp_path / "S1" / "IM0002", tmp_path / "S2" / "deeper" / "clip.MP4",
-        tmp_path / "top.png"]
+        tmp_path / "S1" / "1.2.840.10008.5.1", tmp_path / "S1" / "IM0001", tmp_path / "S1" / "IM0002",
+        tmp_path / "S2" / "deeper" / "clip.MP4", tmp_path / "top.png"]
     assert not is_supported_file(tmp_path / "DICOMDIR") and is_supported_file(tmp_path / "S1" / "IM0001")
 
 

@@ -82,7 +82,8 @@ def test_segmentation_on_the_review_page(browser, seg_run, tmp_path):
     model = dataclasses.replace(load_model(seg_run), runner=ellipse_runner())
     srv = make_server(model, "127.0.0.1", 0, tmp_root=tmp_path)
     with serving(srv) as address:
-        page, errors = analyse_on_review_page(browser, address, "output:", image, pixel_size="0.5")
+        page, errors = analyse_on_review_page(browser, address, "classes: background, foreground", image,
+                                              pixel_size="0.5")
         result = json.loads(page.text_content("#raw"))  # inside a closed <details>: not rendered text
         hc = result["masks"][0]["head_circumference_mm"]
         assert page.inner_text("#prediction-class") == f"Head circumference {hc:.1f} mm"

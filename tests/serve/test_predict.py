@@ -147,6 +147,28 @@ def test_segmentation_kind_writes_masks_in_original_geometry(tmp_path, toyseg_re
     assert inline["masks"][0]["png"].startswith("data:image/png;base64,")
 
 
+def test_segmentation_masks_are_background_and_foreground_whatever_the_runs_image_labels(tmp_path, toyseg_recipe):
+    """A BUSI-like run: two image labels (benign / malignant) beside the masks. Its masks' classes were reported as
+    'benign' and 'malignant' (the background's share under 'benign'), in predict, the export and the review page."""
+    from sonodistill.serve.export import export_model
+    from sonodistill.serve.loading import EXPORT_META, load_export
+
+    run = make_run(tmp_path, recipe=toyseg_recipe, classes=["benign", "malignant"], folds=1, crop_region=False)
+    img = np.zeros((32, 32), np.uint8)
+    img[:8] = 220  # a quarter of the image is foreground
+    Image.fromarray(img).save(tmp_path / "x.png")
+    model = load_model(run)
+    out = predict_file(model, tmp_path / "x.png")
+    assert model.classes == out["classes_in_mask"] == ["background", "foreground"]
+    assert out["masks"][0]["area_fraction"]["foreground"] == pytest.approx(0.25, abs=0.02)
+    folder = export_model(run, tmp_path / "export", "torchscript")
+    meta = json.loads((folder / EXPORT_META).read_text())
+    assert meta["classes"] == ["background", "foreground"]
+    meta["classes"] = ["benign", "malignant"]  # as exports written before the fix recorded them
+    (folder / EXPORT_META).write_text(json.dumps(meta))
+    assert predict_file(load_export(folder), tmp_path / "x.png")["classes_in_mask"] == ["background", "foreground"]
+
+
 def test_register_model_kind_for_a_new_task(tmp_path, toyseg_recipe, monkeypatch):
     from sonodistill.serve import kinds
 

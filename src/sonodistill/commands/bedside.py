@@ -32,8 +32,13 @@ def _predict(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {args.out} ({len(payload['results'])} result(s))", file=sys.stderr)
-    else:
+    elif not args.csv:
         print(text)
+    if args.csv:
+        from sonodistill.serve.predictions_table import write_predictions_csv
+
+        rows = write_predictions_csv(payload["results"], args.csv)
+        print(f"wrote {args.csv} ({rows} row(s))", file=sys.stderr)
     failed = [r["input"] for r in payload["results"] if "error" in r]
     if failed:
         print(f"error: {len(failed)} input(s) could not be read: {', '.join(failed)}", file=sys.stderr)
@@ -287,7 +292,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict files (video, DICOM, images, folders) with a run or an export")
     p.add_argument("model", metavar="RUN_OR_MODEL", help="run directory or export folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="mp4/avi/DICOM/PNG/JPEG files or folders of them")
-    p.add_argument("--out", help="write the JSON here (default: stdout)")
+    p.add_argument("--out", help="write the JSON here (default: stdout, unless --csv)")
+    p.add_argument("--csv", metavar="FILE", help="also write the predictions as one table: a row an input (a frame "
+                                                 "of each input for segmentation), nested values as dotted columns")
     p.add_argument("--stride", type=int, help="window step in frames for video models (default T/2)")
     p.add_argument("--clip-mode", choices=["windows", "uniform"], default="windows",
                    help="clip probabilities: mean over windows, or T frames sampled uniformly (as in CV evaluation)")

@@ -88,6 +88,8 @@ class ModelKind:
         loaded inference models); None: `ProbabilityEnsemble` (mean of the members' softmax over dim 1).
     output: name of that module's output (the exported graph's output name); output_doc: what it holds.
     per_class: the output is per class (the run's classes are reported); False for embeddings.
+    output_classes: the names of the output's classes when they are not the run's (segmentation: the mask classes
+        background / foreground, whatever image labels the run's data set has, e.g. BUSI's benign / malignant).
     heatmaps: `sonodistill explain` and the review page's Grad-CAM apply (class logits to differentiate).
     load_run: `(run_dir, cfg, manifest, members) -> LoadedModel`, for a kind whose models are not
         `model.safetensors` files (DILBERT's annotator folders); tried before the recipe's `build_inference_model`.
@@ -105,6 +107,7 @@ class ModelKind:
     output: str = "probabilities"
     output_doc: str = "softmax probabilities over classes (dim 1), mean over members"
     per_class: bool = True
+    output_classes: tuple[str, ...] | None = None
     heatmaps: bool = False
     load_run: Callable[..., Any] | None = None  # (Path, RunConfig, Manifest, str) -> serve.loading.LoadedModel
     export_extras: Callable[..., dict[str, Any]] | None = None  # (LoadedModel, Path) -> dict
@@ -125,7 +128,7 @@ def register_model_kind(task: str, predict: Callable[..., dict[str, Any]],
                         build: Callable[[RunConfig, Manifest], nn.Module] | None = None, **fields: Any) -> None:
     """Register (or replace) how models of `task` are built and how their predictions become JSON.
 
-    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, heatmaps,
+    `fields`: the other `ModelKind` fields (combine, output, output_doc, per_class, output_classes, heatmaps,
     load_run, export_extras, no_heatmaps_because, occlusion)."""
     _KINDS[task] = ModelKind(task, predict, build, **fields)
 
@@ -134,6 +137,14 @@ def find_model_kind(task: str) -> ModelKind | None:
     """The registered kind for `task`, or None."""
     _register_built_in()
     return _KINDS.get(task)
+
+
+def served_classes(kind: ModelKind, run_classes: list[str]) -> list[str]:
+    """The names of a served model's output classes: the kind's own (`output_classes`), else the run's classes
+    (`run_classes`: a run's manifest, an export's record) when the output is per class, else none."""
+    if kind.output_classes is not None:
+        return list(kind.output_classes)
+    return list(run_classes) if kind.per_class else []
 
 
 def get_model_kind(task: str) -> ModelKind:

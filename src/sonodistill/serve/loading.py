@@ -24,7 +24,7 @@ from sonodistill.data.manifest import Manifest
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
 from sonodistill.evaluation.mask_postprocess import check_mask_postprocess
-from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind
+from sonodistill.serve.kinds import ModelKind, find_model_kind, get_model_kind, served_classes
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
         log.warning("%s: no head circumferences: %s", run_dir, no_hc)
     names = [member_name(run_dir, d) for d in dirs]
     log.info("loaded %s (%s, %d member(s): %s)", run_dir, task, len(dirs), ", ".join(names))
-    return LoadedModel(task=task, classes=list(manifest.classes) if kind.per_class else [],
+    return LoadedModel(task=task, classes=served_classes(kind, list(manifest.classes)),
                        preprocess=preprocess_config(cfg),
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
@@ -417,7 +417,7 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
     shape = list(meta["input_shape"])
     pre = PreprocessConfig(**meta["preprocessing"])
     kind: InputKind = "video" if meta["input_kind"] == "video" else "frame"
-    get_model_kind(str(meta["task"]))
+    served_kind = get_model_kind(str(meta["task"]))
     try:
         mask_postprocess = check_mask_postprocess(meta.get("mask_postprocess", "none"))  # absent before 2026-12-05
     except ConfigError as exc:
@@ -427,7 +427,9 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
     no_hc = meta.get("head_circumference_unavailable")
     if no_hc is not None and not isinstance(no_hc, str):
         raise CheckpointError(f"{folder / EXPORT_META}: head_circumference_unavailable must be a text, got {no_hc!r}")
-    return LoadedModel(task=str(meta["task"]), classes=list(meta["classes"]), preprocess=pre,
+    # served_classes: exports of segmentation runs written before 2026-12-07 recorded the run's image labels
+    return LoadedModel(task=str(meta["task"]), classes=served_classes(served_kind, list(meta["classes"])),
+                       preprocess=pre,
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),

@@ -339,6 +339,7 @@ def embedding_target(model: LoadedModel, result: dict[str, Any]) -> tuple[list[s
 register_model_kind("classification", classify, build=_build_classifier, heatmaps=True,
                     occlusion=OcclusionSpec(ClassProbability))
 register_model_kind("segmentation", segment, build=None,  # the segmentation recipe provides the network
+                    output_classes=("background", "foreground"),  # every segmentation recipe segments one structure
                     occlusion=OcclusionSpec(RegionProbability, targets=segmentation_targets),
                     no_heatmaps_because="Grad-CAM explains one class logit of a classification head; a segmentation "
                                         "network has a logit per pixel (use --method occlusion)")
