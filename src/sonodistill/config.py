@@ -27,6 +27,8 @@ class DataConfig:
 
     spec: str = "synthetic:carotid"       # ADAPTER:ROOT, or synthetic:PRESET
     target: str | None = None             # adapter target, e.g. lus-blues 'severity' or 'severity3'
+    adapter_options: dict[str, Any] = field(default_factory=dict)  # the adapter's other options, e.g. folder's
+    #                                       {group_by: file} or {group_regex: '^(patient_\d+)_'}, csv's {label_col: y}
     size: int = 112                       # frame side after crop + resize + pad
     num_frames: int = 16                  # T frames per clip
     sampling: str = "uniform"             # train-time frame sampling: uniform | random | stride

@@ -270,6 +270,60 @@ def test_folder_sub_folders_are_groups_and_dicoms_of_any_name_count(tmp_path):
     m = load_adapter("folder", tmp_path)
     assert m.modality == "video" and len(m) == 7
     assert sorted(m.groups) == ["loose", "p1", "p1", "p2", "p2", "p3", "p3"]
+    assert sorted(load_adapter("folder", tmp_path, group_by="file").groups) == [  # UID names keep every digit
+        "loose", "p1/1.2.840.10008.7", "p1/IM0001", "p2/1.2.840.10008.7", "p2/IM0001", "p3/1.2.840.10008.7",
+        "p3/IM0001"]
     (tmp_path / "b" / "p3" / "notes.txt").write_text("not an image")
     with pytest.raises(ManifestError, match=r"unsupported file extension '\.txt'.*notes\.txt"):
         load_adapter("folder", tmp_path)
+
+
+# -- image-masks ----------------------------------------------------------------------------------
+def _image_masks_tree(root: Path) -> None:
+    """Patients p1 / p2 in sub-folders (masks named `<stem>_mask`, `<stem>_Annotation` or as the image) and one
+    loose image; every file has its own bytes (identical images in two groups would be refused as leakage)."""
+    from PIL import Image
+
+    for i, (image, mask) in enumerate([("p1/a.png", "p1/a_mask.png"), ("p1/b.png", "p1/b_Annotation.bmp"),
+                                       ("p2/c.jpg", "p2/c.png"), ("loose.png", "loose_mask.png")]):
+        for folder, name in (("images", image), ("masks", mask)):
+            (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8), 10 * i + (folder == "masks"), np.uint8)).save(root / folder / name)
+
+
+def test_image_masks_pairs_images_and_masks_by_name(tmp_path):
+    _image_masks_tree(tmp_path)
+    m = load_adapter("image-masks", tmp_path)
+    assert m.modality == "image" and m.classes == [] and len(m) == 4
+    rows = {Path(p).relative_to(tmp_path / "images").as_posix(): (g, Path(k).relative_to(tmp_path / "masks").as_posix())
+            for p, g, k in zip(m.table["path"], m.table["group"], m.table["mask"])}
+    assert rows == {"loose.png": ("loose", "loose_mask.png"), "p1/a.png": ("p1", "p1/a_mask.png"),
+                    "p1/b.png": ("p1", "p1/b_Annotation.bmp"), "p2/c.jpg": ("p2", "p2/c.png")}
+    assert sorted(load_adapter("image-masks", tmp_path, group_regex=r"^(\w)").groups) == ["a", "b", "c", "l"]
+    assert sorted(load_adapter("image-masks", tmp_path, group_by="file").groups) == ["loose", "p1/a", "p1/b", "p2/c"]
+    with pytest.raises(ConfigError, match=r"group_by must be one of \['folder', 'file'\], got 'patient'"):
+        load_adapter("image-masks", tmp_path, group_by="patient")
+
+
+def test_image_masks_errors_name_the_files(tmp_path):
+    _image_masks_tree(tmp_path)
+    (tmp_path / "masks" / "p2" / "c_seg.png").write_bytes((tmp_path / "masks" / "p2" / "c.png").read_bytes())
+    with pytest.raises(ManifestError, match=r"c\.jpg has 2 masks: .*c\.png, .*c_seg\.png"):
+        load_adapter("image-masks", tmp_path)
+    (tmp_path / "masks" / "p2" / "c_seg.png").unlink()
+    (tmp_path / "masks" / "p1" / "a_mask.png").rename(tmp_path / "masks" / "p1" / "a-Mask-v2.png")
+    with pytest.raises(ManifestError, match=r"1 image\(s\) without a mask .*e\.g\. p1/a\.png"):
+        load_adapter("image-masks", tmp_path)
+    with pytest.raises(ManifestError, match=r"3 image\(s\) without a mask .*\['-Mask-v2'\]\), e\.g\. loose\.png"):
+        load_adapter("image-masks", tmp_path, mask_suffix="-Mask-v2")  # a's mask found (case ignored), not the rest
+    (tmp_path / "masks" / "p1" / "a-Mask-v2.png").rename(tmp_path / "masks" / "p1" / "a_mask.png")
+    (tmp_path / "masks" / "p3").mkdir()
+    (tmp_path / "masks" / "p1" / "a_mask.png").rename(tmp_path / "masks" / "p3" / "a_mask.png")
+    with pytest.raises(ManifestError, match=r"without a mask"):  # a mask in another patient's folder is no match
+        load_adapter("image-masks", tmp_path)
+    (tmp_path / "masks" / "p3" / "a_mask.png").rename(tmp_path / "masks" / "p1" / "a_mask.png")
+    (tmp_path / "masks" / "stray.png").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"1 mask\(s\) belong to no image .*stray\.png"):
+        load_adapter("image-masks", tmp_path)
+    with pytest.raises(ConfigError, match=r"expected ROOT/images/ and ROOT/masks/"):
+        load_adapter("image-masks", tmp_path / "images")

@@ -111,3 +111,31 @@ def test_probe_folders(shared_data: Path, tmp_path: Path, capsys: pytest.Capture
     assert "1 of 1 file(s) failed" in captured.err
     assert main(["data", "probe", "-r", str(tmp_path / "export")]) == 0
     assert list(_lines(capsys.readouterr().out)) == [str(series / "IM0001")]
+
+
+def test_adapter_options_reach_the_adapter_from_inspect_and_from_a_config(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """folder's group_by through `data inspect --option` and through `data.adapter_options` (what train reads);
+    a malformed option and a target given twice are errors."""
+    from sonodistill.config import load_config
+    from sonodistill.errors import ConfigError
+    from sonodistill.recipes.data import load_manifest
+
+    for cls in ("a", "b"):
+        for patient in range(2):
+            for i in range(2):
+                path = tmp_path / "set" / cls / f"{cls}{patient}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((8, 8), 40 * patient + 10 * i + (cls == "b"), np.uint8)).save(path)
+    assert main(["data", "inspect", "folder", str(tmp_path / "set"), "--folds", "2"]) == 0
+    assert "- groups: 4;" in capsys.readouterr().out  # one a patient's sub-folder
+    assert main(["data", "inspect", "folder", str(tmp_path / "set"), "--folds", "2", "--option", "group_by=file"]) == 0
+    assert "- groups: 8;" in capsys.readouterr().out
+    assert main(["data", "inspect", "folder", str(tmp_path / "set"), "--option", "group_by"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    cfg = load_config(None, [f"data.spec=folder:{tmp_path / 'set'}", "data.adapter_options={group_by: file}"])
+    assert len(set(load_manifest(cfg.data).groups)) == 8
+    cfg = load_config(None, [f"data.spec=folder:{tmp_path / 'set'}", "data.target=x",
+                             "data.adapter_options={target: y}"])
+    with pytest.raises(ConfigError, match="data target given twice"):
+        load_manifest(cfg.data)

@@ -152,3 +152,22 @@ def test_frame_dataset_hc18(shared_data, tmp_path):
     assert item["x"].shape == (1, 64, 64) and item["mask"].shape == (1, 64, 64)
     assert 0.02 < float(item["mask"].mean()) < 0.8 and "y" not in item
     assert float(item["target"]) == pytest.approx(float(m.table["target"].iloc[0]))
+
+
+def test_frame_dataset_from_an_image_masks_folder_of_real_images(shared_data, tmp_path):
+    """BUSI laid out as a user's images/ + masks/ folders (links, as `<stem>_mask.png`): the image-masks adapter
+    pairs them and the frame dataset gives the same image and mask as through the busi adapter."""
+    busi = load_adapter("busi", target="lesions").subset([0, 1, 2])
+    for path, mask in zip(busi.table["path"], busi.table["mask"]):
+        (tmp_path / "set" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "set" / "masks").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "set" / "images" / Path(path).name).symlink_to(path)
+        (tmp_path / "set" / "masks" / (Path(path).stem + "_mask.png")).symlink_to(mask)
+    mine = load_adapter("image-masks", tmp_path / "set")
+    assert len(mine) == 3 and sorted(mine.groups) == sorted(Path(p).stem for p in busi.table["path"])
+    order = [list(map(lambda p: Path(p).name, busi.table["path"])).index(Path(p).name) for p in mine.table["path"]]
+    config, cache = PreprocessConfig(size=64), ClipCache(tmp_path / "cache")
+    theirs = FrameDataset(busi, config, cache=cache)
+    for i, j in enumerate(order):
+        a, b = FrameDataset(mine, config, cache=cache)[i], theirs[j]
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["mask"], b["mask"]) and float(a["mask"].sum()) > 0

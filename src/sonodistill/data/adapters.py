@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,15 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
     if sep and not root:
         raise ConfigError(f"empty root after ':' in data spec {spec!r}")
     return name, (root or None)
+
+
+def adapter_options(options: dict[str, Any], target: str | None = None) -> dict[str, Any]:
+    """An adapter's keyword options: `options` (config `data.adapter_options`, `data inspect --option`) with
+    `target` added; a target given both ways is a ConfigError."""
+    if target is not None and "target" in options and options["target"] != target:
+        raise ConfigError(f"data target given twice: data.target={target!r} and adapter option "
+                          f"target={options['target']!r}; keep one")
+    return {**options, **({"target": target} if target is not None else {})}
 
 
 def load_adapter(name: str, root: str | Path | None = None, **options: object) -> Manifest:
@@ -318,21 +327,52 @@ def modality_of(paths: list[str]) -> Modality:
     return next(iter(kinds))  # type: ignore[return-value]
 
 
-def _folder_group(relative: Path) -> str:
-    """A file's group from its path under its class folder: the sub-folder it is in (`patient_3/IM0001` ->
-    `patient_3`: one patient's or study's files stay together), or its stem when it lies in the class folder."""
-    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+def regex_groups(paths: list[str], group_regex: str) -> list[str]:
+    """Each file's group: the first capture group (else the whole match) of `group_regex` searched in its name; a
+    name it does not match is a ManifestError naming the row."""
+    rx = re.compile(group_regex)
+    groups = []
+    for i, p in enumerate(paths):
+        m = rx.search(Path(p).name)
+        if m is None:
+            raise ManifestError(f"group_regex {group_regex!r} does not match file name {Path(p).name!r}", row=i)
+        groups.append(m.group(1) if m.groups() else m.group(0))
+    return groups
+
+
+GROUP_BY = ("folder", "file")
+
+
+def _folder_group(relative: Path, group_by: str = "folder") -> str:
+    """A file's group from its path under its class (or images) folder: with `group_by="folder"` the sub-folder it
+    is in (`patient_3/IM0001` -> `patient_3`: one patient's or study's files stay together), or its stem when it
+    lies in that folder itself; with `"file"` always its path without the extension (each file its own group)."""
+    if group_by == "file":
+        return _without_extension(relative).as_posix()
+    return relative.parts[0] if len(relative.parts) > 1 else _without_extension(relative).name
+
+
+def _without_extension(path: Path) -> Path:
+    """`path` less its file-format suffix; a DICOM named by its UID (`1.2.840.10008.7`) keeps every digit."""
+    known = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    return path.with_suffix("") if path.suffix.lower() in known else path
+
+
+def _check_group_by(adapter: str, group_by: str) -> None:
+    if group_by not in GROUP_BY:
+        raise ConfigError(f"{adapter} adapter: group_by must be one of {list(GROUP_BY)}, got {group_by!r}")
 
 
 @register_adapter("folder")
-def folder(root: Path, group_regex: str | None = None, **options: object) -> Manifest:
+def folder(root: Path, group_regex: str | None = None, group_by: str = "folder", **options: object) -> Manifest:
     """One sub-folder per class holding videos or images (DICOMs of any name; an export's DICOMDIR skipped).
-    Group: the sub-folder of the class folder a file is in, else the file's stem (`_folder_group`); or
-    `group_regex`'s first group, matched on the file name.
+    Group: the sub-folder of the class folder a file is in, else the file's stem (`_folder_group`; `group_by="file"`:
+    each file its own); or `group_regex`'s first group, matched on the file name.
 
     Example: group_regex=r"^(patient_\\d+)_" groups "patient_3_L1.mp4" and "patient_3_R2.mp4" together.
     """
     _reject_options("folder", options)
+    _check_group_by("folder", group_by)
     if not root.is_dir():
         raise ConfigError(f"folder adapter: root must be a folder with one sub-folder per class: {root}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -348,17 +388,74 @@ def folder(root: Path, group_regex: str | None = None, **options: object) -> Man
     paths = [p for p, _ in rows]
     modality = modality_of(paths)
     if group_regex is None:
-        groups = [_folder_group(Path(p).relative_to(root / c)) for p, c in rows]
+        groups = [_folder_group(Path(p).relative_to(root / c), group_by) for p, c in rows]
     else:
-        rx = re.compile(group_regex)
-        groups = []
-        for i, p in enumerate(paths):
-            m = rx.search(Path(p).name)
-            if m is None:
-                raise ManifestError(f"group_regex {group_regex!r} does not match file name {Path(p).name!r}", row=i)
-            groups.append(m.group(1) if m.groups() else m.group(0))
+        groups = regex_groups(paths, group_regex)
     table = pd.DataFrame({"path": paths, "group": groups, "label": [c for _, c in rows]})
     return Manifest(table, classes, modality, root.name)
+
+
+# -- generic: images and their masks ---------------------------------------------------------------
+#: the mask-name endings tried after an image's stem (`x.png` -> `x.png`, `x_mask.png`, ...), unless `mask_suffix`
+MASK_SUFFIXES = ("", "_mask", "-mask", "_Annotation", "_seg", "_label")
+
+
+def _mask_index(masks_dir: Path) -> dict[tuple[str, ...], list[Path]]:
+    """Every image file under `masks_dir` by its path relative to it, without the extension (lower-cased)."""
+    index: dict[tuple[str, ...], list[Path]] = {}
+    for m in sorted(masks_dir.rglob("*")):
+        if m.is_file() and not m.name.startswith(".") and m.suffix.lower() in IMAGE_EXTENSIONS:
+            rel = m.relative_to(masks_dir)
+            index.setdefault(tuple(rel.parent.parts) + (rel.stem.lower(),), []).append(m)
+    return index
+
+
+@register_adapter("image-masks")
+def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | None = None,
+                group_by: str = "folder", **options: object) -> Manifest:
+    """Images in `ROOT/images/` and their masks in `ROOT/masks/` (the same sub-folders), one mask an image: named
+    as the image, or its stem plus one of `MASK_SUFFIXES` (or exactly `mask_suffix`), any image format; mask pixels
+    > 0 are the structure. Group: the sub-folder of `images/` an image is in (a patient), else its stem
+    (`group_by="file"`: each image its own, for sub-folders that are not patients); or `group_regex`'s first group,
+    matched on the file name. An image without a mask, a mask without an image and a
+    mask that two names could claim are errors naming the files."""
+    _reject_options("image-masks", options)
+    _check_group_by("image-masks", group_by)
+    images_dir, masks_dir = root / "images", root / "masks"
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise ConfigError(f"image-masks adapter: {d} is not a folder (expected ROOT/images/ and ROOT/masks/)")
+    images = [p for p in sorted(images_dir.rglob("*"))
+              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise ManifestError(f"image-masks adapter: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {images_dir}")
+    index = _mask_index(masks_dir)
+    suffixes = (mask_suffix,) if mask_suffix is not None else MASK_SUFFIXES
+    used: set[Path] = set()
+    rows: list[tuple[str, str, str]] = []
+    missing: list[str] = []
+    for img in images:
+        rel = img.relative_to(images_dir)
+        found = [m for s in suffixes for m in index.get(tuple(rel.parent.parts) + ((rel.stem + s).lower(),), [])]
+        if not found:
+            missing.append(str(rel))
+            continue
+        if len(found) > 1:
+            raise ManifestError(f"image-masks adapter: image {img} has {len(found)} masks: "
+                                f"{', '.join(str(m) for m in found)}; keep one (or set mask_suffix)")
+        used.add(found[0])
+        rows.append((str(img), _folder_group(rel, group_by), str(found[0])))
+    if missing:
+        raise ManifestError(f"image-masks adapter: {len(missing)} image(s) without a mask in {masks_dir} (tried the "
+                            f"endings {list(suffixes)}), e.g. {', '.join(missing[:3])}")
+    unused = [str(m) for ms in index.values() for m in ms if m not in used]
+    if unused:
+        raise ManifestError(f"image-masks adapter: {len(unused)} mask(s) belong to no image in {images_dir}, "
+                            f"e.g. {', '.join(unused[:3])}")
+    table = pd.DataFrame(rows, columns=["path", "group", "mask"])
+    if group_regex is not None:
+        table["group"] = regex_groups(list(table["path"]), group_regex)
+    return Manifest(table, [], "image", root.name)
 
 
 # -- generic: user CSV ------------------------------------------------------------------------------

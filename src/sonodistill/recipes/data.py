@@ -22,11 +22,10 @@ def load_manifest(data: DataConfig) -> Manifest:
     if data.spec.startswith("synthetic:"):
         return synthetic_manifest(data.spec.split(":", 1)[1], data.synthetic_n, data.synthetic_frames,
                                   data.synthetic_size, cache_root(data.cache_dir), seed=data.synthetic_seed)
-    from sonodistill.data.adapters import load_adapter, parse_data_spec
+    from sonodistill.data.adapters import adapter_options, load_adapter, parse_data_spec
 
     name, root = parse_data_spec(data.spec)
-    options = {"target": data.target} if data.target else {}
-    return load_adapter(name, root, **options)
+    return load_adapter(name, root, **adapter_options(data.adapter_options, data.target or None))
 
 
 def synthetic_manifest(preset: str, n: int, frames: int, size: int, cache_root: Path, seed: int = 0) -> Manifest:
