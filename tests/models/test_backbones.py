@@ -85,6 +85,23 @@ def test_resnet_stage_shapes_at_default_input() -> None:
     assert s["stage_shapes"][0][1:] == (4, 8, 8)  # stem stride (1,2,2) + max-pool 2
 
 
+@pytest.mark.parametrize("name, shape", [("resnet18_3d", (1, 8, 32, 32)), ("tsm_efficientnet_lite0", (1, 4, 32, 32)),
+                                         ("vit_tiny_p16", (1, 32, 32)), ("video_vit", (1, 4, 32, 32))])
+def test_summary_on_the_meta_device_equals_a_cpu_run(name: str, shape: tuple[int, ...]) -> None:
+    """`backbone_summary` builds and runs on the meta device: its FLOPs, parameters and stage shapes are a CPU
+    model's (attention included: the CPU flash kernel has its own FLOP formula)."""
+    kwargs = {"img_size": 32} if name.startswith("vit") else {}
+    width = 0.25 if "efficientnet" not in name else 1.0
+    summary = backbone_summary(name, shape, width=width, **kwargs)
+    model = build_backbone(name, width=width, in_channels=shape[0], **kwargs).eval()
+    x = torch.zeros(1, *shape)
+    with torch.no_grad():
+        out = model(x)
+    assert summary["flops"] == count_flops(model, x) > 0
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["stage_shapes"] == [tuple(t.shape[1:]) for t in out.stages]
+
+
 @pytest.mark.parametrize("norm, layer", [("group", nn.GroupNorm), ("instance", nn.InstanceNorm3d)])
 def test_norm_option_reaches_every_block(norm: str, layer: type) -> None:
     model = build_backbone("resnet18_3d", width=0.25, norm=norm)
