@@ -309,3 +309,19 @@ def test_review_page_shows_the_findings_table_in_chromium(runs, video_file, tmp_
         assert want["nearest_report"]["text"] in page.inner_text("#nearest")
         assert page.inner_text("#prediction-class").startswith("Findings present (threshold 0.5)")
         assert "Grad-CAM does not apply" in page.inner_text("#heatmap-note") and errors == []
+
+
+def test_annotate_takes_a_run_directory_as_predict_does(runs, caplog):
+    """`sonodistill annotate RUN` on a run without final/ (trained by fold) used to stop with 'no DILBERT annotator
+    here': it now annotates with the annotator predict serves, and says so when the run has several."""
+    from sonodistill.serve.annotate import resolve_annotator
+
+    assert resolve_annotator(runs["final"]) == runs["final"] / "final" / "export" / "student"
+    assert resolve_annotator(runs["one_fold"]) == runs["one_fold"] / "fold_1" / "export" / "student"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert resolve_annotator(runs["folds"]) == runs["folds"] / "fold_0" / "export" / "student"
+    assert "one annotator served, fold_0 (student), of the run's 2 fold annotators" in caplog.text
+    assert resolve_annotator(runs["folds"] / "fold_1") == runs["folds"] / "fold_1" / "export" / "student"
+    teacher = runs["folds"] / "fold_1" / "export" / "teacher"
+    assert resolve_annotator(teacher / "dilbert.json") == teacher

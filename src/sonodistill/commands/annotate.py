@@ -23,8 +23,9 @@ def _annotate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("annotate", help="DILBERT: findings with probabilities, a description and the nearest "
                                         "training report for one sequence, as JSON")
-    p.add_argument("checkpoint", help="annotator folder (RUN/fold_K/export/student, RUN/final/export/student) "
-                                      "or a run directory with final/export/student")
+    p.add_argument("checkpoint", help="annotator folder (RUN/fold_K/export/student, RUN/final/export/student), "
+                                      "a member folder (RUN/fold_K) or a run directory (the annotator predict "
+                                      "serves: final/, else the lowest fold's)")
     p.add_argument("input", help="a video or DICOM file, or a folder of frames (one sequence, sorted by name)")
     p.add_argument("--top-k", type=int, default=5, help="training reports listed under retrieved_reports")
     p.add_argument("--threshold", type=float, help="probability threshold of a present finding (default: the "

@@ -12,6 +12,7 @@ The same annotation is what `sonodistill predict | serve | export` give for a di
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,16 @@ from torch import nn
 from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
 from sonodistill.data.sequences import AnnotationSpec, sample_indices
 from sonodistill.data.text import TextTokenizer
-from sonodistill.errors import CheckpointError, DataError, SonoDistillError
+from sonodistill.errors import CheckpointError, ConfigError, DataError, SonoDistillError
 from sonodistill.knowledge import KnowledgeGraph, load_graph
 from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTInference, FusionConfig
 
+log = logging.getLogger(__name__)
+
 FILES = ("dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json")
+VARIANT_ORDER = ("student", "teacher", "baseline")  # the variant served from a member folder: first one exported
+NOT_ENSEMBLED = ("DILBERT annotators are not ensembled: the findings, the description and the nearest training "
+                 "report come from one annotator (each fold's retriever ranks that fold's own training reports)")
 
 
 @dataclass
@@ -49,16 +55,72 @@ class Annotator:
 
 
 def resolve_annotator(path: str | Path) -> Path:
-    """The annotator folder for CKPT: the folder itself, a file in it, `<dir>/export/student`, or a run directory's
-    `final/export/student`; anything else is a CheckpointError saying what was looked for."""
+    """The annotator folder for CKPT: the folder itself (or a file in it), a member folder's `export/<variant>`
+    (`RUN/final`, `RUN/fold_K`; `annotator_folder`), or a run directory's served annotator, as `predict` chooses it
+    (`annotation_member`: final/, else the lowest fold's, with a warning when the run has others); anything else is
+    a CheckpointError saying what was looked for."""
     p = Path(path)
     if p.is_file():
         p = p.parent
-    for cand in (p, p / "export" / "student", p / "final" / "export" / "student"):
-        if (cand / "dilbert.json").is_file():
-            return cand
-    raise CheckpointError(f"{path}: no DILBERT annotator here (looked for dilbert.json in it, in export/student and "
-                          "in final/export/student); pass RUN/fold_K/export/student")
+    if (p / "dilbert.json").is_file():
+        return p
+    member = annotator_folder(p)
+    if member is not None:
+        return member
+    try:
+        _, folder, warnings = annotation_member(p)
+    except CheckpointError:
+        raise CheckpointError(f"{path}: no DILBERT annotator here (looked for dilbert.json in it, in "
+                              "export/<variant>/, final/export/<variant>/ and fold_K/export/<variant>/)") from None
+    for warning in warnings:
+        log.warning("%s", warning)
+    return folder
+
+
+def annotator_folder(member_dir: Path) -> Path | None:
+    """The served annotator folder of `RUN/final` or `RUN/fold_K`: `export/<variant>` with a dilbert.json, the first
+    of VARIANT_ORDER exported (then any other, by name); None when there is none."""
+    export = member_dir / "export"
+    found = {p.name: p for p in sorted(export.glob("*")) if (p / "dilbert.json").is_file()} if export.is_dir() else {}
+    for variant in VARIANT_ORDER:
+        if variant in found:
+            return found[variant]
+    return next(iter(found.values()), None)
+
+
+def annotation_member(run_dir: Path, members: str = "auto") -> tuple[str, Path, list[str]]:
+    """(member name, annotator folder, warnings) for a dilbert run directory.
+
+    'auto': final/ if it has an annotator, else the lowest fold's (a warning when the run has other fold annotators);
+    'final': final/ or an error; 'folds': the fold annotator when there is exactly one, else a ConfigError (annotators
+    are not ensembled)."""
+    if members not in ("auto", "final", "folds"):
+        raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
+    final = annotator_folder(run_dir / "final")
+    if members in ("auto", "final") and final is not None:
+        return "final", final, []
+    if members == "final":
+        raise CheckpointError(f"{run_dir}: no final/export/<variant>/dilbert.json: no final annotator "
+                              "(train with --set train.final=true)")
+    folds = sorted(((int(p.name[5:]), p.name, f) for p in run_dir.glob("fold_*")
+                    if p.name[5:].isdigit() and (f := annotator_folder(p)) is not None))
+    if not folds:
+        raise CheckpointError(f"{run_dir}: no annotator folder (final/export/<variant>/dilbert.json or "
+                              "fold_<k>/export/<variant>/dilbert.json): nothing to serve (unfinished training?)")
+    names = [name for _, name, _ in folds]
+    _, name, folder = folds[0]
+    if len(folds) > 1 and members == "folds":
+        raise ConfigError(f"--members folds asks for the {len(folds)} fold annotators of {run_dir} "
+                          f"({', '.join(names)}), but {NOT_ENSEMBLED}. Use --members auto (final/ when the run was "
+                          f"trained with train.final=true, else {name}), or `sonodistill annotate "
+                          "RUN/fold_K/export/student INPUT` for fold K")
+    warnings = []
+    if len(folds) > 1:
+        warnings.append(f"{run_dir}: one annotator served, {name} ({folder.name}), of the run's {len(folds)} fold "
+                        f"annotators ({', '.join(names)}): {NOT_ENSEMBLED}. `sonodistill annotate "
+                        "RUN/fold_K/export/student INPUT` annotates with fold K; --set train.final=true trains one "
+                        "final annotator on all the data")
+    return name, folder, warnings
 
 
 def load_annotator(path: str | Path) -> Annotator:

@@ -29,70 +29,21 @@ from torch import nn
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
-from sonodistill.serve.annotate import (FILES, AnnotationProbabilities, Annotator, annotation_fields, load_annotator,
-                                        output_names, retrieve_reports, sampled_input)
+from sonodistill.serve.annotate import (FILES, NOT_ENSEMBLED, AnnotationProbabilities, Annotator, annotation_fields,
+                                        annotation_member, load_annotator, output_names, retrieve_reports,
+                                        sampled_input)
 from sonodistill.data.sequences import sample_indices
 from sonodistill.explain.occlusion import OutputProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
 from sonodistill.serve.loading import LoadedModel, TorchRunner, served_module
 
 TASK = "annotation"
-VARIANT_ORDER = ("student", "teacher", "baseline")  # the variant served from a member folder: first one exported
 TOP_K = 5  # training reports under retrieved_reports (as `sonodistill annotate`'s default)
 EXPORT_FOLDER = "annotator"  # the export folder's copy of the annotator folder (description, nearest report)
-NOT_ENSEMBLED = ("DILBERT annotators are not ensembled: the findings, the description and the nearest training "
-                 "report come from one annotator (each fold's retriever ranks that fold's own training reports)")
 NO_GRAD_CAM = ("Grad-CAM does not apply to DILBERT annotators: their findings are multi-label (a sigmoid per "
                "finding, not one class to explain) and come from a fusion transformer over two visual encoders "
                "(per-frame region tokens pooled to a g x g grid, plus a 3D clip token), not from one staged backbone "
                "and a classification head, which is what explain/gradcam.py differentiates (use --method occlusion)")
-
-
-# ------------------------------------------------------------------------------------------- which annotator
-def annotator_folder(member_dir: Path) -> Path | None:
-    """The served annotator folder of `RUN/final` or `RUN/fold_K`: `export/<variant>` with a dilbert.json, the first
-    of VARIANT_ORDER exported (then any other, by name); None when there is none."""
-    export = member_dir / "export"
-    found = {p.name: p for p in sorted(export.glob("*")) if (p / "dilbert.json").is_file()} if export.is_dir() else {}
-    for variant in VARIANT_ORDER:
-        if variant in found:
-            return found[variant]
-    return next(iter(found.values()), None)
-
-
-def annotation_member(run_dir: Path, members: str = "auto") -> tuple[str, Path, list[str]]:
-    """(member name, annotator folder, warnings) for a dilbert run directory.
-
-    'auto': final/ if it has an annotator, else the lowest fold's (a warning when the run has other fold annotators);
-    'final': final/ or an error; 'folds': the fold annotator when there is exactly one, else a ConfigError (annotators
-    are not ensembled)."""
-    if members not in ("auto", "final", "folds"):
-        raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
-    final = annotator_folder(run_dir / "final")
-    if members in ("auto", "final") and final is not None:
-        return "final", final, []
-    if members == "final":
-        raise CheckpointError(f"{run_dir}: no final/export/<variant>/dilbert.json: no final annotator "
-                              "(train with --set train.final=true)")
-    folds = sorted(((int(p.name[5:]), p.name, f) for p in run_dir.glob("fold_*")
-                    if p.name[5:].isdigit() and (f := annotator_folder(p)) is not None))
-    if not folds:
-        raise CheckpointError(f"{run_dir}: no annotator folder (final/export/<variant>/dilbert.json or "
-                              "fold_<k>/export/<variant>/dilbert.json): nothing to serve (unfinished training?)")
-    names = [name for _, name, _ in folds]
-    _, name, folder = folds[0]
-    if len(folds) > 1 and members == "folds":
-        raise ConfigError(f"--members folds asks for the {len(folds)} fold annotators of {run_dir} "
-                          f"({', '.join(names)}), but {NOT_ENSEMBLED}. Use --members auto (final/ when the run was "
-                          f"trained with train.final=true, else {name}), or `sonodistill annotate "
-                          "RUN/fold_K/export/student INPUT` for fold K")
-    warnings = []
-    if len(folds) > 1:
-        warnings.append(f"{run_dir}: one annotator served, {name} ({folder.name}), of the run's {len(folds)} fold "
-                        f"annotators ({', '.join(names)}): {NOT_ENSEMBLED}. `sonodistill annotate "
-                        "RUN/fold_K/export/student INPUT` annotates with fold K; --set train.final=true trains one "
-                        "final annotator on all the data")
-    return name, folder, warnings
 
 
 def annotation_info(ann: Annotator, member: str) -> dict[str, Any]:
