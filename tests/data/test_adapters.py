@@ -327,3 +327,17 @@ def test_image_masks_errors_name_the_files(tmp_path):
         load_adapter("image-masks", tmp_path)
     with pytest.raises(ConfigError, match=r"expected ROOT/images/ and ROOT/masks/"):
         load_adapter("image-masks", tmp_path / "images")
+
+
+def test_image_masks_keeps_images_without_a_mask_as_unlabelled_when_asked(tmp_path):
+    _image_masks_tree(tmp_path)
+    (tmp_path / "masks" / "p1" / "b_Annotation.bmp").unlink()
+    with pytest.raises(ManifestError, match=r"1 image\(s\) without a mask .*option unmasked=unlabelled"):
+        load_adapter("image-masks", tmp_path)
+    m = load_adapter("image-masks", tmp_path, unmasked="unlabelled")
+    masks = dict(zip((Path(p).name for p in m.table["path"]), m.table["mask"]))
+    assert masks["b.png"] == "" and all(masks[k] for k in ("a.png", "c.jpg", "loose.png")) and len(m) == 4
+    for mask in (tmp_path / "masks").rglob("*.*"):
+        mask.unlink()
+    with pytest.raises(ManifestError, match=r"none of the 4 images .* has a mask"):
+        load_adapter("image-masks", tmp_path, unmasked="unlabelled")

@@ -319,3 +319,35 @@ def test_each_epoch_draws_new_two_stream_batches_and_reaches_every_unlabelled_im
     assert len(seen[0]) < n_unlabelled  # 2 iterations x 2 unlabelled images: less than one pass an epoch
     assert seen[1] != seen[0]
     assert set().union(*seen.values()) == set(range(n_unlabelled))
+
+
+def test_labelled_rows_masks_trains_on_a_users_few_masks_among_many_images(tmp_path):
+    """`labelled_rows: masks`: the rows with a mask are the labelled ones in every fold, the rows without one the
+    unlabelled ones, and only masked test rows are scored (a row without a mask has nothing to score against).
+    Before, a manifest with empty masks stopped with 'labelled row(s) ... have no mask file'."""
+    from sonodistill.protocols.folds import run_protocol
+
+    manifest = write_ellipse_set(tmp_path / "data", n=16)
+    table = manifest.table.copy()
+    unmasked = set(range(1, 16, 2)) | {2}  # 9 of 16 images without a mask
+    table["mask"] = ["" if i in unmasked else m for i, m in enumerate(table["mask"])]
+    mixed = Manifest(table, manifest.classes, manifest.modality, "mixed")
+    cfg = tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_fraction=1.0")
+    with pytest.raises(ConfigError, match=r"have no mask file .*labelled_rows=masks"):
+        run_protocol(cfg, manifest=mixed)
+    cfg = tiny_cfg("fixmatch", tmp_path, "recipe_options.labelled_rows=masks", "name=masks", "train.fold=null")
+    run_protocol(cfg, manifest=mixed)
+    folds = json.loads((cfg.run_dir / "folds.json").read_text())
+    scored = []
+    for fold in folds:
+        split = json.loads((cfg.run_dir / f"fold_{fold['fold']}" / "split.json").read_text())
+        assert split["labelled_rows"] == "masks"
+        assert sorted(split["labelled"]) == [r for r in fold["train"] if r not in unmasked]
+        assert sorted(split["unlabelled"]) == [r for r in fold["train"] if r in unmasked]
+        assert sorted(split["test"]) == [r for r in fold["test"] if r not in unmasked]
+        scored += split["test"]
+    pred = pd.read_csv(cfg.run_dir / "predictions.csv")
+    assert sorted(pred["index"]) == sorted(scored) == sorted(set(range(16)) - unmasked)
+    assert "labelled: the items with a mask" in (cfg.run_dir / "report.md").read_text()
+    with pytest.raises(ConfigError, match=r"labelled_rows must be one of \['fraction', 'masks'\]"):
+        get_recipe("fixmatch").resolve_options({"labelled_rows": "some"})

@@ -412,15 +412,18 @@ def _mask_index(masks_dir: Path) -> dict[tuple[str, ...], list[Path]]:
 
 @register_adapter("image-masks")
 def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | None = None,
-                group_by: str = "folder", **options: object) -> Manifest:
+                group_by: str = "folder", unmasked: str = "error", **options: object) -> Manifest:
     """Images in `ROOT/images/` and their masks in `ROOT/masks/` (the same sub-folders), one mask an image: named
     as the image, or its stem plus one of `MASK_SUFFIXES` (or exactly `mask_suffix`), any image format; mask pixels
     > 0 are the structure. Group: the sub-folder of `images/` an image is in (a patient), else its stem
     (`group_by="file"`: each image its own, for sub-folders that are not patients); or `group_regex`'s first group,
-    matched on the file name. An image without a mask, a mask without an image and a
-    mask that two names could claim are errors naming the files."""
+    matched on the file name. An image without a mask is an error naming it, or with `unmasked="unlabelled"` a row
+    with an empty mask (unlabelled: `recipe_options.labelled_rows=masks` trains on it without a mask); a mask
+    without an image and a mask that two names could claim are errors naming the files."""
     _reject_options("image-masks", options)
     _check_group_by("image-masks", group_by)
+    if unmasked not in ("error", "unlabelled"):
+        raise ConfigError(f"image-masks adapter: unmasked must be 'error' or 'unlabelled', got {unmasked!r}")
     images_dir, masks_dir = root / "images", root / "masks"
     for d in (images_dir, masks_dir):
         if not d.is_dir():
@@ -439,15 +442,21 @@ def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | N
         found = [m for s in suffixes for m in index.get(tuple(rel.parent.parts) + ((rel.stem + s).lower(),), [])]
         if not found:
             missing.append(str(rel))
+            if unmasked == "unlabelled":
+                rows.append((str(img), _folder_group(rel, group_by), ""))
             continue
         if len(found) > 1:
             raise ManifestError(f"image-masks adapter: image {img} has {len(found)} masks: "
                                 f"{', '.join(str(m) for m in found)}; keep one (or set mask_suffix)")
         used.add(found[0])
         rows.append((str(img), _folder_group(rel, group_by), str(found[0])))
-    if missing:
+    if missing and unmasked == "error":
         raise ManifestError(f"image-masks adapter: {len(missing)} image(s) without a mask in {masks_dir} (tried the "
-                            f"endings {list(suffixes)}), e.g. {', '.join(missing[:3])}")
+                            f"endings {list(suffixes)}), e.g. {', '.join(missing[:3])}; option unmasked=unlabelled "
+                            "keeps them as unlabelled images")
+    if len(missing) == len(images):
+        raise ManifestError(f"image-masks adapter: none of the {len(images)} images in {images_dir} has a mask in "
+                            f"{masks_dir} (tried the endings {list(suffixes)})")
     unused = [str(m) for ms in index.values() for m in ms if m not in used]
     if unused:
         raise ManifestError(f"image-masks adapter: {len(unused)} mask(s) belong to no image in {images_dir}, "

@@ -273,6 +273,8 @@ def segmentation_units(manifest: Manifest) -> str:
 def segmentation_title(cfg: RunConfig) -> str:
     frac = cfg.recipe_options.get("labelled_fraction")
     label = f", {100 * float(frac):g} % labelled" if frac is not None else ""
+    if cfg.recipe_options.get("labelled_rows") == "masks":
+        label = ", labelled: the items with a mask"
     return f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}{label}"
 
 

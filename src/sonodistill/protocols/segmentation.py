@@ -32,21 +32,44 @@ from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 log = logging.getLogger(__name__)
 
 
-def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled, unlabelled) row positions: a grouped, seeded `fraction` of `train_rows` and the rest."""
+def masked_rows(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` have a mask file (bool, aligned with `rows`); ConfigError without a `mask` column."""
+    if "mask" not in manifest.table.columns:
+        raise ConfigError(f"manifest '{manifest.name}' has no mask column: segmentation needs masks")
+    masks = manifest.table["mask"].iloc[np.asarray(rows, dtype=np.int64)]
+    return np.array([not (pd.isna(m) or str(m) == "") for m in masks], dtype=bool)
+
+
+def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float, seed: int,
+                   labelled_rows: str = "fraction") -> tuple[np.ndarray, np.ndarray]:
+    """(labelled, unlabelled) row positions of `train_rows`: a grouped, seeded `fraction` of them and the rest
+    (`labelled_rows="fraction"`; every chosen row must have a mask), or the rows with a mask and those without
+    (`"masks"`: a user's own few masks among many images)."""
     from sonodistill.data.splits import grouped_fraction
 
     train_rows = np.sort(np.asarray(train_rows, dtype=np.int64))
+    if labelled_rows == "masks":
+        has = masked_rows(manifest, train_rows)
+        if not has.any():
+            raise ConfigError(f"manifest '{manifest.name}': none of the {len(train_rows)} training rows has a mask "
+                              "(labelled_rows: masks labels the rows with a mask)")
+        return train_rows[has], train_rows[~has]
     labelled = grouped_fraction(manifest, train_rows, fraction, seed=seed)
     unlabelled = np.setdiff1d(train_rows, labelled)
-    if "mask" not in manifest.table.columns:
-        raise ConfigError(f"manifest '{manifest.name}' has no mask column: segmentation needs masks")
-    masks = manifest.table["mask"].iloc[labelled]
-    empty = [int(r) for r, m in zip(labelled, masks) if pd.isna(m) or str(m) == ""]
-    if empty:
-        raise ConfigError(f"manifest '{manifest.name}': labelled row(s) {empty[:5]} have no mask file")
+    has = masked_rows(manifest, labelled)
+    if not has.all():
+        empty = [int(r) for r in labelled[~has]]
+        raise ConfigError(f"manifest '{manifest.name}': labelled row(s) {empty[:5]} have no mask file (with images "
+                          "that have no mask, set recipe_options.labelled_rows=masks: they become the unlabelled "
+                          "ones)")
     return labelled, unlabelled
+
+
+def scored_rows(manifest: Manifest, test_rows: np.ndarray, labelled_rows: str) -> np.ndarray:
+    """The test rows a fold scores: all of them, or with `labelled_rows="masks"` those with a mask (a row without
+    one has nothing to score against)."""
+    test_rows = np.asarray(test_rows, dtype=np.int64)
+    return test_rows[masked_rows(manifest, test_rows)] if labelled_rows == "masks" else test_rows
 
 
 def build_train_loader(cfg: RunConfig, manifest: Manifest, labelled: np.ndarray, unlabelled: np.ndarray,
@@ -100,10 +123,12 @@ def fit_segmentation_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.nda
     L.seed_everything(seed, workers=True, verbose=False)
     recipe_cls = get_recipe(cfg.recipe)
     options = recipe_cls.resolve_options(cfg.recipe_options)
-    labelled, unlabelled = split_labelled(manifest, train_rows, float(options.labelled_fraction), seed)
+    labelled, unlabelled = split_labelled(manifest, train_rows, float(options.labelled_fraction), seed,
+                                          options.labelled_rows)
+    test_rows = scored_rows(manifest, test_rows, options.labelled_rows)
     (fold_dir / "split.json").write_text(json.dumps({
-        "labelled_fraction": float(options.labelled_fraction), "labelled": labelled.tolist(),
-        "unlabelled": unlabelled.tolist(), "test": np.asarray(test_rows).tolist()}))
+        "labelled_rows": options.labelled_rows, "labelled_fraction": float(options.labelled_fraction),
+        "labelled": labelled.tolist(), "unlabelled": unlabelled.tolist(), "test": test_rows.tolist()}))
     log.info("fold %d: %d labelled, %d unlabelled, %d test rows", fold, len(labelled), len(unlabelled), len(test_rows))
     loader, iterations = build_train_loader(cfg, manifest, labelled, unlabelled, options,
                                             recipe_cls.uses_unlabelled, seed)
@@ -141,9 +166,14 @@ class SegmentationProtocol(Protocol):
         from sonodistill.recipes import get_recipe
 
         build_once(cfg, SEGMENTATION_CLASSES)
+        options = get_recipe(cfg.recipe).resolve_options(cfg.recipe_options)
+        if options.labelled_rows == "masks":
+            has = masked_rows(manifest, np.arange(len(manifest)))
+            log.info("labelled_rows: masks: %d of %d rows have a mask (labelled, scored), %d have none (unlabelled)",
+                     int(has.sum()), len(has), int((~has).sum()))
         if trains_final(cfg):  # the final model's labelled share of all items
-            options = get_recipe(cfg.recipe).resolve_options(cfg.recipe_options)
-            split_labelled(manifest, np.arange(len(manifest)), float(options.labelled_fraction), final_seed(cfg))
+            split_labelled(manifest, np.arange(len(manifest)), float(options.labelled_fraction), final_seed(cfg),
+                           options.labelled_rows)
 
     def fit(self, run: Run, fold: Fold) -> FoldResult:
         pred = fit_segmentation_fold(run.cfg, run.manifest, fold.train, fold.test, fold.index, fold.dir,

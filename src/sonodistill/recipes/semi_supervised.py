@@ -41,11 +41,17 @@ from sonodistill.recipes.schedules import sigmoid_rampup
 Batch = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)
 
+LABELLED_ROWS = ("fraction", "masks")
+
+
 @dataclass
 class SegmentationOptions:
     """recipe_options shared by every segmentation method (read by the protocol's data split and scoring too)."""
 
     labelled_fraction: float = 0.1       # grouped, seeded fraction of each fold's training rows that keeps its masks
+    labelled_rows: str = "fraction"      # fraction: labelled_fraction of masked rows (a benchmark of few labels);
+                                         # masks: the rows that have a mask are the labelled ones and the rows
+                                         # without one (empty `mask`) the unlabelled ones; only masked rows scored
     labelled_bs: int | None = None       # labelled items per batch (default: half of data.batch_size, at least 1)
     iterations_per_epoch: int | None = None  # default: one pass over the unlabelled stream
     consistency: float = 1.0             # weight of the unsupervised term after ramp-up
@@ -66,6 +72,9 @@ class SegmentationOptions:
     def __post_init__(self) -> None:
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
             raise ConfigError(f"recipe_options.labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
+        if self.labelled_rows not in LABELLED_ROWS:
+            raise ConfigError(f"recipe_options.labelled_rows must be one of {list(LABELLED_ROWS)}, "
+                              f"got {self.labelled_rows!r}")
         if not 0.0 <= float(self.rampup_fraction) <= 1.0:
             raise ConfigError(f"recipe_options.rampup_fraction must be in [0, 1], got {self.rampup_fraction}")
         check_mask_postprocess(self.mask_postprocess)
