@@ -337,6 +337,12 @@ def test_image_masks_keeps_images_without_a_mask_as_unlabelled_when_asked(tmp_pa
     m = load_adapter("image-masks", tmp_path, unmasked="unlabelled")
     masks = dict(zip((Path(p).name for p in m.table["path"]), m.table["mask"]))
     assert masks["b.png"] == "" and all(masks[k] for k in ("a.png", "c.jpg", "loose.png")) and len(m) == 4
+    from sonodistill.data.splits import inspect_report
+
+    report = inspect_report(m, n_splits=2)  # how many rows each fold labels and scores (labelled_rows=masks)
+    assert "- mask: 3 of 4 rows" in report and "| train with mask | test with mask |" in report
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert sum(int(r[-1].rstrip(" |")) for r in rows) == 3  # every masked row is scored in one fold
     for mask in (tmp_path / "masks").rglob("*.*"):
         mask.unlink()
     with pytest.raises(ManifestError, match=r"none of the 4 images .* has a mask"):

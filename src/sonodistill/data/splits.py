@@ -191,11 +191,20 @@ def inspect_report(manifest: Manifest, n_splits: int = 5, seed: int = 0) -> str:
     header = ["fold", "train items", "test items", "test groups"]
     if manifest.has_labels:
         header += [f"test '{c}'" for c in manifest.classes]
+    masked = None
+    if "mask" in manifest.table.columns:
+        masked = np.array([isinstance(m, str) and m != "" for m in manifest.table["mask"]])
+        if masked.all():
+            masked = None  # every row scored: the column would repeat "test items"
+        else:
+            header += ["train with mask", "test with mask"]  # labelled_rows=masks: labelled / scored rows
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for f in folds:
         row = [str(f.index), str(len(f.train)), str(len(f.test)), str(len(set(groups[f.test])))]
         if manifest.has_labels:
             row += [str(n) for n in np.bincount(manifest.labels[f.test], minlength=len(manifest.classes))]
+        if masked is not None:
+            row += [str(int(masked[f.train].sum())), str(int(masked[f.test].sum()))]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Leakage check: passed ({n_splits} folds, no group on both sides of any fold)."]
     return "\n".join(lines) + "\n"
