@@ -351,3 +351,19 @@ def test_labelled_rows_masks_trains_on_a_users_few_masks_among_many_images(tmp_p
     assert "labelled: the items with a mask" in (cfg.run_dir / "report.md").read_text()
     with pytest.raises(ConfigError, match=r"labelled_rows must be one of \['fraction', 'masks'\]"):
         get_recipe("fixmatch").resolve_options({"labelled_rows": "some"})
+
+
+def test_labelled_flag_takes_a_fraction_or_masks(capsys):
+    from sonodistill.cli import build_parser
+    from sonodistill.commands.train import config_from_args
+
+    def options(*flags: str):
+        args = build_parser().parse_args(["train", "hdc", "--name", "x", *flags])
+        return get_recipe("hdc").resolve_options(config_from_args(args, "hdc").recipe_options)
+
+    assert options("--labelled", "0.05").labelled_fraction == 0.05
+    assert options("--labelled", "0.05").labelled_rows == "fraction"
+    assert options("--labelled", "masks").labelled_rows == "masks"
+    with pytest.raises(SystemExit):
+        options("--labelled", "most")
+    assert "expected a fraction such as 0.1, or 'masks', got 'most'" in capsys.readouterr().err

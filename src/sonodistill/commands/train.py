@@ -41,8 +41,11 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    if getattr(args, "labelled", None) is not None:
-        overrides.append(f"recipe_options.labelled_fraction={args.labelled}")
+    labelled = getattr(args, "labelled", None)
+    if labelled == "masks":
+        overrides.append("recipe_options.labelled_rows=masks")
+    elif labelled is not None:
+        overrides.append(f"recipe_options.labelled_fraction={labelled}")
     if getattr(args, "final_only", False):
         overrides.append("train.cv=false")
     overrides += args.overrides
@@ -173,6 +176,16 @@ def _eval_per_group(run_dir: Path) -> int:
     return 0
 
 
+def _labelled(text: str) -> float | str:
+    """`--labelled`: a fraction, or 'masks'."""
+    if text == "masks":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, or 'masks', got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from sonodistill.recipes import RECIPES
 
@@ -180,9 +193,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", choices=sorted(RECIPES))
     add_run_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT/NAME")
-    p.add_argument("--labelled", type=float, metavar="FRACTION",
-                   help="semi-supervised recipes: fraction of each training fold that keeps its labels "
-                        "(grouped, seeded choice); alias of --set recipe_options.labelled_fraction=FRACTION")
+    p.add_argument("--labelled", type=_labelled, metavar="FRACTION|masks",
+                   help="semi-supervised segmentation: fraction of each training fold that keeps its masks "
+                        "(grouped, seeded choice; alias of --set recipe_options.labelled_fraction=FRACTION), or "
+                        "'masks': the items with a mask are labelled, the rest unlabelled (alias of --set "
+                        "recipe_options.labelled_rows=masks)")
     p.add_argument("--ablation", action="store_true",
                    help="dualdistill: run the 8 SD/RGSD/AGSD on-off rows of Table 1 on the same folds")
     p.add_argument("--seeds", metavar="S1,S2,...",
