@@ -325,6 +325,10 @@ def test_image_masks_errors_name_the_files(tmp_path):
     (tmp_path / "masks" / "stray.png").write_bytes(b"")
     with pytest.raises(ManifestError, match=r"1 mask\(s\) belong to no image .*stray\.png"):
         load_adapter("image-masks", tmp_path)
+    (tmp_path / "masks" / "stray.png").unlink()
+    (tmp_path / "images" / "loose_mask.png").write_bytes(b"another image")
+    with pytest.raises(ManifestError, match=r"mask .*loose_mask\.png matches two images"):
+        load_adapter("image-masks", tmp_path)
     with pytest.raises(ConfigError, match=r"expected ROOT/images/ and ROOT/masks/"):
         load_adapter("image-masks", tmp_path / "images")
 

@@ -448,6 +448,9 @@ def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | N
         if len(found) > 1:
             raise ManifestError(f"image-masks adapter: image {img} has {len(found)} masks: "
                                 f"{', '.join(str(m) for m in found)}; keep one (or set mask_suffix)")
+        if found[0] in used:  # e.g. images x.png and x_mask.png, one mask x_mask.png
+            raise ManifestError(f"image-masks adapter: mask {found[0]} matches two images, {img} and another; "
+                                "rename one (or set mask_suffix)")
         used.add(found[0])
         rows.append((str(img), _folder_group(rel, group_by), str(found[0])))
     if missing and unmasked == "error":
