@@ -139,3 +139,21 @@ def test_adapter_options_reach_the_adapter_from_inspect_and_from_a_config(tmp_pa
                              "data.adapter_options={target: y}"])
     with pytest.raises(ConfigError, match="data target given twice"):
         load_manifest(cfg.data)
+
+
+def test_inspect_writes_the_folds_a_run_makes(shared_data: Path, tmp_path: Path) -> None:
+    """`data inspect --write-folds`: each item's test fold, as `train` splits with the same folds and seed."""
+    import pandas as pd
+
+    from sonodistill.data.adapters import load_adapter
+    from sonodistill.data.folds import make_folds
+
+    out = tmp_path / "folds" / "lus.csv"
+    assert main(["data", "inspect", "lus-blues", str(shared_data / "lus-blues"), "--target", "severity3",
+                 "--folds", "3", "--seed", "7", "--write-folds", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"group": str, "label": str})
+    manifest = load_adapter("lus-blues", shared_data / "lus-blues", target="severity3")
+    assert list(table.columns) == ["path", "group", "label", "fold"] and len(table) == len(manifest)
+    for k, (_, test) in enumerate(make_folds(manifest, 3, 7)):
+        assert sorted(table.index[table["fold"] == k]) == sorted(test.tolist())
+    assert set(table.groupby("group")["fold"].nunique()) == {1}  # a patient in one test fold

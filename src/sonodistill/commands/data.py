@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from sonodistill.errors import DataError
 
@@ -20,8 +21,6 @@ def _fmt_fps(fps: float | None) -> str:
 def _probe_items(names: list[str], recursive: bool) -> list[tuple[str, DataError | None]]:
     """What `data probe` reports on, in order: each file as given, each folder's supported files
     (`readers.files_in_folder`), or a folder's error (no supported files) in its place."""
-    from pathlib import Path
-
     from sonodistill.data.readers import files_in_folder
 
     items: list[tuple[str, DataError | None]] = []
@@ -86,6 +85,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
     manifest = load_adapter(args.adapter, args.root, **_adapter_options(args))
     print(inspect_report(manifest, n_splits=args.folds, seed=args.seed))
+    if args.write_folds:
+        from sonodistill.data.folds import fold_table
+
+        table = fold_table(manifest, args.folds, args.seed)
+        Path(args.write_folds).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.write_folds, index=False)
+        print(f"wrote {args.write_folds} ({len(table)} rows: each item's test fold)", file=sys.stderr)
     return 0
 
 
@@ -141,7 +147,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="an adapter option (repeatable), e.g. group_by=file, group_regex=..., mask_suffix=_gt; "
                           "train takes them as --set data.adapter_options=\"{KEY: VALUE}\"")
     ins.add_argument("--folds", type=int, default=5)
-    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--seed", type=int, default=0, help="the fold split's seed (train.fold_seed, else train.seed)")
+    ins.add_argument("--write-folds", metavar="CSV",
+                     help="also write each item's test fold (path, group, label, fold), the split `train` makes "
+                          "with these folds and seed, for use in other tools")
     ins.set_defaults(func=_inspect)
 
     pv = dsub.add_parser("preview", help="PNG contact sheet of preprocessed clips with their labels")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
@@ -22,6 +23,17 @@ def make_folds(manifest: Manifest, n_folds: int, seed: int) -> Folds:
     for f in folds:
         check_no_leakage(manifest, f.train, f.test)
     return [(f.train, f.test) for f in folds]
+
+
+def fold_table(manifest: Manifest, n_folds: int, seed: int) -> pd.DataFrame:
+    """Each item's test fold under `make_folds(manifest, n_folds, seed)` (the split a run with `train.folds` and
+    `train.fold_seed` makes): columns path, group, label (when labelled), fold."""
+    table = manifest.table[[c for c in ("path", "group", "label") if c in manifest.table.columns]].copy()
+    fold = np.full(len(manifest), -1, dtype=np.int64)
+    for k, (_, test) in enumerate(make_folds(manifest, n_folds, seed)):
+        fold[test] = k
+    table["fold"] = fold
+    return table
 
 
 def save_folds(run_dir: Path, manifest: Manifest, folds: Folds) -> None:
