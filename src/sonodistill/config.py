@@ -86,6 +86,9 @@ class TrainConfig:
     cv: bool = True                       # cross-validate; false (--final-only): only RUN/final/, no CV estimate
     on_validation: bool = False           # choose settings: train on each fold's fit rows, score its validation
     val_fraction: float = 0.2             # rows (grouped `val_fraction` of the training rows); test folds unread
+    calibrate: str = "none"               # classification: none | temperature (each fold and final/ hold out a
+                                          # grouped `val_fraction` of their training rows, fit one temperature on
+                                          # it; its test probabilities, predict and the export use it)
     devices: int = 1
     accelerator: str = "cpu"
     strategy: str = "auto"

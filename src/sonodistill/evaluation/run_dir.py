@@ -40,13 +40,22 @@ def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, Manifest, pd.DataFrame
         pd.read_csv(run_dir / PREDICTIONS)
 
 
+def classification_title(cfg: RunConfig) -> str:
+    """A classification run's report title; it says when the probabilities are temperature-scaled."""
+    title = f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}"
+    if cfg.train.calibrate == "temperature":
+        title += (f", probabilities temperature-scaled (one T a fold, fitted on {100 * cfg.train.val_fraction:g} % "
+                  "of its training rows held out from training)")
+    return title
+
+
 def report_from_run_dir(run_dir: str | Path) -> dict[str, Any]:
     """Rebuild the report from a run directory alone (config.yaml, manifest.csv, predictions.csv)."""
     from sonodistill.evaluation.report import write_cv_report
 
     run_dir = Path(run_dir)
     cfg, manifest, predictions = read_run_dir(run_dir)
-    return write_cv_report(run_dir, predictions, manifest.classes, title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}")
+    return write_cv_report(run_dir, predictions, manifest.classes, title=classification_title(cfg))
 
 
 def parse_merge(specs: list[str]) -> dict[str, list[str]]:
@@ -99,4 +108,4 @@ def merged_report(run_dir: str | Path, merge: dict[str, list[str]], name: str = 
     target.mkdir(exist_ok=True)
     out.to_csv(target / PREDICTIONS, index=False)
     return write_cv_report(target, out, new_classes,
-                           title=f"{cfg.name}: {cfg.recipe} on {cfg.data.spec}, classes merged as {merge}")
+                           title=f"{classification_title(cfg)}, classes merged as {merge}")

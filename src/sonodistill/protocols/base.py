@@ -84,6 +84,8 @@ class Protocol:
     folds_over_manifest: bool = True
     #: what `train.on_validation` can score: True when `fit` returns predictions of its test rows.
     scores_validation: bool = True
+    #: whether `train.calibrate` (temperature scaling of class probabilities) applies to the method's models.
+    calibrates: bool = False
 
     def check(self, cfg: RunConfig, manifest: Manifest) -> None:
         """Method-specific checks before anything is written (build the model once, options, data needs)."""

@@ -13,6 +13,13 @@ from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 class ClassificationProtocol(Protocol):
     """Video or frame classification: train on the fold's training rows, predict its test rows."""
 
+    calibrates = True
+
+    def title(self, run: Run) -> str:
+        from sonodistill.evaluation.run_dir import classification_title
+
+        return classification_title(run.cfg)
+
     def check(self, cfg: RunConfig, manifest: Manifest) -> None:
         from sonodistill.protocols.folds import build_once
 

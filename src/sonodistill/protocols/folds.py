@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # `--resume --set train.final=true` adds the final model to a run whose folds are done.
 RESUME_FREE_FIELDS = ("name", "out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final",
                       "train.threads", "train.parallel_folds")
+CALIBRATIONS = ("none", "temperature")  # train.calibrate
 
 
 def process_rank() -> int:
@@ -155,6 +156,21 @@ def check_validation_options(cfg: RunConfig, protocol: Protocol) -> None:
                           "splits")
 
 
+def check_calibration_options(cfg: RunConfig, protocol: Protocol) -> None:
+    """`train.calibrate`: none or temperature, and temperature only for methods whose models give class
+    probabilities (`Protocol.calibrates`), with a validation share in (0, 1)."""
+    if cfg.train.calibrate not in CALIBRATIONS:
+        raise ConfigError(f"train.calibrate must be one of {list(CALIBRATIONS)}, got {cfg.train.calibrate!r}")
+    if cfg.train.calibrate == "none":
+        return
+    if not protocol.calibrates:
+        raise ConfigError(f"train.calibrate={cfg.train.calibrate}: recipe {cfg.recipe!r} has no class probabilities "
+                          "to calibrate (the classification recipes have: supervised, dualdistill)")
+    if not 0.0 < float(cfg.train.val_fraction) < 1.0:
+        raise ConfigError(f"train.val_fraction must be in (0, 1) (the share of each fold's training rows that fits "
+                          f"the temperature), got {cfg.train.val_fraction}")
+
+
 def check_parallel_folds(cfg: RunConfig) -> None:
     """train.parallel_folds 'auto' or >= 1 (train.threads 'auto' or >= 0), and not > 1 beside a multi-device (DDP)
     launch, which has its own processes."""
@@ -187,6 +203,7 @@ def validate_run(cfg: RunConfig, manifest: Manifest, protocol: Protocol) -> list
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}: a run must train")
     check_final_options(cfg, protocol, manifest)
     check_validation_options(cfg, protocol)
+    check_calibration_options(cfg, protocol)
     check_parallel_folds(cfg)
     if cfg.train.frozen_cache_views:  # recipes without the cache would ignore it: refuse instead
         from sonodistill.recipes import get_recipe

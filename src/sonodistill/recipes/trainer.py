@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from sonodistill.recipes.data import build_dataset, make_loader
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
+CALIBRATION_FILE = "calibration.json"  # a fold's (or final/'s) fitted temperature, read by serve.loading
 
 
 class TrainingStopped(SonoDistillError):
@@ -270,6 +272,11 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.train.seed + fold
     L.seed_everything(seed, workers=True, verbose=False)
+    calibration_rows = None
+    if cfg.train.calibrate == "temperature":  # a grouped, stratified share of the training rows fits T
+        from sonodistill.data.splits import validation_rows
+
+        train_rows, calibration_rows = validation_rows(manifest, train_rows, float(cfg.train.val_fraction), seed)
     train_set = build_dataset(manifest.subset(train_rows), cfg.data, train=True, seed=seed)
     train_loader = make_loader(train_set, cfg.data, train=True, seed=seed)
     n_batches = len(train_loader)
@@ -292,11 +299,43 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
             return None  # type: ignore[return-value]
         trainer = L.Trainer(accelerator=cfg.train.accelerator, devices=1, logger=False, enable_checkpointing=False,
                             enable_model_summary=False, precision=cfg.train.precision)
+    temperature = None
+    if calibration_rows is not None:
+        temperature = calibrate_fold(trainer, recipe, cfg, manifest, calibration_rows, fold, fold_dir, seed)
     if len(test_rows) == 0:  # a final model trained on everything: nothing held out to predict
         return pd.DataFrame()
     test_set = build_dataset(manifest.subset(test_rows), cfg.data, train=False, seed=seed)
     test_loader = make_loader(test_set, cfg.data, train=False, seed=seed)
-    return predict_rows(trainer, recipe, test_loader, manifest, test_rows, fold)
+    frame = predict_rows(trainer, recipe, test_loader, manifest, test_rows, fold)
+    if temperature is not None and len(frame):
+        from sonodistill.evaluation.calibration import apply_temperature
+
+        columns = [f"prob_{c}" for c in manifest.classes]
+        frame[columns] = apply_temperature(frame[columns].to_numpy(), temperature)
+    return frame
+
+
+def calibrate_fold(trainer: L.Trainer, recipe: L.LightningModule, cfg: RunConfig, manifest: Manifest,
+                   rows: np.ndarray, fold: int, fold_dir: Path, seed: int) -> float:
+    """Fit the fold's temperature on its held-out calibration `rows` and write `fold_dir/calibration.json` (T, the
+    rows, NLL and ECE before and after); returns T."""
+    from sonodistill.evaluation.calibration import apply_temperature, fit_temperature, nll
+    from sonodistill.evaluation.metrics import expected_calibration_error
+
+    loader = make_loader(build_dataset(manifest.subset(rows), cfg.data, train=False, seed=seed), cfg.data,
+                         train=False, seed=seed)
+    frame = predict_rows(trainer, recipe, loader, manifest, rows, fold)
+    probs, y = frame[[f"prob_{c}" for c in manifest.classes]].to_numpy(np.float64), frame["y_true"].to_numpy()
+    temperature = fit_temperature(probs, y)
+    scaled = apply_temperature(probs, temperature)
+    record = {"method": "temperature", "temperature": temperature, "rows": [int(r) for r in rows],
+              "nll_before": nll(probs, y), "nll_after": nll(scaled, y),
+              "ece_before": expected_calibration_error(y, probs), "ece_after": expected_calibration_error(y, scaled)}
+    (fold_dir / CALIBRATION_FILE).write_text(json.dumps(record, indent=1))
+    log.info("fold %s: temperature %.3f on %d held-out rows (NLL %.3f -> %.3f, ECE %.3f -> %.3f)", fold,
+             temperature, len(rows), record["nll_before"], record["nll_after"], record["ece_before"],
+             record["ece_after"])
+    return temperature
 
 
 def predict_rows(trainer: L.Trainer, recipe: L.LightningModule, loader: Any, manifest: Manifest,

@@ -122,6 +122,9 @@ def export_model(run_dir: str | Path, out_dir: str | Path | None = None, fmt: st
         "members": model.member_names,
         "recipe": model.recipe,
         "flip_tta": serves_flip_tta(model.cfg),  # the exported module averages the mirrored image's output
+        # each member's logits / T in the graph (train.calibrate=temperature), else absent
+        **({"temperatures": model.extra["describe"]["temperatures"]}
+           if "temperatures" in model.extra.get("describe", {}) else {}),
         "mask_postprocess": model.mask_postprocess,  # applied by predict after the graph (not in it)
         **({"head_circumference": model.head_circumference.to_json()}  # how predict measures HC
            if model.head_circumference is not None else {}),

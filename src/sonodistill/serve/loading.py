@@ -60,19 +60,25 @@ def recipe_explainers(recipe: str) -> dict[str, Callable[..., torch.Tensor]]:
 class ProbabilityEnsemble(nn.Module):
     """Mean of the members' softmax over dim 1: `B x ...` -> `B x K [x H x W]` probabilities.
 
-    One member: its softmax. This is also the module that `sonodistill export` writes.
+    One member: its softmax. With `temperatures` (one a member, `train.calibrate=temperature`), each member's
+    logits are divided by its T first. This is also the module that `sonodistill export` writes.
     """
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], temperatures: list[float] | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("ProbabilityEnsemble needs at least one member")
+        if temperatures is not None and (len(temperatures) != len(members) or min(temperatures) <= 0):
+            raise ValueError(f"ProbabilityEnsemble: {len(members)} members need as many positive temperatures, "
+                             f"got {temperatures}")
         self.members = nn.ModuleList(members)
+        self.register_buffer("inverse_temperatures", torch.tensor(
+            [1.0 / t for t in temperatures] if temperatures is not None else [1.0] * len(members)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.members[0](x).float(), dim=1)
-        for m in self.members[1:]:
-            probs = probs + torch.softmax(m(x).float(), dim=1)
+        probs = torch.softmax(self.members[0](x).float() * self.inverse_temperatures[0], dim=1)
+        for i, m in enumerate(self.members[1:], start=1):
+            probs = probs + torch.softmax(m(x).float() * self.inverse_temperatures[i], dim=1)
         return probs / len(self.members)
 
 
@@ -324,16 +330,46 @@ def run_head_circumference(manifest: Manifest, dirs: list[Path]) -> tuple[HeadCi
     return HeadCircumferenceModel(float(np.mean(offsets)), (float(hc.min()), float(hc.max()))), None
 
 
-def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None) -> nn.Module:
-    """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble`;
-    wrapped in `FlipAveraged` when the run `cfg` asks for flip test-time augmentation (`serves_flip_tta`)."""
-    combine = kind.combine or ProbabilityEnsemble
-    module = combine(members)
+def served_module(kind: ModelKind, members: list[nn.Module], cfg: RunConfig | None = None,
+                  temperatures: list[float] | None = None) -> nn.Module:
+    """The one module `predict` runs and `export` writes: the kind's `combine`, default `ProbabilityEnsemble` (with
+    the members' `temperatures` when the run calibrated them); wrapped in `FlipAveraged` when the run `cfg` asks for
+    flip test-time augmentation (`serves_flip_tta`)."""
+    if temperatures is not None:
+        if kind.combine is not None:
+            raise CheckpointError(f"temperatures apply to class probabilities, not to the {kind.task} kind's output")
+        module = ProbabilityEnsemble(members, temperatures)
+    else:
+        module = (kind.combine or ProbabilityEnsemble)(members)
     if serves_flip_tta(cfg):
         from sonodistill.models.segmentation import FlipAveraged
 
         module = FlipAveraged(module)
     return module.eval()
+
+
+def member_temperatures(dirs: list[Path]) -> list[float] | None:
+    """Each member's fitted temperature (`calibration.json`, `train.calibrate=temperature`), or None when none has
+    one; some members with and some without is a CheckpointError naming them."""
+    from sonodistill.recipes.trainer import CALIBRATION_FILE
+
+    found = {d: d / CALIBRATION_FILE for d in dirs if (d / CALIBRATION_FILE).is_file()}
+    if not found:
+        return None
+    if len(found) != len(dirs):
+        missing = [str(d) for d in dirs if d not in found]
+        raise CheckpointError(f"{', '.join(missing)}: no {CALIBRATION_FILE} where the other members have one (an "
+                              "unfinished calibrated fold?): their probabilities would not be comparable")
+    temperatures = []
+    for d, path in found.items():
+        try:
+            t = float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: unreadable temperature ({exc})") from exc
+        if not t > 0:
+            raise CheckpointError(f"{path}: temperature must be > 0, got {t}")
+        temperatures.append(t)
+    return temperatures
 
 
 def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
@@ -368,7 +404,8 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
             raise CheckpointError(f"{d / WEIGHTS}: does not match the model of config.yaml: "
                                   f"{first_line[0].strip()}") from exc
         models.append(m.eval())
-    module = served_module(kind, models, cfg)
+    temperatures = member_temperatures(dirs)
+    module = served_module(kind, models, cfg, temperatures)
     input_kind = input_kind_of(models[0])
     hc_model, no_hc = run_head_circumference(manifest, dirs) if task == "segmentation" else (None, None)
     if no_hc is not None:
@@ -380,7 +417,9 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
                        num_frames=int(cfg.data.num_frames) if input_kind == "video" else 1, input_kind=input_kind,
                        runner=TorchRunner(module), source=str(run_dir), backend="torch",
                        member_names=names, members=models, cfg=cfg, run_dir=run_dir,
-                       recipe=cfg.recipe, extra={"describe": {"flip_tta": True}} if serves_flip_tta(cfg) else {},
+                       recipe=cfg.recipe, extra={"describe": {
+                           **({"flip_tta": True} if serves_flip_tta(cfg) else {}),
+                           **({"temperatures": temperatures} if temperatures is not None else {})}},
                        mask_postprocess=served_mask_postprocess(cfg), head_circumference=hc_model,
                        head_circumference_unavailable=no_hc)
 
@@ -433,7 +472,8 @@ def load_export(folder: str | Path, threads: int | None = None, spinning: bool =
                        num_frames=int(shape[2]) if kind == "video" else 1, input_kind=kind, runner=runner,
                        source=str(folder), backend=str(meta["format"]), member_names=list(meta.get("members", [])),
                        recipe=meta.get("recipe"),
-                       extra={"export": meta, "describe": {k: meta[k] for k in ("annotation",) if k in meta}},
+                       extra={"export": meta,
+                              "describe": {k: meta[k] for k in ("annotation", "temperatures") if k in meta}},
                        mask_postprocess=mask_postprocess, head_circumference=hc_model,
                        head_circumference_unavailable=no_hc)
 

@@ -139,6 +139,11 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
             f"- {'Mask classes' if meta.get('task') == 'segmentation' else 'Classes'} (output order): "
             f"{', '.join(f'`{c}`' for c in meta.get('classes', manifest.classes)) or 'none'}.",
         ]
+    if meta.get("temperatures"):
+        lines.append("- Calibration: temperature scaling in the graph, each member's logits divided by its T ("
+                     + ", ".join(f"{name} {t:.3f}" for name, t in zip(members, meta["temperatures"]))
+                     + "), fitted by log-likelihood on a held-out share of that member's training rows "
+                     "(`calibration.json` in its folder).")
     if meta.get("flip_tta"):
         lines.append("- Test-time augmentation: the output averages the image's and its mirror's (in the graph).")
     if meta.get("mask_postprocess", "none") != "none":
