@@ -182,3 +182,21 @@ def test_the_final_model_can_be_added_on_resume():
     saved = load_config(None, ["train.fold=0"])
     assert config_differences(saved, load_config(None, ["train.final=true"])) == []
     assert config_differences(saved, load_config(None, ["train.cv=false"])) == ["train.cv: saved True, now False"]
+
+
+def test_a_packaged_configs_target_is_dropped_for_another_adapter(tmp_path):
+    """`--config lus-tsm-imagenet --data folder:...`: the config's `target: severity` belongs to lus-blues and
+    the folder adapter refused it ('unknown option(s) ['target']'); a target typed on the command line is kept."""
+    from sonodistill.cli import build_parser
+    from sonodistill.commands.train import config_from_args
+
+    def target(*flags: str):
+        args = build_parser().parse_args(["train", "supervised", "--config", "lus-tsm-imagenet", "--name", "x",
+                                          *flags])
+        return config_from_args(args, "supervised").data.target
+
+    assert target() == "severity"
+    assert target("--data", "lus-blues:/elsewhere/lus") == "severity"  # the same adapter keeps it
+    assert target("--data", f"folder:{tmp_path}") is None
+    assert target("--data", f"folder:{tmp_path}", "--target", "x") == "x"
+    assert target("--data", f"csv:{tmp_path}/a.csv", "--set", "data.target=y") == "y"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
 from sonodistill.config import RunConfig, load_config, packaged_config
+
+log = logging.getLogger(__name__)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +32,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set optim.lr=0.01 (repeatable)")
 
 
+def _drop_foreign_target(args: argparse.Namespace, path: Path | None, recipe: str) -> list[str]:
+    """`data.target=null` when `--data` names another adapter than the config file's `data.spec` and the target came
+    from the file: a packaged config's target (lus-blues' `severity`, busi's `lesions`) belongs to its data set, and
+    other adapters refuse it as an unknown option. A target given on the command line is kept."""
+    data = getattr(args, "data", None)
+    if data is None or getattr(args, "target", None) is not None \
+            or any(o.startswith("data.target=") for o in args.overrides):
+        return []
+    base = load_config(path, [f"recipe={recipe}"])
+    if base.data.target is None or base.data.spec.split(":")[0] == data.split(":")[0]:
+        return []
+    log.info("data.target %r of the config belongs to %s, not to --data %s: not used (--target sets one)",
+             base.data.target, base.data.spec.split(":")[0], data.split(":")[0])
+    return ["data.target=null"]
+
+
 def config_from_args(args: argparse.Namespace, recipe: str):
     path = None
     if args.config:
@@ -48,6 +67,7 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         overrides.append(f"recipe_options.labelled_fraction={labelled}")
     if getattr(args, "final_only", False):
         overrides.append("train.cv=false")
+    overrides += _drop_foreign_target(args, path, recipe)
     overrides += args.overrides
     cfg = load_config(path, overrides)
     if args.name is None:

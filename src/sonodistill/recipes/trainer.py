@@ -319,7 +319,7 @@ def calibrate_fold(trainer: L.Trainer, recipe: L.LightningModule, cfg: RunConfig
                    rows: np.ndarray, fold: int, fold_dir: Path, seed: int) -> float:
     """Fit the fold's temperature on its held-out calibration `rows` and write `fold_dir/calibration.json` (T, the
     rows, NLL and ECE before and after); returns T."""
-    from sonodistill.evaluation.calibration import apply_temperature, fit_temperature, nll
+    from sonodistill.evaluation.calibration import T_RANGE, apply_temperature, fit_temperature, nll
     from sonodistill.evaluation.metrics import expected_calibration_error
 
     loader = make_loader(build_dataset(manifest.subset(rows), cfg.data, train=False, seed=seed), cfg.data,
@@ -335,6 +335,11 @@ def calibrate_fold(trainer: L.Trainer, recipe: L.LightningModule, cfg: RunConfig
     log.info("fold %s: temperature %.3f on %d held-out rows (NLL %.3f -> %.3f, ECE %.3f -> %.3f)", fold,
              temperature, len(rows), record["nll_before"], record["nll_after"], record["ece_before"],
              record["ece_after"])
+    if not T_RANGE[0] * 1.01 < temperature < T_RANGE[1] / 1.01:
+        log.warning("fold %s: the temperature %.3f lies at the end of the searched %s-%s: on its %d held-out rows "
+                    "the model is %s; its calibrated probabilities are close to %s", fold, temperature, *T_RANGE,
+                    len(rows), *(("no better than chance", "uniform") if temperature > 1 else
+                                 ("never wrong", "0 or 1")))
     return temperature
 
 
