@@ -19,7 +19,7 @@ import pytest
 from sonodistill.serve.app import make_server
 from sonodistill.serve.loading import load_model
 
-from .conftest import CLASSES, analyse_on_review_page, ellipse_runner, serving
+from .conftest import CLASSES, analyse_on_review_page, ellipse_runner, serving, synthetic_frames, write_dicom
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "runs" / "screenshots"
 SCREENSHOT = SCREENSHOTS / "serve.png"
@@ -68,7 +68,13 @@ def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
         bad.write_text("not a clip")
         page.set_input_files("#file", str(bad))
         page.click("#analyse")
-        assert "Unsupported file type" in page.inner_text("#status")
+        page.wait_for_selector("#status:has-text('Unsupported file type')")  # after the file's first bytes are read
+        # a DICOM named as scanner exports name them (no suffix) is recognised by its preamble and analysed
+        dicom = write_dicom(tmp_path / "IM0001", synthetic_frames(10))
+        page.set_input_files("#file", str(dicom))
+        page.click("#analyse")
+        page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+        assert json.loads(page.text_content("#raw"))["input"] == "upload.dcm"
         assert errors == []
         assert [p for p in tmp_path.iterdir() if p.name.startswith("sonodistill-upload-")] == []
 

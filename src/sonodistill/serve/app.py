@@ -513,6 +513,13 @@ function showSegmentation(r) {
     : `Masks of ${masks.length} frame(s): ${foreground.join(', ')}`;
 }
 function extensionOf(name) { const i = name.lastIndexOf('.'); return i >= 0 ? name.slice(i).toLowerCase() : ''; }
+async function uploadExtension(file) {
+  // scanner exports name DICOM files IM0001 or by their UID (1.2.840...): 'DICM' at byte 128 makes them .dcm
+  const ext = extensionOf(file.name);
+  if (info && info.extensions.includes(ext)) { return ext; }
+  const magic = new Uint8Array(await file.slice(128, 132).arrayBuffer());
+  return String.fromCharCode(...magic) === 'DICM' ? '.dcm' : ext;
+}
 function show(payload) {
   const r = payload.result;
   $('results').hidden = false;
@@ -560,7 +567,7 @@ function show(payload) {
 async function analyse() {
   const file = $('file').files[0];
   if (!file) { status('Choose a file first.', true); return; }
-  const ext = extensionOf(file.name);
+  const ext = await uploadExtension(file);
   if (info && !info.extensions.includes(ext)) { status(`Unsupported file type "${ext}".`, true); return; }
   if (info && file.size > info.max_upload_bytes) { status('File too large.', true); return; }
   status('Analysing...', false); $('analyse').disabled = true;
