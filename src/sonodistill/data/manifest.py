@@ -70,6 +70,14 @@ class Manifest:
     def where(self, mask: Iterable[bool]) -> "Manifest":
         return self.subset(np.flatnonzero(np.asarray(list(mask), dtype=bool)))
 
+    @property
+    def has_mask(self) -> np.ndarray:
+        """Bool per row: the row names a mask file (an empty or missing `mask` cell is an unlabelled image); all
+        False without a `mask` column."""
+        if "mask" not in self.table.columns:
+            return np.zeros(len(self.table), dtype=bool)
+        return np.array([not (pd.isna(m) or str(m) == "") for m in self.table["mask"]], dtype=bool)
+
     def without_masks(self) -> "Manifest":
         """The same rows without the `mask` column: datasets built on it can never read a mask (a label)."""
         return Manifest(self.table.drop(columns=["mask"], errors="ignore"), list(self.classes), self.modality,
@@ -101,13 +109,12 @@ class Manifest:
             if len(set(self.classes)) != len(self.classes):
                 raise ManifestError(f"duplicate class names in {self.classes}")
         if check_files:
-            for col in ("path", "mask"):
+            checked = {"path": np.ones(len(t), dtype=bool), "mask": self.has_mask}
+            for col, rows in checked.items():
                 if col not in t.columns:
                     continue
                 for i, p in enumerate(t[col]):
-                    if col == "mask" and (pd.isna(p) or p == ""):
-                        continue
-                    if not Path(str(p)).is_file():
+                    if rows[i] and not Path(str(p)).is_file():
                         raise ManifestError(f"{col} file not found: {p}", row=i)
 
     def check_classes_nonempty(self) -> None:

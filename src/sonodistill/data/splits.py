@@ -191,13 +191,11 @@ def inspect_report(manifest: Manifest, n_splits: int = 5, seed: int = 0) -> str:
     header = ["fold", "train items", "test items", "test groups"]
     if manifest.has_labels:
         header += [f"test '{c}'" for c in manifest.classes]
-    masked = None
-    if "mask" in manifest.table.columns:
-        masked = np.array([isinstance(m, str) and m != "" for m in manifest.table["mask"]])
-        if masked.all():
-            masked = None  # every row scored: the column would repeat "test items"
-        else:
-            header += ["train with mask", "test with mask"]  # labelled_rows=masks: labelled / scored rows
+    masked = manifest.has_mask if "mask" in manifest.table.columns else None
+    if masked is not None and masked.all():
+        masked = None  # every row scored: the column would repeat "test items"
+    if masked is not None:
+        header += ["train with mask", "test with mask"]  # labelled_rows=masks: labelled / scored rows
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for f in folds:
         row = [str(f.index), str(len(f.train)), str(len(f.test)), str(len(set(groups[f.test])))]

@@ -142,12 +142,17 @@ def check_final_options(cfg: RunConfig, protocol: Protocol, manifest: Manifest) 
                           "the final model alone with --final-only")
 
 
+def check_val_fraction(cfg: RunConfig, use: str) -> None:
+    """ConfigError unless `train.val_fraction` is in (0, 1); `use` says what the share is for."""
+    if not 0.0 < float(cfg.train.val_fraction) < 1.0:
+        raise ConfigError(f"train.val_fraction must be in (0, 1){use}, got {cfg.train.val_fraction}")
+
+
 def check_validation_options(cfg: RunConfig, protocol: Protocol) -> None:
     """`train.on_validation` needs cross-validation, no final model, and a protocol that scores its test rows."""
     if not cfg.train.on_validation:
         return
-    if not 0.0 < float(cfg.train.val_fraction) < 1.0:
-        raise ConfigError(f"train.val_fraction must be in (0, 1), got {cfg.train.val_fraction}")
+    check_val_fraction(cfg, "")
     if not cfg.train.cv or cfg.train.final:
         raise ConfigError("train.on_validation scores validation splits to choose settings: it cannot train a final "
                           "model (drop train.final / --final-only)")
@@ -166,9 +171,7 @@ def check_calibration_options(cfg: RunConfig, protocol: Protocol) -> None:
     if not protocol.calibrates:
         raise ConfigError(f"train.calibrate={cfg.train.calibrate}: recipe {cfg.recipe!r} has no class probabilities "
                           "to calibrate (the classification recipes have: supervised, dualdistill)")
-    if not 0.0 < float(cfg.train.val_fraction) < 1.0:
-        raise ConfigError(f"train.val_fraction must be in (0, 1) (the share of each fold's training rows that fits "
-                          f"the temperature), got {cfg.train.val_fraction}")
+    check_val_fraction(cfg, " (the share of each fold's training rows that fits the temperature)")
 
 
 def check_parallel_folds(cfg: RunConfig) -> None:

@@ -36,8 +36,7 @@ def masked_rows(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
     """Which of `rows` have a mask file (bool, aligned with `rows`); ConfigError without a `mask` column."""
     if "mask" not in manifest.table.columns:
         raise ConfigError(f"manifest '{manifest.name}' has no mask column: segmentation needs masks")
-    masks = manifest.table["mask"].iloc[np.asarray(rows, dtype=np.int64)]
-    return np.array([not (pd.isna(m) or str(m) == "") for m in masks], dtype=bool)
+    return manifest.has_mask[np.asarray(rows, dtype=np.int64)]
 
 
 def split_labelled(manifest: Manifest, train_rows: np.ndarray, fraction: float, seed: int,

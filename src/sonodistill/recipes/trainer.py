@@ -301,12 +301,11 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
                             enable_model_summary=False, precision=cfg.train.precision)
     temperature = None
     if calibration_rows is not None:
-        temperature = calibrate_fold(trainer, recipe, cfg, manifest, calibration_rows, fold, fold_dir, seed)
+        held_out = predict_held_out(trainer, recipe, cfg, manifest, calibration_rows, fold, seed)
+        temperature = calibrate_fold(held_out, manifest, calibration_rows, fold, fold_dir)
     if len(test_rows) == 0:  # a final model trained on everything: nothing held out to predict
         return pd.DataFrame()
-    test_set = build_dataset(manifest.subset(test_rows), cfg.data, train=False, seed=seed)
-    test_loader = make_loader(test_set, cfg.data, train=False, seed=seed)
-    frame = predict_rows(trainer, recipe, test_loader, manifest, test_rows, fold)
+    frame = predict_held_out(trainer, recipe, cfg, manifest, test_rows, fold, seed)
     if temperature is not None and len(frame):
         from sonodistill.evaluation.calibration import apply_temperature
 
@@ -315,16 +314,20 @@ def fit_fold(cfg: RunConfig, manifest: Manifest, train_rows: np.ndarray, test_ro
     return frame
 
 
-def calibrate_fold(trainer: L.Trainer, recipe: L.LightningModule, cfg: RunConfig, manifest: Manifest,
-                   rows: np.ndarray, fold: int, fold_dir: Path, seed: int) -> float:
-    """Fit the fold's temperature on its held-out calibration `rows` and write `fold_dir/calibration.json` (T, the
-    rows, NLL and ECE before and after); returns T."""
+def predict_held_out(trainer: L.Trainer, recipe: L.LightningModule, cfg: RunConfig, manifest: Manifest,
+                     rows: np.ndarray, fold: int, seed: int) -> pd.DataFrame:
+    """`predict_rows` of manifest `rows` through the evaluation dataset and loader (no augmentation)."""
+    loader = make_loader(build_dataset(manifest.subset(rows), cfg.data, train=False, seed=seed), cfg.data,
+                         train=False, seed=seed)
+    return predict_rows(trainer, recipe, loader, manifest, rows, fold)
+
+
+def calibrate_fold(frame: pd.DataFrame, manifest: Manifest, rows: np.ndarray, fold: int, fold_dir: Path) -> float:
+    """Fit the fold's temperature on the predictions `frame` of its held-out calibration `rows` and write
+    `fold_dir/calibration.json` (T, the rows, NLL and ECE before and after); returns T."""
     from sonodistill.evaluation.calibration import T_RANGE, apply_temperature, fit_temperature, nll
     from sonodistill.evaluation.metrics import expected_calibration_error
 
-    loader = make_loader(build_dataset(manifest.subset(rows), cfg.data, train=False, seed=seed), cfg.data,
-                         train=False, seed=seed)
-    frame = predict_rows(trainer, recipe, loader, manifest, rows, fold)
     probs, y = frame[[f"prob_{c}" for c in manifest.classes]].to_numpy(np.float64), frame["y_true"].to_numpy()
     temperature = fit_temperature(probs, y)
     scaled = apply_temperature(probs, temperature)
