@@ -134,6 +134,11 @@ CASES = [
          lambda t, c: (_images(t, ["set/images/1.png", "set/images/2.png", "set/masks/2_mask.png"]),
                        ["data", "inspect", "image-masks", str(t / "set")])[-1],
          2, ("1 image(s) without a mask", "e.g. 1.png", "option unmasked=unlabelled")),
+    Case("classifier-on-unlabelled-folder",
+         lambda t, c: (_images(t, ["frames/p1/1.png", "frames/p2/2.png"]),
+                       ["train", "supervised", "--data", f"unlabelled:{t / 'frames'}", "--out", str(t / "runs"),
+                        "--name", "x"])[-1],
+         2, ("supervised trains a classifier, and frames has no labels", "train dino")),
     Case("class-names-with-spaces",
          lambda t, c: _csv_set(t, "imgs/0.png,hypo: soft,a\nimgs/1.png,plaque dure ü,b\nimgs/2.png,hypo: soft,c\n"
                                   "imgs/3.png,plaque dure ü,d\n"),

@@ -22,7 +22,7 @@ def _touch(path: Path, data: bytes | None = None) -> Path:
 
 # -- spec parsing and registry -----------------------------------------------------------------
 def test_registry_has_all_adapters():
-    assert {"lus-blues", "pocus-frames", "hc18", "busi", "folder", "csv"} <= set(ADAPTERS)
+    assert {"lus-blues", "pocus-frames", "hc18", "busi", "folder", "image-masks", "unlabelled", "csv"} <= set(ADAPTERS)
 
 
 @pytest.mark.parametrize(
@@ -276,6 +276,41 @@ def test_folder_sub_folders_are_groups_and_dicoms_of_any_name_count(tmp_path):
     (tmp_path / "b" / "p3" / "notes.txt").write_text("not an image")
     with pytest.raises(ManifestError, match=r"unsupported file extension '\.txt'.*notes\.txt"):
         load_adapter("folder", tmp_path)
+
+
+# -- unlabelled -----------------------------------------------------------------------------------
+def test_unlabelled_adapter_reads_every_file_with_sub_folder_groups(tmp_path):
+    """A folder of unlabelled frames (a pretraining set): every image at any depth, a sub-folder of the root one
+    group (a patient), loose files their own; hidden files and folders skipped; no labels."""
+    for rel in ("p1/a.png", "p1/day2/b.png", "c.jpg", ".cache/x.png", "p2/.DS_Store.png", "p2/d.png"):
+        _touch(tmp_path / "u" / rel)
+    m = load_adapter("unlabelled", tmp_path / "u")
+    assert m.modality == "image" and not m.has_labels and m.classes == []
+    assert [Path(p).relative_to(tmp_path / "u").as_posix() for p in m.paths] == [
+        "c.jpg", "p1/a.png", "p1/day2/b.png", "p2/d.png"]
+    assert list(m.groups) == ["c", "p1", "p1", "p2"]
+    assert list(load_adapter("unlabelled", tmp_path / "u", group_by="file").groups) == [
+        "c", "p1/a", "p1/day2/b", "p2/d"]
+    assert list(load_adapter("unlabelled", tmp_path / "u", group_regex=r"^(\w)").groups) == ["c", "a", "b", "d"]
+
+
+def test_unlabelled_adapter_errors_name_the_cause(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist: .*nowhere"):
+        load_adapter("unlabelled", tmp_path / "nowhere")
+    _touch(tmp_path / "one.png")
+    with pytest.raises(ConfigError, match=r"unlabelled adapter: root must be a folder.*one\.png"):
+        load_adapter("unlabelled", tmp_path / "one.png")
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    with pytest.raises(ManifestError, match=r"unlabelled adapter: no files in .*empty"):
+        load_adapter("unlabelled", tmp_path / "empty")
+    _touch(tmp_path / "mixed" / "p1" / "a.mp4")
+    _touch(tmp_path / "mixed" / "p2" / "b.png")
+    with pytest.raises(ManifestError, match="mixed videos and images"):
+        load_adapter("unlabelled", tmp_path / "mixed")
+    with pytest.raises(ConfigError, match="group_by must be one of"):
+        load_adapter("unlabelled", tmp_path / "mixed", group_by="patient")
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_adapter("unlabelled", tmp_path / "mixed", target="severity")
 
 
 # -- image-masks ----------------------------------------------------------------------------------

@@ -108,6 +108,19 @@ def test_dino_extra_data_joins_the_pretraining_set(videos, tmp_path):
     assert summary["frames_per_epoch"] == len(videos) + 6
 
 
+def test_dino_pretrains_on_unlabelled_folders(frames, videos, tmp_path):
+    """A user's folder of unlabelled frames (`--data unlabelled:DIR`) and one of clips (`extra_data`) join."""
+    from sonodistill.data.adapters import load_adapter
+
+    images, clips = Path(frames.paths[0]).parents[1], Path(videos.paths[0]).parent
+    unlabelled = load_adapter("unlabelled", images)
+    assert not unlabelled.has_labels and len(unlabelled) == len(frames)
+    cfg = _cfg(tmp_path, "dino-unlabelled", *DINO, f"recipe_options.extra_data=['unlabelled:{clips}']")
+    summary = run_protocol(cfg, manifest=unlabelled, enable_progress_bar=False)
+    assert [(s["modality"], s["items"]) for s in summary["sources"]] == [("image", 36), ("video", len(videos))]
+    assert summary["frames_per_epoch"] == 36 + len(videos)
+
+
 def test_options_are_typed_dataclasses():
     from sonodistill.recipes.dino import DINOOptions, DINORecipe
     from sonodistill.recipes.medivlad import MeDiVLADOptions, MeDiVLADRecipe

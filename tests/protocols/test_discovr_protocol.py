@@ -163,3 +163,26 @@ def test_options_are_typed():
     assert parsed.train_on_label == "0" and parsed.run_folds == [1]
     how = parsed.evaluation()
     assert how.normal_label == "0" and how.knn_k == 5 and how.evaluate == ["anomaly", "linear", "knn", "regression"]
+
+
+def test_unlabelled_data_pretrains_with_final_only_and_cv_says_why_not(tiny_carotid, tmp_path):  # noqa: F811
+    """A folder of unlabelled clips (`--data unlabelled:DIR`): cross-validation would score embeddings against
+    labels it does not have, so it stops before writing anything and names --final-only; a label option left from a
+    labelled config says to null it; --final-only pretrains the deployable encoder on every clip."""
+    from sonodistill.data.manifest import Manifest
+
+    unlabelled = Manifest(tiny_carotid.table.drop(columns=["label"]), [], tiny_carotid.modality, "unl")
+    cv = _cfg(tmp_path, "cv")
+    with pytest.raises(ConfigError, match=r"unl has no labels: DISCOVR's cross-validation .* --final-only"):
+        run_protocol(cv, manifest=unlabelled)
+    left = _cfg(tmp_path, "left", "train.cv=false")
+    with pytest.raises(ConfigError, match=r"train_on_label='hyperechoic' is not a class of unl .*set it to null"):
+        run_protocol(left, manifest=unlabelled)
+    assert not cv.run_dir.exists() and not left.run_dir.exists()
+    final = load_config(None, TINY + [
+        "recipe_options={" + TINY_OPTIONS + "}", "name=final", f"out_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2", "data.augment=false", "train.cv=false",
+        "optim.warmup_epochs=0"])
+    run_protocol(final, manifest=unlabelled)
+    assert (final.run_dir / "final" / "model.safetensors").is_file()
+    assert "NO_CV_ESTIMATE" in (final.run_dir / "report.md").read_text()

@@ -395,6 +395,33 @@ def folder(root: Path, group_regex: str | None = None, group_by: str = "folder",
     return Manifest(table, classes, modality, root.name)
 
 
+# -- generic: a folder of unlabelled files ---------------------------------------------------------
+@register_adapter("unlabelled")
+def unlabelled(root: Path, group_regex: str | None = None, group_by: str = "folder",
+               **options: object) -> Manifest:
+    """Every video or image under `root` (its sub-folders too; DICOMs of any name, an export's DICOMDIR skipped),
+    without labels: the pretraining set of `dino` and `discovr` (or their `recipe_options.extra_data`). Group: the
+    sub-folder of `root` a file is in (a patient), else its stem (`group_by="file"`: each file its own); or
+    `group_regex`'s first group, matched on the file name. One modality a set: videos and images in one folder are
+    an error naming one of each (give them as two sets, one in `extra_data`)."""
+    _reject_options("unlabelled", options)
+    _check_group_by("unlabelled", group_by)
+    if not root.is_dir():
+        raise ConfigError(f"unlabelled adapter: root must be a folder of videos or images: {root}")
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                   and not readers.is_dicomdir(p))
+    if not files:
+        raise ManifestError(f"unlabelled adapter: no files in {root}")
+    paths = [str(p) for p in files]
+    modality = modality_of(paths)
+    if group_regex is None:
+        groups = [_folder_group(p.relative_to(root), group_by) for p in files]
+    else:
+        groups = regex_groups(paths, group_regex)
+    return Manifest(pd.DataFrame({"path": paths, "group": groups}), [], modality, root.name)
+
+
 # -- generic: images and their masks ---------------------------------------------------------------
 #: the mask-name endings tried after an image's stem (`x.png` -> `x.png`, `x_mask.png`, ...), unless `mask_suffix`
 MASK_SUFFIXES = ("", "_mask", "-mask", "_Annotation", "_seg", "_label")

@@ -7,6 +7,7 @@ from typing import Any
 
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
+from sonodistill.errors import ConfigError
 from sonodistill.protocols.base import Fold, FoldResult, Protocol, Run
 
 
@@ -23,6 +24,9 @@ class ClassificationProtocol(Protocol):
     def check(self, cfg: RunConfig, manifest: Manifest) -> None:
         from sonodistill.protocols.folds import build_once
 
+        if not manifest.has_labels:
+            raise ConfigError(f"{cfg.recipe} trains a classifier, and {manifest.name} has no labels (an unlabelled "
+                              "set pretrains: `train dino` or `train discovr --final-only`)")
         build_once(cfg, len(manifest.classes))
 
     def fit(self, run: Run, fold: Fold) -> FoldResult:

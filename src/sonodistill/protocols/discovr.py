@@ -99,11 +99,16 @@ class DISCOVRProtocol(Protocol):
 
         build_once(cfg, len(manifest.classes))
         o = _options(cfg)
+        if not manifest.has_labels and cfg.train.cv:
+            raise ConfigError(f"{manifest.name} has no labels: DISCOVR's cross-validation scores frozen embeddings "
+                              "(anomaly detection, probes), which needs them; pretrain on it with --final-only "
+                              "(set recipe_options.train_on_label=null and normal_label=null)")
         for key in ("train_on_label", "normal_label"):
             label = getattr(o, key)
             if label is not None and (not manifest.has_labels or str(label) not in manifest.classes):
+                hint = "" if manifest.has_labels else f"; {manifest.name} has no labels: set it to null"
                 raise ConfigError(f"recipe_options.{key}={label!r} is not a class of {manifest.name} "
-                                  f"({manifest.classes})")
+                                  f"({manifest.classes}){hint}")
         if o.run_folds is not None and cfg.train.cv:
             bad = sorted(k for k in o.run_folds if k >= cfg.train.folds)
             if bad:
