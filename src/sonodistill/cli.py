@@ -14,6 +14,7 @@ from sonodistill.errors import SonoDistillError
 COMMAND_MODULES = [
     "data",
     "models",
+    "configs",
     "train",
     "demo",
     "bench",

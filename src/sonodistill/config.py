@@ -321,10 +321,16 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def packaged_configs() -> list[Path]:
+    """The YAML files shipped in sonodistill/configs, sorted by name."""
+    return sorted((Path(__file__).parent / "configs").glob("*.yaml"), key=lambda p: p.stem)
+
+
 def packaged_config(name: str) -> Path:
     """Path of a YAML shipped in sonodistill/configs (e.g. 'supervised-cpu')."""
     p = Path(__file__).parent / "configs" / f"{name}.yaml"
     if not p.is_file():
-        avail = sorted(x.stem for x in p.parent.glob("*.yaml"))
-        raise ConfigError(f"no packaged config '{name}'; available: {avail}")
+        avail = [x.stem for x in packaged_configs()]
+        raise ConfigError(f"no packaged config '{name}'; available: {avail} (`sonodistill configs` says what each "
+                          "is for)")
     return p
