@@ -280,6 +280,16 @@ def test_read_image_16bit_and_gray(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "g.png", grayscale=False), g)
 
 
+@pytest.mark.parametrize("name", ["cine.tif", "anim.png"])
+def test_multi_page_image_is_an_error_not_its_first_page(tmp_path: Path, name: str) -> None:
+    """A multi-page TIFF (or animated PNG) is a cine: reading page 0 alone would drop the rest without a word."""
+    pages = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200, 90)]
+    pages[0].save(tmp_path / name, save_all=True, append_images=pages[1:])
+    for read in (read_image, read_clip, read_mask):
+        with pytest.raises(DataError, match=rf"{name}.*3 frames in one (TIFF|PNG) image.*mp4 or DICOM"):
+            read(tmp_path / name)
+
+
 def test_read_mask(tmp_path: Path) -> None:
     m = np.zeros((16, 16), np.uint8)
     m[4:10, 3:12] = 255

@@ -420,6 +420,11 @@ def _open_image(path: str | Path):
         raise DataError(path, f"not a readable image: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt data
         raise DataError(path, f"image decode failed: {exc}") from exc
+    pages = int(getattr(img, "n_frames", 1))
+    if pages > 1:  # a multi-page TIFF or animated PNG: reading its first page alone would drop the rest unsaid
+        img.close()
+        raise DataError(path, f"{pages} frames in one {img.format} image: only single images are read as images "
+                              "(save a cine as mp4 or DICOM, or each frame as its own image)")
     return img
 
 
