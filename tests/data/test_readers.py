@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import av
@@ -271,10 +272,15 @@ def test_read_image_formats(tmp_path: Path, ext: str) -> None:
     assert clip.frames.shape == (1, 24, 32) and clip.fps is None
 
 
-def test_read_image_16bit_and_gray(tmp_path: Path) -> None:
+def test_read_image_16bit_and_gray(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     arr16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     Image.fromarray(arr16).save(tmp_path / "d.png")
     np.testing.assert_array_equal(read_image(tmp_path / "d.png"), (arr16 >> 8).astype(np.uint8))
+    twelve = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 60)  # 12-bit data (max 3780) in a 16-bit file
+    Image.fromarray(twelve).save(tmp_path / "t.png")
+    with caplog.at_level(logging.WARNING, logger="sonodistill.data.readers"):
+        np.testing.assert_array_equal(read_image(tmp_path / "t.png"), (twelve >> 8).astype(np.uint8))
+    assert "t.png: 16-bit image with values only up to 3780: reduced to its high byte (0..14 of 255)" in caplog.text
     g = np.arange(64, dtype=np.uint8).reshape(8, 8)
     Image.fromarray(g).save(tmp_path / "g.png")
     np.testing.assert_array_equal(read_image(tmp_path / "g.png", grayscale=False), g)

@@ -441,7 +441,13 @@ def _image_array(img, path: str | Path) -> np.ndarray:
         arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise DataError(path, f"unsupported integer image range [{arr.min()}, {arr.max()}] in mode {mode}")
-        return (arr >> 8).astype(np.uint8) if mode.startswith("I;16") or arr.max() > 255 else arr.astype(np.uint8)
+        if not (mode.startswith("I;16") or arr.max() > 255):
+            return arr.astype(np.uint8)
+        if arr.size and arr.max() < 4096:  # e.g. 12-bit scanner data in a 16-bit file: its high byte is near black
+            log.warning("%s: 16-bit image with values only up to %d: reduced to its high byte (0..%d of 255), as "
+                        "every 16-bit image is; rescale the files to the 16-bit range (or 8 bits) if this is "
+                        "12-bit data", path, int(arr.max()), int(arr.max()) >> 8)
+        return (arr >> 8).astype(np.uint8)
     if mode == "F":
         raise DataError(path, "unsupported image mode F (32-bit float)")
     return np.asarray(img.convert("RGB"))
