@@ -269,6 +269,11 @@ def list_backbones() -> list[str]:
     return list(BACKBONES)
 
 
+def backbone_kind(name: str) -> str:
+    """'video' (input `B x C x T x H x W`) or 'frame' (`B x C x H x W`) for a registered backbone."""
+    return _spec(name).kind
+
+
 def backbone_family(name: str) -> str | None:
     """The ImageNet weight family a registered backbone can load (None: none ships)."""
     return _spec(name).imagenet

@@ -80,6 +80,7 @@ class ClassificationRecipe(TrainingHooks, L.LightningModule):
     """
 
     frozen_cache_ok = False  # whether `train.frozen_cache_views` applies (the base cross-entropy only)
+    modalities: tuple[str, ...] = ("image", "video")  # the manifest modalities the method is defined on
 
     def __init__(self, cfg: RunConfig, num_classes: int, steps_per_epoch: int = 1) -> None:
         super().__init__()

@@ -42,6 +42,7 @@ class DualDistillRecipe(ClassificationRecipe):
     """Deepest stage teaches the shallower ones: logits (SD), frame relations (RGSD), attention maps (AGSD)."""
 
     Options = DualDistillOptions
+    modalities = ("video",)  # its relation and attention terms run over a clip's frame axis
 
     def __init__(self, cfg: RunConfig, num_classes: int, steps_per_epoch: int = 1) -> None:
         super().__init__(cfg, num_classes, steps_per_epoch)
