@@ -150,6 +150,17 @@ CASES = [
                        ["train", "dualdistill", "--data", f"folder:{t / 'set'}", "--out", str(t / "runs"),
                         "--name", "x"])[-1],
          2, ("dualdistill is defined on videos, and set holds images",)),
+    Case("labelled-share-of-a-classifier",
+         lambda t, c: (_images(t, [f"set/{k}/{i}.png" for k in "ab" for i in range(5)]),
+                       ["train", "supervised", "--config", "pocus-finetune-imagenet", "--data", f"folder:{t / 'set'}",
+                        "--labelled", "0.1", "--out", str(t / "runs"), "--name", "x"])[-1],
+         2, ("--labelled chooses the labelled share of a semi-supervised segmentation run",
+             "supervised trains on every labelled item")),
+    Case("option-of-another-recipe",
+         lambda t, c: (_images(t, [f"set/{k}/{i}.png" for k in "ab" for i in range(5)]),
+                       ["train", "supervised", "--config", "pocus-finetune-imagenet", "--data", f"folder:{t / 'set'}",
+                        "--set", "recipe_options.alpha=0.5", "--out", str(t / "runs"), "--name", "x"])[-1],
+         2, ("recipe 'supervised' takes no recipe_options, got ['alpha']",)),
     Case("class-names-with-spaces",
          lambda t, c: _csv_set(t, "imgs/0.png,hypo: soft,a\nimgs/1.png,plaque dure ü,b\nimgs/2.png,hypo: soft,c\n"
                                   "imgs/3.png,plaque dure ü,d\n"),
@@ -257,6 +268,8 @@ def test_bad_input(case: Case, tmp_path: Path, ctx: dict, request: pytest.Fixtur
     assert code == case.code, text
     for part in case.expect:
         assert part in text, f"{part!r} not in:\n{text}"
+    if args[0] == "train" and case.code == 2:  # refused before anything was written
+        assert not (tmp_path / "runs").exists(), sorted((tmp_path / "runs").rglob("*"))
 
 
 def test_docs_list_every_case() -> None:

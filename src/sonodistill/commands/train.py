@@ -48,6 +48,12 @@ def _drop_foreign_target(args: argparse.Namespace, path: Path | None, recipe: st
     return ["data.target=null"]
 
 
+def _is_segmentation(recipe: str) -> bool:
+    from sonodistill.recipes import get_recipe
+
+    return getattr(get_recipe(recipe), "task", "classification") == "segmentation"
+
+
 def config_from_args(args: argparse.Namespace, recipe: str):
     path = None
     if args.config:
@@ -61,6 +67,12 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         if value is not None:
             overrides.append(f"{key}={value}")
     labelled = getattr(args, "labelled", None)
+    if labelled is not None and not _is_segmentation(recipe):
+        from sonodistill.errors import ConfigError
+
+        raise ConfigError(f"--labelled chooses the labelled share of a semi-supervised segmentation run "
+                          f"(seg_supervised, mean_teacher, fixmatch, cps, hdc); {recipe} trains on every labelled item "
+                          "of --data (to train on fewer, give a data set of fewer)")
     if labelled == "masks":
         overrides.append("recipe_options.labelled_rows=masks")
     elif labelled is not None:
@@ -152,10 +164,8 @@ def _eval(args: argparse.Namespace) -> int:
         print((Path(args.run_dir) / args.merge_name / "report.md").read_text())
         return 0
     from sonodistill.config import load_config as _load
-    from sonodistill.recipes import get_recipe
 
-    recipe = _load(Path(args.run_dir) / "config.yaml").recipe
-    if getattr(get_recipe(recipe), "task", "classification") == "segmentation":
+    if _is_segmentation(_load(Path(args.run_dir) / "config.yaml").recipe):
         from sonodistill.evaluation.segmentation_report import segmentation_report_from_run_dir
 
         segmentation_report_from_run_dir(args.run_dir)

@@ -413,11 +413,12 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     folds_to_train = cfg.train.folds if protocol.cross_validates and cfg.train.cv and cfg.train.fold is None else 1
     resolved, parallelism = resolve_parallelism(cfg, folds_to_train)  # train.threads / parallel_folds 'auto'
     set_threads(resolved.train.threads)
+    recorded = with_resolved_options(cfg)  # a recipe_options key the recipe does not take fails here
     # -- nothing was written before this line --
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         if not resume:
-            with_resolved_options(cfg).save(run_dir / "config.yaml")
+            recorded.save(run_dir / "config.yaml")
         manifest.to_csv(run_dir / "manifest.csv")
         if parallelism is not None:
             (run_dir / "parallelism.json").write_text(json.dumps(parallelism, indent=1), encoding="utf-8")

@@ -36,5 +36,7 @@ def resolved_recipe_options(name: str, values: dict[str, Any] | None) -> dict[st
 
     cls = options_class(name)
     if cls is None:
-        return dict(values or {})
+        if values:
+            raise ConfigError(f"recipe {name!r} takes no recipe_options, got {sorted(values)}")
+        return {}
     return json.loads(json.dumps(dataclasses.asdict(parse_options(cls, values, name))))
