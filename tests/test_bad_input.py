@@ -179,6 +179,18 @@ CASES = [
          lambda t, c: (_write(t / "imgs" / "copy.png", "image 0 imgs/0.png"),
                        _csv_set(t, "imgs/0.png,x,a\nimgs/1.png,y,b\nimgs/2.png,x,c\nimgs/copy.png,x,d\n"))[-1],
          2, ("rows 0 and 3 have identical content", "copy.png (group 'd')"), "16.4"),
+    Case("csv-without-group-column",
+         lambda t, c: (_images(t, [f"imgs/{i}.png" for i in range(4)]),
+                       ["data", "inspect", "csv", str(_write(t / "set.csv", "path,label\nimgs/0.png,x\nimgs/1.png,y\n"
+                                                             "imgs/2.png,x\nimgs/3.png,y\n")), "--folds", "2"])[-1],
+         2, ("group column 'group' not found (columns: ['path', 'label'])", "option group_col=COLUMN",
+             "group_col=null (each row its own group)")),
+    Case("csv-rows-independent",
+         lambda t, c: (_images(t, [f"imgs/{i}.png" for i in range(4)]),
+                       ["data", "inspect", "csv", str(_write(t / "set.csv", "path,label\nimgs/0.png,x\nimgs/1.png,y\n"
+                                                             "imgs/2.png,x\nimgs/3.png,y\n")), "--folds", "2",
+                        "--option", "group_col=null"])[-1],
+         0, ("- groups: 4; items per group: min 1", "Leakage check: passed")),
     Case("labels-1-and-1.0",
          lambda t, c: _csv_set(t, "imgs/0.png,1,a\nimgs/1.png,1.0,b\nimgs/2.png,0,c\nimgs/3.png,0.0,d\n"),
          0, ("classes: 0: 2, 1: 2",), "16.10"),

@@ -66,16 +66,17 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _adapter_options(args: argparse.Namespace) -> dict:
-    """`--option KEY=VALUE` (repeatable, values as text) and `--target`, as the adapter's keyword options."""
+    """`--option KEY=VALUE` (repeatable, values as text; `null` or `~` is None, as in `--set`) and `--target`, as
+    the adapter's keyword options."""
     from sonodistill.data.adapters import adapter_options
     from sonodistill.errors import ConfigError
 
-    options: dict[str, str] = {}
+    options: dict[str, str | None] = {}
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option group_by=file")
-        options[key.strip()] = value
+        options[key.strip()] = None if value.strip() in ("null", "~") else value
     return adapter_options(options, args.target or None)
 
 
@@ -140,11 +141,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=_probe)
 
     ins = dsub.add_parser("inspect", help="class counts, groups and a grouped k-fold split report of a data set")
-    ins.add_argument("adapter", help="lus-blues | pocus-frames | hc18 | busi | folder | image-masks | csv")
+    ins.add_argument("adapter", help="lus-blues | pocus-frames | hc18 | busi | folder | image-masks | unlabelled | csv")
     ins.add_argument("root", help="the data set folder (or CSV for 'csv')")
     ins.add_argument("--target", help="adapter target, e.g. severity | severity3 | b_lines for lus-blues")
     ins.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="an adapter option (repeatable), e.g. group_by=file, group_regex=..., mask_suffix=_gt; "
+                     help="an adapter option (repeatable), e.g. group_by=file, group_regex=..., mask_suffix=_gt, "
+                          "group_col=null (null: none); "
                           "train takes them as --set data.adapter_options=\"{KEY: VALUE}\"")
     ins.add_argument("--folds", type=int, default=5)
     ins.add_argument("--seed", type=int, default=0, help="the fold split's seed (train.fold_seed, else train.seed)")

@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that start a run (train, demo, benchmarks)."""
-    p.add_argument("--config", help="YAML config file, or the name of a packaged config (see configs/)")
+    p.add_argument("--config", help="YAML config file, or the name of a packaged config (`sonodistill configs` lists them)")
     p.add_argument("--data", help="ADAPTER:ROOT (lus-blues, pocus-frames, hc18, busi, folder, image-masks, unlabelled, "
-                                  "csv) or synthetic:PRESET; adapter options: --set data.adapter_options=\"{KEY: VALUE}\"")
+                                  "csv) or synthetic:PRESET; adapter options: "
+                                  "--set data.adapter_options=\"{KEY: VALUE}\"")
     p.add_argument("--target", help="adapter target, e.g. severity | severity3 | b_lines for lus-blues")
     p.add_argument("--folds", type=int, help="number of grouped, stratified folds")
     p.add_argument("--fold", type=int, help="run only this fold (0-based)")

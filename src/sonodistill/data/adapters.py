@@ -537,7 +537,10 @@ def csv_manifest(
             raise ManifestError(f"{root}: {what} column '{col}' not found (columns: {list(t.columns)})")
 
     need(path_col, "path")
-    need(group_col, "group")
+    if group_col is not None and group_col not in t.columns:
+        raise ManifestError(f"{root}: group column '{group_col}' not found (columns: {list(t.columns)}); name the "
+                            "column holding each row's patient (option group_col=COLUMN), or, only if every row is "
+                            "an independent patient, group_col=null (each row its own group)")
     need(mask_col, "mask")
     need(text_col, "text")
     need(target_col, "target")

@@ -47,7 +47,8 @@ class ClassificationProtocol(Protocol):
 
 
 #: a packaged config for each modality, named when the backbone does not fit the data
-CONFIG_FOR = {"image": "pocus-finetune-imagenet (efficientnet_lite0)", "video": "lus-tsm-imagenet (tsm_efficientnet_lite0)"}
+CONFIG_FOR = {"image": "pocus-finetune-imagenet (efficientnet_lite0)",
+              "video": "lus-tsm-imagenet (tsm_efficientnet_lite0)"}
 
 
 def check_backbone_modality(cfg: RunConfig, manifest: Manifest) -> None:
