@@ -167,6 +167,20 @@ def test_folder_regex_mismatch_names_row(tmp_path):
         load_adapter("folder", tmp_path, group_regex=r"^(patient_\d+)")
 
 
+def test_numeric_class_names_take_their_numeric_order(tmp_path):
+    """Folders (or labels) 0..12 of a score: '2' before '10', not after it; names that are not all numbers sort
+    as text."""
+    for cls in ("10", "2", "0", "1.5"):
+        _touch(tmp_path / "score" / cls / f"{cls}.png")
+    assert load_adapter("folder", tmp_path / "score").classes == ["0", "1.5", "2", "10"]
+    (tmp_path / "score" / "n").mkdir()
+    _touch(tmp_path / "score" / "n" / "n.png")
+    assert load_adapter("folder", tmp_path / "score").classes == ["0", "1.5", "10", "2", "n"]
+    f = tmp_path / "m.csv"
+    f.write_text("path,label,group\n" + "".join(f"score/{c}/{c}.png,{c},{c}\n" for c in ("10", "2", "0")))
+    assert load_adapter("csv", f).classes == ["0", "2", "10"]
+
+
 # -- csv ------------------------------------------------------------------------------------------
 def _csv_set(tmp_path: Path) -> Path:
     for n in ("a.png", "b.png", "c.png"):

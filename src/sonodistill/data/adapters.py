@@ -19,7 +19,7 @@ from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
 from . import readers
-from .manifest import Manifest, Modality, canonical_label, read_header
+from .manifest import Manifest, Modality, canonical_label, class_order, read_header
 from .splits import check_duplicate_content
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def folder(root: Path, group_regex: str | None = None, group_by: str = "folder",
     _check_group_by("folder", group_by)
     if not root.is_dir():
         raise ConfigError(f"folder adapter: root must be a folder with one sub-folder per class: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = class_order(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ManifestError(f"folder adapter: no class sub-folders in {root}")
     rows: list[tuple[str, str]] = []
@@ -572,7 +572,7 @@ def csv_manifest(
         elif classes:
             declared = [canonical_label(str(c)) for c in classes]
         else:
-            declared = [canonical_label(c) for c in meta.get("classes", [])] or sorted(set(out["label"]))
+            declared = [canonical_label(c) for c in meta.get("classes", [])] or class_order(out["label"])
     if mask_col is not None:
         out["mask"] = ["" if pd.isna(v) or str(v).strip() == "" else _resolve(base, v, i, mask_col)
                        for i, v in enumerate(t[mask_col])]

@@ -173,6 +173,16 @@ def canonical_label(value: str) -> str:
 _WHOLE_DECIMAL = re.compile(r"([+-]?\d+)\.0*")
 
 
+def class_order(names: Iterable[str]) -> list[str]:
+    """Class names in the order their indices take: by value when every name is a number ('2' before '10', as a
+    severity score 0..12 reads), else by text."""
+    unique = set(names)
+    values = {n: _number(n) for n in unique}
+    if unique and all(v is not None for v in values.values()):
+        return sorted(unique, key=lambda n: (values[n], n))
+    return sorted(unique)
+
+
 def _number(text: str) -> float | None:
     try:
         return float(text)
