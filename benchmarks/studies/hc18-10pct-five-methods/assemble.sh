@@ -7,7 +7,8 @@
 # runs/bench43/hc18-20 and runs/bench43/hc18-20-all), the 5 % one (../hc18-5pct-fixed-sampler) with PCT=5
 # (runs/bench46/hc18-5), the busi 10 % one (../busi-10pct-fixed-sampler) with DATA=busi (runs/bench47/busi10; HDC
 # compared on Dice and hd95, on all lesions and then per benign / malignant, `compare --by label`: descriptive, the
-# rule reads the rows on all lesions); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
+# rule reads the rows on all lesions), the busi 20 % one (../busi-20pct-fixed-sampler) with DATA=busi PCT=20
+# (runs/bench48/busi20); METHODS="seg_supervised hdc" assembles a subset (HDC must be in it).
 set -eu
 DATA=${DATA:-hc18}; PCT=${PCT:-10}
 case "$DATA-$PCT" in
@@ -15,7 +16,8 @@ case "$DATA-$PCT" in
   hc18-10) B=bench42; FRACTION=0.1; D=hc18-10;;
   hc18-20) B=bench43; FRACTION=0.2; D=hc18-20;;
   busi-10) B=bench47; FRACTION=0.1; D=busi10;;
-  *) echo "DATA-PCT must be hc18-5, hc18-10, hc18-20 or busi-10" >&2; exit 2;;
+  busi-20) B=bench48; FRACTION=0.2; D=busi20;;
+  *) echo "DATA-PCT must be hc18-5, hc18-10, hc18-20, busi-10 or busi-20" >&2; exit 2;;
 esac
 case "$DATA" in hc18) METRICS=dice,hc_abs_err_mm; BY="";; busi) METRICS=dice,hd95; BY="--by label";; esac
 R=${R:-runs/$B/$D}; OUT=${OUT:-runs/$B/$D-all}; SEEDS=${SEEDS:-0}
