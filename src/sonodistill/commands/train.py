@@ -133,8 +133,12 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
         except ValueError:
             raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})") from None
         run_seeds(cfg, seeds, resume=args.resume)
-        print(f"{len(seeds)} seeds on the same folds under {cfg.run_dir}/seed_<s>/ (wall time "
-              f"{time.perf_counter() - t0:.0f} s); compare runs with: sonodistill compare BASELINE_RUN {cfg.run_dir}")
+        wall = f"(wall time {time.perf_counter() - t0:.0f} s)"
+        if cfg.train.cv:
+            print(f"{len(seeds)} seeds on the same folds under {cfg.run_dir}/seed_<s>/ {wall}; compare runs with: "
+                  f"sonodistill compare BASELINE_RUN {cfg.run_dir}")
+        else:
+            print(f"{len(seeds)} final models, one a seed, in {cfg.run_dir}/seed_<s>/final/ {wall}")
         return 0
     summary = run_protocol(cfg, resume=args.resume)
     if summary is None:  # non-zero ranks of a multi-process run: rank 0 writes the report

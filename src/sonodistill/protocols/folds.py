@@ -135,6 +135,9 @@ def check_final_options(cfg: RunConfig, protocol: Protocol, manifest: Manifest) 
             raise ConfigError(f"train.cv=false (--final-only) with train.fold={fold} (--fold): a final-only run "
                               "trains no folds; drop one of them")
         return
+    if fold is not None and not protocol.cross_validates:
+        raise ConfigError(f"train.fold={fold} (--fold): recipe '{cfg.recipe}' trains once on every item, without "
+                          "folds; drop --fold")
     if cfg.train.final and fold is not None and protocol.cross_validates:
         raise ConfigError(f"train.final=true with train.fold={fold} (--fold): a run trains its final model once, "
                           "after all its folds, not beside one fold. Run the folds without train.final, then "
