@@ -65,8 +65,8 @@ def _overrides(recipe: str, root: Path) -> list[str]:
     where = [f"recipe={recipe}", f"name={recipe}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}"]
     if recipe in SEGMENTATION:
         return where + SEG
-    if recipe == "dino":
-        return where + VIDEO + VIT + [DINO_OPTIONS, "data.batch_size=6"]
+    if recipe == "dino":  # one pretraining run on every item: no folds to choose from
+        return where + [o for o in VIDEO if not o.startswith("train.fold")] + VIT + [DINO_OPTIONS, "data.batch_size=6"]
     if recipe == "discovr":
         return where + VIDEO + DISCOVR
     if recipe == "medivlad":
