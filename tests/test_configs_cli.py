@@ -19,6 +19,7 @@ def test_listing_names_every_packaged_config_with_its_recipe_and_purpose(capsys)
     assert "seg-busi-imagenet (seg_supervised)\n    BUSI lesion segmentation" in out
     assert "dino-efficientnet-imagenet (dino)\n    DINO continued from the ImageNet EfficientNet-Lite0" in out
     assert "demo (recipe from the command line)" in out
+    assert "MeDiVLAD frame finetuning on few labels (image data, e.g. pocus-frames): backbone" in out  # not cut at e.g.
 
 
 def test_printed_config_trains_as_the_packaged_name(capsys, tmp_path):

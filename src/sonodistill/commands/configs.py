@@ -4,12 +4,16 @@ edit (`sonodistill configs seg-busi-imagenet > mine.yaml`, then `train ... --con
 from __future__ import annotations
 
 import argparse
+import re
 import textwrap
 from pathlib import Path
 
 import yaml
 
 from sonodistill.config import packaged_config, packaged_configs
+
+#: a full stop that ends a sentence: followed by a space, and not the end of "e.g.", "i.e." or "vs."
+SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)(?<!\bvs)\.\s")
 
 
 def describe(path: Path) -> tuple[str, str]:
@@ -21,8 +25,8 @@ def describe(path: Path) -> tuple[str, str]:
             break
         comments.append(line.lstrip("#").strip())
     header = " ".join(c for c in comments if c)
-    end = header.find(". ")
-    sentence = header if end < 0 else header[: end + 1]
+    end = SENTENCE_END.search(header)
+    sentence = header if end is None else header[: end.start() + 1]
     recipe = (yaml.safe_load(text) or {}).get("recipe", "")
     return str(recipe), sentence
 
