@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 _VERBOSE = False
 # Warnings raised inside Lightning / torch internals that a user cannot act on (our own warnings still show).
@@ -52,3 +53,30 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)]
         logger.propagate = True
+
+
+class RunLog:
+    """Copy this package's log records (warnings included) into a run's `train.log` (appended: a resumed run adds
+    to it) for the duration of a run; an exception that ends the run is written there too, so a run left in the
+    background says in its own folder why it stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("sonodistill")
+
+    def __enter__(self) -> "RunLog":
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self._level = self.logger.level
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, *_: object) -> None:
+        if exc is not None:
+            self.logger.error("the run stopped: %s: %s", kind.__name__ if kind else "error", exc)
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+        if hasattr(self, "_level"):
+            self.logger.setLevel(self._level)
+

@@ -26,6 +26,10 @@ def test_parallel_folds_equal_sequential_folds(tmp_path) -> None:
     assert {k: v for k, v in metrics_par.items() if k != "title"} == \
         {k: v for k, v in metrics_seq.items() if k != "title"}
     assert sorted(json.loads((par / "timing.json").read_text())) == ["0", "1", "2"]
+    log = (par / "train.log").read_text()  # the workers' lines reach the run's log too
+    assert "parallel: supervised on synthetic:carotid, started" in log
+    for k in range(3):
+        assert f"fold_{k} epoch 1/" in log and f"fold {k} done in" in log, k
 
 
 def test_parallel_folds_resume_keeps_finished_folds(tmp_path) -> None:
@@ -34,6 +38,8 @@ def test_parallel_folds_resume_keeps_finished_folds(tmp_path) -> None:
     run_protocol(demo_config(tmp_path, "r", "train.parallel_folds=2"), resume=True, enable_progress_bar=False)
     assert (tmp_path / "r" / "fold_1" / "model.safetensors").stat().st_mtime_ns == kept
     assert len(pd.read_csv(tmp_path / "r" / "predictions.csv")) == 18
+    log = (tmp_path / "r" / "train.log").read_text()  # one log, appended by each invocation
+    assert log.index("on synthetic:carotid, started") < log.index("on synthetic:carotid, resumed")
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -61,6 +67,8 @@ def test_a_failing_worker_is_the_error(tmp_path) -> None:
     with pytest.raises(DataError, match="corrupt_clip.mp4"):
         run_protocol(cfg, manifest=manifest, enable_progress_bar=False)
     assert not (tmp_path / "fails" / "predictions.csv").exists()
+    log = (tmp_path / "fails" / "train.log").read_text()  # a run left in the background says why it stopped
+    assert "ERROR" in log and "the run stopped: DataError" in log and "corrupt_clip.mp4" in log
 
 
 def test_every_error_type_survives_pickling() -> None:

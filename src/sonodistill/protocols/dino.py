@@ -61,28 +61,6 @@ class DINOArtifacts(L.Callback):
         save_weights(pl_module.student.backbone, self.run_dir / STUDENT_WEIGHTS)
 
 
-class RunLog:
-    """Copy this package's log records (warnings included) into RUN/train.log for the duration of a run."""
-
-    def __init__(self, path: Path) -> None:
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.logger = logging.getLogger("sonodistill")
-
-    def __enter__(self) -> "RunLog":
-        self.logger.addHandler(self.handler)
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self._level = self.logger.level
-            self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self.handler)
-        self.handler.close()
-        if hasattr(self, "_level"):
-            self.logger.setLevel(self._level)
-
-
 def load_extra(specs: list[str], cfg: RunConfig) -> list[Manifest]:
     """The manifests of `recipe_options.extra_data` (ADAPTER:ROOT, or synthetic:PRESET with the run's data
     settings), their files checked."""
@@ -182,8 +160,7 @@ class DINOProtocol(Protocol):
         run.state = [run.manifest] + load_extra(list(o.extra_data), run.cfg)
 
     def fit(self, run: Run, fold: Fold) -> FoldResult:
-        with RunLog(run.dir / "train.log"):
-            summary = run_pretraining(run.cfg, run.state, run.resume, **run.trainer_overrides)
+        summary = run_pretraining(run.cfg, run.state, run.resume, **run.trainer_overrides)  # logged to RUN/train.log
         return FoldResult(record=summary or {})
 
     def title(self, run: Run) -> str:

@@ -4,6 +4,7 @@ repeated seeds and validation-only scoring; the report from the protocol. Every 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sonodistill.config import SEED_DIR_PREFIX, RunConfig, load_config
+from sonodistill.console import RunLog
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.data.folds import fold_seed_of, load_folds, make_folds, save_folds
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 RESUME_FREE_FIELDS = ("name", "out_dir", "data.cache_dir", "data.num_workers", "train.fold", "train.final",
                       "train.threads", "train.parallel_folds")
 CALIBRATIONS = ("none", "temperature")  # train.calibrate
+RUN_LOG = "train.log"  # the run's log lines (and why it stopped), appended by each invocation
 
 
 def process_rank() -> int:
@@ -318,7 +321,7 @@ def fit_in_processes(run: Run, folds: list[tuple[np.ndarray, np.ndarray]], todo:
     threads = threads_per_worker(workers, int(run.cfg.train.threads))
     log.info("train.parallel_folds: folds %s in %d processes x %d torch thread(s)", todo, workers, threads)
     calls = [(run.cfg, source, run.resume, run.trainer_overrides, folds, k, threads) for k in todo]
-    return dict(zip(todo, map_in_processes(fit_fold_process, calls, workers)))
+    return dict(zip(todo, map_in_processes(fit_fold_process, calls, workers, log_file=run.dir / RUN_LOG)))
 
 
 def fit_fold_process(cfg: RunConfig, source: Manifest, resume: bool, trainer_overrides: dict[str, Any],
@@ -426,6 +429,15 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
         if parallelism is not None:
             (run_dir / "parallelism.json").write_text(json.dumps(parallelism, indent=1), encoding="utf-8")
     run = Run(resolved, manifest, resume, dict(trainer_overrides))
+    with RunLog(run_dir / RUN_LOG) if rank == 0 else contextlib.nullcontext():
+        log.info("%s: %s on %s, %s", run_dir, cfg.recipe, cfg.data.spec, "resumed" if resume else "started")
+        return _run_folds(run, protocol, new_folds, manifest, fit_missing, rank)
+
+
+def _run_folds(run: Run, protocol: Protocol, new_folds: list[tuple[np.ndarray, np.ndarray]] | None,
+               manifest: Manifest, fit_missing: bool, rank: int) -> dict[str, Any] | None:
+    """`run_protocol` once the run directory is written: the folds (or the one model), the final model, the report."""
+    cfg, run_dir, resume = run.cfg, run.dir, run.resume
     protocol.prepare(run)
     if not protocol.cross_validates:  # one model on every item (e.g. DINO pretraining): the run is its model
         result = train_final_model(run, protocol)

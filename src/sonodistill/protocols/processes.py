@@ -10,11 +10,13 @@ in the parent, or a failed call, is passed on to every running worker, which sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sonodistill.errors import SonoDistillError
@@ -30,13 +32,15 @@ def threads_per_worker(workers: int, threads: int = 0) -> int:
     return int(threads) if threads > 0 else max(1, usable_cpus() // max(1, workers))
 
 
-def _worker(conn: Connection, verbose: bool, fn: Callable[..., Any], args: tuple) -> None:
-    """In the spawned process: logging as the CLI's, fn(*args), then ("ok", result) or ("error", exception)."""
-    from sonodistill.console import setup_logging
+def _worker(conn: Connection, verbose: bool, fn: Callable[..., Any], args: tuple, log_file: Path | None) -> None:
+    """In the spawned process: logging as the CLI's (and into `log_file`, appended), fn(*args), then ("ok", result)
+    or ("error", exception)."""
+    from sonodistill.console import RunLog, setup_logging
 
     setup_logging(verbose)
     try:
-        message: tuple[str, Any] = ("ok", fn(*args))
+        with RunLog(log_file) if log_file is not None else contextlib.nullcontext():
+            message: tuple[str, Any] = ("ok", fn(*args))
     except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
         message = ("error", exc)
     try:
@@ -47,9 +51,11 @@ def _worker(conn: Connection, verbose: bool, fn: Callable[..., Any], args: tuple
     conn.close()
 
 
-def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], workers: int) -> list[Any]:
+def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], workers: int,
+                     log_file: Path | None = None) -> list[Any]:
     """[fn(*args) for args in calls], each call in its own spawned process, `workers` at a time; results in call
-    order. `fn` and its arguments must be picklable (a module-level function)."""
+    order. `fn` and its arguments must be picklable (a module-level function). Each process's log lines are also
+    appended to `log_file` (a run's train.log) when given."""
     from sonodistill.recipes.trainer import STOP, TrainingStopped, stop_on_signals
 
     ctx = get_context("spawn")
@@ -64,7 +70,7 @@ def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], workers: in
             while pending and len(running) < max(1, workers) and not errors and STOP.signum is None:
                 i, args = pending.pop(0)
                 receive, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(send, verbose, fn, args), daemon=False)
+                proc = ctx.Process(target=_worker, args=(send, verbose, fn, args, log_file), daemon=False)
                 proc.start()
                 send.close()
                 running[i] = (proc, receive)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,6 +85,27 @@ def stop_on_signals() -> Iterator[StopRequest]:
         STOP.active = False
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class EpochSummary(Callback):
+    """One log line an epoch (rank 0; the run's train.log keeps it): where (fold_K, final), the epoch, its logged
+    epoch-level training values and its seconds."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        values = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
+                  if torch.is_tensor(v) and v.numel() == 1 and not k.endswith("_step")}
+        text = ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())) or "nothing logged"
+        log.info("%s epoch %d/%d: %s (%.0f s)", self.where, trainer.current_epoch + 1, trainer.max_epochs, text,
+                 time.perf_counter() - self.started)
 
 
 class StopOnSignal(Callback):
@@ -240,7 +262,8 @@ def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback
     # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
     ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
-    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal()]
+    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal(),
+                                 EpochSummary(fold_dir.name)]
     callbacks += list(extra_callbacks or [])
     kwargs: dict[str, Any] = dict(
         max_epochs=cfg.train.epochs,
