@@ -79,4 +79,3 @@ class RunLog:
         self.handler.close()
         if hasattr(self, "_level"):
             self.logger.setLevel(self._level)
-

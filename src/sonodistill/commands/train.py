@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that start a run (train, demo, benchmarks)."""
-    p.add_argument("--config", help="YAML config file, or the name of a packaged config (`sonodistill configs` lists them)")
+    p.add_argument("--config", help="YAML config file, or the name of a packaged config (`sonodistill configs` lists "
+                                    "them)")
     p.add_argument("--data", help="ADAPTER:ROOT (lus-blues, pocus-frames, hc18, busi, folder, image-masks, unlabelled, "
                                   "csv) or synthetic:PRESET; adapter options: "
                                   "--set data.adapter_options=\"{KEY: VALUE}\"")

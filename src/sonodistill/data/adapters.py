@@ -400,9 +400,9 @@ def folder(root: Path, group_regex: str | None = None, group_by: str = "folder",
 def unlabelled(root: Path, group_regex: str | None = None, group_by: str = "folder",
                **options: object) -> Manifest:
     """Every video or image under `root` (its sub-folders too; DICOMs of any name, an export's DICOMDIR skipped),
-    without labels: the pretraining set of `dino` and `discovr` (or their `recipe_options.extra_data`). Group: the
-    sub-folder of `root` a file is in (a patient), else its stem (`group_by="file"`: each file its own); or
-    `group_regex`'s first group, matched on the file name. One modality a set: videos and images in one folder are
+    without labels: the pretraining set of `dino` (also in its `recipe_options.extra_data`) and of `discovr
+    --final-only`. Group: the sub-folder of `root` a file is in (a patient), else its stem (`group_by="file"`: each
+    file its own); or `group_regex`'s first group, matched on the file name. One modality a set: videos and images in one folder are
     an error naming one of each (give them as two sets, one in `extra_data`)."""
     _reject_options("unlabelled", options)
     _check_group_by("unlabelled", group_by)

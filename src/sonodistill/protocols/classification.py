@@ -68,4 +68,3 @@ def check_backbone_modality(cfg: RunConfig, manifest: Manifest) -> None:
                           f"a {kind} backbone: give a {want} backbone (--backbone; `sonodistill models` lists their "
                           f"kinds) or a config made for {manifest.modality}s, e.g. --config "
                           f"{CONFIG_FOR[manifest.modality]}")
-
