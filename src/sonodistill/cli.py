@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "annotate",
     "compare",
     "score",
+    "runs",
 ]
 
 

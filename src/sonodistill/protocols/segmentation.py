@@ -166,8 +166,11 @@ class SegmentationProtocol(Protocol):
 
         build_once(cfg, SEGMENTATION_CLASSES)
         options = get_recipe(cfg.recipe).resolve_options(cfg.recipe_options)
+        has = masked_rows(manifest, np.arange(len(manifest)))  # no mask column: an error before anything is written
+        if not has.any():
+            raise ConfigError(f"manifest '{manifest.name}': none of its {len(manifest)} rows has a mask; segmentation "
+                              "trains and scores on masks")
         if options.labelled_rows == "masks":
-            has = masked_rows(manifest, np.arange(len(manifest)))
             log.info("labelled_rows: masks: %d of %d rows have a mask (labelled, scored), %d have none (unlabelled)",
                      int(has.sum()), len(has), int((~has).sum()))
         if trains_final(cfg):  # the final model's labelled share of all items
