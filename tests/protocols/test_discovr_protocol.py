@@ -106,7 +106,7 @@ def test_resume_re_evaluates_finished_folds_and_adds_the_final_model_on_all_norm
 def test_final_only_pretrains_the_same_final_model_and_nothing_else(runs):
     cv_run, run, _, _, _ = runs
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "manifest.csv", "report.md",
-                                                     "timing.json"]
+                                                     "timing.json", "train.log"]
     assert "NO_CV_ESTIMATE" in (run / "report.md").read_text()
     got = read_weights(run / "final" / "model.safetensors")
     want = read_weights(cv_run / "final" / "model.safetensors")

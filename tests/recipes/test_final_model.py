@@ -98,7 +98,7 @@ def test_final_only_classification(tiny_carotid, tiny_overrides):
     assert summary["cv"] is False and summary["final"] == str(run / "final")
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "done").is_file()
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "manifest.csv", "report.md",
-                                                     "timing.json"]
+                                                     "timing.json", "train.log"]
     assert "NO_CV_ESTIMATE" in (run / "report.md").read_text()
     with pytest.raises(SonoDistillError, match="no cross-validation estimate"):
         from sonodistill.evaluation.run_dir import report_from_run_dir
