@@ -12,9 +12,10 @@ from pathlib import Path
 import yaml
 
 from sonodistill.errors import SonoDistillError
+from sonodistill.provenance import ENVIRONMENT_FILE
 
 #: a finished fold (or final/) has its environment.json, written once its results are saved
-FOLD_DONE = "environment.json"
+FOLD_DONE = ENVIRONMENT_FILE
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (\w+) [\w.]+: (.*)$")
 
 
