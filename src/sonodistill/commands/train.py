@@ -121,6 +121,9 @@ def _run_training(args: argparse.Namespace, cfg: RunConfig) -> int:
         if not cfg.train.cv:
             raise ConfigError("--ablation compares cross-validation estimates: it cannot run with --final-only "
                               "(train.cv=false)")
+        if args.seeds:
+            raise ConfigError("--ablation trains its 8 rows with one seed (train.seed); it does not take --seeds: "
+                              "run it once a seed, e.g. --set train.seed=1 --name NAME-s1")
         table = run_ablation(cfg, resume=args.resume)
         print(table.read_text())
         print(f"ablation runs under {cfg.run_dir} (wall time {time.perf_counter() - t0:.0f} s)")
