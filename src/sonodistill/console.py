@@ -60,7 +60,8 @@ class RunLog:
     to it) for the duration of a run; an exception that ends the run is written there too, so a run left in the
     background says in its own folder why it stopped."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, says_why_it_stopped: bool = True) -> None:
+        self.says_why_it_stopped = says_why_it_stopped  # False in a fold's worker process: the run's own RunLog says it
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.logger = logging.getLogger("sonodistill")
@@ -73,7 +74,7 @@ class RunLog:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, *_: object) -> None:
-        if exc is not None:
+        if exc is not None and self.says_why_it_stopped:
             self.logger.error("the run stopped: %s: %s", kind.__name__ if kind else "error", exc)
         self.logger.removeHandler(self.handler)
         self.handler.close()

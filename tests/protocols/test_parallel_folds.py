@@ -69,6 +69,7 @@ def test_a_failing_worker_is_the_error(tmp_path) -> None:
     assert not (tmp_path / "fails" / "predictions.csv").exists()
     log = (tmp_path / "fails" / "train.log").read_text()  # a run left in the background says why it stopped
     assert "ERROR" in log and "the run stopped: DataError" in log and "corrupt_clip.mp4" in log
+    assert log.count("the run stopped") == 1  # said once, by the run, not again by the fold's worker
 
 
 def test_every_error_type_survives_pickling() -> None:

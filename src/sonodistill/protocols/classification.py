@@ -58,8 +58,9 @@ def check_backbone_modality(cfg: RunConfig, manifest: Manifest) -> None:
     from sonodistill.models.backbones import backbone_kind
     from sonodistill.recipes import get_recipe
 
-    if manifest.modality not in get_recipe(cfg.recipe).modalities:
-        raise ConfigError(f"{cfg.recipe} is defined on {' and '.join(get_recipe(cfg.recipe).modalities)}s, and "
+    modalities = get_recipe(cfg.recipe).modalities
+    if manifest.modality not in modalities:
+        raise ConfigError(f"{cfg.recipe} is defined on {' and '.join(modalities)}s, and "
                           f"{manifest.name} holds {manifest.modality}s (supervised trains on either)")
     want = "video" if manifest.modality == "video" else "frame"
     kind = backbone_kind(cfg.model.backbone)

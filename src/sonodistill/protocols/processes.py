@@ -39,7 +39,7 @@ def _worker(conn: Connection, verbose: bool, fn: Callable[..., Any], args: tuple
 
     setup_logging(verbose)
     try:
-        with RunLog(log_file) if log_file is not None else contextlib.nullcontext():
+        with RunLog(log_file, says_why_it_stopped=False) if log_file is not None else contextlib.nullcontext():
             message: tuple[str, Any] = ("ok", fn(*args))
     except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
         message = ("error", exc)
