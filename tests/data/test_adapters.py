@@ -292,6 +292,24 @@ def test_folder_sub_folders_are_groups_and_dicoms_of_any_name_count(tmp_path):
         load_adapter("folder", tmp_path)
 
 
+def test_folder_and_image_masks_skip_hidden_folders(tmp_path):
+    """A Jupyter `.ipynb_checkpoints/` copy inside a class, images or masks folder is not a second sample (it would
+    train twice and leak across folds) nor a second mask."""
+    for rel in ("a/p1/x.png", "a/.ipynb_checkpoints/x-checkpoint.png", "a/p1/.cache/y.png", "b/z.png"):
+        _touch(tmp_path / "folders" / rel)
+    m = load_adapter("folder", tmp_path / "folders")
+    assert sorted(Path(p).name for p in m.table["path"]) == ["x.png", "z.png"]
+    _image_masks_tree(tmp_path / "seg")
+    n = len(load_adapter("image-masks", tmp_path / "seg"))
+    for sub in ("images", "masks"):
+        hidden = tmp_path / "seg" / sub / "p1" / ".ipynb_checkpoints"
+        hidden.mkdir()
+        for f in (tmp_path / "seg" / sub / "p1").iterdir():
+            if f.is_file():
+                (hidden / f.name).write_bytes(f.read_bytes())
+    assert len(load_adapter("image-masks", tmp_path / "seg")) == n
+
+
 # -- unlabelled -----------------------------------------------------------------------------------
 def test_unlabelled_adapter_reads_every_file_with_sub_folder_groups(tmp_path):
     """A folder of unlabelled frames (a pretraining set): every image at any depth, a sub-folder of the root one

@@ -343,6 +343,14 @@ def regex_groups(paths: list[str], group_regex: str) -> list[str]:
 GROUP_BY = ("folder", "file")
 
 
+def _visible_files(root: Path) -> list[Path]:
+    """Every file under `root` (sorted), less hidden ones: a name starting with '.' anywhere below `root` (`.DS_Store`,
+    a `.ipynb_checkpoints/` folder of copies that would train twice and leak across folds) and an export's DICOMDIR."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                  and not readers.is_dicomdir(p))
+
+
 def _folder_group(relative: Path, group_by: str = "folder") -> str:
     """A file's group from its path under its class (or images) folder: with `group_by="folder"` the sub-folder it
     is in (`patient_3/IM0001` -> `patient_3`: one patient's or study's files stay together), or its stem when it
@@ -380,8 +388,7 @@ def folder(root: Path, group_regex: str | None = None, group_by: str = "folder",
         raise ManifestError(f"folder adapter: no class sub-folders in {root}")
     rows: list[tuple[str, str]] = []
     for c in classes:
-        files = sorted(p for p in (root / c).rglob("*")
-                       if p.is_file() and not p.name.startswith(".") and not readers.is_dicomdir(p))
+        files = _visible_files(root / c)
         if not files:
             raise ManifestError(f"folder adapter: class folder '{c}' is empty: {root / c}")
         rows += [(str(p), c) for p in files]
@@ -408,9 +415,7 @@ def unlabelled(root: Path, group_regex: str | None = None, group_by: str = "fold
     _check_group_by("unlabelled", group_by)
     if not root.is_dir():
         raise ConfigError(f"unlabelled adapter: root must be a folder of videos or images: {root}")
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                   and not readers.is_dicomdir(p))
+    files = _visible_files(root)
     if not files:
         raise ManifestError(f"unlabelled adapter: no files in {root}")
     paths = [str(p) for p in files]
@@ -430,8 +435,8 @@ MASK_SUFFIXES = ("", "_mask", "-mask", "_Annotation", "_seg", "_label")
 def _mask_index(masks_dir: Path) -> dict[tuple[str, ...], list[Path]]:
     """Every image file under `masks_dir` by its path relative to it, without the extension (lower-cased)."""
     index: dict[tuple[str, ...], list[Path]] = {}
-    for m in sorted(masks_dir.rglob("*")):
-        if m.is_file() and not m.name.startswith(".") and m.suffix.lower() in IMAGE_EXTENSIONS:
+    for m in _visible_files(masks_dir):
+        if m.suffix.lower() in IMAGE_EXTENSIONS:
             rel = m.relative_to(masks_dir)
             index.setdefault(tuple(rel.parent.parts) + (rel.stem.lower(),), []).append(m)
     return index
@@ -455,8 +460,7 @@ def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | N
     for d in (images_dir, masks_dir):
         if not d.is_dir():
             raise ConfigError(f"image-masks adapter: {d} is not a folder (expected ROOT/images/ and ROOT/masks/)")
-    images = [p for p in sorted(images_dir.rglob("*"))
-              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    images = [p for p in _visible_files(images_dir) if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
         raise ManifestError(f"image-masks adapter: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {images_dir}")
     index = _mask_index(masks_dir)
