@@ -39,17 +39,17 @@ class DINOArtifacts(L.Callback):
         row = pl_module.epoch_diagnostics()
         reason = pl_module.check_collapse(row)
         row["collapsed"] = reason or ""
-        if reason:
-            log.warning("DINO collapse detected at epoch %d: %s. Consider a lower teacher temperature, a larger "
-                        "centre momentum or a smaller learning rate.", row["epoch"], reason)
-        else:
-            log.info("dino epoch %d: loss %.4f, teacher entropy %.3f nats (log D = %.3f), KL to mean %.3f, "
-                     "feature std %.4f, %.1f images/s", row["epoch"], row.get("loss", math.nan),
-                     row.get("teacher_entropy", math.nan), math.log(pl_module.options.out_dim),
-                     row.get("teacher_kl_to_mean", math.nan), row.get("teacher_feature_std", math.nan),
-                     row["images_per_s"])
         if not trainer.is_global_zero:
             return
+        if reason:
+            log.warning("DINO collapse detected at epoch %d: %s. Consider a lower teacher temperature, a larger "
+                        "centre momentum or a smaller learning rate.", row["epoch"] + 1, reason)
+        else:
+            log.info("dino epoch %d/%d: loss %.4f, teacher entropy %.3f nats (log D = %.3f), KL to mean %.3f, "
+                     "feature std %.4f, %.1f images/s (%.0f s)", row["epoch"] + 1, trainer.max_epochs,
+                     row.get("loss", math.nan), row.get("teacher_entropy", math.nan),
+                     math.log(pl_module.options.out_dim), row.get("teacher_kl_to_mean", math.nan),
+                     row.get("teacher_feature_std", math.nan), row["images_per_s"], row["epoch_seconds"])
         path = self.run_dir / "diagnostics.csv"
         old = pd.read_csv(path) if path.is_file() else pd.DataFrame()
         if len(old):
@@ -117,7 +117,7 @@ def run_pretraining(cfg: RunConfig, manifests: list[Manifest], resume: bool = Fa
     log.info("dino: pretraining on %d frames per epoch from %s; %d steps/epoch x %d epochs; labels are not used",
              len(dataset), [s["name"] for s in sources], spe, cfg.train.epochs)
     recipe = DINORecipe(cfg, steps_per_epoch=spe)
-    trainer = build_trainer(cfg, run_dir, [DINOArtifacts(run_dir)], **trainer_overrides)
+    trainer = build_trainer(cfg, run_dir, [DINOArtifacts(run_dir)], epoch_summary=False, **trainer_overrides)
     t0 = time.perf_counter()
     fit(trainer, recipe, loader, run_dir, resume, "dino")
     wall = time.perf_counter() - t0

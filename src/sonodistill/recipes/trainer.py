@@ -256,14 +256,16 @@ def resume_checkpoint(fold_dir: Path, resume: bool, fold: int | str) -> str | No
 
 
 def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback] | None = None,
-                  **overrides: Any) -> L.Trainer:
-    """A Lightning Trainer configured from the run config; checkpoints and logs under `fold_dir`."""
+                  epoch_summary: bool = True, **overrides: Any) -> L.Trainer:
+    """A Lightning Trainer configured from the run config; checkpoints and logs under `fold_dir`. `epoch_summary`:
+    the EpochSummary line an epoch (off for a recipe whose own callback logs a richer one)."""
     quiet_lightning()  # Lightning is imported by now: its console handler's duplicate lines and tips go
     # Keep the newest epoch checkpoint (no metric monitored: no selection on a test fold) and `last.ckpt` linking it.
     ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
-    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal(),
-                                 EpochSummary(fold_dir.name)]
+    callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal()]
+    if epoch_summary:
+        callbacks.append(EpochSummary(fold_dir.name))
     callbacks += list(extra_callbacks or [])
     kwargs: dict[str, Any] = dict(
         max_epochs=cfg.train.epochs,
