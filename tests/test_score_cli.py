@@ -122,6 +122,46 @@ def test_label_errors_name_the_row(classification_case, tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
 
 
+def test_per_group_scores_one_row_a_patient(tmp_path, capsys):
+    """A per-patient label: each group's probabilities averaged over its inputs, then scored as one row; a group whose
+    inputs disagree on the label, labels without groups and segmentation predictions are refused with the cause."""
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), 12).round(4)
+    probs[:, 2] = 1 - probs[:, :2].sum(axis=1)
+    names = [f"clip{i:02d}.mp4" for i in range(12)]
+    pred = _write_json(tmp_path / "preds.json", [_result(n, p.tolist()) for n, p in zip(names, probs)])
+    groups = [f"p{i // 3}" for i in range(12)]  # 4 patients, 3 clips each
+    y_group = np.array([0, 1, 2, 1])
+    pd.DataFrame({"file": names, "label": [CLASSES[y_group[i // 3]] for i in range(12)],
+                  "group": groups}).to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "score"
+    assert sonodistill("score", pred, "--labels", tmp_path / "labels.csv", "--out", out, "--per-group",
+                       "--resamples", 100) == 0
+    mean = probs.reshape(4, 3, 3).mean(axis=1)  # patient x class
+    ref = classification_metrics(y_group, mean, CLASSES)
+    meta = json.loads((out / "metrics.json").read_text())
+    for m in ("accuracy", "balanced_accuracy", "f1", "brier"):
+        assert meta["metrics"][m] == pytest.approx(ref[m]), m
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["group"].tolist() == ["p0", "p1", "p2", "p3"] and table["n_items"].tolist() == [3, 3, 3, 3]
+    np.testing.assert_allclose(table[[f"prob_{c}" for c in CLASSES]].to_numpy(), mean)
+    assert "scored per group (4 groups" in (out / "report.md").read_text()
+
+    bad = pd.read_csv(tmp_path / "labels.csv")
+    bad.loc[1, "label"] = "c"
+    bad.to_csv(tmp_path / "mixed.csv", index=False)
+    capsys.readouterr()
+    assert sonodistill("score", pred, "--labels", tmp_path / "mixed.csv", "--per-group") == 2
+    assert "group 'p0' has items with different labels" in capsys.readouterr().err
+    bad.drop(columns="group").to_csv(tmp_path / "nogroup.csv", index=False)
+    assert sonodistill("score", pred, "--labels", tmp_path / "nogroup.csv", "--per-group") == 2
+    assert "nogroup.csv has no 'group' column" in capsys.readouterr().err
+    seg = _write_json(tmp_path / "seg.json", [{"input": "x.png", "task": "segmentation", "masks": []}],
+                      task="segmentation", classes=[])
+    assert sonodistill("score", seg, "--labels", tmp_path / "labels.csv", "--per-group") == 2
+    assert "per patient; " in capsys.readouterr().err
+
+
 def _png_uri(mask: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray((mask * 255).astype(np.uint8)).save(buf, format="PNG")

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip, sample_frame_indices
 from sonodistill.data.readers import read_clip
-from sonodistill.errors import CheckpointError, ConfigError
+from sonodistill.errors import CheckpointError, ConfigError, ManifestError
 from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import load_weights
 from sonodistill.serve.kinds import register_model_kind
@@ -243,3 +244,51 @@ def test_missing_fold_weights_warn_in_the_output(tmp_path, video_file, caplog):
     assert "fold_1" in payload["warnings"][0]
     assert any(rec.levelname == "WARNING" and "fold_1" in rec.getMessage() for rec in caplog.records)
     assert predict_many(load_model(make_run(tmp_path / "whole", folds=2)), [video_file])["warnings"] == []
+
+
+def test_per_group_averages_each_patients_inputs(tiny_run, tmp_path, capsys):
+    """An export with one sub-folder a patient: with -r each sub-folder is a group whose probabilities are the mean
+    of its inputs' (a failed input listed, not averaged); files given directly are their own groups; a regex on the
+    file name groups across folders; the CSV gets a groups table."""
+    from sonodistill.cli import main
+    from tests.serve.conftest import write_video
+
+    export = tmp_path / "export"
+    for i, rel in enumerate(("p1/a.mp4", "p1/b.mp4", "p2/c.mp4", "loose.mp4")):
+        write_video(export / rel, synthetic_frames(t=10, h=48, w=64, seed=i))
+    (export / "p2" / "broken.mp4").write_bytes(b"not a video")
+    payload = predict_many(load_model(tiny_run), [export], recursive=True, per_group=True)
+    by_input = {Path(r["input"]).name: r for r in payload["results"]}
+    assert {k: r["group"] for k, r in by_input.items()} == {
+        "a.mp4": str(export / "p1"), "b.mp4": str(export / "p1"), "broken.mp4": str(export / "p2"),
+        "c.mp4": str(export / "p2"), "loose.mp4": str(export)}
+    groups = {g["group"]: g for g in payload["groups"]}
+    assert list(groups) == [str(export), str(export / "p1"), str(export / "p2")]  # order of first appearance
+    p1 = groups[str(export / "p1")]
+    expected = np.mean([[by_input[n]["probabilities"][c] for c in CLASSES] for n in ("a.mp4", "b.mp4")], axis=0)
+    assert [p1["probabilities"][c] for c in CLASSES] == pytest.approx(expected, abs=1e-4)
+    assert p1["prediction"] == CLASSES[int(np.argmax(expected))] and p1["n_predicted"] == 2 and p1["failed"] == []
+    p2 = groups[str(export / "p2")]
+    assert p2["n_predicted"] == 1 and p2["failed"] == [str(export / "p2" / "broken.mp4")]
+    assert p2["probabilities"] == by_input["c.mp4"]["probabilities"]
+
+    files = predict_many(load_model(tiny_run), [export / "p1" / "a.mp4", export / "loose.mp4"], per_group=True)
+    assert [g["inputs"] for g in files["groups"]] == [[str(export / "p1" / "a.mp4")], [str(export / "loose.mp4")]]
+    regex = predict_many(load_model(tiny_run), [export / "p1", export / "p2" / "c.mp4"], group_regex=r"^([ab]|c)")
+    assert [g["group"] for g in regex["groups"]] == ["a", "b", "c"]
+    with pytest.raises(ManifestError, match=r"group_regex '\^z' does not match file name 'a.mp4'"):
+        predict_many(load_model(tiny_run), [export / "p1"], group_regex="^z")
+
+    csv = tmp_path / "preds.csv"
+    assert main(["predict", str(tiny_run), str(export), "-r", "--per-group", "--csv", str(csv)]) == 1  # broken.mp4
+    assert f"wrote {tmp_path / 'preds-groups.csv'} (3 group(s))" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "preds-groups.csv")
+    assert list(table.columns[:2]) == ["group", "error"] and f"probabilities.{CLASSES[0]}" in table.columns
+    assert table["failed"].fillna("").tolist() == ["", "", str(export / "p2" / "broken.mp4")]
+
+
+def test_per_group_is_for_classifiers(tmp_path, toyseg_recipe, video_file):
+    run = make_run(tmp_path, recipe=toyseg_recipe, folds=1, crop_region=False, size=64)
+    with pytest.raises(ConfigError, match="per-group predictions average class probabilities; this is a "
+                                          "'segmentation' model"):
+        predict_many(load_model(run), [video_file], per_group=True)

@@ -26,7 +26,7 @@ def _predict(args: argparse.Namespace) -> int:
                              mask_dir=Path(args.mask_dir) if args.mask_dir else None,
                              pixel_size_mm=args.pixel_size_mm)
     payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip,
-                           recursive=args.recursive)
+                           recursive=args.recursive, per_group=args.per_group, group_regex=args.group_regex)
     text = json.dumps(payload, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +39,10 @@ def _predict(args: argparse.Namespace) -> int:
 
         rows = write_predictions_csv(payload["results"], args.csv)
         print(f"wrote {args.csv} ({rows} row(s))", file=sys.stderr)
+        if "groups" in payload:
+            groups_csv = Path(args.csv).with_name(Path(args.csv).stem + "-groups.csv")
+            rows = write_predictions_csv(payload["groups"], groups_csv, first="group")
+            print(f"wrote {groups_csv} ({rows} group(s))", file=sys.stderr)
     failed = [r["input"] for r in payload["results"] if "error" in r]
     if failed:
         print(f"error: {len(failed)} input(s) could not be read: {', '.join(failed)}", file=sys.stderr)
@@ -308,6 +312,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folder-as-clip", action="store_true", help="a folder of images is the frames of one clip")
     p.add_argument("-r", "--recursive", action="store_true",
                    help="a folder stands for the supported files of its sub-folders too (default: its own only)")
+    p.add_argument("--per-group", action="store_true",
+                   help="classifiers: also one prediction a group (patient), its inputs' probabilities averaged: a "
+                        "folder INPUT is a group (with -r each of its sub-folders), a file its own (JSON 'groups'; "
+                        "with --csv also CSV-groups.csv)")
+    p.add_argument("--group-regex", metavar="REGEX",
+                   help="with or without --per-group: a file's group is this regex's first capture group in its "
+                        "name, e.g. '^(patient_\\d+)_'")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.set_defaults(func=_predict)
 

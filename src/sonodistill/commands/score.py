@@ -6,7 +6,8 @@ The labels file is a CSV with one row per labelled input:
 - classification: `label` (a class of the model, or of the merged classes with `--merge`);
 - segmentation: `mask` (mask image, same size as the input), optional `pixel_size_mm` (hd95/asd in mm, else
   pixels) and `hc_mm` (head circumference; needs `pixel_size_mm`);
-- optional `group` (patient / subject): intervals resample groups instead of items.
+- optional `group` (patient / subject): intervals resample groups instead of items; with `--per-group` a
+  classifier is scored one row a group, its inputs' probabilities averaged (a per-patient label, e.g. COVID).
 
 The same metrics, tables and plots as the cross-validation report (`evaluation/report.py`, `metrics.py`), each
 metric with its bootstrap interval (`evaluation/paired.py`). Labelled inputs without a prediction, and
@@ -338,10 +339,12 @@ def score_segmentation(frame: pd.DataFrame, out: Path, title: str, coverage: lis
 
 def score_predictions(predictions: str | Path, labels: str | Path, out: str | Path | None = None,
                       merge: dict[str, list[str]] | None = None, n_resamples: int = 2000, level: float = 0.95,
-                      seed: int = 0, hc_outline_offset_px: float = 0.0) -> tuple[Path, Matched]:
+                      seed: int = 0, hc_outline_offset_px: float = 0.0,
+                      per_group: bool = False) -> tuple[Path, Matched]:
     """Score a predictions JSON against a labels CSV; writes report.md, metrics.json, predictions.csv (+ plots).
     `hc_outline_offset_px`: the training masks' outline offset removed from predicted HC (a training run's
-    fold_k/hc_calibration.json); 0 scores the raw contour."""
+    fold_k/hc_calibration.json); 0 scores the raw contour. `per_group` (classification): one row a labels `group`,
+    its inputs' probabilities averaged, as `eval --per-group` (a group's inputs must share their label)."""
     from sonodistill.evaluation.report import _json_ready
 
     payload = read_predictions_json(predictions)
@@ -354,6 +357,10 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         raise SonoDistillError(f"{predictions}: cannot tell the task (model.task = {model.get('task')!r})")
     if merge and task != "classification":
         raise ConfigError("--merge is for classification predictions")
+    if per_group and task != "classification":
+        raise ConfigError(f"--per-group scores a classifier's predictions per patient; {predictions} is {task}")
+    if per_group and "group" not in table.columns:
+        raise ConfigError(f"--per-group: {labels} has no 'group' column (the patient of each input)")
     matched = match_predictions(table, column, payload["results"], labels_path.parent, pred_path.parent)
     out_dir = Path(out) if out else pred_path.with_name(pred_path.stem + "-score")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -366,6 +373,11 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         frame = None
         if matched.pairs:
             frame, classes = classification_frame(table, column, matched, classes, merge)
+            if per_group:
+                from sonodistill.evaluation.per_group import per_group_predictions
+
+                frame = per_group_predictions(frame)
+                title += f", scored per group ({len(frame)} groups, probabilities averaged over each group's inputs)"
     else:
         frame = segmentation_frame(table, column, matched, labels_path.parent, pred_path.parent,
                                    hc_outline_offset_px)
@@ -397,7 +409,7 @@ def _score(args: argparse.Namespace) -> int:
 
     merge = parse_merge(args.merge) if args.merge else None
     out, matched = score_predictions(args.predictions, args.labels, args.out, merge, args.resamples, args.level,
-                                     args.seed, args.hc_outline_offset_px)
+                                     args.seed, args.hc_outline_offset_px, args.per_group)
     print((out / "report.md").read_text())
     print(f"written: {out}/ (report.md, metrics.json, predictions.csv)")
     incomplete = len(matched.missing) + len(matched.errors)
@@ -423,4 +435,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hc-outline-offset-px", type=float, default=0.0, metavar="PX",
                    help="head circumference: how far the training masks' outline lies outside the annotated ellipse "
                         "(the training run's fold_k/hc_calibration.json outline_offset_px); default 0, the raw contour")
+    p.add_argument("--per-group", action="store_true",
+                   help="classification: score one row a labels 'group' (patient), its inputs' probabilities "
+                        "averaged, as `eval --per-group` (for a per-patient label such as COVID)")
     p.set_defaults(func=_score)

@@ -404,9 +404,17 @@ def ensemble_warnings(model: LoadedModel) -> list[str]:
 
 
 def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictOptions | None = None,
-                 folder_as_clip: bool = False, recursive: bool = False) -> dict[str, Any]:
+                 folder_as_clip: bool = False, recursive: bool = False, per_group: bool = False,
+                 group_regex: str | None = None) -> dict[str, Any]:
     """{"model", "warnings", "results"}; an input that fails, whatever the exception, gives {"input", "error"}
-    and the others go on. Folders are expanded by `expand_inputs`."""
+    and the others go on. Folders are expanded by `expand_inputs`. With `per_group` (a classifier's only), each
+    result also has its `group` and the payload `groups`: a patient's probabilities averaged (`serve.groups`)."""
+    from sonodistill.serve.groups import group_results, input_groups
+
+    if (per_group or group_regex is not None) and model.task != "classification":
+        raise ConfigError(f"{model.source}: per-group predictions average class probabilities; this is a "
+                          f"{model.task!r} model")
+    per_group = per_group or group_regex is not None
     options = options or PredictOptions()
     warnings = ensemble_warnings(model)
     for w in warnings:
@@ -417,15 +425,21 @@ def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictO
             paths = expand_inputs([item], folder_as_clip, recursive)
         except Exception as exc:  # noqa: BLE001 - every failure becomes this input's error entry
             log_failure(str(item), exc)
-            results.append({"input": str(item), "error": failure_message(exc)})
+            results.append({"input": str(item), "error": failure_message(exc)}
+                           | ({"group": str(item)} if per_group else {}))
             continue
-        for p in paths:
+        groups = input_groups(Path(item), paths, group_regex) if per_group else [None] * len(paths)
+        for p, group in zip(paths, groups):
             try:
-                results.append(predict_file(model, p, options))
+                result = predict_file(model, p, options)
             except Exception as exc:  # noqa: BLE001 - every failure becomes this input's error entry
                 log_failure(str(p), exc)
-                results.append({"input": str(p), "error": failure_message(exc)})
-    return {"model": model.describe(), "warnings": warnings, "results": results}
+                result = {"input": str(p), "error": failure_message(exc)}
+            results.append(result | ({"group": group} if per_group else {}))
+    payload = {"model": model.describe(), "warnings": warnings, "results": results}
+    if per_group:
+        payload["groups"] = group_results(results, model.classes, options.decimals)
+    return payload
 
 
 # ------------------------------------------------------------------------------------------- heat maps

@@ -45,12 +45,12 @@ def flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
                 out[f"{prefix}.{i}"] = v
 
 
-def predictions_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+def predictions_table(results: list[dict[str, Any]], first: str = "input") -> pd.DataFrame:
     """The `results` of a predictions JSON (`predict_many`) as a table; columns in order of first appearance,
-    `input` and `error` first."""
+    `first` (`input`; `group` for the per-group entries) and `error` first."""
     rows: list[dict[str, Any]] = []
     for result in results:
-        base: dict[str, Any] = {"input": result.get("input"), "error": result.get("error")}
+        base: dict[str, Any] = {first: result.get(first), "error": result.get("error")}
         flatten({k: v for k, v in result.items() if k not in ROW_LISTS + JSON_ONLY and k not in base}, "", base)
         entries = [entry for key in ROW_LISTS for entry in result.get(key, [])]
         if not entries:
@@ -59,15 +59,15 @@ def predictions_table(results: list[dict[str, Any]]) -> pd.DataFrame:
             row = dict(base)
             flatten(entry, "", row)
             rows.append(row)
-    columns: dict[str, None] = {"input": None, "error": None}
+    columns: dict[str, None] = {first: None, "error": None}
     for row in rows:
         columns.update(dict.fromkeys(row))
     return pd.DataFrame(rows, columns=list(columns))
 
 
-def write_predictions_csv(results: list[dict[str, Any]], path: str | Path) -> int:
-    """Write `predictions_table(results)` to a CSV file (its folder created); returns the number of rows."""
-    table = predictions_table(results)
+def write_predictions_csv(results: list[dict[str, Any]], path: str | Path, first: str = "input") -> int:
+    """Write `predictions_table(results, first)` to a CSV file (its folder created); returns the number of rows."""
+    table = predictions_table(results, first)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     return len(table)
