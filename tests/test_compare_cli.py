@@ -36,10 +36,12 @@ def sonodistill(*argv: str) -> int:
 
 
 def make_run(root: Path, name: str, quality: np.ndarray | float = 0.5, n_groups: int = 24, per_group: int = 3,
-             folds: int = 3, seed: int = 0, segmentation: bool = False, rng_seed: int = 0) -> Path:
+             folds: int = 3, seed: int = 0, segmentation: bool = False, rng_seed: int = 0,
+             y: np.ndarray | None = None) -> Path:
     """A finished run directory: config.yaml, manifest.csv, folds.json, predictions.csv.
 
-    quality: per group, the share of its items predicted right (classification) or its Dice (segmentation)."""
+    quality: per group, the share of its items predicted right (classification) or its Dice (segmentation); y: the
+    items' class indices (default random)."""
     cfg = RunConfig(name=name, out_dir=str(root), recipe="hdc" if segmentation else "supervised")
     cfg.train.seed, cfg.train.folds = seed, folds
     run = cfg.run_dir
@@ -47,7 +49,7 @@ def make_run(root: Path, name: str, quality: np.ndarray | float = 0.5, n_groups:
     rng = np.random.default_rng(rng_seed)
     n = n_groups * per_group
     groups = np.repeat([f"p{g:03d}" for g in range(n_groups)], per_group)
-    y = np.random.default_rng(99).integers(0, 3, n)
+    y = np.random.default_rng(99).integers(0, 3, n) if y is None else np.asarray(y)
     table = pd.DataFrame({"path": [f"/data/set/item{i:03d}.png" for i in range(n)], "group": groups})
     if segmentation:
         table["mask"] = [f"/data/set/mask{i:03d}.png" for i in range(n)]
@@ -505,3 +507,35 @@ def test_calibration_metrics_compare_like_the_others(tmp_path):
     assert table.loc["brier", "ci_high"] < 0 and table.loc["ece", "difference"] < 0
     assert table.loc["ece", "other"] == pytest.approx(0.3)
     assert table.loc["ece", "baseline"] == pytest.approx(abs(1 - 3 * 0.7) / 3)
+
+
+def test_per_group_compares_patients_with_averaged_probabilities(tmp_path, capsys):
+    """A per-patient label: each run scored a row a group, its items' probabilities averaged. Base: 1 of 3 items
+    right in every group (each group's mean favours a wrong class), other: 2 of 3 (every group right); per item
+    1/3 vs 2/3, per group 0 vs 1, over 8 groups."""
+    y = np.repeat(np.arange(8) % 3, 3)
+    a = make_run(tmp_path, "base", quality=1 / 3, n_groups=8, folds=2, y=y)
+    b = make_run(tmp_path, "better", quality=2 / 3, n_groups=8, folds=2, y=y)
+    out = tmp_path / "cmp"
+    assert sonodistill("compare", a, b, "--out", out, "--metrics", "accuracy", "--resamples", 200,
+                       "--permutations", 200, "--per-group") == 0
+    row = _read(out).iloc[0]
+    assert row["baseline"] == 0.0 and row["other"] == 1.0 and row["difference"] == 1.0
+    assert row["n_items"] == 8 and row["n_groups"] == 8
+    assert "Scored per group (--per-group)" in (out / "comparison.md").read_text()
+    assert sonodistill("compare", a, b, "--out", tmp_path / "items", "--metrics", "accuracy", "--resamples", 50,
+                       "--permutations", 50) == 0
+    assert _read(tmp_path / "items").iloc[0]["difference"] == pytest.approx(1 / 3)
+
+    capsys.readouterr()
+    assert sonodistill("compare", a, b, "--per-group", "--by", "label") == 2
+    assert "--per-group and --by" in capsys.readouterr().err
+    mixed = make_run(tmp_path, "mixed", n_groups=8, folds=2)  # random labels: a group's items disagree
+    other = make_run(tmp_path, "other", n_groups=8, folds=2, rng_seed=1)
+    assert sonodistill("compare", mixed, other, "--per-group") == 2
+    err = capsys.readouterr().err
+    assert "--per-group:" in err and "predictions.csv" in err and "has items with different labels" in err
+    seg_a = make_run(tmp_path, "seg_a", segmentation=True)
+    seg_b = make_run(tmp_path, "seg_b", segmentation=True, rng_seed=1)
+    assert sonodistill("compare", seg_a, seg_b, "--per-group") == 2
+    assert "is a segmentation run" in capsys.readouterr().err

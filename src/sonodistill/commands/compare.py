@@ -15,6 +15,9 @@ train.fold=0` with the same fold of a cross-validated run; a run without predict
 Models: a run whose predictions.csv holds several models in a `model` column (e.g. medivlad's aggregators, trained
 on the same folds and features) is named `RUN:MODEL` to compare one of them; naming none is an error that lists them.
 
+Per patient: `--per-group` scores each run per group (its items' probabilities averaged, as `eval --per-group`)
+after the item-level checks, for a per-patient label; the bootstrap and permutation then run over those groups.
+
 Subgroups: `--by COLUMN` repeats the comparison within each value of a manifest column (e.g. busi's `label`:
 benign / malignant lesions), after the rows on all items; each subgroup's interval resamples its own groups, and
 its p-value is not corrected for the number of subgroups.
@@ -406,6 +409,29 @@ def merge_run_classes(run: ComparedRun, merge: dict[str, list[str]]) -> None:
         s.predictions, s.classes = merge_classes(s.predictions, s.classes, merge)
 
 
+def per_group_run(run: ComparedRun) -> None:
+    """Each seed of a classification run scored per group (patient), in place: a row a (fold, group), its items'
+    probabilities averaged (`evaluation.per_group`, as `eval --per-group`), its manifest one row a group (sorted:
+    `index`); the item-level comparability checks run before this."""
+    from sonodistill.errors import ConfigError
+    from sonodistill.evaluation.per_group import per_group_predictions
+
+    if run.task != "classification":
+        raise SonoDistillError(f"--per-group: {run.path} is a {run.task} run; probabilities are averaged per group "
+                               "for classification only")
+    for s in run.seeds.values():
+        pred = s.predictions.copy()
+        pred["group"] = s.manifest["group"].astype(str).to_numpy()[pred["index"].to_numpy(np.int64)]
+        try:
+            out = per_group_predictions(pred)
+        except ConfigError as exc:
+            raise SonoDistillError(f"--per-group: {s.source / 'predictions.csv'}: {exc}") from exc
+        names = sorted(set(s.manifest["group"].astype(str)))
+        out["index"] = out["group"].map({g: i for i, g in enumerate(names)})
+        s.predictions = out.sort_values(["fold", "index"], kind="mergesort").reset_index(drop=True)
+        s.manifest = pd.DataFrame({"group": names})
+
+
 def distinct_names(runs: list[ComparedRun]) -> list[ComparedRun]:
     """Runs whose folder names collide (seed folders `a/seed_0` and `b/seed_0`, a run and its rescored copy) named
     by as many trailing path parts as tell them apart, `" (2)"` ... added for the same folder given twice; the
@@ -433,10 +459,12 @@ def distinct_names(runs: list[ComparedRun]) -> list[ComparedRun]:
 def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_resamples: int = 2000,
                  n_permutations: int = 2000, level: float = 0.95, seed: int = 0,
                  merge: dict[str, list[str]] | None = None, folds: list[int] | None = None,
-                 exclude: set[str] | None = None, by: str | None = None) -> tuple[list[ComparedRun], pd.DataFrame]:
+                 exclude: set[str] | None = None, by: str | None = None,
+                 per_group: bool = False) -> tuple[list[ComparedRun], pd.DataFrame]:
     """Compare every run with the first; one row per (run, seed, metric) plus seed 'mean' rows with >1 seed.
     `by` (a manifest column) adds a `subgroup` column: the rows on all items (ALL_ITEMS), then the same rows within
-    each of the column's values.
+    each of the column's values. `per_group` compares classification runs scored per group (patient), each group's
+    items' probabilities averaged (`per_group_run`), after the item-level checks.
 
     `merge` ({new: [old, ...]}) re-scores classification runs with classes merged before comparing; `folds` keeps
     only those test folds of every run; `exclude` (item paths) drops those items from every run (SonoDistillError
@@ -445,6 +473,9 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
 
     if len(paths) < 2:
         raise SonoDistillError("compare needs at least two run directories (the first is the baseline)")
+    if per_group and by is not None:
+        raise SonoDistillError("--per-group and --by: a subgroup is a column of the items, a group's items may differ "
+                               "in it; compare per group without --by")
     runs = distinct_names([read_run(p) for p in paths])
     if folds is not None:
         if not folds:
@@ -461,6 +492,10 @@ def compare_runs(paths: list[str | Path], metrics: list[str] | None = None, n_re
             merge_run_classes(run, merge)
     base = runs[0]
     pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
+    if per_group:
+        for run in runs:
+            per_group_run(run)
+        pairs_per_run = [check_comparable(base, r) for r in runs[1:]]
     metrics = list(metrics) if metrics else default_metrics(base.task, runs)
     known = {"classification": ALL_CLASSIFICATION_METRICS, "annotation": ANNOTATION_METRICS,
              "anomaly": ANOMALY_METRICS}.get(base.task)
@@ -660,11 +695,14 @@ def _compare(args: argparse.Namespace) -> int:
             raise SonoDistillError(f"--folds takes comma-separated fold numbers, got {args.folds!r}") from None
     exclude = read_item_list(args.exclude_items) if args.exclude_items else None
     runs, table = compare_runs(args.runs, metrics, args.resamples, args.permutations, args.level, args.seed, merge,
-                               folds, exclude, args.by)
+                               folds, exclude, args.by, args.per_group)
     out = Path(args.out) if args.out else runs[0].path.parent / (
-        "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs) + ("-merged" if merge else ""))
+        "compare-" + "-vs-".join(re.sub(r"[:/ ()]+", "-", r.name).strip("-") for r in runs)
+        + ("-merged" if merge else "") + ("-per-group" if args.per_group else ""))
     note = (f"Items excluded: those listed in `{args.exclude_items}` ({len(exclude)} paths; --exclude-items). "
-            if exclude else "") + software_note(runs)
+            if exclude else "")
+    note += ("Scored per group (--per-group): an item here is a group (patient), its videos' probabilities "
+             "averaged, as `eval --per-group`. " if args.per_group else "") + software_note(runs)
     text = write_comparison(runs, table, out, args.resamples, args.level, args.seed, merge, note, args.by)
     print(text)
     print(f"written: {out / 'comparison.md'}, comparison.csv, comparison.png")
@@ -696,4 +734,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", metavar="COLUMN",
                    help="also compare within each value of this manifest column (e.g. label: busi's benign and "
                         "malignant lesions), after the rows on all items")
+    p.add_argument("--per-group", action="store_true",
+                   help="classification: compare per group (patient), each group's items' probabilities averaged "
+                        "as in `eval --per-group` (a per-patient label such as lus-blues covid)")
     p.set_defaults(func=_compare)
