@@ -79,3 +79,28 @@ def test_multi_seed_runs_are_listed_seed_by_seed(tmp_path, capsys):
     assert "| sweep/seed_1 | supervised | busi | 2/3 |" in out
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_progress_of_a_training_run_and_its_time_left(tmp_path):
+    """The epoch a running run is at, from its train.log's epoch lines since it last started or resumed, and the
+    time left at the mean epoch time of the current training (its first epoch, which builds the cache, left out once
+    there are more): the rest of this fold, then the folds and final model still to train."""
+    epochs = "".join(f"2026-12-07 06:0{i}:00,000 INFO sonodistill.recipes.trainer: fold_1 epoch {i}/10: train/loss "
+                     f"0.5 ({s} s)\n" for i, s in ((1, 50), (2, 70)))
+    old = "2026-12-07 05:00:00,000 INFO sonodistill.recipes.trainer: fold_0 epoch 1/10: train/loss 0.9 (900 s)\n"
+    resumed = "2026-12-07 05:59:00,000 INFO sonodistill.protocols.folds: runs/x: supervised on busi, resumed\n"
+    run = _run(tmp_path, "r", folds_done=1, folds=3, log=LOG + old + resumed + epochs)
+    # 8 epochs x 70 s left in fold_1 = 9 min; then fold_2: 10 x 70 s: 21 min in all
+    assert run_status(run).progress == "fold_1 epoch 2/10, ~9 min left in it, ~21 min in all (1 more to train)"
+    with_final = _run(tmp_path, "f", folds_done=1, folds=3, log=LOG + epochs)
+    with_final_cfg = yaml.safe_load((with_final / "config.yaml").read_text())
+    with_final_cfg["train"]["final"] = True
+    (with_final / "config.yaml").write_text(yaml.safe_dump(with_final_cfg))
+    assert run_status(with_final).progress.endswith("~33 min in all (2 more to train)")
+    dino = _run(tmp_path, "d", recipe="dino", log=LOG + "2026-12-07 06:01:00,000 INFO sonodistill.protocols.dino: "
+                "dino epoch 3/100: loss 9.1, teacher entropy 4.2 nats, 12.0 images/s (7200 s)\n")
+    assert run_status(dino).progress == "dino epoch 3/100, ~194.0 h left in it"
+    stopped = _run(tmp_path, "s", folds_done=1, folds=3, log=LOG + epochs + STOPPED.splitlines(True)[-1])
+    assert run_status(stopped).progress == "stopped at fold_1 epoch 2/10"
+    finished = _run(tmp_path, "done", folds_done=3, folds=3, report=True, log=LOG + epochs)
+    assert run_status(finished).progress == ""

@@ -1,5 +1,6 @@
 """`sonodistill runs [FOLDER]`: the run directories under a folder (default runs/) and where each stands: recipe,
-data, folds finished, final model, headline score, the time of its last log line and whether an error stopped it."""
+data, folds finished, final model, headline score, the time of its last log line, whether an error stopped it and,
+while it trains, its epoch and the time left."""
 
 from __future__ import annotations
 
@@ -25,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="the run directories under a folder and where each stands (folds done, score, "
-                                    "last log line, why it stopped)")
+                                    "last log line, why it stopped, epoch and time left)")
     p.add_argument("folder", nargs="?", default="runs", help="the --out folder of the runs (default runs/), or one run")
     p.set_defaults(func=run)
