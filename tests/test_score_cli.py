@@ -259,3 +259,40 @@ def test_predict_then_score_segmentation_masks(tmp_path, monkeypatch):
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == 4 and (table["dice"] > 0.9).all()  # 64 -> 32 -> 64 px loses a little at the outline
     assert "hd95 and asd in px" in (out / "report.md").read_text()
+
+
+def test_per_group_with_a_table_of_patients_scores_predicts_groups(tmp_path, capsys):
+    """Labels one row a patient (group, label) against `predict --per-group`'s groups, matched by name (full, or
+    the last part where unique); a group scored from part of its inputs is listed, a group whose every input failed
+    counts as failed, and a JSON without groups is refused with what to do."""
+    groups = [{"group": "export/p1", "inputs": ["export/p1/a.mp4"], "n_predicted": 1, "failed": [],
+               "prediction": "a", "probabilities": {"a": 0.7, "b": 0.2, "c": 0.1}},
+              {"group": "export/p2", "inputs": ["export/p2/b.mp4", "export/p2/x.mp4"], "n_predicted": 1,
+               "failed": ["export/p2/x.mp4"], "prediction": "c", "probabilities": {"a": 0.1, "b": 0.3, "c": 0.6}},
+              {"group": "export/p3", "inputs": ["export/p3/c.mp4"], "n_predicted": 1, "failed": [],
+               "prediction": "b", "probabilities": {"a": 0.3, "b": 0.4, "c": 0.3}},
+              {"group": "export/p4", "inputs": ["export/p4/d.mp4"], "n_predicted": 0,
+               "failed": ["export/p4/d.mp4"], "error": "every input of the group failed (1)"}]
+    pred = tmp_path / "preds.json"
+    pred.write_text(json.dumps({"model": {"source": "runs/tiny", "task": "classification", "classes": CLASSES},
+                                "results": [], "groups": groups}))
+    pd.DataFrame({"group": ["p1", "export/p2", "p3", "p4"], "label": ["a", "c", "c", "b"]}).to_csv(
+        tmp_path / "patients.csv", index=False)
+    out = tmp_path / "score"
+    assert sonodistill("score", pred, "--labels", tmp_path / "patients.csv", "--out", out, "--per-group",
+                       "--resamples", 100) == 1  # p4 failed
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["counts"]["scored"] == 3 and meta["counts"]["errors"] == 1
+    assert meta["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    report = (out / "report.md").read_text()
+    assert "scored per group (3 groups of `predict --per-group`)" in report
+    assert "- export/p2: 1 input(s) failed and were left out: export/p2/x.mp4" in report
+    assert "- p4: every input of the group failed (1)" in report
+    assert pd.read_csv(out / "predictions.csv")["group"].tolist() == ["p1", "export/p2", "p3"]
+
+    capsys.readouterr()
+    no_groups = _write_json(tmp_path / "plain.json", [_result("export/p1/a.mp4", [0.7, 0.2, 0.1])])
+    assert sonodistill("score", no_groups, "--labels", tmp_path / "patients.csv", "--per-group") == 2
+    assert "has no 'groups'" in capsys.readouterr().err
+    assert sonodistill("score", no_groups, "--labels", tmp_path / "patients.csv") == 2  # without --per-group
+    assert "no input column" in capsys.readouterr().err

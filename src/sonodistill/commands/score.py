@@ -8,6 +8,8 @@ The labels file is a CSV with one row per labelled input:
   pixels) and `hc_mm` (head circumference; needs `pixel_size_mm`);
 - optional `group` (patient / subject): intervals resample groups instead of items; with `--per-group` a
   classifier is scored one row a group, its inputs' probabilities averaged (a per-patient label, e.g. COVID).
+  With `--per-group` the labels may instead be one row a patient (`group`, `label`, no input column): they are then
+  matched to the `groups` of `predict --per-group` by name (the full name, or its last part where that is unique).
 
 The same metrics, tables and plots as the cross-validation report (`evaluation/report.py`, `metrics.py`), each
 metric with its bootstrap interval (`evaluation/paired.py`). Labelled inputs without a prediction, and
@@ -63,15 +65,20 @@ def read_predictions_json(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def read_labels(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """The labels CSV and the name of its input column."""
+def read_labels(path: str | Path, patients: bool = False) -> tuple[pd.DataFrame, str]:
+    """The labels CSV and the name of its input column; with `patients` (score --per-group), a table of groups
+    (`group`, `label`, no input column) is read too, its column 'group'."""
     from sonodistill.evaluation.report import read_csv_file
 
     p = Path(path)
     table = read_csv_file(p, {"label": str, "group": str}, "file not found")
     column = next((c for c in INPUT_COLUMNS if c in table.columns), None)
+    if column is None and patients and "group" in table.columns:
+        column = "group"
     if column is None:
-        raise DataError(p, f"no input column: expected one of {list(INPUT_COLUMNS)}; found {list(table.columns)}")
+        raise DataError(p, f"no input column: expected one of {list(INPUT_COLUMNS)}"
+                           f"{' (or a group column: one row a patient)' if patients else ''}; "
+                           f"found {list(table.columns)}")
     if len(table) == 0:
         raise DataError(p, "no rows")
     empty = np.flatnonzero(table[column].isna().to_numpy())
@@ -266,6 +273,32 @@ def _coverage(matched: Matched, n_labels: int) -> list[str]:
     return lines
 
 
+def group_entries(payload: dict[str, Any], predictions: str | Path) -> list[dict[str, Any]]:
+    """The `groups` of a `predict --per-group` JSON as results to match a labels table of patients: input = the
+    group's name, its averaged probabilities (or its error), the inputs that failed (`failed`)."""
+    groups = payload.get("groups")
+    if not isinstance(groups, list):
+        raise ConfigError(f"{predictions} has no 'groups': a labels table of patients (group, label) scores the "
+                          "output of `sonodistill predict --per-group`; predict with --per-group, or give the labels "
+                          "one row an input with a group column")
+    out = []
+    for g in groups:
+        entry: dict[str, Any] = {"input": str(g.get("group")), "failed": list(g.get("failed") or [])}
+        entry.update({"error": g["error"]} if "error" in g else {"probabilities": g.get("probabilities")})
+        out.append(entry)
+    return out
+
+
+def _partial_groups(results: list[dict[str, Any]]) -> list[str]:
+    """Report lines for the groups scored from part of their inputs (the others failed to read)."""
+    partial = [r for r in results if r.get("failed") and "error" not in r]
+    if not partial:
+        return []
+    return ["## Groups scored from part of their inputs\n"] + [
+        f"- {r['input']}: {len(r['failed'])} input(s) failed and were left out: {', '.join(r['failed'])}"
+        for r in partial] + [""]
+
+
 def _interval_text(n_groups: int | None, n_items: int, n_resamples: int, level: float, seed: int) -> str:
     over = f"{n_groups} groups (labels column 'group')" if n_groups is not None else f"{n_items} items"
     return (f"Cells: value on all scored items [{100 * level:g} % percentile bootstrap interval over {over}, "
@@ -348,7 +381,7 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
     from sonodistill.evaluation.report import _json_ready
 
     payload = read_predictions_json(predictions)
-    table, column = read_labels(labels)
+    table, column = read_labels(labels, patients=per_group)
     pred_path, labels_path = Path(predictions), Path(labels)
     model = payload["model"] if isinstance(payload["model"], dict) else {}
     tasks = {str(r.get("task")) for r in payload["results"] if "error" not in r and r.get("task")}
@@ -361,7 +394,9 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         raise ConfigError(f"--per-group scores a classifier's predictions per patient; {predictions} is {task}")
     if per_group and "group" not in table.columns:
         raise ConfigError(f"--per-group: {labels} has no 'group' column (the patient of each input)")
-    matched = match_predictions(table, column, payload["results"], labels_path.parent, pred_path.parent)
+    patient_table = column == "group"  # one label row a patient: scored against predict --per-group's groups
+    results = group_entries(payload, predictions) if patient_table else payload["results"]
+    matched = match_predictions(table, column, results, labels_path.parent, pred_path.parent)
     out_dir = Path(out) if out else pred_path.with_name(pred_path.stem + "-score")
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{Path(str(model.get('source', 'model'))).name} on {labels_path.name}"
@@ -373,7 +408,9 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
         frame = None
         if matched.pairs:
             frame, classes = classification_frame(table, column, matched, classes, merge)
-            if per_group:
+            if patient_table:
+                title += f", scored per group ({len(frame)} groups of `predict --per-group`)"
+            elif per_group:
                 from sonodistill.evaluation.per_group import per_group_predictions
 
                 frame = per_group_predictions(frame)
@@ -386,6 +423,8 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
                                f"{len(matched.missing)} without a prediction, {len(matched.errors)} failed")
     frame.to_csv(out_dir / "predictions.csv", index=False)
     coverage = _coverage(matched, len(table))
+    if patient_table:
+        coverage += _partial_groups(results)
     if task == "classification":
         result = score_classification(frame, classes, out_dir, title, coverage, grouped, n_resamples, level, seed)
     else:
@@ -425,7 +464,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("predictions", help="JSON written by `sonodistill predict ... --out FILE`")
     p.add_argument("--labels", required=True,
                    help="CSV: path|input|file, and label (classification) or mask [+ pixel_size_mm, hc_mm] "
-                        "(segmentation); optional group")
+                        "(segmentation); optional group. With --per-group also group,label: one row a patient, "
+                        "scored against predict --per-group's groups")
     p.add_argument("--merge", action="append", default=[], metavar="NEW=OLD1,OLD2",
                    help="score with classes merged (probabilities summed), as `sonodistill eval --merge`")
     p.add_argument("--out", help="output folder (default: PREDICTIONS-score/ beside the JSON)")
