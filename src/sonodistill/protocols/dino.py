@@ -42,8 +42,9 @@ class DINOArtifacts(L.Callback):
         if not trainer.is_global_zero:
             return
         if reason:
-            log.warning("DINO collapse detected at epoch %d: %s. Consider a lower teacher temperature, a larger "
-                        "centre momentum or a smaller learning rate.", row["epoch"] + 1, reason)
+            log.warning("DINO collapse detected at epoch %d/%d (diagnostics.csv epoch %d): %s. Consider a lower "
+                        "teacher temperature, a larger centre momentum or a smaller learning rate.", row["epoch"] + 1,
+                        trainer.max_epochs, row["epoch"], reason)
         else:
             log.info("dino epoch %d/%d: loss %.4f, teacher entropy %.3f nats (log D = %.3f), KL to mean %.3f, "
                      "feature std %.4f, %.1f images/s (%.0f s)", row["epoch"] + 1, trainer.max_epochs,
