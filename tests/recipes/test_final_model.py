@@ -173,6 +173,24 @@ def test_eval_per_group_scores_a_run_per_group(tiny_carotid, tiny_overrides, cap
     per_group = pd.read_csv(run / "per_group" / "predictions.csv")
     assert len(per_group) == len(set(pred["group"])) and (run / "per_group" / "report.md").is_file()
 
+    # a --seeds run: the parent holds config.yaml and seed_<s>/ runs; eval goes through them seed by seed
+    import shutil
+
+    parent = run.parent / "per-group-seeds"
+    parent.mkdir()
+    shutil.copy(run / "config.yaml", parent / "config.yaml")
+    for seed in (0, 1):
+        (parent / f"seed_{seed}").mkdir()
+        for name in ("config.yaml", "manifest.csv", "predictions.csv"):
+            shutil.copy(run / name, parent / f"seed_{seed}" / name)
+    assert main(["eval", str(parent), "--per-group"]) == 0
+    out = capsys.readouterr().out
+    assert f"## seed 0: {parent / 'seed_0'}" in out and f"## seed 1: {parent / 'seed_1'}" in out
+    for seed in (0, 1):
+        assert pd.read_csv(parent / f"seed_{seed}" / "per_group" / "predictions.csv").equals(per_group)
+    assert main(["eval", str(parent)]) == 0  # the report of each seed rebuilt
+    assert (parent / "seed_1" / "report.md").is_file() and not (parent / "report.md").exists()
+
 
 def test_the_final_model_can_be_added_on_resume():
     """`--resume --set train.final=true` (the way to a final model after folds run one at a time) is no config
