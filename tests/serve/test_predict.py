@@ -92,6 +92,12 @@ def test_members_final_and_errors(tmp_path):
         load_model(bare)
     with pytest.raises(CheckpointError, match="not a folder"):
         load_model(tmp_path / "missing")
+    seeds = tmp_path / "seeds"  # a --seeds run: config.yaml and seed_<s>/ runs, no models of its own
+    make_run(seeds, name="seed_0", folds=1)
+    (seeds / "config.yaml").write_bytes((seeds / "seed_0" / "config.yaml").read_bytes())
+    with pytest.raises(CheckpointError, match=r"is a run of several seeds \(seed_0\), each with its own models: "
+                                              r"serve one of them, e\.g\. .*seed_0"):
+        member_dirs(seeds)
 
 
 def test_images_folders_dicom_and_errors(tiny_run, tmp_path):

@@ -255,6 +255,12 @@ def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
     """
     if members not in ("auto", "final", "folds"):
         raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
+    from sonodistill.config import seed_run_dirs
+
+    seeds = seed_run_dirs(run_dir)
+    if seeds and not (run_dir / "final").is_dir() and not any(run_dir.glob("fold_*")):
+        raise CheckpointError(f"{run_dir} is a run of several seeds ({', '.join(p.name for p in seeds.values())}), "
+                              f"each with its own models: serve one of them, e.g. {next(iter(seeds.values()))}")
     final = run_dir / "final"
     if members in ("auto", "final") and (final / WEIGHTS).is_file():
         return [final]
