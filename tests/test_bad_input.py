@@ -79,6 +79,15 @@ def _run_without(tmp: Path, ctx: dict, name: str) -> list[str]:
     return ["predict", str(run), str(ctx["video"])]
 
 
+def _seeds_parent(tmp: Path, ctx: dict) -> list[str]:
+    """The parent of a `--seeds` run (config.yaml and seed_<s>/ runs) given where one model is expected."""
+    parent = tmp / "seeds"
+    for s in (0, 1):
+        make_run(parent, name=f"seed_{s}", folds=1)
+    (parent / "config.yaml").write_bytes((parent / "seed_0" / "config.yaml").read_bytes())
+    return ["predict", str(parent), str(ctx["video"])]
+
+
 def _run_weights(tmp: Path, ctx: dict, data: bytes | None) -> list[str]:
     run = make_run(tmp, folds=2)
     weights = run / "fold_1" / "model.safetensors"
@@ -225,6 +234,8 @@ CASES = [
          0, ('"warnings"', "ensemble of 1 of the run's 2 fold models", "fold_1"), "16.10"),
     Case("pickle-as-weights", lambda t, c: _run_weights(t, c, _PICKLE),
          2, ("fold_1/model.safetensors", "cannot read safetensors")),
+    Case("seeds-run-as-model", _seeds_parent,
+         2, ("is a run of several seeds (seed_0, seed_1), each with its own models: serve one of them", "seed_0")),
     # serve uploads
     Case("path-traversal-extension",
          lambda t, c: ["serve-upload", "../../../tmp/evil.mp4", str(c["video"])], 415, ("unsupported file type",)),

@@ -97,7 +97,7 @@ def test_members_final_and_errors(tmp_path):
     (seeds / "config.yaml").write_bytes((seeds / "seed_0" / "config.yaml").read_bytes())
     with pytest.raises(CheckpointError, match=r"is a run of several seeds \(seed_0\), each with its own models: "
                                               r"serve one of them, e\.g\. .*seed_0"):
-        member_dirs(seeds)
+        load_model(seeds)
 
 
 def test_images_folders_dicom_and_errors(tiny_run, tmp_path):

@@ -247,6 +247,17 @@ def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
     return PreprocessConfig.from_data(cfg.data)
 
 
+def check_not_a_seeds_parent(run_dir: Path) -> None:
+    """CheckpointError naming a seed to serve when `run_dir` is the parent of a `--seeds` run (config.yaml and
+    seed_<s>/ runs, no models of its own)."""
+    from sonodistill.config import seed_run_dirs
+
+    seeds = seed_run_dirs(run_dir)
+    if seeds and not (run_dir / "final").is_dir() and not any(run_dir.glob("fold_*")):
+        raise CheckpointError(f"{run_dir} is a run of several seeds ({', '.join(p.name for p in seeds.values())}), "
+                              f"each with its own models: serve one of them, e.g. {next(iter(seeds.values()))}")
+
+
 def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
     """Folders whose model.safetensors are served.
 
@@ -255,12 +266,7 @@ def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
     """
     if members not in ("auto", "final", "folds"):
         raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
-    from sonodistill.config import seed_run_dirs
-
-    seeds = seed_run_dirs(run_dir)
-    if seeds and not (run_dir / "final").is_dir() and not any(run_dir.glob("fold_*")):
-        raise CheckpointError(f"{run_dir} is a run of several seeds ({', '.join(p.name for p in seeds.values())}), "
-                              f"each with its own models: serve one of them, e.g. {next(iter(seeds.values()))}")
+    check_not_a_seeds_parent(run_dir)
     final = run_dir / "final"
     if members in ("auto", "final") and (final / WEIGHTS).is_file():
         return [final]
@@ -388,6 +394,7 @@ def load_run(run_dir: str | Path, members: str = "auto") -> LoadedModel:
     from sonodistill.recipes.trainer import load_weights
 
     run_dir = Path(run_dir)
+    check_not_a_seeds_parent(run_dir)
     for name in ("config.yaml", "manifest.csv"):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir} is not a run directory: {name} is missing")
