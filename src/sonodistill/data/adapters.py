@@ -329,8 +329,11 @@ def modality_of(paths: list[str]) -> Modality:
 
 def regex_groups(paths: list[str], group_regex: str) -> list[str]:
     """Each file's group: the first capture group (else the whole match) of `group_regex` searched in its name; a
-    name it does not match is a ManifestError naming the row."""
-    rx = re.compile(group_regex)
+    name it does not match is a ManifestError naming the row, a regex that does not compile a ConfigError."""
+    try:
+        rx = re.compile(group_regex)
+    except re.error as exc:
+        raise ConfigError(f"group_regex {group_regex!r} is not a valid regular expression: {exc}") from exc
     groups = []
     for i, p in enumerate(paths):
         m = rx.search(Path(p).name)
