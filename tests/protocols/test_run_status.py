@@ -104,3 +104,19 @@ def test_progress_of_a_training_run_and_its_time_left(tmp_path):
     assert run_status(stopped).progress == "stopped at fold_1 epoch 2/10"
     finished = _run(tmp_path, "done", folds_done=3, folds=3, report=True, log=LOG + epochs)
     assert run_status(finished).progress == ""
+
+
+def test_an_unreadable_config_is_a_row_that_says_so(tmp_path, capsys):
+    """One broken run (a half-written or foreign config.yaml) does not hide the others."""
+    _run(tmp_path, "good", folds_done=1, log=LOG)
+    for name, text in (("broken", "recipe: [\n"), ("list", "- 1\n- 2\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(text)
+    assert run_status(tmp_path / "broken").state.startswith("unreadable config.yaml: ")
+    assert run_status(tmp_path / "list").state == "unreadable config.yaml: a list, not a mapping of config sections"
+    half = _run(tmp_path, "half-metrics", folds_done=3, report=True)
+    (half / "metrics.json").write_text('{"summary": {"accuracy": ')
+    assert run_status(half).score == "unreadable metrics.json (JSONDecodeError)"
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| good | supervised | busi | 1/3 |" in out and "| broken | ? |" in out and "| list | ? |" in out

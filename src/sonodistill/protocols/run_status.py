@@ -49,8 +49,14 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def run_status(run: Path) -> RunStatus:
-    """The state of the run directory `run` (which holds config.yaml)."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    """The state of the run directory `run` (which holds config.yaml); a config.yaml that cannot be read gives a row
+    whose state says why (the other runs are still listed)."""
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return _unreadable(run, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    if not isinstance(cfg, dict):
+        return _unreadable(run, f"a {type(cfg).__name__}, not a mapping of config sections")
     train, data = cfg.get("train") or {}, cfg.get("data") or {}
     recipe = str(cfg.get("recipe", "?"))
     cv = train.get("cv", True) and _cross_validates(recipe)
@@ -74,6 +80,10 @@ def run_status(run: Path) -> RunStatus:
             *epochs[-1][:3])
     return RunStatus(run, recipe, str(data.get("spec", "?")), folds, final,
                      _headline(run / "metrics.json"), last, state, progress)
+
+
+def _unreadable(run: Path, why: str) -> RunStatus:
+    return RunStatus(run, "?", "?", "?", "?", "", "", f"unreadable config.yaml: {why}")
 
 
 def _progress(epochs: list[tuple[str, int, int, float]], trainings_left: int) -> str:
@@ -132,7 +142,12 @@ def _headline(metrics: Path) -> str:
     items, else ''."""
     if not metrics.is_file():
         return ""
-    m = json.loads(metrics.read_text(encoding="utf-8"))
+    try:
+        m = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"unreadable metrics.json ({type(exc).__name__})"
+    if not isinstance(m, dict):
+        return "unreadable metrics.json (not an object)"
     summary = m.get("summary") or {}
     if isinstance(m.get("items"), dict) and "dice" in m["items"]:
         return f"dice {m['items']['dice']['mean']:.3f}"
