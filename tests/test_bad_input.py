@@ -198,7 +198,7 @@ CASES = [
                        ["data", "inspect", "csv", str(_write(t / "set.csv", "path,label\nimgs/0.png,x\nimgs/1.png,y\n"
                                                              "imgs/2.png,x\nimgs/3.png,y\n")), "--folds", "2"])[-1],
          2, ("group column 'group' not found (columns: ['path', 'label'])", "option group_col=COLUMN",
-             "group_col=null (each row its own group)")),
+             "group_col=null (each row its own group; a row naming a folder: its files one group)")),
     Case("csv-rows-independent",
          lambda t, c: (_images(t, [f"imgs/{i}.png" for i in range(4)]),
                        ["data", "inspect", "csv", str(_write(t / "set.csv", "path,label\nimgs/0.png,x\nimgs/1.png,y\n"

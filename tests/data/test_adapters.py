@@ -211,6 +211,33 @@ def test_csv_errors_name_the_row(tmp_path):
         load_adapter("csv", f, path_col="file", label_col="cls")
 
 
+def test_csv_rows_naming_a_folder_label_every_file_below_it(tmp_path):
+    """One row a patient: a row whose path is a folder (a patient's export) stands for every video or image below it
+    (hidden folders skipped), each with the row's label and group; without a group column the folder is the group."""
+    for rel in ("exports/p1/study/a.png", "exports/p1/b.png", "exports/p1/.ipynb_checkpoints/b-checkpoint.png",
+                "exports/p1/notes.txt", "exports/p2/c.png", "loose.png"):
+        _touch(tmp_path / rel)
+    (tmp_path / "patients.csv").write_text("path,label,group,site\nexports/p1,covid,P1,x\nexports/p2,normal,P2,y\n"
+                                           "loose.png,normal,P3,z\n")
+    m = load_adapter("csv", tmp_path / "patients.csv")
+    rows = sorted(zip([Path(p).relative_to(tmp_path).as_posix() for p in m.table["path"]], m.table["label"],
+                      m.table["group"], m.table["site"]))
+    assert rows == [("exports/p1/b.png", "covid", "P1", "x"), ("exports/p1/study/a.png", "covid", "P1", "x"),
+                    ("exports/p2/c.png", "normal", "P2", "y"), ("loose.png", "normal", "P3", "z")]
+    assert m.classes == ["covid", "normal"] and m.modality == "image"
+    m = load_adapter("csv", tmp_path / "patients.csv", group_col=None)
+    assert sorted(m.groups) == ["loose", "p1", "p1", "p2"]  # a folder row's files: the folder's group
+
+    (tmp_path / "exports" / "empty").mkdir()
+    (tmp_path / "exports" / "empty" / "readme.txt").write_text("no images")
+    (tmp_path / "bad.csv").write_text("path,label,group\nexports/p1,covid,P1\nexports/empty,normal,P2\n")
+    with pytest.raises(ManifestError, match=r"row 1.*path 'exports/empty' is a folder without a video or image"):
+        load_adapter("csv", tmp_path / "bad.csv")
+    (tmp_path / "mask.csv").write_text("path,mask,group\nexports/p2,loose.png,P2\n")
+    with pytest.raises(ManifestError, match=r"path 'exports/p2' is a folder: a mask belongs to one image"):
+        load_adapter("csv", tmp_path / "mask.csv", label_col=None, mask_col="mask")
+
+
 def test_csv_reads_manifest_to_csv_round_trip(tmp_path):
     f = _csv_set(tmp_path)
     m = load_adapter("csv", f, path_col="file", label_col="cls", group_col="pid", classes="y|x")

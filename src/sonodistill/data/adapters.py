@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from sonodistill.errors import ConfigError, ManifestError
+from sonodistill.errors import ConfigError, DataError, ManifestError
 from sonodistill.paths import dataset_root
 
 from . import readers
@@ -512,6 +512,38 @@ def _resolve(base: Path, value: object, row: int, col: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _expand_folder_rows(out: pd.DataFrame, given: pd.Series, path_col: str, group_from_folder: bool) -> pd.DataFrame:
+    """Rows whose path is a folder (a patient's export) become one row a supported file below it (any depth, hidden
+    files and the export's DICOMDIR skipped), each with the row's label, group and other columns; with
+    `group_from_folder` (no group column) their group is the folder's name. A folder without a supported file, or
+    with a `mask`, is a ManifestError naming the CSV row."""
+    is_dir = np.array([Path(p).is_dir() for p in out["path"]])
+    if not is_dir.any():
+        return out
+    rows: list[int] = []
+    files: list[str] = []
+    for i, p in enumerate(out["path"]):
+        if not is_dir[i]:
+            rows.append(i)
+            files.append(p)
+            continue
+        if "mask" in out.columns and str(out["mask"].iloc[i]):
+            raise ManifestError(f"{path_col} '{given.iloc[i]}' is a folder: a mask belongs to one image", row=i)
+        try:
+            found = readers.files_in_folder(p, recursive=True)
+        except DataError as exc:
+            raise ManifestError(f"{path_col} '{given.iloc[i]}' is a folder without a video or image: {exc}",
+                                row=i) from exc
+        rows += [i] * len(found)
+        files += [str(f) for f in found]
+    expanded = out.iloc[rows].reset_index(drop=True)
+    if group_from_folder:
+        expanded["group"] = [Path(out["path"].iloc[i]).name if is_dir[i] else g
+                             for i, g in zip(rows, expanded["group"])]
+    expanded["path"] = files
+    return expanded
+
+
 @register_adapter("csv")
 def csv_manifest(
     root: Path,
@@ -525,9 +557,12 @@ def csv_manifest(
     modality: str | None = None,
     **options: object,
 ) -> Manifest:
-    """A user CSV (or a file from `Manifest.to_csv`): declared columns, relative paths against the CSV's folder.
+    """A user CSV (or a file from `Manifest.to_csv`): declared columns, relative paths against the CSV's folder. A
+    path that is a folder (a patient's export) stands for every video or image below it, each with the row's label
+    and group (`_expand_folder_rows`): one row a patient labels a whole export.
 
-    `group_col=None` makes every row its own group (only correct when items are independent);
+    `group_col=None` makes every row its own group (only correct when rows are independent patients; a folder row's
+    files share the folder's group);
     `classes` (list or "a|b|c") fixes the class order, else the header comment or the sorted labels.
     A whole number written as a decimal label ('1.0') is the class '1' (`canonical_label`).
     """
@@ -547,7 +582,8 @@ def csv_manifest(
     if group_col is not None and group_col not in t.columns:
         raise ManifestError(f"{root}: group column '{group_col}' not found (columns: {list(t.columns)}); name the "
                             "column holding each row's patient (option group_col=COLUMN), or, only if every row is "
-                            "an independent patient, group_col=null (each row its own group)")
+                            "an independent patient, group_col=null (each row its own group; a row naming a "
+                            "folder: its files one group)")
     need(mask_col, "mask")
     need(text_col, "text")
     need(target_col, "target")
@@ -594,6 +630,7 @@ def csv_manifest(
     for col in t.columns:
         if col not in used and col not in out.columns:
             out[col] = t[col].to_numpy()
+    out = _expand_folder_rows(out, t[path_col], path_col, group_from_folder=group_col is None)
     mod = modality or meta.get("modality") or modality_of(list(out["path"]))
     if mod not in ("video", "image"):
         raise ConfigError(f"csv adapter: modality must be 'video' or 'image', got {mod!r}")
