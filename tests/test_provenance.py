@@ -73,7 +73,7 @@ def test_compare_says_when_the_folds_were_trained_with_other_software(tmp_path, 
     assert sonodistill("compare", a, b, "--out", out, "--resamples", 50, "--permutations", 50) == 0
     text = (out / "comparison.md").read_text()
     if other_numpy:
-        assert "**Software differs**" in text and f"other seed 0 fold_1: numpy: " in text and other_numpy in text
+        assert "**Software differs**" in text and "other seed 0 fold_1: numpy: " in text and other_numpy in text
     else:
         assert "every recorded fold was trained with the same code and library versions" in text
 
