@@ -296,3 +296,30 @@ def test_per_group_with_a_table_of_patients_scores_predicts_groups(tmp_path, cap
     assert "has no 'groups'" in capsys.readouterr().err
     assert sonodistill("score", no_groups, "--labels", tmp_path / "patients.csv") == 2  # without --per-group
     assert "no input column" in capsys.readouterr().err
+
+
+def test_label_rows_naming_a_folder_label_every_input_below_it(tmp_path, monkeypatch, capsys):
+    """One patients table (a folder a row, as the csv adapter trains on) scores predict's output: every file below
+    a folder row takes its label, the folder its group; a file labelled twice is refused."""
+    for rel in ("export/p1/a.mp4", "export/p1/day2/b.mp4", "export/p2/c.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"video")
+    monkeypatch.chdir(tmp_path)  # predict ran here: its inputs are relative to this folder
+    pred = _write_json(tmp_path / "preds.json", [_result("export/p1/a.mp4", [0.6, 0.3, 0.1]),
+                                                 _result("export/p1/day2/b.mp4", [0.2, 0.7, 0.1]),
+                                                 _result("export/p2/c.mp4", [0.1, 0.2, 0.7])])
+    (tmp_path / "patients.csv").write_text("path,label\nexport/p1,a\nexport/p2,c\n")
+    out = tmp_path / "items"
+    assert sonodistill("score", pred, "--labels", tmp_path / "patients.csv", "--out", out, "--resamples", 50) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["group"].tolist() == ["p1", "p1", "p2"] and table["y_true"].tolist() == [0, 0, 2]
+    assert "bootstrap interval over 2 groups" in (out / "report.md").read_text()
+    assert sonodistill("score", pred, "--labels", tmp_path / "patients.csv", "--out", tmp_path / "patients",
+                       "--per-group", "--resamples", 50) == 0
+    per_patient = pd.read_csv(tmp_path / "patients" / "predictions.csv")
+    assert per_patient["group"].tolist() == ["p1", "p2"] and per_patient["n_items"].tolist() == [2, 1]
+    np.testing.assert_allclose(per_patient[[f"prob_{c}" for c in CLASSES]].iloc[0], [0.4, 0.5, 0.1])
+    (tmp_path / "twice.csv").write_text("path,label\nexport/p1,a\nexport/p1/a.mp4,a\n")
+    capsys.readouterr()
+    assert sonodistill("score", pred, "--labels", tmp_path / "twice.csv") == 2
+    assert "a.mp4: labelled twice (a file row and a folder row holding it" in capsys.readouterr().err

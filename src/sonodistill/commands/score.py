@@ -10,6 +10,9 @@ The labels file is a CSV with one row per labelled input:
   classifier is scored one row a group, its inputs' probabilities averaged (a per-patient label, e.g. COVID).
   With `--per-group` the labels may instead be one row a patient (`group`, `label`, no input column): they are then
   matched to the `groups` of `predict --per-group` by name (the full name, or its last part where that is unique).
+A labelled input that is a folder (a patient's export, as the csv adapter reads it) stands for every video or image
+below it, each with the row's label; without a `group` column the folder is their group. One patients table
+(`path,label`, a folder a row) then trains (`--data csv:...`) and scores (`score --per-group`).
 
 The same metrics, tables and plots as the cross-validation report (`evaluation/report.py`, `metrics.py`), each
 metric with its bootstrap interval (`evaluation/paired.py`). Labelled inputs without a prediction, and
@@ -23,6 +26,7 @@ import base64
 import io
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +92,34 @@ def read_labels(path: str | Path, patients: bool = False) -> tuple[pd.DataFrame,
     if dup.size:
         raise DataError(p, f"row {dup[0]}: input {table[column].iloc[dup[0]]!r} is labelled twice")
     return table.reset_index(drop=True), column
+
+
+def expand_folder_labels(table: pd.DataFrame, column: str, folders: list[Path]) -> pd.DataFrame:
+    """Label rows that name a folder (a patient's export, as the csv adapter reads them) become one row a supported
+    file below it, with the row's label and other columns; without a `group` column the folder is its files' group
+    (a file row: its own). A folder without a supported file is a DataError naming it."""
+    from sonodistill.data.readers import files_in_folder
+
+    dirs = [next((Path(k) for k in sorted(_candidates(str(v), folders)) if Path(k).is_dir()), None)
+            for v in table[column].astype(str)]
+    if not any(dirs):
+        return table
+    rows, values, groups = [], [], []
+    for i, d in enumerate(dirs):
+        value = str(table[column].iloc[i])
+        found = [str(f) for f in files_in_folder(d, recursive=True)] if d is not None else [value]
+        rows += [i] * len(found)
+        values += found
+        groups += [d.name if d is not None else value] * len(found)
+    out = table.iloc[rows].reset_index(drop=True)
+    out[column] = values
+    twice = pd.Series([os.path.realpath(_existing(v, folders)) for v in values]).duplicated()
+    if twice.any():
+        raise DataError(values[int(np.flatnonzero(twice.to_numpy())[0])], "labelled twice (a file row and a folder "
+                                                                          "row holding it, or two folder rows)")
+    if "group" not in out.columns:
+        out["group"] = groups
+    return out
 
 
 def _candidates(value: str, folders: list[Path]) -> set[str]:
@@ -383,6 +415,8 @@ def score_predictions(predictions: str | Path, labels: str | Path, out: str | Pa
     payload = read_predictions_json(predictions)
     table, column = read_labels(labels, patients=per_group)
     pred_path, labels_path = Path(predictions), Path(labels)
+    if column != "group":
+        table = expand_folder_labels(table, column, [labels_path.parent, Path.cwd()])
     model = payload["model"] if isinstance(payload["model"], dict) else {}
     tasks = {str(r.get("task")) for r in payload["results"] if "error" not in r and r.get("task")}
     task = str(model.get("task") or (tasks.pop() if len(tasks) == 1 else ""))
