@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from sonodistill.config import seed_run_dirs
 from sonodistill.errors import SonoDistillError
 from sonodistill.provenance import ENVIRONMENT_FILE
 
@@ -39,11 +40,11 @@ class RunStatus:
 
 def find_runs(root: Path) -> list[Path]:
     """Run directories under `root` (its own config.yaml, else its sub-folders' and their seed_<s>/ folders'),
-    sorted by path; a multi-seed run is listed seed by seed."""
+    sorted by path; a multi-seed run is listed seed by seed (`config.seed_run_dirs`, in seed order)."""
     found: list[Path] = []
     candidates = [root] if (root / "config.yaml").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
     for run in candidates:
-        seeds = sorted(p for p in run.glob("seed_*") if (p / "config.yaml").is_file())
+        seeds = [p for p in seed_run_dirs(run).values() if (p / "config.yaml").is_file()]
         found += seeds or ([run] if (run / "config.yaml").is_file() else [])
     return found
 

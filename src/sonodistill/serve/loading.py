@@ -266,7 +266,6 @@ def member_dirs(run_dir: Path, members: str = "auto") -> list[Path]:
     """
     if members not in ("auto", "final", "folds"):
         raise ConfigError(f"members must be 'auto', 'final' or 'folds', got {members!r}")
-    check_not_a_seeds_parent(run_dir)
     final = run_dir / "final"
     if members in ("auto", "final") and (final / WEIGHTS).is_file():
         return [final]
