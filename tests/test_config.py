@@ -150,3 +150,17 @@ def test_the_hc18_5pct_config_is_the_10pct_one_but_for_the_fraction_and_hdcs_own
             options = five["recipe_options"]
             assert (options.pop("consistency"), options.pop("mi_marginal")) == (3, "prior")
         assert five == ten, recipe
+
+
+@pytest.mark.parametrize("own", [None, "predictions.csv", "final", "fold_0"])
+def test_a_seeds_parent_has_seed_runs_and_nothing_of_its_own(tmp_path, own):
+    """The one definition eval (seed by seed) and predict/export/serve (refused, naming a seed) share."""
+    from sonodistill.config import is_seeds_parent
+
+    assert not is_seeds_parent(tmp_path)  # no seed folders: a one-seed run
+    (tmp_path / "seed_0").mkdir()
+    if own == "predictions.csv":
+        (tmp_path / own).write_text("path,label\n")
+    elif own is not None:
+        (tmp_path / own).mkdir()
+    assert is_seeds_parent(tmp_path) is (own is None)

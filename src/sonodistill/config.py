@@ -115,6 +115,14 @@ def seed_run_dirs(run: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def is_seeds_parent(run: str | Path) -> bool:
+    """True for the parent folder of a `train --seeds` run: seed_<s>/ runs, and no predictions, folds or final model
+    of its own (eval goes seed by seed there; predict, export and serve need one seed)."""
+    run = Path(run)
+    own = (run / "predictions.csv").is_file() or (run / "final").is_dir() or any(run.glob("fold_*"))
+    return bool(seed_run_dirs(run)) and not own
+
+
 @dataclass
 class RunConfig:
     name: str = "run"

@@ -96,29 +96,24 @@ def read_labels(path: str | Path, patients: bool = False) -> tuple[pd.DataFrame,
 
 def expand_folder_labels(table: pd.DataFrame, column: str, folders: list[Path]) -> pd.DataFrame:
     """Label rows that name a folder (a patient's export, as the csv adapter reads them) become one row a supported
-    file below it, with the row's label and other columns; without a `group` column the folder is its files' group
-    (a file row: its own). A folder without a supported file is a DataError naming it."""
-    from sonodistill.data.readers import files_in_folder
+    file below it (`expand_folder_rows`), with the row's label and other columns; without a `group` column the folder
+    is its files' group (a file row: its own). A folder without a supported file is a DataError naming it; a file
+    labelled twice (by a file row and a folder row, or two folder rows) too."""
+    from sonodistill.data.folder_rows import expand_folder_rows
 
     dirs = [next((Path(k) for k in sorted(_candidates(str(v), folders)) if Path(k).is_dir()), None)
             for v in table[column].astype(str)]
     if not any(dirs):
         return table
-    rows, values, groups = [], [], []
-    for i, d in enumerate(dirs):
-        value = str(table[column].iloc[i])
-        found = [str(f) for f in files_in_folder(d, recursive=True)] if d is not None else [value]
-        rows += [i] * len(found)
-        values += found
-        groups += [d.name if d is not None else value] * len(found)
-    out = table.iloc[rows].reset_index(drop=True)
-    out[column] = values
+    own_group = "group" not in table.columns
+    if own_group:
+        table = table.assign(group=table[column].astype(str))
+    out = expand_folder_rows(table, column, dirs, folder_group="group" if own_group else None)
+    values = out[column].tolist()
     twice = pd.Series([os.path.realpath(_existing(v, folders)) for v in values]).duplicated()
     if twice.any():
         raise DataError(values[int(np.flatnonzero(twice.to_numpy())[0])], "labelled twice (a file row and a folder "
                                                                           "row holding it, or two folder rows)")
-    if "group" not in out.columns:
-        out["group"] = groups
     return out
 
 

@@ -161,11 +161,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.join:
         return _eval_join(Path(args.run_dir), args.join, refused=args.merge or args.per_group)
-    from sonodistill.config import seed_run_dirs
+    from sonodistill.config import is_seeds_parent, seed_run_dirs
 
-    seeds = seed_run_dirs(args.run_dir)
-    if seeds and not (Path(args.run_dir) / "predictions.csv").is_file():  # a --seeds run: each seed's own run
-        for seed, seed_dir in seeds.items():
+    if is_seeds_parent(args.run_dir):  # a --seeds run: each seed's own run
+        for seed, seed_dir in seed_run_dirs(args.run_dir).items():
             print(f"## seed {seed}: {seed_dir}\n")
             _eval(argparse.Namespace(**{**vars(args), "run_dir": str(seed_dir)}))
         return 0

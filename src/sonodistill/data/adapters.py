@@ -15,10 +15,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from sonodistill.errors import ConfigError, DataError, ManifestError
+from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
 from . import readers
+from .folder_rows import FolderRowError, expand_folder_rows
 from .manifest import Manifest, Modality, canonical_label, class_order, read_header
 from .splits import check_duplicate_content
 
@@ -513,35 +514,19 @@ def _resolve(base: Path, value: object, row: int, col: str) -> str:
 
 
 def _expand_folder_rows(out: pd.DataFrame, given: pd.Series, path_col: str, group_from_folder: bool) -> pd.DataFrame:
-    """Rows whose path is a folder (a patient's export) become one row a supported file below it (any depth, hidden
-    files and the export's DICOMDIR skipped), each with the row's label, group and other columns; with
-    `group_from_folder` (no group column) their group is the folder's name. A folder without a supported file, or
-    with a `mask`, is a ManifestError naming the CSV row."""
-    is_dir = np.array([Path(p).is_dir() for p in out["path"]])
-    if not is_dir.any():
-        return out
-    rows: list[int] = []
-    files: list[str] = []
-    for i, p in enumerate(out["path"]):
-        if not is_dir[i]:
-            rows.append(i)
-            files.append(p)
-            continue
-        if "mask" in out.columns and str(out["mask"].iloc[i]):
+    """Rows whose path is a folder (a patient's export) become one row a supported file below it
+    (`expand_folder_rows`), each with the row's label, group and other columns; with `group_from_folder` (no group
+    column) their group is the folder's name. A folder without a supported file, or with a `mask`, is a
+    ManifestError naming the CSV row."""
+    folders = [Path(p) if Path(p).is_dir() else None for p in out["path"]]
+    for i, folder in enumerate(folders):
+        if folder is not None and "mask" in out.columns and str(out["mask"].iloc[i]):
             raise ManifestError(f"{path_col} '{given.iloc[i]}' is a folder: a mask belongs to one image", row=i)
-        try:
-            found = readers.files_in_folder(p, recursive=True)
-        except DataError as exc:
-            raise ManifestError(f"{path_col} '{given.iloc[i]}' is a folder without a video or image: {exc}",
-                                row=i) from exc
-        rows += [i] * len(found)
-        files += [str(f) for f in found]
-    expanded = out.iloc[rows].reset_index(drop=True)
-    if group_from_folder:
-        expanded["group"] = [Path(out["path"].iloc[i]).name if is_dir[i] else g
-                             for i, g in zip(rows, expanded["group"])]
-    expanded["path"] = files
-    return expanded
+    try:
+        return expand_folder_rows(out, "path", folders, folder_group="group" if group_from_folder else None)
+    except FolderRowError as exc:
+        raise ManifestError(f"{path_col} '{given.iloc[exc.row]}' is a folder without a video or image: {exc}",
+                            row=exc.row) from exc
 
 
 @register_adapter("csv")

@@ -250,10 +250,10 @@ def preprocess_config(cfg: RunConfig) -> PreprocessConfig:
 def check_not_a_seeds_parent(run_dir: Path) -> None:
     """CheckpointError naming a seed to serve when `run_dir` is the parent of a `--seeds` run (config.yaml and
     seed_<s>/ runs, no models of its own)."""
-    from sonodistill.config import seed_run_dirs
+    from sonodistill.config import is_seeds_parent, seed_run_dirs
 
-    seeds = seed_run_dirs(run_dir)
-    if seeds and not (run_dir / "final").is_dir() and not any(run_dir.glob("fold_*")):
+    if is_seeds_parent(run_dir):
+        seeds = seed_run_dirs(run_dir)
         raise CheckpointError(f"{run_dir} is a run of several seeds ({', '.join(p.name for p in seeds.values())}), "
                               f"each with its own models: serve one of them, e.g. {next(iter(seeds.values()))}")
 
