@@ -88,6 +88,16 @@ def _seeds_parent(tmp: Path, ctx: dict) -> list[str]:
     return ["predict", str(parent), str(ctx["video"])]
 
 
+def _still_images(tmp: Path, ctx: dict) -> list[str]:
+    """Two PNG images given to a video classifier (a folder of images scored by the wrong model)."""
+    from PIL import Image
+
+    frames = synthetic_frames(2)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp / f"still{i}.png")
+    return ["predict", ctx["run"], str(tmp / "still0.png"), str(tmp / "still1.png")]
+
+
 def _run_weights(tmp: Path, ctx: dict, data: bytes | None) -> list[str]:
     run = make_run(tmp, folds=2)
     weights = run / "fold_1" / "model.safetensors"
@@ -238,6 +248,9 @@ CASES = [
          0, ('"warnings"', "ensemble of 1 of the run's 2 fold models", "fold_1"), "16.10"),
     Case("pickle-as-weights", lambda t, c: _run_weights(t, c, _PICKLE),
          2, ("fold_1/model.safetensors", "cannot read safetensors")),
+    Case("still-image-into-video-model", _still_images,
+         0, ('"warnings"', "2 of 2 inputs have fewer frames than this video model's 8-frame clips (2 still image(s))",
+             '"input_warning": "a still image (one frame)')),
     Case("seeds-run-as-model", _seeds_parent,
          2, ("is a run of several seeds (seed_0, seed_1), each with its own models: serve one of them", "seed_0")),
     # serve uploads

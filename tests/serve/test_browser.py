@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from PIL import Image
 
 from sonodistill.serve.app import make_server
 from sonodistill.serve.loading import load_model
@@ -75,6 +76,14 @@ def test_review_page_in_chromium(browser, tiny_run, video_file, tmp_path):
         page.click("#analyse")
         page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
         assert json.loads(page.text_content("#raw"))["input"] == "upload.dcm"
+        assert not page.locator("#input-warning").is_visible()  # 10 frames fill the 8-frame clips
+        # a still image into this video model: analysed, with the warning in sight
+        still = tmp_path / "still.png"
+        Image.fromarray(synthetic_frames(1)[0]).save(still)
+        page.set_input_files("#file", str(still))
+        page.click("#analyse")
+        page.wait_for_selector("#input-warning:has-text('a still image (one frame)')", timeout=60_000)
+        assert page.locator("#input-warning").is_visible()
         assert errors == []
         assert [p for p in tmp_path.iterdir() if p.name.startswith("sonodistill-upload-")] == []
 

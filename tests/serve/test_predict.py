@@ -61,6 +61,7 @@ def test_video_prediction_matches_direct_computation(tiny_run, video_file):
     out = predict_file(model, video_file, PredictOptions(stride=4))
     clip = preprocess_clip(read_clip(video_file).frames, PreprocessConfig(size=64))
     assert out["frames"] == 20 and out["fps"] == pytest.approx(25.0) and out["duration_s"] == pytest.approx(0.8)
+    assert "input_warning" not in out  # 20 frames fill the 8-frame clips
     assert out["windows"]["starts"] == [0, 4, 8, 12]
     ref = _reference_probs(tiny_run, clip, [0, 4, 8, 12], 8, 2)
     np.testing.assert_allclose(out["windows"]["probabilities"], ref, atol=1e-5)
@@ -111,8 +112,17 @@ def test_images_folders_dicom_and_errors(tiny_run, tmp_path):
     assert [p.name for p in expand_inputs([folder])] == [f"f{i:02d}.png" for i in range(6)]
     single = predict_file(model, folder / "f00.png")  # one image into a video model: stretched to T frames
     assert single["frames"] == 1 and single["windows"]["starts"] == [0]
-    as_clip = predict_many(model, [folder], folder_as_clip=True)["results"][0]
+    assert single["input_warning"].startswith("a still image (one frame), fewer than this video model's 8-frame")
+    whole = predict_many(model, [folder], folder_as_clip=True)
+    as_clip = whole["results"][0]
     assert as_clip["frames"] == 6 and len(as_clip["per_frame"]) == 6
+    assert as_clip["input_warning"].startswith("6 frames, fewer than")  # a 6-frame clip: short too, said so
+    assert whole["warnings"][0].startswith("1 of 1 inputs have fewer frames than this video model's 8-frame clips "
+                                           "(0 still image(s))")
+    images = predict_many(model, [folder / f"f0{i}.png" for i in range(5)])
+    assert images["warnings"] == [images["warnings"][0]] and "5 of 5 inputs" in images["warnings"][0]
+    assert "(1 still image" not in images["warnings"][0] and "(5 still image(s))" in images["warnings"][0]
+    assert images["warnings"][0].count(".png") == 3 and "f02.png, ..." in images["warnings"][0]
     dcm = write_dicom(tmp_path / "study.dcm", frames)
     from_dicom = predict_file(model, dcm)
     np.testing.assert_allclose(list(from_dicom["probabilities"].values()),
@@ -131,6 +141,7 @@ def test_frame_classifier_scores_every_frame(tmp_path, video_file):
     out = predict_file(model, video_file)
     per_frame = np.asarray(out["per_frame"])
     assert per_frame.shape == (20, 3) and "windows" not in out
+    assert "input_warning" not in out  # a frame model reads any number of frames
     np.testing.assert_allclose(per_frame.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(list(out["probabilities"].values()), per_frame.mean(0), atol=1e-5)
 

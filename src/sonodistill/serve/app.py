@@ -448,7 +448,8 @@ after each answer; patient data in DICOM headers is never shown.</p></header>
 <div id="status" role="status"></div>
 <section id="results" hidden>
  <div class="grid">
-  <div><h2>Prediction</h2><div id="prediction"><div id="prediction-class"></div><table id="probabilities"></table></div>
+  <div><h2>Prediction</h2><div id="prediction"><div id="prediction-class"></div><p id="input-warning" hidden></p>
+   <table id="probabilities"></table></div>
    <div id="findings-block" hidden><h3>Findings</h3><table id="findings"></table></div>
    <div id="description-block" hidden><h3>Description</h3><p id="description"></p><p id="nearest"></p></div>
    <div id="segmentation-block" hidden><h3>Segmentation</h3><p id="segmentation-summary"></p>
@@ -526,6 +527,8 @@ function show(payload) {
   $('prediction-class').textContent = r.prediction !== undefined ? r.prediction
     : r.embedding ? `Embedding of ${r.embedding_dim} dimensions (a features model: no class probabilities; ` +
       'the vector is in the raw JSON below)' : '';
+  $('input-warning').hidden = !r.input_warning;
+  $('input-warning').textContent = r.input_warning ? `Warning: ${r.input_warning}.` : '';
   const table = $('probabilities'); table.replaceChildren();
   for (const [c, p] of Object.entries(r.probabilities || {})) {
     const tr = table.insertRow(); tr.insertCell().textContent = c;

@@ -356,7 +356,32 @@ def predict_prepared(model: LoadedModel, item: PreparedInput, options: PredictOp
     result: dict[str, Any] = {"input": item.name, "task": model.task, "frames": n, "fps": item.fps,
                               "duration_s": (n / item.fps) if item.fps else None}
     result.update(get_model_kind(model.task).predict(model, item, options))
+    short = short_input_warning(model, n)
+    if short:
+        result["input_warning"] = short
     return result
+
+
+def short_input_warning(model: LoadedModel, frames: int) -> str | None:
+    """Why a video model's prediction for an input of `frames` frames may not be trusted: fewer frames than the
+    model's T-frame clips (a still image is one frame) are stretched to T, an input unlike its training clips."""
+    if model.input_kind != "video" or frames >= model.num_frames:
+        return None
+    what = "a still image (one frame)" if frames == 1 else f"{frames} frames"
+    return (f"{what}, fewer than this video model's {model.num_frames}-frame clips: its frames were repeated to fill "
+            "a clip, an input unlike the videos it was trained on")
+
+
+def short_inputs_summary(model: LoadedModel, results: list[dict[str, Any]]) -> list[str]:
+    """One payload warning when some inputs were shorter than a video model's clips (`short_input_warning`)."""
+    short = [r for r in results if "input_warning" in r]
+    if not short:
+        return []
+    stills = sum(r["frames"] == 1 for r in short)
+    names = ", ".join(str(r["input"]) for r in short[:3]) + (", ..." if len(short) > 3 else "")
+    return [f"{len(short)} of {len(results)} inputs have fewer frames than this video model's {model.num_frames}-frame "
+            f"clips ({stills} still image(s)): their frames were repeated to fill a clip, unlike the videos it was "
+            f"trained on ({names}); an image model suits still images"]
 
 
 def predict_file(model: LoadedModel, path: str | Path, options: PredictOptions | None = None,
@@ -436,6 +461,9 @@ def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictO
                 log_failure(str(p), exc)
                 result = {"input": str(p), "error": failure_message(exc)}
             results.append(result | ({"group": group} if per_group else {}))
+    for w in short_inputs_summary(model, results):
+        log.warning("%s", w)
+        warnings.append(w)
     payload = {"model": model.describe(), "warnings": warnings, "results": results}
     if per_group:
         payload["groups"] = group_results(results, model.classes, options.decimals)
