@@ -66,10 +66,10 @@ def _images(tmp: Path, names: list[str]) -> None:
         _write(tmp / name, f"image {i} {name}")
 
 
-def _csv_set(tmp: Path, rows: str, files: int = 4) -> list[str]:
-    """A csv data set: files imgs/0.png..; `rows` the CSV body under 'path,label,group'."""
+def _csv_set(tmp: Path, rows: str, files: int = 4, sep: str = ",", encoding: str = "utf-8") -> list[str]:
+    """A csv data set: files imgs/0.png..; `rows` the CSV body under 'path,label,group' (`sep` between the names)."""
     _images(tmp, [f"imgs/{i}.png" for i in range(files)])
-    csv = _write(tmp / "set.csv", "path,label,group\n" + rows)
+    csv = _write(tmp / "set.csv", (sep.join(["path", "label", "group"]) + "\n" + rows).encode(encoding))
     return ["data", "inspect", "csv", str(csv), "--folds", "2"]
 
 
@@ -193,6 +193,12 @@ CASES = [
          lambda t, c: ["predict", str(make_run(t, classes=["hypo: soft", "mixte #2", "plaque dure ü"])),
                        str(c["video"])],
          0, ('"hypo: soft"', '"mixte #2"', '"plaque dure \\u00fc"'), "16.2"),
+    Case("csv-windows-1252",
+         lambda t, c: _csv_set(t, "imgs/0.png,plaque dure \xfc,a\nimgs/1.png,y,b\n", encoding="cp1252"),
+         2, ("set.csv: not UTF-8 text (byte 0xFC on line 2): save it as UTF-8",)),
+    Case("csv-semicolons",
+         lambda t, c: _csv_set(t, "imgs/0.png;x;a\nimgs/1.png;y;b\nimgs/2.png;x;c\nimgs/3.png;y;d\n", sep=";"),
+         0, ("classes: x: 2, y: 2", "Leakage check: passed")),
     Case("same-file-two-groups",
          lambda t, c: _csv_set(t, "imgs/0.png,x,a\nimgs/1.png,y,b\nimgs/2.png,x,c\nimgs/3.png,y,d\nimgs/0.png,x,e\n"),
          2, ("rows 0 and 4 list the same file", "(groups 'a' and 'e')"), "16.4"),

@@ -102,6 +102,10 @@ def test_merged_classes(classification_case, tmp_path):
                        "--resamples", 100) == 1
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["classes"] == ["a", "bc"]
+    pd.read_csv(labels).to_csv(tmp_path / "excel.csv", sep=";", index=False, encoding="utf-8-sig")  # Excel, ';'
+    assert sonodistill("score", pred, "--labels", tmp_path / "excel.csv", "--out", tmp_path / "semi", "--merge",
+                       "a=a", "--merge", "bc=b,c", "--resamples", 100) == 1
+    assert json.loads((tmp_path / "semi" / "metrics.json").read_text())["metrics"] == meta["metrics"]
     merged = np.stack([probs[:10, 0], probs[:10, 1:].sum(axis=1)], axis=1)
     ref = classification_metrics((y[:10] > 0).astype(int), merged, ["a", "bc"])
     assert meta["metrics"]["accuracy"] == pytest.approx(ref["accuracy"])

@@ -1,6 +1,6 @@
 """`sonodistill score PREDICTIONS.json --labels FILE`: score `sonodistill predict`'s output against labels.
 
-The labels file is a CSV with one row per labelled input:
+The labels file is a CSV (as spreadsheets save it: `data/user_csv.py`) with one row per labelled input:
 - the input: column `path`, `input` or `file` (a path, relative to the labels file's folder or the current one, or
   just the file name);
 - classification: `label` (a class of the model, or of the merged classes with `--merge`);

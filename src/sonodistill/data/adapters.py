@@ -22,6 +22,7 @@ from . import readers
 from .folder_rows import FolderRowError, expand_folder_rows
 from .manifest import Manifest, Modality, canonical_label, class_order, read_header
 from .splits import check_duplicate_content
+from .user_csv import read_user_csv
 
 log = logging.getLogger(__name__)
 
@@ -555,7 +556,7 @@ def csv_manifest(
     if not root.is_file():
         raise ConfigError(f"csv adapter: root must be a CSV file: {root}")
     meta = read_header(root)
-    t = pd.read_csv(root, skiprows=1 if meta else 0, dtype=str, keep_default_na=False, na_values=[""])
+    t = read_user_csv(root, skip_lines=1 if meta else 0, dtype=str, keep_default_na=False, na_values=[""])
     if len(t) == 0:
         raise ManifestError(f"{root}: no rows")
 

@@ -228,7 +228,7 @@ def read_header(path: str | Path) -> dict:
 
     Reads the JSON header `to_csv` writes, and the older `name=N modality=M classes=a|b` form (whose values
     could hold no spaces)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # the table's reader refuses non-UTF-8 bytes
         first = f.readline()
     if not first.startswith(HEADER_PREFIX):
         return {}

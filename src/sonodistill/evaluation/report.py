@@ -179,15 +179,14 @@ def prob_columns(classes: Sequence[str]) -> list[str]:
 
 
 def read_csv_file(path: str | Path, dtype: dict[str, type], missing: str) -> pd.DataFrame:
-    """A CSV file as a table; a missing file (`missing` says why it should exist) or an unparsable one is a
-    DataError naming the file."""
+    """A CSV file as a table (`data.user_csv`: UTF-8, `,` `;` or tab); a missing file (`missing` says why it should
+    exist), one not in UTF-8 or an unparsable one is a DataError naming the file."""
+    from sonodistill.data.user_csv import read_user_csv
+
     path = Path(path)
     if not path.is_file():
         raise DataError(path, missing)
-    try:
-        return pd.read_csv(path, dtype=dtype)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot parse CSV: {e}") from e
+    return read_user_csv(path, dtype=dtype)
 
 
 def read_predictions(run_dir: str | Path) -> pd.DataFrame:
