@@ -62,6 +62,7 @@ def test_inspect(shared_data: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "inspect", "lus-blues", str(root), "--target", "severity3", "--folds", "3"]) == 0
     out = capsys.readouterr().out
     assert "287" in out and "1-2" in out
+    assert "- frames per file (headers): min 7 / median 100 / max 101\n" in out  # no stills in lus-blues
 
 
 def test_preview(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

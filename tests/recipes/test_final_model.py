@@ -13,6 +13,7 @@ import pytest
 
 from sonodistill.cli import main
 from sonodistill.config import load_config
+from sonodistill.data.manifest import Manifest
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.protocols.folds import run_protocol
 from tests.recipes.conftest import read_weights
@@ -100,6 +101,7 @@ def test_final_only_classification(tiny_carotid, tiny_overrides):
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "final", "manifest.csv", "report.md",
                                                      "timing.json", "train.log"]
     assert "NO_CV_ESTIMATE" in (run / "report.md").read_text()
+    assert "single frames" not in (run / "train.log").read_text()  # every clip has 8 frames
     with pytest.raises(SonoDistillError, match="no cross-validation estimate"):
         from sonodistill.evaluation.run_dir import report_from_run_dir
 
@@ -218,3 +220,20 @@ def test_a_packaged_configs_target_is_dropped_for_another_adapter(tmp_path):
     assert target("--data", f"folder:{tmp_path}") is None
     assert target("--data", f"folder:{tmp_path}", "--target", "x") == "x"
     assert target("--data", f"csv:{tmp_path}/a.csv", "--set", "data.target=y") == "y"
+
+
+def test_stills_in_a_video_set_are_named_in_the_run_log(tiny_carotid, tiny_overrides):
+    """A scanner export mixes cine loops with single-frame DICOMs: training a video model on them says so."""
+    from tests.serve.conftest import write_dicom
+
+    table = tiny_carotid.table.copy()
+    out = Path(table["path"].iloc[0]).parent
+    for row in (2, 5):
+        frame = np.full((1, 48, 48), 60 + row, dtype=np.uint8)
+        table.loc[row, "path"] = str(write_dicom(out / f"still{row}.dcm", frame))
+    stills = Manifest(table, tiny_carotid.classes, "video", "with-stills")
+    cfg = load_config(None, tiny_overrides + ["name=stills", "train.epochs=1", "train.cv=false", "train.folds=1"])
+    run_protocol(cfg, manifest=stills)
+    text = (cfg.run_dir / "train.log").read_text()
+    assert "WARNING" in text and "2 of 18 files of this video set are single frames (stills: " in text
+    assert "still2.dcm" in text and "still5.dcm" in text

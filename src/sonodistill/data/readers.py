@@ -483,6 +483,30 @@ def read_clip(path: str | Path, grayscale: bool = True) -> Video:
     return read_video(path, grayscale)
 
 
+def declared_frames(path: str | Path) -> int | None:
+    """The frame count a file's header declares, nothing decoded: an image 1, a DICOM its NumberOfFrames (1 when
+    absent: a still), a video its stream's count (None where the container does not say). A header that cannot be
+    read is a DataError naming the file."""
+    p = _check_file(path)
+    if _is_dicom(p):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
+            raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
+        if "Rows" not in ds or "Columns" not in ds:  # pydicom reads a cut header leniently: no image in it
+            raise DataError(path, "DICOM header describes no image (no Rows / Columns)")
+        try:
+            return max(int(ds.get("NumberOfFrames") or 1), 1)
+        except (TypeError, ValueError):
+            raise DataError(path, "DICOM NumberOfFrames is not a number") from None
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return 1
+    with open_video_stream(p) as (_, stream):
+        return int(stream.frames) if stream.frames and stream.frames > 0 else None
+
+
 def probe_file(path: str | Path) -> ProbeResult:
     """Decode a file completely and report frames, height, width, channels (1 or 3) and fps."""
     p = _check_file(path)

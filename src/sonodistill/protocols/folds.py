@@ -431,6 +431,12 @@ def run_protocol(cfg: RunConfig, resume: bool = False, manifest: Manifest | None
     run = Run(resolved, manifest, resume, dict(trainer_overrides))
     with RunLog(run_dir / RUN_LOG) if rank == 0 else contextlib.nullcontext():
         log.info("%s: %s on %s, %s", run_dir, cfg.recipe, cfg.data.spec, "resumed" if resume else "started")
+        if manifest.modality == "video" and rank == 0:
+            from sonodistill.data.frame_counts import stills_warning
+
+            stills = stills_warning(manifest.paths)
+            if stills:
+                log.warning("%s", stills)
         return _run_folds(run, protocol, new_folds, manifest, fit_missing, rank)
 
 
