@@ -164,3 +164,32 @@ def test_a_seeds_parent_has_seed_runs_and_nothing_of_its_own(tmp_path, own):
     elif own is not None:
         (tmp_path / own).mkdir()
     assert is_seeds_parent(tmp_path) is (own is None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.size=0", "data.size must be >= 1, got 0"),
+    ("data.num_frames=0", "data.num_frames must be >= 1"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("data.sampling=foo", "data.sampling: unknown frame sampling 'foo'"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0: a run must learn"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay and optim.warmup_epochs must be >= 0"),
+    ("optim.warmup_epochs=-1", "optim.weight_decay and optim.warmup_epochs must be >= 0"),
+    ("optim.momentum=1", "optim.momentum must be in [0, 1)"),
+    ("optim.gamma=0", "optim.gamma > 0"),
+    ("optim.grad_clip=0", "optim.grad_clip must be > 0 or null"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+    ("model.freeze_stages=-1", "model.freeze_stages must be >= 0"),
+])
+def test_numbers_no_run_can_use_are_refused_when_the_config_loads(override, message):
+    """Found by trying them: each either trained (lr 0, negative warm-up), raised a torch ValueError traceback, or
+    failed only after the run directory was written (size 0, an unknown sampling)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_the_edges_that_are_valid_load():
+    cfg = load_config(None, ["data.num_workers=0", "optim.weight_decay=0", "optim.momentum=0", "model.dropout=0",
+                             "optim.grad_clip=null", "data.sampling=stride"])
+    assert cfg.optim.grad_clip is None and cfg.data.sampling == "stride"

@@ -21,6 +21,9 @@ T = typing.TypeVar("T")
 T = typing.TypeVar("T")
 
 
+FRAME_SAMPLING = ("uniform", "random", "stride")  # data.sampling: how training picks a clip's T frames
+
+
 @dataclass
 class DataConfig:
     """Which data, and how clips are turned into tensors."""
@@ -46,6 +49,13 @@ class DataConfig:
     synthetic_seed: int = 0               # simulator seed: another seed gives an independent set (e.g. to tune on)
 
     def __post_init__(self) -> None:
+        for name in ("size", "num_frames", "batch_size", "synthetic_n", "synthetic_frames", "synthetic_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.num_workers) < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (0: load in the training process), got {self.num_workers}")
+        if self.sampling not in FRAME_SAMPLING:
+            raise ConfigError(f"data.sampling: unknown frame sampling {self.sampling!r}; use one of {FRAME_SAMPLING}")
         if self.rotate_degrees < 0 or len(self.zoom) != 2 or not 0 < self.zoom[0] <= self.zoom[1]:
             raise ConfigError(f"data.rotate_degrees / data.zoom: need degrees >= 0 and a zoom range [low, high] with "
                               f"0 < low <= high, got {self.rotate_degrees} and {list(self.zoom)}")
@@ -61,6 +71,12 @@ class ModelConfig:
     pretrained: str = "none"              # none | imagenet | PATH (run dir or safetensors of our own pretraining)
     freeze_stages: int = 0                # partial finetuning: stem + first N stages fixed (EfficientNet encoders)
 
+    def __post_init__(self) -> None:
+        if not 0 <= float(self.dropout) < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if int(self.freeze_stages) < 0:
+            raise ConfigError(f"model.freeze_stages must be >= 0, got {self.freeze_stages}")
+
 
 @dataclass
 class OptimConfig:
@@ -73,6 +89,18 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     grad_clip: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        if not float(self.lr) > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}: a run must learn")
+        if float(self.weight_decay) < 0 or int(self.warmup_epochs) < 0:
+            raise ConfigError(f"optim.weight_decay and optim.warmup_epochs must be >= 0, got {self.weight_decay} "
+                              f"and {self.warmup_epochs}")
+        if not 0 <= float(self.momentum) < 1 or not float(self.gamma) > 0:
+            raise ConfigError(f"optim.momentum must be in [0, 1) and optim.gamma > 0, got {self.momentum} and "
+                              f"{self.gamma}")
+        if self.grad_clip is not None and not float(self.grad_clip) > 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null (no clipping), got {self.grad_clip}")
 
 
 @dataclass
