@@ -267,6 +267,8 @@ CASES = [
     Case("still-image-into-video-model", _still_images,
          0, ('"warnings"', "2 of 2 inputs have fewer frames than this video model's 8-frame clips (2 still image(s))",
              '"input_warning": "a still image (one frame)')),
+    Case("unwritable-output", lambda t, c: ["export", c["run"], "--out", "/proc/sonodistill-export"],
+         2, ("error: /proc/sonodistill-export", "(-v shows the traceback)")),
     Case("seeds-run-as-model", _seeds_parent,
          2, ("is a run of several seeds (seed_0, seed_1), each with its own models: serve one of them", "seed_0")),
     # serve uploads
@@ -379,3 +381,15 @@ def test_set_values_are_typed_by_the_declared_field() -> None:
     with pytest.raises(ConfigError, match="train.epochs: expected int, got 'three'"):
         _config(["--set", "train.epochs=three"])
     assert np.isclose(_config(["--set", "train.limit_train_batches=0.5"]).train.limit_train_batches, 0.5)
+
+
+def test_an_os_error_without_a_file_keeps_its_traceback(monkeypatch) -> None:
+    """Only file-system errors naming a file become `error: FILE: cause`; any other OSError is not hidden."""
+    import sonodistill.commands.bedside as bedside
+
+    def fail(args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bedside, "_export", fail)
+    with pytest.raises(OSError, match="No space left"):
+        main(["export", "some-run"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from sonodistill import __version__
 from sonodistill import console
@@ -56,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SonoDistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug or the system; keep the traceback
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        hint = "" if args.verbose else " (-v shows the traceback)"
+        print(f"error: {where}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
 
 
