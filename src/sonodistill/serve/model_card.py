@@ -196,6 +196,10 @@ def model_card(run_dir: str | Path, export_meta: dict[str, Any] | None = None) -
         "- Fold-to-fold spread (± std) with few groups per fold is large: treat differences within it as noise.",
         "- Inputs must be preprocessed exactly as above (`sonodistill predict` does this); other crops or "
         "intensity scaling change the outputs.",
+        *([f"- A video model: an input shorter than its {cfg.data.num_frames}-frame windows (a still image is one "
+           "frame) is stretched by repeating frames, unlike its training clips; `sonodistill predict` and `serve` "
+           "say so on each such input (`input_warning`)."] if meta.get("input_kind") == "video" and not annotation
+          else []),
         "- Grad-CAM heat maps show what raised the score of a class for this model, not where a finding is.",
         "",
         "## Provenance",
