@@ -35,6 +35,18 @@ def test_explain_writes_strip_gif_and_runs_recipe_explainers(tiny_run, video_fil
     np.testing.assert_array_equal(np.load(out / "flat_maps.npy"), 1.0)
     # windows of T = 8 every 8 frames, last one ending at frame 20; each window once per fold model
     assert [c[0] for c in calls] == [(3, 1, 8, 64, 64)] * 2 and {c[1] for c in calls} == {1}
+    assert "input_warning" not in summary
+
+
+def test_explain_of_a_still_image_with_a_video_model_says_so(tiny_run, tmp_path, caplog):
+    from tests.serve.conftest import synthetic_frames
+
+    still = tmp_path / "still.png"
+    Image.fromarray(synthetic_frames(1, 64, 64)[0]).save(still)
+    assert main(["explain", str(tiny_run), str(still), "--out", str(tmp_path / "ex")]) == 0
+    summary = json.loads((tmp_path / "ex" / "explain.json").read_text())
+    assert summary["frames"] == 1 and summary["input_warning"].startswith("a still image (one frame), fewer than")
+    assert any("still.png: a still image" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
 def test_realtime_command_reports_both_backends(video_file, tmp_path, capsys):

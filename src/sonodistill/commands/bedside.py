@@ -143,7 +143,7 @@ def _relations_side_by_side(args: argparse.Namespace, model, item, target: int, 
 
 
 #: prediction fields copied into explain.json (classifiers: class and probabilities; annotators: findings)
-_PREDICTION_FIELDS = ("prediction", "probabilities", "findings", "categorical", "description")
+_PREDICTION_FIELDS = ("prediction", "probabilities", "findings", "categorical", "description", "input_warning")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -192,6 +192,8 @@ def _explain(args: argparse.Namespace) -> int:
         # frame relations of a staged video backbone (+ Grad-CAM)
         summary["relations"] = _relations_side_by_side(args, model, item, target, out)
     (out / "explain.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    if "input_warning" in result:
+        log.warning("%s: %s", args.input, result["input_warning"])
     print(f"{model.task} model: maps of {names[target]!r} in {out}/: "
           + ", ".join(f"{m}_strip.png, {m}.gif" for m in files))
     return 0
