@@ -364,7 +364,8 @@ def test_unlabelled_adapter_errors_name_the_cause(tmp_path):
         load_adapter("unlabelled", tmp_path / "empty")
     _touch(tmp_path / "mixed" / "p1" / "a.mp4")
     _touch(tmp_path / "mixed" / "p2" / "b.png")
-    with pytest.raises(ManifestError, match="mixed videos and images"):
+    with pytest.raises(ManifestError, match="mixed videos and images.*one as --data and the other in "
+                                            "recipe_options.extra_data"):  # how to pretrain on both
         load_adapter("unlabelled", tmp_path / "mixed")
     with pytest.raises(ConfigError, match="group_by must be one of"):
         load_adapter("unlabelled", tmp_path / "mixed", group_by="patient")

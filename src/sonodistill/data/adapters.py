@@ -324,7 +324,8 @@ def modality_of(paths: list[str]) -> Modality:
     if len(kinds) != 1:
         raise ManifestError(
             f"mixed videos and images (e.g. {kinds.get('video')} and {kinds.get('image')}); "
-            "put them in separate data sets"
+            "put them in separate data sets (folders or CSVs): a model reads either clips or images. To pretrain "
+            "`dino` on both, give one as --data and the other in recipe_options.extra_data"
         )
     return next(iter(kinds))  # type: ignore[return-value]
 
