@@ -98,6 +98,19 @@ def _still_images(tmp: Path, ctx: dict) -> list[str]:
     return ["predict", ctx["run"], str(tmp / "still0.png"), str(tmp / "still1.png")]
 
 
+def _dicom_visits(tmp: Path, ctx: dict) -> list[str]:
+    """A flat export in visit folders: patient P-1's two visits are two groups (and P-2, P-3 one each)."""
+    import pydicom
+
+    for k, (cls, visit, pid) in enumerate([("a", "visit1", "P-1"), ("b", "visit2", "P-1"), ("a", "visit3", "P-2"),
+                                           ("b", "visit4", "P-3")]):
+        path = write_dicom(tmp / "set" / cls / visit / "IM0001", synthetic_frames(3, 32, 32, seed=k))
+        ds = pydicom.dcmread(str(path))
+        ds.PatientID = pid
+        ds.save_as(str(path))
+    return ["data", "inspect", "folder", str(tmp / "set"), "--folds", "2"]
+
+
 def _run_weights(tmp: Path, ctx: dict, data: bytes | None) -> list[str]:
     run = make_run(tmp, folds=2)
     weights = run / "fold_1" / "model.safetensors"
@@ -219,6 +232,9 @@ CASES = [
          lambda t, c: (_write(t / "imgs" / "copy.png", "image 0 imgs/0.png"),
                        _csv_set(t, "imgs/0.png,x,a\nimgs/1.png,y,b\nimgs/2.png,x,c\nimgs/copy.png,x,d\n"))[-1],
          2, ("rows 0 and 3 have identical content", "copy.png (group 'd')"), "16.4"),
+    Case("one-patient-two-groups-dicom", _dicom_visits, 2,
+         ("have the same PatientID in their DICOM headers", "(group 'visit1')", "(group 'visit2')",
+          "group_by=dicom-patient")),
     Case("csv-without-group-column",
          lambda t, c: (_images(t, [f"imgs/{i}.png" for i in range(4)]),
                        ["data", "inspect", "csv", str(_write(t / "set.csv", "path,label\nimgs/0.png,x\nimgs/1.png,y\n"

@@ -19,6 +19,7 @@ from sonodistill.errors import ConfigError, ManifestError
 from sonodistill.paths import dataset_root
 
 from . import readers
+from .dicom_patients import check_dicom_patients, dicom_patient_groups
 from .folder_rows import FolderRowError, expand_folder_rows
 from .manifest import Manifest, Modality, canonical_label, class_order, read_header
 from .splits import check_duplicate_content
@@ -88,6 +89,7 @@ def load_adapter(name: str, root: str | Path | None = None, **options: object) -
     manifest.validate(check_files=True)
     manifest.check_classes_nonempty()
     check_duplicate_content(manifest)
+    check_dicom_patients(manifest)
     return manifest
 
 
@@ -346,7 +348,7 @@ def regex_groups(paths: list[str], group_regex: str) -> list[str]:
     return groups
 
 
-GROUP_BY = ("folder", "file")
+GROUP_BY = ("folder", "file", "dicom-patient")  # dicom-patient: the PatientID of DICOM headers, as a pseudonym
 
 
 def _visible_files(root: Path) -> list[Path]:
@@ -372,16 +374,27 @@ def _without_extension(path: Path) -> Path:
     return path.with_suffix("") if path.suffix.lower() in known else path
 
 
-def _check_group_by(adapter: str, group_by: str) -> None:
-    if group_by not in GROUP_BY:
-        raise ConfigError(f"{adapter} adapter: group_by must be one of {list(GROUP_BY)}, got {group_by!r}")
+def _check_group_by(adapter: str, group_by: str, allowed: tuple[str, ...] = GROUP_BY) -> None:
+    if group_by not in allowed:
+        raise ConfigError(f"{adapter} adapter: group_by must be one of {list(allowed)}, got {group_by!r}")
+
+
+def _file_groups(paths: list[str], relative: list[Path], group_by: str, group_regex: str | None) -> list[str]:
+    """Each file's group: `group_regex`'s on its name, else by `group_by` (`_folder_group` on its path relative to
+    its class folder or root; dicom-patient: its DICOM header's PatientID as a pseudonym, `dicom_patients`)."""
+    if group_regex is not None:
+        return regex_groups(paths, group_regex)
+    if group_by == "dicom-patient":
+        return dicom_patient_groups(paths)
+    return [_folder_group(r, group_by) for r in relative]
 
 
 @register_adapter("folder")
 def folder(root: Path, group_regex: str | None = None, group_by: str = "folder", **options: object) -> Manifest:
     """One sub-folder per class holding videos or images (DICOMs of any name; an export's DICOMDIR skipped).
     Group: the sub-folder of the class folder a file is in, else the file's stem (`_folder_group`; `group_by="file"`:
-    each file its own); or `group_regex`'s first group, matched on the file name.
+    each file its own; `group_by="dicom-patient"`: the PatientID of each DICOM's header, as a pseudonym); or
+    `group_regex`'s first group, matched on the file name.
 
     Example: group_regex=r"^(patient_\\d+)_" groups "patient_3_L1.mp4" and "patient_3_R2.mp4" together.
     """
@@ -400,10 +413,7 @@ def folder(root: Path, group_regex: str | None = None, group_by: str = "folder",
         rows += [(str(p), c) for p in files]
     paths = [p for p, _ in rows]
     modality = modality_of(paths)
-    if group_regex is None:
-        groups = [_folder_group(Path(p).relative_to(root / c), group_by) for p, c in rows]
-    else:
-        groups = regex_groups(paths, group_regex)
+    groups = _file_groups(paths, [Path(p).relative_to(root / c) for p, c in rows], group_by, group_regex)
     table = pd.DataFrame({"path": paths, "group": groups, "label": [c for _, c in rows]})
     return Manifest(table, classes, modality, root.name)
 
@@ -415,7 +425,8 @@ def unlabelled(root: Path, group_regex: str | None = None, group_by: str = "fold
     """Every video or image under `root` (its sub-folders too; DICOMs of any name, an export's DICOMDIR skipped),
     without labels: the pretraining set of `dino` (also in its `recipe_options.extra_data`) and of `discovr
     --final-only`. Group: the sub-folder of `root` a file is in (a patient), else its stem (`group_by="file"`: each
-    file its own); or `group_regex`'s first group, matched on the file name. One modality a set: videos and images in one folder are
+    file its own; `"dicom-patient"`: its DICOM header's PatientID, as a pseudonym); or `group_regex`'s first group,
+    matched on the file name. One modality a set: videos and images in one folder are
     an error naming one of each (give them as two sets, one in `extra_data`)."""
     _reject_options("unlabelled", options)
     _check_group_by("unlabelled", group_by)
@@ -426,10 +437,7 @@ def unlabelled(root: Path, group_regex: str | None = None, group_by: str = "fold
         raise ManifestError(f"unlabelled adapter: no files in {root}")
     paths = [str(p) for p in files]
     modality = modality_of(paths)
-    if group_regex is None:
-        groups = [_folder_group(p.relative_to(root), group_by) for p in files]
-    else:
-        groups = regex_groups(paths, group_regex)
+    groups = _file_groups(paths, [p.relative_to(root) for p in files], group_by, group_regex)
     return Manifest(pd.DataFrame({"path": paths, "group": groups}), [], modality, root.name)
 
 
@@ -459,7 +467,7 @@ def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | N
     with an empty mask (unlabelled: `recipe_options.labelled_rows=masks` trains on it without a mask); a mask
     without an image and a mask that two names could claim are errors naming the files."""
     _reject_options("image-masks", options)
-    _check_group_by("image-masks", group_by)
+    _check_group_by("image-masks", group_by, ("folder", "file"))  # PNG / JPEG images: no DICOM header
     if unmasked not in ("error", "unlabelled"):
         raise ConfigError(f"image-masks adapter: unmasked must be 'error' or 'unlabelled', got {unmasked!r}")
     images_dir, masks_dir = root / "images", root / "masks"

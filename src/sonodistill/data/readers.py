@@ -20,7 +20,7 @@ from sonodistill.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# The one table of file formats (lower-case suffixes); DICOM files of other names are sniffed (`_is_dicom`).
+# The one table of file formats (lower-case suffixes); DICOM files of other names are sniffed (`is_dicom_file`).
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".gif")  # PyAV
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -92,7 +92,8 @@ def _has_dicom_preamble(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _is_dicom(p: Path) -> bool:
+def is_dicom_file(p: Path) -> bool:
+    """Whether `p` is read as DICOM: a `.dcm` / `.dicom` name, or 'DICM' at byte 128 whatever the name."""
     return p.suffix.lower() in DICOM_EXTENSIONS or _has_dicom_preamble(p)
 
 
@@ -476,7 +477,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 def read_clip(path: str | Path, grayscale: bool = True) -> Video:
     """Read any supported file as a clip: DICOM ('DICM' at byte 128 or .dcm), image (T=1) or video."""
     p = _check_file(path)
-    if _is_dicom(p):
+    if is_dicom_file(p):
         return read_dicom(path, grayscale)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return Video(read_image(path, grayscale)[None], None, str(path))
@@ -488,7 +489,7 @@ def declared_frames(path: str | Path) -> int | None:
     absent: a still), a video its stream's count (None where the container does not say). A header that cannot be
     read is a DataError naming the file."""
     p = _check_file(path)
-    if _is_dicom(p):
+    if is_dicom_file(p):
         import pydicom
 
         try:
@@ -510,7 +511,7 @@ def declared_frames(path: str | Path) -> int | None:
 def probe_file(path: str | Path) -> ProbeResult:
     """Decode a file completely and report frames, height, width, channels (1 or 3) and fps."""
     p = _check_file(path)
-    if not _is_dicom(p) and p.suffix.lower() not in IMAGE_EXTENSIONS:
+    if not is_dicom_file(p) and p.suffix.lower() not in IMAGE_EXTENSIONS:
         frames, fps, pix_fmt = _decode_video(path, grayscale=True)  # gray decode is faster; colour from pix_fmt
         channels = 1 if pix_fmt.startswith(("gray", "y8", "ya")) else 3
     else:
