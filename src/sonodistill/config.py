@@ -53,7 +53,8 @@ class DataConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if int(self.num_workers) < 0:
-            raise ConfigError(f"data.num_workers must be >= 0 (0: load in the training process), got {self.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0 (0: load in the training process), got "
+                              f"{self.num_workers}")
         if self.sampling not in FRAME_SAMPLING:
             raise ConfigError(f"data.sampling: unknown frame sampling {self.sampling!r}; use one of {FRAME_SAMPLING}")
         if self.rotate_degrees < 0 or len(self.zoom) != 2 or not 0 < self.zoom[0] <= self.zoom[1]:
