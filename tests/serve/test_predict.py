@@ -309,3 +309,30 @@ def test_per_group_is_for_classifiers(tmp_path, toyseg_recipe, video_file):
     with pytest.raises(ConfigError, match="per-group predictions average class probabilities; this is a "
                                           "'segmentation' model"):
         predict_many(load_model(run), [video_file], per_group=True)
+
+
+def test_group_by_patient_reads_each_dicoms_patient_id(tiny_run, tmp_path, capsys):
+    """A flat export of two patients (IM0001.. named as scanners do): one prediction a patient, named by a pseudonym
+    of its PatientID, never the ID; the JSON holds neither the ID nor the patient's name."""
+    import pydicom
+
+    from sonodistill.cli import main
+    from sonodistill.data.dicom_patients import pseudonym
+
+    export = tmp_path / "export"
+    for k, pid in enumerate(["P-71", "P-72", "P-71"]):
+        path = write_dicom(export / f"IM000{k}", synthetic_frames(10, 48, 64, seed=k))
+        ds = pydicom.dcmread(str(path))
+        ds.PatientID = pid
+        ds.save_as(str(path))
+    out = tmp_path / "p.json"
+    assert main(["predict", str(tiny_run), str(export), "--group-by-patient", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    groups = {g["group"]: [Path(i).name for i in g["inputs"]] for g in payload["groups"]}
+    assert groups == {pseudonym("P-71"): ["IM0000", "IM0002"], pseudonym("P-72"): ["IM0001"]}
+    assert "P-7" not in out.read_text() and "Doe" not in out.read_text()
+    assert main(["predict", str(tiny_run), str(export), "--group-by-patient", "--group-regex", "IM"]) == 2
+    assert "group by a regex or by the DICOM PatientID, not both" in capsys.readouterr().err
+    (export / "notes.png").write_bytes(b"\x89PNG")  # not a DICOM: whose it is cannot be read
+    assert main(["predict", str(tiny_run), str(export), "--group-by-patient"]) == 2
+    assert "notes.png: group_by dicom-patient reads the PatientID of DICOM files" in capsys.readouterr().err

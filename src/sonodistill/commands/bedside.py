@@ -26,7 +26,8 @@ def _predict(args: argparse.Namespace) -> int:
                              mask_dir=Path(args.mask_dir) if args.mask_dir else None,
                              pixel_size_mm=args.pixel_size_mm)
     payload = predict_many(model, args.inputs, options, folder_as_clip=args.folder_as_clip,
-                           recursive=args.recursive, per_group=args.per_group, group_regex=args.group_regex)
+                           recursive=args.recursive, per_group=args.per_group, group_regex=args.group_regex,
+                           by_patient=args.group_by_patient)
     text = json.dumps(payload, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +322,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-regex", metavar="REGEX",
                    help="with or without --per-group: a file's group is this regex's first capture group in its "
                         "name, e.g. '^(patient_\\d+)_'")
+    p.add_argument("--group-by-patient", action="store_true",
+                   help="with or without --per-group: a DICOM's group is its header's PatientID, as a pseudonym "
+                        "(patient-<12 hex digits of its SHA-256>; the ID is written nowhere): a flat export of "
+                        "several patients")
     p.add_argument("--threads", type=int, help="CPU threads for inference")
     p.set_defaults(func=_predict)
 

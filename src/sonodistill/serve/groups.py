@@ -9,7 +9,9 @@ Which inputs form a group (`input_groups`):
   below it) is a group of its own, named `INPUT/SUB` (a DICOM export: one folder a patient);
 - a file given as INPUT, or a folder read as one clip (`--folder-as-clip`), is its own group;
 - with `group_regex`, the first capture group (else the whole match) of the regex searched in each file's name, as
-  the training adapters' `group_regex` (a name it does not match is an error naming the file).
+  the training adapters' `group_regex` (a name it does not match is an error naming the file);
+- with `by_patient`, the PatientID of each DICOM's header as a pseudonym (`patient-` + 12 hex digits of its SHA-256,
+  the training adapters' `group_by: dicom-patient`): a flat export (`IM0001`, ...) of several patients.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ import numpy as np
 from sonodistill.errors import ConfigError
 
 
-def input_groups(given: Path, files: list[Path], group_regex: str | None = None) -> list[str]:
+def input_groups(given: Path, files: list[Path], group_regex: str | None = None, by_patient: bool = False) -> list[str]:
     """The group of each of `files`, expanded from one INPUT `given` (a file or a folder); see the module."""
+    if group_regex is not None and by_patient:
+        raise ConfigError("group by a regex or by the DICOM PatientID, not both")
+    if by_patient:
+        from sonodistill.data.dicom_patients import dicom_patient_groups
+
+        return dicom_patient_groups([str(f) for f in files])
     if group_regex is not None:
         from sonodistill.data.adapters import regex_groups
 

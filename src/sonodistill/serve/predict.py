@@ -430,16 +430,16 @@ def ensemble_warnings(model: LoadedModel) -> list[str]:
 
 def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictOptions | None = None,
                  folder_as_clip: bool = False, recursive: bool = False, per_group: bool = False,
-                 group_regex: str | None = None) -> dict[str, Any]:
+                 group_regex: str | None = None, by_patient: bool = False) -> dict[str, Any]:
     """{"model", "warnings", "results"}; an input that fails, whatever the exception, gives {"input", "error"}
     and the others go on. Folders are expanded by `expand_inputs`. With `per_group` (a classifier's only), each
     result also has its `group` and the payload `groups`: a patient's probabilities averaged (`serve.groups`)."""
     from sonodistill.serve.groups import group_results, input_groups
 
-    if (per_group or group_regex is not None) and model.task != "classification":
+    per_group = per_group or group_regex is not None or by_patient
+    if per_group and model.task != "classification":
         raise ConfigError(f"{model.source}: per-group predictions average class probabilities; this is a "
                           f"{model.task!r} model")
-    per_group = per_group or group_regex is not None
     options = options or PredictOptions()
     warnings = ensemble_warnings(model)
     for w in warnings:
@@ -453,7 +453,7 @@ def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictO
             results.append({"input": str(item), "error": failure_message(exc)}
                            | ({"group": str(item)} if per_group else {}))
             continue
-        groups = input_groups(Path(item), paths, group_regex) if per_group else [None] * len(paths)
+        groups = input_groups(Path(item), paths, group_regex, by_patient) if per_group else [None] * len(paths)
         for p, group in zip(paths, groups):
             try:
                 result = predict_file(model, p, options)
