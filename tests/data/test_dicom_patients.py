@@ -53,6 +53,18 @@ def test_group_by_dicom_patient_groups_one_patients_files(tmp_path):
     assert sorted(u.groups) == sorted(m.groups)
 
 
+def test_inspect_says_how_many_patients_the_headers_name(tmp_path, capsys):
+    from sonodistill.cli import main
+
+    _flat_export(tmp_path / "set")
+    _dicom(tmp_path / "set" / "b" / "v8" / "IM0010", "ANONYMOUS", seed=10)
+    assert main(["data", "inspect", "folder", str(tmp_path / "set"), "--folds", "2"]) == 0  # a visit folder a group
+    out = capsys.readouterr().out
+    assert ("- DICOM patients (headers): 7 DICOM file(s), 6 distinct PatientID(s) in 6 group(s); 1 without a "
+            "PatientID (or with an anonymiser's placeholder)") in out
+    assert "- frames per file (headers): min 3 / median 3 / max 3\n" in out and "P-00" not in out
+
+
 def test_dicom_patient_needs_dicoms_with_an_id(tmp_path):
     _dicom(tmp_path / "set" / "a" / "IM1", "P-1", seed=1)
     _dicom(tmp_path / "set" / "b" / "IM2", None, seed=2)

@@ -85,15 +85,18 @@ def _inspect(args: argparse.Namespace) -> int:
     from sonodistill.data.splits import inspect_report
 
     manifest = load_adapter(args.adapter, args.root, **_adapter_options(args))
-    report = inspect_report(manifest, n_splits=args.folds, seed=args.seed)
+    from sonodistill.data.dicom_patients import patients_summary
+
+    lines = inspect_report(manifest, n_splits=args.folds, seed=args.seed).split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("- items:")) + 1
+    patients = patients_summary(manifest)  # who the DICOMs belong to, by their headers (IDs never shown)
+    if patients:
+        lines.insert(at, f"- DICOM patients (headers): {patients}")
     if manifest.modality == "video":  # scanner exports mix cine loops and stills: say how many frames files hold
         from sonodistill.data.frame_counts import frame_counts
 
-        lines = report.split("\n")
-        at = next(i for i, line in enumerate(lines) if line.startswith("- items:")) + 1
         lines.insert(at, f"- frames per file (headers): {frame_counts(manifest.paths).summary()}")
-        report = "\n".join(lines)
-    print(report)
+    print("\n".join(lines))
     if args.write_folds:
         from sonodistill.data.folds import fold_table
 

@@ -54,25 +54,46 @@ def dicom_patient_groups(paths: Sequence[str]) -> list[str]:
     return groups
 
 
-def check_dicom_patients(manifest: Manifest) -> None:
-    """LeakageError when one PatientID (DICOM headers) lies in two of the manifest's groups: its files could then
-    fall on both sides of a fold. Files without a usable PatientID, and a set whose DICOMs all carry one ID (an
-    anonymiser's, or one patient), are not checked."""
-    first: dict[str, tuple[str, str]] = {}  # pseudonym -> (group, path)
-    clash: tuple[str, str, str, str] | None = None
+def _patients_by_file(manifest: Manifest) -> list[tuple[str, str, str | None]]:
+    """(path, group, pseudonym or None) of each DICOM of the manifest; an unreadable header counts as no ID (the file
+    fails where it is read, with its own message)."""
+    out = []
     for path, group in zip(manifest.paths, manifest.groups):
         if not is_dicom_file(Path(path)):
             continue
         try:
             pid = patient_id(path)
         except DataError:
-            continue  # an unreadable header fails where the file is read, with its own message
-        if pid is None:
+            pid = None
+        out.append((path, str(group), pseudonym(pid) if pid is not None else None))
+    return out
+
+
+def patients_summary(manifest: Manifest) -> str | None:
+    """One line for `data inspect`: how many DICOMs, distinct PatientIDs and groups they fall in; None without
+    DICOMs."""
+    rows = _patients_by_file(manifest)
+    if not rows:
+        return None
+    ids = {key for _, _, key in rows if key is not None}
+    groups = {g for _, g, key in rows if key is not None}
+    missing = sum(key is None for _, _, key in rows)
+    return (f"{len(rows)} DICOM file(s), {len(ids)} distinct PatientID(s) in {len(groups)} group(s)"
+            + (f"; {missing} without a PatientID (or with an anonymiser's placeholder)" if missing else ""))
+
+
+def check_dicom_patients(manifest: Manifest) -> None:
+    """LeakageError when one PatientID (DICOM headers) lies in two of the manifest's groups: its files could then
+    fall on both sides of a fold. Files without a usable PatientID, and a set whose DICOMs all carry one ID (an
+    anonymiser's, or one patient), are not checked."""
+    first: dict[str, tuple[str, str]] = {}  # pseudonym -> (group, path)
+    clash: tuple[str, str, str, str] | None = None
+    for path, group, key in _patients_by_file(manifest):
+        if key is None:
             continue
-        key = pseudonym(pid)
-        seen = first.setdefault(key, (str(group), path))
-        if clash is None and seen[0] != str(group):
-            clash = (seen[1], seen[0], path, str(group))
+        seen = first.setdefault(key, (group, path))
+        if clash is None and seen[0] != group:
+            clash = (seen[1], seen[0], path, group)
     if clash is None or len(first) < 2:
         return
     a, ga, b, gb = clash
