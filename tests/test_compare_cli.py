@@ -312,7 +312,8 @@ def test_exclude_items_leaves_the_listed_items_out_of_every_run(tmp_path, capsys
     listed = tmp_path / "seen.txt"
     listed.write_text("# items of folds 1-2\n" + "\n".join(seen["path"]) + "\n/data/elsewhere/x.png\n\n")
     seen.to_csv(tmp_path / "seen.csv", index=False)
-    for k, file in enumerate((listed, tmp_path / "seen.csv")):
+    seen.to_csv(tmp_path / "excel.csv", index=False, sep=";", encoding="utf-8-sig")  # Excel's ';' with a BOM
+    for k, file in enumerate((listed, tmp_path / "seen.csv", tmp_path / "excel.csv")):
         out = tmp_path / f"cmp{k}"
         assert sonodistill("compare", a, b, "--out", out, "--exclude-items", file, "--metrics", "accuracy",
                            "--resamples", 200, "--permutations", 200) == 0
@@ -329,7 +330,10 @@ def test_exclude_items_leaves_the_listed_items_out_of_every_run(tmp_path, capsys
     assert "leaves no scored item" in capsys.readouterr().err
     assert sonodistill("compare", a, b, "--out", tmp_path / "bad3", "--exclude-items", tmp_path / "no.txt") == 2
     assert "--exclude-items: file not found" in capsys.readouterr().err
-    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3))
+    (tmp_path / "latin.txt").write_bytes("/data/caf\xe9/x.png\n".encode("cp1252"))
+    assert sonodistill("compare", a, b, "--out", tmp_path / "bad4", "--exclude-items", tmp_path / "latin.txt") == 2
+    assert "latin.txt is not UTF-8 text" in capsys.readouterr().err
+    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3, 4))
 
 
 def test_same_data_under_another_root_is_comparable(tmp_path):

@@ -202,10 +202,18 @@ def read_item_list(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.is_file():
         raise SonoDistillError(f"--exclude-items: file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    from sonodistill.data.user_csv import header_separator
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SonoDistillError(f"--exclude-items: {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+            from None
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if lines and "path" in [c.strip() for c in lines[0].split(",")]:
-        lines = pd.read_csv(path, comment="#")["path"].dropna().astype(str).tolist()
+    sep = header_separator(lines[0]) if lines else ","
+    if lines and "path" in [c.strip() for c in lines[0].split(sep)]:
+        lines = pd.read_csv(path, comment="#", sep=sep, encoding="utf-8-sig")["path"].dropna().astype(str).tolist()
     if not lines:
         raise SonoDistillError(f"--exclude-items: {path} lists no item path")
     return {os.path.normpath(ln) for ln in lines}
