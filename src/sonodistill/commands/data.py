@@ -107,6 +107,44 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    """`data cache`: a table of the cache's units, or (--clear) delete the rebuildable ones."""
+    import time
+
+    from sonodistill.data.cache import default_cache_dir
+    from sonodistill.data.cache_usage import cache_items, clear_cache, human_bytes
+    from sonodistill.errors import ConfigError
+
+    root = Path(args.dir) if args.dir else default_cache_dir()
+    if args.older_than is not None and not args.clear:
+        raise ConfigError("data cache: --older-than chooses what --clear deletes; give --clear too")
+    if args.older_than is not None and args.older_than < 0:
+        raise ConfigError(f"data cache: --older-than must be >= 0 days, got {args.older_than}")
+    if args.clear:
+        removed = clear_cache(root, args.older_than)
+        freed = sum(i.bytes for i in removed)
+        for item in removed:
+            print(f"deleted {item.path} ({item.files} files, {human_bytes(item.bytes)})")
+        print(f"{root}: freed {human_bytes(freed)} ({len(removed)} folder(s) or file(s)); runs rebuild them on demand")
+        return 0
+    items = cache_items(root)
+    if not items:
+        print(f"{root}: empty (or not created yet)")
+        return 0
+    print(f"# {root}\n\n| what | kind | preprocessing | files | size | built (newest file) | rebuilt by runs |\n"
+          "|---|---|---|---|---|---|---|")
+    for i in items:
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.newest)) if i.files else "-"
+        print(f"| {i.path.relative_to(root)} | {i.kind} | {i.settings() or '-'} | {i.files} | "
+              f"{human_bytes(i.bytes)} | {built} | {'yes' if i.rebuildable else 'no'} |")
+    total = sum(i.bytes for i in items)
+    spare = sum(i.bytes for i in items if i.rebuildable)
+    print(f"\nTotal {human_bytes(total)}, of which {human_bytes(spare)} rebuildable (`sonodistill data cache --clear"
+          " [--older-than DAYS]` deletes it). A clips folder is one preprocessing setting (size, crop, overlay "
+          "removal) of every file trained at it.")
+    return 0
+
+
 def _preview(args: argparse.Namespace) -> int:
     from sonodistill.data.adapters import load_adapter
     from sonodistill.data.preprocess import PreprocessConfig
@@ -182,6 +220,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     cc.add_argument("--out", required=True, help="output folder (writes OUT/<stem>_crop.png)")
     cc.add_argument("--size", type=int, default=112)
     cc.set_defaults(func=_crop_check)
+
+    ca = dsub.add_parser("cache", help="what the cache holds (size, files, when built a settings folder), and "
+                                       "clearing what runs rebuild")
+    ca.add_argument("--dir", help="the cache folder (default: SONODISTILL_CACHE, else ~/.cache/sonodistill)")
+    ca.add_argument("--clear", action="store_true",
+                    help="delete the preprocessed clips and masks, feature extractions and synthetic sets (runs "
+                         "rebuild them; the ImageNet weights in weights/ are kept)")
+    ca.add_argument("--older-than", type=float, metavar="DAYS",
+                    help="with --clear: only what was built more than DAYS days ago")
+    ca.set_defaults(func=_cache)
 
     sy = dsub.add_parser("synth", help="write a synthetic data set (videos/images, masks, manifest.csv)")
     sy.add_argument("preset")

@@ -159,6 +159,7 @@ class ClipCache:
             return arr
         write_entry(entry, build(), source=source, config=cfg.key())
         self.builds += 1
+        record_settings(entry.parent.parent, cfg)
         return self._open(entry, cfg)
 
     @staticmethod
@@ -185,6 +186,23 @@ class ClipCache:
                 raise DamagedEntry("pixel checksum mismatch")
             _ENTRY_MEMO[key] = (shape, offset)
         return arr
+
+
+SETTINGS_FILE = "settings.json"  # in each settings folder: the preprocessing its entries were built with
+
+
+def record_settings(folder: Path, cfg: "PreprocessConfig") -> None:
+    """Write `folder/settings.json` (the PreprocessConfig fields) once, atomically, so `sonodistill data cache` can
+    say what a folder holds; the folder's name carries only their hash."""
+    from dataclasses import asdict
+
+    target = folder / SETTINGS_FILE
+    if target.is_file():
+        return
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".settings-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(asdict(cfg), f, sort_keys=True)
+    os.replace(tmp, target)
 
 
 def _check_cfg(cfg: "PreprocessConfig") -> None:
