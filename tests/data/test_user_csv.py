@@ -54,3 +54,21 @@ def test_csv_adapter_reads_a_semicolon_file_and_refuses_windows_1252(tmp_path):
     _write(tmp_path / "old.csv", ",", encoding="cp1252")
     with pytest.raises(DataError, match="old.csv: not UTF-8 text"):
         load_adapter("csv", tmp_path / "old.csv")
+
+
+def test_paths_written_on_windows_read_with_forward_slashes(tmp_path):
+    from sonodistill.commands.score import _candidates, _file_name
+    from sonodistill.errors import ManifestError
+
+    for name in ("img0.png", "img1.png"):
+        (tmp_path / "exports" / "p1").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "exports" / "p1" / name).write_bytes(f"image {name}".encode())
+    (tmp_path / "win.csv").write_text("path,label,group\r\nexports\\p1\\img0.png,a,p0\r\nexports\\p1\\img1.png,b,p1\r\n")
+    m = load_adapter("csv", tmp_path / "win.csv")
+    assert sorted(m.paths) == [str(tmp_path / "exports" / "p1" / n) for n in ("img0.png", "img1.png")]
+    (tmp_path / "drive.csv").write_text("path,label,group\nC:\\scans\\img0.png,a,p0\n")
+    with pytest.raises(ManifestError, match=r"row 0: path 'C:\\scans\\img0.png' is a Windows path with a drive letter"):
+        load_adapter("csv", tmp_path / "drive.csv")
+    # score's labels: the same cell matches the prediction of the file, by path or by file name
+    assert str(tmp_path / "exports" / "p1" / "img0.png") in _candidates("exports\\p1\\img0.png", [tmp_path])
+    assert _file_name("exports\\p1\\img0.png") == "img0.png" and _file_name("a/b.mp4") == "b.mp4"

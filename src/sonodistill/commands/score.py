@@ -118,10 +118,22 @@ def expand_folder_labels(table: pd.DataFrame, column: str, folders: list[Path]) 
 
 
 def _candidates(value: str, folders: list[Path]) -> set[str]:
-    p = Path(value)
-    if p.is_absolute():
-        return {str(p.resolve())}
-    return {str((f / p).resolve()) for f in folders}
+    """The absolute paths `value` may name: itself if absolute, else below each of `folders`; a path written on
+    Windows also with `/` (`data.user_csv.forward_slashes`)."""
+    from sonodistill.data.user_csv import forward_slashes
+
+    out: set[str] = set()
+    for text in {value, forward_slashes(value)}:
+        p = Path(text)
+        out |= {str(p.resolve())} if p.is_absolute() else {str((f / p).resolve()) for f in folders}
+    return out
+
+
+def _file_name(value: str) -> str:
+    """The file name of a labels cell, a path written on Windows included (`exports\\p3\\IM1` -> `IM1`)."""
+    from sonodistill.data.user_csv import forward_slashes
+
+    return Path(forward_slashes(value)).name
 
 
 def match_predictions(labels: pd.DataFrame, column: str, results: list[dict[str, Any]], labels_dir: Path,
@@ -145,11 +157,11 @@ def match_predictions(labels: pd.DataFrame, column: str, results: list[dict[str,
             chosen[row] = hits.pop()
     used = set(chosen.values())
     pred_names = pd.Series([Path(str(r["input"])).name for r in results])
-    label_names = pd.Series([Path(v).name for v in values])
+    label_names = pd.Series([_file_name(v) for v in values])
     for row, v in enumerate(values):
         if row in chosen:
             continue
-        name = Path(v).name
+        name = _file_name(v)
         hits = [i for i in np.flatnonzero((pred_names == name).to_numpy()) if i not in used]
         if len(hits) == 1 and (label_names == name).sum() == 1 and (pred_names == name).sum() == 1:
             chosen[row] = int(hits[0])

@@ -23,7 +23,7 @@ from .dicom_patients import check_dicom_patients, dicom_patient_groups
 from .folder_rows import FolderRowError, expand_folder_rows
 from .manifest import Manifest, Modality, canonical_label, class_order, read_header
 from .splits import check_duplicate_content
-from .user_csv import read_user_csv
+from .user_csv import forward_slashes, read_user_csv
 
 log = logging.getLogger(__name__)
 
@@ -516,11 +516,25 @@ def image_masks(root: Path, mask_suffix: str | None = None, group_regex: str | N
 
 
 # -- generic: user CSV ------------------------------------------------------------------------------
+WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
 def _resolve(base: Path, value: object, row: int, col: str) -> str:
+    """A CSV cell's path, absolute, relative ones against the CSV's folder. A path written on Windows
+    (`exports\\p3\\IM1`) reads with `/` where no file has the name as written; a drive letter (`C:\\...`) is
+    refused with what to write instead."""
     if pd.isna(value) or str(value).strip() == "":  # type: ignore[arg-type]
         raise ManifestError(f"empty {col}", row=row)
-    p = Path(str(value).strip()).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    text = str(value).strip()
+    if os.sep == "/" and WINDOWS_DRIVE.match(text):
+        raise ManifestError(f"{col} '{text}' is a Windows path with a drive letter, which this machine cannot open: "
+                            "write paths relative to the CSV's folder (e.g. exports/p3/IM1)", row=row)
+    p = Path(text).expanduser()
+    resolved = p if p.is_absolute() else (base / p).resolve()
+    if forward_slashes(text) != text and not resolved.exists():
+        forward = Path(forward_slashes(text)).expanduser()
+        resolved = forward if forward.is_absolute() else (base / forward).resolve()
+    return str(resolved)
 
 
 def _expand_folder_rows(out: pd.DataFrame, given: pd.Series, path_col: str, group_from_folder: bool) -> pd.DataFrame:

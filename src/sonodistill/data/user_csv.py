@@ -3,12 +3,15 @@
 - Encoding: UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes. Anything else (Excel's older
   "CSV" saves Windows-1252: `é` as the byte 0xE9) is a DataError naming the file, line and byte: re-save as UTF-8.
   Never guessed: a wrong guess would silently rename a patient's file.
+- Paths written on Windows (`exports\\p3\\IM1`) are read with `/` where no file has the name as written
+  (`forward_slashes`); a drive letter (`C:\\...`) cannot be opened here and is refused by the csv adapter.
 - Separator: the header line decides. A comma if it has one; else a semicolon (what Excel writes where the decimal
   mark is a comma); else a tab; else one column.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +19,12 @@ import pandas as pd
 from sonodistill.errors import DataError
 
 SEPARATORS = (",", ";", "\t")
+
+
+def forward_slashes(text: str) -> str:
+    """A path written on Windows (`exports\\p3\\IM1`) with `/` on this machine (unchanged on Windows). Callers try
+    the path as written first: a POSIX file name may hold a backslash."""
+    return text.replace("\\", "/") if os.sep == "/" else text
 
 
 def header_separator(line: str) -> str:
