@@ -13,7 +13,7 @@ from PIL import Image
 
 from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip, sample_frame_indices
 from sonodistill.data.readers import read_clip
-from sonodistill.errors import CheckpointError, ConfigError, ManifestError
+from sonodistill.errors import CheckpointError, ConfigError, DataError, ManifestError
 from sonodistill.recipes.base import build_classifier
 from sonodistill.recipes.trainer import load_weights
 from sonodistill.serve.kinds import register_model_kind
@@ -336,3 +336,31 @@ def test_group_by_patient_reads_each_dicoms_patient_id(tiny_run, tmp_path, capsy
     (export / "notes.png").write_bytes(b"\x89PNG")  # not a DICOM: whose it is cannot be read
     assert main(["predict", str(tiny_run), str(export), "--group-by-patient"]) == 2
     assert "notes.png: group_by dicom-patient reads the PatientID of DICOM files" in capsys.readouterr().err
+
+
+def test_folder_as_clip_joins_a_series_of_single_frame_dicoms_in_instance_order(tiny_run, tmp_path):
+    """Some scanners export a cine one file a frame: --folder-as-clip orders the files by InstanceNumber, not name."""
+    import pydicom
+
+    from sonodistill.serve.predict import read_folder_clip
+
+    frames = synthetic_frames(10, 48, 64, seed=5)
+    series = tmp_path / "series"
+    for k in range(10):  # names in reverse order of the frames
+        path = write_dicom(series / f"IM{9 - k:04d}", frames[k:k + 1])
+        ds = pydicom.dcmread(str(path))
+        ds.InstanceNumber = k + 1
+        ds.save_as(str(path))
+    clip = read_folder_clip(series)
+    np.testing.assert_array_equal(clip.frames, frames)
+    joined = predict_many(load_model(tiny_run), [series], folder_as_clip=True)["results"][0]
+    one = predict_file(load_model(tiny_run), write_dicom(tmp_path / "cine.dcm", frames))
+    assert joined["frames"] == 10 and "input_warning" not in joined
+    np.testing.assert_allclose(list(joined["probabilities"].values()), list(one["probabilities"].values()), atol=1e-6)
+    write_dicom(series / "IM0100", synthetic_frames(3, 48, 64))  # a multi-frame file among them
+    with pytest.raises(DataError, match="IM0100: holds 3 frames: a series read as one clip joins single-frame"):
+        read_folder_clip(series)
+    (series / "IM0100").unlink()
+    Image.fromarray(frames[0]).save(series / "f.png")
+    with pytest.raises(DataError, match="holds both images .* and DICOM files"):
+        read_folder_clip(series)

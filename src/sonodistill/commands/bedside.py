@@ -312,7 +312,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-size-mm", type=float, metavar="MM",
                    help="segmentation models: the inputs' pixel size in mm, for mask areas and head circumferences "
                         "(default: a DICOM's own ultrasound-region spacing; other files have none)")
-    p.add_argument("--folder-as-clip", action="store_true", help="a folder of images is the frames of one clip")
+    p.add_argument("--folder-as-clip", action="store_true",
+                   help="a folder of images, or of single-frame DICOMs (a series exported one file a frame, ordered "
+                        "by InstanceNumber), is the frames of one clip")
     p.add_argument("-r", "--recursive", action="store_true",
                    help="a folder stands for the supported files of its sub-folders too (default: its own only)")
     p.add_argument("--per-group", action="store_true",

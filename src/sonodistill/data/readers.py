@@ -484,6 +484,33 @@ def read_clip(path: str | Path, grayscale: bool = True) -> Video:
     return read_video(path, grayscale)
 
 
+def read_dicom_series(files: list[Path]) -> Video:
+    """Single-frame DICOMs of one series (a cine some scanners export one file a frame) as one clip, ordered by
+    InstanceNumber (by name where a file has none): uint8 `T x H x W`, fps from the first file's frame time. A
+    multi-frame file, or frames of different sizes, is a DataError naming the file."""
+    import pydicom
+
+    def instance(f: Path) -> tuple[int, str]:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["InstanceNumber"])
+            number = ds.get("InstanceNumber")
+            return (int(number), f.name) if number not in (None, "") else (2**31, f.name)
+        except Exception:  # noqa: BLE001 - an unreadable header fails below, in read_dicom, naming the file
+            return (2**31, f.name)
+
+    ordered = sorted(files, key=instance)
+    clips = [read_dicom(f) for f in ordered]
+    for f, clip in zip(ordered, clips):
+        if clip.frames.shape[0] != 1:
+            raise DataError(f, f"holds {clip.frames.shape[0]} frames: a series read as one clip joins single-frame "
+                               "files (give a multi-frame DICOM as a file of its own)")
+        if clip.frames.shape[1:] != clips[0].frames.shape[1:]:
+            raise DataError(f, f"frame size {clip.frames.shape[1:]} differs from the first frame's "
+                               f"{clips[0].frames.shape[1:]} ({ordered[0].name})")
+    return Video(np.concatenate([c.frames for c in clips]), clips[0].fps, str(ordered[0].parent),
+                 clips[0].pixel_spacing_mm)
+
+
 def declared_frames(path: str | Path) -> int | None:
     """The frame count a file's header declares, nothing decoded: an image 1, a DICOM its NumberOfFrames (1 when
     absent: a still), a video its stream's count (None where the container does not say). A header that cannot be

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
-from sonodistill.data.readers import IMAGE_EXTENSIONS, Video, files_in_folder, read_clip, read_image
+from sonodistill.data.readers import (IMAGE_EXTENSIONS, Video, files_in_folder, is_dicom_file, is_supported_file,
+                                      read_clip, read_dicom_series, read_image)
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
@@ -53,10 +54,18 @@ def expand_inputs(inputs: list[str | Path], folder_as_clip: bool = False, recurs
 
 
 def read_folder_clip(folder: Path) -> Video:
-    """Images of a folder (sorted by name) as the frames of one clip: uint8 `T x H x W`."""
-    files = [f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    """Images of a folder (sorted by name), or its single-frame DICOMs (a series exported one file a frame, ordered by
+    InstanceNumber: `readers.read_dicom_series`), as the frames of one clip: uint8 `T x H x W`."""
+    visible = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    dicoms = [f for f in visible if is_supported_file(f) and is_dicom_file(f)]
+    files = [f for f in visible if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if dicoms and files:
+        raise DataError(folder, f"holds both images ({files[0].name}) and DICOM files ({dicoms[0].name}): the frames "
+                                "of one clip are one or the other")
+    if dicoms:
+        return read_dicom_series(dicoms)
     if not files:
-        raise DataError(folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) to use as frames")
+        raise DataError(folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) or single-frame DICOMs to use as frames")
     frames = [read_image(f) for f in files]
     for f, a in zip(files, frames):
         if a.shape != frames[0].shape:
