@@ -52,3 +52,17 @@ def test_stills_warning_only_when_there_are_stills(export):
     text = stills_warning([str(export["cine.mp4"]), *stills])
     assert text.startswith("4 of 5 files of this video set are single frames (stills: ")
     assert text.count(".dcm") == 3 and ", ...)" in text  # three named, the rest counted
+
+
+def test_a_set_of_dicom_stills_is_an_image_set(export):
+    """A DICOM's modality follows its header's frame count: stills alone (or with images) are an image set, so 2D
+    models train on them; with cines or videos they join the video set (training then names them)."""
+    from sonodistill.data.adapters import modality_of
+    from sonodistill.errors import ManifestError
+
+    still, loop, cine, png = (str(export[k]) for k in ("IM0001", "loop.dcm", "cine.mp4", "still.png"))
+    assert modality_of([still]) == "image" and modality_of([still, png]) == "image"
+    assert modality_of([still, loop]) == "video" and modality_of([still, cine]) == "video"
+    assert modality_of([loop, cine]) == "video"
+    with pytest.raises(ManifestError, match="mixed videos and images"):
+        modality_of([loop, png])

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from sonodistill.errors import ConfigError, ManifestError
+from sonodistill.errors import ConfigError, DataError, ManifestError
 from sonodistill.paths import dataset_root
 
 from . import readers
@@ -312,17 +312,31 @@ def busi(root: Path, **options: object) -> Manifest:
 
 # -- generic: folder per class ---------------------------------------------------------------------
 def modality_of(paths: list[str]) -> Modality:
-    """'video' or 'image' from file extensions, DICOMs of any name (`readers.is_supported_file`) as video; a mix
-    (or an unsupported file) is an error naming a file."""
+    """'video' or 'image' from file extensions; a DICOM (any name, `readers.is_supported_file`) by the frame count
+    its header declares: a cine is a video, a still (one frame) an image, unless the set has videos, which it then
+    joins (training names such stills in a warning). Videos with images, or an unsupported file, is an error naming
+    a file."""
     kinds: dict[str, str] = {}
+    stills: list[str] = []
     for p in paths:
         ext = Path(p).suffix.lower()
         if ext in IMAGE_EXTENSIONS:
             kinds.setdefault("image", p)
-        elif ext in VIDEO_EXTENSIONS or readers.is_supported_file(Path(p)):
+        elif ext in readers.VIDEO_EXTENSIONS:
             kinds.setdefault("video", p)
+        elif readers.is_supported_file(Path(p)):  # a DICOM, named .dcm or not
+            try:
+                frames = readers.declared_frames(p)
+            except DataError as exc:
+                raise ManifestError(f"cannot tell a DICOM's frame count from its header: {exc}") from exc
+            if frames == 1:
+                stills.append(p)
+            else:
+                kinds.setdefault("video", p)
         else:
             raise ManifestError(f"unsupported file extension '{ext}' (and no DICOM preamble): {p}")
+    if stills:
+        kinds.setdefault("video" if "video" in kinds else "image", stills[0])
     if len(kinds) != 1:
         raise ManifestError(
             f"mixed videos and images (e.g. {kinds.get('video')} and {kinds.get('image')}); "
