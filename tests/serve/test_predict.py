@@ -333,6 +333,8 @@ def test_group_by_patient_reads_each_dicoms_patient_id(tiny_run, tmp_path, capsy
     assert "P-7" not in out.read_text() and "Doe" not in out.read_text()
     assert main(["predict", str(tiny_run), str(export), "--group-by-patient", "--group-regex", "IM"]) == 2
     assert "group by a regex or by the DICOM PatientID, not both" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), str(export), "--group-by-patient", "--folder-as-clip"]) == 2
+    assert "with --folder-as-clip a folder is one clip, its own group" in capsys.readouterr().err
     (export / "notes.png").write_bytes(b"\x89PNG")  # not a DICOM: whose it is cannot be read
     assert main(["predict", str(tiny_run), str(export), "--group-by-patient"]) == 2
     assert "notes.png: group_by dicom-patient reads the PatientID of DICOM files" in capsys.readouterr().err

@@ -446,6 +446,9 @@ def predict_many(model: LoadedModel, inputs: list[str | Path], options: PredictO
     from sonodistill.serve.groups import group_results, input_groups
 
     per_group = per_group or group_regex is not None or by_patient
+    if by_patient and folder_as_clip:
+        raise ConfigError("group by the DICOM PatientID reads each file's header; with --folder-as-clip a folder is "
+                          "one clip, its own group (--per-group)")
     if per_group and model.task != "classification":
         raise ConfigError(f"{model.source}: per-group predictions average class probabilities; this is a "
                           f"{model.task!r} model")
