@@ -15,7 +15,7 @@ from pathlib import Path
 from sonodistill.errors import DataError, LeakageError
 
 from .manifest import Manifest
-from .readers import is_dicom_file
+from .readers import is_dicom_file, read_dicom_header
 
 #: PatientID values that anonymisers write for everyone: they say nothing about who a file belongs to
 PLACEHOLDER_IDS = frozenset({"", "anonymous", "anon", "unknown", "none", "null", "0", "n/a", "na", "-"})
@@ -28,13 +28,7 @@ def pseudonym(patient_id: str) -> str:
 
 def patient_id(path: str | Path) -> str | None:
     """A DICOM file's PatientID (header only; None when absent or a placeholder); DataError when unreadable."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID"])
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
-        raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
-    value = str(ds.get("PatientID", "") or "").strip()
+    value = str(read_dicom_header(path, ["PatientID"]).get("PatientID", "") or "").strip()
     return None if value.lower() in PLACEHOLDER_IDS else value
 
 

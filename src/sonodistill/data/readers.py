@@ -484,18 +484,26 @@ def read_clip(path: str | Path, grayscale: bool = True) -> Video:
     return read_video(path, grayscale)
 
 
+def read_dicom_header(path: str | Path, tags: list[str] | None = None) -> Any:
+    """A DICOM file's header, pixel data not read (only `tags` when given); DataError naming the file when pydicom
+    cannot read it. The one header read of `declared_frames`, `read_dicom_series` and `dicom_patients`."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=tags)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
+        raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
+
+
 def read_dicom_series(files: list[Path]) -> Video:
     """Single-frame DICOMs of one series (a cine some scanners export one file a frame) as one clip, ordered by
     InstanceNumber (by name where a file has none): uint8 `T x H x W`, fps from the first file's frame time. A
     multi-frame file, or frames of different sizes, is a DataError naming the file."""
-    import pydicom
-
     def instance(f: Path) -> tuple[int, str]:
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["InstanceNumber"])
-            number = ds.get("InstanceNumber")
+            number = read_dicom_header(f, ["InstanceNumber"]).get("InstanceNumber")
             return (int(number), f.name) if number not in (None, "") else (2**31, f.name)
-        except Exception:  # noqa: BLE001 - an unreadable header fails below, in read_dicom, naming the file
+        except (DataError, TypeError, ValueError):  # an unreadable header fails below, in read_dicom, naming the file
             return (2**31, f.name)
 
     ordered = sorted(files, key=instance)
@@ -517,12 +525,7 @@ def declared_frames(path: str | Path) -> int | None:
     read is a DataError naming the file."""
     p = _check_file(path)
     if is_dicom_file(p):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
-            raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
+        ds = read_dicom_header(p)
         if "Rows" not in ds or "Columns" not in ds:  # pydicom reads a cut header leniently: no image in it
             raise DataError(path, "DICOM header describes no image (no Rows / Columns)")
         try:

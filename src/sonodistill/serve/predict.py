@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sonodistill.data.preprocess import normalise, preprocess_clip, sample_frame_indices
-from sonodistill.data.readers import (IMAGE_EXTENSIONS, Video, files_in_folder, is_dicom_file, is_supported_file,
+from sonodistill.data.readers import (IMAGE_EXTENSIONS, Video, files_in_folder, is_dicom_file, is_dicomdir,
                                       read_clip, read_dicom_series, read_image)
 from sonodistill.errors import ConfigError, DataError, SonoDistillError
 from sonodistill.explain.occlusion import ClassProbability, EmbeddingSimilarity, RegionProbability
@@ -57,7 +57,7 @@ def read_folder_clip(folder: Path) -> Video:
     """Images of a folder (sorted by name), or its single-frame DICOMs (a series exported one file a frame, ordered by
     InstanceNumber: `readers.read_dicom_series`), as the frames of one clip: uint8 `T x H x W`."""
     visible = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    dicoms = [f for f in visible if is_supported_file(f) and is_dicom_file(f)]
+    dicoms = [f for f in visible if is_dicom_file(f) and not is_dicomdir(f)]
     files = [f for f in visible if f.suffix.lower() in IMAGE_EXTENSIONS]
     if dicoms and files:
         raise DataError(folder, f"holds both images ({files[0].name}) and DICOM files ({dicoms[0].name}): the frames "
