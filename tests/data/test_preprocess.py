@@ -175,6 +175,49 @@ def test_preprocess_clip_crop_and_shapes(fan_clip) -> None:
         preprocess_clip(clip.astype(np.float32), PreprocessConfig())
 
 
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_preprocess_clip_in_chunks_equals_whole(fan_clip, monkeypatch: pytest.MonkeyPatch, grayscale: bool) -> None:
+    """Chunks of any size give the output of one pass: the region and the overlay come from the whole clip."""
+    from sonodistill.data import preprocess
+
+    clip, truth, overlay = fan_clip
+    clip = clip.copy()
+    clip[:, 95:98, 85:115] = 255  # a static marker inside the fan: replaced from tissue, identically in each chunk
+    colour = np.stack([clip, clip // 2, 255 - clip], axis=-1)
+    cfg = PreprocessConfig(size=64, grayscale=grayscale)
+    whole = preprocess_clip(colour, cfg)
+    for frames_per_chunk in (1, 3, 7):
+        monkeypatch.setattr(preprocess, "_CHUNK_BYTES", colour[0].nbytes * frames_per_chunk)
+        np.testing.assert_array_equal(preprocess_clip(colour, cfg), whole)
+    region = detect_imaging_region(clip)
+    y0, y1, x0, x1 = region.bbox
+    gray = preprocess.rgb_to_gray(colour)
+    reference = resize_pad(remove_static_overlay(gray if grayscale else colour, region)[:, y0:y1, x0:x1], 64)
+    np.testing.assert_array_equal(whole, reference)
+
+
+def test_preprocess_clip_in_chunks_never_copies_the_clip_whole(fan_clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one chunk (as before chunking) overlay removal and the crop each copy the whole clip; in chunks of 8 frames
+    the peak is lower by more than the clip's own size (a 5-minute 800 x 600 clip is 4.3 GB)."""
+    import tracemalloc
+
+    from sonodistill.data import preprocess
+
+    clip = np.concatenate([fan_clip[0]] * 40)  # 640 frames of 160 x 200 (20 MB): far more than region detection uses
+
+    def numpy_peak(chunk_frames: int) -> int:
+        monkeypatch.setattr(preprocess, "_CHUNK_BYTES", clip[0].nbytes * chunk_frames)
+        tracemalloc.start()
+        try:
+            preprocess_clip(clip, PreprocessConfig(size=64))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole, chunked = numpy_peak(len(clip)), numpy_peak(8)
+    assert chunked < whole - clip.nbytes, (whole, chunked, clip.nbytes)
+
+
 def test_preprocess_speed(fan_clip, rng: np.random.Generator) -> None:
     truth = sector_mask(350, 350)
     clip = speckle_clip(truth, 100, rng)

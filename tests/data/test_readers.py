@@ -222,6 +222,21 @@ def test_dicom_monochrome_12bit_scaling_and_fps(tmp_path: Path) -> None:
     assert v.fps == 15.0
 
 
+def test_dicom_16bit_cine_scaled_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deep monochrome cine is scaled a chunk of frames at a time (it was four float32 copies of the whole cine):
+    the same values as the formula over the whole array, signed and unsigned."""
+    from sonodistill.data import readers
+
+    rng = np.random.default_rng(0)
+    signed = rng.integers(-(2**15), 2**15, (7, 6, 5)).astype(np.int16)
+    _write_dicom(tmp_path / "s.dcm", signed, bits_stored=16, PixelRepresentation=1)
+    expected = np.clip(np.rint((signed.astype(np.float64) + 2**15) * (255 / 65535)), 0, 255).astype(np.uint8)
+    monkeypatch.setattr(readers, "_PREALLOC_BYTES", 6 * 5 * 4 * 2)  # chunks of 2 frames: 4 chunks for 7 frames
+    np.testing.assert_array_equal(read_dicom(tmp_path / "s.dcm").frames, expected)
+    monkeypatch.setattr(readers, "_PREALLOC_BYTES", 64 * 1024**2)
+    np.testing.assert_array_equal(read_dicom(tmp_path / "s.dcm").frames, expected)
+
+
 def test_dicom_without_pixel_data_raises_without_phi(tmp_path: Path) -> None:
     path = tmp_path / "nopix.dcm"
     _write_dicom(path, None)
@@ -493,3 +508,39 @@ def test_files_in_folder_errors_name_the_folder(shared_data: Path, tmp_path: Pat
         files_in_folder(tmp_path / "empty", recursive=True)
     with pytest.raises(DataError, match="not a folder"):
         files_in_folder(tmp_path / "export" / "notes.txt")
+
+
+
+_PEAK_SCRIPT = """
+import re, sys
+from sonodistill.data.readers import read_video
+before = int(open("/proc/self/statm").read().split()[1]) * 4096
+frames = read_video(sys.argv[1]).frames
+# VmHWM: this process's own peak (Linux carries the parent's peak into ru_maxrss across exec)
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+print(frames.shape[0], frames.nbytes, peak - before, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads its memory from /proc (Linux)")
+def test_decoding_a_long_clip_peaks_near_its_own_size(tmp_path: Path) -> None:
+    """Decoded frames go into blocks of 64 MiB joined once at the end: a 190 MiB clip peaked at 467 MiB when one
+    buffer doubled by copying (about 9 GB for a 5-minute 800 x 600 clip), now at its size + one block + PyAV's own."""
+    import subprocess
+    import sys
+
+    import av
+
+    path, n = tmp_path / "long.avi", 650
+    with av.open(str(path), "w") as out:  # uncompressed grey frames: fast to write and to read
+        stream = out.add_stream("rawvideo", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "gray"
+        base = np.random.default_rng(0).integers(0, 255, (480, 640), dtype=np.uint8)
+        for i in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, i, 1), format="gray")):
+                out.mux(packet)
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                          check=True)
+    frames, nbytes, growth, torch_loaded = done.stdout.split()
+    assert int(frames) == n and torch_loaded == "False"
+    assert int(growth) <= int(nbytes) + 128 * 1024**2, (int(growth) / 2**20, int(nbytes) / 2**20)

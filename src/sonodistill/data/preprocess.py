@@ -87,10 +87,13 @@ def _as_gray(frames: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected T x H x W or T x H x W x 3 frames, got shape {frames.shape}")
 
 
+def _stat_index(t: int) -> np.ndarray:
+    """The <= _MAX_STAT_FRAMES evenly spaced frame indices of a T-frame clip that temporal statistics use."""
+    return np.unique(np.linspace(0, t - 1, min(t, _MAX_STAT_FRAMES)).round().astype(np.int64))
+
+
 def _stat_frames(frames: np.ndarray) -> np.ndarray:
-    t = frames.shape[0]
-    idx = np.unique(np.linspace(0, t - 1, min(t, _MAX_STAT_FRAMES)).round().astype(np.int64))
-    return frames[idx].astype(np.float32)
+    return frames[_stat_index(frames.shape[0])].astype(np.float32)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -186,6 +189,47 @@ def detect_imaging_region(frames: np.ndarray) -> Region:
     return Region(mask, bbox, _classify(mask, bbox))
 
 
+@dataclass(frozen=True)
+class _OverlayPlan:
+    """What `remove_static_overlay` does to every frame of one clip: keep the region (bool H x W) and, where static
+    overlay pixels (`ys`, `xs`) were found, copy each from its nearest moving-tissue pixel (`src_ys`, `src_xs`;
+    None: no tissue left, the overlay is zeroed)."""
+
+    region_mask: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+    src_ys: np.ndarray | None
+    src_xs: np.ndarray | None
+
+
+def _overlay_plan(stat_gray: np.ndarray, n_frames: int, region: Region) -> _OverlayPlan:
+    """The overlay removal of a clip of `n_frames` frames from its statistics frames (uint8 F x H x W gray, the
+    frames at `_stat_index(n_frames)`); static pixels are looked for only when the clip has more than one frame."""
+    none = np.zeros(0, np.int64)
+    if n_frames <= 1:
+        return _OverlayPlan(region.mask, none, none, None, None)
+    stack = stat_gray.astype(np.float32)
+    static = (stack.std(axis=0) < _STATIC_STD) & (stack.min(axis=0) >= _STATIC_BRIGHT) & region.mask
+    if not static.any():
+        return _OverlayPlan(region.mask, none, none, None, None)
+    static = ndimage.binary_dilation(static, iterations=1) & region.mask
+    ys, xs = np.nonzero(static)
+    tissue = region.mask & ~static
+    if not tissue.any():
+        return _OverlayPlan(region.mask, ys, xs, None, None)
+    _, (iy, ix) = ndimage.distance_transform_edt(~tissue, return_indices=True)
+    return _OverlayPlan(region.mask, ys, xs, iy[ys, xs], ix[ys, xs])
+
+
+def _apply_overlay_plan(frames: np.ndarray, plan: _OverlayPlan) -> np.ndarray:
+    """A new uint8 T x H x W[x 3] array: `frames` zeroed outside the region, static overlays replaced."""
+    keep = plan.region_mask if frames.ndim == 3 else plan.region_mask[..., None]
+    out = np.multiply(frames, keep, dtype=frames.dtype)  # one pass: zero outside the region
+    if len(plan.ys):
+        out[:, plan.ys, plan.xs] = 0 if plan.src_ys is None else out[:, plan.src_ys, plan.src_xs]
+    return out
+
+
 def remove_static_overlay(frames: np.ndarray, region: Region) -> np.ndarray:
     """Blank static overlays of a uint8 T x H x W[x 3] clip; returns a new array of the same shape.
 
@@ -195,21 +239,8 @@ def remove_static_overlay(frames: np.ndarray, region: Region) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.shape[1:3] != region.mask.shape:
         raise ValueError(f"region mask {region.mask.shape} does not match frames {frames.shape}")
-    keep = region.mask if frames.ndim == 3 else region.mask[..., None]
-    out = np.multiply(frames, keep, dtype=frames.dtype)  # one pass: zero outside the region
-    if frames.shape[0] > 1:
-        stack = _stat_frames(_as_gray(frames))
-        static = (stack.std(axis=0) < _STATIC_STD) & (stack.min(axis=0) >= _STATIC_BRIGHT) & region.mask
-        if static.any():
-            static = ndimage.binary_dilation(static, iterations=1) & region.mask
-            tissue = region.mask & ~static
-            if tissue.any():
-                _, (iy, ix) = ndimage.distance_transform_edt(~tissue, return_indices=True)
-                ys, xs = np.nonzero(static)
-                out[:, ys, xs] = out[:, iy[ys, xs], ix[ys, xs]]
-            else:
-                out[:, static] = 0
-    return out
+    stat_gray = _as_gray(frames[_stat_index(frames.shape[0])])
+    return _apply_overlay_plan(frames, _overlay_plan(stat_gray, frames.shape[0], region))
 
 
 def resize_pad(frames: np.ndarray, size: int) -> np.ndarray:
@@ -235,11 +266,18 @@ def resize_pad(frames: np.ndarray, size: int) -> np.ndarray:
     return out.contiguous().numpy()
 
 
+#: preprocess_clip works through a clip this many bytes of input frames at a time, so that a long clip needs
+#: little memory beyond its own frames and the output (a 5-minute 800 x 600 clip is 4.3 GB of frames)
+_CHUNK_BYTES = 32 * 1024**2
+
+
 def preprocess_clip(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 T x H x W (or T x H x W x C, or one H x W image) -> uint8 T x size x size.
 
     Steps: grayscale (luma), region detection, overlay removal, crop to the region's bbox, resize_pad.
-    With cfg.grayscale=False colour input gives T x size x size x 3.
+    With cfg.grayscale=False colour input gives T x size x size x 3. The region and the overlay come from <= 32
+    evenly spaced frames; the frames are then processed in chunks of about `_CHUNK_BYTES` into the output, never
+    copied whole.
     """
     arr = np.asarray(frames)
     if arr.dtype != np.uint8:
@@ -248,18 +286,33 @@ def preprocess_clip(frames: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         arr = arr[None]
     if arr.ndim == 4 and arr.shape[-1] == 4:
         arr = arr[..., :3]
-    gray = _as_gray(arr)
-    if cfg.grayscale or arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = gray
-    overlay = cfg.remove_overlay and (arr.shape[0] > 1 or cfg.remove_overlay_images)
+    if arr.ndim not in (3, 4) or arr.shape[0] == 0:
+        raise ValueError(f"expected non-empty T x H x W[x C] frames, got shape {arr.shape}")
+    to_gray = cfg.grayscale or arr.ndim == 4 and arr.shape[-1] == 1
+    t = arr.shape[0]
+    overlay = cfg.remove_overlay and (t > 1 or cfg.remove_overlay_images)
+    plan, (y0, y1, x0, x1) = None, (0, arr.shape[1], 0, arr.shape[2])
     if cfg.crop_region or overlay:
-        region = detect_imaging_region(gray)
+        stat_gray = _as_gray(arr[_stat_index(t)])
+        region = detect_imaging_region(stat_gray)
         if overlay:
-            arr = remove_static_overlay(arr, region)
+            plan = _overlay_plan(stat_gray, t, region)
         if cfg.crop_region:
             y0, y1, x0, x1 = region.bbox
-            arr = arr[:, y0:y1, x0:x1]
-    return resize_pad(arr, int(cfg.size))
+    step = max(1, _CHUNK_BYTES // max(1, arr[0].nbytes))
+    out = None
+    for start in range(0, t, step):
+        chunk = arr[start : start + step]
+        if to_gray:
+            chunk = _as_gray(chunk)
+        if plan is not None:
+            chunk = _apply_overlay_plan(chunk, plan)
+        done = resize_pad(chunk[:, y0:y1, x0:x1], int(cfg.size))
+        if out is None:
+            out = np.empty((t,) + done.shape[1:], dtype=np.uint8)
+        out[start : start + len(done)] = done
+    assert out is not None
+    return out
 
 
 def sample_frame_indices(

@@ -193,8 +193,25 @@ def _first_capacity(declared: int, frame_bytes: int) -> int:
     return max(1, min(max(16, declared), _PREALLOC_BYTES // frame_bytes, MAX_DECODED_BYTES // frame_bytes))
 
 
+def _join_blocks(blocks: list[np.ndarray], n: int) -> np.ndarray:
+    """The first `n` frames of the filled `blocks` as one array; each block is freed once copied, so joining needs
+    about one block beyond the clip itself (a single block is returned as it is when full)."""
+    if len(blocks) == 1 and len(blocks[0]) == n:
+        return blocks[0]
+    out = np.empty((n,) + blocks[0].shape[1:], dtype=np.uint8)
+    at = 0
+    while blocks:
+        block = blocks.pop(0)
+        take = min(len(block), n - at)
+        out[at : at + take] = block[:take]
+        at += take
+        del block
+    return out
+
+
 def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float | None, str]:
-    """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name)."""
+    """Decode every frame: (T x H x W[x3] uint8, fps, pixel format name). Frames go into blocks of at most
+    _PREALLOC_BYTES, joined once at the end: a long clip peaks at about its own size plus one block."""
     import av
 
     with open_video_stream(path) as (container, stream):
@@ -208,23 +225,28 @@ def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float 
                                   "pixels per frame")
         tail = (h, w) if grayscale else (h, w, 3)
         frame_bytes = int(np.prod(tail))
-        buf = np.empty((_first_capacity(expected, frame_bytes),) + tail, dtype=np.uint8)
-        n = 0
+        limit = MAX_DECODED_BYTES // frame_bytes
+        block = np.empty((_first_capacity(expected, frame_bytes),) + tail, dtype=np.uint8)
+        blocks, n, at = [block], 0, 0
         try:
             for frame in container.decode(stream):
-                if n == buf.shape[0]:
-                    grow = min(n, MAX_DECODED_BYTES // frame_bytes - n)
-                    if grow <= 0:
+                if at == len(block):
+                    if n >= limit:
                         raise DataError(path, f"more than {n} frames of {w}x{h}: the decoded clip would exceed "
                                               f"the limit of {MAX_DECODED_BYTES / 1024**3:.3g} GiB")
-                    buf = np.concatenate([buf, np.empty((grow,) + tail, dtype=np.uint8)])
+                    # grow geometrically up to blocks of _PREALLOC_BYTES
+                    size = min(max(n, 16), max(1, _PREALLOC_BYTES // frame_bytes), limit - n)
+                    block = np.empty((size,) + tail, dtype=np.uint8)
+                    blocks.append(block)
+                    at = 0
                 if frame.height != h or frame.width != w:
                     raise DataError(path, f"frame {n} is {frame.width}x{frame.height}, the stream {w}x{h}")
                 if grayscale:
-                    _gray_into(frame, buf[n])
+                    _gray_into(frame, block[at])
                 else:
-                    buf[n] = frame.to_ndarray(format="rgb24")
+                    block[at] = frame.to_ndarray(format="rgb24")
                 n += 1
+                at += 1
         except av.FFmpegError as exc:
             raise DataError(path, f"video decode failed after {n} frame(s): {exc.strerror or exc}") from exc
         rate = stream.average_rate or stream.guessed_rate
@@ -234,7 +256,8 @@ def _decode_video(path: str | Path, grayscale: bool) -> tuple[np.ndarray, float 
     if expected and n < expected:
         raise DataError(path, f"truncated or corrupt: decoded {n} of the {expected} frames its header declares")
     fps = float(rate) if rate else None
-    return (buf if n == buf.shape[0] else buf[:n].copy()), fps, pix_fmt
+    del block
+    return _join_blocks(blocks, n), fps, pix_fmt
 
 
 def read_video(path: str | Path, grayscale: bool = True) -> Video:
@@ -336,8 +359,16 @@ def _mono_to_uint8(arr: np.ndarray, ds) -> np.ndarray:
         bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
-        arr = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        out = np.empty(arr.shape, dtype=np.uint8)
+        step = max(1, _PREALLOC_BYTES // 4 // max(1, arr[0].size))  # frames in a float32 chunk of <= 64 MiB
+        for start in range(0, len(arr), step):  # chunked, in place: a long 16-bit cine is never a float copy
+            scaled = arr[start : start + step].astype(np.float32)
+            scaled -= lo
+            scaled *= 255.0 / (hi - lo)
+            np.rint(scaled, out=scaled)
+            np.clip(scaled, 0, 255, out=scaled)
+            out[start : start + step] = scaled
+        arr = out
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         arr = 255 - arr
     return arr
