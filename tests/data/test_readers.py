@@ -272,6 +272,20 @@ def test_rgb_to_gray_bt601_hand_values() -> None:
     np.testing.assert_array_equal(rgb_to_gray(rgb), [[76, 150, 29, 255, 18]])
 
 
+def test_rgb_to_gray_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A colour cine is converted a chunk of frames at a time (it was three float copies of the whole cine): the
+    same bytes as the formula over the whole array, for a cine and for one image (chunked by rows)."""
+    from sonodistill.data import readers
+
+    rng = np.random.default_rng(0)
+    cine = rng.integers(0, 256, (9, 7, 5, 3), dtype=np.uint8)
+    whole = np.clip(np.rint(cine.astype(np.float32) @ readers._LUMA), 0, 255).astype(np.uint8)
+    monkeypatch.setattr(readers, "_LUMA_CHUNK_PIXELS", 10)  # a cine: one frame a chunk; an image: two rows
+    np.testing.assert_array_equal(rgb_to_gray(cine), whole)
+    np.testing.assert_array_equal(rgb_to_gray(cine[0]), whole[0])
+    np.testing.assert_array_equal(rgb_to_gray(cine[:, ::2]), whole[:, ::2])  # a strided view
+
+
 @pytest.mark.parametrize("ext", ["png", "bmp", "tif", "jpg"])
 def test_read_image_formats(tmp_path: Path, ext: str) -> None:
     rng = np.random.default_rng(0)

@@ -63,12 +63,22 @@ class ProbeResult:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+_LUMA_CHUNK_PIXELS = 4 * 1024**2  # rgb_to_gray converts this many pixels at a time (48 MiB of float32 RGB)
+
+
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of `... x 3` uint8 RGB -> `...` uint8 (rounded)."""
     if rgb.ndim < 3 or rgb.shape[-1] != 3:
         raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
-    out = rgb.astype(np.float32) @ _LUMA
-    return np.clip(np.rint(out, out=out), 0, 255).astype(np.uint8)
+    out = np.empty(rgb.shape[:-1], dtype=np.uint8)
+    per_row = max(1, int(np.prod(rgb.shape[1:-1], dtype=np.int64)))  # pixels under one index of the first axis
+    step = max(1, _LUMA_CHUNK_PIXELS // per_row)
+    for start in range(0, rgb.shape[0], step):  # chunked: a long colour cine never becomes float copies whole
+        luma = rgb[start : start + step].astype(np.float32) @ _LUMA
+        np.rint(luma, out=luma)
+        np.clip(luma, 0, 255, out=luma)
+        out[start : start + step] = luma
+    return out
 
 
 def _check_file(path: str | Path) -> Path:
