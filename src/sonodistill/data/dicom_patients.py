@@ -15,7 +15,7 @@ from pathlib import Path
 from sonodistill.errors import DataError, LeakageError
 
 from .manifest import Manifest
-from .readers import is_dicom_file, read_dicom_header
+from .readers import dicom_header_values, is_dicom_file
 
 #: PatientID values that anonymisers write for everyone: they say nothing about who a file belongs to
 PLACEHOLDER_IDS = frozenset({"", "anonymous", "anon", "unknown", "none", "null", "0", "n/a", "na", "-"})
@@ -28,7 +28,7 @@ def pseudonym(patient_id: str) -> str:
 
 def patient_id(path: str | Path) -> str | None:
     """A DICOM file's PatientID (header only; None when absent or a placeholder); DataError when unreadable."""
-    value = str(read_dicom_header(path, ["PatientID"]).get("PatientID", "") or "").strip()
+    value = str(dicom_header_values(path).get("PatientID", "") or "").strip()
     return None if value.lower() in PLACEHOLDER_IDS else value
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -527,7 +529,7 @@ def read_clip(path: str | Path, grayscale: bool = True) -> Video:
 
 def read_dicom_header(path: str | Path, tags: list[str] | None = None) -> Any:
     """A DICOM file's header, pixel data not read (only `tags` when given); DataError naming the file when pydicom
-    cannot read it. The one header read of `declared_frames`, `read_dicom_series` and `dicom_patients`."""
+    cannot read it."""
     import pydicom
 
     try:
@@ -536,13 +538,43 @@ def read_dicom_header(path: str | Path, tags: list[str] | None = None) -> Any:
         raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
 
 
+#: the header values `dicom_header_values` reads once per file and keeps (a data set's load reads each DICOM's
+#: frame count, image size, patient and instance number: one header read for all, not one each)
+HEADER_VALUE_TAGS = ("Columns", "InstanceNumber", "NumberOfFrames", "PatientID", "Rows")
+_HEADER_MEMO_SIZE = 50_000  # files; each entry is a few small values
+_header_memo: OrderedDict[tuple[str, int, int, int], dict[str, Any]] = OrderedDict()
+_header_memo_lock = threading.Lock()
+
+
+def dicom_header_values(path: str | Path) -> dict[str, Any]:
+    """{keyword: value} of the `HEADER_VALUE_TAGS` a DICOM's header holds (absent tags left out), read once per
+    process while the file is unchanged (path, size, modification time, inode); DataError as `read_dicom_header`."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise DataError(path, f"cannot read DICOM header: {type(exc).__name__}") from None
+    key = (str(p.absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _header_memo_lock:
+        if key in _header_memo:
+            _header_memo.move_to_end(key)
+            return dict(_header_memo[key])
+    ds = read_dicom_header(p, list(HEADER_VALUE_TAGS))
+    values = {k: ds.get(k) for k in HEADER_VALUE_TAGS if k in ds}
+    with _header_memo_lock:
+        _header_memo[key] = values
+        while len(_header_memo) > _HEADER_MEMO_SIZE:
+            _header_memo.popitem(last=False)
+    return dict(values)
+
+
 def read_dicom_series(files: list[Path]) -> Video:
     """Single-frame DICOMs of one series (a cine some scanners export one file a frame) as one clip, ordered by
     InstanceNumber (by name where a file has none): uint8 `T x H x W`, fps from the first file's frame time. A
     multi-frame file, or frames of different sizes, is a DataError naming the file."""
     def instance(f: Path) -> tuple[int, str]:
         try:
-            number = read_dicom_header(f, ["InstanceNumber"]).get("InstanceNumber")
+            number = dicom_header_values(f).get("InstanceNumber")
             return (int(number), f.name) if number not in (None, "") else (2**31, f.name)
         except (DataError, TypeError, ValueError):  # an unreadable header fails below, in read_dicom, naming the file
             return (2**31, f.name)
@@ -566,7 +598,7 @@ def declared_frames(path: str | Path) -> int | None:
     read is a DataError naming the file."""
     p = _check_file(path)
     if is_dicom_file(p):
-        ds = read_dicom_header(p)
+        ds = dicom_header_values(p)
         if "Rows" not in ds or "Columns" not in ds:  # pydicom reads a cut header leniently: no image in it
             raise DataError(path, "DICOM header describes no image (no Rows / Columns)")
         try:
