@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,14 @@ def test_inspect_writes_the_folds_a_run_makes(shared_data: Path, tmp_path: Path)
     for k, (_, test) in enumerate(make_folds(manifest, 3, 7)):
         assert sorted(table.index[table["fold"] == k]) == sorted(test.tolist())
     assert set(table.groupby("group")["fold"].nunique()) == {1}  # a patient in one test fold
+
+
+def test_probe_progress_bar_only_on_a_terminal(shared_data: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log file or a pipe gets the result lines and no bar frames (`2> probe.log` filled with them)."""
+    folder = str(shared_data / "dicom")
+    assert main(["data", "probe", folder]) == 0  # captured stderr is not a terminal
+    assert "probe:" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["data", "probe", folder]) == 0
+    assert "probe:" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def _probe(args: argparse.Namespace) -> int:
     failed = 0
     items = _probe_items(args.files, args.recursive)
     bar = tqdm(items, desc="probe", unit="file", file=sys.stderr,
-               disable=len(items) < _PROGRESS_MIN_FILES or args.no_progress)
+               disable=len(items) < _PROGRESS_MIN_FILES or args.no_progress or not sys.stderr.isatty())
     for path, error in bar:
         try:
             if error is not None:

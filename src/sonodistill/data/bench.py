@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import tempfile
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,7 +73,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _bar(items: Iterable[Any], desc: str, progress: bool, total: int | None = None) -> Iterable[Any]:
-    return tqdm(items, desc=desc, total=total, disable=not progress, leave=False, unit="video")
+    """A progress bar on stderr when asked for and stderr is a terminal (never bar frames in a log file)."""
+    return tqdm(items, desc=desc, total=total, disable=not progress or not sys.stderr.isatty(), leave=False,
+                unit="video")
 
 
 def run_data_bench(root: str | Path | None = None, limit: int | None = None, size: int = 112,
