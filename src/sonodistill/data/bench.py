@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import tempfile
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
