@@ -73,6 +73,11 @@ def summary_tables(part: str, summary: dict) -> list[str]:
     if chance:
         lines.append("| random ranking | " + " | ".join(_ms(chance[d][f'chance@{k}']) for d in ("seq2text", "text2seq")
                                                         for k in (1, 5, 10)) + " |")
+    for v in variants:  # query-bank normalised scores (the training fold as bank), where measured
+        r = summary["variants"][v]["retrieval"]
+        if "text2seq_bank" in r:
+            lines.append(f"| {v}, bank-normalised | " + " | ".join(
+                _ms(r[d][f'R@{k}']) for d in ("seq2text_bank", "text2seq_bank") for k in (1, 5, 10)) + " |")
     sec = summary["seconds"]
     total = {"baseline": ["baseline/pretrain", "baseline/finetune"], "teacher": ["teacher/pretrain", "teacher/finetune"],
              "student (own stages)": ["student/distill", "student/mutual"]}

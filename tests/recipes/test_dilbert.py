@@ -17,7 +17,12 @@ from sonodistill.errors import ConfigError
 from sonodistill.knowledge import load_graph
 from sonodistill.models.region_codebook import RegionCodebook
 from sonodistill.data.sequence_text import IGNORE, SequenceTextDataset
-from sonodistill.evaluation.annotation import annotation_metrics, binary_metrics, retrieval_recall
+from sonodistill.evaluation.annotation import (
+    annotation_metrics,
+    bank_normalised,
+    binary_metrics,
+    retrieval_recall,
+)
 from sonodistill.protocols.dilbert import run_fold
 from sonodistill.recipes.dilbert import DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, trim_text
 from sonodistill.models.fusion import DILBERTModel
@@ -144,6 +149,26 @@ def test_retrieval_recall_and_chance_by_hand():
     assert retrieval_recall(np.array([[0.0, 0.1, 0.9]]), two, ks=(1,))["chance@1"] == pytest.approx(2 / 3)
 
 
+def test_bank_normalised_removes_a_hub_candidates_bias_by_hand():
+    """Candidate 0 is a hub: matched for every query (raw text -> sequence R@1 = 1/3, only its own query). Against a
+    bank of other queries, each candidate's logits become z-scores: in logit space the bank gives candidate 0 mean
+    log(0.9/0.1) and std 0, candidates 1-2 mean 0 and std log(0.9/0.1); every query finds its own candidate."""
+    def p(z: float) -> float:  # the probability of logit z
+        return 1.0 / (1.0 + np.exp(-z))
+
+    l9 = np.log(9.0)
+    scores = np.array([[p(l9 + 1), p(0.0), p(0.0)],   # query 0: its candidate 0 a little above the hub's usual
+                       [p(l9), p(l9 / 2), p(0.0)],     # query 1: the hub at its usual, candidate 1 above its mean
+                       [p(l9), p(0.0), p(l9 / 2)]])
+    bank = np.array([[p(l9), p(l9), p(-l9)], [p(l9), p(-l9), p(l9)]])
+    assert retrieval_recall(scores, np.eye(3, dtype=bool), ks=(1,))["R@1"] == pytest.approx(1 / 3)
+    z = bank_normalised(scores, bank)
+    np.testing.assert_allclose(z[:, 1:], [[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]], atol=1e-9)
+    assert z[0, 0] > 1e5 and abs(z[1, 0]) < 1e-3 and abs(z[2, 0]) < 1e-3  # std floored at eps: only query 0 is above
+    assert retrieval_recall(z, np.eye(3, dtype=bool), ks=(1,))["R@1"] == 1.0
+    np.testing.assert_array_equal(np.argsort(-z[:, 1]), np.argsort(-scores[:, 1]))  # one candidate's order kept
+
+
 def test_binary_and_annotation_metrics_by_hand(pairs):
     m = binary_metrics(np.array([1, 1, 0, 0, np.nan]), np.array([0.9, 0.2, 0.7, 0.1, 0.9]), 0.5)
     assert (m["sensitivity"], m["precision"], m["f1"], m["specificity"]) == (0.5, 0.5, 0.5, 0.5)
@@ -204,6 +229,9 @@ def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
     probs = pred[[c for c in pred.columns if c.startswith("p_")]].to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all()
     assert set(res["retrieval"]) == {"baseline", "teacher", "student"}
+    assert set(res["retrieval"]["student"]) == {"seq2text", "text2seq", "seq2text_bank", "text2seq_bank"}
+    banked = res["retrieval"]["student"]["text2seq_bank"]
+    assert banked["queries"] == res["retrieval"]["student"]["text2seq"]["queries"] and 0 <= banked["R@1"] <= 1
     assert set(res["seconds"]) == {"baseline/pretrain", "baseline/finetune", "teacher/pretrain", "teacher/finetune",
                                    "student/distill", "student/mutual"}
     export = tmp_path / "tiny" / "fold_0" / "export" / "student"

@@ -24,6 +24,7 @@ from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.evaluation.annotation import (
     COLLAPSE_STD,
+    bank_normalised,
     collapsed,
     output_spread,
     prediction_table,
@@ -97,9 +98,12 @@ def predict_annotations(model: DILBERTModel, ds: SequenceTextDataset,
     return b, c
 
 
-def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset) -> dict[str, dict[str, float]]:
+def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
+                       bank: SequenceTextDataset | None = None) -> dict[str, dict[str, float]]:
     """Sequence->text and text->sequence Recall@1/5/10 with CMM scores. Candidate texts are the distinct
-    normalised reports; a text is relevant to every sequence whose report normalises to it."""
+    normalised reports; a text is relevant to every sequence whose report normalises to it. With `bank` (the
+    training fold), also `seq2text_bank` / `text2seq_bank`: each candidate's scores normalised against the bank's
+    sequences (candidate texts) or distinct texts (candidate sequences), `evaluation.annotation.bank_normalised`."""
     model.eval()
     rows = [i for i in range(len(ds)) if ds.text_key[i] >= 0]
     if len(rows) < 2:
@@ -107,11 +111,27 @@ def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset) -> dict[str
     keys = sorted({ds.text_key[i] for i in rows})
     first = {k: next(i for i in rows if ds.text_key[i] == k) for k in keys}
     x = torch.stack([ds[i]["x"] for i in rows])
-    ids = torch.stack([ds[first[k]]["ids"] for k in keys])
-    ids = ids[:, : int((ids != ds.tok.pad_id).sum(1).max())]
-    scores = model.inference_model().match_scores(x, ids).numpy()  # sequences x texts
+    ids = _trimmed(torch.stack([ds[first[k]]["ids"] for k in keys]), ds.tok.pad_id)
+    inference = model.inference_model()
+    scores = inference.match_scores(x, ids).numpy()  # sequences x texts
     relevant = np.array([[ds.text_key[i] == k for k in keys] for i in rows])
-    return {"seq2text": retrieval_recall(scores, relevant), "text2seq": retrieval_recall(scores.T, relevant.T)}
+    out = {"seq2text": retrieval_recall(scores, relevant), "text2seq": retrieval_recall(scores.T, relevant.T)}
+    if bank is not None and len(bank) >= 2:
+        bank_rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0]
+        bank_keys = sorted({bank.text_key[i] for i in bank_rows})
+        bank_first = {k: next(i for i in bank_rows if bank.text_key[i] == k) for k in bank_keys}
+        bank_x = torch.stack([bank[i]["x"] for i in bank_rows])
+        bank_ids = _trimmed(torch.stack([bank[bank_first[k]]["ids"] for k in bank_keys]), bank.tok.pad_id)
+        texts_vs_bank = inference.match_scores(bank_x, ids).numpy()  # bank sequences x test texts
+        seqs_vs_bank = inference.match_scores(x, bank_ids).numpy().T  # bank texts x test sequences
+        out["seq2text_bank"] = retrieval_recall(bank_normalised(scores, texts_vs_bank), relevant)
+        out["text2seq_bank"] = retrieval_recall(bank_normalised(scores.T, seqs_vs_bank), relevant.T)
+    return out
+
+
+def _trimmed(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Token ids `M x L` cut to the longest text's length (the rest is padding for every text)."""
+    return ids[:, : int((ids != pad_id).sum(1).max())]
 
 
 def check_collapse(binary: np.ndarray, cats: list[np.ndarray], variant: str, fold: int | str, scored: str) -> None:
@@ -283,7 +303,8 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
             b, c = probs[variant] if check_ds is test_ds else predict_annotations(model, test_ds)
             frames.append(prediction_table(seqs, test, b, c, fold, variant))
             if o.retrieval and variant in pretrained:
-                retrieval[variant] = evaluate_retrieval(pretrained[variant], test_ds)
+                retrieval[variant] = evaluate_retrieval(pretrained[variant], test_ds,
+                                                        eval_tr if o.retrieval_bank else None)
         if variant in VARIANTS:
             fcfg = cfg_t if variant == "teacher" else cfg_s
             export_annotator(fold_dir / "export" / variant, model, pretrained[variant], fcfg, seqs.spec, tok, reports,

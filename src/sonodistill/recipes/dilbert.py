@@ -118,6 +118,7 @@ class DILBERTOptions:
     threshold: float = 0.5
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     retrieval: bool = True
+    retrieval_bank: bool = True         # also score retrieval with the training fold as query bank (hubness)
     run_folds: list[int] | None = None  # the folds to fit (None: every fold, or train.fold); checked by the protocol
     keep_checkpoints: bool = False      # keep Lightning checkpoints of finished stages (only needed to resume them)
     collapse_check: bool = True         # stop (SonoDistillError) when a finetuned model's outputs are constant
