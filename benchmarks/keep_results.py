@@ -5,7 +5,8 @@
 `runs/` is not committed and a fresh checkout starts without it, so a study that spans sessions (5 folds x 3 seeds at
 13-30 min a run on two cores) loses its finished runs with the machine. This copies, from every run directory under
 each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read: configs,
-folds and splits, per-item predictions, metrics, timings, software records and training-log CSVs; never weights,
+folds and splits, per-item predictions, metrics, per-fold records (`fold.json`), timings, software records and
+training-log CSVs; never weights,
 checkpoints, masks or images. Manifests keep only the columns that identify and label an item (`path`, `group`,
 `label`, `target`, `mask`): a data set's other columns (clinicians' comments, findings, licences) are the data's,
 which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
@@ -28,6 +29,7 @@ MANIFEST = "manifest.csv"
 KEPT_NAMES = frozenset({
     "config.yaml", "folds.json", MANIFEST, PREDICTIONS, "metrics.json", "report.md", "timing.json",
     "split.json", "environment.json", "hc_calibration.json",
+    "fold.json",  # a fold's own record where a protocol writes one (DILBERT: its retrieval recalls)
 })
 KEPT_LOGS = ("logs/metrics.csv",)  # each fold's training curves (foreground shares, losses)
 MANIFEST_COLUMNS = ("path", "group", "label", "target", "mask")  # what compare and join check of a manifest

@@ -50,3 +50,11 @@ def test_a_folder_without_scored_runs_is_refused_by_name(tmp_path, capsys):
         assert script.main([str(tmp_path / "missing"), "--into", str(tmp_path / "kept")]) == 2
     err = capsys.readouterr().err
     assert "empty: no predictions.csv" in err and "missing: not a folder" in err
+
+
+def test_a_folds_own_record_is_kept():
+    """fold_k/fold.json (DILBERT's per-fold retrieval recalls) is a scored result; weights and exports are not."""
+    with benchmark_script("keep_results") as script:
+        assert script.is_kept(Path("run/pocus/fold_0/fold.json"))
+        assert not script.is_kept(Path("run/pocus/fold_0/export/student/annotator.safetensors"))
+        assert not script.is_kept(Path("run/pocus/fold_0/export/student/dilbert.json"))
