@@ -7,9 +7,8 @@
 each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read: configs,
 folds and splits, per-item predictions, metrics, per-fold records (`fold.json`), timings, software records and
 training-log CSVs; never weights, checkpoints, masks or images. Manifests keep only the columns that identify and
-label an item (`path`, `group`,
-`label`, `target`, `mask`): a data set's other columns (clinicians' comments, findings, licences) are the data's,
-which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
+label an item (`path`, `group`, `label`, `target`, `mask`): a data set's other columns (clinicians' comments,
+findings, licences) are the data's, which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
 `cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs stood. Git stores identical files
 (a manifest shared by many runs) once.
 """
