@@ -2,15 +2,15 @@
 
     python benchmarks/keep_results.py runs/bench42/busi10 --into benchmarks/studies/busi-10pct-both-decoders/results
 
-`runs/` is not committed and a fresh checkout starts without it, so a study that spans sessions (5 folds x 3 seeds at
-13-30 min a run on two cores) loses its finished runs with the machine. This copies, from every run directory under
-each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read: configs,
-folds and splits, per-item predictions, metrics, per-fold records (`fold.json`), timings, software records and
-training-log CSVs; never weights, checkpoints, masks or images. Manifests keep only the columns that identify and
-label an item (`path`, `group`, `label`, `target`, `mask`): a data set's other columns (clinicians' comments,
-findings, licences) are the data's, which the repository does not copy. The layout under INTO mirrors the layout under the SOURCE's parent, so
-`cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs stood. Git stores identical files
-(a manifest shared by many runs) once.
+`runs/` is not committed and a fresh checkout starts without it, so a study that spans sessions (5 folds x 3 seeds
+at 13-30 min a run on two cores) loses its finished runs with the machine. This copies, from every run directory
+under each SOURCE, the files that `sonodistill compare`, `sonodistill eval --join` and the study scripts read:
+configs, folds and splits, per-item predictions, metrics, per-fold records (`fold.json`), timings, software records
+and training-log CSVs; never weights, checkpoints, masks or images. Manifests keep only the columns that identify
+and label an item (`path`, `group`, `label`, `target`, `mask`): a data set's other columns (clinicians' comments,
+findings, licences) are the data's, which the repository does not copy. The layout under INTO mirrors the layout
+under the SOURCE's parent, so `cp -r INTO/* runs/benchNN/` (or the kept paths themselves) stand where the runs
+stood. Git stores identical files (a manifest shared by many runs) once.
 """
 
 from __future__ import annotations
