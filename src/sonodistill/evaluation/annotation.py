@@ -36,8 +36,6 @@ def retrieval_recall(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ..
     return out
 
 
-
-
 def bank_normalised(scores: np.ndarray, bank: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Match probabilities `queries x candidates` with each candidate's bias removed: in logit space, minus the
     candidate's mean and over its standard deviation against a bank of other queries (`bank`: `B x candidates`,
@@ -50,6 +48,7 @@ def bank_normalised(scores: np.ndarray, bank: np.ndarray, eps: float = 1e-6) -> 
 
     b = logit(bank)
     return (logit(scores) - b.mean(0)) / np.maximum(b.std(0), eps)
+
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, precision, F1, specificity of one finding (unknown labels, NaN, skipped); F1 = 0 when undefined."""
