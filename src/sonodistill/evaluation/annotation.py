@@ -1,7 +1,8 @@
 """DILBERT's scoring, pure: annotation metrics per finding (sensitivity, precision, F1 at a threshold; categorical
-targets per class by argmax) and their macro mean, retrieval Recall@K with the recall of a random ranking, the
-out-of-fold prediction table, the collapse test (outputs constant over sequences), the run's summary
-(metrics.json) and report.md. No model is run here (the protocol, `protocols/dilbert.py`, runs them)."""
+targets per class by argmax) and their macro mean, retrieval Recall@K with the recall of a random ranking (and the
+query-bank normalisation of its scores), the out-of-fold prediction table, the collapse test (outputs constant over
+sequences), the run's summary (metrics.json) and report.md. No model is run here (the protocol,
+`protocols/dilbert.py`, runs them)."""
 
 from __future__ import annotations
 

@@ -116,8 +116,8 @@ def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
     scores = inference.match_scores(x, ids).numpy()  # sequences x texts
     relevant = np.array([[ds.text_key[i] == k for k in keys] for i in rows])
     out = {"seq2text": retrieval_recall(scores, relevant), "text2seq": retrieval_recall(scores.T, relevant.T)}
-    if bank is not None and len(bank) >= 2:
-        bank_rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0]
+    bank_rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0] if bank is not None else []
+    if bank is not None and len(bank_rows) >= 2:  # a bank of texts and sequences: the training fold's with a report
         bank_keys = sorted({bank.text_key[i] for i in bank_rows})
         bank_first = {k: next(i for i in bank_rows if bank.text_key[i] == k) for k in bank_keys}
         bank_x = torch.stack([bank[i]["x"] for i in bank_rows])
