@@ -231,9 +231,9 @@ def test_dicom_16bit_cine_scaled_in_chunks(tmp_path: Path, monkeypatch: pytest.M
     signed = rng.integers(-(2**15), 2**15, (7, 6, 5)).astype(np.int16)
     _write_dicom(tmp_path / "s.dcm", signed, bits_stored=16, PixelRepresentation=1)
     expected = np.clip(np.rint((signed.astype(np.float64) + 2**15) * (255 / 65535)), 0, 255).astype(np.uint8)
-    monkeypatch.setattr(readers, "_PREALLOC_BYTES", 6 * 5 * 4 * 2)  # chunks of 2 frames: 4 chunks for 7 frames
+    monkeypatch.setattr(readers, "_FLOAT_CHUNK_VALUES", 6 * 5 * 2)  # chunks of 2 frames: 4 chunks for 7 frames
     np.testing.assert_array_equal(read_dicom(tmp_path / "s.dcm").frames, expected)
-    monkeypatch.setattr(readers, "_PREALLOC_BYTES", 64 * 1024**2)
+    monkeypatch.setattr(readers, "_FLOAT_CHUNK_VALUES", 16 * 1024**2)
     np.testing.assert_array_equal(read_dicom(tmp_path / "s.dcm").frames, expected)
 
 
@@ -280,7 +280,7 @@ def test_rgb_to_gray_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) 
     rng = np.random.default_rng(0)
     cine = rng.integers(0, 256, (9, 7, 5, 3), dtype=np.uint8)
     whole = np.clip(np.rint(cine.astype(np.float32) @ readers._LUMA), 0, 255).astype(np.uint8)
-    monkeypatch.setattr(readers, "_LUMA_CHUNK_PIXELS", 10)  # a cine: one frame a chunk; an image: two rows
+    monkeypatch.setattr(readers, "_FLOAT_CHUNK_VALUES", 30)  # a cine: one frame a chunk; an image: two rows
     np.testing.assert_array_equal(rgb_to_gray(cine), whole)
     np.testing.assert_array_equal(rgb_to_gray(cine[0]), whole[0])
     np.testing.assert_array_equal(rgb_to_gray(cine[:, ::2]), whole[:, ::2])  # a strided view

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -65,22 +65,28 @@ class ProbeResult:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-_LUMA_CHUNK_PIXELS = 4 * 1024**2  # rgb_to_gray converts this many pixels at a time (48 MiB of float32 RGB)
+_FLOAT_CHUNK_VALUES = 16 * 1024**2  # values `_to_uint8_in_chunks` turns into float32 at a time (64 MiB)
+
+
+def _to_uint8_in_chunks(arr: np.ndarray, out_shape: tuple[int, ...],
+                        transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """uint8 `out_shape` from `arr`, a chunk of its first axis (frames, or an image's rows) at a time:
+    `transform(float32 chunk)` rounded and clipped to 0..255. A long cine is never a float copy whole."""
+    out = np.empty(out_shape, dtype=np.uint8)
+    step = max(1, _FLOAT_CHUNK_VALUES // max(1, int(np.prod(arr.shape[1:], dtype=np.int64))))
+    for start in range(0, arr.shape[0], step):
+        values = transform(arr[start : start + step].astype(np.float32))
+        np.rint(values, out=values)
+        np.clip(values, 0, 255, out=values)
+        out[start : start + step] = values
+    return out
 
 
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of `... x 3` uint8 RGB -> `...` uint8 (rounded)."""
     if rgb.ndim < 3 or rgb.shape[-1] != 3:
         raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
-    out = np.empty(rgb.shape[:-1], dtype=np.uint8)
-    per_row = max(1, int(np.prod(rgb.shape[1:-1], dtype=np.int64)))  # pixels under one index of the first axis
-    step = max(1, _LUMA_CHUNK_PIXELS // per_row)
-    for start in range(0, rgb.shape[0], step):  # chunked: a long colour cine never becomes float copies whole
-        luma = rgb[start : start + step].astype(np.float32) @ _LUMA
-        np.rint(luma, out=luma)
-        np.clip(luma, 0, 255, out=luma)
-        out[start : start + step] = luma
-    return out
+    return _to_uint8_in_chunks(rgb, rgb.shape[:-1], lambda values: values @ _LUMA)
 
 
 def _check_file(path: str | Path) -> Path:
@@ -217,7 +223,6 @@ def _join_blocks(blocks: list[np.ndarray], n: int) -> np.ndarray:
         take = min(len(block), n - at)
         out[at : at + take] = block[:take]
         at += take
-        del block
     return out
 
 
@@ -371,16 +376,13 @@ def _mono_to_uint8(arr: np.ndarray, ds) -> np.ndarray:
         bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        out = np.empty(arr.shape, dtype=np.uint8)
-        step = max(1, _PREALLOC_BYTES // 4 // max(1, arr[0].size))  # frames in a float32 chunk of <= 64 MiB
-        for start in range(0, len(arr), step):  # chunked, in place: a long 16-bit cine is never a float copy
-            scaled = arr[start : start + step].astype(np.float32)
-            scaled -= lo
-            scaled *= 255.0 / (hi - lo)
-            np.rint(scaled, out=scaled)
-            np.clip(scaled, 0, 255, out=scaled)
-            out[start : start + step] = scaled
-        arr = out
+
+        def scale(values: np.ndarray) -> np.ndarray:  # in place: lo..hi -> 0..255
+            values -= lo
+            values *= 255.0 / (hi - lo)
+            return values
+
+        arr = _to_uint8_in_chunks(arr, arr.shape, scale)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         arr = 255 - arr
     return arr
