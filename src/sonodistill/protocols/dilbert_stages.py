@@ -98,6 +98,19 @@ def predict_annotations(model: DILBERTModel, ds: SequenceTextDataset,
     return b, c
 
 
+def _sequences_and_texts(ds: SequenceTextDataset) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor] | None:
+    """The items of `ds` with a report and its distinct normalised reports: (item rows, text keys, clips
+    `N x 1 x T x H x W`, token ids `M x L` cut to the longest text); None when fewer than 2 items have a report."""
+    rows = [i for i in range(len(ds)) if ds.text_key[i] >= 0]
+    if len(rows) < 2:
+        return None
+    keys = sorted({ds.text_key[i] for i in rows})
+    first = {k: next(i for i in rows if ds.text_key[i] == k) for k in keys}
+    ids = torch.stack([ds[first[k]]["ids"] for k in keys])
+    ids = ids[:, : int((ids != ds.tok.pad_id).sum(1).max())]  # the rest is padding for every text
+    return rows, keys, torch.stack([ds[i]["x"] for i in rows]), ids
+
+
 def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
                        bank: SequenceTextDataset | None = None) -> dict[str, dict[str, float]]:
     """Sequence->text and text->sequence Recall@1/5/10 with CMM scores. Candidate texts are the distinct
@@ -105,33 +118,22 @@ def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
     training fold), also `seq2text_bank` / `text2seq_bank`: each candidate's scores normalised against the bank's
     sequences (candidate texts) or distinct texts (candidate sequences), `evaluation.annotation.bank_normalised`."""
     model.eval()
-    rows = [i for i in range(len(ds)) if ds.text_key[i] >= 0]
-    if len(rows) < 2:
+    test = _sequences_and_texts(ds)
+    if test is None:
         return {}
-    keys = sorted({ds.text_key[i] for i in rows})
-    first = {k: next(i for i in rows if ds.text_key[i] == k) for k in keys}
-    x = torch.stack([ds[i]["x"] for i in rows])
-    ids = _trimmed(torch.stack([ds[first[k]]["ids"] for k in keys]), ds.tok.pad_id)
+    rows, keys, x, ids = test
     inference = model.inference_model()
     scores = inference.match_scores(x, ids).numpy()  # sequences x texts
     relevant = np.array([[ds.text_key[i] == k for k in keys] for i in rows])
     out = {"seq2text": retrieval_recall(scores, relevant), "text2seq": retrieval_recall(scores.T, relevant.T)}
-    bank_rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0] if bank is not None else []
-    if bank is not None and len(bank_rows) >= 2:  # a bank of texts and sequences: the training fold's with a report
-        bank_keys = sorted({bank.text_key[i] for i in bank_rows})
-        bank_first = {k: next(i for i in bank_rows if bank.text_key[i] == k) for k in bank_keys}
-        bank_x = torch.stack([bank[i]["x"] for i in bank_rows])
-        bank_ids = _trimmed(torch.stack([bank[bank_first[k]]["ids"] for k in bank_keys]), bank.tok.pad_id)
+    banked = _sequences_and_texts(bank) if bank is not None else None
+    if banked is not None:  # the training fold's items with a report
+        _, _, bank_x, bank_ids = banked
         texts_vs_bank = inference.match_scores(bank_x, ids).numpy()  # bank sequences x test texts
         seqs_vs_bank = inference.match_scores(x, bank_ids).numpy().T  # bank texts x test sequences
         out["seq2text_bank"] = retrieval_recall(bank_normalised(scores, texts_vs_bank), relevant)
         out["text2seq_bank"] = retrieval_recall(bank_normalised(scores.T, seqs_vs_bank), relevant.T)
     return out
-
-
-def _trimmed(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Token ids `M x L` cut to the longest text's length (the rest is padding for every text)."""
-    return ids[:, : int((ids != pad_id).sum(1).max())]
 
 
 def check_collapse(binary: np.ndarray, cats: list[np.ndarray], variant: str, fold: int | str, scored: str) -> None:
