@@ -20,12 +20,14 @@ from sonodistill.data.sequence_text import IGNORE, SequenceTextDataset
 from sonodistill.evaluation.annotation import (
     annotation_metrics,
     bank_normalised,
+    bank_statistics,
     binary_metrics,
     retrieval_recall,
 )
 from sonodistill.protocols.dilbert import run_fold
 from sonodistill.recipes.dilbert import DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, trim_text
 from sonodistill.models.fusion import DILBERTModel
+from sonodistill.serve.annotate import load_annotator
 
 T, S = 4, 32
 TINY = ["recipe=dilbert", "data.num_frames=4", "data.size=32", "data.batch_size=4", "train.epochs=1",
@@ -85,6 +87,9 @@ def test_options_defaults_and_validation():
         dilbert_options(load_config(None, ["recipe_options={pos_weight: inverse}"]))
     with pytest.raises(ConfigError, match="finetune_epochs must be >= 1"):
         dilbert_options(load_config(None, ["recipe_options={finetune_epochs: 0}"]))
+    assert o.report_ranking == "raw"
+    with pytest.raises(ConfigError, match="report_ranking must be one of"):
+        dilbert_options(load_config(None, ["recipe_options={report_ranking: z}"]))
     assert dilbert_options(load_config(None, ["recipe_options={run_folds: [0, 2]}"])).run_folds == [0, 2]
     with pytest.raises(ConfigError, match="passes the models"):
         DILBERTRecipe(cfg)
@@ -239,6 +244,18 @@ def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
     assert info["role"] == "student" and info["fusion"]["dim"] == 16 and info["train_items"] == 6
     reports = json.loads((export / "reports.json").read_text())
     assert set(reports) <= set(pairs.texts[:6])  # training reports only
+    # the report bank: each report's logit statistics over the training sequences, from the exported retriever
+    bank = json.loads((export / "report_bank.json").read_text())
+    ann = load_annotator(export)
+    train = SequenceTextDataset(pairs.subset(np.arange(6)), ann.tokenizer, graph, num_frames=T, max_len=32,
+                                train=False)
+    rows = [i for i in range(6) if train.text_key[i] >= 0]
+    ids = torch.from_numpy(ann.tokenizer.padded_ids([graph.words(r) for r in reports], 32))
+    scores = ann.retriever.match_scores(torch.stack([train[i]["x"] for i in rows]), ids).numpy()
+    mean, std = bank_statistics(scores)
+    assert bank["sequences"] == len(rows) and info["report_ranking"] == "raw"
+    np.testing.assert_allclose(bank["mean"], mean, atol=2e-6)
+    np.testing.assert_allclose(bank["std"], std, atol=2e-6)
     assert not (tmp_path / "tiny" / "fold_0" / "student" / "mutual" / "checkpoints").exists()
 
 

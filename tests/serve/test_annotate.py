@@ -14,7 +14,7 @@ from sonodistill.cli import main
 from sonodistill.data.preprocess import PreprocessConfig
 from sonodistill.data.sequences import AnnotationSpec
 from sonodistill.data.text import TextTokenizer
-from sonodistill.errors import CheckpointError
+from sonodistill.errors import CheckpointError, ConfigError
 from sonodistill.knowledge import load_graph
 from sonodistill.models.fusion import DILBERTModel, FusionConfig
 from sonodistill.recipes.dilbert import export_annotator
@@ -41,7 +41,7 @@ def annotator_dir(tmp_path_factory) -> Path:
 
 def check_schema(result: dict, n_reports: int = 3) -> None:
     assert set(result) == {"input", "frames", "model", "findings", "categorical", "entities", "description",
-                           "nearest_report", "retrieved_reports"}
+                           "nearest_report", "retrieved_reports", "reports_ranked_by"}
     assert [f["name"] for f in result["findings"]] == ["a-lines", "b-lines"]
     for f in result["findings"]:
         assert set(f) == {"name", "label", "column", "probability", "present"}
@@ -55,7 +55,9 @@ def check_schema(result: dict, n_reports: int = 3) -> None:
     assert result["description"] == expected
     assert result["nearest_report"]["text"] in REPORTS
     scores = [r["score"] for r in result["retrieved_reports"]]
-    assert len(scores) == n_reports and scores == sorted(scores, reverse=True)
+    assert len(scores) == n_reports
+    if result["reports_ranked_by"] == "raw":
+        assert scores == sorted(scores, reverse=True)
     assert result["nearest_report"] == result["retrieved_reports"][0]
 
 
@@ -109,3 +111,58 @@ def test_errors_name_what_is_missing(annotator_dir, tmp_path, capsys):
         load_annotator(broken)
     assert main(["annotate", str(annotator_dir), str(tmp_path / "none.mp4")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def test_reports_ranked_by_the_bank_normalised_score(annotator_dir, video_file, tmp_path):
+    """An annotator with a report bank ranks by (logit(score) - mean) / std per report: a bank built to reverse the
+    raw order reverses it; `--ranking raw` still ranks by the probability; the export copies the bank."""
+    raw = annotate_path(load_annotator(annotator_dir), video_file)
+    assert raw["reports_ranked_by"] == "raw" and all("bank_score" not in r for r in raw["retrieved_reports"])
+    order = [r["text"] for r in raw["retrieved_reports"]]
+    score = {r["text"]: r["score"] for r in raw["retrieved_reports"]}
+    assert len(set(score.values())) == 3  # distinct, so that reversing is a test
+    # mean = 2 logit(score), std = 1: the z-score is -logit(score), the raw order reversed
+    bank = {"sequences": 5, "mean": [2 * logit(score[r]) for r in REPORTS], "std": [1.0, 1.0, 1.0]}
+    folder = tmp_path / "banked"
+    for name in ("annotator.safetensors", "retriever.safetensors", "tokenizer.json", "reports.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((annotator_dir / name).read_bytes())
+    info = json.loads((annotator_dir / "dilbert.json").read_text())
+    (folder / "dilbert.json").write_text(json.dumps({**info, "report_ranking": "bank"}))
+    (folder / "report_bank.json").write_text(json.dumps(bank))
+    ann = load_annotator(folder)
+    banked = annotate_path(ann, video_file)
+    check_schema(banked)
+    assert banked["reports_ranked_by"] == "bank"
+    assert [r["text"] for r in banked["retrieved_reports"]] == order[::-1]
+    for r in banked["retrieved_reports"]:
+        assert r["score"] == score[r["text"]]
+        assert r["bank_score"] == pytest.approx(-logit(r["score"]), abs=1e-3)
+    again = annotate_path(ann, video_file, ranking="raw")
+    assert [r["text"] for r in again["retrieved_reports"]] == order and again["reports_ranked_by"] == "raw"
+
+
+def test_report_bank_errors_name_the_file(annotator_dir, video_file, tmp_path):
+    with pytest.raises(ConfigError, match="report_bank.json"):  # asked for, never exported
+        annotate_path(load_annotator(annotator_dir), video_file, ranking="bank")
+    folder = tmp_path / "a"
+    folder.mkdir()
+    for f in annotator_dir.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    info = json.loads((annotator_dir / "dilbert.json").read_text())
+    (folder / "dilbert.json").write_text(json.dumps({**info, "report_ranking": "bank"}))
+    with pytest.raises(CheckpointError, match="report_bank.json is missing"):
+        load_annotator(folder)
+    (folder / "report_bank.json").write_text(json.dumps({"sequences": 2, "mean": [0.0, 0.0], "std": [1.0, 1.0]}))
+    with pytest.raises(CheckpointError, match="2 means and 2 standard deviations for 3 reports"):
+        load_annotator(folder)
+    (folder / "report_bank.json").write_text(json.dumps({"sequences": 2, "mean": [0.0] * 3, "std": [1.0, 0.0, 1.0]}))
+    with pytest.raises(CheckpointError, match="not positive"):
+        load_annotator(folder)
+    (folder / "dilbert.json").write_text(json.dumps({**info, "report_ranking": "best"}))
+    with pytest.raises(CheckpointError, match="report_ranking 'best'"):
+        load_annotator(folder)

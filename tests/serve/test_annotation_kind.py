@@ -62,9 +62,12 @@ def _write_run(root: Path, name: str, members: dict[str, int]) -> Path:
             annotator, retriever = DILBERTModel(fcfg), DILBERTModel(fcfg)
             with torch.no_grad():  # spread the finding logits, so presence does not sit at the threshold
                 annotator.annotation.binary.weight.mul_(20.0)
+            # the final member ranks its reports by a (unit) report bank, as exports since 2026-12-07 can
+            bank = {"sequences": 2, "mean": [0.0] * 3, "std": [1.0] * 3} if member == "final" else None
             export_annotator(run / member / "export" / variant, annotator, retriever, fcfg, spec, tok, REPORTS,
                              PreprocessConfig(size=32), {"role": variant, "graph": "lung", "num_frames": 4,
-                                                         "max_text_len": 32, "threshold": 0.5})
+                                                         "max_text_len": 32, "threshold": 0.5,
+                                                         "report_ranking": "bank" if bank else "raw"}, bank)
     return run
 
 
@@ -180,7 +183,8 @@ def test_onnx_export_parity_and_predict_from_the_export(runs, video_file, tmp_pa
     assert meta["max_abs_diff_vs_torch"] <= 1e-4 and meta["input_shape"] == [None, 1, 4, 32, 32]
     assert meta["annotation"]["folder"] == "annotator" and meta["annotation"]["variant"] == "student"
     assert sorted(p.name for p in (folder / "annotator").iterdir()) == sorted(
-        ["dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json"])
+        ["dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json",
+         "report_bank.json"])
     card = (folder / "MODEL_CARD.md").read_text()
     assert "not ensembled" in card and "Not in the graph" in card and "`severity score=3`" in card
 
@@ -196,6 +200,8 @@ def test_onnx_export_parity_and_predict_from_the_export(runs, video_file, tmp_pa
                                [f["probability"] for f in from_torch["findings"]], atol=1e-4)
     assert from_onnx["description"] == from_torch["description"]
     assert from_onnx["nearest_report"]["text"] == from_torch["nearest_report"]["text"]
+    assert from_onnx["reports_ranked_by"] == from_torch["reports_ranked_by"] == "bank"
+    assert from_onnx["nearest_report"]["bank_score"] == from_torch["nearest_report"]["bank_score"]
 
 
 def test_model_card_gives_the_served_variant_s_cross_validated_metrics(runs, tmp_path):

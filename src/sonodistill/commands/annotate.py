@@ -11,7 +11,7 @@ def _annotate(args: argparse.Namespace) -> int:
     from sonodistill.serve.annotate import annotate_path, load_annotator
 
     ann = load_annotator(args.checkpoint)
-    result = annotate_path(ann, args.input, top_k=args.top_k, threshold=args.threshold)
+    result = annotate_path(ann, args.input, top_k=args.top_k, threshold=args.threshold, ranking=args.ranking)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -30,5 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="training reports listed under retrieved_reports")
     p.add_argument("--threshold", type=float, help="probability threshold of a present finding (default: the "
                                                     "annotator's, 0.5)")
+    p.add_argument("--ranking", choices=("raw", "bank"), help="rank the training reports by the raw CMM "
+                   "probability or by the bank-normalised score (default: the annotator's report_ranking)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=_annotate)

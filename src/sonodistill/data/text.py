@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from sonodistill.errors import ConfigError, DataError
 from sonodistill.knowledge.normalise import ALPHABET, normalise_text
 
@@ -150,6 +152,15 @@ class TextTokenizer:
         keep = max_len - 2
         ids, wids, toks = ids[:keep], wids[:keep], toks[:keep]
         return Encoded([self.cls_id] + ids + [self.sep_id], [None] + wids + [None], [CLS] + toks + [SEP])
+
+    def padded_ids(self, word_lists: list[list[str]], max_len: int) -> np.ndarray:
+        """Several pre-normalised texts -> int64 token ids `M x L` (`encode_words` each, padded with `pad_id` to
+        the longest, L <= max_len)."""
+        enc = [self.encode_words(w, max_len).ids for w in word_lists]
+        ids = np.full((len(enc), max((len(e) for e in enc), default=2)), self.pad_id, dtype=np.int64)
+        for i, e in enumerate(enc):
+            ids[i, : len(e)] = e
+        return ids
 
     def encode(self, text: str, max_len: int = 64, spelling: Mapping[str, str] | None = None) -> Encoded:
         """Normalise and encode one text."""

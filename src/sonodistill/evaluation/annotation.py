@@ -37,18 +37,31 @@ def retrieval_recall(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ..
     return out
 
 
+def match_logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """CMM match probabilities -> their logits (float64; probabilities clipped to [eps, 1 - eps])."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def bank_statistics(bank: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's (mean, standard deviation) of its match logits over a bank of queries: `bank` is
+    `B x candidates` match probabilities -> two float64 vectors of length `candidates` (the std at least `eps`)."""
+    b = match_logit(bank, eps)
+    return b.mean(0), np.maximum(b.std(0), eps)
+
+
+def normalised_by(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Match probabilities `queries x candidates` -> their logits z-scored per candidate with `bank_statistics`."""
+    return (match_logit(scores, eps) - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
+
+
 def bank_normalised(scores: np.ndarray, bank: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Match probabilities `queries x candidates` with each candidate's bias removed: in logit space, minus the
     candidate's mean and over its standard deviation against a bank of other queries (`bank`: `B x candidates`,
     e.g. the training fold's texts). A "hub" candidate that scores high for every query (a sequence the matching
     head calls matched whatever the text) then no longer tops every ranking; a ranking within one candidate's scores
     is unchanged. The query-bank normalisation of Bogolin et al. (CVPR 2022) with a z-score for its softmax."""
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-        return np.log(p) - np.log1p(-p)
-
-    b = logit(bank)
-    return (logit(scores) - b.mean(0)) / np.maximum(b.std(0), eps)
+    return normalised_by(scores, *bank_statistics(bank, eps), eps)
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:

@@ -23,6 +23,8 @@ from sonodistill.errors import ConfigError
 
 STREAMS = ("region", "clip", "text")
 ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"  # dilbert.json "format" of an exported annotator folder
+REPORT_BANK_FILE = "report_bank.json"  # an annotator folder's per-report bank statistics (optional file)
+REPORT_RANKINGS = ("raw", "bank")  # annotate: training reports by CMM probability, or by bank-normalised score
 
 
 @dataclass

@@ -25,6 +25,7 @@ from sonodistill.errors import ConfigError, SonoDistillError
 from sonodistill.evaluation.annotation import (
     COLLAPSE_STD,
     bank_normalised,
+    bank_statistics,
     collapsed,
     output_spread,
     prediction_table,
@@ -134,6 +135,22 @@ def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
         out["seq2text_bank"] = retrieval_recall(bank_normalised(scores, texts_vs_bank), relevant)
         out["text2seq_bank"] = retrieval_recall(bank_normalised(scores.T, seqs_vs_bank), relevant.T)
     return out
+
+
+@torch.no_grad()
+def report_bank(model: DILBERTModel, bank: SequenceTextDataset, reports: list[str], graph: KnowledgeGraph,
+                max_len: int) -> dict[str, Any] | None:
+    """The statistics `annotate` normalises each training report's score with (query-bank scoring, the export's
+    side of `evaluate_retrieval`'s `seq2text_bank`): the mean and standard deviation of every report's CMM logits
+    over the bank's sequences with a report (the training fold). None when fewer than 2 have one."""
+    banked = _sequences_and_texts(bank)
+    if banked is None or not reports:
+        return None
+    model.eval()
+    ids = torch.from_numpy(bank.tok.padded_ids([graph.words(r) for r in reports], max_len))
+    mean, std = bank_statistics(model.inference_model().match_scores(banked[2], ids).numpy())
+    return {"sequences": len(banked[0]), "mean": [round(float(v), 6) for v in mean],
+            "std": [round(float(v), 6) for v in std]}
 
 
 def check_collapse(binary: np.ndarray, cats: list[np.ndarray], variant: str, fold: int | str, scored: str) -> None:
@@ -312,6 +329,8 @@ def run_fold(cfg: RunConfig, seqs: SequenceSet, train: np.ndarray, test: np.ndar
             export_annotator(fold_dir / "export" / variant, model, pretrained[variant], fcfg, seqs.spec, tok, reports,
                              pre, {"role": variant, "graph": graph.name, "num_frames": T, "max_text_len": o.max_text_len,
                                    "threshold": float(o.threshold), "run": cfg.name, "fold": fold,
-                                   "train_items": int(len(train)), "pretrained_from": started_from[variant]})
+                                   "train_items": int(len(train)), "pretrained_from": started_from[variant],
+                                   "report_ranking": o.report_ranking},
+                             report_bank(pretrained[variant], eval_tr, reports, graph, o.max_text_len))
     pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return {"predictions": pred, "retrieval": retrieval, "seconds": seconds}

@@ -35,7 +35,8 @@ from sonodistill.losses.base import prefixed
 from sonodistill.losses.distributed import global_means
 from sonodistill.losses.pretext import DILBERTObjective, PretextLoss
 from sonodistill.losses.relational import RelationalKD, ResponseKD
-from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTModel, FusionConfig
+from sonodistill.models.fusion import (ANNOTATOR_FORMAT, REPORT_BANK_FILE, REPORT_RANKINGS, DILBERTModel,
+                                       FusionConfig)
 from sonodistill.models.region_codebook import RegionCodebook
 from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finite
 
@@ -119,6 +120,7 @@ class DILBERTOptions:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     retrieval: bool = True
     retrieval_bank: bool = True         # also score retrieval with the training fold as query bank (hubness)
+    report_ranking: str = "raw"         # what `annotate` ranks training reports by: raw CMM or bank-normalised
     run_folds: list[int] | None = None  # the folds to fit (None: every fold, or train.fold); checked by the protocol
     keep_checkpoints: bool = False      # keep Lightning checkpoints of finished stages (only needed to resume them)
     collapse_check: bool = True         # stop (SonoDistillError) when a finetuned model's outputs are constant
@@ -142,6 +144,9 @@ class DILBERTOptions:
         if self.region_grid < 1 or self.n_region_classes < 1 or self.vocab_size < 1 or self.max_text_len < 3:
             raise ConfigError("recipe_options (dilbert): region_grid, n_region_classes and vocab_size must be >= 1, "
                               "max_text_len >= 3")
+        if self.report_ranking not in REPORT_RANKINGS:
+            raise ConfigError(f"recipe_options (dilbert).report_ranking must be one of {REPORT_RANKINGS}, got "
+                              f"{self.report_ranking!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"recipe_options (dilbert).threshold must be in (0, 1), got {self.threshold}")
 
@@ -321,16 +326,25 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
 # ================================================================================================ export
 def export_annotator(out_dir: Path, annotator: DILBERTModel, retriever: DILBERTModel, fcfg: FusionConfig,
                      spec: AnnotationSpec, tokenizer: TextTokenizer, reports: list[str], preprocess: Any,
-                     meta: dict[str, Any]) -> Path:
+                     meta: dict[str, Any], report_bank: dict[str, Any] | None = None) -> Path:
     """Write an annotator folder: dilbert.json, tokenizer.json, annotator.safetensors (finetuned),
-    retriever.safetensors (pretrained, CMM for the nearest report) and reports.json (training reports)."""
+    retriever.safetensors (pretrained, CMM for the nearest report), reports.json (training reports) and, given
+    `report_bank` ({"sequences": N, "mean": [...], "std": [...]}, one number a report), report_bank.json."""
     from sonodistill.recipes.trainer import save_weights
 
+    if meta.get("report_ranking") == "bank" and report_bank is None:
+        raise ConfigError(f"{out_dir}: report_ranking 'bank' needs the training reports' bank statistics (at least "
+                          "2 training sequences with a report); use recipe_options.report_ranking=raw")
+    if report_bank is not None and not len(report_bank["mean"]) == len(report_bank["std"]) == len(reports):
+        raise ConfigError(f"{out_dir}: report bank statistics for {len(report_bank['mean'])} reports, "
+                          f"{len(reports)} reports exported")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(annotator.inference_model(), out_dir / "annotator.safetensors")
     save_weights(retriever.inference_model(), out_dir / "retriever.safetensors")
     tokenizer.save(out_dir / "tokenizer.json")
     (out_dir / "reports.json").write_text(json.dumps(reports, indent=1))
+    if report_bank is not None:
+        (out_dir / REPORT_BANK_FILE).write_text(json.dumps(report_bank, indent=1))
     info = {"format": ANNOTATOR_FORMAT, "fusion": fcfg.to_dict(), "spec": spec.to_dict(),
             "preprocess": asdict(preprocess), **meta}
     (out_dir / "dilbert.json").write_text(json.dumps(info, indent=1))

@@ -2,7 +2,10 @@
 predicted entities through the knowledge graph, and the nearest training report (CMM retrieval), as JSON.
 
 An annotator folder (written by the `dilbert` recipe under `RUN/fold_K/export/<variant>/` and `RUN/final/...`)
-holds `dilbert.json`, `tokenizer.json`, `annotator.safetensors`, `retriever.safetensors` and `reports.json`.
+holds `dilbert.json`, `tokenizer.json`, `annotator.safetensors`, `retriever.safetensors`, `reports.json` and
+(exports since 2026-12-07) `report_bank.json`: each training report's mean and standard deviation of CMM logits
+over the training sequences, with which the reports can be ranked by a bank-normalised score instead of the raw
+match probability (`report_ranking` in dilbert.json, or `--ranking`; see docs/dilbert.md).
 
 The same annotation is what `sonodistill predict | serve | export` give for a dilbert run directory (the
 "annotation" model kind, `serve/annotation.py`): `AnnotationProbabilities` is the module they run and export, and
@@ -25,12 +28,15 @@ from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
 from sonodistill.data.sequences import AnnotationSpec, sample_indices
 from sonodistill.data.text import TextTokenizer
 from sonodistill.errors import CheckpointError, ConfigError, DataError, SonoDistillError
+from sonodistill.evaluation.annotation import normalised_by
 from sonodistill.knowledge import KnowledgeGraph, load_graph
-from sonodistill.models.fusion import ANNOTATOR_FORMAT, DILBERTInference, FusionConfig
+from sonodistill.models.fusion import (ANNOTATOR_FORMAT, REPORT_BANK_FILE, REPORT_RANKINGS, DILBERTInference,
+                                       FusionConfig)
 
 log = logging.getLogger(__name__)
 
 FILES = ("dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json")
+OPTIONAL_FILES = (REPORT_BANK_FILE,)  # present in exports since 2026-12-07
 VARIANT_ORDER = ("student", "teacher", "baseline")  # the variant served from a member folder: first one exported
 NOT_ENSEMBLED = ("DILBERT annotators are not ensembled: the findings, the description and the nearest training "
                  "report come from one annotator (each fold's retriever ranks that fold's own training reports)")
@@ -52,6 +58,8 @@ class Annotator:
     num_frames: int
     max_text_len: int
     threshold: float
+    report_bank: dict[str, Any] | None = None  # report_bank.json: per-report "mean" / "std" of CMM logits
+    report_ranking: str = "raw"                # what reports are ranked by by default: "raw" or "bank"
 
 
 def resolve_annotator(path: str | Path) -> Path:
@@ -134,10 +142,13 @@ def load_annotator(path: str | Path) -> Annotator:
     try:
         info = json.loads((folder / "dilbert.json").read_text())
         reports = json.loads((folder / "reports.json").read_text())
+        bank = json.loads((folder / REPORT_BANK_FILE).read_text()) if (folder / REPORT_BANK_FILE).is_file() else None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{folder}: damaged JSON ({exc})") from exc
     if info.get("format") != ANNOTATOR_FORMAT:
         raise CheckpointError(f"{folder}/dilbert.json: format {info.get('format')!r}, expected {ANNOTATOR_FORMAT!r}")
+    ranking = str(info.get("report_ranking", "raw"))  # earlier exports ranked by the raw probability
+    check_report_bank(folder, bank, len(reports), ranking)
     fcfg = FusionConfig.from_dict(info["fusion"])
     models = []
     for name in ("annotator", "retriever"):
@@ -147,7 +158,31 @@ def load_annotator(path: str | Path) -> Annotator:
     spec = AnnotationSpec.from_dict(info["spec"])
     return Annotator(folder, info, spec, load_graph(info.get("graph", spec.graph)), TextTokenizer.load(folder / "tokenizer.json"),
                      models[0], models[1], [str(r) for r in reports], PreprocessConfig(**info["preprocess"]),
-                     int(info["num_frames"]), int(info["max_text_len"]), float(info.get("threshold", 0.5)))
+                     int(info["num_frames"]), int(info["max_text_len"]), float(info.get("threshold", 0.5)),
+                     bank, ranking)
+
+
+def check_report_bank(folder: Path, bank: dict[str, Any] | None, n_reports: int, ranking: str) -> None:
+    """CheckpointError unless the annotator's ranking is known and, where it has a report bank (needed for
+    'bank'), one finite mean and one positive standard deviation per report."""
+    if ranking not in REPORT_RANKINGS:
+        raise CheckpointError(f"{folder}/dilbert.json: report_ranking {ranking!r}, expected one of {REPORT_RANKINGS}")
+    if bank is None:
+        if ranking == "bank":
+            raise CheckpointError(f"{folder}: incomplete annotator, {REPORT_BANK_FILE} is missing (its dilbert.json "
+                                  "ranks reports by the bank-normalised score)")
+        return
+    try:
+        mean, std = np.asarray(bank["mean"], dtype=np.float64), np.asarray(bank["std"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder}/{REPORT_BANK_FILE}: damaged ({exc!r}): expected lists 'mean' and "
+                              "'std'") from exc
+    if mean.shape != (n_reports,) or std.shape != (n_reports,):
+        raise CheckpointError(f"{folder}/{REPORT_BANK_FILE}: {mean.size} means and {std.size} standard deviations "
+                              f"for {n_reports} reports in reports.json")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError(f"{folder}/{REPORT_BANK_FILE}: a mean is not finite or a standard deviation is not "
+                              "positive")
 
 
 class AnnotationProbabilities(nn.Module):
@@ -213,35 +248,54 @@ def annotation_fields(ann: Annotator, probs: np.ndarray, threshold: float) -> di
 
 @torch.no_grad()
 def annotate_frames(ann: Annotator, frames: np.ndarray, name: str = "", top_k: int = 5,
-                    threshold: float | None = None) -> dict[str, Any]:
+                    threshold: float | None = None, ranking: str | None = None) -> dict[str, Any]:
     """The annotation JSON (a dict) for one sequence of raw frames."""
     thr = ann.threshold if threshold is None else float(threshold)
     x = clip_tensor(frames, ann)
     fields = annotation_fields(ann, AnnotationProbabilities(ann.annotator)(x)[0].numpy(), thr)
-    retrieved = retrieve_reports(ann, x, top_k)
+    ranked_by = report_ranking_of(ann, ranking)
+    retrieved = retrieve_reports(ann, x, top_k, ranked_by)
     return {
         "input": name, "frames": int(len(frames)),
         "model": {"folder": str(ann.folder), "role": ann.info.get("role"), "graph": ann.graph.name,
                   "threshold": thr},
         **fields, "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved,
+        "reports_ranked_by": ranked_by,
     }
 
 
-def retrieve_reports(ann: Annotator, x: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
-    """The training reports ranked by the retriever's CMM score for clip `x` (`1 x 1 x T x S x S`): top `top_k`."""
+def report_ranking_of(ann: Annotator, ranking: str | None = None) -> str:
+    """The ranking asked for (None: the annotator's own), checked: 'bank' needs the annotator's report bank."""
+    chosen = ann.report_ranking if ranking is None else ranking
+    if chosen not in REPORT_RANKINGS:
+        raise ConfigError(f"report ranking must be one of {REPORT_RANKINGS}, got {chosen!r}")
+    if chosen == "bank" and ann.report_bank is None:
+        raise ConfigError(f"{ann.folder}: ranking by the bank-normalised score needs {REPORT_BANK_FILE}, which this "
+                          "annotator lacks (exported by an earlier sonodistill): train it again, or rank 'raw'")
+    return chosen
+
+
+def retrieve_reports(ann: Annotator, x: torch.Tensor, top_k: int = 5, ranking: str | None = None
+                     ) -> list[dict[str, Any]]:
+    """The training reports ranked for clip `x` (`1 x 1 x T x S x S`), top `top_k`: by the retriever's CMM
+    probability ('raw', `score`) or by that score's logit z-scored against the training sequences ('bank',
+    `bank_score`: `report_bank.json`, the same normalisation as the recall `seq2text_bank`). Each entry carries
+    `score`, and `bank_score` when the annotator has a bank."""
+    ranked_by = report_ranking_of(ann, ranking)
     if not ann.reports or top_k < 1:
         return []
-    enc = [ann.tokenizer.encode_words(ann.graph.words(r), ann.max_text_len).ids for r in ann.reports]
-    width = max(len(e) for e in enc)
-    ids = torch.full((len(enc), width), ann.tokenizer.pad_id, dtype=torch.long)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)] = torch.tensor(e)
+    ids = torch.from_numpy(ann.tokenizer.padded_ids([ann.graph.words(r) for r in ann.reports], ann.max_text_len))
     scores = ann.retriever.match_scores(x, ids)[0].numpy()
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"text": ann.reports[i], "score": round(float(scores[i]), 6)} for i in order]
+    bank = (normalised_by(scores[None], ann.report_bank["mean"], ann.report_bank["std"])[0]
+            if ann.report_bank is not None else None)
+    key = bank if ranked_by == "bank" else scores
+    order = np.argsort(-key, kind="stable")[:top_k]
+    return [{"text": ann.reports[i], "score": round(float(scores[i]), 6)}
+            | ({"bank_score": round(float(bank[i]), 6)} if bank is not None else {}) for i in order]
 
 
-def annotate_path(ann: Annotator, path: str | Path, top_k: int = 5, threshold: float | None = None) -> dict[str, Any]:
+def annotate_path(ann: Annotator, path: str | Path, top_k: int = 5, threshold: float | None = None,
+                  ranking: str | None = None) -> dict[str, Any]:
     """Annotate a video / DICOM file or a folder of frames (one sequence, frames sorted by file name)."""
     from sonodistill.serve.predict import read_input
 
@@ -249,4 +303,4 @@ def annotate_path(ann: Annotator, path: str | Path, top_k: int = 5, threshold: f
     if not p.exists():
         raise DataError(p, "file not found")
     video = read_input(p)
-    return annotate_frames(ann, video.frames, str(p), top_k, threshold)
+    return annotate_frames(ann, video.frames, str(p), top_k, threshold, ranking)

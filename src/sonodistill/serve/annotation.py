@@ -29,9 +29,9 @@ from torch import nn
 from sonodistill.config import RunConfig
 from sonodistill.data.manifest import Manifest
 from sonodistill.errors import CheckpointError, ConfigError, SonoDistillError
-from sonodistill.serve.annotate import (FILES, NOT_ENSEMBLED, AnnotationProbabilities, Annotator, annotation_fields,
-                                        annotation_member, load_annotator, output_names, retrieve_reports,
-                                        sampled_input)
+from sonodistill.serve.annotate import (FILES, NOT_ENSEMBLED, OPTIONAL_FILES, AnnotationProbabilities, Annotator,
+                                        annotation_fields, annotation_member, load_annotator, output_names,
+                                        retrieve_reports, sampled_input)
 from sonodistill.data.sequences import sample_indices
 from sonodistill.explain.occlusion import OutputProbability
 from sonodistill.serve.kinds import OcclusionSpec, PredictOptions, PreparedInput, get_model_kind, register_model_kind
@@ -109,7 +109,8 @@ def annotate_item(model: LoadedModel, item: PreparedInput, options: PredictOptio
     with torch.no_grad():
         retrieved = retrieve_reports(ann, torch.from_numpy(np.ascontiguousarray(x)), TOP_K)
     return {"threshold": ann.threshold, "clip_mode": "uniform", **fields,
-            "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved}
+            "nearest_report": retrieved[0] if retrieved else None, "retrieved_reports": retrieved,
+            "reports_ranked_by": ann.report_ranking}
 
 
 # ------------------------------------------------------------------------------------------- explain
@@ -137,8 +138,9 @@ def export_annotator_files(model: LoadedModel, folder: Path) -> dict[str, Any]:
     ann = annotator_of(model)
     dest = Path(folder) / EXPORT_FOLDER
     dest.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copy2(ann.folder / name, dest / name)
+    for name in FILES + OPTIONAL_FILES:
+        if (ann.folder / name).is_file():
+            shutil.copy2(ann.folder / name, dest / name)
     info = annotation_info(ann, model.member_names[0] if model.member_names else "?")
     info.update({"folder": EXPORT_FOLDER, "annotator": str(ann.folder.resolve()),
                  "in_graph": "the finding probabilities (output `probabilities`, columns `outputs`)",
