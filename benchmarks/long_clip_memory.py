@@ -16,21 +16,34 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 CHILD = """
 import re, sys
-from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
 from sonodistill.data.readers import read_clip
+size = int(sys.argv[2])
+if size:
+    from sonodistill.data.preprocess import PreprocessConfig, preprocess_clip
 before = int(open("/proc/self/statm").read().split()[1]) * 4096
 frames = read_clip(sys.argv[1]).frames
-if sys.argv[2] != "0":
-    preprocess_clip(frames, PreprocessConfig(size=int(sys.argv[2])))
+if size:
+    preprocess_clip(frames, PreprocessConfig(size=size))
 # VmHWM: this process's own peak (Linux carries the parent's peak into ru_maxrss across exec)
 peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-print(frames.nbytes, peak - before)
+print(frames.shape[0], frames.nbytes, peak - before, "torch" in sys.modules)
 """
+
+
+class Peak(NamedTuple):
+    """One fresh process's measurement: frames decoded, the decoded clip's bytes, the peak resident growth above
+    the process's size after its imports (bytes), and whether torch was imported (decoding alone should not)."""
+
+    frames: int
+    clip_bytes: int
+    growth: int
+    torch_loaded: bool
 
 
 def write_clip(path: Path, frames: int, width: int, height: int) -> None:
@@ -48,12 +61,12 @@ def write_clip(path: Path, frames: int, width: int, height: int) -> None:
                 out.mux(packet)
 
 
-def measure(path: Path, size: int) -> tuple[int, int]:
-    """(decoded bytes, peak resident growth in bytes) of one fresh process; size 0: decode only."""
+def measure(path: Path, size: int) -> Peak:
+    """`read_clip` (size 0: decode only), or `read_clip` + `preprocess_clip` to `size`, in one fresh process."""
     done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(size)], capture_output=True, text=True,
                           check=True)
-    clip, growth = done.stdout.split()
-    return int(clip), int(growth)
+    frames, clip, growth, torch_loaded = done.stdout.split()
+    return Peak(int(frames), int(clip), int(growth), torch_loaded == "True")
 
 
 def main() -> None:
@@ -70,8 +83,9 @@ def main() -> None:
         print("| step | decoded clip (MiB) | peak memory above imports (MiB) | peak / clip |")
         print("|---|---:|---:|---:|")
         for name, size in (("read_clip", 0), ("read_clip + preprocess_clip", a.size)):
-            clip, growth = measure(path, size)
-            print(f"| {name} | {clip / 2**20:.0f} | {growth / 2**20:.0f} | {growth / clip:.2f} |")
+            peak = measure(path, size)
+            print(f"| {name} | {peak.clip_bytes / 2**20:.0f} | {peak.growth / 2**20:.0f} | "
+                  f"{peak.growth / peak.clip_bytes:.2f} |")
 
 
 if __name__ == "__main__":

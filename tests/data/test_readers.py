@@ -524,37 +524,16 @@ def test_files_in_folder_errors_name_the_folder(shared_data: Path, tmp_path: Pat
         files_in_folder(tmp_path / "export" / "notes.txt")
 
 
-
-_PEAK_SCRIPT = """
-import re, sys
-from sonodistill.data.readers import read_video
-before = int(open("/proc/self/statm").read().split()[1]) * 4096
-frames = read_video(sys.argv[1]).frames
-# VmHWM: this process's own peak (Linux carries the parent's peak into ru_maxrss across exec)
-peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-print(frames.shape[0], frames.nbytes, peak - before, "torch" in sys.modules)
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads its memory from /proc (Linux)")
 def test_decoding_a_long_clip_peaks_near_its_own_size(tmp_path: Path) -> None:
     """Decoded frames go into blocks of 64 MiB joined once at the end: a 190 MiB clip peaked at 467 MiB when one
-    buffer doubled by copying (about 9 GB for a 5-minute 800 x 600 clip), now at its size + one block + PyAV's own."""
-    import subprocess
-    import sys
-
-    import av
+    buffer doubled by copying (about 9 GB for a 5-minute 800 x 600 clip), now at its size + one block + PyAV's own.
+    Measured in a fresh process by benchmarks/long_clip_memory.py's own child (decode only, as `read_clip`)."""
+    from tests.benchmark_scripts import benchmark_script
 
     path, n = tmp_path / "long.avi", 650
-    with av.open(str(path), "w") as out:  # uncompressed grey frames: fast to write and to read
-        stream = out.add_stream("rawvideo", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "gray"
-        base = np.random.default_rng(0).integers(0, 255, (480, 640), dtype=np.uint8)
-        for i in range(n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, i, 1), format="gray")):
-                out.mux(packet)
-    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True,
-                          check=True)
-    frames, nbytes, growth, torch_loaded = done.stdout.split()
-    assert int(frames) == n and torch_loaded == "False"
-    assert int(growth) <= int(nbytes) + 128 * 1024**2, (int(growth) / 2**20, int(nbytes) / 2**20)
+    with benchmark_script("long_clip_memory") as script:
+        script.write_clip(path, n, 640, 480)  # uncompressed grey frames: fast to write and to read
+        peak = script.measure(path, 0)
+    assert peak.frames == n and not peak.torch_loaded
+    assert peak.growth <= peak.clip_bytes + 128 * 1024**2, (peak.growth / 2**20, peak.clip_bytes / 2**20)
