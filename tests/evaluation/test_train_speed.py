@@ -37,6 +37,18 @@ def test_frame_classifiers_report_the_onnxruntime_frozen_feature_speed():
     assert r["frozen_ort_items_per_s"] > 0
 
 
+def test_bench_train_times_the_channels_last_order_when_the_config_asks():
+    from sonodistill.commands.bench import _config
+    from sonodistill.protocols.tuning import speed_batch
+
+    def reordered(overrides: list[str]) -> bool:
+        model, _, _ = speed_batch(_config("seg-hc18-imagenet", ["data.size=32", "model.pretrained=none", *overrides]), 2)
+        convs = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+        return all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+
+    assert reordered(["train.channels_last=true"]) and not reordered([])
+
+
 def test_matmul_reference_is_positive():
     assert matmul_gflops(n=128, repeats=2) > 0
 

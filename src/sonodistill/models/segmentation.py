@@ -62,7 +62,9 @@ class FeatureNoise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.amplitude == 0.0:
             return x
-        noise = torch.empty_like(x).uniform_(-self.amplitude, self.amplitude)
+        # drawn in the logical (contiguous) order, not `empty_like`'s memory order: the same noise for a
+        # channels-last feature map (train.channels_last) as for a contiguous one
+        noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).uniform_(-self.amplitude, self.amplitude)
         return x * (1.0 + noise)
 
 

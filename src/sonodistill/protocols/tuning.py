@@ -51,7 +51,18 @@ def check_setting(name: str, value: Any, minimum: int) -> None:
 def speed_batch(cfg: RunConfig, batch_size: int | None, num_classes: int = 3, seed: int = 0):  # -> (model, x, y)
     """A config's trainable network (classification: the recipe's inference model; segmentation: its U-Net)
     and a random batch of its input shape with targets; with `train.frozen_cache_views`, the network after the
-    frozen stages and a batch of their output (what a cached run trains)."""
+    frozen stages and a batch of their output (what a cached run trains); with `train.channels_last`, the network's
+    weights in channels-last order (as the run's `ChannelsLast` callback puts them)."""
+    model, x, y = _speed_batch(cfg, batch_size, num_classes, seed)
+    if cfg.train.channels_last:
+        from sonodistill.recipes.trainer import to_channels_last
+
+        to_channels_last(model)
+    return model, x, y
+
+
+def _speed_batch(cfg: RunConfig, batch_size: int | None, num_classes: int, seed: int):  # -> (model, x, y)
+    """`speed_batch` in the default memory order."""
     import torch
 
     from sonodistill.recipes import get_recipe

@@ -158,6 +158,28 @@ class SaveInferenceWeights(Callback):
             save_weights(pl_module.inference_model(), self.path)  # type: ignore[operator]
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with its 4-D parameters and buffers in channels-last memory order and its 5-D ones in
+    channels-last-3d (in place, as `Module.to(memory_format=...)` does for 4-D tensors only); the values and the
+    Parameter objects are unchanged, so optimisers and state dicts see the same model."""
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t
+
+    return module._apply(convert)
+
+
+class ChannelsLast(Callback):
+    """`train.channels_last`: the recipe's weights in channels-last order before the optimiser and any strategy
+    wrapper are set up (`setup` runs first in `Trainer.fit`); a resumed checkpoint is copied into them."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        to_channels_last(pl_module)
+
+
 class SeedEachEpoch(Callback):
     """Reseed torch, numpy and `random` at every epoch start from (the seed set before fit, epoch).
 
@@ -266,6 +288,8 @@ def build_trainer(cfg: RunConfig, fold_dir: Path, extra_callbacks: list[Callback
     callbacks: list[Callback] = [ckpt, SaveInferenceWeights(fold_dir / WEIGHTS), SeedEachEpoch(), StopOnSignal()]
     if epoch_summary:
         callbacks.append(EpochSummary(fold_dir.name))
+    if cfg.train.channels_last:
+        callbacks.append(ChannelsLast())
     callbacks += list(extra_callbacks or [])
     kwargs: dict[str, Any] = dict(
         max_epochs=cfg.train.epochs,
