@@ -25,6 +25,7 @@ from sonodistill.evaluation.annotation import (
     retrieval_recall,
 )
 from sonodistill.protocols.dilbert import run_fold
+from sonodistill.protocols.dilbert_stages import report_bank
 from sonodistill.recipes.dilbert import DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, trim_text
 from sonodistill.models.fusion import DILBERTModel
 from sonodistill.serve.annotate import load_annotator
@@ -256,7 +257,25 @@ def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
     assert bank["sequences"] == len(rows) and info["report_ranking"] == "raw"
     np.testing.assert_allclose(bank["mean"], mean, atol=2e-6)
     np.testing.assert_allclose(bank["std"], std, atol=2e-6)
+    # a bank capped at 3 sequences takes evenly spaced ones, the first and the last among them
+    few = report_bank(ExportedRetriever(ann.retriever), train, reports, graph, 32, max_sequences=3)
+    picked = np.linspace(0, len(rows) - 1, 3).round().astype(int)
+    assert few["sequences"] == 3 and len(rows) > 3
+    np.testing.assert_allclose(few["mean"], bank_statistics(scores[picked])[0], atol=2e-6)
     assert not (tmp_path / "tiny" / "fold_0" / "student" / "mutual" / "checkpoints").exists()
+
+
+class ExportedRetriever:
+    """An exported retriever (`DILBERTInference`) where `report_bank` reads a model: `eval`, `inference_model`."""
+
+    def __init__(self, inference: torch.nn.Module) -> None:
+        self.inference = inference
+
+    def eval(self) -> "ExportedRetriever":
+        return self
+
+    def inference_model(self) -> torch.nn.Module:
+        return self.inference
 
 
 def test_half_config_student_has_at_most_half_the_teachers_parameters():

@@ -137,19 +137,28 @@ def evaluate_retrieval(model: DILBERTModel, ds: SequenceTextDataset,
     return out
 
 
+#: the most training sequences a report bank is computed over (evenly spaced): its cost is one fusion pass per
+#: (sequence, report) pair, and a mean and standard deviation are settled well before
+REPORT_BANK_SEQUENCES = 256
+
+
 @torch.no_grad()
 def report_bank(model: DILBERTModel, bank: SequenceTextDataset, reports: list[str], graph: KnowledgeGraph,
-                max_len: int) -> dict[str, Any] | None:
+                max_len: int, max_sequences: int = REPORT_BANK_SEQUENCES) -> dict[str, Any] | None:
     """The statistics `annotate` normalises each training report's score with (query-bank scoring, the export's
     side of `evaluate_retrieval`'s `seq2text_bank`): the mean and standard deviation of every report's CMM logits
-    over the bank's sequences with a report (the training fold). None when fewer than 2 have one."""
-    banked = _sequences_and_texts(bank)
-    if banked is None or not reports:
+    over the bank's sequences with a report (the training fold; at most `max_sequences` of them, evenly spaced).
+    None when fewer than 2 have one."""
+    rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0]
+    if len(rows) < 2 or not reports:
         return None
+    if len(rows) > max_sequences:
+        rows = [rows[int(j)] for j in np.linspace(0, len(rows) - 1, max_sequences).round()]
     model.eval()
+    x = torch.stack([bank[i]["x"] for i in rows])
     ids = torch.from_numpy(bank.tok.padded_ids([graph.words(r) for r in reports], max_len))
-    mean, std = bank_statistics(model.inference_model().match_scores(banked[2], ids).numpy())
-    return {"sequences": len(banked[0]), "mean": [round(float(v), 6) for v in mean],
+    mean, std = bank_statistics(model.inference_model().match_scores(x, ids).numpy())
+    return {"sequences": len(rows), "mean": [round(float(v), 6) for v in mean],
             "std": [round(float(v), 6) for v in std]}
 
 
