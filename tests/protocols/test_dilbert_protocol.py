@@ -24,7 +24,8 @@ OPTIONS = ("teacher: {dim: 24, layers: 2, heads: 2, frame_width: 0.125, clip_wid
            "student: {dim: 16, layers: 2, heads: 2}, vocab_size: 250, n_region_classes: 4, max_text_len: 32")
 VARIANTS = {"teacher", "student", "teacher+mutual"}  # variants [student]: the teacher's stages, then the student's
 EXPORTS = {"teacher", "student"}
-EXPORT_FILES = {"dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json"}
+EXPORT_FILES = {"dilbert.json", "tokenizer.json", "annotator.safetensors", "retriever.safetensors", "reports.json",
+                "report_bank.json"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,6 +128,8 @@ def test_resume_with_train_final_trains_the_final_model_on_every_sequence(cv_run
         assert info["role"] == variant and info["train_items"] == N and info["fold"] == 2
     reports = json.loads((run / "final" / "export" / "student" / "reports.json").read_text())
     assert len(reports) >= 2
+    bank = json.loads((run / "final" / "export" / "student" / "report_bank.json").read_text())
+    assert len(bank["mean"]) == len(bank["std"]) == len(reports) and bank["sequences"] == N  # every sequence's report
 
 
 def test_annotate_on_the_run_uses_the_final_student(cv_run, lung, capsys):
