@@ -55,3 +55,44 @@ def test_dilbert_lus_decide_waits_for_pending_runs_and_stops_on_a_crash(dilbert_
     assert dilbert_lus.main(args) == dilbert_lus.FAILED                      # not the guard: no decision
     _scored(val, "1.0", 0.395)
     assert dilbert_lus.main(args) == 0 and capsys.readouterr().out.strip().endswith("1.0")
+
+
+@pytest.fixture()
+def retrieval_study():
+    """dilbert-pocus-retrieval-validation's score.py."""
+    sys.path.insert(0, str(STUDIES))
+    try:
+        from study_script import load_study_script
+        yield load_study_script("dilbert-pocus-retrieval-validation", "score.py")
+    finally:
+        sys.path.remove(str(STUDIES))
+
+
+def _fold(root: Path, k: int, recalls: dict[str, float], chance: float = 0.4) -> None:
+    """root/fK/pocus/fold_K/fold.json with R@10 per key (both variants alike) and one chance level."""
+    record = {key: {"R@10": r, "chance@10": chance} for key, r in recalls.items()}
+    path = root / f"f{k}" / "pocus" / f"fold_{k}" / "fold.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"retrieval": {"student": record, "teacher": record}}))
+
+
+def test_retrieval_rule_takes_the_bank_only_when_it_gains_on_validation_and_judges_the_test_folds(
+        retrieval_study, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["--runs", str(runs)]
+    raw = {"seq2text": 0.6, "text2seq": 0.5}
+    for k in range(4):
+        _fold(runs / "dilbert-pocus-val", k, {**raw, "seq2text_bank": 0.6, "text2seq_bank": 0.5})
+    assert retrieval_study.main(args) == retrieval_study.PENDING                # one validation split missing
+    _fold(runs / "dilbert-pocus-val", 4, {**raw, "seq2text_bank": 0.6, "text2seq_bank": 0.5})
+    assert retrieval_study.main([*args, "--decide-only"]) == 0
+    assert "decision: raw" in capsys.readouterr().out                          # a tie keeps the paper's raw scores
+    _fold(runs / "dilbert-pocus-val", 4, {**raw, "seq2text_bank": 0.6, "text2seq_bank": 0.56})  # bank gains
+    assert retrieval_study.main(args) == retrieval_study.PENDING                # decided; test folds missing
+    assert "decision: bank (student, mean bank - raw R@10 = +0.006)" in capsys.readouterr().out
+    for k in range(5):  # bank: +0.2 over chance sequence -> text, +0.09 text -> sequence (raw would pass both)
+        _fold(runs / "dilbert-pocus-test", k, {"seq2text": 0.7, "text2seq": 0.6, "seq2text_bank": 0.6,
+                                               "text2seq_bank": 0.49})
+    assert retrieval_study.main(args) == 0
+    out = capsys.readouterr().out
+    assert "target (student, bank): seq2text +0.200, text2seq +0.090 -> not met" in out
