@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sonodistill.config import load_config
 from sonodistill.recipes.supervised import SupervisedRecipe
+from sonodistill.recipes.trainer import ChannelsLast
 
 
 class _Clips(Dataset):
@@ -47,7 +48,10 @@ def _cfg(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process_gradients(tmp_path):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["default-order", "channels-last"])
+def test_ddp_two_processes_match_single_process_gradients(tmp_path, channels_last):
+    """Also with `train.channels_last` (the 3D convolutions' weights in channels-last-3d order on each rank): the
+    same gradients as one process in the default order."""
     cfg = _cfg(tmp_path)
     torch.manual_seed(0)
     recipe = SupervisedRecipe(cfg, num_classes=3)
@@ -56,7 +60,7 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
 
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[_RecordGrads(str(tmp_path))])
+                        callbacks=[_RecordGrads(str(tmp_path))] + ([ChannelsLast()] if channels_last else []))
     trainer.fit(recipe, train_dataloaders=DataLoader(data, batch_size=2, shuffle=False))
 
     # The global batch is the union of what each rank saw at step 0 (two disjoint halves of equal size).
@@ -69,6 +73,9 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
     for rank in (0, 1):
         got = torch.load(tmp_path / f"grads_rank{rank}.pt")
+        reordered = [g for g in got.values() if g.dim() == 5 and g.shape[1] > 1
+                     and g.is_contiguous(memory_format=torch.channels_last_3d) and not g.is_contiguous()]
+        assert bool(reordered) == channels_last  # the ranks trained in the order asked for
         assert got.keys() == expected.keys()
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6,
