@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from collections.abc import Callable
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -23,3 +25,12 @@ def start_run(threads: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     torch.set_num_threads(threads)
+
+
+def seconds_per_step(step: Callable[[], None], steps: int) -> float:
+    """Seconds per call of `step` (a training step), averaged over `steps` calls after one warm-up call."""
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps

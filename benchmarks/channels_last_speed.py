@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import seconds_per_step
 
 from sonodistill.config import load_config, packaged_config
 from sonodistill.models.backbones import build_backbone
@@ -74,11 +74,7 @@ def step_seconds(model: torch.nn.Module, loss: Step, steps: int) -> float:
         loss(model).backward()
         opt.step()
 
-    step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t) / steps
+    return seconds_per_step(step, steps)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import seconds_per_step
 
 from sonodistill.models.backbones import build_backbone
 from sonodistill.models.heads import ClassificationHead
@@ -28,11 +29,7 @@ def images_per_second(fn, inp: torch.Tensor, y: torch.Tensor, opt: torch.optim.O
         F.cross_entropy(fn(inp), y).backward()
         opt.step()
 
-    step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return len(y) * steps / (time.perf_counter() - t)
+    return len(y) / seconds_per_step(step, steps)
 
 
 def main() -> None:
