@@ -132,10 +132,11 @@ class TrainConfig:
     frozen_cache_views: int = 0           # supervised partial finetuning: run the model.freeze_stages frozen stages
                                           # once per item and view (K augmented views, epoch e uses e mod K), not
                                           # every step (recipes/frozen_cache.py); 0: no cache
-    channels_last: bool = False           # convolution weights in channels-last memory order while training and
-                                          # predicting (4-D: channels_last, 5-D: channels_last_3d): faster CPU
-                                          # steps for the EfficientNet U-Nets (benchmarks/channels_last_speed.py);
-                                          # the same model, numbers equal up to float rounding
+    channels_last: bool = False           # convolution weights in channels-last memory order while a run trains
+                                          # and scores its test fold (4-D: channels_last, 5-D: channels_last_3d):
+                                          # faster CPU steps for the EfficientNet networks (1.03-1.53x,
+                                          # benchmarks/channels_last_speed.py); the same model and checkpoints,
+                                          # numbers equal up to float rounding
 
 
 SEED_DIR_PREFIX = "seed_"  # a multi-seed run (`train --seeds`) keeps seed s in RUN/seed_<s>/
