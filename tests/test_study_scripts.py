@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 STUDIES = Path(__file__).resolve().parents[1] / "benchmarks" / "studies"
 
 
-@pytest.fixture()
-def dilbert_lus():
-    """dilbert-lus-imagenet's score_validation.py, loaded as later studies load it (it defines a dataclass)."""
+@contextmanager
+def study_script(study: str, script: str = "score_validation.py") -> Iterator[ModuleType]:
+    """A study's script, loaded as later studies load it (`benchmarks/studies/study_script.py`)."""
     sys.path.insert(0, str(STUDIES))
     try:
         from study_script import load_study_script
-        yield load_study_script("dilbert-lus-imagenet")
+        yield load_study_script(study, script)
     finally:
         sys.path.remove(str(STUDIES))
+
+
+@pytest.fixture()
+def dilbert_lus():
+    """dilbert-lus-imagenet's score_validation.py (it defines a dataclass)."""
+    with study_script("dilbert-lus-imagenet") as script:
+        yield script
 
 
 def _scored(val: Path, a: str, f1: float) -> None:
@@ -60,12 +70,8 @@ def test_dilbert_lus_decide_waits_for_pending_runs_and_stops_on_a_crash(dilbert_
 @pytest.fixture()
 def retrieval_study():
     """dilbert-pocus-retrieval-validation's score.py."""
-    sys.path.insert(0, str(STUDIES))
-    try:
-        from study_script import load_study_script
-        yield load_study_script("dilbert-pocus-retrieval-validation", "score.py")
-    finally:
-        sys.path.remove(str(STUDIES))
+    with study_script("dilbert-pocus-retrieval-validation", "score.py") as script:
+        yield script
 
 
 def _fold(root: Path, k: int, recalls: dict[str, float], chance: float = 0.4) -> None:

@@ -99,10 +99,15 @@ def predict_annotations(model: DILBERTModel, ds: SequenceTextDataset,
     return b, c
 
 
+def _rows_with_text(ds: SequenceTextDataset) -> list[int]:
+    """The items of `ds` that have a report."""
+    return [i for i in range(len(ds)) if ds.text_key[i] >= 0]
+
+
 def _sequences_and_texts(ds: SequenceTextDataset) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor] | None:
     """The items of `ds` with a report and its distinct normalised reports: (item rows, text keys, clips
     `N x 1 x T x H x W`, token ids `M x L` cut to the longest text); None when fewer than 2 items have a report."""
-    rows = [i for i in range(len(ds)) if ds.text_key[i] >= 0]
+    rows = _rows_with_text(ds)
     if len(rows) < 2:
         return None
     keys = sorted({ds.text_key[i] for i in rows})
@@ -149,7 +154,7 @@ def report_bank(model: DILBERTModel, bank: SequenceTextDataset, reports: list[st
     side of `evaluate_retrieval`'s `seq2text_bank`): the mean and standard deviation of every report's CMM logits
     over the bank's sequences with a report (the training fold; at most `max_sequences` of them, evenly spaced).
     None when fewer than 2 have one."""
-    rows = [i for i in range(len(bank)) if bank.text_key[i] >= 0]
+    rows = _rows_with_text(bank)
     if len(rows) < 2 or not reports:
         return None
     if len(rows) > max_sequences:
