@@ -26,7 +26,8 @@ from sonodistill.evaluation.annotation import (
 )
 from sonodistill.protocols.dilbert import run_fold
 from sonodistill.protocols.dilbert_stages import report_bank
-from sonodistill.recipes.dilbert import DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, trim_text
+from sonodistill.recipes.dilbert import (DILBERTOptions, DILBERTRecipe, fusion_config, negative_pairs, original_ids,
+                                        trim_text)
 from sonodistill.models.fusion import DILBERTModel
 from sonodistill.serve.annotate import load_annotator
 
@@ -88,7 +89,9 @@ def test_options_defaults_and_validation():
         dilbert_options(load_config(None, ["recipe_options={pos_weight: inverse}"]))
     with pytest.raises(ConfigError, match="finetune_epochs must be >= 1"):
         dilbert_options(load_config(None, ["recipe_options={finetune_epochs: 0}"]))
-    assert o.report_ranking == "raw"
+    assert o.report_ranking == "raw" and o.cmm_text == "masked"
+    with pytest.raises(ConfigError, match="cmm_text must be one of"):
+        dilbert_options(load_config(None, ["recipe_options={cmm_text: clean}"]))
     with pytest.raises(ConfigError, match="report_ranking must be one of"):
         dilbert_options(load_config(None, ["recipe_options={report_ranking: z}"]))
     assert dilbert_options(load_config(None, ["recipe_options={run_folds: [0, 2]}"])).run_folds == [0, 2]
@@ -119,6 +122,44 @@ def test_pretext_items_mask_consistently(pairs, tok, graph):
     torch.testing.assert_close(ds[3]["mlm_labels"], ds[3]["mlm_labels"])
     ds.set_epoch(1)
     assert any(not torch.equal(ds[i]["region_mask"], dataset(pairs, tok, graph)[i]["region_mask"]) for i in range(8))
+
+
+def test_original_ids_undo_the_mlm_mask(pairs, tok, graph):
+    ds, clean = dataset(pairs, tok, graph, mask_rate=0.3), dataset(pairs, tok, graph, pretext=False)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert not torch.equal(item["ids"], clean[i]["ids"])  # masked
+        torch.testing.assert_close(original_ids(item["ids"], item["mlm_labels"]), clean[i]["ids"])
+
+
+@pytest.mark.parametrize("cmm_text", ["masked", "original"])
+def test_cmm_pairs_read_the_text_cmm_text_names(cmm_text, pairs, tok, graph):
+    """CMM logits (positives, then negatives) are the matching head on the region-masked clip fused with the masked
+    ids of the MLM pass or with the original report, as `cmm_text` says."""
+    cfg = load_config(None, TINY + [f"recipe_options.cmm_text={cmm_text}"])
+    student, _ = _models(pairs, tok, graph, cfg)
+    cb = RegionCodebook(2, 4).fit([dataset(pairs, tok, graph, train=False)[i]["x"][None] for i in range(8)])
+    recipe = DILBERTRecipe(cfg, stage="pretrain", model=student, codebook=cb).eval()
+    batch = trim_text(torch.utils.data.default_collate([dataset(pairs, tok, graph, mask_rate=0.3)[i] for i in range(4)]))
+    neg = negative_pairs(batch["text_key"], batch["has_text"])
+    with torch.no_grad():
+        lg, _ = recipe._pretext_pass(student, batch, neg)
+        region, clip = student.core.visual(batch["x"], batch["region_mask"])
+        seq = torch.cat([torch.nonzero(batch["has_text"]).flatten(), neg[0]])
+        txt = torch.cat([torch.nonzero(batch["has_text"]).flatten(), neg[1]])
+
+        def matching(ids: torch.Tensor) -> torch.Tensor:
+            out = student.core.fuse(region[seq], clip[seq], ids[txt], batch["pad"][txt])
+            return student.matching(out.text_cls, out.visual)
+
+        read, other = matching(original_ids(batch["ids"], batch["mlm_labels"])), matching(batch["ids"])
+    if cmm_text == "masked":
+        read, other = other, read
+    assert len(neg[0]) > 0 and lg["cmm"].shape == (len(seq), 2)
+    torch.testing.assert_close(lg["cmm"], read, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(lg["cmm"], other, atol=1e-4)
+    loss, parts = recipe.compute_loss(batch)
+    assert torch.isfinite(loss) and parts["cmm"] > 0
 
 
 def test_trim_text_drops_all_padding_columns(pairs, tok, graph):

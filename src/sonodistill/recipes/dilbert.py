@@ -42,6 +42,8 @@ from sonodistill.recipes.base import TrainingHooks, build_optimizer, check_finit
 
 STAGES = ("pretrain", "distill", "finetune", "mutual")
 VARIANTS = ("baseline", "teacher", "student")
+#: the text a CMM pair is scored with: the MLM-masked ids of the same pass, or the original (unmasked) report
+CMM_TEXTS = ("masked", "original")
 
 
 @dataclass
@@ -103,6 +105,7 @@ class DILBERTOptions:
     dropout: float = 0.1
     norm: str = "group"
     pretext_weights: PretextWeights = field(default_factory=PretextWeights)
+    cmm_text: str = "masked"            # CMM pairs read the MLM-masked text (same pass) or the original report
     pretrain_epochs: int | None = None  # None: train.epochs
     finetune_epochs: int | None = None
     finetune_lr: float | None = None    # None: optim.lr
@@ -144,6 +147,8 @@ class DILBERTOptions:
         if self.region_grid < 1 or self.n_region_classes < 1 or self.vocab_size < 1 or self.max_text_len < 3:
             raise ConfigError("recipe_options (dilbert): region_grid, n_region_classes and vocab_size must be >= 1, "
                               "max_text_len >= 3")
+        if self.cmm_text not in CMM_TEXTS:
+            raise ConfigError(f"recipe_options (dilbert).cmm_text must be one of {CMM_TEXTS}, got {self.cmm_text!r}")
         if self.report_ranking not in REPORT_RANKINGS:
             raise ConfigError(f"recipe_options (dilbert).report_ranking must be one of {REPORT_RANKINGS}, got "
                               f"{self.report_ranking!r}")
@@ -189,6 +194,11 @@ def negative_pairs(text_key: torch.Tensor, has_text: torch.Tensor) -> tuple[torc
     return torch.tensor(seq_rows, dtype=torch.long), torch.tensor(txt_rows, dtype=torch.long)
 
 
+def original_ids(ids: torch.Tensor, mlm_labels: torch.Tensor) -> torch.Tensor:
+    """The unmasked token ids `B x L` of an MLM-masked batch: each masked position's label, the ids elsewhere."""
+    return torch.where(mlm_labels != IGNORE, mlm_labels, ids)
+
+
 # ================================================================================================ recipe
 class DILBERTRecipe(TrainingHooks, L.LightningModule):
     """One training stage of DILBERT (see the module docstring). `self.model` is trained in every stage (the
@@ -231,13 +241,24 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
     # -- losses -------------------------------------------------------------------------------
     def _pretext_pass(self, model: DILBERTModel, batch: dict[str, torch.Tensor], neg: tuple[torch.Tensor, torch.Tensor]
                       ) -> tuple[dict[str, torch.Tensor], Any]:
-        """Masked inputs through one model: pretext logits (CMM over positives then negatives) and the output."""
+        """Masked inputs through one model: pretext logits (CMM over positives then negatives) and the output.
+        CMM pairs read the region-masked clip and, by `cmm_text`, the masked text of this pass (positives reuse its
+        output) or the original report (positives and negatives in one more fusion pass)."""
         region, clip = model.core.visual(batch["x"], batch["region_mask"])
         out = model.core.fuse(region, clip, batch["ids"], batch["pad"])
         lg = model.pretext_logits(out)
-        pos = batch["has_text"]
-        cmm = [lg["cmm"][pos]]
+        pos = torch.nonzero(batch["has_text"], as_tuple=False).flatten()
         seq_rows, txt_rows = neg
+        if self.o.cmm_text == "original":
+            ids = original_ids(batch["ids"], batch["mlm_labels"])
+            seq, txt = torch.cat([pos, seq_rows.to(pos.device)]), torch.cat([pos, txt_rows.to(pos.device)])
+            if len(seq):
+                pairs = model.core.fuse(region[seq], clip[seq], ids[txt], batch["pad"][txt])
+                lg["cmm"] = model.matching(pairs.text_cls, pairs.visual)
+            else:
+                lg["cmm"] = lg["cmm"][:0]
+            return lg, out
+        cmm = [lg["cmm"][pos]]
         if len(seq_rows):
             out_neg = model.core.fuse(region[seq_rows], clip[seq_rows], batch["ids"][txt_rows], batch["pad"][txt_rows])
             cmm.append(model.matching(out_neg.text_cls, out_neg.visual))
