@@ -102,3 +102,36 @@ def test_retrieval_rule_takes_the_bank_only_when_it_gains_on_validation_and_judg
     assert retrieval_study.main(args) == 0
     out = capsys.readouterr().out
     assert "target (student, bank): seq2text +0.200, text2seq +0.090 -> not met" in out
+
+
+def _raw(root: Path, k: int, seq2text: float, text2seq: float) -> None:
+    """A fold.json with these raw R@10 (chance 0.4) and bank-normalised ones that would reverse every decision."""
+    _fold(root, k, {"seq2text": seq2text, "text2seq": text2seq, "seq2text_bank": 1.0 - seq2text,
+                    "text2seq_bank": 1.0 - text2seq})
+
+
+def test_cmm_text_rule_takes_original_only_when_its_weaker_direction_gains_and_judges_its_test_folds(tmp_path, capsys):
+    """dilbert-pocus-cmm-text's score.py: masked from the earlier study's runs, original from --runs."""
+    masked, runs = tmp_path / "masked", tmp_path / "runs"
+    args = ["--runs", str(runs), "--masked", str(masked)]
+    with study_script("dilbert-pocus-cmm-text", "score.py") as cmm_study:
+        for k in range(5):  # masked: +0.3 over chance sequence -> text, -0.05 text -> sequence
+            _raw(masked / "dilbert-pocus-val", k, 0.7, 0.35)
+            _raw(masked / "dilbert-pocus-test", k, 0.7, 0.35)
+            if k < 4:  # original: +0.1 and 0.0 (a lower mean over directions, a higher minimum)
+                _raw(runs / "dilbert-cmm-original-val", k, 0.5, 0.4)
+        assert cmm_study.main(args) == cmm_study.PENDING                          # one split of original missing
+        _raw(runs / "dilbert-cmm-original-val", 4, 0.5, 0.3)
+        assert cmm_study.main([*args, "--decide-only"]) == 0                      # its minimum -0.02 > -0.05
+        assert "decision: original (student, raw, weaker direction's mean gain: masked -0.050, original -0.020)" in (
+            capsys.readouterr().out)
+        assert cmm_study.main(args) == cmm_study.PENDING                          # its test folds missing
+        for k in range(5):
+            _raw(runs / "dilbert-cmm-original-test", k, 0.55, 0.5 if k else 0.45)
+        capsys.readouterr()
+        assert cmm_study.main(args) == 0
+        assert "target (student, original, raw): seq2text +0.150, text2seq +0.090 -> not met" in capsys.readouterr().out
+        _raw(runs / "dilbert-cmm-original-val", 4, 0.5, 0.1)  # minimum -0.06 < -0.05
+        assert cmm_study.main(args) == 0
+        out = capsys.readouterr().out
+        assert "decision: masked" in out and "target (student, masked, raw): seq2text +0.300, text2seq -0.050" in out
