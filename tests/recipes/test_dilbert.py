@@ -293,6 +293,7 @@ def test_one_tiny_fold_end_to_end(pairs, graph, tmp_path):
                                 train=False)
     rows = [i for i in range(6) if train.text_key[i] >= 0]
     ids = torch.from_numpy(ann.tokenizer.padded_ids([graph.words(r) for r in reports], 32))
+    assert torch.equal(ann.report_ids, ids)  # tokenised once when the annotator loads
     scores = ann.retriever.match_scores(torch.stack([train[i]["x"] for i in rows]), ids).numpy()
     mean, std = bank_statistics(scores)
     assert bank["sequences"] == len(rows) and info["report_ranking"] == "raw"

@@ -58,6 +58,7 @@ class Annotator:
     num_frames: int
     max_text_len: int
     threshold: float
+    report_ids: torch.Tensor                   # the reports' token ids `R x max_text_len`, tokenised once at load
     report_bank: dict[str, Any] | None = None  # report_bank.json: per-report "mean" / "std" of CMM logits
     report_ranking: str = "raw"                # what reports are ranked by by default: "raw" or "bank"
 
@@ -156,10 +157,12 @@ def load_annotator(path: str | Path) -> Annotator:
         load_weights(m, folder / f"{name}.safetensors")
         models.append(m.eval())
     spec = AnnotationSpec.from_dict(info["spec"])
-    return Annotator(folder, info, spec, load_graph(info.get("graph", spec.graph)), TextTokenizer.load(folder / "tokenizer.json"),
-                     models[0], models[1], [str(r) for r in reports], PreprocessConfig(**info["preprocess"]),
-                     int(info["num_frames"]), int(info["max_text_len"]), float(info.get("threshold", 0.5)),
-                     bank, ranking)
+    graph, tokenizer = load_graph(info.get("graph", spec.graph)), TextTokenizer.load(folder / "tokenizer.json")
+    reports, max_len = [str(r) for r in reports], int(info["max_text_len"])
+    report_ids = torch.from_numpy(tokenizer.padded_ids([graph.words(r) for r in reports], max_len))
+    return Annotator(folder, info, spec, graph, tokenizer, models[0], models[1], reports,
+                     PreprocessConfig(**info["preprocess"]), int(info["num_frames"]), max_len,
+                     float(info.get("threshold", 0.5)), report_ids, bank, ranking)
 
 
 def check_report_bank(folder: Path, bank: dict[str, Any] | None, n_reports: int, ranking: str) -> None:
@@ -284,8 +287,7 @@ def retrieve_reports(ann: Annotator, x: torch.Tensor, top_k: int = 5, ranking: s
     ranked_by = report_ranking_of(ann, ranking)
     if not ann.reports or top_k < 1:
         return []
-    ids = torch.from_numpy(ann.tokenizer.padded_ids([ann.graph.words(r) for r in ann.reports], ann.max_text_len))
-    scores = ann.retriever.match_scores(x, ids)[0].numpy()
+    scores = ann.retriever.match_scores(x, ann.report_ids)[0].numpy()
     bank = (normalised_by(scores[None], ann.report_bank["mean"], ann.report_bank["std"])[0]
             if ann.report_bank is not None else None)
     key = bank if ranked_by == "bank" else scores
