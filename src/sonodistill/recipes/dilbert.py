@@ -105,7 +105,7 @@ class DILBERTOptions:
     dropout: float = 0.1
     norm: str = "group"
     pretext_weights: PretextWeights = field(default_factory=PretextWeights)
-    cmm_text: str = "masked"            # CMM pairs read the MLM-masked text (same pass) or the original report
+    cmm_text: str = "original"          # CMM pairs read the original report or (before 2026-12-07) the masked text
     pretrain_epochs: int | None = None  # None: train.epochs
     finetune_epochs: int | None = None
     finetune_lr: float | None = None    # None: optim.lr
