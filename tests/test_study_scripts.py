@@ -135,3 +135,37 @@ def test_cmm_text_rule_takes_original_only_when_its_weaker_direction_gains_and_j
         assert cmm_study.main(args) == 0
         out = capsys.readouterr().out
         assert "decision: masked" in out and "target (student, masked, raw): seq2text +0.300, text2seq -0.050" in out
+
+
+def _with_f1(root: Path, k: int, seq2text: float, text2seq: float, f1: float) -> None:
+    """_raw's fold.json and its run's metrics.json with the student's pooled macro F1."""
+    _raw(root, k, seq2text, text2seq)
+    (root / f"f{k}" / "pocus" / "metrics.json").write_text(
+        json.dumps({"variants": {"student": {"pooled": {"macro": {"f1": f1}}}}}))
+
+
+def test_cmm_weight_rule_needs_the_weaker_direction_to_gain_without_losing_macro_f1(tmp_path, capsys):
+    """dilbert-pocus-cmm-weight's score.py: weight 1 from the cmm-text study's runs, weight 4 from --runs."""
+    earlier, runs = tmp_path / "earlier", tmp_path / "runs"
+    args = ["--runs", str(runs), "--earlier", str(earlier)]
+    with study_script("dilbert-pocus-cmm-weight", "score.py") as weight_study:
+        for k in range(5):  # weight 1: +0.1 / 0.0 over chance, macro F1 0.50
+            _with_f1(earlier / "dilbert-cmm-original-val", k, 0.5, 0.4, 0.50)
+            _with_f1(earlier / "dilbert-cmm-original-test", k, 0.6, 0.4, 0.50)
+            if k < 4:
+                _with_f1(runs / "dilbert-cmm4-val", k, 0.5, 0.45, 0.47)
+        assert weight_study.main(args) == weight_study.PENDING                    # one split of weight 4 missing
+        _with_f1(runs / "dilbert-cmm4-val", 4, 0.5, 0.45, 0.47)  # weaker direction +0.05, macro F1 -0.03
+        assert weight_study.main([*args, "--decide-only"]) == 0
+        assert "decision: cmm 1 (student, raw, weaker direction's mean gain: 1 +0.000, 4 +0.050; macro F1: 1 0.500, " \
+               "4 0.470)" in capsys.readouterr().out                              # the guard keeps weight 1
+        assert weight_study.main(args) == 0
+        assert "target (student, cmm 1, raw): seq2text +0.200, text2seq +0.000 -> not met" in capsys.readouterr().out
+        for k in range(5):
+            _with_f1(runs / "dilbert-cmm4-val", k, 0.5, 0.45, 0.49)               # macro F1 -0.01: within the guard
+        assert weight_study.main(args) == weight_study.PENDING                    # weight 4 chosen; its tests missing
+        assert "decision: cmm 4" in capsys.readouterr().out
+        for k in range(5):
+            _with_f1(runs / "dilbert-cmm4-test", k, 0.6, 0.55, 0.5)
+        assert weight_study.main(args) == 0
+        assert "target (student, cmm 4, raw): seq2text +0.200, text2seq +0.150 -> met" in capsys.readouterr().out
