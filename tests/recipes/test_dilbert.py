@@ -145,8 +145,8 @@ def test_cmm_pairs_read_the_text_cmm_text_names(cmm_text, pairs, tok, graph):
     with torch.no_grad():
         lg, _ = recipe._pretext_pass(student, batch, neg)
         region, clip = student.core.visual(batch["x"], batch["region_mask"])
-        seq = torch.cat([torch.nonzero(batch["has_text"]).flatten(), neg[0]])
-        txt = torch.cat([torch.nonzero(batch["has_text"]).flatten(), neg[1]])
+        pos = torch.nonzero(batch["has_text"]).flatten()
+        seq, txt = torch.cat([pos, neg[0]]), torch.cat([pos, neg[1]])
 
         def matching(ids: torch.Tensor) -> torch.Tensor:
             out = student.core.fuse(region[seq], clip[seq], ids[txt], batch["pad"][txt])

@@ -13,13 +13,17 @@ layer's states: `h_s += SelfAttn(h_s)`, `h_s += CrossAttn(q=h_s, kv=concat(h_oth
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sonodistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sonodistill.data.text import TextTokenizer
+    from sonodistill.knowledge import KnowledgeGraph
 
 STREAMS = ("region", "clip", "text")
 ANNOTATOR_FORMAT = "sonodistill-dilbert-annotator/1"  # dilbert.json "format" of an exported annotator folder
@@ -351,6 +355,12 @@ class DILBERTCore(nn.Module):
                 region_mask: torch.Tensor | None = None) -> FusionOutput:
         region, clip = self.visual(x, region_mask)
         return self.fuse(region, clip, ids, text_pad)
+
+
+def report_token_ids(tokenizer: "TextTokenizer", graph: "KnowledgeGraph", reports: list[str],
+                     max_len: int) -> torch.Tensor:
+    """Reports as the retriever reads them: the graph's words of each, tokenised and padded, `R x max_len` int64."""
+    return torch.from_numpy(tokenizer.padded_ids([graph.words(r) for r in reports], max_len))
 
 
 class DILBERTInference(nn.Module):

@@ -32,7 +32,7 @@ from sonodistill.evaluation.annotation import (
     retrieval_recall,
 )
 from sonodistill.knowledge import KnowledgeGraph
-from sonodistill.models.fusion import DILBERTModel, FusionConfig
+from sonodistill.models.fusion import DILBERTModel, FusionConfig, report_token_ids
 from sonodistill.models.region_codebook import RegionCodebook
 from sonodistill.recipes.dilbert import VARIANTS, DILBERTOptions, DILBERTRecipe, export_annotator, fusion_config
 
@@ -161,7 +161,7 @@ def report_bank(model: DILBERTModel, bank: SequenceTextDataset, reports: list[st
         rows = [rows[int(j)] for j in np.linspace(0, len(rows) - 1, max_sequences).round()]
     model.eval()
     x = torch.stack([bank[i]["x"] for i in rows])
-    ids = torch.from_numpy(bank.tok.padded_ids([graph.words(r) for r in reports], max_len))
+    ids = report_token_ids(bank.tok, graph, reports, max_len)
     mean, std = bank_statistics(model.inference_model().match_scores(x, ids).numpy())
     return {"sequences": len(rows), "mean": [round(float(v), 6) for v in mean],
             "std": [round(float(v), 6) for v in std]}

@@ -31,7 +31,7 @@ from sonodistill.errors import CheckpointError, ConfigError, DataError, SonoDist
 from sonodistill.evaluation.annotation import normalised_by
 from sonodistill.knowledge import KnowledgeGraph, load_graph
 from sonodistill.models.fusion import (ANNOTATOR_FORMAT, REPORT_BANK_FILE, REPORT_RANKINGS, DILBERTInference,
-                                       FusionConfig)
+                                       FusionConfig, report_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def load_annotator(path: str | Path) -> Annotator:
     spec = AnnotationSpec.from_dict(info["spec"])
     graph, tokenizer = load_graph(info.get("graph", spec.graph)), TextTokenizer.load(folder / "tokenizer.json")
     reports, max_len = [str(r) for r in reports], int(info["max_text_len"])
-    report_ids = torch.from_numpy(tokenizer.padded_ids([graph.words(r) for r in reports], max_len))
+    report_ids = report_token_ids(tokenizer, graph, reports, max_len)
     return Annotator(folder, info, spec, graph, tokenizer, models[0], models[1], reports,
                      PreprocessConfig(**info["preprocess"]), int(info["num_frames"]), max_len,
                      float(info.get("threshold", 0.5)), report_ids, bank, ranking)
