@@ -44,6 +44,20 @@ def show(title: str, files: list[Path]) -> None:
             print(f"  {variant:8s} {k:14s} {r:.3f}  {g:+.3f}")
 
 
+def judge_test(files: list[Path] | None, setting: str, name: str) -> int:
+    """rule.txt 2 for the chosen setting's test folds: its table and whether the student's raw gain reaches TARGET in
+    both directions (`setting` titles the table, `name` the target line); PENDING while a fold is missing."""
+    if files is None:
+        print(f"test runs of {setting} not all in", file=sys.stderr)
+        return PENDING
+    show(f"test, {setting} (5 folds, mean R@10 / mean over random ranking):", files)
+    g = gains(files)
+    met = all(v >= TARGET for v in g.values())
+    print(f"target (student, {name}, raw): " + ", ".join(f"{d} {v:+.3f}" for d, v in g.items())
+          + (" -> met" if met else " -> not met"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("runs/bench51"))
@@ -65,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     test = retrieval.fold_files(args.masked / "dilbert-pocus-test" if choice == "masked"
                                 else args.runs / "dilbert-cmm-original-test")
-    if test is None:
-        print(f"test runs of {choice} not all in", file=sys.stderr)
-        return PENDING
-    show(f"test, cmm_text {choice} (5 folds, mean R@10 / mean over random ranking):", test)
-    g = gains(test)
-    met = all(v >= TARGET for v in g.values())
-    print(f"target (student, {choice}, raw): " + ", ".join(f"{d} {v:+.3f}" for d, v in g.items())
-          + (" -> met" if met else " -> not met"))
-    return 0
+    return judge_test(test, f"cmm_text {choice}", choice)
 
 
 if __name__ == "__main__":

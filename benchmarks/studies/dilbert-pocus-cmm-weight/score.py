@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from study_script import load_study_script  # noqa: E402
 
-cmm_text = load_study_script("dilbert-pocus-cmm-text", "score.py")  # gains, show
+cmm_text = load_study_script("dilbert-pocus-cmm-text", "score.py")  # gains, show, judge_test
 retrieval = cmm_text.retrieval                                       # fold_files
 PENDING = cmm_text.PENDING
 EARLIER = Path(__file__).resolve().parents[1] / "dilbert-pocus-cmm-text" / "results"
@@ -60,15 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     test = retrieval.fold_files(args.earlier / "dilbert-cmm-original-test" if choice == 1
                                 else args.runs / "dilbert-cmm4-test")
-    if test is None:
-        print(f"test runs of cmm {choice} not all in", file=sys.stderr)
-        return PENDING
-    cmm_text.show(f"test, cmm weight {choice} (5 folds, mean R@10 / mean over random ranking):", test)
-    g = cmm_text.gains(test)
-    met = all(v >= cmm_text.TARGET for v in g.values())
-    print(f"target (student, cmm {choice}, raw): " + ", ".join(f"{d} {v:+.3f}" for d, v in g.items())
-          + (" -> met" if met else " -> not met"))
-    return 0
+    return cmm_text.judge_test(test, f"cmm weight {choice}", f"cmm {choice}")
 
 
 if __name__ == "__main__":
