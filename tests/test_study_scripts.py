@@ -169,3 +169,27 @@ def test_cmm_weight_rule_needs_the_weaker_direction_to_gain_without_losing_macro
             _with_f1(runs / "dilbert-cmm4-test", k, 0.6, 0.55, 0.5)
         assert weight_study.main(args) == 0
         assert "target (student, cmm 4, raw): seq2text +0.200, text2seq +0.150 -> met" in capsys.readouterr().out
+
+
+def test_student_depth_rule_reads_two_layers_from_the_cmm_weight_study_and_applies_its_guard(tmp_path, capsys):
+    """dilbert-pocus-student-depth's score.py: 2 layers from the cmm-weight study's runs, 4 layers from --runs."""
+    earlier, runs = tmp_path / "earlier", tmp_path / "runs"
+    args = ["--runs", str(runs), "--earlier", str(earlier)]
+    with study_script("dilbert-pocus-student-depth", "score.py") as depth_study:
+        for k in range(5):  # 2 layers: +0.1 / +0.05 over chance, macro F1 0.50
+            _with_f1(earlier / "dilbert-cmm4-val", k, 0.5, 0.45, 0.50)
+            _with_f1(earlier / "dilbert-cmm4-test", k, 0.6, 0.45, 0.50)
+            _with_f1(runs / "dilbert-student4-val", k, 0.6, 0.55, 0.45)          # +0.15 weaker, macro F1 -0.05
+        assert depth_study.main(args) == 0                                        # the guard keeps 2 layers
+        out = capsys.readouterr().out
+        assert "decision: 2 layers (student, raw, weaker direction's mean gain: 2 +0.050, 4 +0.150; macro F1: " \
+               "2 0.500, 4 0.450)" in out
+        assert "target (student, 2 layers, raw): seq2text +0.200, text2seq +0.050 -> not met" in out
+        for k in range(5):
+            _with_f1(runs / "dilbert-student4-val", k, 0.6, 0.55, 0.49)          # within the guard
+        assert depth_study.main(args) == depth_study.PENDING                      # 4 chosen; its tests missing
+        assert "decision: 4 layers" in capsys.readouterr().out
+        for k in range(5):
+            _with_f1(runs / "dilbert-student4-test", k, 0.6, 0.52, 0.5)
+        assert depth_study.main(args) == 0
+        assert "target (student, 4 layers, raw): seq2text +0.200, text2seq +0.120 -> met" in capsys.readouterr().out

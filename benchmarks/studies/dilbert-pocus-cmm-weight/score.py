@@ -31,11 +31,18 @@ def macro_f1(files: list[Path]) -> float:
     return sum(values) / len(values)
 
 
+def prefer(current: list[Path], candidate: list[Path]) -> tuple[bool, tuple[float, float], tuple[float, float]]:
+    """Whether the candidate's runs beat the current ones: the student's raw weaker direction's mean gain above, and
+    its macro F1 at most F1_GUARD lower; with both (current, candidate) scores and macro F1s."""
+    score = (min(cmm_text.gains(current).values()), min(cmm_text.gains(candidate).values()))
+    f1 = (macro_f1(current), macro_f1(candidate))
+    return score[1] > score[0] and f1[1] >= f1[0] - F1_GUARD, score, f1
+
+
 def decide(one: list[Path], four: list[Path]) -> tuple[int, dict[int, float], dict[int, float]]:
     """rule.txt 1: 4 iff its weaker direction's gain is above 1's and its macro F1 at most F1_GUARD lower."""
-    score = {1: min(cmm_text.gains(one).values()), 4: min(cmm_text.gains(four).values())}
-    f1 = {1: macro_f1(one), 4: macro_f1(four)}
-    return (4 if score[4] > score[1] and f1[4] >= f1[1] - F1_GUARD else 1), score, f1
+    four_wins, score, f1 = prefer(one, four)
+    return (4 if four_wins else 1), dict(zip((1, 4), score)), dict(zip((1, 4), f1))
 
 
 def main(argv: list[str] | None = None) -> int:
