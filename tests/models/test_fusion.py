@@ -40,6 +40,7 @@ def test_output_shapes(model):
     lg = model.pretext_logits(out)
     assert lg["mlm"].shape == (2, 7, V) and lg["mdc"].shape == (2, 7, 4)
     assert lg["moc"].shape == (2, n_regions, 5) and lg["cmm"].shape == (2, 2)
+    assert model.pretext_logits(out, with_cmm=False).keys() == {"mlm", "mdc", "moc"}
     a = model.annotate(x, with_exits=True)
     assert a.binary.shape == (2, 3) and [c.shape for c in a.categorical] == [(2, 4)] and a.embedding.shape == (2, 16)
     assert len(a.exits) == 1 and a.exits[0][0].shape == (2, 3)

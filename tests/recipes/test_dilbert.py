@@ -142,8 +142,11 @@ def test_cmm_pairs_read_the_text_cmm_text_names(cmm_text, pairs, tok, graph):
     recipe = DILBERTRecipe(cfg, stage="pretrain", model=student, codebook=cb).eval()
     batch = trim_text(torch.utils.data.default_collate([dataset(pairs, tok, graph, mask_rate=0.3)[i] for i in range(4)]))
     neg = negative_pairs(batch["text_key"], batch["has_text"])
+    calls: list[int] = []  # rows the matching head scores in the pass: no discarded masked-pass CMM with original
+    hook = student.matching.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
     with torch.no_grad():
         lg, _ = recipe._pretext_pass(student, batch, neg)
+        hook.remove()
         region, clip = student.core.visual(batch["x"], batch["region_mask"])
         pos = torch.nonzero(batch["has_text"]).flatten()
         seq, txt = torch.cat([pos, neg[0]]), torch.cat([pos, neg[1]])
@@ -156,6 +159,7 @@ def test_cmm_pairs_read_the_text_cmm_text_names(cmm_text, pairs, tok, graph):
     if cmm_text == "masked":
         read, other = other, read
     assert len(neg[0]) > 0 and lg["cmm"].shape == (len(seq), 2)
+    assert calls == ([len(batch["ids"]), len(neg[0])] if cmm_text == "masked" else [len(seq)])
     torch.testing.assert_close(lg["cmm"], read, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(lg["cmm"], other, atol=1e-4)
     loss, parts = recipe.compute_loss(batch)

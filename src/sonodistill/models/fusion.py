@@ -430,10 +430,12 @@ class DILBERTModel(nn.Module):
                 region_mask: torch.Tensor | None = None) -> FusionOutput:
         return self.core(x, ids, text_pad, region_mask)
 
-    def pretext_logits(self, out: FusionOutput) -> dict[str, torch.Tensor]:
-        """MLM `B x L x V`, MDC `B x L x C`, MOC `B x N_r x K`, CMM `B x 2` from one fused output."""
-        return {"mlm": self.mlm(out.text), "mdc": self.mdc(out.text), "moc": self.moc(out.region),
-                "cmm": self.matching(out.text_cls, out.visual)}
+    def pretext_logits(self, out: FusionOutput, with_cmm: bool = True) -> dict[str, torch.Tensor]:
+        """MLM `B x L x V`, MDC `B x L x C`, MOC `B x N_r x K` and (with_cmm) CMM `B x 2` from one fused output."""
+        lg = {"mlm": self.mlm(out.text), "mdc": self.mdc(out.text), "moc": self.moc(out.region)}
+        if with_cmm:
+            lg["cmm"] = self.matching(out.text_cls, out.visual)
+        return lg
 
     def annotate(self, x: torch.Tensor, with_exits: bool = False) -> AnnotationLogits:
         """Image-only annotation logits; with_exits adds the logits of every earlier fusion layer."""

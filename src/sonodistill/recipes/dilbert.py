@@ -246,17 +246,15 @@ class DILBERTRecipe(TrainingHooks, L.LightningModule):
         output) or the original report (positives and negatives in one more fusion pass)."""
         region, clip = model.core.visual(batch["x"], batch["region_mask"])
         out = model.core.fuse(region, clip, batch["ids"], batch["pad"])
-        lg = model.pretext_logits(out)
+        on_original = self.o.cmm_text == "original"
+        lg = model.pretext_logits(out, with_cmm=not on_original)  # the masked pass's CMM only when pairs read it
         pos = torch.nonzero(batch["has_text"], as_tuple=False).flatten()
         seq_rows, txt_rows = neg
-        if self.o.cmm_text == "original":
+        if on_original:
             ids = original_ids(batch["ids"], batch["mlm_labels"])
             seq, txt = torch.cat([pos, seq_rows.to(pos.device)]), torch.cat([pos, txt_rows.to(pos.device)])
-            if len(seq):
-                pairs = model.core.fuse(region[seq], clip[seq], ids[txt], batch["pad"][txt])
-                lg["cmm"] = model.matching(pairs.text_cls, pairs.visual)
-            else:
-                lg["cmm"] = lg["cmm"][:0]
+            pairs = model.core.fuse(region[seq], clip[seq], ids[txt], batch["pad"][txt]) if len(seq) else out
+            lg["cmm"] = model.matching(pairs.text_cls, pairs.visual)[:len(seq)]
             return lg, out
         cmm = [lg["cmm"][pos]]
         if len(seq_rows):
