@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,35 +40,43 @@ def prefer(current: list[Path], candidate: list[Path]) -> tuple[bool, tuple[floa
     return score[1] > score[0] and f1[1] >= f1[0] - F1_GUARD, score, f1
 
 
-def decide(one: list[Path], four: list[Path]) -> tuple[int, dict[int, float], dict[int, float]]:
-    """rule.txt 1: 4 iff its weaker direction's gain is above 1's and its macro F1 at most F1_GUARD lower."""
-    four_wins, score, f1 = prefer(one, four)
-    return (4 if four_wins else 1), dict(zip((1, 4), score)), dict(zip((1, 4), f1))
+def choose_and_judge(val: dict[int, list[Path] | None], test: dict[int, Path], name: Callable[[int], str],
+                     title: Callable[[int], str], decide_only: bool = False) -> int:
+    """rule.txt 1 and 2 for two settings, the current one first: the validation tables, the decision (prefer), then
+    the chosen setting's test folds (test[setting] holds f0..f4) against the target. `name` and `title` label a
+    setting in the decision and table lines; PENDING while a run the decision or the result needs is missing."""
+    if any(v is None for v in val.values()):
+        print("validation runs not all in: " + ", ".join(name(k) for k, v in val.items() if v is None), file=sys.stderr)
+        return PENDING
+    for k, files in val.items():
+        cmm_text.show(f"validation, {title(k)} (5 splits, mean R@10 / mean over random ranking):", files)
+    current, candidate = val
+    wins, score, f1 = prefer(val[current], val[candidate])
+    choice = candidate if wins else current
+    print(f"decision: {name(choice)} (student, raw, weaker direction's mean gain: {current} {score[0]:+.3f}, "
+          f"{candidate} {score[1]:+.3f}; macro F1: {current} {f1[0]:.3f}, {candidate} {f1[1]:.3f})")
+    if decide_only:
+        return 0
+    return cmm_text.judge_test(retrieval.fold_files(test[choice]), title(choice), name(choice))
+
+
+def study_args(argv: list[str] | None, doc: str, runs: Path, earlier: Path, earlier_help: str) -> argparse.Namespace:
+    """A two-setting study's options: --runs (the candidate's runs), --earlier (the current setting's) and
+    --decide-only."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=runs)
+    ap.add_argument("--earlier", type=Path, default=earlier, help=earlier_help)
+    ap.add_argument("--decide-only", action="store_true", help="stop after the validation decision")
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs/bench51"))
-    ap.add_argument("--earlier", type=Path, default=EARLIER,
-                    help="the runs of cmm weight 1 (dilbert-cmm-original-val / -test under it)")
-    ap.add_argument("--decide-only", action="store_true", help="stop after the validation decision")
-    args = ap.parse_args(argv)
+    args = study_args(argv, __doc__, Path("runs/bench51"), EARLIER,
+                      "the runs of cmm weight 1 (dilbert-cmm-original-val / -test under it)")
     val = {1: retrieval.fold_files(args.earlier / "dilbert-cmm-original-val"),
            4: retrieval.fold_files(args.runs / "dilbert-cmm4-val")}
-    if any(v is None for v in val.values()):
-        print("validation runs not all in: cmm " + ", ".join(str(k) for k, v in val.items() if v is None),
-              file=sys.stderr)
-        return PENDING
-    for w, files in val.items():
-        cmm_text.show(f"validation, cmm weight {w} (5 splits, mean R@10 / mean over random ranking):", files)
-    choice, score, f1 = decide(val[1], val[4])
-    print(f"decision: cmm {choice} (student, raw, weaker direction's mean gain: 1 {score[1]:+.3f}, 4 {score[4]:+.3f}; "
-          f"macro F1: 1 {f1[1]:.3f}, 4 {f1[4]:.3f})")
-    if args.decide_only:
-        return 0
-    test = retrieval.fold_files(args.earlier / "dilbert-cmm-original-test" if choice == 1
-                                else args.runs / "dilbert-cmm4-test")
-    return cmm_text.judge_test(test, f"cmm weight {choice}", f"cmm {choice}")
+    test = {1: args.earlier / "dilbert-cmm-original-test", 4: args.runs / "dilbert-cmm4-test"}
+    return choose_and_judge(val, test, lambda k: f"cmm {k}", lambda k: f"cmm weight {k}", args.decide_only)
 
 
 if __name__ == "__main__":
