@@ -193,3 +193,21 @@ def test_student_depth_rule_reads_two_layers_from_the_cmm_weight_study_and_appli
             _with_f1(runs / "dilbert-student4-test", k, 0.6, 0.52, 0.5)
         assert depth_study.main(args) == 0
         assert "target (student, 4 layers, raw): seq2text +0.200, text2seq +0.120 -> met" in capsys.readouterr().out
+
+
+def test_pretrain_epochs_rule_reads_ten_epochs_from_the_cmm_weight_study(tmp_path, capsys):
+    """dilbert-pocus-pretrain-epochs' score.py: 10 epochs from the cmm-weight study's runs, 20 from --runs."""
+    earlier, runs = tmp_path / "earlier", tmp_path / "runs"
+    args = ["--runs", str(runs), "--earlier", str(earlier)]
+    with study_script("dilbert-pocus-pretrain-epochs", "score.py") as epochs_study:
+        for k in range(5):
+            _with_f1(earlier / "dilbert-cmm4-val", k, 0.5, 0.45, 0.50)           # +0.1 / +0.05
+            _with_f1(runs / "dilbert-pre20-val", k, 0.5, 0.5, 0.49)              # +0.1 / +0.1, within the guard
+        assert epochs_study.main(args) == epochs_study.PENDING                    # 20 chosen; its tests missing
+        assert "decision: 20 epochs (student, raw, weaker direction's mean gain: 10 +0.050, 20 +0.100" in (
+            capsys.readouterr().out)
+        for k in range(5):
+            _with_f1(runs / "dilbert-pre20-test", k, 0.55, 0.45, 0.5)
+        assert epochs_study.main(args) == 0
+        assert "target (student, 20 epochs, raw): seq2text +0.150, text2seq +0.050 -> not met" in (
+            capsys.readouterr().out)

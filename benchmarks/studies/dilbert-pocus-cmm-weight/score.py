@@ -60,23 +60,26 @@ def choose_and_judge(val: dict[int, list[Path] | None], test: dict[int, Path], n
     return cmm_text.judge_test(retrieval.fold_files(test[choice]), title(choice), name(choice))
 
 
-def study_args(argv: list[str] | None, doc: str, runs: Path, earlier: Path, earlier_help: str) -> argparse.Namespace:
-    """A two-setting study's options: --runs (the candidate's runs), --earlier (the current setting's) and
-    --decide-only."""
+def two_setting_main(argv: list[str] | None, doc: str, runs: Path, earlier: Path, current: tuple[int, str],
+                     candidate: tuple[int, str], name: Callable[[int], str], title: Callable[[int], str]) -> int:
+    """A two-setting retrieval study's command line (--runs, --earlier, --decide-only) and choose_and_judge: the
+    current setting's runs are EARLIER/<prefix>-{val,test}, the candidate's RUNS/<prefix>-{val,test}; a setting is
+    (its key, its run-folder prefix)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=runs)
-    ap.add_argument("--earlier", type=Path, default=earlier, help=earlier_help)
+    ap.add_argument("--runs", type=Path, default=runs, help="the candidate's runs")
+    ap.add_argument("--earlier", type=Path, default=earlier,
+                    help=f"the runs of {title(current[0])} ({current[1]}-val / -test under it)")
     ap.add_argument("--decide-only", action="store_true", help="stop after the validation decision")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    roots = {current[0]: (args.earlier, current[1]), candidate[0]: (args.runs, candidate[1])}
+    val = {k: retrieval.fold_files(root / f"{prefix}-val") for k, (root, prefix) in roots.items()}
+    test = {k: root / f"{prefix}-test" for k, (root, prefix) in roots.items()}
+    return choose_and_judge(val, test, name, title, args.decide_only)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = study_args(argv, __doc__, Path("runs/bench51"), EARLIER,
-                      "the runs of cmm weight 1 (dilbert-cmm-original-val / -test under it)")
-    val = {1: retrieval.fold_files(args.earlier / "dilbert-cmm-original-val"),
-           4: retrieval.fold_files(args.runs / "dilbert-cmm4-val")}
-    test = {1: args.earlier / "dilbert-cmm-original-test", 4: args.runs / "dilbert-cmm4-test"}
-    return choose_and_judge(val, test, lambda k: f"cmm {k}", lambda k: f"cmm weight {k}", args.decide_only)
+    return two_setting_main(argv, __doc__, Path("runs/bench51"), EARLIER, (1, "dilbert-cmm-original"),
+                            (4, "dilbert-cmm4"), lambda k: f"cmm {k}", lambda k: f"cmm weight {k}")
 
 
 if __name__ == "__main__":

@@ -15,20 +15,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from study_script import load_study_script  # noqa: E402
 
-cmm_weight = load_study_script("dilbert-pocus-cmm-weight", "score.py")  # choose_and_judge
-retrieval = cmm_weight.retrieval                                        # fold_files
+cmm_weight = load_study_script("dilbert-pocus-cmm-weight", "score.py")  # two_setting_main
 PENDING = cmm_weight.PENDING
 EARLIER = Path(__file__).resolve().parents[1] / "dilbert-pocus-cmm-weight" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cmm_weight.study_args(argv, __doc__, Path("runs/bench52"), EARLIER,
-                                 "the runs of the 2-layer student (dilbert-cmm4-val / -test under it)")
-    val = {2: retrieval.fold_files(args.earlier / "dilbert-cmm4-val"),
-           4: retrieval.fold_files(args.runs / "dilbert-student4-val")}
-    test = {2: args.earlier / "dilbert-cmm4-test", 4: args.runs / "dilbert-student4-test"}
-    return cmm_weight.choose_and_judge(val, test, lambda k: f"{k} layers", lambda k: f"student fusion {k} layers",
-                                       args.decide_only)
+    return cmm_weight.two_setting_main(argv, __doc__, Path("runs/bench52"), EARLIER, (2, "dilbert-cmm4"),
+                                       (4, "dilbert-student4"), lambda k: f"{k} layers",
+                                       lambda k: f"student fusion {k} layers")
 
 
 if __name__ == "__main__":
