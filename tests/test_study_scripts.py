@@ -211,3 +211,26 @@ def test_pretrain_epochs_rule_reads_ten_epochs_from_the_cmm_weight_study(tmp_pat
         assert epochs_study.main(args) == 0
         assert "target (student, 20 epochs, raw): seq2text +0.150, text2seq +0.050 -> not met" in (
             capsys.readouterr().out)
+
+
+def test_retrieval_seeds_result_is_the_mean_over_three_seeds_in_both_directions(tmp_path, capsys):
+    """dilbert-pocus-retrieval-seeds' score.py: seed 0 from --seed0, seeds 1-2 from --runs; met iff the mean over
+    the seeds reaches 0.10 both ways, with the count of seeds that reach it."""
+    seed0, runs = tmp_path / "seed0", tmp_path / "runs"
+    args = ["--runs", str(runs), "--seed0", str(seed0)]
+    with study_script("dilbert-pocus-retrieval-seeds", "score.py") as seeds_study:
+        for k in range(5):
+            _raw(seed0, k, 0.7, 0.6)                                  # +0.3 / +0.2
+            _raw(runs / "dilbert-pre20-seed1", k, 0.5, 0.45)          # +0.1 / +0.05
+        assert seeds_study.main(args) == seeds_study.PENDING        # seed 2 missing
+        for k in range(5):
+            _raw(runs / "dilbert-pre20-seed2", k, 0.5, 0.42)          # +0.1 / +0.02
+        capsys.readouterr()
+        assert seeds_study.main(args) == 0
+        out = capsys.readouterr().out
+        assert "seed 0 (student, raw, 5 test folds): seq2text +0.300, text2seq +0.200 (both >= target)" in out
+        assert "text2seq +0.090; 1 of 3 seeds reach it in both directions -> not met" in out
+        for k in range(5):
+            _raw(runs / "dilbert-pre20-seed2", k, 0.5, 0.46)          # +0.1 / +0.06: mean text2seq +0.103
+        assert seeds_study.main(args) == 0
+        assert "text2seq +0.103; 1 of 3 seeds reach it in both directions -> met" in capsys.readouterr().out
